@@ -1,0 +1,43 @@
+"""Type stubs of the native extension ``fasttx._native`` (PyO3, rust/python)."""
+
+from os import PathLike
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class ModelFormatError(ValueError):
+    """A weight file or model config is corrupt, inconsistent or of an unsupported kind."""
+
+class NativeModel:
+    def __init__(
+        self, arch: str, config_json: str, weight_files: Sequence[Union[str, PathLike[str]]], threads: int
+    ) -> None: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def is_encoder_decoder(self) -> bool: ...
+    @property
+    def threads(self) -> int: ...
+    def start(
+        self, input_ids: npt.NDArray[np.int64], attention_mask: Optional[npt.NDArray[np.int64]] = None
+    ) -> NativeSession: ...
+    def topk_rows(
+        self, scores: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+
+class NativeSession:
+    @property
+    def rows(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    def step(
+        self,
+        tokens: npt.NDArray[np.int64],
+        mask: Optional[npt.NDArray[np.int64]] = None,
+        last_only: bool = True,
+        log_softmax: bool = False,
+    ) -> npt.NDArray[np.float32]: ...
+    def reorder(self, source: Sequence[int]) -> None: ...

@@ -1,0 +1,135 @@
+"""``fasttx`` command line: ``generate``, ``chat`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation options (transformers' GenerationConfig names)")
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--min-new-tokens", type=int)
+    g.add_argument("--num-beams", type=int)
+    g.add_argument("--length-penalty", type=float)
+    g.add_argument("--early-stopping", choices=["true", "false", "never"])
+    g.add_argument("--num-return-sequences", type=int)
+    g.add_argument("--do-sample", action="store_true", default=None)
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--min-p", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--no-repeat-ngram-size", type=int)
+    g.add_argument("--eos-token-id", type=int, action="append")
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
+_OPTION_NAMES = [
+    "max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "early_stopping",
+    "num_return_sequences", "do_sample", "temperature", "top_k", "top_p", "min_p", "seed",
+    "repetition_penalty", "no_repeat_ngram_size", "eos_token_id", "stop",
+]  # fmt: skip
+
+
+def _options(args: argparse.Namespace) -> dict:
+    opts = {k: getattr(args, k) for k in _OPTION_NAMES if getattr(args, k) is not None}
+    if "early_stopping" in opts:
+        opts["early_stopping"] = {"true": True, "false": False}.get(opts["early_stopping"], "never")
+    return opts
+
+
+def _model_path(args: argparse.Namespace) -> str:
+    path = args.model or os.environ.get("FASTTX_MODEL")
+    if not path:
+        raise SystemExit("fasttx: no model given: pass --model PATH (a model directory) or set FASTTX_MODEL")
+    return path
+
+
+def _load(args: argparse.Namespace):
+    import fasttx
+
+    return fasttx.load(_model_path(args), dtype=args.dtype, threads=args.threads)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = _load(args)
+    opts = _options(args)
+    if opts.get("num_return_sequences", 1) > 1 or args.no_stream:
+        out = model.generate(args.prompt, **opts)
+        for text in out if isinstance(out, list) else [out]:
+            print(text)
+        return 0
+    for piece in model.stream(args.prompt, **opts):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    model = _load(args)
+    if not hasattr(model, "chat"):
+        raise SystemExit(f"fasttx: {model.arch} models have no chat mode")
+    messages: list = []
+    opts = _options(args)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        messages.append({"role": "user", "content": line})
+        reply = model.chat(messages, **opts)
+        print(reply)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    return bench.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fasttx", description="Fast transformer text generation on CPU.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model directory (default: $FASTTX_MODEL)")
+        p.add_argument("--dtype", default="auto", choices=["auto", "f32"])
+        p.add_argument("--threads", type=int, help="compute threads (default: physical cores)")
+        _add_generation_options(p)
+
+    g = sub.add_parser("generate", help="generate text for one instruction")
+    common(g)
+    g.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
+    g.add_argument("prompt")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive chat")
+    common(c)
+    c.set_defaults(func=cmd_chat)
+
+    b = sub.add_parser("bench", help="benchmarks against reference runtimes (see BENCHMARKS.md)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fasttx: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Generation options: transformers' ``GenerationConfig`` names and defaults, validated once.
+
+Precedence, as in transformers: an option passed to the call, else the model's generation config
+(``generation_config.json``, or generation keys of ``config.json``), else transformers' default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional, Sequence, Union
+
+# transformers.GenerationConfig defaults for the options fasttx understands.
+HF_DEFAULTS: dict[str, Any] = {
+    "max_length": 20,
+    "max_new_tokens": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "do_sample": False,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "length_penalty": 1.0,
+    "early_stopping": False,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+    "min_p": None,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "eos_token_id": None,
+    "pad_token_id": None,
+    "bos_token_id": None,
+    "decoder_start_token_id": None,
+    "seed": None,
+    "stop": None,
+}
+
+GENERATION_KEYS = frozenset(HF_DEFAULTS)
+
+
+@dataclass
+class GenerationOptions:
+    """Resolved options for one generate call (see ``resolve``)."""
+
+    max_length: int = 20
+    max_new_tokens: Optional[int] = None
+    min_length: int = 0
+    min_new_tokens: Optional[int] = None
+    do_sample: bool = False
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0
+    early_stopping: Union[bool, str] = False
+    temperature: float = 1.0
+    top_k: Optional[int] = 50
+    top_p: float = 1.0
+    min_p: Optional[float] = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    eos_token_id: list[int] = field(default_factory=list)
+    pad_token_id: Optional[int] = None
+    bos_token_id: Optional[int] = None
+    decoder_start_token_id: Optional[int] = None
+    seed: Optional[int] = None
+    stop: list[str] = field(default_factory=list)
+
+    def new_token_budget(self, prompt_len: int) -> int:
+        """How many tokens may be generated after a (decoder) prompt of ``prompt_len`` tokens."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return max(0, self.max_length - prompt_len)
+
+    def min_new(self, prompt_len: int) -> int:
+        """New tokens before which EOS is suppressed (``min_new_tokens`` and ``min_length``)."""
+        from_length = max(0, self.min_length - prompt_len)
+        return max(self.min_new_tokens or 0, from_length)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) or _is_numpy_int(v)
+
+
+def _is_numpy_int(v: Any) -> bool:
+    try:
+        import numpy as np
+
+        return isinstance(v, np.integer)
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return False
+
+
+def _int(name: str, v: Any, minimum: int, allow_none: bool = False) -> Optional[int]:
+    if v is None and allow_none:
+        return None
+    if not _is_int(v) or int(v) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _float(name: str, v: Any, minimum: Optional[float] = None, exclusive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) and not _is_numpy_number(v):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    f = float(v)
+    if f != f:
+        raise ValueError(f"{name} must be a number, got NaN")
+    if minimum is not None and (f < minimum or (exclusive and f == minimum)):
+        op = ">" if exclusive else ">="
+        raise ValueError(f"{name} must be {op} {minimum}, got {v!r}")
+    return f
+
+
+def _is_numpy_number(v: Any) -> bool:
+    try:
+        import numpy as np
+
+        return isinstance(v, (np.integer, np.floating))
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _token_list(name: str, v: Any) -> list[int]:
+    if v is None:
+        return []
+    items = [v] if _is_int(v) else v
+    if not isinstance(items, (list, tuple)) or not all(_is_int(t) and int(t) >= 0 for t in items):
+        raise ValueError(f"{name} must be a token id or a list of token ids, got {v!r}")
+    return [int(t) for t in items]
+
+
+def resolve(
+    user: Mapping[str, Any],
+    model_defaults: Mapping[str, Any],
+    vocab_size: int,
+) -> GenerationOptions:
+    """Validates ``user`` options and fills the rest from the model's generation config."""
+    unknown = sorted(set(user) - GENERATION_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown generation option(s) {', '.join(map(repr, unknown))}; "
+            f"fasttx accepts: {', '.join(sorted(GENERATION_KEYS))}"
+        )
+    merged: dict[str, Any] = dict(HF_DEFAULTS)
+    merged.update({k: v for k, v in model_defaults.items() if k in GENERATION_KEYS})
+    merged.update(user)
+
+    o = GenerationOptions()
+    o.max_length = _int("max_length", merged["max_length"], 0)
+    o.max_new_tokens = _int("max_new_tokens", merged["max_new_tokens"], 0, allow_none=True)
+    o.min_length = _int("min_length", merged["min_length"] or 0, 0)
+    o.min_new_tokens = _int("min_new_tokens", merged["min_new_tokens"], 0, allow_none=True)
+    o.do_sample = bool(merged["do_sample"])
+    o.num_beams = _int("num_beams", merged["num_beams"], 1)
+    o.num_return_sequences = _int("num_return_sequences", merged["num_return_sequences"], 1)
+    o.length_penalty = _float("length_penalty", merged["length_penalty"])
+    es = merged["early_stopping"]
+    if es not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {es!r}")
+    o.early_stopping = es
+    o.temperature = _float("temperature", merged["temperature"], 0.0, exclusive=o.do_sample)
+    o.top_k = _int("top_k", merged["top_k"], 0, allow_none=True)
+    o.top_p = _float("top_p", merged["top_p"], 0.0)
+    if o.top_p > 1.0:
+        raise ValueError(f"top_p must be in [0, 1], got {o.top_p}")
+    if merged["min_p"] is not None:
+        o.min_p = _float("min_p", merged["min_p"], 0.0)
+        if o.min_p > 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {o.min_p}")
+    o.repetition_penalty = _float("repetition_penalty", merged["repetition_penalty"], 0.0, exclusive=True)
+    o.no_repeat_ngram_size = _int("no_repeat_ngram_size", merged["no_repeat_ngram_size"] or 0, 0)
+    o.eos_token_id = _token_list("eos_token_id", merged["eos_token_id"])
+    for name in ("pad_token_id", "bos_token_id", "decoder_start_token_id"):
+        v = merged[name]
+        if isinstance(v, (list, tuple)):  # some configs list several; transformers uses the first
+            v = v[0] if v else None
+        setattr(o, name, _int(name, v, 0, allow_none=True))
+    o.seed = _int("seed", merged["seed"], 0, allow_none=True)
+    stop = merged["stop"]
+    if stop is None:
+        o.stop = []
+    elif isinstance(stop, str):
+        o.stop = [stop]
+    elif isinstance(stop, (list, tuple)) and all(isinstance(s, str) and s for s in stop):
+        o.stop = list(stop)
+    else:
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    if any(s == "" for s in o.stop):
+        raise ValueError("stop strings must not be empty")
+
+    for name in ("eos_token_id",):
+        bad = [t for t in o.eos_token_id if t >= vocab_size]
+        if bad:
+            raise ValueError(f"{name} {bad[0]} is outside the vocabulary of {vocab_size}")
+    for name in ("pad_token_id", "decoder_start_token_id"):
+        v = getattr(o, name)
+        if v is not None and v >= vocab_size:
+            raise ValueError(f"{name} {v} is outside the vocabulary of {vocab_size}")
+    if o.num_beams > 1:
+        if o.num_return_sequences > o.num_beams:
+            raise ValueError(
+                f"num_return_sequences ({o.num_return_sequences}) must be <= num_beams ({o.num_beams})"
+            )
+        if o.do_sample:
+            raise ValueError("beam sampling (num_beams > 1 with do_sample=True) is not supported")
+    elif o.num_return_sequences > 1 and not o.do_sample:
+        raise ValueError(
+            "greedy search returns one sequence per input: num_return_sequences > 1 needs num_beams or do_sample"
+        )
+    return o
+
+
+def option_names() -> Sequence[str]:
+    return [f.name for f in fields(GenerationOptions)]

@@ -1,0 +1,198 @@
+"""The decoding loops: greedy/sampling and beam search, driven from Python over a native session.
+
+Each step's heavy work (the forward pass with caches, log-softmax, the top-k over all beams, cache
+reordering) runs in Rust with the GIL released; what stays here is bookkeeping on small arrays,
+written to follow transformers' ``_sample`` and ``_beam_search`` decision for decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from . import processors
+from .options import GenerationOptions
+
+# transformers marks impossible beams with this score (float32 arithmetic, as there).
+BIG_NEG = np.float32(-1.0e9)
+
+
+@dataclass
+class Prompt:
+    """What the generation loop needs to know about the decoder-side prompt of each row."""
+
+    history: list[list[int]]  # per row: the ids transformers keeps in `input_ids` (see processors)
+    first_tokens: np.ndarray  # [rows, n]: fed to the session at the first step
+    first_mask: Optional[np.ndarray]  # [rows, n] or None
+    prompt_len: int  # transformers' (decoder) prompt length, for length budgets and penalties
+
+
+@dataclass
+class StepEvent:
+    """Tokens chosen at one step: ``tokens[i]`` was appended to row ``rows[i]``."""
+
+    rows: list[int]
+    tokens: list[int]
+    finished: list[int]  # rows that are complete after this step
+
+
+class RowSampler:
+    """Per-row random streams, seeded from (seed, the row's prompt, its sequence index), so a row's
+    draws do not depend on which other rows share its batch, nor on the thread count."""
+
+    def __init__(self, seed: Optional[int], prompts: Sequence[Sequence[int]], seq_index: Sequence[int]):
+        base = seed if seed is not None else int(np.random.SeedSequence().entropy % (1 << 63))
+        self.rngs = [
+            np.random.default_rng([base, idx, len(p), *(int(t) for t in p)])
+            for p, idx in zip(prompts, seq_index)
+        ]
+
+    def draw(self, row: int, scores: np.ndarray) -> int:
+        probs = processors._softmax(scores[None, :].astype(np.float64))[0]
+        return int(self.rngs[row].choice(len(probs), p=probs / probs.sum()))
+
+
+def sample_or_greedy(
+    session,
+    prompt: Prompt,
+    opts: GenerationOptions,
+    budget: int,
+    sampler: Optional[RowSampler] = None,
+    is_stopped=None,
+) -> Iterator[StepEvent]:
+    """transformers' ``_sample``: one token per unfinished row per step, argmax or a draw.
+
+    Finished rows are dropped from the session (their results cannot change), which is where a
+    batch's cost shrinks as its rows end. ``is_stopped(row, tokens)`` lets the caller end a row
+    (stop strings)."""
+    rows = len(prompt.history)
+    procs = processors.build(opts, prompt.prompt_len, beam=False)
+    eos = set(opts.eos_token_id)
+    active = list(range(rows))  # session row i decodes original row active[i]
+    tokens, mask = prompt.first_tokens, prompt.first_mask
+    history = prompt.history
+    for _ in range(budget):
+        logits = session.step(tokens, mask)
+        mask = None
+        hist = [history[r] for r in active]
+        processors.apply_all(procs, logits, hist)
+        if sampler is None:
+            chosen = np.argmax(logits, axis=-1).tolist()
+        else:
+            chosen = [sampler.draw(r, logits[i]) for i, r in enumerate(active)]
+        finished = []
+        keep = []
+        for i, (r, t) in enumerate(zip(active, chosen)):
+            history[r].append(t)
+            if t in eos or (is_stopped is not None and is_stopped(r, t)):
+                finished.append(r)
+            else:
+                keep.append(i)
+        yield StepEvent(rows=list(active), tokens=chosen, finished=finished)
+        if not keep:
+            return
+        if len(keep) != len(active):
+            session.reorder(keep)
+            active = [active[i] for i in keep]
+            chosen = [chosen[i] for i in keep]
+        tokens = np.asarray(chosen, dtype=np.int64)[:, None]
+
+
+def beam_search(native_model, session, prompt: Prompt, opts: GenerationOptions, budget: int) -> list[list[int]]:
+    """transformers' ``_beam_search`` (vectorised form, 4.50+): returns, for each input, its
+    ``num_return_sequences`` best hypotheses (new tokens only), best first."""
+    batch = len(prompt.history)
+    K = opts.num_beams
+    eos = np.asarray(opts.eos_token_id, dtype=np.int64)
+    keep = max(2, 1 + len(eos)) * K
+    p0 = prompt.prompt_len
+    max_length = p0 + budget
+    lp = opts.length_penalty
+    es = opts.early_stopping
+    procs = processors.build(opts, p0, beam=True)
+
+    if budget == 0:
+        return [[] for _ in range(batch * opts.num_return_sequences)]
+
+    fill = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
+    running = np.full((batch, K, max_length), fill, dtype=np.int64)
+    for b, h in enumerate(prompt.history):
+        running[b, :, :p0] = h
+    sequences = running.copy()
+    running_scores = np.zeros((batch, K), dtype=np.float32)
+    running_scores[:, 1:] = BIG_NEG
+    beam_scores = np.full((batch, K), BIG_NEG, dtype=np.float32)
+    lengths = np.full((batch, K), p0, dtype=np.int64)  # length of each finished hypothesis
+    finished = np.zeros((batch, K), dtype=bool)
+    improvable = np.ones((batch, 1), dtype=bool)
+    top_mask = np.arange(keep) < K
+    batch_offset = (np.arange(batch) * K)[:, None]
+    cur_len = p0
+
+    # The first step runs once per input; its rows are then copied into the beams.
+    log_probs = session.step(prompt.first_tokens, prompt.first_mask, log_softmax=True)
+    session.reorder(np.repeat(np.arange(batch), K).tolist())
+    log_probs = np.repeat(log_probs, K, axis=0)
+    vocab = log_probs.shape[-1]
+
+    while True:
+        flat = running.reshape(batch * K, max_length)
+        processors.apply_all(procs, log_probs, [row[:cur_len].tolist() for row in flat] if procs else [])
+        scores = (log_probs.reshape(batch, K, vocab) + running_scores[:, :, None]).reshape(batch, K * vocab)
+        top_values, top_indices = native_model.topk_rows(np.ascontiguousarray(scores, dtype=np.float32), keep)
+        src_beam = top_indices // vocab
+        tokens = top_indices % vocab
+        cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)
+        cand[:, :, cur_len] = tokens
+        hits = np.isin(tokens, eos) if len(eos) else np.zeros_like(tokens, dtype=bool)
+        if cur_len + 1 >= max_length:
+            hits[:] = True
+
+        # Running beams for the next step: the best K candidates that did not just finish.
+        run_scores = top_values + hits.astype(np.float32) * BIG_NEG
+        nxt = _top(run_scores, K)
+        running = np.take_along_axis(cand, nxt[:, :, None], axis=1)
+        running_scores = np.take_along_axis(run_scores, nxt, axis=1)
+        running_src = np.take_along_axis(src_beam, nxt, axis=1)
+
+        # Finished pool: candidates among the top K that hit a stop, scored with the length penalty.
+        just = hits & top_mask[None, :]
+        fin_scores = top_values / np.float32((cur_len + 1 - p0) ** lp)
+        full = finished.all(axis=-1, keepdims=True) & (es is True)
+        fin_scores = fin_scores + full.astype(np.float32) * BIG_NEG
+        fin_scores = fin_scores + (~improvable).astype(np.float32) * BIG_NEG
+        fin_scores = fin_scores + (~just).astype(np.float32) * BIG_NEG
+        merged_scores = np.concatenate([beam_scores, fin_scores], axis=1)
+        order = _top(merged_scores, K)
+        sequences = np.take_along_axis(np.concatenate([sequences, cand], axis=1), order[:, :, None], axis=1)
+        beam_scores = np.take_along_axis(merged_scores, order, axis=1)
+        finished = np.take_along_axis(np.concatenate([finished, just], axis=1), order, axis=1)
+        new_lengths = np.full((batch, keep), cur_len + 1, dtype=np.int64)
+        lengths = np.take_along_axis(np.concatenate([lengths, new_lengths], axis=1), order, axis=1)
+
+        cur_len += 1
+        if es == "never" and lp > 0.0:
+            best_len = max_length - p0
+        else:
+            best_len = cur_len - p0
+        best_running = running_scores[:, :1] / np.float32(best_len**lp)
+        worst_finished = np.where(finished, beam_scores.min(axis=1, keepdims=True), BIG_NEG)
+        improvable = improvable & np.any(best_running > worst_finished, axis=-1, keepdims=True)
+        go_on = bool(improvable.any()) and not (bool(finished.all()) and es is True) and not bool(hits.all())
+        if not go_on:
+            break
+        session.reorder((batch_offset + running_src).reshape(-1).tolist())
+        log_probs = session.step(running[:, :, cur_len - 1].reshape(batch * K, 1), None, log_softmax=True)
+
+    out = []
+    for b in range(batch):
+        for i in range(opts.num_return_sequences):
+            out.append(sequences[b, i, p0 : lengths[b, i]].tolist())
+    return out
+
+
+def _top(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest per row, largest first, ties in index order (like a stable topk)."""
+    return np.argsort(-x, axis=-1, kind="stable")[:, :k]

@@ -1,0 +1,156 @@
+"""``fasttx.load``: find a model's files, read its configs and tokenizer, build the native model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ._native import ModelFormatError, NativeModel
+from .generation.options import GENERATION_KEYS
+
+SUPPORTED_ARCHS = ("t5",)
+DTYPES = ("auto", "f32")
+
+
+def default_threads() -> int:
+    """``FASTTX_NUM_THREADS`` if set, else the number of physical cores this process may use."""
+    env = os.environ.get("FASTTX_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"FASTTX_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"FASTTX_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    return physical_cores()
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threads share a core's FMA units)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object")
+    return data
+
+
+def _resolve_path(path: Union[str, os.PathLike]) -> Path:
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    text = str(path)
+    looks_like_repo = text.count("/") == 1 and not text.startswith((".", "/", "~"))
+    if looks_like_repo:
+        try:
+            from huggingface_hub import snapshot_download  # optional
+        except ImportError:
+            raise FileNotFoundError(
+                f"{text!r} is not a local path, and huggingface_hub is not installed to fetch it from "
+                "the Hub (pip install huggingface_hub, or download the model directory yourself)"
+            ) from None
+        try:
+            return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model"]))
+        except Exception as e:  # network or repo errors: say what failed
+            raise FileNotFoundError(f"{text!r} is not a local path and could not be fetched from the Hub: {e}") from e
+    raise FileNotFoundError(f"no such model file or directory: {text!r}")
+
+
+def _weight_files(directory: Path) -> list[str]:
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return [str(single)]
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelFormatError(f"{index}: no weight_map")
+        shards = sorted(set(weight_map.values()))
+        files = [directory / s for s in shards]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(f"{f}: shard listed in {index.name} is missing")
+        return [str(f) for f in files]
+    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
+        raise ModelFormatError(
+            f"{directory} holds PyTorch pickle weights only; fasttx reads safetensors "
+            "(save with model.save_pretrained(dir, safe_serialization=True))"
+        )
+    raise FileNotFoundError(f"{directory} has neither model.safetensors nor model.safetensors.index.json")
+
+
+def generation_defaults(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """What transformers puts in ``model.generation_config``: ``generation_config.json`` if present,
+    else the generation keys of ``config.json``."""
+    gen_path = directory / "generation_config.json"
+    source = _read_json(gen_path) if gen_path.is_file() else config
+    defaults = {k: v for k, v in source.items() if k in GENERATION_KEYS and v is not None}
+    for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
+        if key not in defaults and config.get(key) is not None:
+            defaults[key] = config[key]
+    return defaults
+
+
+def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optional[int] = None):
+    """Loads a model directory (config.json + safetensors + tokenizer.json) for generation on CPU."""
+    from .model import Model
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPES))}, got {dtype!r}")
+    if threads is None:
+        threads = default_threads()
+    elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+
+    directory = _resolve_path(path)
+    if directory.is_file():
+        raise ModelFormatError(f"{directory}: expected a model directory (config.json + model.safetensors)")
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{directory} has no config.json")
+    config = _read_json(config_path)
+    arch = config.get("model_type")
+    if arch not in SUPPORTED_ARCHS:
+        raise ModelFormatError(
+            f"{config_path}: unsupported architecture model_type={arch!r}; fasttx supports {', '.join(SUPPORTED_ARCHS)}"
+        )
+    native = NativeModel(arch, json.dumps(config), _weight_files(directory), threads)
+
+    tokenizer = None
+    tok_path = directory / "tokenizer.json"
+    if tok_path.is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as e:
+            raise ModelFormatError(f"{tok_path}: cannot be read by tokenizers: {e}") from e
+
+    return Model(
+        native=native,
+        arch=arch,
+        config=config,
+        tokenizer=tokenizer,
+        generation_config=generation_defaults(directory, config),
+        path=directory,
+    )

@@ -1,0 +1,257 @@
+"""The user-facing ``Model``: token-level parity API (``logits``, ``generate_ids``) and text API
+(``generate``, ``stream``), all following transformers' names and semantics (see shared/API.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from .generation import search
+from .generation.options import GenerationOptions, resolve
+from .text import TextAssembler, clean_up_tokenization, cut_at_stop
+
+
+class Model:
+    """A loaded model. Create it with ``fasttx.load(path)``."""
+
+    def __init__(self, *, native, arch: str, config: dict, tokenizer, generation_config: dict, path: Path):
+        self._native = native
+        self.arch = arch
+        self.config = config
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config
+        self.path = path
+        self._clean_up_spaces = _tokenizer_setting(path, "clean_up_tokenization_spaces", False)
+
+    def __repr__(self) -> str:
+        return f"fasttx.Model(arch={self.arch!r}, path={str(self.path)!r}, threads={self.threads})"
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self._native.is_encoder_decoder
+
+    @property
+    def vocab_size(self) -> int:
+        return self._native.vocab_size
+
+    @property
+    def threads(self) -> int:
+        return self._native.threads
+
+    # ------------------------------------------------------------------ token level
+
+    def logits(self, input_ids, decoder_input_ids=None, attention_mask=None) -> np.ndarray:
+        """float32 logits ``[batch, length, vocab]``, as ``hf_model(...).logits``."""
+        ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=False)
+        if not self.is_encoder_decoder:
+            raise ValueError(f"{self.arch} is decoder-only: call logits(input_ids) without decoder_input_ids")
+        if decoder_input_ids is None:
+            raise ValueError("decoder_input_ids are required for an encoder-decoder model (as in transformers)")
+        dec, _ = _as_batch(decoder_input_ids, None, "decoder_input_ids", pad_left=False)
+        if dec.shape[0] != ids.shape[0]:
+            raise ValueError(
+                f"decoder_input_ids has batch {dec.shape[0]} but input_ids has batch {ids.shape[0]}"
+            )
+        session = self._native.start(ids, mask)
+        return session.step(dec, None, last_only=False)
+
+    def generate_ids(self, input_ids, *, attention_mask=None, **options) -> list[list[int]]:
+        """New tokens per returned sequence (``batch * num_return_sequences`` lists, in
+        transformers' row order), each ending with EOS when generation stopped on EOS."""
+        opts = self._options(options)
+        ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=not self.is_encoder_decoder)
+        return self._generate(ids, mask, opts)
+
+    # ------------------------------------------------------------------ text level
+
+    def generate(self, prompts: Union[str, Sequence[str]], **options):
+        """Text in, text out. A list of prompts gives a list of texts (a list of lists with
+        ``num_return_sequences > 1``)."""
+        single = isinstance(prompts, str)
+        prompt_list = [prompts] if single else list(prompts)
+        if not all(isinstance(p, str) for p in prompt_list):
+            raise ValueError("prompts must be a string or a list of strings")
+        opts = self._options(options)
+        ids, mask = _as_batch(self._encode(prompt_list), None, "prompts", pad_left=not self.is_encoder_decoder)
+        seqs = self._generate(ids, mask, opts)
+        texts = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
+        n = opts.num_return_sequences
+        grouped: list[Any] = texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(prompt_list))]
+        return grouped[0] if single else grouped
+
+    def stream(self, prompt: str, **options) -> Iterator[str]:
+        """Yields the text of ``generate(prompt, ...)`` in pieces as tokens arrive (beam search:
+        once the best hypothesis is known). The pieces concatenate to ``generate``'s text."""
+        if not isinstance(prompt, str):
+            raise ValueError("stream takes one prompt string")
+        opts = self._options(options)
+        if opts.num_return_sequences != 1:
+            raise ValueError("stream returns one sequence: num_return_sequences must be 1")
+        ids, mask = _as_batch(self._encode([prompt]), None, "prompt", pad_left=False)
+        if opts.num_beams > 1:
+            yield from _nonempty([self.generate(prompt, **options)])
+            return
+        assembler = TextAssembler(self._decode, opts.stop)
+        _, events = self._start_sampling(ids, mask, opts)
+        for event in events:
+            assembler.extend(event.tokens)
+            piece = assembler.take(final=False)
+            if piece:
+                yield piece
+            if event.finished or assembler.stopped:
+                break
+        tail = assembler.take(final=True)
+        if tail:
+            yield tail
+
+    # ------------------------------------------------------------------ internals
+
+    def _options(self, options: dict) -> GenerationOptions:
+        return resolve(options, self.generation_config, self.vocab_size)
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        tok = self._require_tokenizer()
+        if not prompts:
+            raise ValueError("empty batch: at least one prompt is needed")
+        return [e.ids for e in tok.encode_batch(prompts, add_special_tokens=True)]
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        text = self._require_tokenizer().decode(list(ids), skip_special_tokens=True)
+        return clean_up_tokenization(text) if self._clean_up_spaces else text
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no tokenizer.json: use the token-level API (generate_ids)")
+        return self.tokenizer
+
+    def _decoder_prompt(self, rows: int, opts: GenerationOptions) -> search.Prompt:
+        start = opts.decoder_start_token_id
+        if start is None:
+            start = opts.bos_token_id
+        if start is None:
+            raise ValueError("the model config defines no decoder_start_token_id; pass decoder_start_token_id=")
+        return search.Prompt(
+            history=[[start] for _ in range(rows)],
+            first_tokens=np.full((rows, 1), start, dtype=np.int64),
+            first_mask=None,
+            prompt_len=1,
+        )
+
+    def _stopper(self, prompt: search.Prompt, opts: GenerationOptions):
+        """``is_stopped(row, token)`` for stop strings, or None."""
+        if not opts.stop:
+            return None
+        self._require_tokenizer()
+        p0 = prompt.prompt_len
+
+        def is_stopped(row: int, token: int) -> bool:
+            text = self._decode(prompt.history[row][p0:])
+            return any(s in text for s in opts.stop)
+
+        return is_stopped
+
+    def _start_sampling(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions):
+        """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
+        as tokens are chosen) and the iterator of per-step events that drives it."""
+        session = self._native.start(ids, mask)
+        n = opts.num_return_sequences
+        rows = ids.shape[0] * n
+        if n > 1:
+            session.reorder(np.repeat(np.arange(ids.shape[0]), n).tolist())
+        prompt = self._decoder_prompt(rows, opts)
+        budget = opts.new_token_budget(prompt.prompt_len)
+        sampler = None
+        if opts.do_sample:
+            prompts = [ids[i][mask[i] != 0].tolist() for i in range(ids.shape[0]) for _ in range(n)]
+            sampler = search.RowSampler(opts.seed, prompts, [j for _ in range(ids.shape[0]) for j in range(n)])
+        events = search.sample_or_greedy(session, prompt, opts, budget, sampler, self._stopper(prompt, opts))
+        return prompt, events
+
+    def _generate(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions) -> list[list[int]]:
+        if opts.num_beams > 1:
+            session = self._native.start(ids, mask)
+            prompt = self._decoder_prompt(ids.shape[0], opts)
+            budget = opts.new_token_budget(prompt.prompt_len)
+            return search.beam_search(self._native, session, prompt, opts, budget)
+        prompt, events = self._start_sampling(ids, mask, opts)
+        for _ in events:
+            pass
+        return [h[prompt.prompt_len :] for h in prompt.history]
+
+
+def _nonempty(pieces):
+    return (p for p in pieces if p)
+
+
+def _tokenizer_setting(path: Path, key: str, default):
+    import json
+
+    cfg = path / "tokenizer_config.json"
+    if not cfg.is_file():
+        return default
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get(key, default)
+    except (OSError, ValueError):
+        return default
+
+
+def _as_batch(input_ids, attention_mask, what: str, *, pad_left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A rectangular int64 batch and its mask, from a 2-D array or a (ragged) list of lists."""
+    if isinstance(input_ids, np.ndarray):
+        if input_ids.ndim != 2:
+            raise ValueError(f"{what} must be 2-D [batch, length], got shape {input_ids.shape}")
+        if input_ids.dtype.kind not in "iu":
+            raise ValueError(f"{what} must hold integers, got dtype {input_ids.dtype}")
+        ids = input_ids.astype(np.int64, copy=False)
+        if ids.shape[0] == 0:
+            raise ValueError(f"empty batch: {what} holds no sequence")
+        if ids.shape[1] == 0:
+            raise ValueError(f"{what} sequences are empty")
+        if attention_mask is None:
+            mask = np.ones_like(ids)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask has shape {mask.shape}, but {what} has shape {ids.shape}")
+            mask = (mask != 0).astype(np.int64)
+            if not mask.any(axis=1).all():
+                raise ValueError(f"attention_mask masks out every token of some {what} row")
+        if (ids < 0).any():
+            raise ValueError(f"{what} holds a negative token id")
+        return np.ascontiguousarray(ids), np.ascontiguousarray(mask)
+
+    if not isinstance(input_ids, (list, tuple)):
+        raise ValueError(f"{what} must be a list of token-id lists or a 2-D numpy array, got {type(input_ids).__name__}")
+    if len(input_ids) == 0:
+        raise ValueError(f"empty batch: {what} holds no sequence")
+    rows = []
+    for i, seq in enumerate(input_ids):
+        if isinstance(seq, np.ndarray):
+            seq = seq.tolist()
+        if not isinstance(seq, (list, tuple)):
+            raise ValueError(f"{what}[{i}] must be a list of token ids (did you pass a flat list? wrap it: [ids])")
+        if len(seq) == 0:
+            raise ValueError(f"{what}[{i}] is empty")
+        for t in seq:
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise ValueError(f"{what}[{i}] holds {t!r}, which is not a token id")
+            if t < 0:
+                raise ValueError(f"{what}[{i}] holds a negative token id {t}")
+        rows.append(list(seq))
+    if attention_mask is not None:
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("attention_mask needs rectangular input_ids; ragged lists are padded by fasttx without one")
+        return _as_batch(np.asarray(rows, dtype=np.int64), attention_mask, what, pad_left=pad_left)
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        if pad_left:
+            ids[i, width - len(r) :] = r
+            mask[i, width - len(r) :] = 1
+        else:
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+    return ids, mask

@@ -1,0 +1,21 @@
+//! fasttx-core: the pure-Rust half of fasttx.
+//!
+//! Layout (one concern per module):
+//! - [`kernels`]: numeric building blocks (matmul, norms, activations, softmax, top-k), each with a
+//!   scalar reference and SIMD paths picked at runtime.
+//! - [`tensor`]: weight storage (memory-mapped or owned) and the [`tensor::Linear`] layer type.
+//! - [`formats`]: readers for weight files (safetensors) into named tensors.
+//! - [`models`]: one file per architecture, built from kernels; each exposes a decoding [`models::Session`].
+//! - [`threading`]: the per-model rayon pool.
+//!
+//! Nothing here knows about Python; `rust/python` holds the PyO3 glue.
+
+pub mod decoding;
+pub mod error;
+pub mod formats;
+pub mod kernels;
+pub mod models;
+pub mod tensor;
+pub mod threading;
+
+pub use error::{Error, Result};

@@ -1,0 +1,88 @@
+//! Scaled dot-product attention over keys/values laid out with arbitrary strides, so the same code
+//! reads the KV cache (`[rows, heads, capacity, head_dim]`), a projected encoder output
+//! (`[batch, len, heads*head_dim]`) and cross-attention keys shared by several beams (`row_map`).
+
+use rayon::prelude::*;
+
+use crate::kernels::{softmax::softmax, vector};
+
+/// Where the keys and values of each (row, kv head, position) live.
+pub struct KeyValues<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub row_stride: usize,
+    pub head_stride: usize,
+    pub pos_stride: usize,
+    /// Number of key positions (the same for every row).
+    pub len: usize,
+    /// `(mask, row stride)`: key position `j` of row `r` is visible iff `mask[r * stride + j] != 0`.
+    pub mask: Option<(&'a [u8], usize)>,
+    /// Row `r` of the queries reads keys of row `row_map[r]` (beams sharing one encoder output).
+    pub row_map: Option<&'a [usize]>,
+}
+
+/// An additive bias `bias(head, query_position, key_position)` (T5's relative positions).
+pub type Bias<'a> = &'a (dyn Fn(usize, usize, usize) -> f32 + Sync);
+
+pub struct Attention<'a> {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies `q·k` before the bias is added (`1/sqrt(head_dim)`, or 1 for T5).
+    pub scale: f32,
+    /// Query `i` of a step sits at absolute position `q_offset + i` and, if causal, sees keys `0..=q_offset + i`.
+    pub causal: bool,
+    pub q_offset: usize,
+    pub bias: Option<Bias<'a>>,
+}
+
+impl Attention<'_> {
+    /// `q: [rows, n, heads*head_dim]` → `out: [rows, n, heads*head_dim]`.
+    pub fn run(&self, q: &[f32], rows: usize, n: usize, kv: &KeyValues, out: &mut [f32]) {
+        let width = self.heads * self.head_dim;
+        debug_assert!(q.len() >= rows * n * width && out.len() >= rows * n * width);
+        let group = self.heads / self.kv_heads;
+        out[..rows * n * width]
+            .par_chunks_mut(width)
+            .with_min_len(8)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (t, out_t)| {
+                let (r, i) = (t / n, t % n);
+                let kv_row = kv.row_map.map_or(r, |m| m[r]);
+                let qpos = self.q_offset + i;
+                let visible = if self.causal {
+                    (qpos + 1).min(kv.len)
+                } else {
+                    kv.len
+                };
+                let mask = kv
+                    .mask
+                    .map(|(m, stride)| &m[kv_row * stride..kv_row * stride + visible]);
+                for h in 0..self.heads {
+                    let qh = &q[t * width + h * self.head_dim..][..self.head_dim];
+                    let base = kv_row * kv.row_stride + (h / group) * kv.head_stride;
+                    scores.clear();
+                    scores.extend((0..visible).map(|j| {
+                        if mask.is_some_and(|m| m[j] == 0) {
+                            // transformers adds the dtype's minimum: a fully masked row stays finite.
+                            return f32::MIN;
+                        }
+                        let kj = &kv.k[base + j * kv.pos_stride..][..self.head_dim];
+                        let s = vector::dot(qh, kj) * self.scale;
+                        match self.bias {
+                            Some(b) => s + b(h, qpos, j),
+                            None => s,
+                        }
+                    }));
+                    softmax(scores);
+                    let oh = &mut out_t[h * self.head_dim..(h + 1) * self.head_dim];
+                    oh.fill(0.0);
+                    for (j, &p) in scores.iter().enumerate() {
+                        if p != 0.0 {
+                            vector::axpy(p, &kv.v[base + j * kv.pos_stride..][..self.head_dim], oh);
+                        }
+                    }
+                }
+            });
+    }
+}

@@ -1,0 +1,224 @@
+//! The decoder's self-attention key/value cache, shared by every architecture.
+//!
+//! Per layer, keys and values are stored `[rows, kv_heads, capacity, head_dim]`, so the keys of one
+//! (row, head) are contiguous and attention reads them without copies. All rows advance together
+//! (one token per row per generation step); a per-row key mask marks padding (left-padded prompts of
+//! decoder-only models) so it is never attended to.
+
+use super::attention::KeyValues;
+
+pub struct KvCache {
+    rows: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    /// Positions committed by finished steps.
+    len: usize,
+    /// Positions being written by the step in progress (`len..len + pending`).
+    pending: usize,
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    /// `[rows, capacity]`: 1 where the key at that position may be attended to.
+    mask: Vec<u8>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize, rows: usize, kv_heads: usize, head_dim: usize) -> Self {
+        KvCache {
+            rows,
+            kv_heads,
+            head_dim,
+            capacity: 0,
+            len: 0,
+            pending: 0,
+            layers: (0..layers).map(|_| (Vec::new(), Vec::new())).collect(),
+            mask: Vec::new(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Opens a step of `n` new positions with their mask (`[rows, n]`, `None` = all real tokens).
+    pub fn begin_step(&mut self, n: usize, mask: Option<&[u8]>) {
+        let needed = self.len + n;
+        if needed > self.capacity {
+            self.grow(needed.max(2 * self.capacity).max(16));
+        }
+        for r in 0..self.rows {
+            let dst = &mut self.mask[r * self.capacity + self.len..][..n];
+            match mask {
+                Some(m) => dst.copy_from_slice(&m[r * n..(r + 1) * n]),
+                None => dst.fill(1),
+            }
+        }
+        self.pending = n;
+    }
+
+    /// Stores layer `layer`'s keys and values for the open step; `k`, `v` are `[rows, n, kv_heads*head_dim]`.
+    pub fn write(&mut self, layer: usize, k: &[f32], v: &[f32]) {
+        let (n, hd, cap, len) = (self.pending, self.head_dim, self.capacity, self.len);
+        let width = self.kv_heads * hd;
+        let (kc, vc) = &mut self.layers[layer];
+        for r in 0..self.rows {
+            for i in 0..n {
+                let src = (r * n + i) * width;
+                for h in 0..self.kv_heads {
+                    let dst = ((r * self.kv_heads + h) * cap + len + i) * hd;
+                    kc[dst..dst + hd].copy_from_slice(&k[src + h * hd..src + (h + 1) * hd]);
+                    vc[dst..dst + hd].copy_from_slice(&v[src + h * hd..src + (h + 1) * hd]);
+                }
+            }
+        }
+    }
+
+    /// The keys and values of `layer` visible to the open step (committed plus pending).
+    pub fn view(&self, layer: usize) -> KeyValues<'_> {
+        let (kc, vc) = &self.layers[layer];
+        KeyValues {
+            k: kc,
+            v: vc,
+            row_stride: self.kv_heads * self.capacity * self.head_dim,
+            head_stride: self.capacity * self.head_dim,
+            pos_stride: self.head_dim,
+            len: self.len + self.pending,
+            mask: Some((&self.mask, self.capacity)),
+            row_map: None,
+        }
+    }
+
+    /// Closes the open step: its positions become part of the past.
+    pub fn commit(&mut self) {
+        self.len += self.pending;
+        self.pending = 0;
+    }
+
+    /// Row `i` afterwards holds what old row `source[i]` held.
+    pub fn reorder(&mut self, source: &[usize]) {
+        let identity = source.len() == self.rows && source.iter().enumerate().all(|(i, &s)| i == s);
+        if identity {
+            return;
+        }
+        let block = self.kv_heads * self.capacity * self.head_dim;
+        let gather = |old: &[f32], block: usize| -> Vec<f32> {
+            let mut new = Vec::with_capacity(source.len() * block);
+            for &s in source {
+                new.extend_from_slice(&old[s * block..(s + 1) * block]);
+            }
+            new
+        };
+        for (k, v) in &mut self.layers {
+            *k = gather(k, block);
+            *v = gather(v, block);
+        }
+        let mask: Vec<u8> = source
+            .iter()
+            .flat_map(|&s| {
+                self.mask[s * self.capacity..(s + 1) * self.capacity]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        self.mask = mask;
+        self.rows = source.len();
+    }
+
+    fn grow(&mut self, capacity: usize) {
+        let (old_cap, hd) = (self.capacity, self.head_dim);
+        let heads_rows = self.rows * self.kv_heads;
+        let copy = |old: &[f32]| -> Vec<f32> {
+            let mut new = vec![0.0; heads_rows * capacity * hd];
+            for hr in 0..heads_rows {
+                new[hr * capacity * hd..][..old_cap * hd]
+                    .copy_from_slice(&old[hr * old_cap * hd..][..old_cap * hd]);
+            }
+            new
+        };
+        for (k, v) in &mut self.layers {
+            *k = copy(k);
+            *v = copy(v);
+        }
+        let mut mask = vec![0u8; self.rows * capacity];
+        for r in 0..self.rows {
+            mask[r * capacity..][..old_cap].copy_from_slice(&self.mask[r * old_cap..][..old_cap]);
+        }
+        self.mask = mask;
+        self.capacity = capacity;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Value stored for (row, step, head, dim): unique, so any misplaced copy is detected.
+    fn value(row: usize, pos: usize, head: usize, d: usize) -> f32 {
+        (row * 1000 + pos * 100 + head * 10 + d) as f32
+    }
+
+    fn step(cache: &mut KvCache, n: usize, rows: &[usize]) {
+        let (heads, hd) = (cache.kv_heads, cache.head_dim);
+        let start = cache.len();
+        let mut k = Vec::new();
+        for &r in rows {
+            for i in 0..n {
+                for h in 0..heads {
+                    for d in 0..hd {
+                        k.push(value(r, start + i, h, d));
+                    }
+                }
+            }
+        }
+        cache.begin_step(n, None);
+        cache.write(0, &k, &k);
+        cache.commit();
+    }
+
+    fn check(cache: &KvCache, rows: &[usize]) {
+        let view = cache.view(0);
+        for (r, &src) in rows.iter().enumerate() {
+            for h in 0..cache.kv_heads {
+                for pos in 0..cache.len() {
+                    let at = r * view.row_stride + h * view.head_stride + pos * view.pos_stride;
+                    for d in 0..cache.head_dim {
+                        assert_eq!(
+                            view.k[at + d],
+                            value(src, pos, h, d),
+                            "row {r} head {h} pos {pos}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grows_and_keeps_contents() {
+        let mut cache = KvCache::new(1, 2, 3, 4);
+        step(&mut cache, 5, &[0, 1]);
+        for _ in 0..20 {
+            step(&mut cache, 1, &[0, 1]);
+        }
+        assert_eq!(cache.len(), 25);
+        check(&cache, &[0, 1]);
+    }
+
+    #[test]
+    fn reorder_repeats_and_drops_rows() {
+        let mut cache = KvCache::new(1, 3, 2, 4);
+        step(&mut cache, 3, &[0, 1, 2]);
+        cache.reorder(&[2, 2, 0, 1]);
+        assert_eq!(cache.rows(), 4);
+        check(&cache, &[2, 2, 0, 1]);
+        cache.reorder(&[3]);
+        check(&cache, &[1]);
+    }
+}

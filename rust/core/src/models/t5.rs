@@ -1,0 +1,752 @@
+//! T5 (v1.0, v1.1, Flan-T5, and any configuration transformers' `T5Config` accepts).
+//!
+//! Mirrors `transformers/models/t5/modeling_t5.py`:
+//! - T5LayerNorm is an RMS norm without mean or bias; every sub-layer is pre-norm with a residual.
+//! - Attention is not scaled by `1/sqrt(d_kv)`. The first layer of each stack owns a learned
+//!   relative position bias (`[num_buckets, num_heads]`) that every layer of that stack adds;
+//!   the encoder buckets bidirectionally, the decoder causally; cross-attention has none.
+//! - Feed-forward: `wo(act(wi x))`, or gated `wo(act(wi_0 x) * wi_1 x)` ("gated-gelu" = tanh GELU).
+//! - With tied embeddings the decoder output is scaled by `d_model**-0.5` before the shared head.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::attention::{Attention, KeyValues};
+use super::kv_cache::KvCache;
+use super::{check_ids, Logits, Model, Session, TokenBatch};
+use crate::decoding::log_softmax_rows;
+use crate::error::{Error, Result};
+use crate::format_err;
+use crate::formats::WeightSource;
+use crate::kernels::{activation, norm::rms_norm};
+use crate::tensor::{Linear, Tensor};
+use crate::threading::build_pool;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct T5Config {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "defaults::d_model")]
+    pub d_model: usize,
+    #[serde(default = "defaults::d_kv")]
+    pub d_kv: usize,
+    #[serde(default = "defaults::d_ff")]
+    pub d_ff: usize,
+    #[serde(default = "defaults::num_layers")]
+    pub num_layers: usize,
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    #[serde(default = "defaults::num_heads")]
+    pub num_heads: usize,
+    #[serde(default = "defaults::num_buckets")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "defaults::max_distance")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "defaults::layer_norm_epsilon")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "defaults::feed_forward_proj")]
+    pub feed_forward_proj: String,
+    #[serde(default = "defaults::tie_word_embeddings")]
+    pub tie_word_embeddings: bool,
+    /// transformers 5.x writes this instead of deriving the rescale from `tie_word_embeddings`.
+    #[serde(default)]
+    pub scale_decoder_outputs: Option<bool>,
+}
+
+/// `T5Config()` defaults (t5-small's shape).
+mod defaults {
+    pub fn vocab_size() -> usize {
+        32128
+    }
+    pub fn d_model() -> usize {
+        512
+    }
+    pub fn d_kv() -> usize {
+        64
+    }
+    pub fn d_ff() -> usize {
+        2048
+    }
+    pub fn num_layers() -> usize {
+        6
+    }
+    pub fn num_heads() -> usize {
+        8
+    }
+    pub fn num_buckets() -> usize {
+        32
+    }
+    pub fn max_distance() -> usize {
+        128
+    }
+    pub fn layer_norm_epsilon() -> f64 {
+        1e-6
+    }
+    pub fn feed_forward_proj() -> String {
+        "relu".into()
+    }
+    pub fn tie_word_embeddings() -> bool {
+        true
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Relu,
+    GeluTanh,
+    GeluErf,
+    Silu,
+}
+
+impl Act {
+    /// transformers' `ACT2FN` names that T5 configs use.
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "relu" => Some(Act::Relu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Act::GeluTanh),
+            "gelu" => Some(Act::GeluErf),
+            "silu" | "swish" => Some(Act::Silu),
+            _ => None,
+        }
+    }
+
+    fn apply(self, x: &mut [f32]) {
+        match self {
+            Act::Relu => activation::relu(x),
+            Act::GeluTanh => activation::gelu_tanh(x),
+            Act::GeluErf => activation::gelu_erf(x),
+            Act::Silu => activation::silu(x),
+        }
+    }
+}
+
+impl T5Config {
+    pub fn from_json(json: &str) -> Result<Self> {
+        let cfg: T5Config =
+            serde_json::from_str(json).map_err(|e| format_err!("config.json: {e}"))?;
+        for (name, v) in [
+            ("vocab_size", cfg.vocab_size),
+            ("d_model", cfg.d_model),
+            ("d_kv", cfg.d_kv),
+            ("d_ff", cfg.d_ff),
+            ("num_heads", cfg.num_heads),
+            (
+                "relative_attention_num_buckets",
+                cfg.relative_attention_num_buckets,
+            ),
+        ] {
+            if v == 0 {
+                return Err(format_err!("config.json: {name} must be positive"));
+            }
+        }
+        if cfg.relative_attention_num_buckets < 4
+            || cfg.relative_attention_max_distance * 2 <= cfg.relative_attention_num_buckets
+        {
+            return Err(format_err!(
+                "config.json: relative_attention_num_buckets={} with relative_attention_max_distance={} is not a valid bucketing",
+                cfg.relative_attention_num_buckets,
+                cfg.relative_attention_max_distance
+            ));
+        }
+        cfg.activation()?;
+        Ok(cfg)
+    }
+
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// `(activation, gated)` from `feed_forward_proj`, parsed as transformers' `T5Config` does.
+    fn activation(&self) -> Result<(Act, bool)> {
+        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
+        let gated = parts[0] == "gated";
+        if (parts.len() > 1 && !gated) || parts.len() > 2 {
+            return Err(format_err!(
+                "config.json: feed_forward_proj '{}' is not a valid activation (use 'gated-{{ACT}}' or '{{ACT}}')",
+                self.feed_forward_proj
+            ));
+        }
+        let mut name = *parts.last().unwrap();
+        if self.feed_forward_proj == "gated-gelu" {
+            name = "gelu_new"; // transformers' backwards-compatibility rule
+        }
+        let act = Act::from_name(name).ok_or_else(|| {
+            format_err!("config.json: unsupported T5 activation '{name}' in feed_forward_proj")
+        })?;
+        Ok((act, gated))
+    }
+
+    fn scales_decoder_output(&self) -> bool {
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings)
+    }
+}
+
+/// transformers' `T5Attention._relative_position_bucket`, computed in f32 like the original so
+/// distances on bucket boundaries land in the same bucket.
+pub fn relative_position_bucket(
+    relative_position: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
+    let mut num_buckets = num_buckets as i64;
+    let mut bucket = 0i64;
+    let distance = if bidirectional {
+        num_buckets /= 2;
+        if relative_position > 0 {
+            bucket += num_buckets;
+        }
+        relative_position.abs()
+    } else {
+        (-relative_position).max(0)
+    };
+    let max_exact = num_buckets / 2;
+    if distance < max_exact {
+        bucket += distance;
+    } else {
+        let log_ratio = (distance as f32 / max_exact as f32).ln();
+        let log_range = (max_distance as f64 / max_exact as f64).ln() as f32;
+        let large = max_exact + (log_ratio / log_range * (num_buckets - max_exact) as f32) as i64;
+        bucket += large.min(num_buckets - 1);
+    }
+    bucket as usize
+}
+
+struct AttentionBlock {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+}
+
+impl AttentionBlock {
+    fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
+        let (d, inner) = (cfg.d_model, cfg.inner_dim());
+        Ok(AttentionBlock {
+            q: linear(w, &format!("{prefix}.q.weight"), inner, d)?,
+            k: linear(w, &format!("{prefix}.k.weight"), inner, d)?,
+            v: linear(w, &format!("{prefix}.v.weight"), inner, d)?,
+            o: linear(w, &format!("{prefix}.o.weight"), d, inner)?,
+        })
+    }
+}
+
+struct FeedForward {
+    /// `wi` (plain) or `wi_0` (gated: the activated half).
+    wi: Linear,
+    /// `wi_1`: the linear half of a gated unit.
+    wi_linear: Option<Linear>,
+    wo: Linear,
+    act: Act,
+}
+
+impl FeedForward {
+    fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
+        let (act, gated) = cfg.activation()?;
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        let (wi, wi_linear) = if gated {
+            (
+                linear(w, &format!("{prefix}.wi_0.weight"), ff, d)?,
+                Some(linear(w, &format!("{prefix}.wi_1.weight"), ff, d)?),
+            )
+        } else {
+            (linear(w, &format!("{prefix}.wi.weight"), ff, d)?, None)
+        };
+        Ok(FeedForward {
+            wi,
+            wi_linear,
+            wo: linear(w, &format!("{prefix}.wo.weight"), d, ff)?,
+            act,
+        })
+    }
+
+    /// `x: [m, d_model]` → adds the feed-forward output to `residual`.
+    fn add_to(&self, x: &[f32], m: usize, residual: &mut [f32]) {
+        let mut h = self.wi.apply(x, m);
+        self.act.apply(&mut h);
+        if let Some(wi_linear) = &self.wi_linear {
+            let lin = wi_linear.apply(x, m);
+            for (a, b) in h.iter_mut().zip(&lin) {
+                *a *= b;
+            }
+        }
+        add(residual, &self.wo.apply(&h, m));
+    }
+}
+
+struct EncoderLayer {
+    attn_norm: Tensor,
+    attn: AttentionBlock,
+    ff_norm: Tensor,
+    ff: FeedForward,
+}
+
+struct DecoderLayer {
+    self_norm: Tensor,
+    self_attn: AttentionBlock,
+    cross_norm: Tensor,
+    cross_attn: AttentionBlock,
+    ff_norm: Tensor,
+    ff: FeedForward,
+}
+
+struct T5Weights {
+    cfg: T5Config,
+    eps: f32,
+    embed: Tensor,
+    encoder: Vec<EncoderLayer>,
+    encoder_bias: Tensor,
+    encoder_norm: Tensor,
+    decoder: Vec<DecoderLayer>,
+    decoder_bias: Tensor,
+    decoder_norm: Tensor,
+    lm_head: Linear,
+    output_scale: Option<f32>,
+    pool: rayon::ThreadPool,
+}
+
+pub struct T5Model {
+    inner: Arc<T5Weights>,
+}
+
+fn linear(w: &dyn WeightSource, name: &str, out: usize, inp: usize) -> Result<Linear> {
+    Linear::new(w.tensor(name)?.expect_shape(name, &[out, inp])?, None)
+}
+
+fn vector(w: &dyn WeightSource, name: &str, len: usize) -> Result<Tensor> {
+    w.tensor(name)?.expect_shape(name, &[len])
+}
+
+fn add(dst: &mut [f32], src: &[f32]) {
+    for (a, b) in dst.iter_mut().zip(src) {
+        *a += b;
+    }
+}
+
+impl T5Model {
+    pub fn load(cfg: T5Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+        let (d, vocab) = (cfg.d_model, cfg.vocab_size);
+        let embed_name = [
+            "shared.weight",
+            "encoder.embed_tokens.weight",
+            "decoder.embed_tokens.weight",
+        ]
+        .into_iter()
+        .find(|n| w.contains(n))
+        .ok_or_else(|| format_err!("the weights hold no token embedding ('shared.weight')"))?;
+        let embed = w
+            .tensor(embed_name)?
+            .expect_shape(embed_name, &[vocab, d])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(
+                w.tensor(embed_name)?
+                    .expect_shape(embed_name, &[vocab, d])?,
+                None,
+            )?
+        } else {
+            linear(w, "lm_head.weight", vocab, d)?
+        };
+        let nb = cfg.relative_attention_num_buckets;
+        let bias_name = |stack: &str| {
+            format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        };
+        let encoder = (0..cfg.num_layers)
+            .map(|i| {
+                let p = format!("encoder.block.{i}.layer");
+                Ok(EncoderLayer {
+                    attn_norm: vector(w, &format!("{p}.0.layer_norm.weight"), d)?,
+                    attn: AttentionBlock::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
+                    ff_norm: vector(w, &format!("{p}.1.layer_norm.weight"), d)?,
+                    ff: FeedForward::load(w, &format!("{p}.1.DenseReluDense"), &cfg)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = (0..cfg.decoder_layers())
+            .map(|i| {
+                let p = format!("decoder.block.{i}.layer");
+                Ok(DecoderLayer {
+                    self_norm: vector(w, &format!("{p}.0.layer_norm.weight"), d)?,
+                    self_attn: AttentionBlock::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
+                    cross_norm: vector(w, &format!("{p}.1.layer_norm.weight"), d)?,
+                    cross_attn: AttentionBlock::load(w, &format!("{p}.1.EncDecAttention"), &cfg)?,
+                    ff_norm: vector(w, &format!("{p}.2.layer_norm.weight"), d)?,
+                    ff: FeedForward::load(w, &format!("{p}.2.DenseReluDense"), &cfg)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let heads = cfg.num_heads;
+        let (encoder_bias, decoder_bias) = if cfg.num_layers > 0 && cfg.decoder_layers() > 0 {
+            (
+                w.tensor(&bias_name("encoder"))?
+                    .expect_shape(&bias_name("encoder"), &[nb, heads])?,
+                w.tensor(&bias_name("decoder"))?
+                    .expect_shape(&bias_name("decoder"), &[nb, heads])?,
+            )
+        } else {
+            return Err(format_err!(
+                "config.json: T5 needs at least one encoder and one decoder layer"
+            ));
+        };
+        let weights = T5Weights {
+            eps: cfg.layer_norm_epsilon as f32,
+            encoder_norm: vector(w, "encoder.final_layer_norm.weight", d)?,
+            decoder_norm: vector(w, "decoder.final_layer_norm.weight", d)?,
+            output_scale: cfg.scales_decoder_output().then(|| (d as f32).powf(-0.5)),
+            embed,
+            encoder,
+            encoder_bias,
+            decoder,
+            decoder_bias,
+            lm_head,
+            pool: build_pool(threads)?,
+            cfg,
+        };
+        Ok(T5Model {
+            inner: Arc::new(weights),
+        })
+    }
+
+    pub fn config(&self) -> &T5Config {
+        &self.inner.cfg
+    }
+}
+
+impl T5Weights {
+    fn embed(&self, ids: &[u32]) -> Vec<f32> {
+        let d = self.cfg.d_model;
+        let mut h = Vec::with_capacity(ids.len() * d);
+        for &t in ids {
+            h.extend_from_slice(self.embed.row(t as usize));
+        }
+        h
+    }
+
+    fn norm(&self, x: &[f32], weight: &Tensor) -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        rms_norm(x, weight.data(), self.eps, &mut out);
+        out
+    }
+
+    /// `bias[h][offset + distance]` for every signed `key - query` distance in `min..=max`.
+    fn bias_table(&self, table: &Tensor, bidirectional: bool, min: i64, max: i64) -> Vec<f32> {
+        let heads = self.cfg.num_heads;
+        let span = (max - min + 1) as usize;
+        let mut out = vec![0.0; heads * span];
+        for (i, rel) in (min..=max).enumerate() {
+            let bucket = relative_position_bucket(
+                rel,
+                bidirectional,
+                self.cfg.relative_attention_num_buckets,
+                self.cfg.relative_attention_max_distance,
+            );
+            let values = table.row(bucket);
+            for h in 0..heads {
+                out[h * span + i] = values[h];
+            }
+        }
+        out
+    }
+
+    fn attention_shape(&self, causal: bool, q_offset: usize) -> Attention<'static> {
+        Attention {
+            heads: self.cfg.num_heads,
+            kv_heads: self.cfg.num_heads,
+            head_dim: self.cfg.d_kv,
+            scale: 1.0,
+            causal,
+            q_offset,
+            bias: None,
+        }
+    }
+
+    /// Runs the encoder over the batch: `[batch * len, d_model]` after the final norm.
+    fn encode(&self, input: &TokenBatch) -> Vec<f32> {
+        let (b, l, inner) = (input.batch, input.len, self.cfg.inner_dim());
+        let m = b * l;
+        let mut h = self.embed(&input.ids);
+        let span = 2 * l - 1;
+        let table = self.bias_table(&self.encoder_bias, true, -(l as i64 - 1), l as i64 - 1);
+        let bias = |head: usize, q: usize, k: usize| table[head * span + (k + l - 1 - q)];
+        let mut attn = self.attention_shape(false, 0);
+        attn.bias = Some(&bias);
+        let mut ctx = vec![0.0; m * inner];
+        for layer in &self.encoder {
+            let x = self.norm(&h, &layer.attn_norm);
+            let (q, k, v) = (
+                layer.attn.q.apply(&x, m),
+                layer.attn.k.apply(&x, m),
+                layer.attn.v.apply(&x, m),
+            );
+            let kv = KeyValues {
+                k: &k,
+                v: &v,
+                row_stride: l * inner,
+                head_stride: self.cfg.d_kv,
+                pos_stride: inner,
+                len: l,
+                mask: Some((&input.mask, l)),
+                row_map: None,
+            };
+            attn.run(&q, b, l, &kv, &mut ctx);
+            add(&mut h, &layer.attn.o.apply(&ctx, m));
+            let x = self.norm(&h, &layer.ff_norm);
+            layer.ff.add_to(&x, m, &mut h);
+        }
+        self.norm(&h, &self.encoder_norm)
+    }
+}
+
+impl Model for T5Model {
+    fn vocab_size(&self) -> usize {
+        self.inner.cfg.vocab_size
+    }
+
+    fn is_encoder_decoder(&self) -> bool {
+        true
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        &self.inner.pool
+    }
+
+    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
+        let w = &self.inner;
+        input.check_vocab("input_ids", w.cfg.vocab_size)?;
+        if input.len == 0 {
+            return Err(Error::InvalidInput(
+                "input_ids are empty: the encoder needs at least one token".into(),
+            ));
+        }
+        let (m, inner) = (input.batch * input.len, w.cfg.inner_dim());
+        let cross = w.pool.install(|| {
+            let enc = w.encode(input);
+            w.decoder
+                .iter()
+                .map(|layer| {
+                    (
+                        layer.cross_attn.k.apply(&enc, m),
+                        layer.cross_attn.v.apply(&enc, m),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        debug_assert!(cross.iter().all(|(k, _)| k.len() == m * inner));
+        Ok(Box::new(T5Session {
+            model: self.inner.clone(),
+            cache: KvCache::new(w.decoder.len(), input.batch, w.cfg.num_heads, w.cfg.d_kv),
+            cross,
+            source_mask: input.mask.clone(),
+            source_len: input.len,
+            row_to_input: (0..input.batch).collect(),
+        }))
+    }
+}
+
+struct T5Session {
+    model: Arc<T5Weights>,
+    cache: KvCache,
+    /// Per decoder layer: cross-attention keys and values `[batch, source_len, inner]`, computed once.
+    cross: Vec<(Vec<f32>, Vec<f32>)>,
+    source_mask: Vec<u8>,
+    source_len: usize,
+    /// Which encoder input each decoder row reads (beams of one input share it).
+    row_to_input: Vec<usize>,
+}
+
+impl T5Session {
+    fn decode(&mut self, tokens: &[u32], n: usize, mask: Option<&[u8]>, which: Logits) -> Vec<f32> {
+        let w = self.model.clone();
+        let cfg = &w.cfg;
+        let (rows, inner, d) = (self.cache.rows(), cfg.inner_dim(), cfg.d_model);
+        let m = rows * n;
+        let past = self.cache.len();
+        let total = past + n;
+        let mut h = w.embed(tokens);
+        self.cache.begin_step(n, mask);
+
+        // Decoder self-attention: causal buckets of (key - query) distances in -(total-1)..=0.
+        let span = total;
+        let table = w.bias_table(&w.decoder_bias, false, -(total as i64 - 1), 0);
+        let bias = |head: usize, q: usize, k: usize| table[head * span + (span - 1 - (q - k))];
+        let mut self_attn = w.attention_shape(true, past);
+        self_attn.bias = Some(&bias);
+        let cross_attn = w.attention_shape(false, 0);
+        let mut ctx = vec![0.0; m * inner];
+
+        for (li, layer) in w.decoder.iter().enumerate() {
+            let x = w.norm(&h, &layer.self_norm);
+            let q = layer.self_attn.q.apply(&x, m);
+            let (k, v) = (
+                layer.self_attn.k.apply(&x, m),
+                layer.self_attn.v.apply(&x, m),
+            );
+            self.cache.write(li, &k, &v);
+            self_attn.run(&q, rows, n, &self.cache.view(li), &mut ctx);
+            add(&mut h, &layer.self_attn.o.apply(&ctx, m));
+
+            let x = w.norm(&h, &layer.cross_norm);
+            let q = layer.cross_attn.q.apply(&x, m);
+            let (ck, cv) = &self.cross[li];
+            let kv = KeyValues {
+                k: ck,
+                v: cv,
+                row_stride: self.source_len * inner,
+                head_stride: cfg.d_kv,
+                pos_stride: inner,
+                len: self.source_len,
+                mask: Some((&self.source_mask, self.source_len)),
+                row_map: Some(&self.row_to_input),
+            };
+            cross_attn.run(&q, rows, n, &kv, &mut ctx);
+            add(&mut h, &layer.cross_attn.o.apply(&ctx, m));
+
+            let x = w.norm(&h, &layer.ff_norm);
+            layer.ff.add_to(&x, m, &mut h);
+        }
+        self.cache.commit();
+
+        let (h, positions) = match which {
+            Logits::All => (h, m),
+            Logits::Last => {
+                let last: Vec<f32> = (0..rows)
+                    .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
+                    .collect();
+                (last, rows)
+            }
+        };
+        let mut x = w.norm(&h, &w.decoder_norm);
+        if let Some(s) = w.output_scale {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+        w.lm_head.apply(&x, positions)
+    }
+}
+
+impl Session for T5Session {
+    fn rows(&self) -> usize {
+        self.cache.rows()
+    }
+
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        n: usize,
+        mask: Option<&[u8]>,
+        which: Logits,
+        log_softmax: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let rows = self.rows();
+        if n == 0 || tokens.len() != rows * n {
+            return Err(Error::InvalidInput(format!(
+                "a decoding step needs {rows} rows of at least one token, got {} tokens for {n} per row",
+                tokens.len()
+            )));
+        }
+        if mask.is_some_and(|m| m.len() != tokens.len()) {
+            return Err(Error::InvalidInput(
+                "decoder attention mask does not match the decoder tokens".into(),
+            ));
+        }
+        check_ids("decoder_input_ids", tokens, self.model.cfg.vocab_size)?;
+        let pool = &self.model.clone().pool;
+        *out = pool.install(|| {
+            let mut logits = self.decode(tokens, n, mask, which);
+            if log_softmax {
+                log_softmax_rows(&mut logits, self.model.cfg.vocab_size);
+            }
+            logits
+        });
+        Ok(())
+    }
+
+    fn reorder(&mut self, source: &[usize]) -> Result<()> {
+        if let Some(&bad) = source.iter().find(|&&s| s >= self.rows()) {
+            return Err(Error::InvalidInput(format!(
+                "reorder: row {bad} does not exist (session has {})",
+                self.rows()
+            )));
+        }
+        self.row_to_input = source.iter().map(|&s| self.row_to_input[s]).collect();
+        self.cache.reorder(source);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_position_bucket as bucket;
+
+    /// `(relative position, bucket)` pairs computed with transformers' `_relative_position_bucket`.
+    fn check(bidirectional: bool, num_buckets: usize, max_distance: usize, cases: &[(i64, usize)]) {
+        for &(rel, want) in cases {
+            assert_eq!(
+                bucket(rel, bidirectional, num_buckets, max_distance),
+                want,
+                "relative position {rel}"
+            );
+        }
+    }
+
+    #[test]
+    fn encoder_buckets_match_transformers() {
+        #[rustfmt::skip]
+        check(true, 32, 128, &[(0, 0), (1, 17), (-1, 1), (7, 23), (-7, 7), (8, 24), (-8, 8), (15, 25), (16, 26),
+            (-16, 10), (32, 28), (64, 30), (127, 31), (500, 31), (-500, 15), (31, 27), (-33, 12), (45, 28), (-63, 13)]);
+        check(
+            true,
+            8,
+            20,
+            &[
+                (2, 6),
+                (3, 6),
+                (4, 6),
+                (5, 6),
+                (7, 7),
+                (8, 7),
+                (10, 7),
+                (19, 7),
+                (20, 7),
+                (21, 7),
+                (-5, 2),
+                (-9, 3),
+                (-40, 3),
+            ],
+        );
+    }
+
+    #[test]
+    fn decoder_buckets_match_transformers() {
+        #[rustfmt::skip]
+        check(false, 32, 128, &[(0, 0), (1, 0), (-1, 1), (-15, 15), (-16, 16), (-20, 17), (-40, 23), (-100, 30),
+            (-127, 31), (-1000, 31), (-31, 21), (-32, 21), (-64, 26), (-45, 23)]);
+        check(
+            false,
+            8,
+            20,
+            &[
+                (-2, 2),
+                (-3, 3),
+                (-4, 4),
+                (-5, 4),
+                (-7, 5),
+                (-8, 5),
+                (-10, 6),
+                (-19, 7),
+                (-20, 7),
+                (-21, 7),
+                (-40, 7),
+            ],
+        );
+    }
+}

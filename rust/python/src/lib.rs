@@ -1,0 +1,19 @@
+//! The `fasttx._native` extension module: PyO3 glue only. Errors are mapped in `errors.rs`, model
+//! handles live in `model.rs`; every numeric routine is in the `fasttx-core` crate.
+
+mod errors;
+mod model;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add(
+        "ModelFormatError",
+        m.py().get_type::<errors::ModelFormatError>(),
+    )?;
+    m.add_class::<model::NativeModel>()?;
+    m.add_class::<model::NativeSession>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `NativeModel` and `NativeSession`: thin handles over `fasttx_core::models`. They convert numpy
+//! arrays at the boundary and call into the core with the GIL released; no math happens here.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use fasttx_core::models::{self, Logits, Model, Session, TokenBatch};
+use fasttx_core::Error;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray2};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+
+use crate::errors::run_native;
+
+#[pyclass(frozen, module = "fasttx._native")]
+pub struct NativeModel {
+    model: Arc<dyn Model>,
+}
+
+/// Token ids from any integer numpy array, checked to fit in u32.
+fn ids_to_u32(ids: &PyReadonlyArray2<'_, i64>, what: &str) -> PyResult<Vec<u32>> {
+    let view = ids.as_array();
+    view.iter()
+        .map(|&t| {
+            u32::try_from(t).map_err(|_| {
+                pyo3::exceptions::PyValueError::new_err(format!(
+                    "{what} holds token id {t}, which is not a valid id"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn mask_to_u8(
+    mask: Option<PyReadonlyArray2<'_, i64>>,
+    shape: (usize, usize),
+    what: &str,
+) -> PyResult<Option<Vec<u8>>> {
+    let Some(mask) = mask else { return Ok(None) };
+    let view = mask.as_array();
+    if view.dim() != shape {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{what} has shape {:?}, but the ids have shape {shape:?}",
+            view.dim()
+        )));
+    }
+    Ok(Some(view.iter().map(|&v| u8::from(v != 0)).collect()))
+}
+
+#[pymethods]
+impl NativeModel {
+    /// Loads architecture `arch` from `config_json` and the weight files (safetensors shards).
+    #[new]
+    fn new(
+        py: Python<'_>,
+        arch: String,
+        config_json: String,
+        weight_files: Vec<PathBuf>,
+        threads: usize,
+    ) -> PyResult<Self> {
+        let model = run_native(py, move || {
+            models::load(&arch, &config_json, &weight_files, threads)
+        })?;
+        Ok(NativeModel { model })
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+
+    #[getter]
+    fn is_encoder_decoder(&self) -> bool {
+        self.model.is_encoder_decoder()
+    }
+
+    #[getter]
+    fn threads(&self) -> usize {
+        self.model.pool().current_num_threads()
+    }
+
+    /// The `k` best entries of each row of `scores` `[rows, width]` as `(values, indices)`, both
+    /// `[rows, k]`, best first (ties keep index order); runs on this model's threads.
+    fn topk_rows<'py>(
+        &self,
+        py: Python<'py>,
+        scores: PyReadonlyArray2<'py, f32>,
+        k: usize,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
+        let view = scores.as_array();
+        let (rows, width) = view.dim();
+        let data: Vec<f32> = view.iter().copied().collect();
+        let model = self.model.clone();
+        let (values, indices) = run_native(py, move || {
+            model
+                .pool()
+                .install(|| fasttx_core::decoding::topk_rows(&data, rows, width, k))
+        })?;
+        Ok((
+            values.into_pyarray(py).reshape([rows, k])?,
+            PyArray1::from_vec(py, indices).reshape([rows, k])?,
+        ))
+    }
+
+    /// Starts a session over `input_ids` `[batch, len]` (encoder input for encoder-decoder models).
+    #[pyo3(signature = (input_ids, attention_mask=None))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        input_ids: PyReadonlyArray2<'_, i64>,
+        attention_mask: Option<PyReadonlyArray2<'_, i64>>,
+    ) -> PyResult<NativeSession> {
+        let (batch, len) = input_ids.as_array().dim();
+        let ids = ids_to_u32(&input_ids, "input_ids")?;
+        let mask = mask_to_u8(attention_mask, (batch, len), "attention_mask")?;
+        let model = self.model.clone();
+        let session = run_native(py, move || {
+            model.start(&TokenBatch::new(ids, mask, batch, len)?)
+        })?;
+        Ok(NativeSession {
+            session: Mutex::new(session),
+        })
+    }
+}
+
+#[pyclass(frozen, module = "fasttx._native")]
+pub struct NativeSession {
+    session: Mutex<Box<dyn Session>>,
+}
+
+impl NativeSession {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Session) -> fasttx_core::Result<T>,
+    ) -> fasttx_core::Result<T> {
+        let mut guard = self.session.lock().map_err(|_| {
+            Error::InvalidInput(
+                "this session failed earlier with an internal error; start a new one".into(),
+            )
+        })?;
+        f(guard.as_mut())
+    }
+}
+
+#[pymethods]
+impl NativeSession {
+    #[getter]
+    fn rows(&self) -> PyResult<usize> {
+        self.session
+            .lock()
+            .map(|s| s.rows())
+            .map_err(|_| PyRuntimeError::new_err("session is unusable"))
+    }
+
+    #[getter]
+    fn length(&self) -> PyResult<usize> {
+        self.session
+            .lock()
+            .map(|s| s.len())
+            .map_err(|_| PyRuntimeError::new_err("session is unusable"))
+    }
+
+    /// Feeds `tokens` `[rows, n]`; returns float32 logits `[rows, vocab]` (`last_only`) or
+    /// `[rows, n, vocab]`, as log-probabilities when `log_softmax` is set.
+    #[pyo3(signature = (tokens, mask=None, last_only=true, log_softmax=false))]
+    fn step<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: PyReadonlyArray2<'py, i64>,
+        mask: Option<PyReadonlyArray2<'py, i64>>,
+        last_only: bool,
+        log_softmax: bool,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let (rows, n) = tokens.as_array().dim();
+        let ids = ids_to_u32(&tokens, "decoder_input_ids")?;
+        let mask = mask_to_u8(mask, (rows, n), "decoder attention mask")?;
+        let which = if last_only { Logits::Last } else { Logits::All };
+        let (logits, vocab) = run_native(py, || {
+            self.with(|s| {
+                let mut out = Vec::new();
+                s.step(&ids, n, mask.as_deref(), which, log_softmax, &mut out)?;
+                let vocab = out.len() / if last_only { rows } else { rows * n };
+                Ok((out, vocab))
+            })
+        })?;
+        let shape = if last_only {
+            vec![rows, vocab]
+        } else {
+            vec![rows, n, vocab]
+        };
+        logits.into_pyarray(py).reshape(shape)
+    }
+
+    /// Row `i` continues old row `source[i]` (beam reordering, or expanding inputs into beams).
+    fn reorder(&self, py: Python<'_>, source: Vec<usize>) -> PyResult<()> {
+        run_native(py, || self.with(|s| s.reorder(&source)))
+    }
+}
