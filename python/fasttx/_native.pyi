@@ -13,7 +13,12 @@ class ModelFormatError(ValueError):
 
 class NativeModel:
     def __init__(
-        self, arch: str, config_json: str, weight_files: Sequence[Union[str, PathLike[str]]], threads: int
+        self,
+        arch: str,
+        config_json: str,
+        weight_files: Sequence[Union[str, PathLike[str]]],
+        dtype: str,
+        threads: int,
     ) -> None: ...
     @property
     def vocab_size(self) -> int: ...
@@ -27,6 +32,9 @@ class NativeModel:
     def topk_rows(
         self, scores: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+
+def gguf_metadata(path: Union[str, PathLike[str]]) -> dict:
+    """The metadata of a GGUF file (keys as stored; arrays as lists)."""
 
 class NativeSession:
     @property

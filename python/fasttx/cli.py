@@ -44,10 +44,13 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _model_path(args: argparse.Namespace) -> str:
+    """--model, else $FASTTX_MODEL, else the default instruction model (fetched once, with progress)."""
     path = args.model or os.environ.get("FASTTX_MODEL")
-    if not path:
-        raise SystemExit("fasttx: no model given: pass --model PATH (a model directory) or set FASTTX_MODEL")
-    return path
+    if path:
+        return path
+    from .hub import default_model_path
+
+    return str(default_model_path(progress=True))
 
 
 def _load(args: argparse.Namespace):
@@ -56,25 +59,32 @@ def _load(args: argparse.Namespace):
     return fasttx.load(_model_path(args), dtype=args.dtype, threads=args.threads)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    model = _load(args)
-    opts = _options(args)
-    if opts.get("num_return_sequences", 1) > 1 or args.no_stream:
-        out = model.generate(args.prompt, **opts)
-        for text in out if isinstance(out, list) else [out]:
-            print(text)
-        return 0
-    for piece in model.stream(args.prompt, **opts):
+def _write_stream(pieces) -> None:
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = _load(args)
+    opts = _options(args)
+    # An instruction-tuned model gets its chat template, as `fasttx chat` and model.chat do.
+    use_chat = model.chat_template is not None and not args.raw
+    messages = [{"role": "user", "content": args.prompt}]
+    if opts.get("num_return_sequences", 1) > 1 or args.no_stream:
+        out = model.chat(messages, **opts) if use_chat else model.generate(args.prompt, **opts)
+        for text in out if isinstance(out, list) else [out]:
+            print(text)
+        return 0
+    _write_stream(model.stream_chat(messages, **opts) if use_chat else model.stream(args.prompt, **opts))
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     model = _load(args)
-    if not hasattr(model, "chat"):
-        raise SystemExit(f"fasttx: {model.arch} models have no chat mode")
+    if model.chat_template is None:
+        raise SystemExit(f"fasttx: {model.path} has no chat template, so it cannot chat")
     messages: list = []
     opts = _options(args)
     while True:
@@ -85,9 +95,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if line.strip() in ("/exit", "/quit"):
             return 0
         messages.append({"role": "user", "content": line})
-        reply = model.chat(messages, **opts)
-        print(reply)
-        messages.append({"role": "assistant", "content": reply})
+        pieces = []
+        for piece in model.stream_chat(messages, **opts):
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(pieces)})
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -101,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", help="model directory (default: $FASTTX_MODEL)")
+        p.add_argument("--model", help="model directory or .gguf file (default: $FASTTX_MODEL, else SmolLM2-135M-Instruct)")
         p.add_argument("--dtype", default="auto", choices=["auto", "f32"])
         p.add_argument("--threads", type=int, help="compute threads (default: physical cores)")
         _add_generation_options(p)
@@ -109,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text for one instruction")
     common(g)
     g.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
+    g.add_argument("--raw", action="store_true", help="feed the text as is, without the model's chat template")
     g.add_argument("prompt")
     g.set_defaults(func=cmd_generate)
 
@@ -126,9 +141,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"fasttx: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

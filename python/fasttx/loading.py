@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ._native import ModelFormatError, NativeModel
+from ._native import ModelFormatError, NativeModel, gguf_metadata
 from .generation.options import GENERATION_KEYS
 
-SUPPORTED_ARCHS = ("t5",)
+SUPPORTED_ARCHS = ("t5", "llama", "mistral", "qwen2", "gpt2")
 DTYPES = ("auto", "f32")
 
 
@@ -124,7 +124,11 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
 
     directory = _resolve_path(path)
     if directory.is_file():
-        raise ModelFormatError(f"{directory}: expected a model directory (config.json + model.safetensors)")
+        if directory.suffix.lower() == ".gguf":
+            return _load_gguf(directory, dtype, threads)
+        raise ModelFormatError(
+            f"{directory}: expected a model directory (config.json + model.safetensors) or a .gguf file"
+        )
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no config.json")
@@ -134,7 +138,7 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
         raise ModelFormatError(
             f"{config_path}: unsupported architecture model_type={arch!r}; fasttx supports {', '.join(SUPPORTED_ARCHS)}"
         )
-    native = NativeModel(arch, json.dumps(config), _weight_files(directory), threads)
+    native = NativeModel(arch, json.dumps(config), _weight_files(directory), dtype, threads)
 
     tokenizer = None
     tok_path = directory / "tokenizer.json"
@@ -153,4 +157,94 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
         tokenizer=tokenizer,
         generation_config=generation_defaults(directory, config),
         path=directory,
+        chat_template=_chat_template(directory),
+    )
+
+
+def _chat_template(directory: Path) -> Optional[str]:
+    """``chat_template`` from tokenizer_config.json, or a chat_template.jinja file beside it."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    cfg = directory / "tokenizer_config.json"
+    if cfg.is_file():
+        template = _read_json(cfg).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+# GGUF architectures fasttx runs, and the transformers model_type each becomes.
+GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2"}
+
+
+def config_from_gguf(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
+    """transformers' config for a GGUF file (the mapping transformers applies when it loads one)."""
+    arch = meta.get("general.architecture")
+    if arch not in GGUF_ARCHS:
+        raise ModelFormatError(
+            f"{path}: unsupported GGUF architecture {arch!r}; fasttx runs {', '.join(GGUF_ARCHS)}"
+        )
+
+    def key(name: str, default: Any = None, required: bool = False) -> Any:
+        value = meta.get(f"{arch}.{name}", default)
+        if required and value is None:
+            raise ModelFormatError(f"{path}: GGUF metadata lacks {arch}.{name}")
+        return value
+
+    heads = key("attention.head_count", required=True)
+    hidden = key("embedding_length", required=True)
+    config: dict[str, Any] = {
+        "model_type": GGUF_ARCHS[arch],
+        "hidden_size": hidden,
+        "intermediate_size": key("feed_forward_length", required=True),
+        "num_hidden_layers": key("block_count", required=True),
+        "num_attention_heads": heads,
+        "num_key_value_heads": key("attention.head_count_kv", heads),
+        "head_dim": key("attention.key_length", key("rope.dimension_count", hidden // heads if heads else None)),
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
+        "rope_theta": key("rope.freq_base", 10000.0),
+        "max_position_embeddings": key("context_length", 2048),
+        "vocab_size": key("vocab_size", len(meta.get("tokenizer.ggml.tokens", [])) or None),
+        "tie_word_embeddings": False,  # the native loader falls back to the embedding when output.weight is absent
+    }
+    scaling = key("rope.scaling.type")
+    if scaling not in (None, "none"):
+        config["rope_scaling"] = {
+            "rope_type": scaling,
+            "factor": key("rope.scaling.factor", 1.0),
+            "original_max_position_embeddings": key("rope.scaling.original_context_length"),
+        }
+    for name in ("bos", "eos", "pad", "unk"):
+        value = meta.get(f"tokenizer.ggml.{name}_token_id")
+        if value is not None:
+            config[f"{name}_token_id"] = value
+    if config["vocab_size"] is None:
+        raise ModelFormatError(f"{path}: GGUF metadata gives no vocabulary size")
+    return GGUF_ARCHS[arch], config
+
+
+def _load_gguf(path: Path, dtype: str, threads: int):
+    from .gguf_tokenizer import tokenizer_from_gguf
+    from .model import Model
+
+    meta = gguf_metadata(path)
+    arch, config = config_from_gguf(meta, path)
+    native = NativeModel(arch, json.dumps(config), [str(path)], dtype, threads)
+    tok_path = path.parent / "tokenizer.json"
+    if tok_path.is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tok_path))
+    else:
+        tokenizer = tokenizer_from_gguf(meta)
+    generation_config = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+    return Model(
+        native=native,
+        arch=arch,
+        config=meta,
+        tokenizer=tokenizer,
+        generation_config=generation_config,
+        path=path,
+        chat_template=meta.get("tokenizer.chat_template"),
     )

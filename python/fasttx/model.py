@@ -16,8 +16,19 @@ from .text import TextAssembler, clean_up_tokenization, cut_at_stop
 class Model:
     """A loaded model. Create it with ``fasttx.load(path)``."""
 
-    def __init__(self, *, native, arch: str, config: dict, tokenizer, generation_config: dict, path: Path):
+    def __init__(
+        self,
+        *,
+        native,
+        arch: str,
+        config: dict,
+        tokenizer,
+        generation_config: dict,
+        path: Path,
+        chat_template: Optional[str] = None,
+    ):
         self._native = native
+        self.chat_template = chat_template
         self.arch = arch
         self.config = config
         self.tokenizer = tokenizer
@@ -46,7 +57,12 @@ class Model:
         """float32 logits ``[batch, length, vocab]``, as ``hf_model(...).logits``."""
         ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=False)
         if not self.is_encoder_decoder:
-            raise ValueError(f"{self.arch} is decoder-only: call logits(input_ids) without decoder_input_ids")
+            if decoder_input_ids is not None:
+                raise ValueError(f"{self.arch} is decoder-only: call logits(input_ids) without decoder_input_ids")
+            # A plain transformers forward numbers positions 0..len-1 whatever the mask says.
+            positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+            session = self._native.start(ids, mask)
+            return session.step(ids, mask, positions, last_only=False)
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids are required for an encoder-decoder model (as in transformers)")
         dec, _ = _as_batch(decoder_input_ids, None, "decoder_input_ids", pad_left=False)
@@ -61,7 +77,7 @@ class Model:
         """New tokens per returned sequence (``batch * num_return_sequences`` lists, in
         transformers' row order), each ending with EOS when generation stopped on EOS."""
         opts = self._options(options)
-        ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=not self.is_encoder_decoder)
+        ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=not self.is_encoder_decoder, pad_id=_pad_id(opts))
         return self._generate(ids, mask, opts)
 
     # ------------------------------------------------------------------ text level
@@ -69,53 +85,103 @@ class Model:
     def generate(self, prompts: Union[str, Sequence[str]], **options):
         """Text in, text out. A list of prompts gives a list of texts (a list of lists with
         ``num_return_sequences > 1``)."""
+        return self._generate_text(prompts, options, add_special_tokens=True)
+
+    def stream(self, prompt: str, **options) -> Iterator[str]:
+        """Yields the text of ``generate(prompt, ...)`` in pieces as tokens arrive (beam search:
+        once the best hypothesis is known). The pieces concatenate to ``generate``'s text."""
+        return self._stream_text(prompt, options, add_special_tokens=True)
+
+    def chat(self, messages: Sequence[dict], **options) -> str:
+        """The assistant's reply to ``messages`` (``[{"role": ..., "content": ...}, ...]``), with the
+        model's chat template applied and the generation prompt added, as transformers'
+        ``apply_chat_template(..., add_generation_prompt=True)`` does."""
+        # transformers tokenizes a rendered template without adding special tokens again.
+        return self._generate_text(self.chat_prompt(messages), options, add_special_tokens=False)
+
+    def stream_chat(self, messages: Sequence[dict], **options) -> Iterator[str]:
+        """``chat``, streamed as ``stream`` does."""
+        return self._stream_text(self.chat_prompt(messages), options, add_special_tokens=False)
+
+    def chat_prompt(self, messages: Sequence[dict]) -> str:
+        """The chat template rendered for ``messages`` with the generation prompt."""
+        from .chat import render_chat
+
+        if not self.chat_template:
+            raise ValueError(f"{self.path} has no chat template (tokenizer.chat_template / tokenizer_config.json)")
+        return render_chat(self.chat_template, list(messages), add_generation_prompt=True, **self._special_token_strings())
+
+    def _special_token_strings(self) -> dict:
+        tok = self._require_tokenizer()
+        out = {}
+        for name in ("bos", "eos", "pad", "unk"):
+            tid = self.generation_config.get(f"{name}_token_id", self.config.get(f"{name}_token_id"))
+            if isinstance(tid, list):
+                tid = tid[0] if tid else None
+            if isinstance(tid, int):
+                text = tok.id_to_token(tid)
+                if text is not None:
+                    out[f"{name}_token"] = text
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _generate_text(self, prompts, options: dict, *, add_special_tokens: bool):
         single = isinstance(prompts, str)
         prompt_list = [prompts] if single else list(prompts)
         if not all(isinstance(p, str) for p in prompt_list):
             raise ValueError("prompts must be a string or a list of strings")
         opts = self._options(options)
-        ids, mask = _as_batch(self._encode(prompt_list), None, "prompts", pad_left=not self.is_encoder_decoder)
+        ids, mask = _as_batch(
+            self._encode(prompt_list, add_special_tokens),
+            None,
+            "prompts",
+            pad_left=not self.is_encoder_decoder,
+            pad_id=_pad_id(opts),
+        )
         seqs = self._generate(ids, mask, opts)
         texts = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
         n = opts.num_return_sequences
         grouped: list[Any] = texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(prompt_list))]
         return grouped[0] if single else grouped
 
-    def stream(self, prompt: str, **options) -> Iterator[str]:
-        """Yields the text of ``generate(prompt, ...)`` in pieces as tokens arrive (beam search:
-        once the best hypothesis is known). The pieces concatenate to ``generate``'s text."""
+    def _stream_text(self, prompt: str, options: dict, *, add_special_tokens: bool) -> Iterator[str]:
         if not isinstance(prompt, str):
             raise ValueError("stream takes one prompt string")
         opts = self._options(options)
         if opts.num_return_sequences != 1:
             raise ValueError("stream returns one sequence: num_return_sequences must be 1")
-        ids, mask = _as_batch(self._encode([prompt]), None, "prompt", pad_left=False)
-        if opts.num_beams > 1:
-            yield from _nonempty([self.generate(prompt, **options)])
-            return
-        assembler = TextAssembler(self._decode, opts.stop)
-        _, events = self._start_sampling(ids, mask, opts)
-        for event in events:
-            assembler.extend(event.tokens)
-            piece = assembler.take(final=False)
-            if piece:
-                yield piece
-            if event.finished or assembler.stopped:
-                break
-        tail = assembler.take(final=True)
-        if tail:
-            yield tail
+        ids, mask = _as_batch(self._encode([prompt], add_special_tokens), None, "prompt", pad_left=False)
 
-    # ------------------------------------------------------------------ internals
+        def pieces() -> Iterator[str]:
+            if opts.num_beams > 1:  # the best hypothesis is known only at the end
+                text = cut_at_stop(self._decode(self._generate(ids, mask, opts)[0]), opts.stop)
+                if text:
+                    yield text
+                return
+            assembler = TextAssembler(self._decode, opts.stop)
+            _, events = self._start_sampling(ids, mask, opts)
+            for event in events:
+                assembler.extend(event.tokens)
+                piece = assembler.take(final=False)
+                if piece:
+                    yield piece
+                if event.finished or assembler.stopped:
+                    break
+            tail = assembler.take(final=True)
+            if tail:
+                yield tail
+
+        return pieces()
 
     def _options(self, options: dict) -> GenerationOptions:
         return resolve(options, self.generation_config, self.vocab_size)
 
-    def _encode(self, prompts: list[str]) -> list[list[int]]:
+    def _encode(self, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         tok = self._require_tokenizer()
         if not prompts:
             raise ValueError("empty batch: at least one prompt is needed")
-        return [e.ids for e in tok.encode_batch(prompts, add_special_tokens=True)]
+        return [e.ids for e in tok.encode_batch(prompts, add_special_tokens=add_special_tokens)]
 
     def _decode(self, ids: Sequence[int]) -> str:
         text = self._require_tokenizer().decode(list(ids), skip_special_tokens=True)
@@ -126,17 +192,27 @@ class Model:
             raise ValueError(f"{self.path} has no tokenizer.json: use the token-level API (generate_ids)")
         return self.tokenizer
 
-    def _decoder_prompt(self, rows: int, opts: GenerationOptions) -> search.Prompt:
-        start = opts.decoder_start_token_id
-        if start is None:
-            start = opts.bos_token_id
-        if start is None:
-            raise ValueError("the model config defines no decoder_start_token_id; pass decoder_start_token_id=")
+    def _decoder_prompt(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, copies: int) -> search.Prompt:
+        """The decoder-side prompt as transformers sees it, for ``ids.shape[0] * copies`` rows: the
+        decoder start token for encoder-decoder models, the (left-padded) prompt for decoder-only."""
+        rows = ids.shape[0]
+        if self.is_encoder_decoder:
+            start = opts.decoder_start_token_id
+            if start is None:
+                start = opts.bos_token_id
+            if start is None:
+                raise ValueError(
+                    "`decoder_start_token_id` or `bos_token_id` has to be defined for encoder-decoder generation"
+                )
+            first, first_mask = np.full((rows, 1), start, dtype=np.int64), None
+        else:
+            first, first_mask = ids, mask
         return search.Prompt(
-            history=[[start] for _ in range(rows)],
-            first_tokens=np.full((rows, 1), start, dtype=np.int64),
-            first_mask=None,
-            prompt_len=1,
+            history=[first[i].tolist() for i in range(rows) for _ in range(copies)],
+            first_tokens=first,
+            first_mask=first_mask,
+            prompt_len=first.shape[1],
+            copies=copies,
         )
 
     def _stopper(self, prompt: search.Prompt, opts: GenerationOptions):
@@ -157,10 +233,7 @@ class Model:
         as tokens are chosen) and the iterator of per-step events that drives it."""
         session = self._native.start(ids, mask)
         n = opts.num_return_sequences
-        rows = ids.shape[0] * n
-        if n > 1:
-            session.reorder(np.repeat(np.arange(ids.shape[0]), n).tolist())
-        prompt = self._decoder_prompt(rows, opts)
+        prompt = self._decoder_prompt(ids, mask, opts, copies=n)
         budget = opts.new_token_budget(prompt.prompt_len)
         sampler = None
         if opts.do_sample:
@@ -172,17 +245,13 @@ class Model:
     def _generate(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions) -> list[list[int]]:
         if opts.num_beams > 1:
             session = self._native.start(ids, mask)
-            prompt = self._decoder_prompt(ids.shape[0], opts)
+            prompt = self._decoder_prompt(ids, mask, opts, copies=opts.num_beams)
             budget = opts.new_token_budget(prompt.prompt_len)
             return search.beam_search(self._native, session, prompt, opts, budget)
         prompt, events = self._start_sampling(ids, mask, opts)
         for _ in events:
             pass
         return [h[prompt.prompt_len :] for h in prompt.history]
-
-
-def _nonempty(pieces):
-    return (p for p in pieces if p)
 
 
 def _tokenizer_setting(path: Path, key: str, default):
@@ -197,7 +266,15 @@ def _tokenizer_setting(path: Path, key: str, default):
         return default
 
 
-def _as_batch(input_ids, attention_mask, what: str, *, pad_left: bool) -> tuple[np.ndarray, np.ndarray]:
+def _pad_id(opts: GenerationOptions) -> int:
+    """The id transformers users pad prompts with (it shows up in ``input_ids``, e.g. to
+    ``repetition_penalty``): the pad token, else the first EOS token."""
+    if opts.pad_token_id is not None:
+        return opts.pad_token_id
+    return opts.eos_token_id[0] if opts.eos_token_id else 0
+
+
+def _as_batch(input_ids, attention_mask, what: str, *, pad_left: bool, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A rectangular int64 batch and its mask, from a 2-D array or a (ragged) list of lists."""
     if isinstance(input_ids, np.ndarray):
         if input_ids.ndim != 2:
@@ -245,7 +322,7 @@ def _as_batch(input_ids, attention_mask, what: str, *, pad_left: bool) -> tuple[
             raise ValueError("attention_mask needs rectangular input_ids; ragged lists are padded by fasttx without one")
         return _as_batch(np.asarray(rows, dtype=np.int64), attention_mask, what, pad_left=pad_left)
     width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), dtype=np.int64)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):
         if pad_left:

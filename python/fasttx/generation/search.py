@@ -23,10 +23,11 @@ BIG_NEG = np.float32(-1.0e9)
 class Prompt:
     """What the generation loop needs to know about the decoder-side prompt of each row."""
 
-    history: list[list[int]]  # per row: the ids transformers keeps in `input_ids` (see processors)
-    first_tokens: np.ndarray  # [rows, n]: fed to the session at the first step
-    first_mask: Optional[np.ndarray]  # [rows, n] or None
+    history: list[list[int]]  # per generated row: the ids transformers keeps in `input_ids`
+    first_tokens: np.ndarray  # [inputs, n]: fed to the session at the first step, once per input
+    first_mask: Optional[np.ndarray]  # [inputs, n] or None
     prompt_len: int  # transformers' (decoder) prompt length, for length budgets and penalties
+    copies: int = 1  # generated rows per input (beams, or sampled sequences), made after the first step
 
 
 @dataclass
@@ -73,9 +74,12 @@ def sample_or_greedy(
     active = list(range(rows))  # session row i decodes original row active[i]
     tokens, mask = prompt.first_tokens, prompt.first_mask
     history = prompt.history
-    for _ in range(budget):
+    for step in range(budget):
         logits = session.step(tokens, mask)
         mask = None
+        if step == 0 and prompt.copies > 1:
+            session.reorder(np.repeat(np.arange(logits.shape[0]), prompt.copies).tolist())
+            logits = np.repeat(logits, prompt.copies, axis=0)
         hist = [history[r] for r in active]
         processors.apply_all(procs, logits, hist)
         if sampler is None:
@@ -103,8 +107,8 @@ def sample_or_greedy(
 def beam_search(native_model, session, prompt: Prompt, opts: GenerationOptions, budget: int) -> list[list[int]]:
     """transformers' ``_beam_search`` (vectorised form, 4.50+): returns, for each input, its
     ``num_return_sequences`` best hypotheses (new tokens only), best first."""
-    batch = len(prompt.history)
     K = opts.num_beams
+    batch = len(prompt.history) // K
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
     keep = max(2, 1 + len(eos)) * K
     p0 = prompt.prompt_len
@@ -118,8 +122,8 @@ def beam_search(native_model, session, prompt: Prompt, opts: GenerationOptions, 
 
     fill = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
     running = np.full((batch, K, max_length), fill, dtype=np.int64)
-    for b, h in enumerate(prompt.history):
-        running[b, :, :p0] = h
+    for b in range(batch):
+        running[b, :, :p0] = prompt.history[b * K]
     sequences = running.copy()
     running_scores = np.zeros((batch, K), dtype=np.float32)
     running_scores[:, 1:] = BIG_NEG

@@ -2,6 +2,7 @@
 //! handles live in `model.rs`; every numeric routine is in the `fasttx-core` crate.
 
 mod errors;
+mod gguf;
 mod model;
 
 use pyo3::prelude::*;
@@ -14,6 +15,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_class::<model::NativeModel>()?;
     m.add_class::<model::NativeSession>()?;
+    m.add_function(wrap_pyfunction!(gguf::gguf_metadata, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use fasttx_core::models::{self, Logits, Model, Session, TokenBatch};
+use fasttx_core::models::{self, Model, Session, StepInput, TokenBatch, Want};
 use fasttx_core::Error;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray2};
 use pyo3::exceptions::PyRuntimeError;
@@ -49,17 +49,19 @@ fn mask_to_u8(
 
 #[pymethods]
 impl NativeModel {
-    /// Loads architecture `arch` from `config_json` and the weight files (safetensors shards).
+    /// Loads architecture `arch` from `config_json` and the weight files (safetensors shards or one
+    /// GGUF file); `dtype` is "auto" or "f32".
     #[new]
     fn new(
         py: Python<'_>,
         arch: String,
         config_json: String,
         weight_files: Vec<PathBuf>,
+        dtype: String,
         threads: usize,
     ) -> PyResult<Self> {
         let model = run_native(py, move || {
-            models::load(&arch, &config_json, &weight_files, threads)
+            models::load(&arch, &config_json, &weight_files, &dtype, threads)
         })?;
         Ok(NativeModel { model })
     }
@@ -160,25 +162,45 @@ impl NativeSession {
             .map_err(|_| PyRuntimeError::new_err("session is unusable"))
     }
 
-    /// Feeds `tokens` `[rows, n]`; returns float32 logits `[rows, vocab]` (`last_only`) or
-    /// `[rows, n, vocab]`, as log-probabilities when `log_softmax` is set.
-    #[pyo3(signature = (tokens, mask=None, last_only=true, log_softmax=false))]
+    /// Feeds `tokens` `[rows, n]` (with an optional padding `mask` and `positions`); returns float32
+    /// logits `[rows, vocab]` (`last_only`) or `[rows, n, vocab]`, as log-probabilities when
+    /// `log_softmax` is set.
+    #[pyo3(signature = (tokens, mask=None, positions=None, last_only=true, log_softmax=false))]
     fn step<'py>(
         &self,
         py: Python<'py>,
         tokens: PyReadonlyArray2<'py, i64>,
         mask: Option<PyReadonlyArray2<'py, i64>>,
+        positions: Option<PyReadonlyArray2<'py, i64>>,
         last_only: bool,
         log_softmax: bool,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let (rows, n) = tokens.as_array().dim();
         let ids = ids_to_u32(&tokens, "decoder_input_ids")?;
         let mask = mask_to_u8(mask, (rows, n), "decoder attention mask")?;
-        let which = if last_only { Logits::Last } else { Logits::All };
+        let positions = match positions {
+            Some(p) if p.as_array().dim() != (rows, n) => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "position ids do not match the tokens' shape",
+                ))
+            }
+            Some(p) => Some(ids_to_u32(&p, "position ids")?),
+            None => None,
+        };
+        let want = Want {
+            last_only,
+            log_softmax,
+        };
         let (logits, vocab) = run_native(py, || {
             self.with(|s| {
+                let input = StepInput {
+                    tokens: &ids,
+                    n,
+                    mask: mask.as_deref(),
+                    positions: positions.as_deref(),
+                };
                 let mut out = Vec::new();
-                s.step(&ids, n, mask.as_deref(), which, log_softmax, &mut out)?;
+                s.step(&input, want, &mut out)?;
                 let vocab = out.len() / if last_only { rows } else { rows * n };
                 Ok((out, vocab))
             })

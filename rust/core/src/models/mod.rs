@@ -7,10 +7,19 @@
 //! picks, repeats or drops rows (beam search, or expanding one prompt into several beams).
 
 pub mod attention;
+pub mod gpt2;
 pub mod kv_cache;
+pub mod llama;
+pub mod rope;
 pub mod t5;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
+use crate::formats::gguf_hf::GgufAsHf;
+use crate::formats::safetensors::SafeTensors;
 
 /// A rectangular batch of token ids with its attention mask (1 = real token, 0 = padding).
 #[derive(Clone, Debug)]
@@ -64,13 +73,59 @@ pub fn check_ids(what: &str, ids: &[u32], vocab: usize) -> Result<()> {
     }
 }
 
-/// Which positions' logits a step returns.
+/// The new tokens of one decoding step, for every row of a session.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInput<'a> {
+    /// `[rows, n]`, row-major.
+    pub tokens: &'a [u32],
+    pub n: usize,
+    /// `[rows, n]`: 0 marks padding, which is never attended to (`None`: all real tokens).
+    pub mask: Option<&'a [u8]>,
+    /// `[rows, n]` position ids for models with absolute or rotary positions. `None` continues each
+    /// row from the number of real tokens it holds (transformers' `generate`: `cumsum(mask) - 1`).
+    pub positions: Option<&'a [u32]>,
+}
+
+impl<'a> StepInput<'a> {
+    pub fn tokens(tokens: &'a [u32], n: usize) -> Self {
+        StepInput {
+            tokens,
+            n,
+            mask: None,
+            positions: None,
+        }
+    }
+
+    /// Checks the shapes against a session of `rows` rows and the ids against the vocabulary.
+    pub fn validate(&self, rows: usize, vocab: usize) -> Result<()> {
+        let len = rows * self.n;
+        if self.n == 0 || self.tokens.len() != len {
+            return Err(Error::InvalidInput(format!(
+                "a decoding step needs {rows} rows of at least one token, got {} tokens for {} per row",
+                self.tokens.len(),
+                self.n
+            )));
+        }
+        if self.mask.is_some_and(|m| m.len() != len) {
+            return Err(Error::InvalidInput(
+                "the attention mask of a step does not match its tokens".into(),
+            ));
+        }
+        if self.positions.is_some_and(|p| p.len() != len) {
+            return Err(Error::InvalidInput(
+                "the position ids of a step do not match its tokens".into(),
+            ));
+        }
+        check_ids("decoder_input_ids", self.tokens, vocab)
+    }
+}
+
+/// What a step returns: logits of every new position (`[rows, n, vocab]`, for scoring) or of each
+/// row's last one (`[rows, vocab]`, for generation), optionally as log-probabilities.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Logits {
-    /// `[rows, n, vocab]`: every new position (scoring, `model.logits`).
-    All,
-    /// `[rows, vocab]`: only each row's last new position (generation).
-    Last,
+pub struct Want {
+    pub last_only: bool,
+    pub log_softmax: bool,
 }
 
 pub trait Model: Send + Sync {
@@ -94,39 +149,73 @@ pub trait Session: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Feeds `tokens` (`[rows, n]`, row-major) with an optional mask for them (1 = real token) and
-    /// returns the logits asked for in `out`, as log-probabilities if `log_softmax`.
-    fn step(
-        &mut self,
-        tokens: &[u32],
-        n: usize,
-        mask: Option<&[u8]>,
-        which: Logits,
-        log_softmax: bool,
-        out: &mut Vec<f32>,
-    ) -> Result<()>;
+    /// Feeds one step of new tokens and writes the logits asked for into `out`.
+    fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()>;
     /// Row `i` of the session afterwards continues old row `source[i]`; rows may repeat or vanish.
     fn reorder(&mut self, source: &[usize]) -> Result<()>;
 }
 
-/// Builds the model `arch` (transformers' `model_type`) from its config JSON and weight files.
+/// Builds the model `arch` (transformers' `model_type`) from its config JSON and weight files:
+/// safetensors shards, or one GGUF file. `dtype` is "auto" (keep a GGUF file's Q4_0/Q4_1/Q8_0
+/// blocks and run them natively; f32 otherwise) or "f32" (dequantize everything).
 pub fn load(
     arch: &str,
     config_json: &str,
-    weight_files: &[std::path::PathBuf],
+    weight_files: &[PathBuf],
+    dtype: &str,
     threads: usize,
-) -> Result<std::sync::Arc<dyn Model>> {
-    use crate::formats::safetensors::SafeTensors;
+) -> Result<Arc<dyn Model>> {
+    let keep_quantized = match dtype {
+        "auto" => true,
+        "f32" => false,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "dtype must be 'auto' or 'f32', got '{other}'"
+            )))
+        }
+    };
+    let is_gguf = matches!(weight_files, [one] if one.extension().is_some_and(|e| e == "gguf"));
     match arch {
+        "t5" | "gpt2" if is_gguf => Err(Error::Format(format!(
+            "{arch} models are read from safetensors, not GGUF"
+        ))),
         "t5" => {
             let cfg = t5::T5Config::from_json(config_json)?;
-            let weights = SafeTensors::open(weight_files)?;
-            Ok(std::sync::Arc::new(t5::T5Model::load(
-                cfg, &weights, threads,
+            Ok(Arc::new(t5::T5Model::load(
+                cfg,
+                &SafeTensors::open(weight_files)?,
+                threads,
             )?))
         }
+        "gpt2" => {
+            let cfg = gpt2::Gpt2Config::from_json(config_json)?;
+            Ok(Arc::new(gpt2::Gpt2Model::load(
+                cfg,
+                &SafeTensors::open(weight_files)?,
+                threads,
+            )?))
+        }
+        "llama" | "mistral" | "qwen2" => {
+            let cfg = llama::LlamaConfig::from_json(arch, config_json)?;
+            if is_gguf {
+                let file = GgufFile::open(&weight_files[0])?;
+                let source = GgufAsHf::new(
+                    file,
+                    cfg.num_attention_heads,
+                    cfg.num_key_value_heads,
+                    keep_quantized,
+                );
+                Ok(Arc::new(llama::LlamaModel::load(cfg, &source, threads)?))
+            } else {
+                Ok(Arc::new(llama::LlamaModel::load(
+                    cfg,
+                    &SafeTensors::open(weight_files)?,
+                    threads,
+                )?))
+            }
+        }
         other => Err(Error::Format(format!(
-            "unsupported architecture '{other}' (model_type in config.json); fasttx supports: t5"
+            "unsupported architecture '{other}'; fasttx supports: t5, llama, mistral, qwen2, gpt2"
         ))),
     }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::attention::{Attention, KeyValues};
 use super::kv_cache::KvCache;
-use super::{check_ids, Logits, Model, Session, TokenBatch};
+use super::{Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -343,14 +343,12 @@ impl T5Model {
         let embed = w
             .tensor(embed_name)?
             .expect_shape(embed_name, &[vocab, d])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(
-                w.tensor(embed_name)?
-                    .expect_shape(embed_name, &[vocab, d])?,
-                None,
-            )?
-        } else {
+        // transformers 5.x writes `tie_word_embeddings: true` even for untied checkpoints and then
+        // keeps a stored `lm_head.weight` that differs from the embedding: a stored head wins.
+        let lm_head = if w.contains("lm_head.weight") {
             linear(w, "lm_head.weight", vocab, d)?
+        } else {
+            Linear::new(embed.clone(), None)?
         };
         let nb = cfg.relative_attention_num_buckets;
         let bias_name = |stack: &str| {
@@ -560,7 +558,14 @@ struct T5Session {
 }
 
 impl T5Session {
-    fn decode(&mut self, tokens: &[u32], n: usize, mask: Option<&[u8]>, which: Logits) -> Vec<f32> {
+    /// The decoder over one step's tokens (positions are the cache's own: T5 has no position ids).
+    fn decode(
+        &mut self,
+        tokens: &[u32],
+        n: usize,
+        mask: Option<&[u8]>,
+        last_only: bool,
+    ) -> Vec<f32> {
         let w = self.model.clone();
         let cfg = &w.cfg;
         let (rows, inner, d) = (self.cache.rows(), cfg.inner_dim(), cfg.d_model);
@@ -611,14 +616,13 @@ impl T5Session {
         }
         self.cache.commit();
 
-        let (h, positions) = match which {
-            Logits::All => (h, m),
-            Logits::Last => {
-                let last: Vec<f32> = (0..rows)
-                    .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
-                    .collect();
-                (last, rows)
-            }
+        let (h, positions) = if last_only {
+            let last: Vec<f32> = (0..rows)
+                .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
+                .collect();
+            (last, rows)
+        } else {
+            (h, m)
         };
         let mut x = w.norm(&h, &w.decoder_norm);
         if let Some(s) = w.output_scale {
@@ -637,33 +641,13 @@ impl Session for T5Session {
         self.cache.len()
     }
 
-    fn step(
-        &mut self,
-        tokens: &[u32],
-        n: usize,
-        mask: Option<&[u8]>,
-        which: Logits,
-        log_softmax: bool,
-        out: &mut Vec<f32>,
-    ) -> Result<()> {
-        let rows = self.rows();
-        if n == 0 || tokens.len() != rows * n {
-            return Err(Error::InvalidInput(format!(
-                "a decoding step needs {rows} rows of at least one token, got {} tokens for {n} per row",
-                tokens.len()
-            )));
-        }
-        if mask.is_some_and(|m| m.len() != tokens.len()) {
-            return Err(Error::InvalidInput(
-                "decoder attention mask does not match the decoder tokens".into(),
-            ));
-        }
-        check_ids("decoder_input_ids", tokens, self.model.cfg.vocab_size)?;
-        let pool = &self.model.clone().pool;
-        *out = pool.install(|| {
-            let mut logits = self.decode(tokens, n, mask, which);
-            if log_softmax {
-                log_softmax_rows(&mut logits, self.model.cfg.vocab_size);
+    fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
+        input.validate(self.rows(), self.model.cfg.vocab_size)?;
+        let model = self.model.clone();
+        *out = model.pool.install(|| {
+            let mut logits = self.decode(input.tokens, input.n, input.mask, want.last_only);
+            if want.log_softmax {
+                log_softmax_rows(&mut logits, model.cfg.vocab_size);
             }
             logits
         });

@@ -1,0 +1,182 @@
+//! A GGUF file seen under transformers' tensor names, so the model files (which speak transformers'
+//! names only) load GGUF and safetensors alike.
+//!
+//! llama.cpp's converter permutes the rows of Llama's q/k projections per head (ggml rotates
+//! adjacent pairs; transformers rotates dimension `i` with `i + head_dim/2`); this source undoes
+//! that permutation, as transformers does when it reads a GGUF, so one rotary kernel serves both.
+//! With `keep_quantized`, Q4_0/Q4_1/Q8_0 projections stay in their blocks (memory-mapped when no
+//! permutation is needed) for the quantized kernels; otherwise everything is dequantized to f32.
+
+use super::gguf::{GgmlType, GgufFile};
+use super::WeightSource;
+use crate::error::Result;
+use crate::format_err;
+use crate::kernels::quant::QuantFormat;
+use crate::tensor::{Bytes, QuantMatrix, Tensor, Weight};
+
+pub struct GgufAsHf {
+    file: GgufFile,
+    /// llama.cpp permuted q/k rows (its "llama" architecture; Qwen2 files are not permuted).
+    permuted_qk: bool,
+    n_head: usize,
+    n_kv_head: usize,
+    keep_quantized: bool,
+}
+
+/// How the rows of a tensor must be reordered to reach transformers' layout.
+#[derive(Clone, Copy)]
+enum Rows {
+    AsStored,
+    /// Undo llama.cpp's per-head permutation for this many heads.
+    Unpermute(usize),
+}
+
+impl GgufAsHf {
+    pub fn new(file: GgufFile, n_head: usize, n_kv_head: usize, keep_quantized: bool) -> Self {
+        let permuted_qk = file.architecture() == Some("llama");
+        GgufAsHf {
+            file,
+            permuted_qk,
+            n_head,
+            n_kv_head,
+            keep_quantized,
+        }
+    }
+
+    /// The GGUF name of a transformers name, and its row order.
+    fn locate(&self, hf: &str) -> Option<(String, Rows)> {
+        let fixed = match hf {
+            "model.embed_tokens.weight" => Some("token_embd.weight"),
+            "model.norm.weight" => Some("output_norm.weight"),
+            "lm_head.weight" => Some("output.weight"),
+            _ => None,
+        };
+        if let Some(name) = fixed {
+            return Some((name.to_string(), Rows::AsStored));
+        }
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (layer, leaf) = rest.split_once('.')?;
+        let (module, suffix) = leaf.rsplit_once('.')?; // suffix: weight | bias
+        let (gguf, rows) = match module {
+            "input_layernorm" => ("attn_norm", Rows::AsStored),
+            "post_attention_layernorm" => ("ffn_norm", Rows::AsStored),
+            "self_attn.q_proj" if self.permuted_qk => ("attn_q", Rows::Unpermute(self.n_head)),
+            "self_attn.k_proj" if self.permuted_qk => ("attn_k", Rows::Unpermute(self.n_kv_head)),
+            "self_attn.q_proj" => ("attn_q", Rows::AsStored),
+            "self_attn.k_proj" => ("attn_k", Rows::AsStored),
+            "self_attn.v_proj" => ("attn_v", Rows::AsStored),
+            "self_attn.o_proj" => ("attn_output", Rows::AsStored),
+            "mlp.gate_proj" => ("ffn_gate", Rows::AsStored),
+            "mlp.up_proj" => ("ffn_up", Rows::AsStored),
+            "mlp.down_proj" => ("ffn_down", Rows::AsStored),
+            _ => return None,
+        };
+        Some((format!("blk.{layer}.{gguf}.{suffix}"), rows))
+    }
+
+    fn resolve(&self, hf: &str) -> Result<(String, Rows)> {
+        self.locate(hf).ok_or_else(|| {
+            format_err!(
+                "{}: no GGUF tensor corresponds to '{hf}'",
+                self.file.path().display()
+            )
+        })
+    }
+}
+
+/// transformers row `r` of a permuted projection comes from GGUF row `source_row(r)`.
+fn source_row(r: usize, rows: usize, heads: usize) -> usize {
+    let hd = rows / heads;
+    let (h, within) = (r / hd, r % hd);
+    let (s, i) = (within / (hd / 2), within % (hd / 2));
+    h * hd + 2 * i + s
+}
+
+/// Reorders `rows` equal chunks of `data` (each `row_len` long) into transformers' order.
+fn unpermute<T: Copy>(data: &[T], rows: usize, heads: usize, name: &str) -> Result<Vec<T>> {
+    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+        return Err(format_err!(
+            "tensor '{name}': {rows} rows cannot be split into {heads} heads of even size"
+        ));
+    }
+    let row_len = data.len() / rows;
+    let mut out = Vec::with_capacity(data.len());
+    for r in 0..rows {
+        let src = source_row(r, rows, heads);
+        out.extend_from_slice(&data[src * row_len..(src + 1) * row_len]);
+    }
+    Ok(out)
+}
+
+fn quant_format(ty: GgmlType) -> Option<QuantFormat> {
+    match ty {
+        GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
+        GgmlType::Q4_1 => Some(QuantFormat::Q4_1),
+        GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
+        _ => None,
+    }
+}
+
+impl WeightSource for GgufAsHf {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let (gguf, rows) = self.resolve(name)?;
+        let t = self.file.tensor(&gguf)?;
+        match rows {
+            Rows::AsStored => Ok(t),
+            Rows::Unpermute(heads) => {
+                let shape = t.shape().to_vec();
+                let data = unpermute(t.data(), shape[0], heads, &gguf)?;
+                Tensor::from_vec(shape, data)
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.locate(name)
+            .is_some_and(|(gguf, _)| self.file.contains(&gguf))
+    }
+
+    fn weight(&self, name: &str) -> Result<Weight> {
+        let (gguf, rows) = self.resolve(name)?;
+        let (info, bytes) = self.file.shared_bytes(&gguf)?;
+        let format = match quant_format(info.ggml_type) {
+            Some(f) if self.keep_quantized && info.shape.len() == 2 => f,
+            _ => return Ok(Weight::F32(self.tensor(name)?)),
+        };
+        let (r, c) = (info.shape[0], info.shape[1]);
+        let bytes = match rows {
+            Rows::AsStored => bytes,
+            Rows::Unpermute(heads) => Bytes::Owned(std::sync::Arc::new(unpermute(
+                bytes.as_slice(),
+                r,
+                heads,
+                &gguf,
+            )?)),
+        };
+        Ok(Weight::Quant(QuantMatrix::new(format, r, c, bytes)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inverse of llama.cpp's `permute`: reshape(heads, 2, hd/2).swapaxes(1, 2).
+    #[test]
+    fn source_row_inverts_llama_cpp_permutation() {
+        let (heads, hd) = (3, 8);
+        let rows = heads * hd;
+        // llama.cpp: GGUF row (h, i, s) holds transformers row (h, s, i).
+        let mut gguf_holds = vec![0; rows];
+        for h in 0..heads {
+            for s in 0..2 {
+                for i in 0..hd / 2 {
+                    gguf_holds[h * hd + 2 * i + s] = h * hd + s * (hd / 2) + i;
+                }
+            }
+        }
+        for r in 0..rows {
+            assert_eq!(gguf_holds[source_row(r, rows, heads)], r);
+        }
+    }
+}

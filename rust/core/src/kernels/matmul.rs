@@ -1,0 +1,592 @@
+//! Matrix products: `y = x · wᵀ` against weights in PyTorch `Linear` layout ([`matmul_nt`], the hot
+//! kernel) and the plain `y = a · b` ([`matmul_nn`], attention probabilities times values).
+//!
+//! # How `matmul_nt` is organised
+//! Both operands are contiguous along `k`, so each output is a dot product of two rows. A
+//! micro-kernel ("tile", one per instruction set) computes `mr × nr` outputs at once (`mr` rows of
+//! `x`, `nr` rows of `w`, `mr·nr` vector accumulators in registers), loading each `w` vector once for
+//! all `mr` rows: decoding (`m = 1..8`) streams the weights from memory exactly once per call.
+//!
+//! Above the tiles, `y` is cut into blocks (rows of `x` × rows of `w`) that become rayon tasks in
+//! the current pool. A block walks its `w` rows in groups of `nr` and, for each group (hot in L1),
+//! every group of `mr` rows of `x`; the rows of `x` in a block are capped so they stay in L2.
+//!
+//! # Determinism
+//! Every output `y[i][j]` is computed by one tile with one fixed reduction order: `LANES` partial
+//! sums over `k` (lane `l` takes `k`-indices `≡ l mod LANES`, the ragged end padded with zeros), then
+//! a horizontal sum in a fixed order. That order does not depend on the tile shape, the block, the
+//! thread or `m`, so a row's result has the same bits at any thread count and in any batch. (It does
+//! depend on the instruction set: AVX-512, AVX2 and portable code round differently.)
+
+use rayon::prelude::*;
+
+use super::cpu::{self, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::{x86_avx2, x86_avx512};
+
+/// `m·n·k` below which a product runs on the calling thread: rayon's dispatch (a few µs) would
+/// cost more than it saves.
+const SERIAL_WORK: usize = 32 * 1024;
+/// Multiply-adds a parallel task should at least have, for the same reason.
+const MIN_TASK_WORK: usize = 64 * 1024;
+/// Aim for this many tasks per thread so uneven progress evens out.
+const TASKS_PER_THREAD: usize = 8;
+/// Bytes of `x` rows a block keeps hot (well inside a 512 KiB–1 MiB L2).
+const X_BLOCK_BYTES: usize = 192 * 1024;
+/// Block widths (rows of `w`) are multiples of this, a multiple of every tile width, so only the
+/// last block of a row has a ragged edge.
+const COL_ALIGN: usize = 24;
+
+/// Matrix product against a weight stored `[n, k]`: `y[i][j] = Σ_p x[i][p] · w[j][p]`.
+/// Parallel over the current rayon pool; the result is bitwise independent of the thread count
+/// and of `m` (see the module docs).
+pub fn matmul_nt(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    matmul_nt_with(cpu::isa(), x, w, y, m, k, n)
+}
+
+/// [`matmul_nt`] on an explicit instruction set (tests, benchmarks).
+///
+/// # Panics
+/// If this CPU cannot run `isa`, or a slice is too short.
+pub(crate) fn matmul_nt_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(cpu::supported(isa), "{isa:?} is not supported on this CPU");
+    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernel = NtKernel::for_isa(isa);
+
+    let threads = rayon::current_num_threads();
+    let work = m.saturating_mul(n).saturating_mul(k);
+    let parallel = threads > 1 && work >= SERIAL_WORK;
+
+    // Rows of x per block: all of them when they fit the cache budget, else a multiple of 4.
+    let fit = (X_BLOCK_BYTES / (4 * k.max(1))).max(4) / 4 * 4;
+    let mb = if m <= fit { m } else { fit };
+    let row_blocks = m.div_ceil(mb);
+    // Rows of w per block: only a matter of load balance, since a block's w rows are read once
+    // per row block whatever its width.
+    let nb = if parallel {
+        let col_blocks = (TASKS_PER_THREAD * threads).div_ceil(row_blocks);
+        let by_balance = n.div_ceil(col_blocks);
+        let by_overhead = MIN_TASK_WORK.div_ceil(mb * k.max(1));
+        by_balance
+            .max(by_overhead)
+            .next_multiple_of(COL_ALIGN)
+            .min(n)
+    } else {
+        n
+    };
+    let col_blocks = n.div_ceil(nb);
+
+    let yp = SyncPtr(y.as_mut_ptr());
+    let run = |t: usize| {
+        let (r0, c0) = ((t / col_blocks) * mb, (t % col_blocks) * nb);
+        let (rows, cols) = (mb.min(m - r0), nb.min(n - c0));
+        // SAFETY: r0 + rows <= m and c0 + cols <= n, and the lengths were asserted above, so every
+        // pointer below stays in its slice; `kernel` matches `isa`, which the CPU supports. Tasks
+        // write disjoint rectangles of y, and `y` stays mutably borrowed by this call throughout.
+        unsafe {
+            kernel.block(
+                x.as_ptr().add(r0 * k),
+                w.as_ptr().add(c0 * k),
+                yp.get().add(r0 * n + c0),
+                rows,
+                cols,
+                k,
+                n,
+            )
+        }
+    };
+    let tasks = row_blocks * col_blocks;
+    if parallel && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
+/// The tile micro-kernels of one instruction set.
+struct NtKernel {
+    /// Tile width (rows of `w`) to pair with a group of `mr` rows of `x`, indexed by `mr` (1..=4).
+    nr: [usize; 5],
+    /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract.
+    tile: unsafe fn(usize, usize, *const f32, *const f32, usize, *mut f32, usize),
+}
+
+impl NtKernel {
+    fn for_isa(isa: Isa) -> NtKernel {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => NtKernel {
+                nr: x86_avx512::NT_NR,
+                tile: x86_avx512::nt_tile,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => NtKernel {
+                nr: x86_avx2::NT_NR,
+                tile: x86_avx2::nt_tile,
+            },
+            _ => NtKernel {
+                nr: portable::NT_NR,
+                tile: portable::nt_tile,
+            },
+        }
+    }
+
+    /// `y[..rows][..cols] = x[..rows] · w[..cols]ᵀ` for one block (`y` rows `ldy` apart).
+    ///
+    /// # Safety
+    /// `x` valid for `rows·k` reads, `w` for `cols·k`, `y` for writes of `rows` rows of `cols` at
+    /// stride `ldy`; the CPU supports this kernel's instruction set.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        &self,
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        ldy: usize,
+    ) {
+        let tile = self.tile;
+        // Few rows (decoding): one group, with the widest tile for that many rows. Otherwise groups
+        // of 4 (the last group, if shorter, keeps the same width).
+        let (mr, nr) = if rows >= 4 {
+            (4, self.nr[4])
+        } else {
+            (rows, self.nr[rows])
+        };
+        // For each group of w rows (then hot in L1), every group of x rows.
+        let sweep = |j: usize, width: usize| {
+            let mut i = 0;
+            while i < rows {
+                let h = mr.min(rows - i);
+                tile(
+                    h,
+                    width,
+                    x.add(i * k),
+                    w.add(j * k),
+                    k,
+                    y.add(i * ldy + j),
+                    ldy,
+                );
+                i += h;
+            }
+        };
+        let mut j = 0;
+        while j + nr <= cols {
+            sweep(j, nr);
+            j += nr;
+        }
+        // The ragged edge (last block only): one w row at a time.
+        for j in j..cols {
+            sweep(j, 1);
+        }
+    }
+}
+
+/// Raw output pointer shared by the tasks of one product, each writing its own rectangle.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used by `matmul_nt_with`, whose tasks write disjoint parts of the buffer.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    // A method (not `.0`) so closures capture the whole Send/Sync wrapper, not the bare pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Scalar reference: the definition, used to test the fast paths.
+pub fn matmul_nt_scalar(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n);
+    for i in 0..m {
+        let xr = &x[i * k..(i + 1) * k];
+        for j in 0..n {
+            let wr = &w[j * k..(j + 1) * k];
+            y[i * n + j] = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+/// Plain product `y = a · b` for `a: [m, k]`, `b: [k, n]`, `y: [m, n]` (attention probabilities
+/// times values). Each output is summed in `p` order, so rows do not depend on `m` or threads.
+pub fn matmul_nn(a: &[f32], b: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    matmul_nn_with(cpu::isa(), a, b, y, m, k, n)
+}
+
+/// [`matmul_nn`] on an explicit instruction set.
+///
+/// # Panics
+/// If this CPU cannot run `isa`, or a slice is too short.
+pub(crate) fn matmul_nn_with(
+    isa: Isa,
+    a: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(cpu::supported(isa), "{isa:?} is not supported on this CPU");
+    assert!(a.len() >= m * k && b.len() >= k * n && y.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let b = &b[..k * n];
+    let row = |i: usize, yr: &mut [f32]| {
+        let ar = &a[i * k..(i + 1) * k];
+        match isa {
+            // SAFETY: the CPU supports AVX2+FMA (asserted above; AVX-512 implies both); the slice
+            // lengths are what `nn_row` requires.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 => unsafe { x86_avx2::nn_row(ar, b, yr, k, n) },
+            _ => nn_row_portable(ar, b, yr, n),
+        }
+    };
+    let y = &mut y[..m * n];
+    let work = m.saturating_mul(n).saturating_mul(k);
+    if rayon::current_num_threads() > 1 && work >= SERIAL_WORK {
+        let min_rows = MIN_TASK_WORK.div_ceil(n * k.max(1));
+        y.par_chunks_mut(n)
+            .enumerate()
+            .with_min_len(min_rows)
+            .for_each(|(i, yr)| row(i, yr));
+    } else {
+        y.chunks_mut(n).enumerate().for_each(|(i, yr)| row(i, yr));
+    }
+}
+
+/// One row of `a · b` as a sequence of `y += a[p] · b[p]` (vectorised by the compiler).
+fn nn_row_portable(a: &[f32], b: &[f32], y: &mut [f32], n: usize) {
+    y.fill(0.0);
+    for (&ap, br) in a.iter().zip(b.chunks_exact(n)) {
+        for (yj, &bj) in y.iter_mut().zip(br) {
+            *yj += ap * bj;
+        }
+    }
+}
+
+/// Scalar reference for [`matmul_nn`].
+pub fn matmul_nn_scalar(a: &[f32], b: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(a.len() >= m * k && b.len() >= k * n && y.len() >= m * n);
+    for i in 0..m {
+        for j in 0..n {
+            y[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+        }
+    }
+}
+
+/// Portable tiles: the AVX2 algorithm written over `[f32; 8]` accumulators, which the compiler
+/// maps onto whatever vectors the target has (SSE2, NEON). Same lane layout and horizontal-sum
+/// order as the AVX2 tiles, but multiply and add are separate roundings (no FMA).
+mod portable {
+    const LANES: usize = 8;
+
+    pub(super) const NT_NR: [usize; 5] = [0, 8, 6, 4, 3];
+
+    /// Same contract as `x86_avx2::nt_tile`.
+    ///
+    /// # Safety
+    /// `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart), `y` valid for writes at
+    /// `r·ldy + c` for `r < mr`, `c < nr`.
+    pub(super) unsafe fn nt_tile(
+        mr: usize,
+        nr: usize,
+        x: *const f32,
+        w: *const f32,
+        k: usize,
+        y: *mut f32,
+        ldy: usize,
+    ) {
+        match (mr, nr) {
+            (1, 8) => tile::<1, 8>(x, w, k, y, ldy),
+            (2, 6) => tile::<2, 6>(x, w, k, y, ldy),
+            (3, 4) => tile::<3, 4>(x, w, k, y, ldy),
+            (4, 3) => tile::<4, 3>(x, w, k, y, ldy),
+            (1, 3) => tile::<1, 3>(x, w, k, y, ldy),
+            (2, 3) => tile::<2, 3>(x, w, k, y, ldy),
+            (3, 3) => tile::<3, 3>(x, w, k, y, ldy),
+            _ => {
+                for r in 0..mr {
+                    for c in 0..nr {
+                        tile::<1, 1>(x.add(r * k), w.add(c * k), k, y.add(r * ldy + c), ldy);
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn tile<const MR: usize, const NR: usize>(
+        x: *const f32,
+        w: *const f32,
+        k: usize,
+        y: *mut f32,
+        ldy: usize,
+    ) {
+        // SAFETY: the caller guarantees MR rows of x and NR rows of w, each k long.
+        let xs: [&[f32]; MR] = std::array::from_fn(|r| std::slice::from_raw_parts(x.add(r * k), k));
+        let ws: [&[f32]; NR] = std::array::from_fn(|c| std::slice::from_raw_parts(w.add(c * k), k));
+        let mut acc = [[[0.0f32; LANES]; NR]; MR];
+        let body = k - k % LANES;
+        for p in (0..body).step_by(LANES) {
+            for (xr, acc_r) in xs.iter().zip(acc.iter_mut()) {
+                let xv: &[f32; LANES] = xr[p..p + LANES].try_into().unwrap();
+                for (wr, a) in ws.iter().zip(acc_r.iter_mut()) {
+                    let wv: &[f32; LANES] = wr[p..p + LANES].try_into().unwrap();
+                    for l in 0..LANES {
+                        a[l] += xv[l] * wv[l];
+                    }
+                }
+            }
+        }
+        for (l, p) in (body..k).enumerate() {
+            for (xr, acc_r) in xs.iter().zip(acc.iter_mut()) {
+                for (wr, a) in ws.iter().zip(acc_r.iter_mut()) {
+                    a[l] += xr[p] * wr[p];
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (c, a) in acc_r.iter().enumerate() {
+                // SAFETY: r < MR, c < NR: inside the caller's y rectangle.
+                *y.add(r * ldy + c) = hsum(a);
+            }
+        }
+    }
+
+    /// The AVX2 `hsum` order: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+    #[inline]
+    fn hsum(a: &[f32; LANES]) -> f32 {
+        let s = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+        (s[0] + s[2]) + (s[1] + s[3])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::{assert_close_to_ref, random, report_skipped, with_threads};
+
+    /// Σ|x·w| per output: the scale of the rounding error a reordered sum may have.
+    fn abs_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let xa: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        let wa: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+        let mut out = vec![0.0; m * n];
+        matmul_nt_scalar(&xa, &wa, &mut out, m, k, n);
+        out
+    }
+
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (1, 7, 1),
+        (1, 33, 7),
+        (2, 8, 24),
+        (3, 65, 129),
+        (4, 16, 3),
+        (5, 9, 26),
+        (7, 513, 33),
+        (8, 512, 100),
+        (1, 513, 1025),
+        (37, 513, 1025),
+        (3, 0, 5),
+        (0, 5, 3),
+        (3, 5, 0),
+    ];
+
+    #[test]
+    fn matmul_nt_matches_scalar() {
+        report_skipped();
+        for isa in cpu::supported_isas() {
+            for &(m, k, n) in SHAPES {
+                let x = random(m * k, 1);
+                let w = random(n * k, 2);
+                let mut want = vec![0.0; m * n];
+                matmul_nt_scalar(&x, &w, &mut want, m, k, n);
+                for threads in [1, 2] {
+                    let mut got = vec![f32::NAN; m * n];
+                    with_threads(threads, || matmul_nt_with(isa, &x, &w, &mut got, m, k, n));
+                    let scale = abs_nt(&x, &w, m, k, n);
+                    let what = format!("{isa:?} m={m} k={k} n={n} threads={threads}");
+                    assert_close_to_ref(&got, &want, &scale, 1e-5, &what);
+                }
+            }
+        }
+    }
+
+    /// Large enough to be cut into several row and column blocks.
+    #[test]
+    fn matmul_nt_blocked_prefill_shape() {
+        let (m, k, n) = (130, 700, 300);
+        let x = random(m * k, 3);
+        let w = random(n * k, 4);
+        let mut want = vec![0.0; m * n];
+        matmul_nt_scalar(&x, &w, &mut want, m, k, n);
+        let scale = abs_nt(&x, &w, m, k, n);
+        for isa in cpu::supported_isas() {
+            let mut got = vec![f32::NAN; m * n];
+            with_threads(2, || matmul_nt_with(isa, &x, &w, &mut got, m, k, n));
+            assert_close_to_ref(&got, &want, &scale, 1e-5, &format!("{isa:?} blocked"));
+        }
+    }
+
+    /// y[i] has the same bits whether x[i] is alone (m = 1) or row i of a batch of 7, and with
+    /// 1 or 2 threads: generation must not depend on batch composition or thread count.
+    #[test]
+    fn matmul_nt_bitwise_independent_of_m_and_threads() {
+        for isa in cpu::supported_isas() {
+            for &(k, n) in &[(513, 1025), (64, 50), (7, 33), (2048, 97)] {
+                let m = 7;
+                let x = random(m * k, 5);
+                let w = random(n * k, 6);
+                let mut batch1 = vec![0.0; m * n];
+                let mut batch2 = vec![0.0; m * n];
+                with_threads(1, || matmul_nt_with(isa, &x, &w, &mut batch1, m, k, n));
+                with_threads(2, || matmul_nt_with(isa, &x, &w, &mut batch2, m, k, n));
+                assert_eq!(
+                    bits(&batch1),
+                    bits(&batch2),
+                    "{isa:?} k={k} n={n}: 1 vs 2 threads"
+                );
+                for i in 0..m {
+                    for threads in [1, 2] {
+                        let mut single = vec![0.0; n];
+                        let xi = &x[i * k..(i + 1) * k];
+                        with_threads(threads, || {
+                            matmul_nt_with(isa, xi, &w, &mut single, 1, k, n)
+                        });
+                        assert_eq!(
+                            bits(&single),
+                            bits(&batch1[i * n..(i + 1) * n]),
+                            "{isa:?} k={k} n={n} row {i}: m=1 ({threads} threads) vs m=7"
+                        );
+                    }
+                }
+                // A pair of rows takes yet another tile shape.
+                let mut pair = vec![0.0; 2 * n];
+                matmul_nt_with(isa, &x[5 * k..], &w, &mut pair, 2, k, n);
+                assert_eq!(
+                    bits(&pair),
+                    bits(&batch1[5 * n..]),
+                    "{isa:?} rows 5..7 as m=2"
+                );
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    #[test]
+    fn matmul_nn_matches_scalar() {
+        let shapes = [
+            (1, 1, 1),
+            (1, 7, 33),
+            (3, 65, 129),
+            (5, 17, 64),
+            (37, 513, 71),
+            (64, 300, 64),
+            (2, 0, 9),
+            (0, 3, 3),
+            (3, 3, 0),
+        ];
+        for isa in cpu::supported_isas() {
+            for &(m, k, n) in &shapes {
+                let a = random(m * k, 7);
+                let b = random(k * n, 8);
+                let mut want = vec![0.0; m * n];
+                matmul_nn_scalar(&a, &b, &mut want, m, k, n);
+                let aa: Vec<f32> = a.iter().map(|v| v.abs()).collect();
+                let ba: Vec<f32> = b.iter().map(|v| v.abs()).collect();
+                let mut scale = vec![0.0; m * n];
+                matmul_nn_scalar(&aa, &ba, &mut scale, m, k, n);
+                for threads in [1, 2] {
+                    let mut got = vec![f32::NAN; m * n];
+                    with_threads(threads, || matmul_nn_with(isa, &a, &b, &mut got, m, k, n));
+                    let what = format!("nn {isa:?} m={m} k={k} n={n} threads={threads}");
+                    assert_close_to_ref(&got, &want, &scale, 1e-5, &what);
+                }
+            }
+        }
+    }
+
+    /// `cargo test --release -p fasttx-core -- --ignored --nocapture bench`
+    #[test]
+    #[ignore]
+    fn bench_matmul() {
+        use std::time::Instant;
+        let shapes = [
+            (1, 512, 32128),
+            (4, 512, 32128),
+            (1, 512, 2048),
+            (1, 2048, 512),
+            (256, 512, 2048),
+            (512, 2048, 512),
+        ];
+        for isa in cpu::supported_isas() {
+            for &(m, k, n) in &shapes {
+                let x = random(m * k, 9);
+                let w = random(n * k, 10);
+                let mut y = vec![0.0; m * n];
+                for threads in [1, 2] {
+                    let flops = 2.0 * (m * n * k) as f64;
+                    // Enough repetitions for ~0.3 s, at least 3.
+                    let reps = ((1.5e8 / flops) as usize).clamp(3, 2000);
+                    let best = with_threads(threads, || {
+                        matmul_nt_with(isa, &x, &w, &mut y, m, k, n); // warm-up
+                        (0..reps)
+                            .map(|_| {
+                                let t = Instant::now();
+                                matmul_nt_with(isa, &x, &w, &mut y, m, k, n);
+                                t.elapsed().as_secs_f64()
+                            })
+                            .fold(f64::INFINITY, f64::min)
+                    });
+                    let gbs = ((n * k + m * k + m * n) * 4) as f64 / best / 1e9;
+                    println!(
+                        "matmul_nt {isa:?} m={m:3} k={k:4} n={n:5} threads={threads}: \
+                         {:8.3} ms  {:6.1} GFLOP/s  {:5.1} GB/s",
+                        best * 1e3,
+                        flops / best / 1e9,
+                        gbs
+                    );
+                }
+            }
+        }
+        for isa in cpu::supported_isas() {
+            let (m, k, n) = (512, 512, 64);
+            let a = random(m * k, 11);
+            let b = random(k * n, 12);
+            let mut y = vec![0.0; m * n];
+            for threads in [1, 2] {
+                let best = with_threads(threads, || {
+                    (0..50)
+                        .map(|_| {
+                            let t = Instant::now();
+                            matmul_nn_with(isa, &a, &b, &mut y, m, k, n);
+                            t.elapsed().as_secs_f64()
+                        })
+                        .fold(f64::INFINITY, f64::min)
+                });
+                println!(
+                    "matmul_nn {isa:?} m={m} k={k} n={n} threads={threads}: {:8.3} ms  {:6.1} GFLOP/s",
+                    best * 1e3,
+                    2.0 * (m * n * k) as f64 / best / 1e9
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,927 @@
+//! Matrix products against weights kept in GGUF block formats (Q4_0, Q4_1, Q8_0), so a model can
+//! hold its weights quantized in memory and stream them at memory bandwidth.
+//!
+//! # Method (as llama.cpp and candle do it)
+//! Each call first quantizes every row of `x` into 8-bit blocks of 32: `d = max|x| / 127`,
+//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), and for Q4_1 weights also `s = d·Σq` (ggml's
+//! Q8_1). Then every output is a sum over blocks of exact integer dot products scaled in `f32`:
+//!
+//! * Q8_0 weights: `Σ_b dw·dx · Σ qw·qx`;
+//! * Q4_0 weights: the same with `qw = nibble - 8`;
+//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`.
+//!
+//! Unlike ggml, the activation scales `d` and `s` stay in `f32` (ggml rounds them to `f16`): they
+//! live only for one call, and it avoids an extra rounding for free.
+//!
+//! # Fixed arithmetic, shared by every path
+//! A block's 32 products are summed into 8 integer lanes (lane `l` = elements `4l..4l+4`: what
+//! `maddubs` + `madd` produce on AVX2), and each lane is accumulated in `f32` as
+//! `acc = fma(dw·dx, lane, acc)`, even blocks into one accumulator and odd blocks into another
+//! (two independent FMA chains, so the latency does not limit a single-row product). For Q4_1, each
+//! group of 8 blocks then adds `mw·s` of block `8g + l` into lane `l` of the even accumulator. The
+//! two accumulators are added lane by lane and the 8 lanes summed in the order
+//! `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+//!
+//! The integer lanes are exact on every path, and the `f32` operations are the same sequence, so
+//! the AVX2 kernel and the portable one give the same bits; neither depends on the thread count,
+//! on the task split or on how many rows of `x` are in the call (each output is one dot product
+//! computed alone, whatever group of rows it was computed with).
+//!
+//! # Organisation
+//! The outputs are split by weight rows (`n`) into rayon tasks in the current pool. A task walks
+//! its weight rows in chunks that stay in L1; for each chunk it takes the rows of `x` in groups of
+//! up to [`MR`] and computes each weight row against the whole group, so the weights are read from
+//! memory once per call (per block of `x` rows that fits in L2, when `m` is large).
+
+use std::cell::Cell;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::cpu::{self, Isa};
+
+#[cfg(target_arch = "x86_64")]
+#[path = "quant_x86.rs"]
+mod x86;
+
+/// Storage format of a quantized weight matrix (GGUF / ggml block types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantFormat {
+    /// `f16 d; u8 qs[16]`: `w = (nibble - 8)·d`.
+    Q4_0,
+    /// `f16 d; f16 m; u8 qs[16]`: `w = nibble·d + m`.
+    Q4_1,
+    /// `f16 d; i8 qs[32]`: `w = q·d`.
+    Q8_0,
+}
+
+impl QuantFormat {
+    /// Values per block, for every format here.
+    pub const BLOCK: usize = 32;
+
+    /// Bytes of one block of 32 values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q4_0 => 2 + Self::BLOCK / 2,
+            QuantFormat::Q4_1 => 4 + Self::BLOCK / 2,
+            QuantFormat::Q8_0 => 2 + Self::BLOCK,
+        }
+    }
+
+    /// Bytes of one row of `k` values (`k` a multiple of [`Self::BLOCK`]).
+    pub fn row_bytes(self, k: usize) -> usize {
+        k / Self::BLOCK * self.block_bytes()
+    }
+}
+
+/// Values per block.
+const QK: usize = QuantFormat::BLOCK;
+/// `f32` lanes of an accumulator (one AVX2 register); also blocks per group of scales.
+const LANES: usize = 8;
+/// Rows of `x` computed together against one weight row: each weight block is loaded (and its
+/// nibbles unpacked) once for all of them. Four rows keep the AVX2 accumulators in registers.
+pub(crate) const MR: usize = 4;
+
+/// `m·n·k` below which a product runs on the calling thread: rayon's dispatch (a few µs) would
+/// cost more than it saves. Integer products are cheap, so this is higher than for `f32`.
+const SERIAL_WORK: usize = 128 * 1024;
+/// Multiply-adds a parallel task should at least have, for the same reason.
+const MIN_TASK_WORK: usize = 128 * 1024;
+/// Aim for this many tasks per thread so uneven progress evens out.
+const TASKS_PER_THREAD: usize = 8;
+/// Bytes of quantized `x` rows a task keeps hot across the weight rows (inside a 512 KiB L2).
+const X_BLOCK_BYTES: usize = 128 * 1024;
+/// Bytes of weight rows swept by every group of `x` rows before moving on (inside L1).
+const W_CHUNK_BYTES: usize = 16 * 1024;
+/// `m·k` above which the activations are quantized in parallel.
+const PAR_QUANTIZE: usize = 256 * 1024;
+/// Scratch buffers larger than this (long prefills) are freed after the call, not kept.
+const KEEP_SCRATCH_BYTES: usize = 8 << 20;
+
+/// `y[m][n] = x[m][k] · W[n][k]ᵀ` where W's rows are `k/32` consecutive blocks of `fmt` (GGUF
+/// layout), i.e. `w.len() == n * fmt.row_bytes(k)`. `k` must be a multiple of 32.
+///
+/// Parallel over the current rayon pool; the result is bitwise independent of the thread count and
+/// of `m`, and equal to [`quant_matmul_scalar`] (see the module docs).
+///
+/// # Panics
+/// If `k` is not a multiple of 32 or a slice is too short.
+pub fn quant_matmul(
+    fmt: QuantFormat,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    quant_matmul_with(cpu::isa(), fmt, x, w, y, m, k, n)
+}
+
+/// [`quant_matmul`] on an explicit instruction set (tests, benchmarks).
+///
+/// # Panics
+/// If this CPU cannot run `isa`, if `k` is not a multiple of 32, or a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quant_matmul_with(
+    isa: Isa,
+    fmt: QuantFormat,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(cpu::supported(isa), "{isa:?} is not supported on this CPU");
+    check_args(fmt, x, w, y, m, k, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y[..m * n].fill(0.0);
+        return;
+    }
+    let kernel = Kernel::for_isa(isa);
+    let threads = rayon::current_num_threads();
+    let work = m.saturating_mul(n).saturating_mul(k);
+    let parallel = threads > 1 && work >= SERIAL_WORK;
+
+    // Taken out of the thread-local cell (not borrowed): if this thread runs another product while
+    // it waits for its tasks (rayon work stealing), that call finds an empty buffer instead of
+    // panicking on a double borrow.
+    let mut act = SCRATCH.with(Cell::take);
+    act.quantize(x, m, k, parallel && m * k >= PAR_QUANTIZE);
+
+    let rb = fmt.row_bytes(k);
+    // Rows of w per task: only a matter of load balance and of task overhead, since every task
+    // streams its own weight rows once.
+    let cols = if parallel {
+        let by_balance = n.div_ceil(TASKS_PER_THREAD * threads);
+        let by_overhead = MIN_TASK_WORK.div_ceil(m * k);
+        by_balance.max(by_overhead).next_multiple_of(4).min(n)
+    } else {
+        n
+    };
+    let tasks = n.div_ceil(cols);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let act_ref = &act;
+    let run = |t: usize| {
+        let (c0, c1) = (t * cols, ((t + 1) * cols).min(n));
+        // SAFETY: tasks write the disjoint column ranges c0..c1 of the m rows of y, whose length
+        // (>= m·n) was checked, and `y` stays mutably borrowed by this call throughout.
+        unsafe { product_cols(kernel, fmt, act_ref, &w[c0 * rb..c1 * rb], yp, c0, n) };
+    };
+    if parallel && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+
+    if act.capacity_bytes() <= KEEP_SCRATCH_BYTES {
+        SCRATCH.with(|c| c.set(act));
+    }
+}
+
+/// Scalar reference with the same activation quantization (for tests): serial, one output at a
+/// time, through the portable dot product. Same bits as [`quant_matmul`].
+///
+/// # Panics
+/// If `k` is not a multiple of 32 or a slice is too short.
+pub fn quant_matmul_scalar(
+    fmt: QuantFormat,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check_args(fmt, x, w, y, m, k, n);
+    let mut act = Activations::default();
+    act.quantize(x, m, k, false);
+    let rb = fmt.row_bytes(k);
+    for i in 0..m {
+        for j in 0..n {
+            y[i * n + j] = dot_portable(fmt, &w[j * rb..(j + 1) * rb], act.row(i));
+        }
+    }
+}
+
+fn check_args(fmt: QuantFormat, x: &[f32], w: &[u8], y: &[f32], m: usize, k: usize, n: usize) {
+    assert!(
+        k % QK == 0,
+        "quant_matmul: k = {k} is not a multiple of {QK}"
+    );
+    assert!(
+        x.len() >= m * k && w.len() >= n * fmt.row_bytes(k) && y.len() >= m * n,
+        "quant_matmul: slices too short for m={m} k={k} n={n} {fmt:?} \
+         (x {}, w {} bytes, y {})",
+        x.len(),
+        w.len(),
+        y.len()
+    );
+}
+
+/// Computes columns `c0..c0 + w.len()/row_bytes` of every row of `y` (row stride `n`).
+///
+/// # Safety
+/// `y` is valid for writes of `act.m` rows of `n` values, the columns are inside `0..n`, and no
+/// other thread writes them meanwhile.
+unsafe fn product_cols(
+    kernel: Kernel,
+    fmt: QuantFormat,
+    act: &Activations,
+    w: &[u8],
+    y: SyncPtr,
+    c0: usize,
+    n: usize,
+) {
+    let rb = fmt.row_bytes(act.k);
+    let (m, cols) = (act.m, w.len() / rb);
+    let x_block = (X_BLOCK_BYTES / act.row_bytes()).max(MR) / MR * MR;
+    let w_chunk = (W_CHUNK_BYTES / rb).max(1);
+    let mut out = [0.0f32; MR];
+    for i0 in (0..m).step_by(x_block) {
+        let i1 = (i0 + x_block).min(m);
+        for j0 in (0..cols).step_by(w_chunk) {
+            let j1 = (j0 + w_chunk).min(cols);
+            for g0 in (i0..i1).step_by(MR) {
+                let g1 = (g0 + MR).min(i1);
+                let rows: [XRow<'_>; MR] = std::array::from_fn(|r| act.row((g0 + r).min(g1 - 1)));
+                let (rows, out) = (&rows[..g1 - g0], &mut out[..g1 - g0]);
+                for j in j0..j1 {
+                    kernel.dot(fmt, &w[j * rb..(j + 1) * rb], rows, out);
+                    for (r, &v) in out.iter().enumerate() {
+                        // SAFETY: row g0 + r < m and column c0 + j < n (caller's contract).
+                        *y.get().add((g0 + r) * n + c0 + j) = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which dot-product implementation a call uses.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    fn for_isa(isa: Isa) -> Kernel {
+        match isa {
+            // The AVX2 kernel also needs F16C (for the weights' f16 scales), which every AVX2 CPU
+            // has in practice, but `cpu` does not check it.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 if x86::available() => Kernel::Avx2,
+            _ => Kernel::Portable,
+        }
+    }
+
+    /// `out[r] = w · xs[r]` for one weight row (whole blocks) and 1..=[`MR`] rows of `x`.
+    #[inline]
+    fn dot(self, fmt: QuantFormat, w: &[u8], xs: &[XRow<'_>], out: &mut [f32]) {
+        match self {
+            Kernel::Portable => {
+                for (x, o) in xs.iter().zip(out) {
+                    *o = dot_portable(fmt, w, *x);
+                }
+            }
+            // SAFETY: `Avx2` is only chosen when `x86::available()`; the rows come from
+            // `Activations::row`, whose slices have the lengths `x86::dot` requires for the
+            // `w.len() / block_bytes` blocks of `w`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::dot(fmt, w, xs, out) },
+        }
+    }
+}
+
+/// One output of the product: weight row `w` (whole blocks of `fmt`) times one quantized row of
+/// `x`, in the fixed arithmetic of the module docs. The reference for the SIMD kernels, and the
+/// kernel itself where there is no SIMD one (`mul_add` is one instruction on aarch64).
+fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
+    let bb = fmt.block_bytes();
+    let nb = w.len() / bb;
+    let mut acc = [[0.0f32; LANES]; 2];
+    for b0 in (0..nb).step_by(LANES) {
+        let cnt = LANES.min(nb - b0);
+        for i in 0..cnt {
+            let b = b0 + i;
+            let blk = &w[b * bb..(b + 1) * bb];
+            let scale = f16_at(blk, 0) * x.d[b];
+            let wq = block_values(fmt, blk);
+            let xq = &x.qs[b * QK..(b + 1) * QK];
+            for (l, a) in acc[i % 2].iter_mut().enumerate() {
+                let e = 4 * l..4 * l + 4;
+                let p: i32 = wq[e.clone()]
+                    .iter()
+                    .zip(&xq[e])
+                    .map(|(&wv, &xv)| wv as i32 * xv as i32)
+                    .sum();
+                *a = scale.mul_add(p as f32, *a);
+            }
+        }
+        if fmt == QuantFormat::Q4_1 {
+            for (l, a) in acc[0].iter_mut().enumerate() {
+                // Lanes past the last block add 0·0, exactly as the SIMD kernel does.
+                let mw = if l < cnt {
+                    f16_at(&w[(b0 + l) * bb..], 2)
+                } else {
+                    0.0
+                };
+                *a = mw.mul_add(x.s[b0 + l], *a);
+            }
+        }
+    }
+    let lanes: [f32; LANES] = std::array::from_fn(|l| acc[0][l] + acc[1][l]);
+    hsum(&lanes)
+}
+
+/// The 32 integer weights of a block in element order: Q4_0 `nibble - 8`, Q4_1 `nibble`, Q8_0 `q`.
+/// The low nibble of byte `j` is element `j`, the high nibble element `j + 16`.
+fn block_values(fmt: QuantFormat, blk: &[u8]) -> [i8; QK] {
+    let mut v = [0i8; QK];
+    match fmt {
+        QuantFormat::Q8_0 => {
+            for (o, &b) in v.iter_mut().zip(&blk[2..]) {
+                *o = b as i8;
+            }
+        }
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+            let (off, bias) = if fmt == QuantFormat::Q4_0 {
+                (2, 8)
+            } else {
+                (4, 0)
+            };
+            for (j, &b) in blk[off..off + QK / 2].iter().enumerate() {
+                v[j] = (b & 0x0F) as i8 - bias;
+                v[j + QK / 2] = (b >> 4) as i8 - bias;
+            }
+        }
+    }
+    v
+}
+
+/// The little-endian `f16` at byte `at` of `b`, as `f32` (exact).
+#[inline]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The AVX2 kernel's horizontal sum order: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+#[inline]
+fn hsum(a: &[f32; LANES]) -> f32 {
+    let s = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// One row of `x` quantized to 8-bit blocks: `qs` holds `k` values; `d` and `s` hold a scale and
+/// `d·Σq` per block, padded with zeros to a multiple of 8 blocks (the kernels read scales 8 at a
+/// time).
+#[derive(Clone, Copy)]
+struct XRow<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    s: &'a [f32],
+}
+
+/// The quantized rows of `x` for one call (reused across calls through [`SCRATCH`]).
+#[derive(Default)]
+struct Activations {
+    m: usize,
+    k: usize,
+    /// Blocks per row, rounded up to a multiple of [`LANES`].
+    padded_blocks: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+thread_local! {
+    /// Per-thread activation buffers: a call happens for every projection of every token, so the
+    /// buffers are kept rather than allocated each time.
+    static SCRATCH: Cell<Activations> = const {
+        Cell::new(Activations {
+            m: 0,
+            k: 0,
+            padded_blocks: 0,
+            qs: Vec::new(),
+            d: Vec::new(),
+            s: Vec::new(),
+        })
+    };
+}
+
+impl Activations {
+    /// Quantizes the `m` rows of `x` (`k > 0`, a multiple of 32).
+    fn quantize(&mut self, x: &[f32], m: usize, k: usize, parallel: bool) {
+        let nbp = (k / QK).next_multiple_of(LANES);
+        self.m = m;
+        self.k = k;
+        self.padded_blocks = nbp;
+        // Every element is overwritten below; `resize` only zero-fills on growth.
+        self.qs.resize(m * k, 0);
+        self.d.resize(m * nbp, 0.0);
+        self.s.resize(m * nbp, 0.0);
+        let x = &x[..m * k];
+        let row = |((xr, qs), (d, s)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
+            quantize_row(xr, qs, d, s)
+        };
+        if parallel {
+            x.par_chunks(k)
+                .zip(self.qs.par_chunks_mut(k))
+                .zip(self.d.par_chunks_mut(nbp).zip(self.s.par_chunks_mut(nbp)))
+                .for_each(row);
+        } else {
+            x.chunks(k)
+                .zip(self.qs.chunks_mut(k))
+                .zip(self.d.chunks_mut(nbp).zip(self.s.chunks_mut(nbp)))
+                .for_each(row);
+        }
+    }
+
+    fn row(&self, i: usize) -> XRow<'_> {
+        let (k, nbp) = (self.k, self.padded_blocks);
+        XRow {
+            qs: &self.qs[i * k..(i + 1) * k],
+            d: &self.d[i * nbp..(i + 1) * nbp],
+            s: &self.s[i * nbp..(i + 1) * nbp],
+        }
+    }
+
+    /// Bytes of one quantized row (what a row costs in cache).
+    fn row_bytes(&self) -> usize {
+        self.k + 8 * self.padded_blocks
+    }
+
+    fn capacity_bytes(&self) -> usize {
+        self.qs.capacity() + 4 * (self.d.capacity() + self.s.capacity())
+    }
+}
+
+/// One row: blocks of 32 into `qs`, their scales into `d` and `d·Σq` into `s`; the padding
+/// entries of `d` and `s` are zeroed.
+fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    let nb = x.len() / QK;
+    for (((xb, qb), db), sb) in x
+        .chunks_exact(QK)
+        .zip(qs.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+        .zip(s.iter_mut())
+    {
+        let (scale, sum) = quantize_block(xb, qb);
+        *db = scale;
+        *sb = scale * sum as f32;
+    }
+    d[nb..].fill(0.0);
+    s[nb..].fill(0.0);
+}
+
+/// `d = max|x| / 127`, `q = round(x / d)` (ties to even), returning `(d, Σq)`. A block holding NaN
+/// or ±inf gets `d = NaN` (and `q = 0`), so the outputs it touches come out NaN, as an `f32`
+/// product would; an all-zero block gets `d = 0`.
+#[inline]
+fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    // Adding and subtracting 1.5·2^23 rounds to an integer (ties to even) for |v| < 2^22, in
+    // plain arithmetic that vectorises on every target (no libm call, unlike `round_ties_even`
+    // without SSE4.1).
+    const ROUND: f32 = 12_582_912.0;
+    let mut amax = 0.0f32;
+    let mut finite = true;
+    for &v in x {
+        let a = v.abs();
+        amax = if a > amax { a } else { amax };
+        finite &= a <= f32::MAX;
+    }
+    let d = amax / 127.0;
+    if !finite || d == 0.0 {
+        q.fill(0);
+        return (if finite { 0.0 } else { f32::NAN }, 0);
+    }
+    let mut sum = 0i32;
+    for (o, &v) in q.iter_mut().zip(x) {
+        // Dividing (rather than multiplying by 1/d as ggml does) stays right when d is
+        // subnormal, where 1/d overflows; the clamp only matters there too.
+        let r = ((v / d + ROUND) - ROUND) as i32;
+        let r = r.clamp(-127, 127);
+        *o = r as i8;
+        sum += r;
+    }
+    (d, sum)
+}
+
+/// Raw output pointer shared by the tasks of one product, each writing its own columns.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used by `quant_matmul_with`, whose tasks write disjoint parts of the buffer.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    // A method (not `.0`) so closures capture the whole Send/Sync wrapper, not the bare pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::gguf::quant::{dequantize_q4_0, dequantize_q4_1, dequantize_q8_0};
+    use crate::kernels::testutil::{random, report_skipped, with_threads};
+
+    const FORMATS: [QuantFormat; 3] = [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0];
+
+    /// `n` rows of random blocks: every byte of `qs` random (all nibbles, Q8_0 values -128..=127
+    /// included), scales of realistic size (Q4_0 `d` of either sign, Q4_1 `m` negative as the
+    /// quantizer makes it for centred weights).
+    fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
+        let bytes = random(n * fmt.row_bytes(k), seed);
+        let mut w: Vec<u8> = bytes.iter().map(|v| ((v + 1.0) * 128.0) as u8).collect();
+        let scales = random(2 * n * k / QK, seed + 1);
+        for (b, blk) in w.chunks_exact_mut(fmt.block_bytes()).enumerate() {
+            let (r0, r1) = (scales[2 * b], scales[2 * b + 1]);
+            let (d, m) = match fmt {
+                QuantFormat::Q4_0 => (0.02 * r0, 0.0),
+                QuantFormat::Q4_1 => (0.01 * (1.5 + r0), -0.08 * (1.5 + r1)),
+                QuantFormat::Q8_0 => (0.002 * r0, 0.0),
+            };
+            blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            if fmt == QuantFormat::Q4_1 {
+                blk[2..4].copy_from_slice(&f16::from_f32(m).to_le_bytes());
+            }
+        }
+        w
+    }
+
+    /// The weights as `f32` through the GGUF reader's exact dequantizers.
+    fn dequantize(fmt: QuantFormat, w: &[u8], n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0.0; n * k];
+        match fmt {
+            QuantFormat::Q4_0 => dequantize_q4_0(w, &mut out),
+            QuantFormat::Q4_1 => dequantize_q4_1(w, &mut out),
+            QuantFormat::Q8_0 => dequantize_q8_0(w, &mut out),
+        }
+        out
+    }
+
+    /// `x` with rows of different magnitudes and a few outliers, like hidden states.
+    fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut x = random(m * k, seed);
+        for (i, row) in x.chunks_mut(k.max(1)).enumerate() {
+            let scale = 0.5 + i as f32;
+            for (p, v) in row.iter_mut().enumerate() {
+                *v *= if p % 97 == 5 { 8.0 * scale } else { scale };
+            }
+        }
+        x
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    fn run(
+        isa: Isa,
+        threads: usize,
+        fmt: QuantFormat,
+        x: &[f32],
+        w: &[u8],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
+        let mut y = vec![f32::NAN; m * n];
+        with_threads(threads, || {
+            quant_matmul_with(isa, fmt, x, w, &mut y, m, k, n)
+        });
+        y
+    }
+
+    const KS: [usize; 4] = [32, 96, 576, 1536];
+    const NS: [usize; 5] = [1, 7, 33, 192, 577];
+    const MS: [usize; 3] = [1, 3, 8];
+
+    /// Every path, thread count and odd shape gives the scalar reference's bits (the integer
+    /// sums are exact and the f32 steps are the same sequence on every path).
+    #[test]
+    fn quant_matmul_matches_scalar_bitwise() {
+        report_skipped();
+        for fmt in FORMATS {
+            for k in KS {
+                for n in NS {
+                    let w = random_weights(fmt, n, k, (k * 1000 + n) as u64);
+                    for m in MS {
+                        let x = activations(m, k, (m * 7 + k) as u64);
+                        let mut want = vec![0.0; m * n];
+                        quant_matmul_scalar(fmt, &x, &w, &mut want, m, k, n);
+                        for isa in cpu::supported_isas() {
+                            for threads in [1, 2] {
+                                let got = run(isa, threads, fmt, &x, &w, m, k, n);
+                                if bits(&got) != bits(&want) {
+                                    let worst = got
+                                        .iter()
+                                        .zip(&want)
+                                        .map(|(g, w)| ((g - w) / w.abs().max(1e-6)).abs())
+                                        .fold(0.0f32, f32::max);
+                                    panic!(
+                                        "{fmt:?} {isa:?} m={m} k={k} n={n} threads={threads}: \
+                                         differs from scalar (max rel diff {worst:e})"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Large m: several blocks of `x` rows and several tasks.
+    #[test]
+    fn quant_matmul_prefill_shape_matches_scalar() {
+        let (m, k, n) = (37, 4096, 100);
+        for fmt in FORMATS {
+            let w = random_weights(fmt, n, k, 21);
+            let x = activations(m, k, 22);
+            let mut want = vec![0.0; m * n];
+            quant_matmul_scalar(fmt, &x, &w, &mut want, m, k, n);
+            for isa in cpu::supported_isas() {
+                let got = run(isa, 2, fmt, &x, &w, m, k, n);
+                assert_eq!(bits(&got), bits(&want), "{fmt:?} {isa:?} prefill");
+            }
+        }
+    }
+
+    /// y[i] has the same bits whether x[i] is alone (m = 1), row i of a batch of 7, or in a pair,
+    /// with 1 or 2 threads.
+    #[test]
+    fn quant_matmul_bitwise_independent_of_m_and_threads() {
+        for fmt in FORMATS {
+            for isa in cpu::supported_isas() {
+                for &(k, n) in &[(576, 1031), (96, 50), (2048, 97)] {
+                    let m = 7;
+                    let x = activations(m, k, 5);
+                    let w = random_weights(fmt, n, k, 6);
+                    let batch1 = run(isa, 1, fmt, &x, &w, m, k, n);
+                    let batch2 = run(isa, 2, fmt, &x, &w, m, k, n);
+                    let what = format!("{fmt:?} {isa:?} k={k} n={n}");
+                    assert_eq!(bits(&batch1), bits(&batch2), "{what}: 1 vs 2 threads");
+                    for i in 0..m {
+                        for threads in [1, 2] {
+                            let single =
+                                run(isa, threads, fmt, &x[i * k..(i + 1) * k], &w, 1, k, n);
+                            assert_eq!(
+                                bits(&single),
+                                bits(&batch1[i * n..(i + 1) * n]),
+                                "{what} row {i}: m=1 ({threads} threads) vs m=7"
+                            );
+                        }
+                    }
+                    let pair = run(isa, 2, fmt, &x[5 * k..], &w, 2, k, n);
+                    assert_eq!(
+                        bits(&pair),
+                        bits(&batch1[5 * n..]),
+                        "{what}: rows 5..7 as m=2"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Against the product of the exactly dequantized weights with the exactly dequantized
+    /// 8-bit activations, in f64: checks the integer and scale arithmetic on its own (only f32
+    /// rounding remains, so the tolerance is tight).
+    #[test]
+    fn quant_matmul_equals_dequantized_product_of_quantized_activations() {
+        let (m, k, n) = (3, 1536, 65);
+        for fmt in FORMATS {
+            let w = random_weights(fmt, n, k, 31);
+            let wf = dequantize(fmt, &w, n, k);
+            let x = activations(m, k, 32);
+            let mut act = Activations::default();
+            act.quantize(&x, m, k, false);
+            for isa in cpu::supported_isas() {
+                let y = run(isa, 2, fmt, &x, &w, m, k, n);
+                for i in 0..m {
+                    let xr = act.row(i);
+                    let xh: Vec<f64> = (0..k)
+                        .map(|p| xr.qs[p] as f64 * xr.d[p / QK] as f64)
+                        .collect();
+                    for j in 0..n {
+                        let wr = &wf[j * k..(j + 1) * k];
+                        let exact: f64 = wr.iter().zip(&xh).map(|(&a, &b)| a as f64 * b).sum();
+                        let scale: f64 = wr
+                            .iter()
+                            .zip(&xh)
+                            .map(|(&a, &b)| (a as f64 * b).abs())
+                            .sum();
+                        let err = (y[i * n + j] as f64 - exact).abs();
+                        assert!(
+                            err <= 1e-5 * scale,
+                            "{fmt:?} {isa:?} [{i}][{j}]: {} vs {exact} (scale {scale})",
+                            y[i * n + j]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Against the exact f32 weights times the unquantized `x`: the error is what 8-bit
+    /// activations cost. Measured relative to `‖x_i‖·‖w_j‖` (the size a dot product can have) and
+    /// to `|y|`, printed for the record (`--nocapture`).
+    #[test]
+    fn quant_matmul_accuracy_vs_f32() {
+        for fmt in FORMATS {
+            let (mut worst_norm, mut sum_norm, mut count) = (0.0f64, 0.0f64, 0usize);
+            let mut worst_y = 0.0f64;
+            for &(m, k, n) in &[(3, 576, 192), (2, 1536, 577), (8, 96, 33)] {
+                let w = random_weights(fmt, n, k, 41);
+                let wf = dequantize(fmt, &w, n, k);
+                let x = activations(m, k, 42);
+                let y = run(cpu::isa(), 2, fmt, &x, &w, m, k, n);
+                for i in 0..m {
+                    let xr = &x[i * k..(i + 1) * k];
+                    let xn = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                    for j in 0..n {
+                        let wr = &wf[j * k..(j + 1) * k];
+                        let wn = wr.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                        let exact: f64 =
+                            wr.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let err = (y[i * n + j] as f64 - exact).abs();
+                        let rel = err / (xn * wn);
+                        worst_norm = worst_norm.max(rel);
+                        sum_norm += rel;
+                        count += 1;
+                        if exact.abs() > 0.1 * xn * wn {
+                            worst_y = worst_y.max(err / exact.abs());
+                        }
+                    }
+                }
+            }
+            println!(
+                "{fmt:?}: |y - y_f32| / (‖x‖·‖w‖): max {worst_norm:.2e}, mean {:.2e}; \
+                 / |y| where |y| > 0.1‖x‖‖w‖: max {worst_y:.2e}",
+                sum_norm / count as f64
+            );
+            assert!(
+                worst_norm < 1e-2,
+                "{fmt:?}: error {worst_norm:e} of ‖x‖·‖w‖"
+            );
+        }
+    }
+
+    /// Pins the block layouts and nibble order with hand-made blocks. `x` holds integers with
+    /// max |x| = 127, so it quantizes exactly (d = 1) and every product is exact.
+    #[test]
+    fn known_nibbles() {
+        let k = 64;
+        let x: Vec<f32> = (0..k)
+            .map(|p| [127.0, -3.0, 5.0, 1.0, -127.0, 0.0, 2.0][p % 7])
+            .collect();
+        for isa in cpu::supported_isas() {
+            // Q4_0, d = 0.5: byte j = nibbles (j, 15 - j), i.e. element j = j - 8 and element
+            // j + 16 = 7 - j.
+            let mut w = Vec::new();
+            for _ in 0..k / QK {
+                w.extend_from_slice(&f16::from_f32(0.5).to_le_bytes());
+                w.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+            }
+            let want: f32 = (0..k)
+                .map(|p| {
+                    let j = p % QK;
+                    let q = if j < 16 {
+                        j as f32 - 8.0
+                    } else {
+                        7.0 - (j - 16) as f32
+                    };
+                    0.5 * q * x[p]
+                })
+                .sum();
+            let got = run(isa, 1, QuantFormat::Q4_0, &x, &w, 1, k, 1);
+            assert_eq!(got[0], want, "Q4_0 {isa:?}");
+
+            // Q4_1, d = 0.25, m = -1: same nibbles, element = q·0.25 - 1.
+            let mut w = Vec::new();
+            for _ in 0..k / QK {
+                w.extend_from_slice(&f16::from_f32(0.25).to_le_bytes());
+                w.extend_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+                w.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+            }
+            let want: f32 = (0..k)
+                .map(|p| {
+                    let j = p % QK;
+                    let q = if j < 16 {
+                        j as f32
+                    } else {
+                        15.0 - (j - 16) as f32
+                    };
+                    (0.25 * q - 1.0) * x[p]
+                })
+                .sum();
+            let got = run(isa, 1, QuantFormat::Q4_1, &x, &w, 1, k, 1);
+            assert_eq!(got[0], want, "Q4_1 {isa:?}");
+
+            // Q8_0, d = 1: values -128, -119, ... covering both extremes.
+            let mut w = Vec::new();
+            let mut vals = Vec::new();
+            for blk in 0..k / QK {
+                w.extend_from_slice(&f16::from_f32(1.0).to_le_bytes());
+                for j in 0..QK {
+                    let v = if blk == 0 && j == 0 {
+                        127
+                    } else {
+                        (j as i32 * 9 - 128 + blk as i32) as i8
+                    };
+                    w.push(v as u8);
+                    vals.push(v as f32);
+                }
+            }
+            let want: f32 = vals.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let got = run(isa, 1, QuantFormat::Q8_0, &x, &w, 1, k, 1);
+            assert_eq!(got[0], want, "Q8_0 {isa:?}");
+            // And the reference dequantizer agrees on the meaning of those bytes.
+            let wf = dequantize(QuantFormat::Q8_0, &w, 1, k);
+            assert_eq!(wf, vals);
+        }
+    }
+
+    /// Empty shapes, zero rows of x, and NaN/inf in x (NaN outputs for that row only).
+    #[test]
+    fn edge_cases() {
+        for fmt in FORMATS {
+            for isa in cpu::supported_isas() {
+                let mut y = vec![1.0; 6];
+                quant_matmul_with(isa, fmt, &[], &[], &mut y, 2, 0, 3);
+                assert_eq!(y, vec![0.0; 6]);
+                quant_matmul_with(isa, fmt, &[], &[], &mut y, 0, 32, 3);
+                quant_matmul_with(isa, fmt, &[], &[], &mut y, 2, 32, 0);
+
+                let (m, k, n) = (3, 96, 5);
+                let w = random_weights(fmt, n, k, 51);
+                let mut x = vec![0.0; m * k];
+                x[k + 40] = f32::NAN;
+                x[2 * k + 3] = f32::INFINITY;
+                let y = run(isa, 1, fmt, &x, &w, m, k, n);
+                assert!(
+                    y[..n].iter().all(|&v| v == 0.0),
+                    "{fmt:?} {isa:?}: zero row"
+                );
+                assert!(
+                    y[n..].iter().all(|v| v.is_nan()),
+                    "{fmt:?} {isa:?}: NaN/inf rows"
+                );
+            }
+        }
+    }
+
+    /// `cargo test --release -p fasttx-core quant -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bench_quant_matmul() {
+        use std::time::Instant;
+        let shapes = [
+            (1, 576, 1536),
+            (1, 576, 49152),
+            (8, 576, 1536),
+            (128, 576, 1536),
+        ];
+        for fmt in [QuantFormat::Q8_0, QuantFormat::Q4_1, QuantFormat::Q4_0] {
+            for &(m, k, n) in &shapes {
+                let w = random_weights(fmt, n, k, 61);
+                let x = activations(m, k, 62);
+                let mut y = vec![0.0; m * n];
+                for threads in [1, 2] {
+                    let bytes = w.len() as f64;
+                    // Enough repetitions for ~0.3 s at ~10 GB/s, at least 5.
+                    let reps = ((3e9 / bytes / m as f64) as usize).clamp(5, 3000);
+                    let mut times = with_threads(threads, || {
+                        quant_matmul(fmt, &x, &w, &mut y, m, k, n); // warm-up
+                        (0..reps)
+                            .map(|_| {
+                                let t = Instant::now();
+                                quant_matmul(fmt, &x, &w, &mut y, m, k, n);
+                                t.elapsed().as_secs_f64()
+                            })
+                            .collect::<Vec<_>>()
+                    });
+                    times.sort_by(f64::total_cmp);
+                    let (best, median) = (times[0], times[times.len() / 2]);
+                    println!(
+                        "quant_matmul {fmt:?} {:?} m={m:3} k={k} n={n:5} threads={threads}: \
+                         best {:8.1} µs ({:5.1} GB/s of weights, {:6.1} GMAC/s), median {:8.1} µs ({:5.1} GB/s)",
+                        cpu::isa(),
+                        best * 1e6,
+                        bytes / best / 1e9,
+                        (m * n * k) as f64 / best / 1e9,
+                        median * 1e6,
+                        bytes / median / 1e9
+                    );
+                }
+            }
+        }
+    }
+}

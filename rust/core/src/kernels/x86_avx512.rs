@@ -1,0 +1,179 @@
+//! AVX-512F inner loops (x86_64 only), for the kernels where 16 lanes and 32 registers pay off:
+//! the `matmul_nt` tiles and the attention vector primitives. Other kernels use their AVX2 code on
+//! AVX-512 machines (`cpu::Isa::Avx512` implies AVX2 + FMA, see `cpu::detect`).
+//!
+//! # Safety
+//! Every `pub` function here is `unsafe` because it is compiled with
+//! `#[target_feature(enable = "avx512f,avx2,fma")]`: the caller must have checked
+//! `cpu::supported(Isa::Avx512)`. Tails are handled with masked loads/stores (which do not touch
+//! memory in masked-off lanes), so nothing reads or writes out of bounds.
+//!
+//! Determinism: as in the AVX2 code, each reduction's order depends only on the vector length.
+//! The results differ from the AVX2 path's in the last bits (16 partial sums instead of 8).
+
+use std::arch::x86_64::*;
+
+use super::x86_avx2;
+
+const LANES: usize = 16;
+
+/// Mask with the first `n` (0..=16) lanes set.
+#[inline]
+fn tail_mask(n: usize) -> __mmask16 {
+    debug_assert!(n <= LANES);
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// Horizontal sum in one fixed order: lane `l` plus lane `l + 8`, then the AVX2 order.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn hsum(v: __m512) -> f32 {
+    // extractf64x4 is AVX-512F (the f32x8 form would need AVX-512DQ).
+    let lo = _mm512_castps512_ps256(v);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    x86_avx2::hsum(_mm256_add_ps(lo, hi))
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul_nt micro-kernels
+
+/// Widest tile (rows of `w`) used with a group of `mr` rows of `x`, indexed by `mr` (1..=4).
+/// 4×6: 24 accumulators + 6 `w` vectors + 1 `x` vector of the 32 zmm registers.
+pub(crate) const NT_NR: [usize; 5] = [0, 12, 8, 6, 6];
+
+/// Same contract as [`x86_avx2::nt_tile`], with 16 lanes per partial sum.
+///
+/// # Safety
+/// AVX-512F+AVX2+FMA available; `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart),
+/// `y` valid for writes at `r·ldy + c` for `r < mr`, `c < nr`.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn nt_tile(
+    mr: usize,
+    nr: usize,
+    x: *const f32,
+    w: *const f32,
+    k: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    match (mr, nr) {
+        (1, 12) => tile::<1, 12>(x, w, k, y, ldy),
+        (2, 8) => tile::<2, 8>(x, w, k, y, ldy),
+        (3, 6) => tile::<3, 6>(x, w, k, y, ldy),
+        (4, 6) => tile::<4, 6>(x, w, k, y, ldy),
+        (1, 6) => tile::<1, 6>(x, w, k, y, ldy),
+        (2, 6) => tile::<2, 6>(x, w, k, y, ldy),
+        (4, 1) => tile::<4, 1>(x, w, k, y, ldy),
+        (3, 1) => tile::<3, 1>(x, w, k, y, ldy),
+        (2, 1) => tile::<2, 1>(x, w, k, y, ldy),
+        _ => {
+            for r in 0..mr {
+                for c in 0..nr {
+                    tile::<1, 1>(x.add(r * k), w.add(c * k), k, y.add(r * ldy + c), ldy);
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tile<const MR: usize, const NR: usize>(
+    x: *const f32,
+    w: *const f32,
+    k: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let body = k - k % LANES;
+    let mut p = 0;
+    while p < body {
+        let mut wv = [_mm512_setzero_ps(); NR];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(w.add(c * k + p));
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm512_loadu_ps(x.add(r * k + p));
+            for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(xv, wc, *a);
+            }
+        }
+        p += LANES;
+    }
+    if p < k {
+        let mask = tail_mask(k - p);
+        let mut wv = [_mm512_setzero_ps(); NR];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_maskz_loadu_ps(mask, w.add(c * k + p));
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm512_maskz_loadu_ps(mask, x.add(r * k + p));
+            for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(xv, wc, *a);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (c, &a) in acc_r.iter().enumerate() {
+            *y.add(r * ldy + c) = hsum(a);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// vector
+
+/// # Safety
+/// AVX-512F+AVX2+FMA available.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut s0 = _mm512_setzero_ps();
+    let mut s1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 2 * LANES <= n {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+        let j = i + LANES;
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(j)), _mm512_loadu_ps(pb.add(j)), s1);
+        i += 2 * LANES;
+    }
+    if i + LANES <= n {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+        i += LANES;
+    }
+    if i < n {
+        let m = tail_mask(n - i);
+        s1 = _mm512_fmadd_ps(
+            _mm512_maskz_loadu_ps(m, pa.add(i)),
+            _mm512_maskz_loadu_ps(m, pb.add(i)),
+            s1,
+        );
+    }
+    hsum(_mm512_add_ps(s0, s1))
+}
+
+/// # Safety
+/// AVX-512F+AVX2+FMA available.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let a = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i + LANES <= n {
+        let v = _mm512_fmadd_ps(a, _mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(py.add(i)));
+        _mm512_storeu_ps(py.add(i), v);
+        i += LANES;
+    }
+    if i < n {
+        let m = tail_mask(n - i);
+        let v = _mm512_fmadd_ps(
+            a,
+            _mm512_maskz_loadu_ps(m, px.add(i)),
+            _mm512_maskz_loadu_ps(m, py.add(i)),
+        );
+        _mm512_mask_storeu_ps(py.add(i), m, v);
+    }
+}

@@ -1,0 +1,409 @@
+//! GPT-2 (`transformers/models/gpt2/modeling_gpt2.py`): learned absolute positions added to the
+//! token embedding, pre-norm blocks with LayerNorm (with bias), fused `c_attn` q/k/v projection,
+//! attention scaled by `1/sqrt(head_dim)` (optionally also by `1/(layer+1)`), a GELU MLP, a final
+//! LayerNorm and the head tied to the token embedding. `Conv1D` weights are stored `[in, out]`, so
+//! they are transposed once at load into the `[out, in]` layout of every other projection.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::attention::Attention;
+use super::kv_cache::KvCache;
+use super::llama::step_positions;
+use super::{Model, Session, StepInput, TokenBatch, Want};
+use crate::decoding::log_softmax_rows;
+use crate::error::{Error, Result};
+use crate::format_err;
+use crate::formats::WeightSource;
+use crate::kernels::{activation, norm::layer_norm};
+use crate::tensor::{Linear, Tensor};
+use crate::threading::build_pool;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Gpt2Config {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "defaults::n_positions")]
+    pub n_positions: usize,
+    #[serde(default = "defaults::n_embd")]
+    pub n_embd: usize,
+    #[serde(default = "defaults::n_layer")]
+    pub n_layer: usize,
+    #[serde(default = "defaults::n_head")]
+    pub n_head: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "defaults::activation_function")]
+    pub activation_function: String,
+    #[serde(default = "defaults::layer_norm_epsilon")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "defaults::yes")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+}
+
+mod defaults {
+    pub fn vocab_size() -> usize {
+        50257
+    }
+    pub fn n_positions() -> usize {
+        1024
+    }
+    pub fn n_embd() -> usize {
+        768
+    }
+    pub fn n_layer() -> usize {
+        12
+    }
+    pub fn n_head() -> usize {
+        12
+    }
+    pub fn activation_function() -> String {
+        "gelu_new".into()
+    }
+    pub fn layer_norm_epsilon() -> f64 {
+        1e-5
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    GeluTanh,
+    GeluErf,
+    Relu,
+    Silu,
+}
+
+impl Gpt2Config {
+    pub fn from_json(json: &str) -> Result<Self> {
+        let cfg: Gpt2Config =
+            serde_json::from_str(json).map_err(|e| format_err!("config.json: {e}"))?;
+        if cfg.n_head == 0 || cfg.n_embd == 0 || cfg.n_embd % cfg.n_head != 0 {
+            return Err(format_err!(
+                "config.json: n_embd ({}) must be a positive multiple of n_head ({})",
+                cfg.n_embd,
+                cfg.n_head
+            ));
+        }
+        if cfg.vocab_size == 0 || cfg.n_layer == 0 || cfg.n_positions == 0 {
+            return Err(format_err!(
+                "config.json: vocab_size, n_layer and n_positions must be positive"
+            ));
+        }
+        cfg.act()?;
+        Ok(cfg)
+    }
+
+    fn act(&self) -> Result<Act> {
+        match self.activation_function.as_str() {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Act::GeluTanh),
+            "gelu" => Ok(Act::GeluErf),
+            "relu" => Ok(Act::Relu),
+            "silu" | "swish" => Ok(Act::Silu),
+            other => Err(format_err!(
+                "config.json: activation_function '{other}' is not supported"
+            )),
+        }
+    }
+
+    fn inner(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+struct Block {
+    ln_1: Norm,
+    /// `c_attn` split into its q, k and v thirds.
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    attn_proj: Linear,
+    ln_2: Norm,
+    fc: Linear,
+    mlp_proj: Linear,
+}
+
+struct Gpt2Weights {
+    cfg: Gpt2Config,
+    act: Act,
+    eps: f32,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    lm_head: Linear,
+    pool: rayon::ThreadPool,
+}
+
+pub struct Gpt2Model {
+    inner: Arc<Gpt2Weights>,
+}
+
+/// Reads a `Conv1D` (`weight [in, out]`, `bias [out]`) as `[out, in]` projections, split along the
+/// output into `parts` equal pieces (3 for `c_attn`).
+fn conv1d(
+    w: &dyn WeightSource,
+    prefix: &str,
+    inp: usize,
+    out: usize,
+    parts: usize,
+) -> Result<Vec<Linear>> {
+    let name = format!("{prefix}.weight");
+    let weight = w.tensor(&name)?.expect_shape(&name, &[inp, out])?;
+    let bname = format!("{prefix}.bias");
+    let bias = w.tensor(&bname)?.expect_shape(&bname, &[out])?;
+    let (wd, bd) = (weight.data(), bias.data());
+    let part = out / parts;
+    (0..parts)
+        .map(|p| {
+            let mut t = vec![0.0f32; part * inp];
+            for o in 0..part {
+                for i in 0..inp {
+                    t[o * inp + i] = wd[i * out + p * part + o];
+                }
+            }
+            Linear::new(
+                Tensor::from_vec(vec![part, inp], t)?,
+                Some(bd[p * part..(p + 1) * part].to_vec()),
+            )
+        })
+        .collect()
+}
+
+impl Gpt2Model {
+    pub fn load(cfg: Gpt2Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+        // Checkpoints saved from GPT2LMHeadModel prefix names with "transformer."; the original ones do not.
+        let p = if w.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let (d, inner) = (cfg.n_embd, cfg.inner());
+        let t = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let full = format!("{p}{name}");
+            w.tensor(&full)?.expect_shape(&full, shape)
+        };
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm {
+                weight: t(&format!("{name}.weight"), &[d])?,
+                bias: t(&format!("{name}.bias"), &[d])?,
+            })
+        };
+        let blocks = (0..cfg.n_layer)
+            .map(|i| {
+                let b = format!("{p}h.{i}");
+                let mut qkv = conv1d(w, &format!("{b}.attn.c_attn"), d, 3 * d, 3)?.into_iter();
+                let (q, k, v) = (
+                    qkv.next().unwrap(),
+                    qkv.next().unwrap(),
+                    qkv.next().unwrap(),
+                );
+                Ok(Block {
+                    ln_1: norm(&format!("h.{i}.ln_1"))?,
+                    q,
+                    k,
+                    v,
+                    attn_proj: conv1d(w, &format!("{b}.attn.c_proj"), d, d, 1)?.remove(0),
+                    ln_2: norm(&format!("h.{i}.ln_2"))?,
+                    fc: conv1d(w, &format!("{b}.mlp.c_fc"), d, inner, 1)?.remove(0),
+                    mlp_proj: conv1d(w, &format!("{b}.mlp.c_proj"), inner, d, 1)?.remove(0),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let weights = Gpt2Weights {
+            act: cfg.act()?,
+            eps: cfg.layer_norm_epsilon as f32,
+            wte: t("wte.weight", &[cfg.vocab_size, d])?,
+            wpe: t("wpe.weight", &[cfg.n_positions, d])?,
+            ln_f: norm("ln_f")?,
+            lm_head: Linear::new(t("wte.weight", &[cfg.vocab_size, d])?, None)?,
+            blocks,
+            pool: build_pool(threads)?,
+            cfg,
+        };
+        Ok(Gpt2Model {
+            inner: Arc::new(weights),
+        })
+    }
+}
+
+impl Model for Gpt2Model {
+    fn vocab_size(&self) -> usize {
+        self.inner.cfg.vocab_size
+    }
+
+    fn is_encoder_decoder(&self) -> bool {
+        false
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.inner.cfg.n_positions)
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        &self.inner.pool
+    }
+
+    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
+        let cfg = &self.inner.cfg;
+        Ok(Box::new(Gpt2Session {
+            model: self.inner.clone(),
+            cache: KvCache::new(
+                cfg.n_layer,
+                input.batch,
+                cfg.n_head,
+                cfg.n_embd / cfg.n_head,
+            ),
+            real_tokens: vec![0; input.batch],
+        }))
+    }
+}
+
+struct Gpt2Session {
+    model: Arc<Gpt2Weights>,
+    cache: KvCache,
+    real_tokens: Vec<u32>,
+}
+
+impl Gpt2Weights {
+    fn norm(&self, x: &[f32], n: &Norm, out: &mut [f32]) {
+        layer_norm(x, n.weight.data(), n.bias.data(), self.eps, out);
+    }
+
+    fn activate(&self, x: &mut [f32]) {
+        match self.act {
+            Act::GeluTanh => activation::gelu_tanh(x),
+            Act::GeluErf => activation::gelu_erf(x),
+            Act::Relu => activation::relu(x),
+            Act::Silu => activation::silu(x),
+        }
+    }
+}
+
+impl Gpt2Session {
+    fn forward(&mut self, input: &StepInput, positions: &[u32], last_only: bool) -> Vec<f32> {
+        let w = self.model.clone();
+        let cfg = &w.cfg;
+        let (rows, n, d) = (self.cache.rows(), input.n, cfg.n_embd);
+        let (heads, hd) = (cfg.n_head, cfg.n_embd / cfg.n_head);
+        let m = rows * n;
+        let mut h = Vec::with_capacity(m * d);
+        for (&t, &pos) in input.tokens.iter().zip(positions) {
+            h.extend(
+                w.wte
+                    .row(t as usize)
+                    .iter()
+                    .zip(w.wpe.row(pos as usize))
+                    .map(|(a, b)| a + b),
+            );
+        }
+        self.cache.begin_step(n, input.mask);
+        let mut x = vec![0.0; m * d];
+        let mut ctx = vec![0.0; m * d];
+        for (li, block) in w.blocks.iter().enumerate() {
+            let mut scale = if cfg.scale_attn_weights {
+                1.0 / (hd as f32).sqrt()
+            } else {
+                1.0
+            };
+            if cfg.scale_attn_by_inverse_layer_idx {
+                scale /= (li + 1) as f32;
+            }
+            let attn = Attention {
+                heads,
+                kv_heads: heads,
+                head_dim: hd,
+                scale,
+                causal: true,
+                q_offset: self.cache.len(),
+                bias: None,
+            };
+            w.norm(&h, &block.ln_1, &mut x);
+            let (q, k, v) = (
+                block.q.apply(&x, m),
+                block.k.apply(&x, m),
+                block.v.apply(&x, m),
+            );
+            self.cache.write(li, &k, &v);
+            attn.run(&q, rows, n, &self.cache.view(li), &mut ctx);
+            add(&mut h, &block.attn_proj.apply(&ctx, m));
+            w.norm(&h, &block.ln_2, &mut x);
+            let mut f = block.fc.apply(&x, m);
+            w.activate(&mut f);
+            add(&mut h, &block.mlp_proj.apply(&f, m));
+        }
+        self.cache.commit();
+        let (h, count) = if last_only {
+            let last: Vec<f32> = (0..rows)
+                .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
+                .collect();
+            (last, rows)
+        } else {
+            (h, m)
+        };
+        let mut x = vec![0.0; h.len()];
+        w.norm(&h, &w.ln_f, &mut x);
+        w.lm_head.apply(&x, count)
+    }
+}
+
+fn add(dst: &mut [f32], src: &[f32]) {
+    for (a, b) in dst.iter_mut().zip(src) {
+        *a += b;
+    }
+}
+
+impl Session for Gpt2Session {
+    fn rows(&self) -> usize {
+        self.cache.rows()
+    }
+
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
+        let cfg = &self.model.cfg;
+        input.validate(self.rows(), cfg.vocab_size)?;
+        let mut real = self.real_tokens.clone();
+        let positions = step_positions(input, &mut real);
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= cfg.n_positions) {
+            return Err(Error::InvalidInput(format!(
+                "position {p} is beyond the {} positions this GPT-2 model has (input plus new tokens too long)",
+                cfg.n_positions
+            )));
+        }
+        self.real_tokens = real;
+        let model = self.model.clone();
+        *out = model.pool.install(|| {
+            let mut logits = self.forward(input, &positions, want.last_only);
+            if want.log_softmax {
+                log_softmax_rows(&mut logits, model.cfg.vocab_size);
+            }
+            logits
+        });
+        Ok(())
+    }
+
+    fn reorder(&mut self, source: &[usize]) -> Result<()> {
+        if let Some(&bad) = source.iter().find(|&&s| s >= self.rows()) {
+            return Err(Error::InvalidInput(format!(
+                "reorder: row {bad} does not exist (session has {})",
+                self.rows()
+            )));
+        }
+        self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
+        self.cache.reorder(source);
+        Ok(())
+    }
+}

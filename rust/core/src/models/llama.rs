@@ -1,0 +1,440 @@
+//! The Llama family: Llama 2/3, SmolLM2, TinyLlama, Mistral (inside its window) and Qwen2.
+//!
+//! Mirrors `transformers/models/llama/modeling_llama.py`: pre-norm blocks with RMSNorm; attention
+//! with rotary positions (`rotate_half`), grouped-query heads (`num_key_value_heads`), scaled by
+//! `1/sqrt(head_dim)`; SwiGLU feed-forward `down(silu(gate x) * up x)`; a final norm and the head
+//! (the embedding when `tie_word_embeddings`). Qwen2 is the same with biases on q, k and v.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::attention::Attention;
+use super::kv_cache::KvCache;
+use super::rope::{Rope, RopeScaling};
+use super::{Model, Session, StepInput, TokenBatch, Want};
+use crate::decoding::log_softmax_rows;
+use crate::error::{Error, Result};
+use crate::format_err;
+use crate::formats::WeightSource;
+use crate::kernels::{activation::silu, norm::rms_norm};
+use crate::tensor::{Linear, Tensor, Weight};
+use crate::threading::build_pool;
+
+#[derive(Clone, Debug)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on the q, k, v projections (Qwen2 always; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// A bias on the output projection (Llama with `attention_bias`).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+}
+
+fn get_usize(v: &Value, key: &str) -> Result<Option<usize>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            format_err!("config.json: {key} must be a non-negative integer, got {x}")
+        }),
+    }
+}
+
+fn get_f64(v: &Value, key: &str) -> Result<Option<f64>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| format_err!("config.json: {key} must be a number, got {x}")),
+    }
+}
+
+fn get_bool(v: &Value, key: &str) -> Result<Option<bool>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| format_err!("config.json: {key} must be true or false, got {x}")),
+    }
+}
+
+impl LlamaConfig {
+    /// Parses a transformers `config.json` of `model_type` "llama", "mistral" or "qwen2", with each
+    /// class's defaults.
+    pub fn from_json(arch: &str, json: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(json).map_err(|e| format_err!("config.json: {e}"))?;
+        let (vocab, hidden, inter, layers, heads, kv, max_pos, theta) = match arch {
+            "qwen2" => (151936, 4096, 22016, 32, 32, Some(32), 32768, 10000.0),
+            "mistral" => (32000, 4096, 14336, 32, 32, Some(8), 4096 * 32, 10000.0),
+            _ => (32000, 4096, 11008, 32, 32, None, 2048, 10000.0),
+        };
+        let hidden_size = get_usize(&v, "hidden_size")?.unwrap_or(hidden);
+        let num_attention_heads = get_usize(&v, "num_attention_heads")?.unwrap_or(heads);
+        if num_attention_heads == 0 || hidden_size == 0 {
+            return Err(format_err!(
+                "config.json: hidden_size and num_attention_heads must be positive"
+            ));
+        }
+        let num_key_value_heads = get_usize(&v, "num_key_value_heads")?
+            .or(kv)
+            .unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(format_err!(
+                "config.json: num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
+            ));
+        }
+        let head_dim = get_usize(&v, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        let attention_bias = get_bool(&v, "attention_bias")?.unwrap_or(false);
+        let act = v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
+        if act != "silu" && act != "swish" {
+            return Err(format_err!(
+                "config.json: hidden_act '{act}' is not supported for {arch} (only silu)"
+            ));
+        }
+        // transformers 5.x saves `rope_parameters`; Hub configs carry `rope_theta` / `rope_scaling`.
+        let params = v.get("rope_parameters").filter(|p| p.is_object());
+        let rope_theta = match params {
+            Some(p) => get_f64(p, "rope_theta")?,
+            None => None,
+        }
+        .or(get_f64(&v, "rope_theta")?)
+        .unwrap_or(theta);
+        let scaling_src = v.get("rope_scaling").filter(|s| s.is_object()).or(params);
+        let rope_scaling = match scaling_src {
+            Some(s) => parse_rope_scaling(s)?,
+            None => RopeScaling::None,
+        };
+        let cfg = LlamaConfig {
+            vocab_size: get_usize(&v, "vocab_size")?.unwrap_or(vocab),
+            hidden_size,
+            intermediate_size: get_usize(&v, "intermediate_size")?.unwrap_or(inter),
+            num_hidden_layers: get_usize(&v, "num_hidden_layers")?.unwrap_or(layers),
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: get_f64(&v, "rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: get_usize(&v, "max_position_embeddings")?.unwrap_or(max_pos),
+            tie_word_embeddings: get_bool(&v, "tie_word_embeddings")?.unwrap_or(false),
+            qkv_bias: arch == "qwen2" || attention_bias,
+            o_bias: arch != "qwen2" && attention_bias,
+            mlp_bias: get_bool(&v, "mlp_bias")?.unwrap_or(false),
+        };
+        if cfg.vocab_size == 0
+            || cfg.intermediate_size == 0
+            || cfg.num_hidden_layers == 0
+            || cfg.head_dim == 0
+        {
+            return Err(format_err!("config.json: vocab_size, intermediate_size, num_hidden_layers and head_dim must be positive"));
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let factor = || -> Result<f32> {
+        get_f64(s, "factor")?
+            .map(|f| f as f32)
+            .ok_or_else(|| format_err!("config.json: rope scaling '{kind}' needs a factor"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: factor()?,
+            low_freq_factor: get_f64(s, "low_freq_factor")?.unwrap_or(1.0) as f32,
+            high_freq_factor: get_f64(s, "high_freq_factor")?.unwrap_or(4.0) as f32,
+            original_max_position: get_usize(s, "original_max_position_embeddings")?.unwrap_or(8192) as f32,
+        }),
+        other => Err(format_err!(
+            "config.json: rope scaling '{other}' is not supported (fasttx supports default, linear and llama3)"
+        )),
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct LlamaWeights {
+    cfg: LlamaConfig,
+    eps: f32,
+    embed: Weight,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: Rope,
+    pool: rayon::ThreadPool,
+}
+
+pub struct LlamaModel {
+    inner: Arc<LlamaWeights>,
+}
+
+fn tensor(w: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<Tensor> {
+    w.tensor(name)?.expect_shape(name, shape)
+}
+
+fn linear(
+    w: &dyn WeightSource,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    bias: bool,
+) -> Result<Linear> {
+    let name = format!("{prefix}.weight");
+    let weight = w.weight(&name)?.expect_shape(&name, &[out, inp])?;
+    let bias = if bias {
+        Some(
+            tensor(w, &format!("{prefix}.bias"), &[out])?
+                .data()
+                .to_vec(),
+        )
+    } else {
+        None
+    };
+    Linear::new(weight, bias)
+}
+
+impl LlamaModel {
+    pub fn load(cfg: LlamaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (q_out, kv_out, ff) = (
+            cfg.num_attention_heads * hd,
+            cfg.num_key_value_heads * hd,
+            cfg.intermediate_size,
+        );
+        let embed_name = "model.embed_tokens.weight";
+        let embed = w
+            .weight(embed_name)?
+            .expect_shape(embed_name, &[cfg.vocab_size, d])?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                Ok(Layer {
+                    attn_norm: tensor(w, &format!("{p}.input_layernorm.weight"), &[d])?,
+                    q: linear(w, &format!("{p}.self_attn.q_proj"), q_out, d, cfg.qkv_bias)?,
+                    k: linear(w, &format!("{p}.self_attn.k_proj"), kv_out, d, cfg.qkv_bias)?,
+                    v: linear(w, &format!("{p}.self_attn.v_proj"), kv_out, d, cfg.qkv_bias)?,
+                    o: linear(w, &format!("{p}.self_attn.o_proj"), d, q_out, cfg.o_bias)?,
+                    mlp_norm: tensor(w, &format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                    gate: linear(w, &format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
+                    up: linear(w, &format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
+                    down: linear(w, &format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // A tied head, or a checkpoint that left `lm_head.weight` out (GGUF without `output.weight`).
+        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
+            Linear::new(embed.clone(), None)?
+        } else {
+            linear(w, "lm_head", cfg.vocab_size, d, false)?
+        };
+        let weights = LlamaWeights {
+            eps: cfg.rms_norm_eps as f32,
+            norm: tensor(w, "model.norm.weight", &[d])?,
+            rope: Rope::new(hd, cfg.rope_theta, &cfg.rope_scaling)?,
+            embed,
+            layers,
+            lm_head,
+            pool: build_pool(threads)?,
+            cfg,
+        };
+        Ok(LlamaModel {
+            inner: Arc::new(weights),
+        })
+    }
+}
+
+impl Model for LlamaModel {
+    fn vocab_size(&self) -> usize {
+        self.inner.cfg.vocab_size
+    }
+
+    fn is_encoder_decoder(&self) -> bool {
+        false
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        &self.inner.pool
+    }
+
+    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
+        let cfg = &self.inner.cfg;
+        Ok(Box::new(LlamaSession {
+            model: self.inner.clone(),
+            cache: KvCache::new(
+                cfg.num_hidden_layers,
+                input.batch,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+            ),
+            real_tokens: vec![0; input.batch],
+        }))
+    }
+}
+
+struct LlamaSession {
+    model: Arc<LlamaWeights>,
+    cache: KvCache,
+    /// Per row: real (unmasked) tokens fed so far, the next position id in `generate`'s numbering.
+    real_tokens: Vec<u32>,
+}
+
+/// Position ids of a step: given, or transformers' `generate` rule (`cumsum(mask) - 1`, and 1 at
+/// padding), continuing each row from `real_tokens`, which is updated.
+pub(crate) fn step_positions(input: &StepInput, real_tokens: &mut [u32]) -> Vec<u32> {
+    let n = input.n;
+    let mut positions = Vec::with_capacity(input.tokens.len());
+    for (r, seen) in real_tokens.iter_mut().enumerate() {
+        for i in 0..n {
+            let real = input.mask.is_none_or(|m| m[r * n + i] != 0);
+            let pos = match input.positions {
+                Some(p) => p[r * n + i],
+                None if real => *seen,
+                None => 1,
+            };
+            positions.push(pos);
+            if real {
+                *seen += 1;
+            }
+        }
+    }
+    positions
+}
+
+impl LlamaSession {
+    fn forward(&mut self, input: &StepInput, positions: &[u32], last_only: bool) -> Vec<f32> {
+        let w = self.model.clone();
+        let cfg = &w.cfg;
+        let (rows, n, d) = (self.cache.rows(), input.n, cfg.hidden_size);
+        let (heads, kv_heads, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let m = rows * n;
+        let mut h = Vec::with_capacity(m * d);
+        for &t in input.tokens {
+            w.embed.extend_with_row(t as usize, &mut h);
+        }
+        let attn = Attention {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            causal: true,
+            q_offset: self.cache.len(),
+            bias: None,
+        };
+        self.cache.begin_step(n, input.mask);
+        let mut x = vec![0.0; m * d];
+        let mut ctx = vec![0.0; m * heads * hd];
+        for (li, layer) in w.layers.iter().enumerate() {
+            rms_norm(&h, layer.attn_norm.data(), w.eps, &mut x);
+            let mut q = layer.q.apply(&x, m);
+            let mut k = layer.k.apply(&x, m);
+            let v = layer.v.apply(&x, m);
+            w.rope.apply(&mut q, heads, positions);
+            w.rope.apply(&mut k, kv_heads, positions);
+            self.cache.write(li, &k, &v);
+            attn.run(&q, rows, n, &self.cache.view(li), &mut ctx);
+            add(&mut h, &layer.o.apply(&ctx, m));
+
+            rms_norm(&h, layer.mlp_norm.data(), w.eps, &mut x);
+            let mut g = layer.gate.apply(&x, m);
+            silu(&mut g);
+            let u = layer.up.apply(&x, m);
+            for (a, b) in g.iter_mut().zip(&u) {
+                *a *= b;
+            }
+            add(&mut h, &layer.down.apply(&g, m));
+        }
+        self.cache.commit();
+
+        let (h, count) = if last_only {
+            let last: Vec<f32> = (0..rows)
+                .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
+                .collect();
+            (last, rows)
+        } else {
+            (h, m)
+        };
+        let mut x = vec![0.0; h.len()];
+        rms_norm(&h, w.norm.data(), w.eps, &mut x);
+        w.lm_head.apply(&x, count)
+    }
+}
+
+fn add(dst: &mut [f32], src: &[f32]) {
+    for (a, b) in dst.iter_mut().zip(src) {
+        *a += b;
+    }
+}
+
+impl Session for LlamaSession {
+    fn rows(&self) -> usize {
+        self.cache.rows()
+    }
+
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
+        let cfg = &self.model.cfg;
+        input.validate(self.rows(), cfg.vocab_size)?;
+        let positions = step_positions(input, &mut self.real_tokens);
+        let model = self.model.clone();
+        *out = model.pool.install(|| {
+            let mut logits = self.forward(input, &positions, want.last_only);
+            if want.log_softmax {
+                log_softmax_rows(&mut logits, model.cfg.vocab_size);
+            }
+            logits
+        });
+        Ok(())
+    }
+
+    fn reorder(&mut self, source: &[usize]) -> Result<()> {
+        if let Some(&bad) = source.iter().find(|&&s| s >= self.rows()) {
+            return Err(Error::InvalidInput(format!(
+                "reorder: row {bad} does not exist (session has {})",
+                self.rows()
+            )));
+        }
+        self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
+        self.cache.reorder(source);
+        Ok(())
+    }
+}
