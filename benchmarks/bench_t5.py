@@ -333,6 +333,38 @@ RUNTIME_CLASSES = {
 }
 
 
+# Top-level packages whose native libraries identify the build a runtime ran with.
+PACKAGES = {"fasttx": ("fasttx",), "pytorch": ("torch",), "ctranslate2": ("ctranslate2",)}
+
+
+def native_files(packages) -> dict:
+    """Size and mtime of the compiled extension modules loaded from `packages`.
+
+    Lets the parent notice a library being rebuilt in place during a run (the numbers
+    would then mix two builds, and a running process may even crash).
+    """
+    files = {}
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None) or ""
+        if name.split(".")[0] in packages and path.endswith((".so", ".pyd")):
+            st = os.stat(path)
+            files[path] = [st.st_size, st.st_mtime]
+    return files
+
+
+def changed_files(files: dict) -> list[str]:
+    changed = []
+    for path, (size, mtime) in files.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            changed.append(path)
+            continue
+        if [st.st_size, st.st_mtime] != [size, mtime]:
+            changed.append(path)
+    return changed
+
+
 def peak_rss_kb() -> int:
     """Peak resident set size of this process in KiB.
 
@@ -369,7 +401,8 @@ def worker_main(runtime: str, model_dir: Path, ct2_dir: Path, threads: int) -> N
     except Exception:
         reply({"error": traceback.format_exc()})
         return
-    reply({"import_s": t1 - t0, "load_s": t2 - t1, "versions": versions})
+    reply({"import_s": t1 - t0, "load_s": t2 - t1, "versions": versions,
+           "native_files": native_files(PACKAGES[runtime])})
 
     for line in sys.stdin:
         req = json.loads(line)
@@ -751,8 +784,13 @@ def main(argv=None) -> int:
                 "load_s": w.ready["load_s"],
                 "peak_rss_mb": None if rss_kb is None else rss_kb / 1024,
                 "versions": w.ready["versions"],
+                "native_files": w.ready.get("native_files", {}),
                 "workloads": {},
             }
+    for rt, w in workers.items():
+        for path in changed_files(w.ready.get("native_files", {})):
+            warnings.append(f"WARNING: {path} changed during the run ({rt} numbers may "
+                            "mix two builds); rerun")
     agreement = check_agreement(results, args.workloads, warnings)
     for rt, cells in results.items():
         for wl, cell in cells.items():

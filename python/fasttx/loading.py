@@ -158,6 +158,7 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
         generation_config=generation_defaults(directory, config),
         path=directory,
         chat_template=_chat_template(directory),
+        max_positions=config.get("max_position_embeddings") or (config.get("n_positions") if arch == "gpt2" else None),
     )
 
 
@@ -247,4 +248,5 @@ def _load_gguf(path: Path, dtype: str, threads: int):
         generation_config=generation_config,
         path=path,
         chat_template=meta.get("tokenizer.chat_template"),
+        max_positions=config.get("max_position_embeddings"),
     )

@@ -26,9 +26,11 @@ class Model:
         generation_config: dict,
         path: Path,
         chat_template: Optional[str] = None,
+        max_positions: Optional[int] = None,
     ):
         self._native = native
         self.chat_template = chat_template
+        self.max_positions = max_positions  # caps transformers' default length budget
         self.arch = arch
         self.config = config
         self.tokenizer = tokenizer
@@ -234,7 +236,7 @@ class Model:
         session = self._native.start(ids, mask)
         n = opts.num_return_sequences
         prompt = self._decoder_prompt(ids, mask, opts, copies=n)
-        budget = opts.new_token_budget(prompt.prompt_len)
+        budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
         sampler = None
         if opts.do_sample:
             prompts = [ids[i][mask[i] != 0].tolist() for i in range(ids.shape[0]) for _ in range(n)]
@@ -246,7 +248,7 @@ class Model:
         if opts.num_beams > 1:
             session = self._native.start(ids, mask)
             prompt = self._decoder_prompt(ids, mask, opts, copies=opts.num_beams)
-            budget = opts.new_token_budget(prompt.prompt_len)
+            budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
             return search.beam_search(self._native, session, prompt, opts, budget)
         prompt, events = self._start_sampling(ids, mask, opts)
         for _ in events:

@@ -62,12 +62,20 @@ class GenerationOptions:
     decoder_start_token_id: Optional[int] = None
     seed: Optional[int] = None
     stop: list[str] = field(default_factory=list)
+    # max_length is transformers' untouched default (20): it then means 20 *new* tokens.
+    default_max_length: bool = False
 
-    def new_token_budget(self, prompt_len: int) -> int:
-        """How many tokens may be generated after a (decoder) prompt of ``prompt_len`` tokens."""
+    def new_token_budget(self, prompt_len: int, max_positions: Optional[int] = None) -> int:
+        """How many tokens may be generated after a (decoder) prompt of ``prompt_len`` tokens,
+        by transformers' ``_prepare_generated_length`` rules."""
         if self.max_new_tokens is not None:
             return self.max_new_tokens
-        return max(0, self.max_length - prompt_len)
+        total = self.max_length
+        if self.default_max_length:  # "by default let's always generate 20 new tokens"
+            total = self.max_length + prompt_len
+            if max_positions:
+                total = min(total, max_positions)
+        return max(0, total - prompt_len)
 
     def min_new(self, prompt_len: int) -> int:
         """New tokens before which EOS is suppressed (``min_new_tokens`` and ``min_length``)."""
@@ -144,6 +152,7 @@ def resolve(
 
     o = GenerationOptions()
     o.max_length = _int("max_length", merged["max_length"], 0)
+    o.default_max_length = "max_length" not in user and o.max_length == HF_DEFAULTS["max_length"]
     o.max_new_tokens = _int("max_new_tokens", merged["max_new_tokens"], 0, allow_none=True)
     o.min_length = _int("min_length", merged["min_length"] or 0, 0)
     o.min_new_tokens = _int("min_new_tokens", merged["min_new_tokens"], 0, allow_none=True)

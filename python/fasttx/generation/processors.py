@@ -1,8 +1,9 @@
 """Logits processors with transformers' semantics, applied in transformers' order.
 
-Each processor takes ``scores`` (float32, ``[rows, vocab]``, modified in place) and ``history``
-(per row, the token ids transformers would hold in ``input_ids``: the prompt with its padding for
-decoder-only models, the decoder start token for encoder-decoder models, then the generated tokens).
+Each processor takes ``scores`` (float32, ``[rows, vocab]``, modified in place), ``history`` (per
+row, the token ids transformers would hold in ``input_ids``: the prompt with its padding for
+decoder-only models, the decoder start token for encoder-decoder models, then the generated tokens)
+and ``rows`` (which generated sequence each row of ``scores`` is, for per-sequence settings).
 Greedy and sampling apply them to raw logits; beam search to log-probabilities (as transformers does).
 """
 
@@ -14,18 +15,19 @@ import numpy as np
 
 from .options import GenerationOptions
 
-Processor = Callable[[np.ndarray, Sequence[Sequence[int]]], None]
+Processor = Callable[[np.ndarray, Sequence[Sequence[int]], Sequence[int]], None]
 
 NEG_INF = np.float32(-np.inf)
 
 
-def repetition_penalty(penalty: float) -> Processor:
-    """Every token already in the row: ``s * p`` if ``s < 0`` else ``s / p``."""
+def repetition_penalty(penalty: float, padding: Sequence[int]) -> Processor:
+    """Every token already in the row: ``s * p`` if ``s < 0`` else ``s / p``. The row's left
+    padding (``padding[row]`` tokens) does not count, as in transformers 5 (``prompt_ignore_length``)."""
     p = np.float32(penalty)
 
-    def apply(scores: np.ndarray, history: Sequence[Sequence[int]]) -> None:
-        for row, ids in zip(scores, history):
-            idx = np.fromiter(set(ids), dtype=np.int64)
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
+        for row, ids, r in zip(scores, history, rows):
+            idx = np.fromiter(set(ids[padding[r] :]), dtype=np.int64)
             s = row[idx]
             row[idx] = np.where(s < 0, s * p, s / p)
 
@@ -35,7 +37,7 @@ def repetition_penalty(penalty: float) -> Processor:
 def no_repeat_ngram(n: int) -> Processor:
     """Bans every token that would complete an n-gram already present in the row."""
 
-    def apply(scores: np.ndarray, history: Sequence[Sequence[int]]) -> None:
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
         for row, ids in zip(scores, history):
             if len(ids) + 1 < n:
                 continue
@@ -53,7 +55,7 @@ def suppress_eos_until(min_len: int, prompt_len: int, eos: Sequence[int]) -> Pro
     """EOS is impossible while fewer than ``min_len`` tokens follow the ``prompt_len`` prompt tokens."""
     eos_idx = list(eos)
 
-    def apply(scores: np.ndarray, history: Sequence[Sequence[int]]) -> None:
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
         for row, ids in zip(scores, history):
             if len(ids) - prompt_len < min_len:
                 row[eos_idx] = NEG_INF
@@ -64,14 +66,14 @@ def suppress_eos_until(min_len: int, prompt_len: int, eos: Sequence[int]) -> Pro
 def temperature(t: float) -> Processor:
     tt = np.float32(t)
 
-    def apply(scores: np.ndarray, history: Sequence[Sequence[int]]) -> None:
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
         scores /= tt
 
     return apply
 
 
 def top_k(k: int, min_keep: int = 1) -> Processor:
-    def apply(scores: np.ndarray, history: Sequence[Sequence[int]]) -> None:
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
         kk = min(max(k, min_keep), scores.shape[-1])
         kth = np.partition(scores, -kk, axis=-1)[:, -kk][:, None]
         scores[scores < kth] = NEG_INF
@@ -82,7 +84,7 @@ def top_k(k: int, min_keep: int = 1) -> Processor:
 def top_p(p: float, min_keep: int = 1) -> Processor:
     """transformers' TopPLogitsWarper: drop the low tail whose cumulative probability is <= 1 - p."""
 
-    def apply(scores: np.ndarray, history: Sequence[Sequence[int]]) -> None:
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
         order = np.argsort(scores, axis=-1, kind="stable")  # ascending, as transformers sorts
         sorted_scores = np.take_along_axis(scores, order, axis=-1)
         probs = _softmax(sorted_scores)
@@ -98,7 +100,7 @@ def top_p(p: float, min_keep: int = 1) -> Processor:
 def min_p(p: float, min_keep: int = 1) -> Processor:
     """transformers' MinPLogitsWarper: drop tokens less likely than ``p`` times the top probability."""
 
-    def apply(scores: np.ndarray, history: Sequence[Sequence[int]]) -> None:
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
         probs = _softmax(scores)
         threshold = np.float32(p) * probs.max(axis=-1, keepdims=True)
         remove = probs < threshold
@@ -115,11 +117,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def build(opts: GenerationOptions, prompt_len: int, *, beam: bool) -> list[Processor]:
-    """The processor list transformers' ``_get_logits_processor`` would build for these options."""
+def build(opts: GenerationOptions, prompt_len: int, padding: Sequence[int], *, beam: bool) -> list[Processor]:
+    """The processor list transformers' ``_get_logits_processor`` would build for these options;
+    ``padding[row]`` is the left padding of each generated sequence's prompt."""
     procs: list[Processor] = []
     if opts.repetition_penalty != 1.0:
-        procs.append(repetition_penalty(opts.repetition_penalty))
+        procs.append(repetition_penalty(opts.repetition_penalty, padding))
     if opts.no_repeat_ngram_size > 0:
         procs.append(no_repeat_ngram(opts.no_repeat_ngram_size))
     if opts.eos_token_id:
@@ -141,6 +144,8 @@ def build(opts: GenerationOptions, prompt_len: int, *, beam: bool) -> list[Proce
     return procs
 
 
-def apply_all(procs: Sequence[Processor], scores: np.ndarray, history: Sequence[Sequence[int]]) -> None:
+def apply_all(
+    procs: Sequence[Processor], scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]
+) -> None:
     for p in procs:
-        p(scores, history)
+        p(scores, history, rows)

@@ -29,6 +29,13 @@ class Prompt:
     prompt_len: int  # transformers' (decoder) prompt length, for length budgets and penalties
     copies: int = 1  # generated rows per input (beams, or sampled sequences), made after the first step
 
+    def padding(self) -> list[int]:
+        """Left padding of each generated row's prompt (leading zeros of the first mask)."""
+        if self.first_mask is None:
+            return [0] * len(self.history)
+        pads = (self.first_mask != 0).argmax(axis=1).tolist()
+        return [p for p in pads for _ in range(self.copies)]
+
 
 @dataclass
 class StepEvent:
@@ -69,7 +76,7 @@ def sample_or_greedy(
     batch's cost shrinks as its rows end. ``is_stopped(row, tokens)`` lets the caller end a row
     (stop strings)."""
     rows = len(prompt.history)
-    procs = processors.build(opts, prompt.prompt_len, beam=False)
+    procs = processors.build(opts, prompt.prompt_len, prompt.padding(), beam=False)
     eos = set(opts.eos_token_id)
     active = list(range(rows))  # session row i decodes original row active[i]
     tokens, mask = prompt.first_tokens, prompt.first_mask
@@ -81,7 +88,7 @@ def sample_or_greedy(
             session.reorder(np.repeat(np.arange(logits.shape[0]), prompt.copies).tolist())
             logits = np.repeat(logits, prompt.copies, axis=0)
         hist = [history[r] for r in active]
-        processors.apply_all(procs, logits, hist)
+        processors.apply_all(procs, logits, hist, active)
         if sampler is None:
             chosen = np.argmax(logits, axis=-1).tolist()
         else:
@@ -115,7 +122,7 @@ def beam_search(native_model, session, prompt: Prompt, opts: GenerationOptions, 
     max_length = p0 + budget
     lp = opts.length_penalty
     es = opts.early_stopping
-    procs = processors.build(opts, p0, beam=True)
+    procs = processors.build(opts, p0, prompt.padding(), beam=True)
 
     if budget == 0:
         return [[] for _ in range(batch * opts.num_return_sequences)]
@@ -143,7 +150,8 @@ def beam_search(native_model, session, prompt: Prompt, opts: GenerationOptions, 
 
     while True:
         flat = running.reshape(batch * K, max_length)
-        processors.apply_all(procs, log_probs, [row[:cur_len].tolist() for row in flat] if procs else [])
+        if procs:
+            processors.apply_all(procs, log_probs, [row[:cur_len].tolist() for row in flat], range(batch * K))
         scores = (log_probs.reshape(batch, K, vocab) + running_scores[:, :, None]).reshape(batch, K * vocab)
         top_values, top_indices = native_model.topk_rows(np.ascontiguousarray(scores, dtype=np.float32), keep)
         src_beam = top_indices // vocab

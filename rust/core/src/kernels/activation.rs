@@ -91,12 +91,19 @@ mod tests {
         v
     }
 
-    /// Max of `|got - want| / (|want| + floor)` in f64.
-    fn max_err(got: &[f32], want: &[f64], floor: f64) -> f64 {
-        got.iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).abs() / (w.abs() + floor))
-            .fold(0.0, f64::max)
+    /// Max of `|got - want| / |want|` over outputs with `|want| >= 0.1`, and max of
+    /// `|got - want| / (|want| + floor(u))` over all.
+    fn errors(x: &[f32], got: &[f32], want: &[f64], floor: impl Fn(f64) -> f64) -> (f64, f64) {
+        let (mut big, mut all) = (0.0f64, 0.0f64);
+        for ((&u, &g), &w) in x.iter().zip(got).zip(want) {
+            let e = (g as f64 - w).abs();
+            if w.abs() >= 0.1 {
+                big = big.max(e / w.abs());
+            }
+            let r = e / (w.abs() + floor(u as f64));
+            all = all.max(r);
+        }
+        (big, all)
     }
 
     fn gelu_tanh_f64(u: f64) -> f64 {
@@ -113,7 +120,8 @@ mod tests {
         report_skipped();
         let x = inputs();
         for isa in cpu::supported_isas() {
-            let cases: [(&str, fn(Isa, &mut [f32]), fn(f64) -> f64); 2] = [
+            type Case = (&'static str, fn(Isa, &mut [f32]), fn(f64) -> f64);
+            let cases: [Case; 2] = [
                 ("gelu_tanh", gelu_tanh_with, gelu_tanh_f64),
                 ("silu", silu_with, silu_f64),
             ];
@@ -121,14 +129,19 @@ mod tests {
                 let want: Vec<f64> = x.iter().map(|&u| exact(u as f64)).collect();
                 let mut got = x.clone();
                 f(isa, &mut got);
-                // Relative error, with an absolute floor of 1e-6 (the logits tolerance is 1e-4)
-                // for the tiny outputs of very negative inputs.
-                // The scalar path's `1 + tanh` cancels for negative inputs: it is only accurate
-                // relative to max(|output|, 1).
-                let floor = if isa == Isa::Scalar { 1.0 } else { 1e-6 };
-                let err = max_err(&got, &want, floor);
-                println!("{name} {isa:?}: max error {err:.3e} (relative, floor {floor:e})");
-                assert!(err < 4e-7, "{name} {isa:?}: max error {err:e}");
+                // Where outputs are tiny (very negative inputs) relative error stops meaning much.
+                // The scalar path's `1 + tanh` cancels there: it is only good to ~1e-7·|u|
+                // absolute. The SIMD path stays relatively accurate but inherits the f32 rounding
+                // of z in e^(2z), amplified by |2z| (up to ~4e-6 relative on outputs < 1e-3).
+                let simd = matches!(isa, Isa::Avx2 | Isa::Avx512);
+                let floor = |u: f64| if simd { 1e-8 } else { 1.2e-7 * u.abs() };
+                let (big, all) = errors(&x, &got, &want, floor);
+                println!("{name} {isa:?}: max relative error {big:.3e} where |y| >= 0.1, {all:.3e} with floor");
+                let (max_big, max_all) = if simd { (4e-7, 4e-6) } else { (6e-7, 1.0) };
+                assert!(
+                    big < max_big && all < max_all,
+                    "{name} {isa:?}: {big:e} {all:e}"
+                );
                 for (&u, &g) in x.iter().zip(&got) {
                     if u >= 20.0 {
                         assert_eq!(g, u, "{name}({u})");
@@ -225,6 +238,7 @@ mod tests {
     #[test]
     fn gelu_erf_known_values() {
         // x·Φ(x) from mpmath at 40 digits.
+        #[allow(clippy::excessive_precision)]
         let cases: [(f32, f64); 8] = [
             (-10.0, -7.619_853_024_160_526e-23),
             (-5.0, -1.433_257_859_395_969_6e-6),

@@ -18,7 +18,7 @@ pub(crate) fn rms_norm_with(isa: Isa, x: &[f32], weight: &[f32], eps: f32, out: 
     if dim == 0 {
         return;
     }
-    debug_assert!(x.len() % dim == 0 && out.len() >= x.len());
+    debug_assert!(x.len().is_multiple_of(dim) && out.len() >= x.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => {
@@ -57,7 +57,7 @@ pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [
     if dim == 0 {
         return;
     }
-    debug_assert!(bias.len() == dim && x.len() % dim == 0 && out.len() >= x.len());
+    debug_assert!(bias.len() == dim && x.len().is_multiple_of(dim) && out.len() >= x.len());
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
         let mean = xr.iter().sum::<f32>() / dim as f32;
         let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;

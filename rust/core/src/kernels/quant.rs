@@ -3,12 +3,15 @@
 //!
 //! # Method (as llama.cpp and candle do it)
 //! Each call first quantizes every row of `x` into 8-bit blocks of 32: `d = max|x| / 127`,
-//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), and for Q4_1 weights also `s = d·Σq` (ggml's
+//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), and for the Q4 weights also `s = d·Σq` (ggml's
 //! Q8_1). Then every output is a sum over blocks of exact integer dot products scaled in `f32`:
 //!
 //! * Q8_0 weights: `Σ_b dw·dx · Σ qw·qx`;
-//! * Q4_0 weights: the same with `qw = nibble - 8`;
-//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`.
+//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`;
+//! * Q4_0 weights (`w = (nibble - 8)·dw`): as Q4_1 with `mw = -8·dw`. Multiplying unsigned
+//!   nibbles saves the sign handling that signed weights need (3 of ~12 instructions a block);
+//!   the price, one `f32` rounding of a term that partly cancels, is far below the 8-bit
+//!   activations' error.
 //!
 //! Unlike ggml, the activation scales `d` and `s` stay in `f32` (ggml rounds them to `f16`): they
 //! live only for one call, and it avoids an extra rounding for free.
@@ -17,8 +20,9 @@
 //! A block's 32 products are summed into 8 integer lanes (lane `l` = elements `4l..4l+4`: what
 //! `maddubs` + `madd` produce on AVX2), and each lane is accumulated in `f32` as
 //! `acc = fma(dw·dx, lane, acc)`, even blocks into one accumulator and odd blocks into another
-//! (two independent FMA chains, so the latency does not limit a single-row product). For Q4_1, each
-//! group of 8 blocks then adds `mw·s` of block `8g + l` into lane `l` of the even accumulator. The
+//! (two independent FMA chains, so the latency does not limit a single-row product). For the Q4
+//! formats, each group of 8 blocks then adds `mw·s` of block `8g + l` into lane `l` of the even
+//! accumulator. The
 //! two accumulators are added lane by lane and the 8 lanes summed in the order
 //! `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
 //!
@@ -151,7 +155,7 @@ pub(crate) fn quant_matmul_with(
     // it waits for its tasks (rayon work stealing), that call finds an empty buffer instead of
     // panicking on a double borrow.
     let mut act = SCRATCH.with(Cell::take);
-    act.quantize(x, m, k, parallel && m * k >= PAR_QUANTIZE);
+    act.quantize(kernel, x, m, k, parallel && m * k >= PAR_QUANTIZE);
 
     let rb = fmt.row_bytes(k);
     // Rows of w per task: only a matter of load balance and of task overhead, since every task
@@ -199,7 +203,7 @@ pub fn quant_matmul_scalar(
 ) {
     check_args(fmt, x, w, y, m, k, n);
     let mut act = Activations::default();
-    act.quantize(x, m, k, false);
+    act.quantize(Kernel::Portable, x, m, k, false);
     let rb = fmt.row_bytes(k);
     for i in 0..m {
         for j in 0..n {
@@ -241,7 +245,6 @@ unsafe fn product_cols(
     let (m, cols) = (act.m, w.len() / rb);
     let x_block = (X_BLOCK_BYTES / act.row_bytes()).max(MR) / MR * MR;
     let w_chunk = (W_CHUNK_BYTES / rb).max(1);
-    let mut out = [0.0f32; MR];
     for i0 in (0..m).step_by(x_block) {
         let i1 = (i0 + x_block).min(m);
         for j0 in (0..cols).step_by(w_chunk) {
@@ -249,14 +252,17 @@ unsafe fn product_cols(
             for g0 in (i0..i1).step_by(MR) {
                 let g1 = (g0 + MR).min(i1);
                 let rows: [XRow<'_>; MR] = std::array::from_fn(|r| act.row((g0 + r).min(g1 - 1)));
-                let (rows, out) = (&rows[..g1 - g0], &mut out[..g1 - g0]);
-                for j in j0..j1 {
-                    kernel.dot(fmt, &w[j * rb..(j + 1) * rb], rows, out);
-                    for (r, &v) in out.iter().enumerate() {
-                        // SAFETY: row g0 + r < m and column c0 + j < n (caller's contract).
-                        *y.get().add((g0 + r) * n + c0 + j) = v;
-                    }
-                }
+                // SAFETY: rows g0..g1 < m and columns c0 + j0..c0 + j1 <= n of y (the caller's
+                // contract); the rows come from `act`, quantized for `act.k`, the length of
+                // the weight rows.
+                kernel.dot(
+                    fmt,
+                    &w[j0 * rb..j1 * rb],
+                    rb,
+                    &rows[..g1 - g0],
+                    y.get().add(g0 * n + c0 + j0),
+                    n,
+                );
             }
         }
     }
@@ -281,20 +287,44 @@ impl Kernel {
         }
     }
 
-    /// `out[r] = w · xs[r]` for one weight row (whole blocks) and 1..=[`MR`] rows of `x`.
+    /// [`quantize_row`], compiled for this kernel's instruction set (same results).
+    fn quantize_row(self, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+        match self {
+            Kernel::Portable => quantize_row(x, qs, d, s),
+            // SAFETY: `Avx2` is only chosen when `x86::available()`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::quantize_row(x, qs, d, s) },
+        }
+    }
+
+    /// `y[r·ldy + j] = w_j · xs[r]` for every weight row `w_j` of `w` (rows of `rb` bytes, whole
+    /// blocks) and 1..=[`MR`] rows of `x`.
+    ///
+    /// # Safety
+    /// `y` valid for those writes; the rows come from [`Activations::row`] for `k` values, where
+    /// `rb = fmt.row_bytes(k)`.
     #[inline]
-    fn dot(self, fmt: QuantFormat, w: &[u8], xs: &[XRow<'_>], out: &mut [f32]) {
+    unsafe fn dot(
+        self,
+        fmt: QuantFormat,
+        w: &[u8],
+        rb: usize,
+        xs: &[XRow<'_>],
+        y: *mut f32,
+        ldy: usize,
+    ) {
         match self {
             Kernel::Portable => {
-                for (x, o) in xs.iter().zip(out) {
-                    *o = dot_portable(fmt, w, *x);
+                for (j, wj) in w.chunks_exact(rb).enumerate() {
+                    for (r, x) in xs.iter().enumerate() {
+                        *y.add(r * ldy + j) = dot_portable(fmt, wj, *x);
+                    }
                 }
             }
-            // SAFETY: `Avx2` is only chosen when `x86::available()`; the rows come from
-            // `Activations::row`, whose slices have the lengths `x86::dot` requires for the
-            // `w.len() / block_bytes` blocks of `w`.
+            // `Avx2` is only chosen when `x86::available()`; the rows from `Activations::row`
+            // have the lengths `x86::dot` requires.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::dot(fmt, w, xs, out) },
+            Kernel::Avx2 => x86::dot(fmt, w, rb, xs, y, ldy),
         }
     }
 }
@@ -324,13 +354,13 @@ fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
                 *a = scale.mul_add(p as f32, *a);
             }
         }
-        if fmt == QuantFormat::Q4_1 {
+        if fmt != QuantFormat::Q8_0 {
             for (l, a) in acc[0].iter_mut().enumerate() {
                 // Lanes past the last block add 0·0, exactly as the SIMD kernel does.
-                let mw = if l < cnt {
-                    f16_at(&w[(b0 + l) * bb..], 2)
-                } else {
-                    0.0
+                let mw = match fmt {
+                    _ if l >= cnt => 0.0,
+                    QuantFormat::Q4_1 => f16_at(&w[(b0 + l) * bb..], 2),
+                    _ => -8.0 * f16_at(&w[(b0 + l) * bb..], 0),
                 };
                 *a = mw.mul_add(x.s[b0 + l], *a);
             }
@@ -340,7 +370,8 @@ fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
     hsum(&lanes)
 }
 
-/// The 32 integer weights of a block in element order: Q4_0 `nibble - 8`, Q4_1 `nibble`, Q8_0 `q`.
+/// The 32 integer weights of a block in element order: the nibbles (Q4_0 without its `- 8`,
+/// which goes into the `mw·s` term), or Q8_0's `q`.
 /// The low nibble of byte `j` is element `j`, the high nibble element `j + 16`.
 fn block_values(fmt: QuantFormat, blk: &[u8]) -> [i8; QK] {
     let mut v = [0i8; QK];
@@ -351,14 +382,10 @@ fn block_values(fmt: QuantFormat, blk: &[u8]) -> [i8; QK] {
             }
         }
         QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
-            let (off, bias) = if fmt == QuantFormat::Q4_0 {
-                (2, 8)
-            } else {
-                (4, 0)
-            };
+            let off = if fmt == QuantFormat::Q4_0 { 2 } else { 4 };
             for (j, &b) in blk[off..off + QK / 2].iter().enumerate() {
-                v[j] = (b & 0x0F) as i8 - bias;
-                v[j + QK / 2] = (b >> 4) as i8 - bias;
+                v[j] = (b & 0x0F) as i8;
+                v[j + QK / 2] = (b >> 4) as i8;
             }
         }
     }
@@ -417,7 +444,7 @@ thread_local! {
 
 impl Activations {
     /// Quantizes the `m` rows of `x` (`k > 0`, a multiple of 32).
-    fn quantize(&mut self, x: &[f32], m: usize, k: usize, parallel: bool) {
+    fn quantize(&mut self, kernel: Kernel, x: &[f32], m: usize, k: usize, parallel: bool) {
         let nbp = (k / QK).next_multiple_of(LANES);
         self.m = m;
         self.k = k;
@@ -428,7 +455,7 @@ impl Activations {
         self.s.resize(m * nbp, 0.0);
         let x = &x[..m * k];
         let row = |((xr, qs), (d, s)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
-            quantize_row(xr, qs, d, s)
+            kernel.quantize_row(xr, qs, d, s)
         };
         if parallel {
             x.par_chunks(k)
@@ -463,7 +490,10 @@ impl Activations {
 }
 
 /// One row: blocks of 32 into `qs`, their scales into `d` and `d·Σq` into `s`; the padding
-/// entries of `d` and `s` are zeroed.
+/// entries of `d` and `s` are zeroed. Always inlined so that `x86::quantize_row` compiles this
+/// very code with AVX2 (every step is exact or correctly rounded elementwise, so any
+/// vectorisation gives the same bits).
+#[inline(always)]
 fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
     let nb = x.len() / QK;
     for (((xb, qb), db), sb) in x
@@ -483,34 +513,46 @@ fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
 /// `d = max|x| / 127`, `q = round(x / d)` (ties to even), returning `(d, Σq)`. A block holding NaN
 /// or ±inf gets `d = NaN` (and `q = 0`), so the outputs it touches come out NaN, as an `f32`
 /// product would; an all-zero block gets `d = 0`.
-#[inline]
+///
+/// Written over 8-lane arrays with selects and integer bit tricks (no `as` float-to-int casts,
+/// whose saturating semantics LLVM does not vectorise) so that it compiles to vector code.
+#[inline(always)]
 fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    // Adding and subtracting 1.5·2^23 rounds to an integer (ties to even) for |v| < 2^22, in
-    // plain arithmetic that vectorises on every target (no libm call, unlike `round_ties_even`
-    // without SSE4.1).
+    // `y + 1.5·2^23` has the bits `0x4B40_0000 + round(y)` (ties to even) for |y| < 2^22.
     const ROUND: f32 = 12_582_912.0;
-    let mut amax = 0.0f32;
-    let mut finite = true;
-    for &v in x {
-        let a = v.abs();
-        amax = if a > amax { a } else { amax };
-        finite &= a <= f32::MAX;
+    const ROUND_BITS: i32 = 0x4B40_0000;
+    let (x, q): (&[f32; QK], &mut [i8; QK]) = (x.try_into().unwrap(), q.try_into().unwrap());
+    let mut amax = [0.0f32; LANES];
+    // `v·0` is ±0 for finite `v` and NaN for NaN or ±inf: the sum flags a non-finite block.
+    let mut poison = [0.0f32; LANES];
+    for c in x.chunks_exact(LANES) {
+        for l in 0..LANES {
+            let a = c[l].abs();
+            amax[l] = if a > amax[l] { a } else { amax[l] };
+            poison[l] += c[l] * 0.0;
+        }
     }
+    let amax = amax.iter().fold(0.0f32, |m, &a| if a > m { a } else { m });
     let d = amax / 127.0;
-    if !finite || d == 0.0 {
+    let poisoned = poison.iter().sum::<f32>() != 0.0;
+    if poisoned || d == 0.0 {
         q.fill(0);
-        return (if finite { 0.0 } else { f32::NAN }, 0);
+        return (if poisoned { f32::NAN } else { 0.0 }, 0);
     }
-    let mut sum = 0i32;
-    for (o, &v) in q.iter_mut().zip(x) {
-        // Dividing (rather than multiplying by 1/d as ggml does) stays right when d is
-        // subnormal, where 1/d overflows; the clamp only matters there too.
-        let r = ((v / d + ROUND) - ROUND) as i32;
-        let r = r.clamp(-127, 127);
-        *o = r as i8;
-        sum += r;
+    let mut sums = [0i32; LANES];
+    for (qc, c) in q.chunks_exact_mut(LANES).zip(x.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            // Dividing (rather than multiplying by 1/d as ggml does) stays right when d is
+            // subnormal, where 1/d overflows; the clamp only matters there too.
+            let y = c[l] / d;
+            let y = if y > 127.0 { 127.0 } else { y };
+            let y = if y < -127.0 { -127.0 } else { y };
+            let r = (y + ROUND).to_bits() as i32 - ROUND_BITS;
+            qc[l] = r as i8;
+            sums[l] += r;
+        }
     }
-    (d, sum)
+    (d, sums.iter().sum())
 }
 
 /// Raw output pointer shared by the tasks of one product, each writing its own columns.
@@ -702,7 +744,7 @@ mod tests {
             let wf = dequantize(fmt, &w, n, k);
             let x = activations(m, k, 32);
             let mut act = Activations::default();
-            act.quantize(&x, m, k, false);
+            act.quantize(Kernel::Portable, &x, m, k, false);
             for isa in cpu::supported_isas() {
                 let y = run(isa, 2, fmt, &x, &w, m, k, n);
                 for i in 0..m {
@@ -857,8 +899,9 @@ mod tests {
                 let mut y = vec![1.0; 6];
                 quant_matmul_with(isa, fmt, &[], &[], &mut y, 2, 0, 3);
                 assert_eq!(y, vec![0.0; 6]);
-                quant_matmul_with(isa, fmt, &[], &[], &mut y, 0, 32, 3);
-                quant_matmul_with(isa, fmt, &[], &[], &mut y, 2, 32, 0);
+                let w3 = random_weights(fmt, 3, 32, 1);
+                quant_matmul_with(isa, fmt, &[], &w3, &mut y, 0, 32, 3);
+                quant_matmul_with(isa, fmt, &[0.0; 64], &[], &mut y, 2, 32, 0);
 
                 let (m, k, n) = (3, 96, 5);
                 let w = random_weights(fmt, n, k, 51);
@@ -883,7 +926,10 @@ mod tests {
     #[ignore]
     fn bench_quant_matmul() {
         use std::time::Instant;
+        // (1, 576, 256) stays in L2 (compute speed); n = 49152 streams ~30 MB from memory.
         let shapes = [
+            (1, 576, 256),
+            (1, 4608, 32),
             (1, 576, 1536),
             (1, 576, 49152),
             (8, 576, 1536),
@@ -921,6 +967,59 @@ mod tests {
                         bytes / median / 1e9
                     );
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tmp_kernel_bench {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn tmp_kernel_only() {
+        use std::time::Instant;
+        for fmt in [QuantFormat::Q8_0, QuantFormat::Q4_1, QuantFormat::Q4_0] {
+            for k in [576usize, 4608] {
+                let x = crate::kernels::testutil::random(k, 1);
+                let w: Vec<u8> = (0..fmt.row_bytes(k)).map(|i| (i * 7 % 13) as u8).collect();
+                let mut act = Activations::default();
+                act.quantize(Kernel::Avx2, &x, 1, k, false);
+                let rows = [act.row(0)];
+                let mut out = vec![0.0f32; 64];
+                let w: Vec<u8> = w.iter().cycle().take(64 * w.len()).copied().collect();
+                let reps = 10;
+                let mut best = f64::INFINITY;
+                for _ in 0..2000 {
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        unsafe {
+                            Kernel::Avx2.dot(
+                                fmt,
+                                std::hint::black_box(&w),
+                                fmt.row_bytes(k),
+                                &rows,
+                                out.as_mut_ptr(),
+                                1,
+                            )
+                        };
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let blocks = (64 * reps * k / 32) as f64;
+                println!(
+                    "{fmt:?} k={k}: {:.2} ns/block = {:.1} cycles@3.05GHz",
+                    best / blocks * 1e9,
+                    best / blocks * 3.05e9
+                );
+                let t = Instant::now();
+                for _ in 0..1000 {
+                    act.quantize(Kernel::Avx2, std::hint::black_box(&x), 1, k, false);
+                }
+                println!(
+                    "  quantize k={k}: {:.1} ns",
+                    t.elapsed().as_secs_f64() / 1000.0 * 1e9
+                );
             }
         }
     }

@@ -3,9 +3,9 @@
 //!
 //! Per block, `maddubs` multiplies unsigned weight bytes by signed activation bytes and adds
 //! adjacent pairs into `i16`; `madd` with ones adds those pairs into 8 `i32` lanes (lane `l` =
-//! elements `4l..4l+4`). Signed weights (Q4_0 after `- 8`, Q8_0) go in as `|w|` with the sign
-//! moved onto `x` (`sign_epi8`), as llama.cpp does. No step saturates: the largest pair sum is
-//! `2·128·127 = 32512` (a Q8_0 weight of -128; activations stay within ±127).
+//! elements `4l..4l+4`). Nibbles go in as they are (unsigned); Q8_0 weights go in as `|w|` with
+//! the sign moved onto `x` (`sign_epi8`), as llama.cpp does. No step saturates: the largest pair
+//! sum is `2·128·127 = 32512` (a Q8_0 weight of -128; activations stay within ±127).
 //!
 //! # Safety
 //! Everything here is compiled with `#[target_feature(enable = "avx2,fma,f16c")]`; callers must
@@ -35,21 +35,29 @@ const fn block_bytes(f: u8) -> usize {
     }
 }
 
-/// `out[r] = w · xs[r]` for the whole blocks of `w` (`xs.len()` = `out.len()` in 1..=4).
+/// `y[r·ldy + j] = w_j · xs[r]` for every weight row `w_j` of `w` (rows of `rb` bytes, whole
+/// blocks) and each of the 1..=4 rows of `xs`.
 ///
 /// # Safety
-/// [`available`] is true; each `xs[r]` holds at least `QK·nb` values in `qs` and
-/// `nb` rounded up to a multiple of 8 entries in `d` and `s`, where
-/// `nb = w.len() / fmt.block_bytes()`.
-pub(super) unsafe fn dot(fmt: QuantFormat, w: &[u8], xs: &[XRow<'_>], out: &mut [f32]) {
+/// [`available`] is true; `y` is valid for those writes; each `xs[r]` holds at least `QK·nb`
+/// values in `qs` and `nb` rounded up to a multiple of 8 entries in `d` and `s`, where
+/// `nb = rb / fmt.block_bytes()`.
+pub(super) unsafe fn dot(
+    fmt: QuantFormat,
+    w: &[u8],
+    rb: usize,
+    xs: &[XRow<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
     macro_rules! rows {
         ($f:expr) => {
             match xs.len() {
-                1 => dot_rows::<$f, 1>(w, xs, out),
-                2 => dot_rows::<$f, 2>(w, xs, out),
-                3 => dot_rows::<$f, 3>(w, xs, out),
-                4 => dot_rows::<$f, 4>(w, xs, out),
-                r => unreachable!("{r} rows per weight row"),
+                1 => dot_rows::<$f, 1>(w, rb, xs, y, ldy),
+                2 => dot_rows::<$f, 2>(w, rb, xs, y, ldy),
+                3 => dot_rows::<$f, 3>(w, rb, xs, y, ldy),
+                4 => dot_rows::<$f, 4>(w, rb, xs, y, ldy),
+                r => unreachable!("{r} rows of x at once"),
             }
         };
     }
@@ -60,14 +68,30 @@ pub(super) unsafe fn dot(fmt: QuantFormat, w: &[u8], xs: &[XRow<'_>], out: &mut 
     }
 }
 
-/// [`dot`] for a fixed format `F` and `R` rows of `x`.
+/// `super::quantize_row` compiled with AVX2 (it is always inlined, so this is its vector code).
 ///
 /// # Safety
-/// As [`dot`], with `xs.len() == out.len() == R`.
+/// [`available`] is true.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows<const F: u8, const R: usize>(w: &[u8], xs: &[XRow<'_>], out: &mut [f32]) {
-    let bb = block_bytes(F);
-    let nb = w.len() / bb;
+pub(super) unsafe fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    super::quantize_row(x, qs, d, s)
+}
+
+/// [`dot`] for a fixed format `F` and `R` rows of `x`: the loop over weight rows lives here so
+/// that the constants and row pointers are set up once, not per row (rows are short: 18 blocks
+/// for a hidden size of 576).
+///
+/// # Safety
+/// As [`dot`], with `xs.len() == R`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows<const F: u8, const R: usize>(
+    w: &[u8],
+    rb: usize,
+    xs: &[XRow<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
+    let nb = rb / block_bytes(F);
     let nbp = nb.next_multiple_of(LANES);
     for x in xs {
         debug_assert!(x.qs.len() >= nb * QK && x.d.len() >= nbp && x.s.len() >= nbp);
@@ -75,30 +99,52 @@ unsafe fn dot_rows<const F: u8, const R: usize>(w: &[u8], xs: &[XRow<'_>], out: 
     let qs: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
     let d: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
     let s: [*const f32; R] = std::array::from_fn(|r| xs[r].s.as_ptr());
-    // Even blocks accumulate into `acc[0]`, odd ones into `acc[1]` (two FMA chains).
-    let mut acc = [[_mm256_setzero_ps(); R]; 2];
-    let mut b0 = 0;
-    while b0 < nb {
-        let cnt = LANES.min(nb - b0);
-        // SAFETY: blocks b0..b0+cnt are inside `w`; rows hold `nbp >= b0 + 8` scales and
-        // `QK·(b0 + cnt)` values (the caller's contract).
-        group::<F, R>(w.as_ptr().add(b0 * bb), b0, cnt, &qs, &d, &s, &mut acc);
-        b0 += LANES;
-    }
-    for r in 0..R {
-        out[r] = hsum(_mm256_add_ps(acc[0][r], acc[1][r]));
+    for (j, wj) in w.chunks_exact(rb).enumerate() {
+        let out = dot_row::<F, R>(wj.as_ptr(), nb, &qs, &d, &s);
+        for (r, v) in out.into_iter().enumerate() {
+            *y.add(r * ldy + j) = v;
+        }
     }
 }
 
-/// Blocks `b0..b0 + cnt` (`b0` a multiple of 8, `cnt` in 1..=8) of one weight row, starting at
-/// `w`, against `R` rows of `x`.
+/// One weight row of `nb` blocks at `w` against `R` rows of `x`.
+///
+/// # Safety
+/// `w` valid for `nb` blocks; the row pointers as [`dot`] requires; the CPU has AVX2, FMA, F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row<const F: u8, const R: usize>(
+    w: *const u8,
+    nb: usize,
+    qs: &[*const i8; R],
+    d: &[*const f32; R],
+    s: &[*const f32; R],
+) -> [f32; R] {
+    let bb = block_bytes(F);
+    // Even blocks accumulate into `acc[0]`, odd ones into `acc[1]` (two FMA chains).
+    let mut acc = [[_mm256_setzero_ps(); R]; 2];
+    // Whole groups with a constant block count (unrolled, no per-block tests), then the rest.
+    // Blocks b0..b0+cnt are inside `w`, and the rows hold `nbp >= b0 + 8` scales and
+    // `QK·(b0 + cnt)` values (the caller's contract), as `group` requires.
+    let full = nb - nb % LANES;
+    for b0 in (0..full).step_by(LANES) {
+        group::<F, R, true>(w.add(b0 * bb), b0, LANES, qs, d, s, &mut acc);
+    }
+    if full < nb {
+        group::<F, R, false>(w.add(full * bb), full, nb - full, qs, d, s, &mut acc);
+    }
+    std::array::from_fn(|r| hsum(_mm256_add_ps(acc[0][r], acc[1][r])))
+}
+
+/// Blocks `b0..b0 + cnt` (`b0` a multiple of 8, `cnt` in 1..=8, and 8 when `FULL`) of one weight
+/// row, starting at `w`, against `R` rows of `x`.
 ///
 /// # Safety
 /// `w` valid for `cnt` blocks; for each row, `qs[r]` for values up to `QK·(b0 + cnt)` and `d[r]`,
 /// `s[r]` for entries up to `b0 + 8`; the CPU has AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group<const F: u8, const R: usize>(
+unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     w: *const u8,
     b0: usize,
     cnt: usize,
@@ -108,23 +154,19 @@ unsafe fn group<const F: u8, const R: usize>(
     acc: &mut [[__m256; R]; 2],
 ) {
     let bb = block_bytes(F);
-    // The weight scales (and Q4_1 minimums) of the group, zero past the last block.
-    let mut dbits = [0u16; LANES];
-    let mut mbits = [0u16; LANES];
-    for i in 0..cnt {
-        let blk = w.add(i * bb);
-        dbits[i] = u16::from_le_bytes(blk.cast::<[u8; 2]>().read());
-        if F == Q4_1 {
-            mbits[i] = u16::from_le_bytes(blk.add(2).cast::<[u8; 2]>().read());
-        }
-    }
-    let dw = _mm256_cvtph_ps(_mm_loadu_si128(dbits.as_ptr().cast()));
-    // dw·dx per block and row, read back one at a time as broadcasts.
+    let cnt = if FULL { LANES } else { cnt };
+    let (dw, mw) = scales::<FULL>(w, bb, cnt);
+    // dw·dx per block (lane) and row, kept in memory: `block` reads one lane at a time as a
+    // broadcast load, which costs no ALU work (LLVM would otherwise extract each lane with one or
+    // two shuffles, competing with the unpacking for the shuffle units).
     let mut scale = [[0.0f32; LANES]; R];
     for r in 0..R {
         let dx = _mm256_loadu_ps(d[r].add(b0));
         _mm256_storeu_ps(scale[r].as_mut_ptr(), _mm256_mul_ps(dw, dx));
     }
+    // SAFETY: an empty asm statement: it only makes the compiler treat `scale` as read and
+    // written by unknown code, so the stores above and the loads in `block` stay memory accesses.
+    std::arch::asm!("/* {0} */", in(reg) scale.as_mut_ptr(), options(nostack, preserves_flags));
     let mut i = 0;
     while i + 1 < cnt {
         block::<F, R>(w.add(i * bb), b0 + i, &scale, i, qs, &mut acc[0]);
@@ -141,12 +183,60 @@ unsafe fn group<const F: u8, const R: usize>(
     if i < cnt {
         block::<F, R>(w.add(i * bb), b0 + i, &scale, i, qs, &mut acc[0]);
     }
-    if F == Q4_1 {
-        // mw·s of block b0 + l into lane l (zero lanes past the end add 0·0).
-        let mw = _mm256_cvtph_ps(_mm_loadu_si128(mbits.as_ptr().cast()));
+    if F != Q8_0 {
+        // mw·s of block b0 + l into lane l (zero lanes past the end add 0·0), where Q4_0 has
+        // mw = -8·dw since its blocks were multiplied as unsigned nibbles.
+        let mw = if F == Q4_1 {
+            mw
+        } else {
+            _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
+        };
         for r in 0..R {
             acc[0][r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(s[r].add(b0)), acc[0][r]);
         }
+    }
+}
+
+/// The `f16` scales of the `cnt` (8 when `FULL`) blocks `bb` bytes apart from `w` (lane `l` =
+/// block `l`, zero past `cnt`) and the `f16` that follows each (Q4_1's minimum; unused for the
+/// other formats).
+///
+/// # Safety
+/// `w` valid for `cnt` (8 when `FULL`) blocks of `bb >= 4` bytes; the CPU has AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales<const FULL: bool>(w: *const u8, bb: usize, cnt: usize) -> (__m256, __m256) {
+    // One 4-byte load per block (a vmovd / vpinsrd each), then a byte shuffle gathers the low
+    // halves (d) and high halves (m) of each 128-bit lane into its low 8 bytes and a qword
+    // permute joins the two lanes: far fewer instructions than 8 or 16 word inserts. A partial
+    // group reads its last block again for the missing lanes, then zeroes them.
+    let last = if FULL { LANES - 1 } else { cnt - 1 };
+    let rd = |i: usize| w.add(i.min(last) * bb).cast::<i32>().read_unaligned();
+    let v = _mm256_setr_epi32(rd(0), rd(1), rd(2), rd(3), rd(4), rd(5), rd(6), rd(7));
+    #[rustfmt::skip]
+    let (lo, hi) = (
+        _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+        ),
+        _mm256_setr_epi8(
+            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+        ),
+    );
+    let gather = |sel: __m256i| {
+        let packed = _mm256_permute4x64_epi64::<0b10_00>(_mm256_shuffle_epi8(v, sel));
+        _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
+    };
+    let (dw, mw) = (gather(lo), gather(hi));
+    if FULL {
+        (dw, mw)
+    } else {
+        let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+            _mm256_set1_epi32(cnt as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        ));
+        (_mm256_and_ps(dw, keep), _mm256_and_ps(mw, keep))
     }
 }
 
@@ -172,8 +262,8 @@ unsafe fn block<const F: u8, const R: usize>(
             (_mm256_abs_epi8(v), v)
         }
         Q4_0 => {
-            let v = _mm256_sub_epi8(nibbles(blk.add(2)), _mm256_set1_epi8(8));
-            (_mm256_abs_epi8(v), v)
+            let v = nibbles(blk.add(2));
+            (v, v)
         }
         _ => {
             let v = nibbles(blk.add(4));
@@ -183,10 +273,10 @@ unsafe fn block<const F: u8, const R: usize>(
     let ones = _mm256_set1_epi16(1);
     for r in 0..R {
         let x = _mm256_loadu_si256(qs[r].add(b * QK).cast());
-        let x = if F == Q4_1 {
-            x
-        } else {
+        let x = if F == Q8_0 {
             _mm256_sign_epi8(x, signs)
+        } else {
+            x
         };
         let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, x), ones);
         let sc = _mm256_broadcast_ss(&scale[r][i]);
@@ -202,9 +292,10 @@ unsafe fn block<const F: u8, const R: usize>(
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibbles(p: *const u8) -> __m256i {
-    let raw = _mm_loadu_si128(p.cast());
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+    // The 16 bytes in both halves (a load, no ALU work), the high half shifted right by 4.
+    let both = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
+    let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
 }
 
 /// Horizontal sum in the order of `super::hsum`: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.

@@ -52,9 +52,16 @@ pub fn assert_close(got: &[f32], want: &[f32], rel: f32, abs: f32, what: &str) {
     assert_close_to_ref(got, want, &scale, rel, what);
 }
 
-/// Says which instruction sets the tests cannot exercise here.
+/// Says which of this architecture's instruction sets the tests cannot exercise on this CPU.
 pub fn report_skipped() {
-    for isa in [Isa::Avx2, Isa::Avx512, Isa::Neon] {
+    let isas: &[Isa] = if cfg!(target_arch = "x86_64") {
+        &[Isa::Avx2, Isa::Avx512]
+    } else if cfg!(target_arch = "aarch64") {
+        &[Isa::Neon]
+    } else {
+        &[]
+    };
+    for &isa in isas {
         if !cpu::supported(isa) {
             println!("skipping {isa:?} paths: not supported by this CPU");
         }

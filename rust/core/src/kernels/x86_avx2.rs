@@ -486,3 +486,71 @@ pub(crate) unsafe fn silu(x: &mut [f32]) {
 pub(crate) unsafe fn exp_slice(x: &mut [f32]) {
     map(x, |v| exp(v));
 }
+
+#[cfg(test)]
+mod pf_experiment {
+    use super::*;
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_pf<const MR: usize, const NR: usize, const PF: usize>(
+        x: *const f32, w: *const f32, k: usize, y: *mut f32, ldy: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+        let body = k - k % LANES;
+        let mut p = 0;
+        while p < body {
+            let mut wv = [_mm256_setzero_ps(); NR];
+            for (c, v) in wv.iter_mut().enumerate() {
+                if PF > 0 && p % 16 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(w.add(c * k + p + PF) as *const i8);
+                }
+                *v = _mm256_loadu_ps(w.add(c * k + p));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(r * k + p));
+                for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                    *a = _mm256_fmadd_ps(xv, wc, *a);
+                }
+            }
+            p += LANES;
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (c, &a) in acc_r.iter().enumerate() {
+                *y.add(r * ldy + c) = hsum(a);
+            }
+        }
+    }
+    unsafe fn run<const MR: usize, const NR: usize, const PF: usize>(x: &[f32], w: &[f32], y: &mut [f32], k: usize, n: usize) {
+        let mut j = 0;
+        while j + NR <= n {
+            let mut i = 0;
+            while i < 4 {
+                tile_pf::<MR, NR, PF>(x.as_ptr().add(i * k), w.as_ptr().add(j * k), k, y.as_mut_ptr().add(i * n + j), n);
+                i += MR;
+            }
+            j += NR;
+        }
+    }
+    #[test]
+    #[ignore]
+    fn pf_bench() {
+        let (k, n) = (512, 32112);
+        let w = crate::kernels::testutil::random(n * k, 1);
+        let x = crate::kernels::testutil::random(4 * k, 2);
+        let mut y = vec![0.0; 4 * n];
+        let time = |f: &mut dyn FnMut()| { let t = std::time::Instant::now(); f(); t.elapsed().as_secs_f64() * 1e3 };
+        let mut best = [f64::INFINITY; 8];
+        for _ in 0..30 {
+            unsafe {
+                best[0] = best[0].min(time(&mut || run::<4, 3, 0>(&x, &w, &mut y, k, n)));
+                best[1] = best[1].min(time(&mut || run::<4, 3, 512>(&x, &w, &mut y, k, n)));
+                best[2] = best[2].min(time(&mut || run::<4, 3, 1024>(&x, &w, &mut y, k, n)));
+                best[3] = best[3].min(time(&mut || run::<4, 3, 2048>(&x, &w, &mut y, k, n)));
+                best[4] = best[4].min(time(&mut || run::<1, 8, 0>(&x, &w, &mut y, k, n)));
+                best[5] = best[5].min(time(&mut || run::<1, 8, 1024>(&x, &w, &mut y, k, n)));
+                best[6] = best[6].min(time(&mut || run::<2, 6, 1024>(&x, &w, &mut y, k, n)));
+                best[7] = best[7].min(time(&mut || { let s: f32 = w.chunks(1 << 16).map(|c| dot(c, c)).sum(); std::hint::black_box(s); }));
+            }
+        }
+        println!("m=4: 4x3 pf0 {:.3} pf512 {:.3} pf1024 {:.3} pf2048 {:.3} | 1x8 pf0 {:.3} pf1024 {:.3} | 2x6 pf1024 {:.3} | read {:.3} ms", best[0], best[1], best[2], best[3], best[4], best[5], best[6], best[7]);
+    }
+}
