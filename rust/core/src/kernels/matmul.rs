@@ -10,6 +10,8 @@
 //! Above the tiles, `y` is cut into blocks (rows of `x` × rows of `w`) that become rayon tasks in
 //! the current pool. A block walks its `w` rows in groups of `nr` and, for each group (hot in L1),
 //! every group of `mr` rows of `x`; the rows of `x` in a block are capped so they stay in L2.
+//! Blocks of at most 8 rows (decoding) read each `w` row about once, from memory: there the
+//! multi-row tiles also prefetch `w` ahead (see `x86_avx2::NT_PREFETCH`).
 //!
 //! # Determinism
 //! Every output `y[i][j]` is computed by one tile with one fixed reduction order: `LANES` partial
@@ -119,7 +121,7 @@ struct NtKernel {
     /// Tile width (rows of `w`) to pair with a group of `mr` rows of `x`, indexed by `mr` (1..=4).
     nr: [usize; 5],
     /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract.
-    tile: unsafe fn(usize, usize, *const f32, *const f32, usize, *mut f32, usize),
+    tile: unsafe fn(usize, usize, bool, *const f32, *const f32, usize, *mut f32, usize),
 }
 
 impl NtKernel {
@@ -166,6 +168,9 @@ impl NtKernel {
         } else {
             (rows, self.nr[rows])
         };
+        // With at most two groups of x rows, each w row is used about once: it streams from
+        // memory, and the tiles prefetch it. (In bigger blocks it is re-read from cache.)
+        let stream = rows <= 8;
         // For each group of w rows (then hot in L1), every group of x rows.
         let sweep = |j: usize, width: usize| {
             let mut i = 0;
@@ -174,6 +179,7 @@ impl NtKernel {
                 tile(
                     h,
                     width,
+                    stream,
                     x.add(i * k),
                     w.add(j * k),
                     k,
@@ -301,9 +307,11 @@ mod portable {
     /// # Safety
     /// `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart), `y` valid for writes at
     /// `r·ldy + c` for `r < mr`, `c < nr`.
+    #[allow(clippy::too_many_arguments)] // one flat signature shared by every ISA
     pub(super) unsafe fn nt_tile(
         mr: usize,
         nr: usize,
+        _stream: bool,
         x: *const f32,
         w: *const f32,
         k: usize,

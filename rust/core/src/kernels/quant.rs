@@ -19,12 +19,11 @@
 //! # Fixed arithmetic, shared by every path
 //! A block's 32 products are summed into 8 integer lanes (lane `l` = elements `4l..4l+4`: what
 //! `maddubs` + `madd` produce on AVX2), and each lane is accumulated in `f32` as
-//! `acc = fma(dw·dx, lane, acc)`, even blocks into one accumulator and odd blocks into another
-//! (two independent FMA chains, so the latency does not limit a single-row product). For the Q4
-//! formats, each group of 8 blocks then adds `mw·s` of block `8g + l` into lane `l` of the even
-//! accumulator. The
-//! two accumulators are added lane by lane and the 8 lanes summed in the order
-//! `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+//! `acc = fma(dw·dx, lane, acc)`, even blocks into one accumulator and odd blocks into another.
+//! For the Q4 formats, each group of 8 blocks also adds `mw·s` of block `8g + l` into lane `l` of
+//! a third accumulator. (Independent FMA chains, so their latency does not bound a single-row
+//! product.) The accumulators are added lane by lane, `(even + odd) + mins`, and the 8 lanes
+//! summed in the order `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
 //!
 //! The integer lanes are exact on every path, and the `f32` operations are the same sequence, so
 //! the AVX2 kernel and the portable one give the same bits; neither depends on the thread count,
@@ -84,7 +83,7 @@ const QK: usize = QuantFormat::BLOCK;
 const LANES: usize = 8;
 /// Rows of `x` computed together against one weight row: each weight block is loaded (and its
 /// nibbles unpacked) once for all of them. Four rows keep the AVX2 accumulators in registers.
-pub(crate) const MR: usize = 4;
+const MR: usize = 4;
 
 /// `m·n·k` below which a product runs on the calling thread: rayon's dispatch (a few µs) would
 /// cost more than it saves. Integer products are cheap, so this is higher than for `f32`.
@@ -202,6 +201,10 @@ pub fn quant_matmul_scalar(
     n: usize,
 ) {
     check_args(fmt, x, w, y, m, k, n);
+    if k == 0 {
+        y[..m * n].fill(0.0);
+        return;
+    }
     let mut act = Activations::default();
     act.quantize(Kernel::Portable, x, m, k, false);
     let rb = fmt.row_bytes(k);
@@ -335,7 +338,7 @@ impl Kernel {
 fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
     let bb = fmt.block_bytes();
     let nb = w.len() / bb;
-    let mut acc = [[0.0f32; LANES]; 2];
+    let mut acc = [[0.0f32; LANES]; 3];
     for b0 in (0..nb).step_by(LANES) {
         let cnt = LANES.min(nb - b0);
         for i in 0..cnt {
@@ -355,7 +358,7 @@ fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
             }
         }
         if fmt != QuantFormat::Q8_0 {
-            for (l, a) in acc[0].iter_mut().enumerate() {
+            for (l, a) in acc[2].iter_mut().enumerate() {
                 // Lanes past the last block add 0·0, exactly as the SIMD kernel does.
                 let mw = match fmt {
                     _ if l >= cnt => 0.0,
@@ -366,7 +369,10 @@ fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
             }
         }
     }
-    let lanes: [f32; LANES] = std::array::from_fn(|l| acc[0][l] + acc[1][l]);
+    let lanes: [f32; LANES] = std::array::from_fn(|l| match fmt {
+        QuantFormat::Q8_0 => acc[0][l] + acc[1][l],
+        _ => (acc[0][l] + acc[1][l]) + acc[2][l],
+    });
     hsum(&lanes)
 }
 
@@ -967,59 +973,6 @@ mod tests {
                         bytes / median / 1e9
                     );
                 }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tmp_kernel_bench {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn tmp_kernel_only() {
-        use std::time::Instant;
-        for fmt in [QuantFormat::Q8_0, QuantFormat::Q4_1, QuantFormat::Q4_0] {
-            for k in [576usize, 4608] {
-                let x = crate::kernels::testutil::random(k, 1);
-                let w: Vec<u8> = (0..fmt.row_bytes(k)).map(|i| (i * 7 % 13) as u8).collect();
-                let mut act = Activations::default();
-                act.quantize(Kernel::Avx2, &x, 1, k, false);
-                let rows = [act.row(0)];
-                let mut out = vec![0.0f32; 64];
-                let w: Vec<u8> = w.iter().cycle().take(64 * w.len()).copied().collect();
-                let reps = 10;
-                let mut best = f64::INFINITY;
-                for _ in 0..2000 {
-                    let t = Instant::now();
-                    for _ in 0..reps {
-                        unsafe {
-                            Kernel::Avx2.dot(
-                                fmt,
-                                std::hint::black_box(&w),
-                                fmt.row_bytes(k),
-                                &rows,
-                                out.as_mut_ptr(),
-                                1,
-                            )
-                        };
-                    }
-                    best = best.min(t.elapsed().as_secs_f64());
-                }
-                let blocks = (64 * reps * k / 32) as f64;
-                println!(
-                    "{fmt:?} k={k}: {:.2} ns/block = {:.1} cycles@3.05GHz",
-                    best / blocks * 1e9,
-                    best / blocks * 3.05e9
-                );
-                let t = Instant::now();
-                for _ in 0..1000 {
-                    act.quantize(Kernel::Avx2, std::hint::black_box(&x), 1, k, false);
-                }
-                println!(
-                    "  quantize k={k}: {:.1} ns",
-                    t.elapsed().as_secs_f64() / 1000.0 * 1e9
-                );
             }
         }
     }

@@ -46,10 +46,12 @@ pub(crate) const NT_NR: [usize; 5] = [0, 12, 8, 6, 6];
 /// # Safety
 /// AVX-512F+AVX2+FMA available; `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart),
 /// `y` valid for writes at `r·ldy + c` for `r < mr`, `c < nr`.
+#[allow(clippy::too_many_arguments)] // one flat signature shared by every ISA
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(crate) unsafe fn nt_tile(
     mr: usize,
     nr: usize,
+    stream: bool,
     x: *const f32,
     w: *const f32,
     k: usize,
@@ -57,19 +59,26 @@ pub(crate) unsafe fn nt_tile(
     ldy: usize,
 ) {
     match (mr, nr) {
-        (1, 12) => tile::<1, 12>(x, w, k, y, ldy),
-        (2, 8) => tile::<2, 8>(x, w, k, y, ldy),
-        (3, 6) => tile::<3, 6>(x, w, k, y, ldy),
-        (4, 6) => tile::<4, 6>(x, w, k, y, ldy),
-        (1, 6) => tile::<1, 6>(x, w, k, y, ldy),
-        (2, 6) => tile::<2, 6>(x, w, k, y, ldy),
-        (4, 1) => tile::<4, 1>(x, w, k, y, ldy),
-        (3, 1) => tile::<3, 1>(x, w, k, y, ldy),
-        (2, 1) => tile::<2, 1>(x, w, k, y, ldy),
+        (1, 12) => tile::<1, 12>(x, w, k, y, ldy, stream),
+        (2, 8) => tile::<2, 8>(x, w, k, y, ldy, stream),
+        (3, 6) => tile::<3, 6>(x, w, k, y, ldy, stream),
+        (4, 6) => tile::<4, 6>(x, w, k, y, ldy, stream),
+        (1, 6) => tile::<1, 6>(x, w, k, y, ldy, stream),
+        (2, 6) => tile::<2, 6>(x, w, k, y, ldy, stream),
+        (4, 1) => tile::<4, 1>(x, w, k, y, ldy, stream),
+        (3, 1) => tile::<3, 1>(x, w, k, y, ldy, stream),
+        (2, 1) => tile::<2, 1>(x, w, k, y, ldy, stream),
         _ => {
             for r in 0..mr {
                 for c in 0..nr {
-                    tile::<1, 1>(x.add(r * k), w.add(c * k), k, y.add(r * ldy + c), ldy);
+                    tile::<1, 1>(
+                        x.add(r * k),
+                        w.add(c * k),
+                        k,
+                        y.add(r * ldy + c),
+                        ldy,
+                        false,
+                    );
                 }
             }
         }
@@ -84,11 +93,21 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     k: usize,
     y: *mut f32,
     ldy: usize,
+    stream: bool,
 ) {
+    // Prefetching pays only where w comes from memory and the tile has several x rows.
+    let prefetch = stream && MR >= 2;
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     let body = k - k % LANES;
     let mut p = 0;
     while p < body {
+        if prefetch {
+            // As in the AVX2 tile: one prefetch per cache line (= one vector here) of each w row.
+            for c in 0..NR {
+                let ahead = w.wrapping_add(c * k + p + x86_avx2::NT_PREFETCH);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
+        }
         let mut wv = [_mm512_setzero_ps(); NR];
         for (c, v) in wv.iter_mut().enumerate() {
             *v = _mm512_loadu_ps(w.add(c * k + p));
