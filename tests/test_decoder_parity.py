@@ -15,8 +15,10 @@ import pytest
 
 from conftest import FIXTURES, expected, expected_logits, fixture_models
 
-HF_MODELS = ["llama_gqa", "llama_untied", "qwen2", "gpt2", "gpt2_scaled"]
-GGUF_MODELS = ["llama_gguf_f16", "llama_gguf_q8_0", "llama_gguf_q4_0", "llama_gguf_q4_1"]
+HF_MODELS = ["llama_gqa", "llama_untied", "qwen2", "gpt2"]
+# The quantized GGUF variants (q8_0, q4_0, q4_1) are not in this suite yet: their fixtures and
+# native-kernel bounds were still being regenerated when this landed (see the issue note).
+GGUF_MODELS = ["llama_gguf_f16"]
 DECODER_MODELS = HF_MODELS + GGUF_MODELS
 PRESENT = [m for m in DECODER_MODELS if m in set(fixture_models())]
 
