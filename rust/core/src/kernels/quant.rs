@@ -36,6 +36,9 @@
 //! up to [`MR`] and computes each weight row against the whole group, so the weights are read from
 //! memory once per call (per block of `x` rows that fits in L2, when `m` is large).
 
+// `n.is_multiple_of(k)` needs Rust 1.87; the workspace's rust-version is 1.80.
+#![allow(clippy::manual_is_multiple_of)]
+
 use std::cell::Cell;
 
 use half::f16;
@@ -82,14 +85,15 @@ const QK: usize = QuantFormat::BLOCK;
 /// `f32` lanes of an accumulator (one AVX2 register); also blocks per group of scales.
 const LANES: usize = 8;
 /// Rows of `x` computed together against one weight row: each weight block is loaded (and its
-/// nibbles unpacked) once for all of them. Four rows keep the AVX2 accumulators in registers.
+/// nibbles unpacked) once for all of them. Four rows' accumulators (3 registers each) about fill
+/// the 16 AVX2 registers.
 const MR: usize = 4;
 
 /// `m·n·k` below which a product runs on the calling thread: rayon's dispatch (a few µs) would
 /// cost more than it saves. Integer products are cheap, so this is higher than for `f32`.
 const SERIAL_WORK: usize = 128 * 1024;
-/// Multiply-adds a parallel task should at least have, for the same reason.
-const MIN_TASK_WORK: usize = 128 * 1024;
+/// Multiply-adds a parallel task should at least have (a few µs of work), for the same reason.
+const MIN_TASK_WORK: usize = 64 * 1024;
 /// Aim for this many tasks per thread so uneven progress evens out.
 const TASKS_PER_THREAD: usize = 8;
 /// Bytes of quantized `x` rows a task keeps hot across the weight rows (inside a 512 KiB L2).
@@ -97,7 +101,7 @@ const X_BLOCK_BYTES: usize = 128 * 1024;
 /// Bytes of weight rows swept by every group of `x` rows before moving on (inside L1).
 const W_CHUNK_BYTES: usize = 16 * 1024;
 /// `m·k` above which the activations are quantized in parallel.
-const PAR_QUANTIZE: usize = 256 * 1024;
+const PAR_QUANTIZE: usize = 64 * 1024;
 /// Scratch buffers larger than this (long prefills) are freed after the call, not kept.
 const KEEP_SCRATCH_BYTES: usize = 8 << 20;
 
@@ -460,9 +464,8 @@ impl Activations {
         self.d.resize(m * nbp, 0.0);
         self.s.resize(m * nbp, 0.0);
         let x = &x[..m * k];
-        let row = |((xr, qs), (d, s)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
-            kernel.quantize_row(xr, qs, d, s)
-        };
+        type Row<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [f32]));
+        let row = |((xr, qs), (d, s)): Row<'_>| kernel.quantize_row(xr, qs, d, s);
         if parallel {
             x.par_chunks(k)
                 .zip(self.qs.par_chunks_mut(k))
@@ -631,6 +634,7 @@ mod tests {
         v.iter().map(|f| f.to_bits()).collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         isa: Isa,
         threads: usize,
@@ -894,6 +898,40 @@ mod tests {
             // And the reference dequantizer agrees on the meaning of those bytes.
             let wf = dequantize(QuantFormat::Q8_0, &w, 1, k);
             assert_eq!(wf, vals);
+        }
+    }
+
+    /// The largest products the integer steps meet: Q8_0 weights of -128 against activations of
+    /// ±127 (pair sums of ±32512 in `maddubs`, just inside i16), and 15-nibbles.
+    #[test]
+    fn extreme_values_do_not_saturate() {
+        let k = 64;
+        for isa in cpu::supported_isas() {
+            for sign in [1.0f32, -1.0] {
+                // All x = ±1 quantize to q = ±127 with d = 1/127.
+                let x = vec![sign; k];
+                for (fmt, byte) in [
+                    (QuantFormat::Q8_0, 0x80u8),
+                    (QuantFormat::Q8_0, 0x7F),
+                    (QuantFormat::Q4_0, 0xFF),
+                    (QuantFormat::Q4_0, 0x00),
+                    (QuantFormat::Q4_1, 0xFF),
+                ] {
+                    let mut w = vec![byte; fmt.row_bytes(k)];
+                    for blk in w.chunks_exact_mut(fmt.block_bytes()) {
+                        blk[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+                        if fmt == QuantFormat::Q4_1 {
+                            blk[2..4].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+                        }
+                    }
+                    let want: f32 = dequantize(fmt, &w, 1, k).iter().map(|v| v * sign).sum();
+                    let got = run(isa, 1, fmt, &x, &w, 1, k, 1)[0];
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want.abs(),
+                        "{fmt:?} {isa:?} byte {byte:#x} x = {sign}: {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 
