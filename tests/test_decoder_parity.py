@@ -15,23 +15,27 @@ import pytest
 
 from conftest import FIXTURES, expected, expected_logits, fixture_models
 
-HF_MODELS = ["llama_gqa", "llama_untied", "qwen2", "gpt2"]
-# The quantized GGUF variants (q8_0, q4_0, q4_1) are not in this suite yet: their fixtures and
-# native-kernel bounds were still being regenerated when this landed (see the issue note).
-GGUF_MODELS = ["llama_gguf_f16"]
+HF_MODELS = ["llama_gqa", "llama_untied", "qwen2", "gpt2", "gpt2_scaled"]
+GGUF_MODELS = ["llama_gguf_f16", "llama_gguf_q8_0", "llama_gguf_q4_0", "llama_gguf_q4_1"]
 DECODER_MODELS = HF_MODELS + GGUF_MODELS
 PRESENT = [m for m in DECODER_MODELS if m in set(fixture_models())]
 
-# dtype="auto" on a GGUF file: max |fasttx logits - transformers logits| allowed, about twice
-# the error measured with fasttx's native kernels on these fixtures (see README-decoder.md).
-# transformers dequantizes every weight to float32; ggml-style kernels also quantize the
-# activations (to Q8_0 / Q8_1 blocks for Q8_0 / Q4_0 / Q4_1 weights, to f16 for F16 weights),
-# which is where the difference comes from. Logits of these fixtures are O(10).
+# dtype="auto" on a GGUF file: max |fasttx logits - transformers logits| allowed (whole arrays,
+# pad positions included), about twice the error measured with fasttx's native kernels on these
+# fixtures (threads 1 and 2 give the same numbers; see README-decoder.md):
+#   q8_0 0.893, q4_0 0.711, q4_1 0.767 (logits of these fixtures reach |17|..|18|).
+# transformers dequantizes every weight to float32 and computes in float32; ggml-style kernels
+# also quantize the ACTIVATIONS per 32-block (Q8_0 for Q8_0 / Q4_0 weights, Q8_1 for Q4_1). A
+# float64 emulation of that (activations rounded to 8-bit blocks, dequantized weights) lands
+# 0.45..1.08 away from transformers on the same cases, so the error is inherent, not a bug; these
+# random models with loud sublayers amplify it more than trained ones do.
+#   f16: fasttx's native F16 path currently matches its f32 path (max 1.8e-5, as dtype="f32"),
+# so it gets the parity bound; llama.cpp-style f16 activations would need ~0.05 (emulated 0.021).
 NATIVE_LOGITS_ATOL = {
-    "llama_gguf_f16": 0.05,
-    "llama_gguf_q8_0": 0.05,
-    "llama_gguf_q4_0": 0.15,
-    "llama_gguf_q4_1": 0.1,
+    "llama_gguf_f16": 1e-4,
+    "llama_gguf_q8_0": 1.8,
+    "llama_gguf_q4_0": 1.5,
+    "llama_gguf_q4_1": 1.5,
 }
 
 
