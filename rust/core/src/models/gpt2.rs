@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::llama::step_positions;
-use super::{Model, Session, StepInput, TokenBatch, Want};
+use super::{add, last_positions, Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -344,22 +344,13 @@ impl Gpt2Session {
         }
         self.cache.commit();
         let (h, count) = if last_only {
-            let last: Vec<f32> = (0..rows)
-                .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
-                .collect();
-            (last, rows)
+            (last_positions(&h, rows, n, d), rows)
         } else {
             (h, m)
         };
         let mut x = vec![0.0; h.len()];
         w.norm(&h, &w.ln_f, &mut x);
         w.lm_head.apply(&x, count)
-    }
-}
-
-fn add(dst: &mut [f32], src: &[f32]) {
-    for (a, b) in dst.iter_mut().zip(src) {
-        *a += b;
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::rope::{Rope, RopeScaling};
-use super::{Model, Session, StepInput, TokenBatch, Want};
+use super::{add, last_positions, Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -383,22 +383,13 @@ impl LlamaSession {
         self.cache.commit();
 
         let (h, count) = if last_only {
-            let last: Vec<f32> = (0..rows)
-                .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
-                .collect();
-            (last, rows)
+            (last_positions(&h, rows, n, d), rows)
         } else {
             (h, m)
         };
         let mut x = vec![0.0; h.len()];
         rms_norm(&h, w.norm.data(), w.eps, &mut x);
         w.lm_head.apply(&x, count)
-    }
-}
-
-fn add(dst: &mut [f32], src: &[f32]) {
-    for (a, b) in dst.iter_mut().zip(src) {
-        *a += b;
     }
 }
 

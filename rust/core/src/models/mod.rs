@@ -219,3 +219,17 @@ pub fn load(
         ))),
     }
 }
+
+/// `dst += src`, elementwise (residual connections).
+pub(crate) fn add(dst: &mut [f32], src: &[f32]) {
+    for (a, b) in dst.iter_mut().zip(src) {
+        *a += b;
+    }
+}
+
+/// The hidden state of each row's last position, from `h: [rows, n, d]`.
+pub(crate) fn last_positions(h: &[f32], rows: usize, n: usize, d: usize) -> Vec<f32> {
+    (0..rows)
+        .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
+        .collect()
+}

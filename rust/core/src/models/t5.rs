@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::attention::{Attention, KeyValues};
 use super::kv_cache::KvCache;
-use super::{Model, Session, StepInput, TokenBatch, Want};
+use super::{add, last_positions, Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -323,12 +323,6 @@ fn vector(w: &dyn WeightSource, name: &str, len: usize) -> Result<Tensor> {
     w.tensor(name)?.expect_shape(name, &[len])
 }
 
-fn add(dst: &mut [f32], src: &[f32]) {
-    for (a, b) in dst.iter_mut().zip(src) {
-        *a += b;
-    }
-}
-
 impl T5Model {
     pub fn load(cfg: T5Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         let (d, vocab) = (cfg.d_model, cfg.vocab_size);
@@ -617,10 +611,7 @@ impl T5Session {
         self.cache.commit();
 
         let (h, positions) = if last_only {
-            let last: Vec<f32> = (0..rows)
-                .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
-                .collect();
-            (last, rows)
+            (last_positions(&h, rows, n, d), rows)
         } else {
             (h, m)
         };
