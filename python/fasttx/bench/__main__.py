@@ -1,0 +1,7 @@
+"""``python -m fasttx.bench ...`` = ``fasttx bench ...``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

