@@ -271,3 +271,214 @@ impl Linear {
         y
     }
 }
+
+/// Several projections of the same input (attention's q/k/v, a gated feed-forward's two input
+/// halves) computed as one product: their weights are stacked at load, so a decoding step streams
+/// them in one pass and pays for one dispatch (and, for quantized weights, one quantization of the
+/// input) instead of one per projection. Projections whose weights cannot be stacked (f32 beside
+/// quantized, two block formats) run one after the other with the same result layout.
+pub struct LinearSet {
+    stacked: Option<Linear>,
+    parts: Vec<Linear>,
+    /// Output width of each projection, in order.
+    widths: Vec<usize>,
+}
+
+impl LinearSet {
+    /// `parts` must share their input size.
+    pub fn new(parts: Vec<Linear>) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            return Err(Error::Format("an empty set of projections".into()));
+        };
+        let k = first.in_features;
+        if parts.iter().any(|p| p.in_features != k) {
+            return Err(Error::Format(
+                "projections of one input must have the same input size".into(),
+            ));
+        }
+        let widths = parts.iter().map(|p| p.out_features).collect();
+        let stacked = stack(&parts)?;
+        Ok(LinearSet {
+            parts: if stacked.is_some() { Vec::new() } else { parts },
+            stacked,
+            widths,
+        })
+    }
+
+    /// Total output width: a result row holds every projection's outputs side by side.
+    pub fn out_features(&self) -> usize {
+        self.widths.iter().sum()
+    }
+
+    pub fn widths(&self) -> &[usize] {
+        &self.widths
+    }
+
+    /// `x: [m, in]` → `y: [m, out_features()]`, row `i` = `[part0(x_i) | part1(x_i) | ...]`.
+    pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        if let Some(s) = &self.stacked {
+            return s.forward(x, m, y);
+        }
+        let total = self.out_features();
+        let mut offset = 0;
+        for p in &self.parts {
+            let part = p.apply(x, m);
+            let w = p.out_features;
+            for (dst, src) in y.chunks_exact_mut(total).zip(part.chunks_exact(w)).take(m) {
+                dst[offset..offset + w].copy_from_slice(src);
+            }
+            offset += w;
+        }
+    }
+
+    /// Convenience: allocate and return `[m, out_features()]`.
+    pub fn apply(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut y = vec![0.0; m * self.out_features()];
+        self.forward(x, m, &mut y);
+        y
+    }
+
+    /// Splits a result of [`forward`](Self::forward) into one `[m, width]` array per projection.
+    pub fn split(&self, y: &[f32], m: usize) -> Vec<Vec<f32>> {
+        let total = self.out_features();
+        let mut offset = 0;
+        self.widths
+            .iter()
+            .map(|&w| {
+                let mut out = Vec::with_capacity(m * w);
+                for row in y.chunks_exact(total).take(m) {
+                    out.extend_from_slice(&row[offset..offset + w]);
+                }
+                offset += w;
+                out
+            })
+            .collect()
+    }
+}
+
+/// The weights (and biases) of `parts` stacked row-wise into one projection, or `None` when their
+/// storage differs. The stacked copy is owned: mapped f32 weights are copied once at load.
+fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
+    let k = parts[0].in_features;
+    let n: usize = parts.iter().map(|p| p.out_features).sum();
+    let weight = match &parts[0].weight {
+        Weight::F32(_) => {
+            let mut data = Vec::with_capacity(n * k);
+            for p in parts {
+                match &p.weight {
+                    Weight::F32(t) => data.extend_from_slice(t.data()),
+                    Weight::Quant(_) => return Ok(None),
+                }
+            }
+            Weight::F32(Tensor::from_vec(vec![n, k], data)?)
+        }
+        Weight::Quant(q0) => {
+            let mut data = Vec::with_capacity(n * q0.format.row_bytes(k));
+            for p in parts {
+                match &p.weight {
+                    Weight::Quant(q) if q.format == q0.format => data.extend_from_slice(q.data()),
+                    _ => return Ok(None),
+                }
+            }
+            Weight::Quant(QuantMatrix::new(
+                q0.format,
+                n,
+                k,
+                Bytes::Owned(Arc::new(data)),
+            )?)
+        }
+    };
+    let bias = if parts.iter().any(|p| p.bias.is_some()) {
+        let mut b = Vec::with_capacity(n);
+        for p in parts {
+            match &p.bias {
+                Some(v) => b.extend_from_slice(v),
+                None => b.resize(b.len() + p.out_features, 0.0),
+            }
+        }
+        Some(b)
+    } else {
+        None
+    };
+    Linear::new(weight, bias).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    fn f32_linear(n: usize, k: usize, seed: f32, bias: bool) -> Linear {
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i as f32 * 0.37 + seed).sin()))
+            .collect();
+        let b = bias.then(|| (0..n).map(|i| i as f32 * 0.1 - seed).collect());
+        Linear::new(Tensor::from_vec(vec![n, k], w).unwrap(), b).unwrap()
+    }
+
+    fn quant_linear(fmt: QuantFormat, n: usize, k: usize, seed: f32) -> Linear {
+        // Arbitrary block bytes with small, finite f16 scales (and Q4_1 minimums).
+        let mut bytes: Vec<u8> = (0..n * fmt.row_bytes(k))
+            .map(|i| ((i as f32 * 0.73 + seed).cos() * 127.0 + 128.0) as u8)
+            .collect();
+        for (b, blk) in bytes.chunks_exact_mut(fmt.block_bytes()).enumerate() {
+            let d = f16::from_f32(0.01 + 0.001 * (b % 7) as f32);
+            blk[..2].copy_from_slice(&d.to_le_bytes());
+            if fmt == QuantFormat::Q4_1 {
+                blk[2..4].copy_from_slice(&f16::from_f32(-0.05).to_le_bytes());
+            }
+        }
+        let q = QuantMatrix::new(fmt, n, k, Bytes::Owned(Arc::new(bytes))).unwrap();
+        Linear::new(Weight::Quant(q), None).unwrap()
+    }
+
+    /// A stacked set gives each projection's own bits, side by side, whether or not the weights
+    /// could be stacked (f32, one block format, or mixed storage run one by one).
+    #[test]
+    fn linear_set_equals_its_parts() {
+        let (m, k) = (3, 64);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).sin()).collect();
+        let sets: Vec<Vec<Linear>> = vec![
+            vec![
+                f32_linear(5, k, 0.1, true),
+                f32_linear(7, k, 0.2, false),
+                f32_linear(2, k, 0.3, true),
+            ],
+            vec![
+                quant_linear(QuantFormat::Q4_1, 9, k, 0.4),
+                quant_linear(QuantFormat::Q4_1, 4, k, 0.5),
+            ],
+            vec![
+                quant_linear(QuantFormat::Q8_0, 6, k, 0.6),
+                f32_linear(3, k, 0.7, false),
+            ],
+            vec![
+                quant_linear(QuantFormat::Q8_0, 6, k, 0.6),
+                quant_linear(QuantFormat::Q4_0, 5, k, 0.8),
+            ],
+        ];
+        for (case, parts) in sets.into_iter().enumerate() {
+            let want: Vec<Vec<f32>> = parts.iter().map(|p| p.apply(&x, m)).collect();
+            let set = LinearSet::new(parts).unwrap();
+            let got = set.split(&set.apply(&x, m), m);
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                let (gb, wb): (Vec<u32>, Vec<u32>) = (
+                    g.iter().map(|v| v.to_bits()).collect(),
+                    w.iter().map(|v| v.to_bits()).collect(),
+                );
+                assert_eq!(gb, wb, "case {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn linear_set_rejects_mismatched_inputs() {
+        assert!(LinearSet::new(vec![
+            f32_linear(2, 8, 0.0, false),
+            f32_linear(2, 16, 0.0, false)
+        ])
+        .is_err());
+        assert!(LinearSet::new(Vec::new()).is_err());
+    }
+}

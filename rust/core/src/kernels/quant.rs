@@ -49,6 +49,9 @@ use super::cpu::{self, Isa};
 #[cfg(target_arch = "x86_64")]
 #[path = "quant_x86.rs"]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+#[path = "quant_avx512.rs"]
+mod x86_512;
 
 /// Storage format of a quantized weight matrix (GGUF / ggml block types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,6 +284,9 @@ enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512F/BW/VNNI for the dot products (two blocks per register); AVX2 for the rest.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
@@ -288,6 +294,8 @@ impl Kernel {
         match isa {
             // The AVX2 kernel also needs F16C (for the weights' f16 scales), which every AVX2 CPU
             // has in practice, but `cpu` does not check it.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if x86_512::available() => Kernel::Avx512,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 if x86::available() => Kernel::Avx2,
             _ => Kernel::Portable,
@@ -298,9 +306,9 @@ impl Kernel {
     fn quantize_row(self, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
         match self {
             Kernel::Portable => quantize_row(x, qs, d, s),
-            // SAFETY: `Avx2` is only chosen when `x86::available()`.
+            // SAFETY: `Avx2` and `Avx512` are only chosen when `x86::available()`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::quantize_row(x, qs, d, s) },
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { x86::quantize_row(x, qs, d, s) },
         }
     }
 
@@ -332,6 +340,9 @@ impl Kernel {
             // have the lengths `x86::dot` requires.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => x86::dot(fmt, w, rb, xs, y, ldy),
+            // Only chosen when `x86_512::available()`; same row contract as the AVX2 kernel.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => x86_512::dot(fmt, w, rb, xs, y, ldy),
         }
     }
 }

@@ -24,14 +24,14 @@ pub(super) fn available() -> bool {
 
 /// How far ahead of the block being read the weights are prefetched (measured best of
 /// 1-4 KiB on Zen 3).
-const PREFETCH_BYTES: usize = 2048;
+pub(super) const PREFETCH_BYTES: usize = 2048;
 
 // `QuantFormat` as const-generic parameters (enums cannot be).
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q8_0: u8 = 2;
+pub(super) const Q4_0: u8 = 0;
+pub(super) const Q4_1: u8 = 1;
+pub(super) const Q8_0: u8 = 2;
 
-const fn block_bytes(f: u8) -> usize {
+pub(super) const fn block_bytes(f: u8) -> usize {
     match f {
         Q4_0 => 2 + QK / 2,
         Q4_1 => 4 + QK / 2,
@@ -217,7 +217,11 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
 /// `w` valid for `cnt` (8 when `FULL`) blocks of `bb >= 4` bytes; the CPU has AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scales<const FULL: bool>(w: *const u8, bb: usize, cnt: usize) -> (__m256, __m256) {
+pub(super) unsafe fn scales<const FULL: bool>(
+    w: *const u8,
+    bb: usize,
+    cnt: usize,
+) -> (__m256, __m256) {
     // One 4-byte load per block (a vmovd / vpinsrd each), then a byte shuffle gathers the low
     // halves (d) and high halves (m) of each 128-bit lane into its low 8 bytes and a qword
     // permute joins the two lanes: far fewer instructions than 8 or 16 word inserts. A partial
@@ -313,7 +317,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 /// Horizontal sum in the order of `super::hsum`: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<0b01>(t, t)))

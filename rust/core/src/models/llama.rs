@@ -12,13 +12,13 @@ use serde_json::Value;
 use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::rope::{Rope, RopeScaling};
-use super::{add, last_positions, Model, Session, StepInput, TokenBatch, Want};
+use super::{add, gated, last_positions, Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::WeightSource;
 use crate::kernels::{activation::silu, norm::rms_norm};
-use crate::tensor::{Linear, Tensor, Weight};
+use crate::tensor::{Linear, LinearSet, Tensor, Weight};
 use crate::threading::build_pool;
 
 #[derive(Clone, Debug)]
@@ -176,13 +176,12 @@ fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
 
 struct Layer {
     attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `[q | k | v]`, one product.
+    qkv: LinearSet,
     o: Linear,
     mlp_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// `[gate | up]`, one product.
+    gate_up: LinearSet,
     down: Linear,
 }
 
@@ -243,13 +242,17 @@ impl LlamaModel {
                 let p = format!("model.layers.{i}");
                 Ok(Layer {
                     attn_norm: tensor(w, &format!("{p}.input_layernorm.weight"), &[d])?,
-                    q: linear(w, &format!("{p}.self_attn.q_proj"), q_out, d, cfg.qkv_bias)?,
-                    k: linear(w, &format!("{p}.self_attn.k_proj"), kv_out, d, cfg.qkv_bias)?,
-                    v: linear(w, &format!("{p}.self_attn.v_proj"), kv_out, d, cfg.qkv_bias)?,
+                    qkv: LinearSet::new(vec![
+                        linear(w, &format!("{p}.self_attn.q_proj"), q_out, d, cfg.qkv_bias)?,
+                        linear(w, &format!("{p}.self_attn.k_proj"), kv_out, d, cfg.qkv_bias)?,
+                        linear(w, &format!("{p}.self_attn.v_proj"), kv_out, d, cfg.qkv_bias)?,
+                    ])?,
                     o: linear(w, &format!("{p}.self_attn.o_proj"), d, q_out, cfg.o_bias)?,
                     mlp_norm: tensor(w, &format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                    gate: linear(w, &format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
-                    up: linear(w, &format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
+                    gate_up: LinearSet::new(vec![
+                        linear(w, &format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
+                        linear(w, &format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
+                    ])?,
                     down: linear(w, &format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
                 })
             })
@@ -362,9 +365,12 @@ impl LlamaSession {
         let mut ctx = vec![0.0; m * heads * hd];
         for (li, layer) in w.layers.iter().enumerate() {
             rms_norm(&h, layer.attn_norm.data(), w.eps, &mut x);
-            let mut q = layer.q.apply(&x, m);
-            let mut k = layer.k.apply(&x, m);
-            let v = layer.v.apply(&x, m);
+            let qkv = layer.qkv.apply(&x, m);
+            let [mut q, mut k, v]: [Vec<f32>; 3] = layer
+                .qkv
+                .split(&qkv, m)
+                .try_into()
+                .expect("three projections");
             w.rope.apply(&mut q, heads, positions);
             w.rope.apply(&mut k, kv_heads, positions);
             self.cache.write(li, &k, &v);
@@ -372,12 +378,8 @@ impl LlamaSession {
             add(&mut h, &layer.o.apply(&ctx, m));
 
             rms_norm(&h, layer.mlp_norm.data(), w.eps, &mut x);
-            let mut g = layer.gate.apply(&x, m);
-            silu(&mut g);
-            let u = layer.up.apply(&x, m);
-            for (a, b) in g.iter_mut().zip(&u) {
-                *a *= b;
-            }
+            let gate_up = layer.gate_up.apply(&x, m);
+            let g = gated(&gate_up, m, silu);
             add(&mut h, &layer.down.apply(&g, m));
         }
         self.cache.commit();

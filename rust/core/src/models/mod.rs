@@ -233,3 +233,20 @@ pub(crate) fn last_positions(h: &[f32], rows: usize, n: usize, d: usize) -> Vec<
         .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
         .collect()
 }
+
+/// A gated unit over the result of a stacked `[activated | linear]` product (`y: [m, 2·ff]`):
+/// `act(y[:, :ff]) * y[:, ff:]`, as `[m, ff]`.
+pub(crate) fn gated(y: &[f32], m: usize, act: impl Fn(&mut [f32])) -> Vec<f32> {
+    let ff = y.len() / m.max(1) / 2;
+    let mut out = Vec::with_capacity(m * ff);
+    for row in y.chunks_exact(2 * ff).take(m) {
+        let start = out.len();
+        out.extend_from_slice(&row[..ff]);
+        let h = &mut out[start..];
+        act(h);
+        for (a, b) in h.iter_mut().zip(&row[ff..]) {
+            *a *= b;
+        }
+    }
+    out
+}

@@ -14,13 +14,13 @@ use serde::Deserialize;
 
 use super::attention::{Attention, KeyValues};
 use super::kv_cache::KvCache;
-use super::{add, last_positions, Model, Session, StepInput, TokenBatch, Want};
+use super::{add, gated, last_positions, Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::WeightSource;
 use crate::kernels::{activation, norm::rms_norm};
-use crate::tensor::{Linear, Tensor};
+use crate::tensor::{Linear, LinearSet, Tensor};
 use crate::threading::build_pool;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -218,30 +218,58 @@ pub fn relative_position_bucket(
     bucket as usize
 }
 
-struct AttentionBlock {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+/// Self-attention projections, `[q | k | v]` stacked into one product.
+struct SelfAttention {
+    qkv: LinearSet,
     o: Linear,
 }
 
-impl AttentionBlock {
+impl SelfAttention {
     fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
         let (d, inner) = (cfg.d_model, cfg.inner_dim());
-        Ok(AttentionBlock {
+        Ok(SelfAttention {
+            qkv: LinearSet::new(vec![
+                linear(w, &format!("{prefix}.q.weight"), inner, d)?,
+                linear(w, &format!("{prefix}.k.weight"), inner, d)?,
+                linear(w, &format!("{prefix}.v.weight"), inner, d)?,
+            ])?,
+            o: linear(w, &format!("{prefix}.o.weight"), d, inner)?,
+        })
+    }
+
+    /// `(q, k, v)`, each `[m, inner]`.
+    fn project(&self, x: &[f32], m: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let y = self.qkv.apply(x, m);
+        let [q, k, v]: [Vec<f32>; 3] = self.qkv.split(&y, m).try_into().expect("q, k, v");
+        (q, k, v)
+    }
+}
+
+/// Cross-attention projections: queries from the decoder, `[k | v]` of the encoder output stacked.
+struct CrossAttention {
+    q: Linear,
+    kv: LinearSet,
+    o: Linear,
+}
+
+impl CrossAttention {
+    fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
+        let (d, inner) = (cfg.d_model, cfg.inner_dim());
+        Ok(CrossAttention {
             q: linear(w, &format!("{prefix}.q.weight"), inner, d)?,
-            k: linear(w, &format!("{prefix}.k.weight"), inner, d)?,
-            v: linear(w, &format!("{prefix}.v.weight"), inner, d)?,
+            kv: LinearSet::new(vec![
+                linear(w, &format!("{prefix}.k.weight"), inner, d)?,
+                linear(w, &format!("{prefix}.v.weight"), inner, d)?,
+            ])?,
             o: linear(w, &format!("{prefix}.o.weight"), d, inner)?,
         })
     }
 }
 
 struct FeedForward {
-    /// `wi` (plain) or `wi_0` (gated: the activated half).
-    wi: Linear,
-    /// `wi_1`: the linear half of a gated unit.
-    wi_linear: Option<Linear>,
+    /// `wi` (plain), or `[wi_0 | wi_1]` (gated: the activated half, then the linear half).
+    wi: LinearSet,
+    gated: bool,
     wo: Linear,
     act: Act,
 }
@@ -250,17 +278,17 @@ impl FeedForward {
     fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
         let (act, gated) = cfg.activation()?;
         let (d, ff) = (cfg.d_model, cfg.d_ff);
-        let (wi, wi_linear) = if gated {
-            (
+        let wi = if gated {
+            vec![
                 linear(w, &format!("{prefix}.wi_0.weight"), ff, d)?,
-                Some(linear(w, &format!("{prefix}.wi_1.weight"), ff, d)?),
-            )
+                linear(w, &format!("{prefix}.wi_1.weight"), ff, d)?,
+            ]
         } else {
-            (linear(w, &format!("{prefix}.wi.weight"), ff, d)?, None)
+            vec![linear(w, &format!("{prefix}.wi.weight"), ff, d)?]
         };
         Ok(FeedForward {
-            wi,
-            wi_linear,
+            wi: LinearSet::new(wi)?,
+            gated,
             wo: linear(w, &format!("{prefix}.wo.weight"), d, ff)?,
             act,
         })
@@ -269,12 +297,10 @@ impl FeedForward {
     /// `x: [m, d_model]` → adds the feed-forward output to `residual`.
     fn add_to(&self, x: &[f32], m: usize, residual: &mut [f32]) {
         let mut h = self.wi.apply(x, m);
-        self.act.apply(&mut h);
-        if let Some(wi_linear) = &self.wi_linear {
-            let lin = wi_linear.apply(x, m);
-            for (a, b) in h.iter_mut().zip(&lin) {
-                *a *= b;
-            }
+        if self.gated {
+            h = gated(&h, m, |v| self.act.apply(v));
+        } else {
+            self.act.apply(&mut h);
         }
         add(residual, &self.wo.apply(&h, m));
     }
@@ -282,16 +308,16 @@ impl FeedForward {
 
 struct EncoderLayer {
     attn_norm: Tensor,
-    attn: AttentionBlock,
+    attn: SelfAttention,
     ff_norm: Tensor,
     ff: FeedForward,
 }
 
 struct DecoderLayer {
     self_norm: Tensor,
-    self_attn: AttentionBlock,
+    self_attn: SelfAttention,
     cross_norm: Tensor,
-    cross_attn: AttentionBlock,
+    cross_attn: CrossAttention,
     ff_norm: Tensor,
     ff: FeedForward,
 }
@@ -353,7 +379,7 @@ impl T5Model {
                 let p = format!("encoder.block.{i}.layer");
                 Ok(EncoderLayer {
                     attn_norm: vector(w, &format!("{p}.0.layer_norm.weight"), d)?,
-                    attn: AttentionBlock::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
+                    attn: SelfAttention::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
                     ff_norm: vector(w, &format!("{p}.1.layer_norm.weight"), d)?,
                     ff: FeedForward::load(w, &format!("{p}.1.DenseReluDense"), &cfg)?,
                 })
@@ -364,9 +390,9 @@ impl T5Model {
                 let p = format!("decoder.block.{i}.layer");
                 Ok(DecoderLayer {
                     self_norm: vector(w, &format!("{p}.0.layer_norm.weight"), d)?,
-                    self_attn: AttentionBlock::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
+                    self_attn: SelfAttention::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
                     cross_norm: vector(w, &format!("{p}.1.layer_norm.weight"), d)?,
-                    cross_attn: AttentionBlock::load(w, &format!("{p}.1.EncDecAttention"), &cfg)?,
+                    cross_attn: CrossAttention::load(w, &format!("{p}.1.EncDecAttention"), &cfg)?,
                     ff_norm: vector(w, &format!("{p}.2.layer_norm.weight"), d)?,
                     ff: FeedForward::load(w, &format!("{p}.2.DenseReluDense"), &cfg)?,
                 })
@@ -470,11 +496,7 @@ impl T5Weights {
         let mut ctx = vec![0.0; m * inner];
         for layer in &self.encoder {
             let x = self.norm(&h, &layer.attn_norm);
-            let (q, k, v) = (
-                layer.attn.q.apply(&x, m),
-                layer.attn.k.apply(&x, m),
-                layer.attn.v.apply(&x, m),
-            );
+            let (q, k, v) = layer.attn.project(&x, m);
             let kv = KeyValues {
                 k: &k,
                 v: &v,
@@ -521,10 +543,10 @@ impl Model for T5Model {
             w.decoder
                 .iter()
                 .map(|layer| {
-                    (
-                        layer.cross_attn.k.apply(&enc, m),
-                        layer.cross_attn.v.apply(&enc, m),
-                    )
+                    let kv = &layer.cross_attn.kv;
+                    let [k, v]: [Vec<f32>; 2] =
+                        kv.split(&kv.apply(&enc, m), m).try_into().expect("k, v");
+                    (k, v)
                 })
                 .collect::<Vec<_>>()
         });
@@ -580,11 +602,7 @@ impl T5Session {
 
         for (li, layer) in w.decoder.iter().enumerate() {
             let x = w.norm(&h, &layer.self_norm);
-            let q = layer.self_attn.q.apply(&x, m);
-            let (k, v) = (
-                layer.self_attn.k.apply(&x, m),
-                layer.self_attn.v.apply(&x, m),
-            );
+            let (q, k, v) = layer.self_attn.project(&x, m);
             self.cache.write(li, &k, &v);
             self_attn.run(&q, rows, n, &self.cache.view(li), &mut ctx);
             add(&mut h, &layer.self_attn.o.apply(&ctx, m));
