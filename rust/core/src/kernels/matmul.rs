@@ -77,13 +77,10 @@ pub(crate) fn matmul_nt_with(
     // Rows of w per block: only a matter of load balance, since a block's w rows are read once
     // per row block whatever its width.
     let nb = if parallel {
-        let col_blocks = (TASKS_PER_THREAD * threads).div_ceil(row_blocks);
-        let by_balance = n.div_ceil(col_blocks);
-        let by_overhead = MIN_TASK_WORK.div_ceil(mb * k.max(1));
-        by_balance
-            .max(by_overhead)
-            .next_multiple_of(COL_ALIGN)
-            .min(n)
+        let wanted = (TASKS_PER_THREAD * threads).div_ceil(row_blocks);
+        let affordable = (mb * n * k.max(1) / MIN_TASK_WORK).max(1);
+        let col_tasks = balanced_tasks(wanted.min(affordable), threads, row_blocks);
+        n.div_ceil(col_tasks).next_multiple_of(COL_ALIGN).min(n)
     } else {
         n
     };
@@ -113,6 +110,17 @@ pub(crate) fn matmul_nt_with(
         (0..tasks).into_par_iter().for_each(run);
     } else {
         (0..tasks).for_each(run);
+    }
+}
+
+/// Tasks per row block: `tasks`, lowered to a multiple of the thread count when there is a single
+/// row block (decoding), so that no thread is left with one task more than the others (5 equal
+/// tasks on 2 threads take as long as 6).
+pub(crate) fn balanced_tasks(tasks: usize, threads: usize, row_blocks: usize) -> usize {
+    if row_blocks == 1 && tasks >= threads {
+        tasks - tasks % threads
+    } else {
+        tasks.max(1)
     }
 }
 

@@ -45,6 +45,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::cpu::{self, Isa};
+use super::matmul::balanced_tasks;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "quant_x86.rs"]
@@ -167,9 +168,9 @@ pub(crate) fn quant_matmul_with(
     // Rows of w per task: only a matter of load balance and of task overhead, since every task
     // streams its own weight rows once.
     let cols = if parallel {
-        let by_balance = n.div_ceil(TASKS_PER_THREAD * threads);
-        let by_overhead = MIN_TASK_WORK.div_ceil(m * k);
-        by_balance.max(by_overhead).next_multiple_of(4).min(n)
+        let affordable = (m * n * k / MIN_TASK_WORK).max(1);
+        let tasks = balanced_tasks((TASKS_PER_THREAD * threads).min(affordable), threads, 1);
+        n.div_ceil(tasks).next_multiple_of(4).min(n)
     } else {
         n
     };

@@ -36,17 +36,29 @@ pub struct Attention<'a> {
     pub bias: Option<Bias<'a>>,
 }
 
+/// Multiply-adds a parallel attention task should at least have: below that, rayon's dispatch
+/// costs more than the work (one decoding query over a short cache).
+const MIN_TASK_WORK: usize = 16 * 1024;
+
 impl Attention<'_> {
     /// `q: [rows, n, heads*head_dim]` → `out: [rows, n, heads*head_dim]`.
+    ///
+    /// Parallel over (query, head) pairs, so a single decoding query still spreads its heads over
+    /// the threads. Each head's result depends only on its own query and keys.
     pub fn run(&self, q: &[f32], rows: usize, n: usize, kv: &KeyValues, out: &mut [f32]) {
-        let width = self.heads * self.head_dim;
+        let (hd, width) = (self.head_dim, self.heads * self.head_dim);
         debug_assert!(q.len() >= rows * n * width && out.len() >= rows * n * width);
+        if width == 0 {
+            return;
+        }
         let group = self.heads / self.kv_heads;
+        let per_head = 2 * kv.len.max(1) * hd.max(1);
         out[..rows * n * width]
-            .par_chunks_mut(width)
-            .with_min_len(8)
+            .par_chunks_mut(hd)
+            .with_min_len(MIN_TASK_WORK.div_ceil(per_head))
             .enumerate()
-            .for_each_init(Vec::new, |scores, (t, out_t)| {
+            .for_each_init(Vec::new, |scores, (th, oh)| {
+                let (t, h) = (th / self.heads, th % self.heads);
                 let (r, i) = (t / n, t % n);
                 let kv_row = kv.row_map.map_or(r, |m| m[r]);
                 let qpos = self.q_offset + i;
@@ -58,29 +70,26 @@ impl Attention<'_> {
                 let mask = kv
                     .mask
                     .map(|(m, stride)| &m[kv_row * stride..kv_row * stride + visible]);
-                for h in 0..self.heads {
-                    let qh = &q[t * width + h * self.head_dim..][..self.head_dim];
-                    let base = kv_row * kv.row_stride + (h / group) * kv.head_stride;
-                    scores.clear();
-                    scores.extend((0..visible).map(|j| {
-                        if mask.is_some_and(|m| m[j] == 0) {
-                            // transformers adds the dtype's minimum: a fully masked row stays finite.
-                            return f32::MIN;
-                        }
-                        let kj = &kv.k[base + j * kv.pos_stride..][..self.head_dim];
-                        let s = vector::dot(qh, kj) * self.scale;
-                        match self.bias {
-                            Some(b) => s + b(h, qpos, j),
-                            None => s,
-                        }
-                    }));
-                    softmax(scores);
-                    let oh = &mut out_t[h * self.head_dim..(h + 1) * self.head_dim];
-                    oh.fill(0.0);
-                    for (j, &p) in scores.iter().enumerate() {
-                        if p != 0.0 {
-                            vector::axpy(p, &kv.v[base + j * kv.pos_stride..][..self.head_dim], oh);
-                        }
+                let qh = &q[t * width + h * hd..][..hd];
+                let base = kv_row * kv.row_stride + (h / group) * kv.head_stride;
+                scores.clear();
+                scores.extend((0..visible).map(|j| {
+                    if mask.is_some_and(|m| m[j] == 0) {
+                        // transformers adds the dtype's minimum: a fully masked row stays finite.
+                        return f32::MIN;
+                    }
+                    let kj = &kv.k[base + j * kv.pos_stride..][..hd];
+                    let s = vector::dot(qh, kj) * self.scale;
+                    match self.bias {
+                        Some(b) => s + b(h, qpos, j),
+                        None => s,
+                    }
+                }));
+                softmax(scores);
+                oh.fill(0.0);
+                for (j, &p) in scores.iter().enumerate() {
+                    if p != 0.0 {
+                        vector::axpy(p, &kv.v[base + j * kv.pos_stride..][..hd], oh);
                     }
                 }
             });
