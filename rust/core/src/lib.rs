@@ -7,6 +7,7 @@
 //! - [`formats`]: readers for weight files (safetensors) into named tensors.
 //! - [`models`]: one file per architecture, built from kernels; each exposes a decoding [`models::Session`].
 //! - [`threading`]: the per-model rayon pool.
+//! - [`memory`]: buffers for weights converted at load (huge pages where available).
 //!
 //! Nothing here knows about Python; `rust/python` holds the PyO3 glue.
 
@@ -14,6 +15,7 @@ pub mod decoding;
 pub mod error;
 pub mod formats;
 pub mod kernels;
+pub mod memory;
 pub mod models;
 pub mod tensor;
 pub mod threading;

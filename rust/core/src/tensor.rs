@@ -363,21 +363,30 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
     let n: usize = parts.iter().map(|p| p.out_features).sum();
     let weight = match &parts[0].weight {
         Weight::F32(_) => {
-            let mut data = Vec::with_capacity(n * k);
+            if parts.iter().any(|p| !matches!(p.weight, Weight::F32(_))) {
+                return Ok(None);
+            }
+            let mut data = crate::memory::weight_buffer(n * k);
+            let mut at = 0;
             for p in parts {
-                match &p.weight {
-                    Weight::F32(t) => data.extend_from_slice(t.data()),
-                    Weight::Quant(_) => return Ok(None),
+                if let Weight::F32(t) = &p.weight {
+                    data[at..at + t.numel()].copy_from_slice(t.data());
+                    at += t.numel();
                 }
             }
             Weight::F32(Tensor::from_vec(vec![n, k], data)?)
         }
         Weight::Quant(q0) => {
-            let mut data = Vec::with_capacity(n * q0.format.row_bytes(k));
+            let same = |p: &Linear| matches!(&p.weight, Weight::Quant(q) if q.format == q0.format);
+            if !parts.iter().all(same) {
+                return Ok(None);
+            }
+            let mut data = crate::memory::byte_buffer(n * q0.format.row_bytes(k));
+            let mut at = 0;
             for p in parts {
-                match &p.weight {
-                    Weight::Quant(q) if q.format == q0.format => data.extend_from_slice(q.data()),
-                    _ => return Ok(None),
+                if let Weight::Quant(q) = &p.weight {
+                    data[at..at + q.data().len()].copy_from_slice(q.data());
+                    at += q.data().len();
                 }
             }
             Weight::Quant(QuantMatrix::new(

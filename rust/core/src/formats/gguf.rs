@@ -553,7 +553,7 @@ impl WeightSource for GgufFile {
         if ty == GgmlType::F32 && begin % 4 == 0 {
             return Ok(Tensor::mapped(info.shape.clone(), self.map.clone(), begin));
         }
-        let mut out = vec![0f32; info.numel()];
+        let mut out = crate::memory::weight_buffer(info.numel());
         let (bs, bb) = (ty.block_size(), ty.block_bytes());
         // Whole blocks per task, so each task's source and destination chunks match exactly.
         out.par_chunks_mut(BLOCKS_PER_TASK * bs)

@@ -100,10 +100,10 @@ fn unpermute<T: Copy>(data: &[T], rows: usize, heads: usize, name: &str) -> Resu
         ));
     }
     let row_len = data.len() / rows;
-    let mut out = Vec::with_capacity(data.len());
-    for r in 0..rows {
+    let mut out = data.to_vec();
+    for (r, dst) in out.chunks_exact_mut(row_len.max(1)).enumerate().take(rows) {
         let src = source_row(r, rows, heads);
-        out.extend_from_slice(&data[src * row_len..(src + 1) * row_len]);
+        dst.copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
     }
     Ok(out)
 }

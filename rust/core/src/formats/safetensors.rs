@@ -207,24 +207,15 @@ impl WeightSource for SafeTensors {
                 Ok(Tensor::mapped(e.shape.clone(), map.clone(), e.begin))
             }
             Dtype::F32 => {
-                let v = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+                let v = convert(bytes, 4, |b| f32::from_le_bytes(b.try_into().unwrap()));
                 Tensor::from_vec(e.shape.clone(), v)
             }
             Dtype::F16 => {
-                let v = bytes
-                    .chunks_exact(2)
-                    .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect();
+                let v = convert(bytes, 2, |b| f16::from_le_bytes([b[0], b[1]]).to_f32());
                 Tensor::from_vec(e.shape.clone(), v)
             }
             Dtype::BF16 => {
-                let v = bytes
-                    .chunks_exact(2)
-                    .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect();
+                let v = convert(bytes, 2, |b| bf16::from_le_bytes([b[0], b[1]]).to_f32());
                 Tensor::from_vec(e.shape.clone(), v)
             }
         }
@@ -346,4 +337,13 @@ mod tests {
             matches!(err, Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound)
         );
     }
+}
+
+/// Stored values of `width` bytes each, converted to f32 into a weight buffer.
+fn convert(bytes: &[u8], width: usize, f: impl Fn(&[u8]) -> f32) -> Vec<f32> {
+    let mut v = crate::memory::weight_buffer(bytes.len() / width);
+    for (o, b) in v.iter_mut().zip(bytes.chunks_exact(width)) {
+        *o = f(b);
+    }
+    v
 }
