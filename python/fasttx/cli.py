@@ -66,7 +66,69 @@ def _write_stream(pieces) -> None:
     sys.stdout.write("\n")
 
 
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a file: JSON Lines (each line an object with a ``"prompt"`` string, or a JSON
+    string) when the file is ``.jsonl`` or its first non-empty line starts with ``{``; otherwise one
+    prompt per non-empty line. ``-`` reads standard input."""
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    jsonl = path.endswith(".jsonl") or first.lstrip().startswith("{")
+    prompts = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            prompts.append(line)
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+        if isinstance(item, dict):
+            item = item.get("prompt")
+        if not isinstance(item, str):
+            raise ValueError(f'{path}:{no}: expected {{"prompt": "..."}} or a JSON string')
+        prompts.append(item)
+    if not prompts:
+        raise ValueError(f"{path} holds no prompt")
+    return prompts
+
+
+def cmd_generate_file(args: argparse.Namespace) -> int:
+    """``--input FILE``: every prompt of the file, in batches, one JSON line per prompt out."""
+    prompts = read_prompts(args.input)
+    model = _load(args)
+    opts = _options(args)
+    use_chat = model.chat_template is not None and not args.raw
+    texts = [model.chat_prompt([{"role": "user", "content": p}]) for p in prompts] if use_chat else prompts
+    outputs = model._generate_text(
+        texts,
+        opts,
+        add_special_tokens=not use_chat,
+        batch_size=args.batch_size,
+        progress=None if args.progress is None else args.progress == "on",
+    )
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for prompt, output in zip(prompts, outputs):
+            out.write(json.dumps({"prompt": prompt, "output": output}, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.input is not None:
+        if args.prompt is not None:
+            raise ValueError("give either a prompt or --input FILE, not both")
+        return cmd_generate_file(args)
+    if args.prompt is None:
+        raise ValueError("nothing to generate from: give a prompt or --input FILE")
     model = _load(args)
     opts = _options(args)
     # An instruction-tuned model gets its chat template, as `fasttx chat` and model.chat do.
@@ -120,11 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, help="compute threads (default: physical cores)")
         _add_generation_options(p)
 
-    g = sub.add_parser("generate", help="generate text for one instruction")
+    g = sub.add_parser("generate", help="generate text for an instruction, or for every prompt of a file")
     common(g)
     g.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
     g.add_argument("--raw", action="store_true", help="feed the text as is, without the model's chat template")
-    g.add_argument("prompt")
+    g.add_argument(
+        "--input",
+        metavar="FILE",
+        help="prompts from FILE ('-' = stdin): one per line, or JSON Lines with a \"prompt\" key; "
+        "writes one JSON line per prompt",
+    )
+    g.add_argument("--output", metavar="FILE", help="with --input: write the JSON lines to FILE (default: stdout)")
+    g.add_argument("--batch-size", type=int, default=32, help="with --input: prompts per batch (default 32)")
+    g.add_argument(
+        "--progress", choices=["on", "off"], help="with --input: progress bar on stderr (default: when a terminal)"
+    )
+    g.add_argument("prompt", nargs="?")
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive chat")

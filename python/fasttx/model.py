@@ -13,6 +13,11 @@ from .generation.options import GenerationOptions, resolve
 from .text import TextAssembler, clean_up_tokenization, cut_at_stop
 
 
+# Prompts per batch in the text API: large enough to keep the matrix kernels busy, small enough
+# that padding and the KV cache stay modest.
+DEFAULT_BATCH_SIZE = 32
+
+
 class Model:
     """A loaded model. Create it with ``fasttx.load(path)``."""
 
@@ -84,10 +89,24 @@ class Model:
 
     # ------------------------------------------------------------------ text level
 
-    def generate(self, prompts: Union[str, Sequence[str]], **options):
+    def generate(
+        self,
+        prompts: Union[str, Sequence[str]],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: Optional[bool] = None,
+        **options,
+    ):
         """Text in, text out. A list of prompts gives a list of texts (a list of lists with
-        ``num_return_sequences > 1``)."""
-        return self._generate_text(prompts, options, add_special_tokens=True)
+        ``num_return_sequences > 1``), in input order.
+
+        A long list runs in batches of ``batch_size`` prompts, sorted by length so that prompts of
+        similar length share a batch (less padding); a prompt's result does not depend on its
+        batch. ``progress``: a progress bar on stderr (tqdm); by default shown when there are
+        several batches and stderr is a terminal."""
+        return self._generate_text(
+            prompts, options, add_special_tokens=True, batch_size=batch_size, progress=progress
+        )
 
     def stream(self, prompt: str, **options) -> Iterator[str]:
         """Yields the text of ``generate(prompt, ...)`` in pieces as tokens arrive (beam search:
@@ -128,24 +147,44 @@ class Model:
 
     # ------------------------------------------------------------------ internals
 
-    def _generate_text(self, prompts, options: dict, *, add_special_tokens: bool):
+    def _generate_text(
+        self,
+        prompts,
+        options: dict,
+        *,
+        add_special_tokens: bool,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: Optional[bool] = None,
+    ):
         single = isinstance(prompts, str)
         prompt_list = [prompts] if single else list(prompts)
         if not all(isinstance(p, str) for p in prompt_list):
             raise ValueError("prompts must be a string or a list of strings")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         opts = self._options(options)
-        ids, mask = _as_batch(
-            self._encode(prompt_list, add_special_tokens),
-            None,
-            "prompts",
-            pad_left=not self.is_encoder_decoder,
-            pad_id=_pad_id(opts),
-        )
-        seqs = self._generate(ids, mask, opts)
-        texts = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
+        encoded = self._encode(prompt_list, add_special_tokens)
+        # Longest first (stable): similar lengths share a batch, and the slowest batch comes first,
+        # so the progress bar's estimate errs on the safe side.
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         n = opts.num_return_sequences
-        grouped: list[Any] = texts if n == 1 else [texts[i * n : (i + 1) * n] for i in range(len(prompt_list))]
-        return grouped[0] if single else grouped
+        results: list[Any] = [None] * len(encoded)
+        with _progress_bar(len(encoded), batch_size, progress) as bar:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                ids, mask = _as_batch(
+                    [encoded[i] for i in batch],
+                    None,
+                    "prompts",
+                    pad_left=not self.is_encoder_decoder,
+                    pad_id=_pad_id(opts),
+                )
+                seqs = self._generate(ids, mask, opts)
+                texts = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
+                for j, i in enumerate(batch):
+                    results[i] = texts[j] if n == 1 else texts[j * n : (j + 1) * n]
+                bar.update(len(batch))
+        return results[0] if single else results
 
     def _stream_text(self, prompt: str, options: dict, *, add_special_tokens: bool) -> Iterator[str]:
         if not isinstance(prompt, str):
@@ -217,18 +256,26 @@ class Model:
             copies=copies,
         )
 
-    def _stopper(self, prompt: search.Prompt, opts: GenerationOptions):
-        """``is_stopped(row, token)`` for stop strings, or None."""
+    def _stop_hit(self, opts: GenerationOptions):
+        """``stop_hit(new_tokens)``: whether the text of these new tokens holds a stop string
+        (None without stop strings)."""
         if not opts.stop:
             return None
         self._require_tokenizer()
-        p0 = prompt.prompt_len
 
-        def is_stopped(row: int, token: int) -> bool:
-            text = self._decode(prompt.history[row][p0:])
+        def stop_hit(new_tokens: list[int]) -> bool:
+            text = self._decode(new_tokens)
             return any(s in text for s in opts.stop)
 
-        return is_stopped
+        return stop_hit
+
+    def _stopper(self, prompt: search.Prompt, opts: GenerationOptions):
+        """``is_stopped(row, token)`` for stop strings, or None."""
+        stop_hit = self._stop_hit(opts)
+        if stop_hit is None:
+            return None
+        p0 = prompt.prompt_len
+        return lambda row, token: stop_hit(prompt.history[row][p0:])
 
     def _start_sampling(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions):
         """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
@@ -249,11 +296,36 @@ class Model:
             session = self._native.start(ids, mask)
             prompt = self._decoder_prompt(ids, mask, opts, copies=opts.num_beams)
             budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
-            return search.beam_search(self._native, session, prompt, opts, budget)
+            return search.beam_search(self._native, session, prompt, opts, budget, self._stop_hit(opts))
         prompt, events = self._start_sampling(ids, mask, opts)
         for _ in events:
             pass
         return [h[prompt.prompt_len :] for h in prompt.history]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress_bar(total: int, batch_size: int, progress: Optional[bool]):
+    """A tqdm bar over ``total`` prompts, or a no-op: ``progress=None`` shows it when the work
+    spans several batches and stderr is a terminal."""
+    import sys
+
+    if progress is None:
+        progress = total > batch_size and sys.stderr.isatty()
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="prompt", desc="fasttx generate", file=sys.stderr)
 
 
 def _tokenizer_setting(path: Path, key: str, default):

@@ -8,7 +8,7 @@ written to follow transformers' ``_sample`` and ``_beam_search`` decision for de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -111,9 +111,19 @@ def sample_or_greedy(
         tokens = np.asarray(chosen, dtype=np.int64)[:, None]
 
 
-def beam_search(native_model, session, prompt: Prompt, opts: GenerationOptions, budget: int) -> list[list[int]]:
+def beam_search(
+    native_model,
+    session,
+    prompt: Prompt,
+    opts: GenerationOptions,
+    budget: int,
+    stop_hit: Optional[Callable[[list[int]], bool]] = None,
+) -> list[list[int]]:
     """transformers' ``_beam_search`` (vectorised form, 4.50+): returns, for each input, its
-    ``num_return_sequences`` best hypotheses (new tokens only), best first."""
+    ``num_return_sequences`` best hypotheses (new tokens only), best first.
+
+    ``stop_hit(new_tokens)`` (stop strings) ends a candidate as EOS does: it joins the finished
+    hypotheses with its score and stops growing."""
     K = opts.num_beams
     batch = len(prompt.history) // K
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
@@ -159,6 +169,9 @@ def beam_search(native_model, session, prompt: Prompt, opts: GenerationOptions, 
         cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)
         cand[:, :, cur_len] = tokens
         hits = np.isin(tokens, eos) if len(eos) else np.zeros_like(tokens, dtype=bool)
+        if stop_hit is not None:
+            for b, j in zip(*np.nonzero(~hits)):
+                hits[b, j] = stop_hit(cand[b, j, p0 : cur_len + 1].tolist())
         if cur_len + 1 >= max_length:
             hits[:] = True
 
