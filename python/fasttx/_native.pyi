@@ -32,6 +32,28 @@ class NativeModel:
     def topk_rows(
         self, scores: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+    def sample_rows(
+        self,
+        scores: npt.NDArray[np.float32],
+        uniforms: list[float],
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: Optional[float],
+        min_keep: int,
+    ) -> list[int]:
+        """One token per row of ``scores`` [rows, vocab] after transformers' warpers (top_k 0,
+        top_p 1.0 and min_p None switch them off), drawn with ``uniforms[row]`` in [0, 1)."""
+    def warp_rows(
+        self,
+        scores: npt.NDArray[np.float32],
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: Optional[float],
+        min_keep: int,
+    ) -> npt.NDArray[np.float32]:
+        """``scores`` after the warpers of ``sample_rows``: removed tokens are -inf."""
 
 def gguf_metadata(path: Union[str, PathLike[str]]) -> dict:
     """The metadata of a GGUF file (keys as stored; arrays as lists)."""

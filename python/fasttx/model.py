@@ -167,6 +167,7 @@ class Model:
         # Longest first (stable): similar lengths share a batch, and the slowest batch comes first,
         # so the progress bar's estimate errs on the safe side.
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        occurrence = occurrence_indices([tuple(e) for e in encoded])
         n = opts.num_return_sequences
         results: list[Any] = [None] * len(encoded)
         with _progress_bar(len(encoded), batch_size, progress) as bar:
@@ -179,7 +180,7 @@ class Model:
                     pad_left=not self.is_encoder_decoder,
                     pad_id=_pad_id(opts),
                 )
-                seqs = self._generate(ids, mask, opts)
+                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch])
                 texts = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
                 for j, i in enumerate(batch):
                     results[i] = texts[j] if n == 1 else texts[j * n : (j + 1) * n]
@@ -277,7 +278,9 @@ class Model:
         p0 = prompt.prompt_len
         return lambda row, token: stop_hit(prompt.history[row][p0:])
 
-    def _start_sampling(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions):
+    def _start_sampling(
+        self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, occurrence: Optional[list[int]] = None
+    ):
         """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
         as tokens are chosen) and the iterator of per-step events that drives it."""
         session = self._native.start(ids, mask)
@@ -286,21 +289,44 @@ class Model:
         budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
         sampler = None
         if opts.do_sample:
-            prompts = [ids[i][mask[i] != 0].tolist() for i in range(ids.shape[0]) for _ in range(n)]
-            sampler = search.RowSampler(opts.seed, prompts, [j for _ in range(ids.shape[0]) for j in range(n)])
-        events = search.sample_or_greedy(session, prompt, opts, budget, sampler, self._stopper(prompt, opts))
+            # A row's random stream depends on the seed, its prompt, which copy of that prompt it is
+            # in this call (the same prompt twice gives two samples) and its sequence index, never
+            # on the other prompts of the batch.
+            real = [tuple(ids[i][mask[i] != 0].tolist()) for i in range(ids.shape[0])]
+            copy = occurrence if occurrence is not None else occurrence_indices(real)
+            prompts = [real[i] for i in range(len(real)) for _ in range(n)]
+            index = [copy[i] * n + j for i in range(len(real)) for j in range(n)]
+            sampler = search.RowSampler(opts.seed, prompts, index)
+        events = search.sample_or_greedy(
+            self._native, session, prompt, opts, budget, sampler, self._stopper(prompt, opts)
+        )
         return prompt, events
 
-    def _generate(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions) -> list[list[int]]:
+    def _generate(
+        self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, occurrence: Optional[list[int]] = None
+    ) -> list[list[int]]:
+        """New tokens per returned sequence. ``occurrence[row]``: which occurrence of its prompt the row
+        is within the whole call (sampling draws differ per occurrence); by default counted in
+        this batch."""
         if opts.num_beams > 1:
             session = self._native.start(ids, mask)
             prompt = self._decoder_prompt(ids, mask, opts, copies=opts.num_beams)
             budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
             return search.beam_search(self._native, session, prompt, opts, budget, self._stop_hit(opts))
-        prompt, events = self._start_sampling(ids, mask, opts)
+        prompt, events = self._start_sampling(ids, mask, opts, occurrence)
         for _ in events:
             pass
         return [h[prompt.prompt_len :] for h in prompt.history]
+
+
+def occurrence_indices(prompts: Sequence[tuple]) -> list[int]:
+    """For each prompt, how many equal prompts precede it (0 for the first occurrence)."""
+    seen: dict = {}
+    out = []
+    for p in prompts:
+        out.append(seen.get(p, 0))
+        seen[p] = out[-1] + 1
+    return out
 
 
 class _NoBar:

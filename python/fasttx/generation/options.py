@@ -77,11 +77,6 @@ class GenerationOptions:
                 total = min(total, max_positions)
         return max(0, total - prompt_len)
 
-    def min_new(self, prompt_len: int) -> int:
-        """New tokens before which EOS is suppressed (``min_new_tokens`` and ``min_length``)."""
-        from_length = max(0, self.min_length - prompt_len)
-        return max(self.min_new_tokens or 0, from_length)
-
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) or _is_numpy_int(v)

@@ -26,8 +26,11 @@ def repetition_penalty(penalty: float, padding: Sequence[int]) -> Processor:
     p = np.float32(penalty)
 
     def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
+        vocab = scores.shape[-1]
         for row, ids, r in zip(scores, history, rows):
-            idx = np.fromiter(set(ids[padding[r] :]), dtype=np.int64)
+            # Ids past the scores (an embedding larger than the head) cannot be generated:
+            # transformers clamps them into a spare column it drops.
+            idx = np.fromiter((t for t in set(ids[padding[r] :]) if t < vocab), dtype=np.int64)
             s = row[idx]
             row[idx] = np.where(s < 0, s * p, s / p)
 
@@ -38,15 +41,17 @@ def no_repeat_ngram(n: int) -> Processor:
     """Bans every token that would complete an n-gram already present in the row."""
 
     def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
+        vocab = scores.shape[-1]
         for row, ids in zip(scores, history):
-            if len(ids) + 1 < n:
+            if len(ids) < n:
                 continue
             prefix = tuple(ids[len(ids) - n + 1 :]) if n > 1 else ()
             banned = {
                 ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i : i + n - 1]) == prefix
             }
+            banned = [t for t in banned if t < vocab]  # ids past the scores: see repetition_penalty
             if banned:
-                row[list(banned)] = NEG_INF
+                row[banned] = NEG_INF
 
     return apply
 
@@ -82,13 +87,19 @@ def top_k(k: int, min_keep: int = 1) -> Processor:
 
 
 def top_p(p: float, min_keep: int = 1) -> Processor:
-    """transformers' TopPLogitsWarper: drop the low tail whose cumulative probability is <= 1 - p."""
+    """transformers' TopPLogitsWarper: drop the low tail whose cumulative probability is <= 1 - p.
+
+    The running sum is accumulated in float64 and rounded to float32, as torch's CPU ``cumsum``
+    does for float32 (a float32 running sum drifts by a few ulps over a large vocabulary, enough to
+    move the cut). Equal scores straddling the cut: transformers' order there is whatever torch's
+    unstable sort leaves; here lower token ids are kept first (as argmax and min_p prefer them)."""
 
     def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
-        order = np.argsort(scores, axis=-1, kind="stable")  # ascending, as transformers sorts
+        # Ascending, as transformers sorts; among equal scores the higher ids come first (go first).
+        order = np.argsort(-scores, axis=-1, kind="stable")[:, ::-1]
         sorted_scores = np.take_along_axis(scores, order, axis=-1)
         probs = _softmax(sorted_scores)
-        cum = np.cumsum(probs, axis=-1, dtype=np.float32)
+        cum = np.cumsum(probs, axis=-1, dtype=np.float64).astype(np.float32)
         remove = cum <= np.float32(1 - p)
         remove[:, -min_keep:] = False
         rows = np.arange(scores.shape[0])[:, None]
@@ -127,12 +138,16 @@ def build(opts: GenerationOptions, prompt_len: int, padding: Sequence[int], *, b
         procs.append(no_repeat_ngram(opts.no_repeat_ngram_size))
     if opts.eos_token_id:
         # MinLengthLogitsProcessor counts the whole sequence; MinNewTokensLength only new tokens.
-        if opts.min_length > 0:
+        # Given min_new_tokens, transformers' _prepare_generated_length replaces min_length by
+        # min_new_tokens + prompt length (min_new_tokens takes precedence): MinLength is then the
+        # same condition as MinNewTokens, and the user's min_length is ignored.
+        if opts.min_new_tokens is None and opts.min_length > 0:
             procs.append(suppress_eos_until(opts.min_length, 0, opts.eos_token_id))
         if opts.min_new_tokens:
             procs.append(suppress_eos_until(opts.min_new_tokens, prompt_len, opts.eos_token_id))
     if opts.do_sample:
-        min_keep = 2 if beam else 1
+        # Beam sampling keeps one token per EOS id plus one in every warper (2 without EOS ids).
+        min_keep = (len(opts.eos_token_id) + 1 if opts.eos_token_id else 2) if beam else 1
         if opts.temperature != 1.0:
             procs.append(temperature(opts.temperature))
         if opts.top_k is not None and opts.top_k != 0:

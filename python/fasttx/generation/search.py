@@ -7,7 +7,7 @@ written to follow transformers' ``_sample`` and ``_beam_search`` decision for de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -57,12 +57,29 @@ class RowSampler:
             for p, idx in zip(prompts, seq_index)
         ]
 
-    def draw(self, row: int, scores: np.ndarray) -> int:
-        probs = processors._softmax(scores[None, :].astype(np.float64))[0]
-        return int(self.rngs[row].choice(len(probs), p=probs / probs.sum()))
+    def uniforms(self, rows: Sequence[int]) -> list[float]:
+        """One uniform number in [0, 1) per row, from that row's own stream."""
+        return [float(self.rngs[r].random()) for r in rows]
+
+
+def sample_tokens(native_model, scores: np.ndarray, opts: GenerationOptions, sampler: RowSampler, rows) -> list[int]:
+    """transformers' sampling warpers (temperature, top-k, top-p, min-p, in that order) and a draw
+    per row, natively (``fasttx.generation.processors`` holds the same warpers in numpy, the
+    readable reference): the row's uniform number picks a token by cumulative probability."""
+    top_k = opts.top_k or 0
+    return native_model.sample_rows(
+        np.ascontiguousarray(scores, dtype=np.float32),
+        sampler.uniforms(rows),
+        opts.temperature,
+        top_k,
+        opts.top_p,
+        opts.min_p,
+        1,
+    )
 
 
 def sample_or_greedy(
+    native_model,
     session,
     prompt: Prompt,
     opts: GenerationOptions,
@@ -76,7 +93,8 @@ def sample_or_greedy(
     batch's cost shrinks as its rows end. ``is_stopped(row, tokens)`` lets the caller end a row
     (stop strings)."""
     rows = len(prompt.history)
-    procs = processors.build(opts, prompt.prompt_len, prompt.padding(), beam=False)
+    # Sampling's warpers run natively in `sample_tokens`; the other processors here.
+    procs = processors.build(replace(opts, do_sample=False), prompt.prompt_len, prompt.padding(), beam=False)
     eos = set(opts.eos_token_id)
     active = list(range(rows))  # session row i decodes original row active[i]
     tokens, mask = prompt.first_tokens, prompt.first_mask
@@ -92,7 +110,7 @@ def sample_or_greedy(
         if sampler is None:
             chosen = np.argmax(logits, axis=-1).tolist()
         else:
-            chosen = [sampler.draw(r, logits[i]) for i, r in enumerate(active)]
+            chosen = sample_tokens(native_model, logits, opts, sampler, active)
         finished = []
         keep = []
         for i, (r, t) in enumerate(zip(active, chosen)):

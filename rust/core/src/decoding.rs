@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::{softmax::log_softmax, topk::topk};
+use crate::sampling::{sample_row, warp_row, Warpers};
 
 /// Log-softmax of each row of width `vocab`, in place.
 pub fn log_softmax_rows(logits: &mut [f32], vocab: usize) {
@@ -33,4 +34,39 @@ pub fn topk_rows(
     let values = per_row.iter().flatten().map(|&(_, v)| v).collect();
     let indices = per_row.iter().flatten().map(|&(i, _)| i as i64).collect();
     Ok((values, indices))
+}
+
+/// One token per row of `scores` `[rows, width]`, drawn after the warpers with uniform `u[row]`.
+pub fn sample_rows(scores: &[f32], width: usize, w: &Warpers, u: &[f64]) -> Result<Vec<u32>> {
+    w.validate()?;
+    check_rows(scores, width, u.len())?;
+    if u.len() == 1 {
+        // One row: the work (~0.1 ms) is below what a parallel dispatch costs.
+        return Ok(vec![sample_row(scores, w, u[0])]);
+    }
+    Ok(scores
+        .par_chunks(width)
+        .zip(u.par_iter())
+        .map(|(row, &u)| sample_row(row, w, u))
+        .collect())
+}
+
+/// The warpers applied to each row of `scores` (`-inf` where removed), in place.
+pub fn warp_rows(scores: &mut [f32], width: usize, w: &Warpers) -> Result<()> {
+    w.validate()?;
+    check_rows(scores, width, scores.len() / width.max(1))?;
+    scores
+        .par_chunks_mut(width)
+        .for_each(|row| warp_row(row, w));
+    Ok(())
+}
+
+fn check_rows(scores: &[f32], width: usize, rows: usize) -> Result<()> {
+    if width == 0 || scores.len() != rows * width {
+        return Err(Error::InvalidInput(format!(
+            "sampling: {} scores do not make {rows} rows of {width}",
+            scores.len()
+        )));
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! - [`tensor`]: weight storage (memory-mapped or owned) and the [`tensor::Linear`] layer type.
 //! - [`formats`]: readers for weight files (safetensors) into named tensors.
 //! - [`models`]: one file per architecture, built from kernels; each exposes a decoding [`models::Session`].
+//! - [`sampling`]: sampling's logits warpers (temperature, top-k, top-p, min-p) and the draw.
 //! - [`threading`]: the per-model rayon pool.
 //! - [`memory`]: buffers for weights converted at load (huge pages where available).
 //!
@@ -17,6 +18,7 @@ pub mod formats;
 pub mod kernels;
 pub mod memory;
 pub mod models;
+pub mod sampling;
 pub mod tensor;
 pub mod threading;
 

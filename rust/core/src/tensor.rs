@@ -418,9 +418,7 @@ mod tests {
     use half::f16;
 
     fn f32_linear(n: usize, k: usize, seed: f32, bias: bool) -> Linear {
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| (i as f32 * 0.37 + seed).sin())
-            .collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37 + seed).sin()).collect();
         let b = bias.then(|| (0..n).map(|i| i as f32 * 0.1 - seed).collect());
         Linear::new(Tensor::from_vec(vec![n, k], w).unwrap(), b).unwrap()
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use fasttx_core::models::{self, Model, Session, StepInput, TokenBatch, Want};
+use fasttx_core::sampling::Warpers;
 use fasttx_core::Error;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray2};
 use pyo3::exceptions::PyRuntimeError;
@@ -45,6 +46,14 @@ fn mask_to_u8(
         )));
     }
     Ok(Some(view.iter().map(|&v| u8::from(v != 0)).collect()))
+}
+
+/// The values of a score array in row-major order (one copy, a memcpy when contiguous).
+fn scores_vec(scores: &PyReadonlyArray2<'_, f32>) -> Vec<f32> {
+    match scores.as_slice() {
+        Ok(s) => s.to_vec(),
+        Err(_) => scores.as_array().iter().copied().collect(),
+    }
 }
 
 #[pymethods]
@@ -89,9 +98,8 @@ impl NativeModel {
         scores: PyReadonlyArray2<'py, f32>,
         k: usize,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>)> {
-        let view = scores.as_array();
-        let (rows, width) = view.dim();
-        let data: Vec<f32> = view.iter().copied().collect();
+        let (rows, width) = scores.as_array().dim();
+        let data = scores_vec(&scores);
         let model = self.model.clone();
         let (values, indices) = run_native(py, move || {
             model
@@ -102,6 +110,71 @@ impl NativeModel {
             values.into_pyarray(py).reshape([rows, k])?,
             PyArray1::from_vec(py, indices).reshape([rows, k])?,
         ))
+    }
+
+    /// One sampled token per row of `scores` `[rows, vocab]` after transformers' warpers
+    /// (temperature, top_k (0 = off), top_p (1 = off), min_p (None = off), min_keep), drawn with the
+    /// uniform numbers `uniforms[row]` in `[0, 1)`; runs on this model's threads.
+    #[pyo3(signature = (scores, uniforms, temperature, top_k, top_p, min_p, min_keep))]
+    #[allow(clippy::too_many_arguments)]
+    fn sample_rows(
+        &self,
+        py: Python<'_>,
+        scores: PyReadonlyArray2<'_, f32>,
+        uniforms: Vec<f64>,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: Option<f32>,
+        min_keep: usize,
+    ) -> PyResult<Vec<u32>> {
+        let (_, width) = scores.as_array().dim();
+        let data = scores_vec(&scores);
+        let w = Warpers {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            min_keep,
+        };
+        let model = self.model.clone();
+        run_native(py, move || {
+            model
+                .pool()
+                .install(|| fasttx_core::decoding::sample_rows(&data, width, &w, &uniforms))
+        })
+    }
+
+    /// `scores` `[rows, vocab]` after the warpers of [`sample_rows`]: removed tokens are `-inf`.
+    #[pyo3(signature = (scores, temperature, top_k, top_p, min_p, min_keep))]
+    #[allow(clippy::too_many_arguments)]
+    fn warp_rows<'py>(
+        &self,
+        py: Python<'py>,
+        scores: PyReadonlyArray2<'py, f32>,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: Option<f32>,
+        min_keep: usize,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let (rows, width) = scores.as_array().dim();
+        let mut data = scores_vec(&scores);
+        let w = Warpers {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            min_keep,
+        };
+        let model = self.model.clone();
+        let data = run_native(py, move || {
+            model
+                .pool()
+                .install(|| fasttx_core::decoding::warp_rows(&mut data, width, &w))
+                .map(|_| data)
+        })?;
+        Ok(data.into_pyarray(py).reshape([rows, width])?)
     }
 
     /// Starts a session over `input_ids` `[batch, len]` (encoder input for encoder-decoder models).
