@@ -103,26 +103,28 @@ fn kept_tokens(scores: &[f32], w: &Warpers) -> Vec<u32> {
     let t = w.temperature;
     let min_keep = w.min_keep.max(1);
     // Temperature first, as transformers divides first.
-    let scaled: Vec<f32> = scores.iter().map(|&s| s / t).collect();
     let k = w.top_k.max(min_keep);
     // Candidates as (warped score, token): the top-k (ties included), else the whole row.
-    let mut cand: Vec<(f32, u32)> = if w.top_k > 0 && k < scaled.len() {
-        // transformers' TopKLogitsWarper: keep every score >= the k-th largest. The heap selection
-        // rejects most of a long row with one comparison each.
-        let kth = topk(&scaled, k)
+    let mut cand: Vec<(f32, u32)> = if w.top_k > 0 && k < scores.len() {
+        // transformers' TopKLogitsWarper keeps every scaled score >= the k-th largest scaled score.
+        // Dividing by t > 0 keeps the order, so that is the k-th largest raw score, divided.
+        let kth = topk(scores, k)
             .last()
-            .map_or(f32::NEG_INFINITY, |&(_, v)| v);
-        scaled
+            .map_or(f32::NEG_INFINITY, |&(_, v)| v)
+            / t;
+        scores
             .iter()
             .enumerate()
-            .filter(|&(_, &v)| v >= kth)
-            .map(|(i, &v)| (v, i as u32))
+            .filter_map(|(i, &s)| {
+                let v = s / t;
+                (v >= kth).then_some((v, i as u32))
+            })
             .collect()
     } else {
-        scaled
+        scores
             .iter()
             .enumerate()
-            .map(|(i, &v)| (v, i as u32))
+            .map(|(i, &s)| (s / t, i as u32))
             .collect()
     };
     // -inf tokens hold no probability; the remaining warpers only ever remove tokens, and they

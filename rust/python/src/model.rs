@@ -139,9 +139,13 @@ impl NativeModel {
         };
         let model = self.model.clone();
         run_native(py, move || {
-            model
-                .pool()
-                .install(|| fasttx_core::decoding::sample_rows(&data, width, &w, &uniforms))
+            let run = || fasttx_core::decoding::sample_rows(&data, width, &w, &uniforms);
+            // One row runs on the calling thread: handing it to the pool costs more than it takes.
+            if uniforms.len() == 1 {
+                run()
+            } else {
+                model.pool().install(run)
+            }
         })
     }
 

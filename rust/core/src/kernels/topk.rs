@@ -16,7 +16,7 @@ pub fn topk(values: &[f32], k: usize) -> Vec<(usize, f32)> {
     }
     // `Ranked`'s order is "better = greater"; Reverse puts the worst kept entry on top.
     let mut heap: BinaryHeap<std::cmp::Reverse<Ranked>> = BinaryHeap::with_capacity(k + 1);
-    for (index, &value) in values.iter().enumerate() {
+    let offer = |heap: &mut BinaryHeap<std::cmp::Reverse<Ranked>>, index: usize, value: f32| {
         let candidate = Ranked { value, index };
         if heap.len() < k {
             heap.push(std::cmp::Reverse(candidate));
@@ -26,12 +26,50 @@ pub fn topk(values: &[f32], k: usize) -> Vec<(usize, f32)> {
                 worst.0 = candidate;
             }
         }
+    };
+    // Chunks whose largest number does not beat the worst kept value are skipped whole (one
+    // vectorisable max per chunk): once the heap is full that is nearly every chunk of a long row.
+    // A skipped value cannot get in: it is a NaN (ranks below every number), or a number that is
+    // not greater than the worst kept number (ties lose to the earlier index).
+    let mut worst_kept = f32::NAN; // NaN while the heap is not full of numbers
+    for (c, chunk) in values.chunks(SKIP_CHUNK).enumerate() {
+        if !worst_kept.is_nan() && chunk_max(chunk) <= worst_kept {
+            continue;
+        }
+        for (j, &value) in chunk.iter().enumerate() {
+            offer(&mut heap, c * SKIP_CHUNK + j, value);
+        }
+        worst_kept = match heap.peek() {
+            Some(w) if heap.len() == k => w.0.value,
+            _ => f32::NAN,
+        };
     }
     // Ascending order of Reverse = best first.
     heap.into_sorted_vec()
         .into_iter()
         .map(|r| (r.0.index, r.0.value))
         .collect()
+}
+
+/// Values per chunk tested at once against the worst kept value.
+const SKIP_CHUNK: usize = 64;
+
+/// The largest number of `chunk` (NaNs ignored; `-inf` when there is none).
+#[inline]
+fn chunk_max(chunk: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut blocks = chunk.chunks_exact(8);
+    for b in &mut blocks {
+        for l in 0..8 {
+            // `>` is false for NaN, so NaNs never raise the maximum.
+            lanes[l] = if b[l] > lanes[l] { b[l] } else { lanes[l] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in lanes.iter().chain(blocks.remainder()) {
+        m = if v > m { v } else { m };
+    }
+    m
 }
 
 /// Scalar reference: a full sort under the same order.
@@ -104,6 +142,30 @@ mod tests {
                 let got = topk(&v, k);
                 assert_eq!(got.len(), k.min(n));
                 assert!(same(&got, &topk_scalar(&v, k)), "n={n} k={k}");
+            }
+        }
+    }
+
+    /// Long rows with NaNs, infinities and runs of equal values across chunk boundaries.
+    #[test]
+    fn long_rows_with_nans_match_full_sort() {
+        for seed in 0..4u64 {
+            let n = 5000 + 37 * seed as usize;
+            let mut v: Vec<f32> = random(n, seed + 100)
+                .iter()
+                .map(|x| (x * 20.0).round())
+                .collect();
+            for i in (0..n).step_by(97) {
+                v[i] = f32::NAN;
+            }
+            for i in (5..n).step_by(331) {
+                v[i] = f32::NEG_INFINITY;
+            }
+            if seed == 3 {
+                v.iter_mut().take(200).for_each(|x| *x = f32::NAN);
+            }
+            for &k in &[1, 5, 64, 65, 300] {
+                assert!(same(&topk(&v, k), &topk_scalar(&v, k)), "seed={seed} k={k}");
             }
         }
     }
