@@ -166,14 +166,30 @@ fn top_p(mut cand: Vec<(f32, u32)>, p: f32, min_keep: usize) -> Vec<(f32, u32)> 
     softmax(&mut probs);
     let total: f64 = probs.iter().map(|&q| q as f64).sum();
     let drop_mass = (1.0 - p as f64) * total;
-    let mut items: Vec<(f32, u32, f64)> = cand
+    // Every token with probability <= drop_mass / n is dropped: those tokens come first in the
+    // ascending order and, being at most n, weigh at most drop_mass together. On a peaked
+    // distribution that settles almost the whole row in one pass.
+    // (If fewer than min_keep tokens would remain, the pre-pass is skipped.)
+    let small = drop_mass / n as f64;
+    let all: Vec<(f32, u32, f64)> = cand
         .drain(..)
         .zip(probs)
         .map(|((s, i), w)| (s, i, w as f64))
         .collect();
+    let above = all.iter().filter(|c| c.2 > small).count();
+    let (mut items, mut dropped) = if above >= min_keep {
+        let dropped: f64 = all.iter().filter(|c| c.2 <= small).map(|c| c.2).sum();
+        (
+            all.into_iter().filter(|c| c.2 > small).collect::<Vec<_>>(),
+            dropped,
+        )
+    } else {
+        (all, 0.0)
+    };
     let asc = |a: &(f32, u32, f64), b: &(f32, u32, f64)| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1));
     // Invariant: items[..lo] are dropped (mass `dropped`), items[hi..] kept; decide items[lo..hi].
-    let (mut lo, mut hi, mut dropped) = (0usize, n, 0.0f64);
+    let n = items.len();
+    let (mut lo, mut hi) = (0usize, n);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         items[lo..hi].select_nth_unstable_by(mid - lo, asc);
@@ -203,7 +219,19 @@ fn min_p(mut cand: Vec<(f32, u32)>, p: f32, min_keep: usize) -> Vec<(f32, u32)> 
     // prob_i >= p · prob_max  <=>  s_i - max >= ln p (the normaliser cancels).
     let threshold = (p as f64).ln();
     let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    cand.select_nth_unstable_by(min_keep - 1, desc);
+    if min_keep == 1 {
+        // The best token to the front in one scan (the common case) instead of a selection.
+        let best = (0..cand.len()).fold(0, |b, i| {
+            if desc(&cand[i], &cand[b]).is_lt() {
+                i
+            } else {
+                b
+            }
+        });
+        cand.swap(0, best);
+    } else {
+        cand.select_nth_unstable_by(min_keep - 1, desc);
+    }
     let (best, rest) = cand.split_at(min_keep);
     let mut out = best.to_vec();
     out.extend(
