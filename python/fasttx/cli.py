@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="model directory or .gguf file (default: $FASTTX_MODEL, else SmolLM2-135M-Instruct)")
-        p.add_argument("--dtype", default="auto", choices=["auto", "f32"])
+        p.add_argument("--dtype", default="auto", choices=["auto", "f32", "int8"])
         p.add_argument("--threads", type=int, help="compute threads (default: physical cores)")
         _add_generation_options(p)
 

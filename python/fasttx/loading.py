@@ -11,7 +11,7 @@ from ._native import ModelFormatError, NativeModel, gguf_metadata
 from .generation.options import GENERATION_KEYS
 
 SUPPORTED_ARCHS = ("t5", "llama", "mistral", "qwen2", "gpt2")
-DTYPES = ("auto", "f32")
+DTYPES = ("auto", "f32", "int8")
 
 
 def default_threads() -> int:

@@ -11,7 +11,7 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{quant::dequantize, GgmlType};
 use crate::kernels::matmul::matmul_nt;
-use crate::kernels::quant::{quant_matmul, QuantFormat};
+use crate::kernels::quant::{padded_cols, quant_matmul, quantize_rows_int8, QuantFormat};
 
 #[derive(Clone)]
 enum Storage {
@@ -248,12 +248,45 @@ impl Linear {
         self.in_features
     }
 
+    /// The same projection with per-output-channel int8 weights (`dtype="int8"`, see
+    /// [`quantize_rows_int8`]); quantized weights stay as they are.
+    pub fn into_int8(self) -> Result<Linear> {
+        let Weight::F32(t) = &self.weight else {
+            return Ok(self);
+        };
+        let (n, k) = (self.out_features, self.in_features);
+        let bytes = quantize_rows_int8(t.data(), n, k);
+        let q = QuantMatrix::new(
+            QuantFormat::Q8_0,
+            n,
+            padded_cols(k),
+            Bytes::Owned(Arc::new(bytes)),
+        )?;
+        Ok(Linear {
+            weight: Weight::Quant(q),
+            ..self
+        })
+    }
+
     /// `x: [m, in]` → `y: [m, out]` (overwritten).
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.out_features, self.in_features);
         match &self.weight {
             Weight::F32(w) => matmul_nt(x, w.data(), y, m, k, n),
-            Weight::Quant(q) => quant_matmul(q.format, x, q.data(), y, m, k, n),
+            Weight::Quant(q) if q.cols == k => quant_matmul(q.format, x, q.data(), y, m, k, n),
+            Weight::Quant(q) => {
+                // int8 rows padded to whole blocks: pad x with zeros the same way.
+                let kp = q.cols;
+                let mut xp = vec![0.0f32; m * kp];
+                for (dst, src) in xp
+                    .chunks_exact_mut(kp)
+                    .zip(x.chunks_exact(k.max(1)))
+                    .take(m)
+                {
+                    dst[..k].copy_from_slice(src);
+                }
+                quant_matmul(q.format, &xp, q.data(), y, m, kp, n)
+            }
         }
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(n).take(m) {
@@ -377,11 +410,12 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
             Weight::F32(Tensor::from_vec(vec![n, k], data)?)
         }
         Weight::Quant(q0) => {
-            let same = |p: &Linear| matches!(&p.weight, Weight::Quant(q) if q.format == q0.format);
+            let same = |p: &Linear| matches!(&p.weight, Weight::Quant(q) if q.format == q0.format && q.cols == q0.cols);
             if !parts.iter().all(same) {
                 return Ok(None);
             }
-            let mut data = crate::memory::byte_buffer(n * q0.format.row_bytes(k));
+            // (int8 rows may be padded past `k` to whole blocks: `q0.cols`.)
+            let mut data = crate::memory::byte_buffer(n * q0.format.row_bytes(q0.cols));
             let mut at = 0;
             for p in parts {
                 if let Weight::Quant(q) = &p.weight {
@@ -392,7 +426,7 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
             Weight::Quant(QuantMatrix::new(
                 q0.format,
                 n,
-                k,
+                q0.cols,
                 Bytes::Owned(Arc::new(data)),
             )?)
         }
@@ -409,7 +443,9 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
     } else {
         None
     };
-    Linear::new(weight, bias).map(Some)
+    let mut stacked = Linear::new(weight, bias)?;
+    stacked.in_features = k;
+    Ok(Some(stacked))
 }
 
 #[cfg(test)]
@@ -475,6 +511,60 @@ mod tests {
                     w.iter().map(|v| v.to_bits()).collect(),
                 );
                 assert_eq!(gb, wb, "case {case}");
+            }
+        }
+    }
+
+    /// int8 projections (k a multiple of 32, and k = 48 padded to 64): outputs within the error
+    /// the per-row step allows, and stacked int8 parts give each part's bits.
+    #[test]
+    fn int8_linear_is_close_to_f32_and_stacks() {
+        for k in [48usize, 64] {
+            let m = 3;
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.21).cos()).collect();
+            let parts = [f32_linear(9, k, 0.1, true), f32_linear(4, k, 0.3, false)];
+            for p in &parts {
+                let want = p.apply(&x, m);
+                let q = Linear {
+                    weight: p.weight.clone(),
+                    bias: p.bias.clone(),
+                    ..*p
+                }
+                .into_int8()
+                .unwrap();
+                assert!(matches!(q.weight, Weight::Quant(_)));
+                let got = q.apply(&x, m);
+                // |w| <= 1 so the weight step is <= 1/127; activations are 8-bit per block too.
+                let bound = 2.0 * k as f32 / 127.0 * 0.5 + 1e-3;
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= bound, "k={k}: {g} vs {w}");
+                }
+                assert!(
+                    got.iter().zip(&want).any(|(g, w)| g != w),
+                    "int8 changed nothing"
+                );
+            }
+            let q: Vec<Linear> = parts
+                .iter()
+                .map(|p| {
+                    Linear {
+                        weight: p.weight.clone(),
+                        bias: p.bias.clone(),
+                        ..*p
+                    }
+                    .into_int8()
+                    .unwrap()
+                })
+                .collect();
+            let alone: Vec<Vec<f32>> = q.iter().map(|p| p.apply(&x, m)).collect();
+            let set = LinearSet::new(q).unwrap();
+            assert!(set.stacked.is_some(), "int8 parts of one input stack");
+            let got = set.split(&set.apply(&x, m), m);
+            for (g, a) in got.iter().zip(&alone) {
+                assert_eq!(
+                    g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
             }
         }
     }

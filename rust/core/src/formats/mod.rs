@@ -17,4 +17,27 @@ pub trait WeightSource {
     fn weight(&self, name: &str) -> Result<Weight> {
         Ok(Weight::F32(self.tensor(name)?))
     }
+    /// Whether the model's projections are to be stored as per-channel int8 (`dtype="int8"`).
+    fn int8(&self) -> bool {
+        false
+    }
+}
+
+/// `dtype="int8"`: the tensors of `0`, with the request to quantize every projection (the models
+/// do it through `models::projection`; norms, biases and embedding lookups stay f32).
+pub struct Int8<'a>(pub &'a dyn WeightSource);
+
+impl WeightSource for Int8<'_> {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        self.0.tensor(name)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+    fn weight(&self, name: &str) -> Result<Weight> {
+        self.0.weight(name)
+    }
+    fn int8(&self) -> bool {
+        true
+    }
 }

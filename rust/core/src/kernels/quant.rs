@@ -194,6 +194,57 @@ pub(crate) fn quant_matmul_with(
     }
 }
 
+/// Per-output-channel int8 (`dtype="int8"`): each row of `w` (`[rows, cols]`, f32) quantized with
+/// one scale, `d = max|row| / 127` rounded up to the next `f16`, `q = round(w / d)`, and stored as
+/// [`QuantFormat::Q8_0`] blocks that all carry the row's `d`, so the Q8_0 kernels run it. Rows are
+/// zero-padded to `padded_cols(cols)` (a multiple of 32). Returns the block bytes.
+///
+/// A row holding NaN or ±inf gets a NaN scale, so its outputs come out NaN as in f32.
+pub fn quantize_rows_int8(w: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let kp = padded_cols(cols);
+    let fmt = QuantFormat::Q8_0;
+    let rb = fmt.row_bytes(kp);
+    let mut out = crate::memory::byte_buffer(rows * rb);
+    out.par_chunks_mut(rb)
+        .zip(w[..rows * cols].par_chunks(cols.max(1)))
+        .for_each(|(dst, row)| quantize_row_int8(row, dst));
+    out
+}
+
+/// `cols` rounded up to whole blocks of 32.
+pub fn padded_cols(cols: usize) -> usize {
+    cols.next_multiple_of(QK)
+}
+
+fn quantize_row_int8(row: &[f32], dst: &mut [u8]) {
+    let finite = row.iter().all(|v| v.is_finite());
+    let amax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = if !finite {
+        f16::NAN
+    } else {
+        // The smallest f16 >= amax / 127, so that |w / d| <= 127 holds for the stored scale.
+        let mut d = f16::from_f32(amax / 127.0);
+        if d.to_f32() * 127.0 < amax {
+            d = f16::from_bits(d.to_bits() + 1);
+        }
+        d
+    };
+    let df = d.to_f32();
+    let bb = QuantFormat::Q8_0.block_bytes();
+    for (b, blk) in dst.chunks_exact_mut(bb).enumerate() {
+        blk[..2].copy_from_slice(&d.to_le_bytes());
+        for (j, q) in blk[2..].iter_mut().enumerate() {
+            let v = row.get(b * QK + j).copied().unwrap_or(0.0);
+            let r = if df > 0.0 && finite {
+                (v / df).round().clamp(-127.0, 127.0)
+            } else {
+                0.0
+            };
+            *q = (r as i8) as u8;
+        }
+    }
+}
+
 /// Scalar reference with the same activation quantization (for tests): serial, one output at a
 /// time, through the portable dot product. Same bits as [`quant_matmul`].
 ///
@@ -973,6 +1024,46 @@ mod tests {
                     y[n..].iter().all(|v| v.is_nan()),
                     "{fmt:?} {isa:?}: NaN/inf rows"
                 );
+            }
+        }
+    }
+
+    /// Per-channel int8: one f16 scale per row (>= max|row| / 127), every element within half a
+    /// step of its value, padding zeros, and the product equal to the Q8_0 product of those bytes.
+    #[test]
+    fn int8_rows_have_one_scale_and_half_step_error() {
+        for &(n, k) in &[(1usize, 32usize), (5, 48), (7, 576), (3, 1)] {
+            let mut w = random(n * k, (n * k) as u64);
+            w[0] *= 40.0; // an outlier sets row 0's scale
+            let bytes = quantize_rows_int8(&w, n, k);
+            let kp = padded_cols(k);
+            let rb = QuantFormat::Q8_0.row_bytes(kp);
+            assert_eq!(bytes.len(), n * rb);
+            let deq = dequantize(QuantFormat::Q8_0, &bytes, n, kp);
+            for r in 0..n {
+                let row = &w[r * k..(r + 1) * k];
+                let amax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let blocks = &bytes[r * rb..(r + 1) * rb];
+                let d = f16::from_le_bytes([blocks[0], blocks[1]]).to_f32();
+                assert!(
+                    d * 127.0 >= amax && d <= amax / 127.0 * 1.001 + 1e-7,
+                    "row {r}: d {d} amax {amax}"
+                );
+                for b in blocks.chunks_exact(QuantFormat::Q8_0.block_bytes()) {
+                    assert_eq!(
+                        f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                        d,
+                        "one scale per row"
+                    );
+                }
+                for c in 0..kp {
+                    let got = deq[r * kp + c];
+                    if c < k {
+                        assert!((got - row[c]).abs() <= d / 2.0 + 1e-7, "row {r} col {c}");
+                    } else {
+                        assert_eq!(got, 0.0, "padding");
+                    }
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::llama::step_positions;
-use super::{add, last_positions, Model, Session, StepInput, TokenBatch, Want};
+use super::{add, last_positions, projection, Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -172,10 +172,11 @@ fn conv1d(
                     t[o * inp + i] = wd[i * out + p * part + o];
                 }
             }
-            Linear::new(
+            let linear = Linear::new(
                 Tensor::from_vec(vec![part, inp], t)?,
                 Some(bd[p * part..(p + 1) * part].to_vec()),
-            )
+            )?;
+            projection(w, linear)
         })
         .collect()
 }
@@ -226,7 +227,10 @@ impl Gpt2Model {
             wte: t("wte.weight", &[cfg.vocab_size, d])?,
             wpe: t("wpe.weight", &[cfg.n_positions, d])?,
             ln_f: norm("ln_f")?,
-            lm_head: Linear::new(t("wte.weight", &[cfg.vocab_size, d])?, None)?,
+            lm_head: projection(
+                w,
+                Linear::new(t("wte.weight", &[cfg.vocab_size, d])?, None)?,
+            )?,
             blocks,
             pool: build_pool(threads)?,
             cfg,

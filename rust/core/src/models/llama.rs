@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::rope::{Rope, RopeScaling};
-use super::{add, gated, last_positions, Model, Session, StepInput, TokenBatch, Want};
+use super::{add, gated, last_positions, projection, Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -222,7 +222,7 @@ fn linear(
     } else {
         None
     };
-    Linear::new(weight, bias)
+    projection(w, Linear::new(weight, bias)?)
 }
 
 impl LlamaModel {
@@ -259,7 +259,7 @@ impl LlamaModel {
             .collect::<Result<Vec<_>>>()?;
         // A tied head, or a checkpoint that left `lm_head.weight` out (GGUF without `output.weight`).
         let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
-            Linear::new(embed.clone(), None)?
+            projection(w, Linear::new(embed.clone(), None)?)?
         } else {
             linear(w, "lm_head", cfg.vocab_size, d, false)?
         };

@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_hf::GgufAsHf;
 use crate::formats::safetensors::SafeTensors;
+use crate::formats::{Int8, WeightSource};
+use crate::tensor::Linear;
 
 /// A rectangular batch of token ids with its attention mask (1 = real token, 0 = padding).
 #[derive(Clone, Debug)]
@@ -165,15 +167,25 @@ pub fn load(
     dtype: &str,
     threads: usize,
 ) -> Result<Arc<dyn Model>> {
-    let keep_quantized = match dtype {
-        "auto" => true,
-        "f32" => false,
+    let (keep_quantized, int8) = match dtype {
+        "auto" => (true, false),
+        "f32" => (false, false),
+        "int8" => (false, true),
         other => {
             return Err(Error::InvalidInput(format!(
-                "dtype must be 'auto' or 'f32', got '{other}'"
+                "dtype must be 'auto', 'f32' or 'int8', got '{other}'"
             )))
         }
     };
+    // int8 wraps whichever source the file gives.
+    let with_dtype =
+        |w: &dyn WeightSource, load: &dyn Fn(&dyn WeightSource) -> Result<Arc<dyn Model>>| {
+            if int8 {
+                load(&Int8(w))
+            } else {
+                load(w)
+            }
+        };
     let is_gguf = matches!(weight_files, [one] if one.extension().is_some_and(|e| e == "gguf"));
     match arch {
         "t5" | "gpt2" if is_gguf => Err(Error::Format(format!(
@@ -181,22 +193,21 @@ pub fn load(
         ))),
         "t5" => {
             let cfg = t5::T5Config::from_json(config_json)?;
-            Ok(Arc::new(t5::T5Model::load(
-                cfg,
-                &SafeTensors::open(weight_files)?,
-                threads,
-            )?))
+            with_dtype(&SafeTensors::open(weight_files)?, &|w| {
+                Ok(Arc::new(t5::T5Model::load(cfg.clone(), w, threads)?))
+            })
         }
         "gpt2" => {
             let cfg = gpt2::Gpt2Config::from_json(config_json)?;
-            Ok(Arc::new(gpt2::Gpt2Model::load(
-                cfg,
-                &SafeTensors::open(weight_files)?,
-                threads,
-            )?))
+            with_dtype(&SafeTensors::open(weight_files)?, &|w| {
+                Ok(Arc::new(gpt2::Gpt2Model::load(cfg.clone(), w, threads)?))
+            })
         }
         "llama" | "mistral" | "qwen2" => {
             let cfg = llama::LlamaConfig::from_json(arch, config_json)?;
+            let load = |w: &dyn WeightSource| -> Result<Arc<dyn Model>> {
+                Ok(Arc::new(llama::LlamaModel::load(cfg.clone(), w, threads)?))
+            };
             if is_gguf {
                 let file = GgufFile::open(&weight_files[0])?;
                 let source = GgufAsHf::new(
@@ -205,13 +216,9 @@ pub fn load(
                     cfg.num_key_value_heads,
                     keep_quantized,
                 );
-                Ok(Arc::new(llama::LlamaModel::load(cfg, &source, threads)?))
+                with_dtype(&source, &load)
             } else {
-                Ok(Arc::new(llama::LlamaModel::load(
-                    cfg,
-                    &SafeTensors::open(weight_files)?,
-                    threads,
-                )?))
+                with_dtype(&SafeTensors::open(weight_files)?, &load)
             }
         }
         other => Err(Error::Format(format!(
@@ -249,4 +256,13 @@ pub(crate) fn gated(y: &[f32], m: usize, act: impl Fn(&mut [f32])) -> Vec<f32> {
         }
     }
     out
+}
+
+/// A projection as the load asked for it: per-channel int8 when the source says so, else as read.
+pub(crate) fn projection(w: &dyn WeightSource, linear: Linear) -> Result<Linear> {
+    if w.int8() {
+        linear.into_int8()
+    } else {
+        Ok(linear)
+    }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::attention::{Attention, KeyValues};
 use super::kv_cache::KvCache;
-use super::{add, gated, last_positions, Model, Session, StepInput, TokenBatch, Want};
+use super::{add, gated, last_positions, projection, Model, Session, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -342,7 +342,10 @@ pub struct T5Model {
 }
 
 fn linear(w: &dyn WeightSource, name: &str, out: usize, inp: usize) -> Result<Linear> {
-    Linear::new(w.tensor(name)?.expect_shape(name, &[out, inp])?, None)
+    projection(
+        w,
+        Linear::new(w.tensor(name)?.expect_shape(name, &[out, inp])?, None)?,
+    )
 }
 
 fn vector(w: &dyn WeightSource, name: &str, len: usize) -> Result<Tensor> {
@@ -368,7 +371,7 @@ impl T5Model {
         let lm_head = if w.contains("lm_head.weight") {
             linear(w, "lm_head.weight", vocab, d)?
         } else {
-            Linear::new(embed.clone(), None)?
+            projection(w, Linear::new(embed.clone(), None)?)?
         };
         let nb = cfg.relative_attention_num_buckets;
         let bias_name = |stack: &str| {
