@@ -603,6 +603,8 @@ def markdown_table(report: dict, labels: dict, *, ratio_columns=(("pytorch", "vs
     for the same workload" ("–" when that runtime has no result).  ``agreement_column``: the
     reference runtime; adds a column "tokens = <reference>" with the matching leading tokens.
     """
+    # A ratio column only for a runtime that took part in this run.
+    ratio_columns = [(rt, h) for rt, h in ratio_columns if rt in report["runtimes"]]
     header = ["runtime"] + (["workload"] if show_workload else [])
     header += ["new tokens/s median [min–max]"] + [h for _, h in ratio_columns]
     decode = any(

@@ -16,6 +16,7 @@ What it does
 3. Runtimes, each in its own worker subprocess (``python -m fasttx.bench smollm2 --worker RT``):
    - ``fasttx-q4_1``: ``fasttx.load(gguf, dtype="auto")``: the Q4_1 weights run natively;
    - ``fasttx-f32``: ``fasttx.load(gguf, dtype="f32")``: dequantized to float32 (parity mode);
+   - ``fasttx-int8``: ``fasttx.load(gguf, dtype="int8")``: dequantized, then per-channel int8;
    - ``pytorch``: ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=name, dtype=float32)``
      (transformers dequantizes the GGUF to float32), ``torch.set_num_threads(T)``;
    - ``llama.cpp``: ``llama_cpp.Llama(gguf, n_threads=T, n_threads_batch=T, n_ctx=512)``, when
@@ -49,21 +50,24 @@ from . import harness
 MESSAGES = [{"role": "user", "content": "Write a short news report about artificial intelligence."}]
 NEW_TOKENS = 128
 WORKLOADS = {"greedy_b1": {"batch": 1, "num_beams": 1}}
-RUNTIMES = ("fasttx-q4_1", "fasttx-f32", "pytorch", "llama.cpp")
+RUNTIMES = ("fasttx-q4_1", "fasttx-int8", "fasttx-f32", "pytorch", "llama.cpp")
 RUNTIME_LABELS = {
     "fasttx-q4_1": "fasttx Q4_1 (native)",
+    "fasttx-int8": "fasttx int8",
     "fasttx-f32": "fasttx f32",
     "pytorch": "PyTorch fp32",
     "llama.cpp": "llama.cpp Q4_1",
 }
 REQUIRES = {
     "fasttx-q4_1": ("fasttx._native", "numpy"),
+    "fasttx-int8": ("fasttx._native", "numpy"),
     "fasttx-f32": ("fasttx._native", "numpy"),
     "pytorch": ("torch", "transformers", "accelerate", "gguf"),
     "llama.cpp": ("llama_cpp",),
 }
 PACKAGES = {
     "fasttx-q4_1": ("fasttx",),
+    "fasttx-int8": ("fasttx",),
     "fasttx-f32": ("fasttx",),
     "pytorch": ("torch",),
     "llama.cpp": ("llama_cpp",),
@@ -283,7 +287,7 @@ class SmolLM2Benchmark(harness.Benchmark):
     labels = RUNTIME_LABELS
     requires = REQUIRES
     packages = PACKAGES
-    needs_fasttx = ("fasttx-q4_1", "fasttx-f32")
+    needs_fasttx = ("fasttx-q4_1", "fasttx-int8", "fasttx-f32")
     workloads = WORKLOADS
     reference = "pytorch"
     ratio_columns = (("pytorch", "vs PyTorch"), ("llama.cpp", "vs llama.cpp"))
@@ -373,7 +377,7 @@ class SmolLM2Benchmark(harness.Benchmark):
                                       show_workload=False, agreement_column="pytorch")
 
     def runtime_class(self, runtime):
-        return {"fasttx-q4_1": FasttxRuntime, "fasttx-f32": FasttxRuntime,
+        return {"fasttx-q4_1": FasttxRuntime, "fasttx-int8": FasttxRuntime, "fasttx-f32": FasttxRuntime,
                 "pytorch": PytorchRuntime, "llama.cpp": LlamaCppRuntime}[runtime]
 
     def make_runtime(self, runtime, args):
@@ -382,6 +386,8 @@ class SmolLM2Benchmark(harness.Benchmark):
             return FasttxRuntime(gguf, args.threads, "auto")
         if runtime == "fasttx-f32":
             return FasttxRuntime(gguf, args.threads, "f32")
+        if runtime == "fasttx-int8":
+            return FasttxRuntime(gguf, args.threads, "int8")
         if runtime == "llama.cpp":
             return LlamaCppRuntime(gguf, args.threads, no_repack=args.llama_cpp_no_repack)
         return self.runtime_class(runtime)(gguf, args.threads)

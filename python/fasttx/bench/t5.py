@@ -81,20 +81,30 @@ WORKLOADS = {
     "beam4_b1": (1, 4),
     "greedy_b8": (8, 1),
 }
-RUNTIMES = ("fasttx", "pytorch", "ctranslate2")
+RUNTIMES = ("fasttx", "fasttx-int8", "pytorch", "ctranslate2", "ctranslate2-int8")
 RUNTIME_LABELS = {
     "fasttx": "fasttx f32",
+    "fasttx-int8": "fasttx int8",
     "pytorch": "PyTorch fp32",
     "ctranslate2": "CTranslate2 f32",
+    "ctranslate2-int8": "CTranslate2 int8",
 }
 # Top-level modules each runtime imports (a missing one: the runtime is skipped).
 REQUIRES = {
     "fasttx": ("fasttx._native", "numpy"),
+    "fasttx-int8": ("fasttx._native", "numpy"),
     "pytorch": ("torch", "transformers"),
     "ctranslate2": ("ctranslate2",),
+    "ctranslate2-int8": ("ctranslate2",),
 }
 # Top-level packages whose native libraries identify the build a runtime ran with.
-PACKAGES = {"fasttx": ("fasttx",), "pytorch": ("torch",), "ctranslate2": ("ctranslate2",)}
+PACKAGES = {
+    "fasttx": ("fasttx",),
+    "fasttx-int8": ("fasttx",),
+    "pytorch": ("torch",),
+    "ctranslate2": ("ctranslate2",),
+    "ctranslate2-int8": ("ctranslate2",),
+}
 DEFAULT_MODEL_DIR = "~/.cache/fasttx-bench/t5-small-random"
 DEFAULT_OUT = "BENCHMARKS-t5.json"
 
@@ -224,10 +234,12 @@ def ct2_dir_for(model_dir: Path) -> Path:
 
 
 class FasttxRuntime:
+    dtype = "auto"
+
     def __init__(self, model_dir: Path, ct2_dir: Path, threads: int):
         import fasttx
 
-        self.model = fasttx.load(str(model_dir), threads=threads)
+        self.model = fasttx.load(str(model_dir), dtype=self.dtype, threads=threads)
 
     @staticmethod
     def versions() -> dict:
@@ -242,6 +254,12 @@ class FasttxRuntime:
 
     def generate(self, prepared, options):
         return self.model.generate_ids(prepared, **options)
+
+
+class FasttxInt8Runtime(FasttxRuntime):
+    """Per-output-channel int8 weights (``dtype="int8"``)."""
+
+    dtype = "int8"
 
 
 class PytorchRuntime:
@@ -277,6 +295,8 @@ class PytorchRuntime:
 
 
 class Ct2Runtime:
+    compute_type = "float32"
+
     def __init__(self, model_dir: Path, ct2_dir: Path, threads: int):
         import ctranslate2
 
@@ -285,7 +305,7 @@ class Ct2Runtime:
         self.translator = ctranslate2.Translator(
             str(ct2_dir),
             device="cpu",
-            compute_type="float32",
+            compute_type=self.compute_type,
             intra_threads=threads,
             inter_threads=1,
         )
@@ -332,10 +352,18 @@ class Ct2Runtime:
         ]
 
 
+class Ct2Int8Runtime(Ct2Runtime):
+    """CTranslate2 quantizing the same float32 conversion to int8 at load."""
+
+    compute_type = "int8"
+
+
 RUNTIME_CLASSES = {
     "fasttx": FasttxRuntime,
+    "fasttx-int8": FasttxInt8Runtime,
     "pytorch": PytorchRuntime,
     "ctranslate2": Ct2Runtime,
+    "ctranslate2-int8": Ct2Int8Runtime,
 }
 
 
@@ -350,10 +378,10 @@ class T5Benchmark(harness.Benchmark):
     labels = RUNTIME_LABELS
     requires = REQUIRES
     packages = PACKAGES
-    needs_fasttx = ("fasttx",)
+    needs_fasttx = ("fasttx", "fasttx-int8")
     workloads = {wl: {"batch": b, "num_beams": nb} for wl, (b, nb) in WORKLOADS.items()}
     reference = "pytorch"
-    ratio_columns = (("pytorch", "vs PyTorch"),)
+    ratio_columns = (("pytorch", "vs PyTorch"), ("ctranslate2", "vs CT2 f32"), ("ctranslate2-int8", "vs CT2 int8"))
     show_workload = True
 
     def prepare(self, args, runtimes, skipped):
@@ -361,19 +389,23 @@ class T5Benchmark(harness.Benchmark):
         args.model_dir.parent.mkdir(parents=True, exist_ok=True)
         build_hf_model(args.model_dir)
         runtimes = list(runtimes)
-        if "ctranslate2" in runtimes:
+        ct2 = [r for r in runtimes if r.startswith("ctranslate2")]
+        if ct2:
+            reason = None
             try:
                 import ctranslate2  # noqa: F401
             except Exception as exc:  # ImportError, or a broken native library
-                skipped["ctranslate2"] = f"import ctranslate2 failed: {exc!r}"
+                reason = f"import ctranslate2 failed: {exc!r}"
             else:
                 try:
                     convert_ct2(args.model_dir, ct2_dir_for(args.model_dir))
                 except Exception:
-                    skipped["ctranslate2"] = "conversion failed:\n" + traceback.format_exc()
-            if "ctranslate2" in skipped:
-                print(f"  SKIP ctranslate2: {skipped['ctranslate2'].strip().splitlines()[-1]}")
-                runtimes.remove("ctranslate2")
+                    reason = "conversion failed:\n" + traceback.format_exc()
+            if reason is not None:
+                for r in ct2:
+                    skipped[r] = reason
+                    print(f"  SKIP {r}: {reason.strip().splitlines()[-1]}")
+                    runtimes.remove(r)
         return runtimes
 
     def worker_args(self, args):
