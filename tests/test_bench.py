@@ -193,7 +193,7 @@ def test_parse_t5_subset():
 def test_parse_smollm2_defaults():
     args = bench.parse_args(["smollm2", "--threads", "2"])
     assert args.benchmark == "smollm2"
-    assert args.runtimes == ["fasttx-q4_1", "fasttx-f32", "pytorch", "llama.cpp"]
+    assert args.runtimes == ["fasttx-q4_1", "fasttx-int8", "fasttx-f32", "pytorch", "llama.cpp"]
     assert args.workloads == ["greedy_b1"]
     assert (args.new_tokens, args.repeats, args.out, args.gguf) == (128, 5, "BENCHMARKS-smollm2.json", None)
 
@@ -264,7 +264,7 @@ def test_package_imports_without_runtime_libraries():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "['fasttx-q4_1', 'fasttx-f32', 'pytorch', 'llama.cpp']"
+    assert proc.stdout.strip() == "['fasttx-q4_1', 'fasttx-int8', 'fasttx-f32', 'pytorch', 'llama.cpp']"
 
 
 def test_worker_commands():
