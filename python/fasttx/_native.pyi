@@ -26,6 +26,9 @@ class NativeModel:
     def is_encoder_decoder(self) -> bool: ...
     @property
     def threads(self) -> int: ...
+    @property
+    def decode_weight_bytes(self) -> int:
+        """Bytes of weights one batch-1 decoding step streams (decoder projections and LM head)."""
     def start(
         self, input_ids: npt.NDArray[np.int64], attention_mask: Optional[npt.NDArray[np.int64]] = None
     ) -> NativeSession: ...
@@ -54,6 +57,9 @@ class NativeModel:
         min_keep: int,
     ) -> npt.NDArray[np.float32]:
         """``scores`` after the warpers of ``sample_rows``: removed tokens are -inf."""
+
+def memory_bandwidth(threads: int, megabytes: int = 1024) -> float:
+    """The machine's memory read bandwidth in GB/s (best of parallel reads of a buffer)."""
 
 def gguf_metadata(path: Union[str, PathLike[str]]) -> dict:
     """The metadata of a GGUF file (keys as stored; arrays as lists)."""

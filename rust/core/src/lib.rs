@@ -8,10 +8,12 @@
 //! - [`models`]: one file per architecture, built from kernels; each exposes a decoding [`models::Session`].
 //! - [`sampling`]: sampling's logits warpers (temperature, top-k, top-p, min-p) and the draw.
 //! - [`threading`]: the per-model rayon pool.
+//! - [`bandwidth`]: the memory read-bandwidth probe the benchmarks compare against.
 //! - [`memory`]: buffers for weights converted at load (huge pages where available).
 //!
 //! Nothing here knows about Python; `rust/python` holds the PyO3 glue.
 
+pub mod bandwidth;
 pub mod decoding;
 pub mod error;
 pub mod formats;

@@ -22,6 +22,33 @@ pub fn byte_buffer(len: usize) -> Vec<u8> {
     v
 }
 
+/// Drops the resident pages of a read-only file mapping's range from this process (the whole
+/// pages inside it): for weights whose converted copy replaced them at load (stacked projections,
+/// int8), so they stop counting in the process's memory. The mapping stays valid: a later read
+/// would fault the pages in again from the file.
+pub fn release_mapped(bytes: &[u8]) {
+    release_pages(bytes.as_ptr() as usize, bytes.len());
+}
+
+#[cfg(target_os = "linux")]
+fn release_pages(addr: usize, bytes: usize) {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    let start = addr.next_multiple_of(page);
+    let end = (addr + bytes) / page * page;
+    if end > start {
+        // SAFETY: the range lies inside a live read-only file mapping (the caller's slice); for
+        // such a mapping MADV_DONTNEED only drops the cached pages, which are re-read from the
+        // file if touched again, so no content changes. Errors are harmless and ignored.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn release_pages(_addr: usize, _bytes: usize) {}
+
 #[cfg(target_os = "linux")]
 fn advise_huge_pages(addr: usize, bytes: usize) {
     const HUGE: usize = 2 << 20;

@@ -67,6 +67,15 @@ impl Tensor {
         matches!(self.storage, Storage::Mapped { .. })
     }
 
+    /// For a memory-mapped tensor whose data has been copied into another form (stacked,
+    /// quantized) and is not read again: drops its pages from the process's resident memory
+    /// (see [`crate::memory::release_mapped`]). Owned tensors are left alone.
+    pub fn release_mapped_pages(&self) {
+        if let Storage::Mapped { map, offset, len } = &self.storage {
+            crate::memory::release_mapped(&map[*offset..*offset + 4 * len]);
+        }
+    }
+
     pub fn data(&self) -> &[f32] {
         match &self.storage {
             Storage::Owned(v) => v,
@@ -244,6 +253,16 @@ impl Linear {
         self.out_features
     }
 
+    /// Bytes of the weight matrix as stored (f32, or quantized blocks) plus the bias: what one
+    /// product streams.
+    pub fn weight_bytes(&self) -> usize {
+        let matrix = match &self.weight {
+            Weight::F32(t) => 4 * t.numel(),
+            Weight::Quant(q) => q.data().len(),
+        };
+        matrix + 4 * self.bias.as_ref().map_or(0, Vec::len)
+    }
+
     pub fn in_features(&self) -> usize {
         self.in_features
     }
@@ -256,6 +275,7 @@ impl Linear {
         };
         let (n, k) = (self.out_features, self.in_features);
         let bytes = quantize_rows_int8(t.data(), n, k);
+        t.release_mapped_pages();
         let q = QuantMatrix::new(
             QuantFormat::Q8_0,
             n,
@@ -330,6 +350,14 @@ impl LinearSet {
             ));
         }
         let widths = parts.iter().map(|p| p.out_features).collect();
+        if parts.len() == 1 {
+            // Nothing to stack: the projection itself, without a copy.
+            return Ok(LinearSet {
+                stacked: parts.into_iter().next(),
+                parts: Vec::new(),
+                widths,
+            });
+        }
         let stacked = stack(&parts)?;
         Ok(LinearSet {
             parts: if stacked.is_some() { Vec::new() } else { parts },
@@ -345,6 +373,14 @@ impl LinearSet {
 
     pub fn widths(&self) -> &[usize] {
         &self.widths
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.stacked
+            .iter()
+            .chain(&self.parts)
+            .map(Linear::weight_bytes)
+            .sum()
     }
 
     /// `x: [m, in]` → `y: [m, out_features()]`, row `i` = `[part0(x_i) | part1(x_i) | ...]`.
@@ -405,6 +441,7 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
                 if let Weight::F32(t) = &p.weight {
                     data[at..at + t.numel()].copy_from_slice(t.data());
                     at += t.numel();
+                    t.release_mapped_pages();
                 }
             }
             Weight::F32(Tensor::from_vec(vec![n, k], data)?)

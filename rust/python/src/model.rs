@@ -90,6 +90,13 @@ impl NativeModel {
         self.model.pool().current_num_threads()
     }
 
+    /// Bytes of weights one batch-1 decoding step streams (decoder projections and LM head, as
+    /// stored).
+    #[getter]
+    fn decode_weight_bytes(&self) -> usize {
+        self.model.decode_weight_bytes()
+    }
+
     /// The `k` best entries of each row of `scores` `[rows, width]` as `(values, indices)`, both
     /// `[rows, k]`, best first (ties keep index order); runs on this model's threads.
     fn topk_rows<'py>(

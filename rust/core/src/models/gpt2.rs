@@ -164,7 +164,7 @@ fn conv1d(
     let bias = w.tensor(&bname)?.expect_shape(&bname, &[out])?;
     let (wd, bd) = (weight.data(), bias.data());
     let part = out / parts;
-    (0..parts)
+    let linears = (0..parts)
         .map(|p| {
             let mut t = vec![0.0f32; part * inp];
             for o in 0..part {
@@ -178,7 +178,10 @@ fn conv1d(
             )?;
             projection(w, linear)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    // The transposed copies replace the stored layout, which is not read again.
+    weight.release_mapped_pages();
+    Ok(linears)
 }
 
 impl Gpt2Model {
@@ -252,6 +255,21 @@ impl Model for Gpt2Model {
 
     fn max_positions(&self) -> Option<usize> {
         Some(self.inner.cfg.n_positions)
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let w = &self.inner;
+        let layers: usize = w
+            .blocks
+            .iter()
+            .map(|b| {
+                [&b.q, &b.k, &b.v, &b.attn_proj, &b.fc, &b.mlp_proj]
+                    .iter()
+                    .map(|l| l.weight_bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        layers + w.lm_head.weight_bytes()
     }
 
     fn pool(&self) -> &rayon::ThreadPool {

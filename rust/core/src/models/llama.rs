@@ -288,6 +288,21 @@ impl Model for LlamaModel {
         false
     }
 
+    fn decode_weight_bytes(&self) -> usize {
+        let w = &self.inner;
+        let layers: usize = w
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv.weight_bytes()
+                    + l.o.weight_bytes()
+                    + l.gate_up.weight_bytes()
+                    + l.down.weight_bytes()
+            })
+            .sum();
+        layers + w.lm_head.weight_bytes()
+    }
+
     fn pool(&self) -> &rayon::ThreadPool {
         &self.inner.pool
     }

@@ -137,6 +137,9 @@ pub trait Model: Send + Sync {
     fn max_positions(&self) -> Option<usize> {
         None
     }
+    /// Bytes of weights one batch-1 decoding step streams (the decoder's projections and the LM
+    /// head, as stored): what bounds decoding speed by memory bandwidth.
+    fn decode_weight_bytes(&self) -> usize;
     /// Starts a decoding session over `input` (the encoder input for an encoder-decoder model).
     fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>>;
     /// The model's compute threads: every model and session call runs its kernels in this pool.

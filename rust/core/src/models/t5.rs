@@ -528,6 +528,24 @@ impl Model for T5Model {
         true
     }
 
+    fn decode_weight_bytes(&self) -> usize {
+        // Cross-attention keys and values are computed once per input, not per step.
+        let w = &self.inner;
+        let layers: usize = w
+            .decoder
+            .iter()
+            .map(|l| {
+                l.self_attn.qkv.weight_bytes()
+                    + l.self_attn.o.weight_bytes()
+                    + l.cross_attn.q.weight_bytes()
+                    + l.cross_attn.o.weight_bytes()
+                    + l.ff.wi.weight_bytes()
+                    + l.ff.wo.weight_bytes()
+            })
+            .sum();
+        layers + w.lm_head.weight_bytes()
+    }
+
     fn pool(&self) -> &rayon::ThreadPool {
         &self.inner.pool
     }

@@ -1,0 +1,15 @@
+//! `memory_bandwidth`: the core's read-bandwidth probe, for `fasttx bench`.
+
+use pyo3::prelude::*;
+
+use crate::errors::run_native;
+
+/// The machine's memory read bandwidth in GB/s: the best of several parallel reads of a
+/// `megabytes` buffer with `threads` threads (GIL released).
+#[pyfunction]
+#[pyo3(signature = (threads, megabytes = 1024))]
+pub fn memory_bandwidth(py: Python<'_>, threads: usize, megabytes: usize) -> PyResult<f64> {
+    run_native(py, move || {
+        fasttx_core::bandwidth::read_bandwidth(threads, megabytes << 20, 5)
+    })
+}
