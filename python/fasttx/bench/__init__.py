@@ -1,8 +1,11 @@
 """``fasttx bench``: fasttx against the usual CPU runtimes, on fixed workloads.
 
-    fasttx bench t5      [--threads T] [--repeats N] [--out FILE] [...]   # W1: T5 (t5-small shape)
-    fasttx bench smollm2 [--threads T] [--repeats N] [--out FILE] [...]   # W2: SmolLM2-135M-Instruct
-    fasttx bench all     [--threads T] [--repeats N] [--out-dir DIR]      # both, one after the other
+    fasttx bench t5      [--threads T] [--repeats N] [--out FILE] [...]    # W1: T5 (t5-small shape)
+    fasttx bench smollm2 [--threads T] [--repeats N] [--out FILE] [...]    # W2: SmolLM2-135M-Instruct
+    fasttx bench scaling [--threads T] [--repeats N] [--out FILE]          # W1 greedy b1 at 1, 2, 4 ... T threads
+    fasttx bench all     [--threads T] [--repeats N] [--out-dir DIR]       # all three, one after the other
+
+Each writes a JSON report and, when matplotlib is installed, a PNG chart next to it.
 
 ``python -m fasttx.bench ...`` is the same.  What is measured and how is in BENCHMARKS.md and in
 the docstrings of ``fasttx.bench.t5``, ``fasttx.bench.smollm2`` and ``fasttx.bench.harness``.
@@ -18,12 +21,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import smollm2, t5
+from . import harness, scaling, smollm2, t5
 
 __all__ = ["BENCHMARKS", "build_parser", "parse_args", "main"]
 
 # name -> module with add_arguments(parser), finish_args(args, parser), run(args), DEFAULT_OUT
-BENCHMARKS = {"t5": t5, "smollm2": smollm2}
+BENCHMARKS = {"t5": t5, "smollm2": smollm2, "scaling": scaling}
 
 
 def _first_line(doc: Optional[str]) -> str:
@@ -44,9 +47,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         mod.add_arguments(sp)
         subparsers[name] = sp
     a = sub.add_parser("all", help="every benchmark, one after the other, with the same threads and repeats",
-                       description="Runs " + " and ".join(BENCHMARKS) + " one after the other.")
+                       description="Runs " + ", ".join(BENCHMARKS) + " one after the other.")
     a.add_argument("--threads", type=int, default=None,
-                   help="compute threads for every runtime (default: physical cores)")
+                   help="compute threads for every runtime (default: physical cores); scaling "
+                        "goes from 1 up to this many")
     a.add_argument("--repeats", type=int, default=5, help="timed runs per (runtime, workload)")
     a.add_argument("--out-dir", type=Path, default=Path("."),
                    help="directory for the JSON files (" + ", ".join(m.DEFAULT_OUT for m in BENCHMARKS.values()) + ")")
@@ -54,6 +58,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     a.add_argument("--gguf", default=None, help="smollm2: the GGUF file (default: fasttx's default model)")
     a.add_argument("--llama-cpp-no-repack", action="store_true",
                    help="smollm2: load llama.cpp with weight repacking off (see fasttx bench smollm2 --help)")
+    harness.add_report_arguments(a)
     subparsers["all"] = a
     return parser, subparsers
 
@@ -68,12 +73,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.benchmark != "all":
         return BENCHMARKS[args.benchmark].finish_args(args, subparsers[args.benchmark])
+    harness.check_report_arguments(args, subparsers["all"])
     args.plan = []
     for name, mod in BENCHMARKS.items():
-        sub_argv = ["--repeats", str(args.repeats), "--out", str(args.out_dir / mod.DEFAULT_OUT)]
-        if args.threads:
+        sub_argv = ["--repeats", str(args.repeats), "--out", str(args.out_dir / mod.DEFAULT_OUT),
+                    "--bandwidth-mb", str(args.bandwidth_mb)]
+        if args.no_chart:
+            sub_argv += ["--no-chart"]
+        if args.threads:  # scaling: from 1 up to it
             sub_argv += ["--threads", str(args.threads)]
-        if name == "t5" and args.model_dir is not None:
+        if name in ("t5", "scaling") and args.model_dir is not None:
             sub_argv += ["--model-dir", str(args.model_dir)]
         if name == "smollm2" and args.gguf is not None:
             sub_argv += ["--gguf", str(args.gguf)]

@@ -1,8 +1,11 @@
 """The benchmark harness shared by every ``fasttx bench`` workload.
 
 Nothing here imports a runtime library (torch, transformers, ctranslate2, llama_cpp, not even
-fasttx's native module): those are imported inside the worker subprocesses only, so the package
-imports anywhere and a runtime that is not installed is simply reported as skipped.
+fasttx's native module) at import time: those are imported inside the worker subprocesses only,
+so the package imports anywhere and a runtime that is not installed is simply reported as
+skipped.  The parent imports fasttx's native module only when a run needs it (the memory
+bandwidth probe, and reading a fasttx model's weight bytes per step), and goes on without
+those figures if it cannot.
 
 How a benchmark runs (the rules are in BENCHMARKS.md, "Common rules"):
 
@@ -26,7 +29,13 @@ file that is shown when a worker fails.
 Requests: ``{"cmd": "generate", "input_ids": [[...]], "options": {...}}`` answered by
 ``{"seconds": s, "sequences": [[new tokens], ...]}`` (or ``{"error": traceback}``), and
 ``{"cmd": "exit"}`` answered by ``{"maxrss_kb": n}``.  The first line a worker writes is its ready
-message: ``{"import_s", "load_s", "versions", "native_files", ...}`` or ``{"error": traceback}``.
+message: ``{"import_s", "load_s", "versions", "native_files", ...}`` or ``{"error": traceback}``;
+fasttx workers add ``decode_weight_bytes`` (the weights one batch-1 step streams).
+
+Besides the tokens/s table, a run measures the machine's memory read bandwidth (in the parent,
+before the workers start), shows each batch-1 result as a percentage of that bandwidth ceiling
+(``percent_of_bandwidth``) and draws a bar chart next to the JSON (``write_chart``, when
+matplotlib is installed).
 """
 
 from __future__ import annotations
@@ -94,6 +103,12 @@ class Benchmark:
       ratio_columns: (runtime, header) pairs: a "median tokens/s / that runtime's" column each.
       show_workload: whether the table has a workload column.
       decode_rate: whether summaries include the derived decode rate (see ``summarize``).
+      fasttx_dtypes: fasttx runtime -> the ``dtype`` it loads with; its worker reports the bytes
+        of weights a batch-1 step streams (``decode_weight_bytes``).
+      weight_counterparts: other runtime -> the fasttx runtime with the same weight storage,
+        whose bytes per step stand for its own (see ``weight_bytes_per_runtime``).
+      bandwidth_note: footnote printed under the table about the rate used for the
+        "% of bandwidth" column.
     """
 
     name = ""
@@ -107,6 +122,9 @@ class Benchmark:
     ratio_columns: tuple = (("pytorch", "vs PyTorch"),)
     show_workload = True
     decode_rate = False
+    fasttx_dtypes: dict = {}
+    weight_counterparts: dict = {}
+    bandwidth_note = ""
 
     # --- parent side -----------------------------------------------------
 
@@ -149,12 +167,22 @@ class Benchmark:
     def print_header(self, args) -> str:
         return ""
 
+    def model_path(self, args) -> str:
+        """What ``fasttx.load`` opens (for ``decode_weight_bytes`` read in the parent)."""
+        raise NotImplementedError
+
+    def batch1_workloads(self) -> list:
+        """Workloads with one input row: the weights are read once per step for that row (beam
+        search included: its beams share each read), so they get a "% of bandwidth" figure."""
+        return [wl for wl, d in self.workloads.items() if d.get("batch") == 1]
+
     def table(self, report: dict) -> str:
         return markdown_table(
             report,
             self.labels,
             ratio_columns=self.ratio_columns,
             show_workload=self.show_workload,
+            bandwidth_workloads=self.batch1_workloads(),
         )
 
     # --- worker side -----------------------------------------------------
@@ -596,12 +624,16 @@ def ratio(value: Optional[float], ref: Optional[float]) -> str:
 
 
 def markdown_table(report: dict, labels: dict, *, ratio_columns=(("pytorch", "vs PyTorch"),),
-                   show_workload: bool = True, agreement_column: Optional[str] = None) -> str:
+                   show_workload: bool = True, agreement_column: Optional[str] = None,
+                   bandwidth_workloads: Sequence[str] = ()) -> str:
     """The results table: one row per (workload, runtime) with a summary.
 
     ``ratio_columns``: (runtime, header) pairs; each adds "median tokens/s / that runtime's median
     for the same workload" ("–" when that runtime has no result).  ``agreement_column``: the
     reference runtime; adds a column "tokens = <reference>" with the matching leading tokens.
+    ``bandwidth_workloads``: the workloads that get a "% of bandwidth" figure (see
+    ``percent_of_bandwidth``); the column is there only when the report has a measured memory
+    bandwidth (``machine.memory_read_gb_per_s``).
     """
     # A ratio column only for a runtime that took part in this run.
     ratio_columns = [(rt, h) for rt, h in ratio_columns if rt in report["runtimes"]]
@@ -614,6 +646,9 @@ def markdown_table(report: dict, labels: dict, *, ratio_columns=(("pytorch", "vs
     )
     if decode:
         header.append("decode tokens/s")
+    bandwidth = bool(memory_bandwidth_of(report))
+    if bandwidth:
+        header.append("% of bandwidth")
     header += ["TTFT ms", "load s", "peak RSS MB"]
     if agreement_column:
         header.append(f"tokens = {labels.get(agreement_column, agreement_column)}")
@@ -641,6 +676,9 @@ def markdown_table(report: dict, labels: dict, *, ratio_columns=(("pytorch", "vs
             if decode:
                 d = s.get("decode_tokens_per_s_median")
                 cells.append("–" if d is None else f"{d:.1f}")
+            if bandwidth:
+                pct = percent_of_bandwidth(report, rt, wl, bandwidth_workloads)
+                cells.append("–" if pct is None else f"{pct:.0f}%")
             cells += [f"{s['ttft_ms_median']:.1f}", f"{info['load_s']:.2f}", rss]
             if agreement_column:
                 a = agreement.get(f"{rt}/{wl}")
@@ -656,6 +694,275 @@ def markdown_table(report: dict, labels: dict, *, ratio_columns=(("pytorch", "vs
                     cells.append(f"{a['identical_sequences']}/{a['of']} sequences")
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------
+# Memory bandwidth and bytes per token
+# ---------------------------------------------------------------------------
+
+# Size of the buffer the bandwidth measurement reads: larger than any cache, so the figure is the
+# memory's (``--bandwidth-mb``; 0 skips the measurement).
+BANDWIDTH_MB = 1536
+
+
+def measure_memory_bandwidth(threads: int, megabytes: int = BANDWIDTH_MB) -> tuple[Optional[float], str]:
+    """``(GB/s, "")`` from ``fasttx._native.memory_bandwidth(threads, megabytes)``, or
+    ``(None, why not)`` when skipped (``megabytes`` 0) or not available in this build."""
+    if megabytes <= 0:
+        return None, "skipped (--bandwidth-mb 0)"
+    try:
+        from fasttx import _native
+    except Exception as exc:  # ImportError, or a stub package without the native module
+        return None, f"fasttx._native not available ({exc.__class__.__name__}: {exc})"
+    fn = getattr(_native, "memory_bandwidth", None)
+    if fn is None:
+        return None, "this fasttx build has no memory_bandwidth (rebuild fasttx)"
+    try:
+        return float(fn(threads, megabytes)), ""
+    except Exception as exc:
+        return None, f"memory_bandwidth failed: {exc!r}"
+
+
+def memory_bandwidth_of(report: dict) -> Optional[float]:
+    """The report's measured memory read bandwidth in GB/s (None when not measured)."""
+    return (report.get("machine") or {}).get("memory_read_gb_per_s") or None
+
+
+def bandwidth_rate(summary: dict) -> tuple[Optional[float], str]:
+    """The tokens/s a "% of bandwidth" figure uses, and which one it is: the decode rate when
+    the summary has one (prefill taken out), else the whole call's tokens/s."""
+    d = summary.get("decode_tokens_per_s_median")
+    if d is not None:
+        return d, "decode tokens/s"
+    return summary.get("tokens_per_s_median"), "tokens/s"
+
+
+def percent_of_bandwidth(report: dict, runtime: str, workload: str,
+                         bandwidth_workloads: Sequence[str]) -> Optional[float]:
+    """tokens/s x weight bytes per step / memory bandwidth, in percent.
+
+    How much of the machine's memory read bandwidth the weight stream of one decoding step uses
+    at the measured rate: 100% would be a runtime doing nothing but reading its weights from
+    memory, once per step.  Only for ``bandwidth_workloads`` (batch 1: at larger batches the
+    same bytes serve several rows and the figure would mean something else), and only when the
+    bandwidth, the runtime's ``decode_weight_bytes`` and a summary are all known; else None.
+    """
+    bw = memory_bandwidth_of(report)
+    if not bw or workload not in bandwidth_workloads:
+        return None
+    info = report.get("runtimes", {}).get(runtime) or {}
+    nbytes = info.get("decode_weight_bytes")
+    summary = (info.get("workloads", {}).get(workload) or {}).get("summary")
+    if not nbytes or not summary:
+        return None
+    rate, _ = bandwidth_rate(summary)
+    if rate is None:
+        return None
+    return rate * nbytes / (bw * 1e9) * 100
+
+
+def bandwidth_percentages(report: dict, bandwidth_workloads: Sequence[str]) -> dict:
+    """``{"runtime/workload": percent}`` for every figure ``percent_of_bandwidth`` can give."""
+    out = {}
+    for rt, info in report.get("runtimes", {}).items():
+        for wl in info.get("workloads", {}):
+            pct = percent_of_bandwidth(report, rt, wl, bandwidth_workloads)
+            if pct is not None:
+                out[f"{rt}/{wl}"] = pct
+    return out
+
+
+def weight_bytes_per_runtime(runtimes: Sequence[str], measured: dict, fasttx_runtimes,
+                             counterparts: dict, load: Callable[[str], Optional[int]]) -> dict:
+    """Weight bytes of one batch-1 step for each runtime of ``runtimes``.
+
+    ``measured``: fasttx runtime -> ``decode_weight_bytes`` its worker reported (None if not).
+    A fasttx runtime (in ``fasttx_runtimes``) has its own figure.  Another runtime gets the figure
+    of its counterpart in ``counterparts`` (the fasttx runtime storing the weights the same way:
+    float32, int8, Q4_1): the one measured in this run, else ``load(counterpart)`` (fasttx
+    loaded in the parent just to read the number; called at most once per counterpart).
+    Returns runtime -> ``{"bytes": int or None, "from": the fasttx runtime it comes from or None}``.
+    """
+    loaded: dict = {}
+    out = {}
+    for rt in runtimes:
+        if rt in fasttx_runtimes:
+            out[rt] = {"bytes": measured.get(rt), "from": rt}
+            continue
+        source = counterparts.get(rt)
+        if source is None:
+            out[rt] = {"bytes": None, "from": None}
+            continue
+        nbytes = measured.get(source)
+        if nbytes is None:
+            if source not in loaded:
+                loaded[source] = load(source)
+            nbytes = loaded[source]
+        out[rt] = {"bytes": nbytes, "from": source}
+    return out
+
+
+def decode_weight_bytes(model) -> Optional[int]:
+    """``model._native.decode_weight_bytes`` of a loaded fasttx model (None if this build lacks
+    it); fasttx runtimes return it from ``ready_info``."""
+    nbytes = getattr(getattr(model, "_native", None), "decode_weight_bytes", None)
+    return None if nbytes is None else int(nbytes)
+
+
+def load_weight_bytes(bench: "Benchmark", args, runtime: str) -> Optional[int]:
+    """``decode_weight_bytes`` of fasttx runtime ``runtime``, loading fasttx in this process
+    (None when fasttx or the property is not available)."""
+    try:
+        import fasttx
+
+        print(f"  loading {runtime} to read its weight bytes per step ...", flush=True)
+        model = fasttx.load(bench.model_path(args), dtype=bench.fasttx_dtypes[runtime], threads=1)
+        nbytes = decode_weight_bytes(model)
+        del model
+    except Exception as exc:
+        print(f"  could not read {runtime}'s weight bytes per step: {exc!r}", flush=True)
+        return None
+    return nbytes
+
+
+def bandwidth_lines(report: dict, labels: dict, note: str = "") -> list[str]:
+    """What is printed under the table: the measured bandwidth, each runtime's weight bytes per
+    step and the footnote on the "% of bandwidth" column."""
+    lines = []
+    machine = report.get("machine") or {}
+    bw = memory_bandwidth_of(report)
+    if bw:
+        lines.append(f"Memory read bandwidth: {bw:.1f} GB/s ({machine.get('memory_bandwidth_mb')} MB "
+                     f"buffer, {machine.get('threads')} threads, best of several reads)")
+    else:
+        why = machine.get("memory_bandwidth_skipped") or "not measured"
+        lines.append(f"Memory read bandwidth: {why}; no % of bandwidth column")
+    parts = []
+    for rt, info in report.get("runtimes", {}).items():
+        nbytes = info.get("decode_weight_bytes")
+        label = labels.get(rt, rt)
+        if nbytes is None:
+            parts.append(f"{label} unknown")
+            continue
+        source = info.get("decode_weight_bytes_from")
+        via = f" (as {labels.get(source, source)})" if source and source != rt else ""
+        parts.append(f"{label} {nbytes / 1e6:.1f} MB{via}")
+    if parts:
+        lines.append("Weights read per batch-1 step: " + ", ".join(parts))
+    if bw:
+        lines.append("% of bandwidth = tokens/s x weight bytes per step / bandwidth, batch-1 "
+                     "workloads only" + (f"; {note}" if note else ""))
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# Charts (optional: matplotlib)
+# ---------------------------------------------------------------------------
+
+
+def chart_path(out) -> Path:
+    """The PNG next to a JSON report: same path, ``.png`` suffix."""
+    return Path(out).with_suffix(".png")
+
+
+def _figure():
+    """A matplotlib Figure drawn by the Agg backend (no pyplot: no global backend, no display);
+    ImportError when matplotlib is not installed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 5.5), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def chart_title(report: dict) -> str:
+    machine = report.get("machine") or {}
+    date = str(report.get("date", ""))[:10]
+    threads = machine.get("threads")
+    what = f"fasttx bench {report.get('benchmark', '')}".strip()
+    return f"{what}: {machine.get('cpu', '?')}, {threads} threads, {date}"
+
+
+def write_chart(report: dict, path, labels: dict) -> tuple[Optional[Path], str]:
+    """A grouped bar chart of ``report``: median new tokens/s per workload (groups) and runtime
+    (bars), min–max over the repeats as error bars, written as PNG to ``path``.
+
+    matplotlib is optional: returns ``(path, "")`` when written, ``(None, why not)`` otherwise
+    (matplotlib missing, nothing to draw, or any failure: a chart never fails a benchmark).
+    """
+    try:
+        fig = _figure()
+    except ImportError as exc:
+        return None, f"matplotlib is not installed ({exc})"
+    try:
+        runtimes = report.get("runtimes", {})
+        workloads = [wl for wl in report.get("workloads", [])
+                     if any(((info.get("workloads", {}).get(wl) or {}).get("summary"))
+                            for info in runtimes.values())]
+        names = [rt for rt, info in runtimes.items()
+                 if any((info.get("workloads", {}).get(wl) or {}).get("summary") for wl in workloads)]
+        if not workloads or not names:
+            return None, "no results to draw"
+        ax = fig.add_subplot(1, 1, 1)
+        width = 0.8 / len(names)
+        for i, rt in enumerate(names):
+            xs, heights, lo, hi = [], [], [], []
+            for j, wl in enumerate(workloads):
+                s = (runtimes[rt].get("workloads", {}).get(wl) or {}).get("summary")
+                if not s:
+                    continue
+                xs.append(j - 0.4 + width * (i + 0.5))
+                heights.append(s["tokens_per_s_median"])
+                lo.append(s["tokens_per_s_median"] - s["tokens_per_s_min"])
+                hi.append(s["tokens_per_s_max"] - s["tokens_per_s_median"])
+            bars = ax.bar(xs, heights, width, yerr=[lo, hi], capsize=3, label=labels.get(rt, rt))
+            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
+        ax.set_xticks(range(len(workloads)))
+        ax.set_xticklabels(workloads)
+        ax.set_ylabel("new tokens/s (median, min–max)")
+        ax.set_title(chart_title(report), fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, format="png")
+    except Exception as exc:
+        return None, f"chart failed: {exc!r}"
+    return path, ""
+
+
+def write_line_chart(series: dict, xs: Sequence, path, *, title: str, xlabel: str, ylabel: str,
+                     labels: dict) -> tuple[Optional[Path], str]:
+    """A line chart (one line per key of ``series``: {x: y}) as PNG; ``(path, "")`` or
+    ``(None, why not)`` as ``write_chart``."""
+    try:
+        fig = _figure()
+    except ImportError as exc:
+        return None, f"matplotlib is not installed ({exc})"
+    try:
+        ax = fig.add_subplot(1, 1, 1)
+        drawn = 0
+        for name, values in series.items():
+            pts = [(x, values[x]) for x in xs if values.get(x) is not None]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=labels.get(name, name))
+                drawn += 1
+        if not drawn:
+            return None, "no results to draw"
+        ax.set_xticks(list(xs))
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, format="png")
+    except Exception as exc:
+        return None, f"chart failed: {exc!r}"
+    return path, ""
 
 
 def machine_info(threads: int) -> dict:
@@ -685,6 +992,21 @@ def machine_info(threads: int) -> dict:
 
 def default_threads() -> int:
     return machine_info(0)["physical_cores"] or os.cpu_count() or 1
+
+
+def add_report_arguments(p) -> None:
+    """``--bandwidth-mb`` and ``--no-chart``, shared by every benchmark's parser."""
+    p.add_argument("--bandwidth-mb", type=int, default=BANDWIDTH_MB,
+                   help=f"buffer size for the memory bandwidth measurement in MB (default "
+                        f"{BANDWIDTH_MB}, larger than the caches); 0 skips it and the "
+                        "%% of bandwidth column")
+    p.add_argument("--no-chart", action="store_true",
+                   help="do not write the PNG chart next to the JSON file")
+
+
+def check_report_arguments(args, p) -> None:
+    if args.bandwidth_mb < 0:
+        p.error("--bandwidth-mb must be >= 0")
 
 
 def split_list(value) -> list[str]:
@@ -725,6 +1047,19 @@ def run(bench: Benchmark, args) -> int:
     runtimes = bench.prepare(args, runtimes, skipped)
     pool = bench.inputs(args)
 
+    # The ceiling the batch-1 rates are compared with; measured before any worker exists.
+    megabytes = getattr(args, "bandwidth_mb", BANDWIDTH_MB)
+    if megabytes > 0:
+        print(f"measuring memory read bandwidth ({megabytes} MB, {args.threads} threads) ...", flush=True)
+    bandwidth, why_not = measure_memory_bandwidth(args.threads, megabytes)
+    machine["memory_read_gb_per_s"] = bandwidth
+    machine["memory_bandwidth_mb"] = megabytes if bandwidth is not None else None
+    if bandwidth is None:
+        machine["memory_bandwidth_skipped"] = why_not
+        print(f"  memory bandwidth: {why_not}", flush=True)
+    else:
+        print(f"  {bandwidth:.1f} GB/s", flush=True)
+
     print(f"starting workers ({args.threads} threads) ...", flush=True)
     log_dir = Path(tempfile.mkdtemp(prefix=f"bench_{bench.name}_logs_"))
     workers = start_workers(runtimes, lambda rt: worker_command(bench, rt, args), log_dir, skipped)
@@ -750,6 +1085,7 @@ def run(bench: Benchmark, args) -> int:
                 "peak_rss_mb": None if rss_kb is None else rss_kb / 1024,
                 "versions": w.ready["versions"],
                 "native_files": w.ready.get("native_files", {}),
+                "decode_weight_bytes": w.ready.get("decode_weight_bytes"),
                 "workloads": {},
             }
     for rt, w in workers.items():
@@ -763,6 +1099,18 @@ def run(bench: Benchmark, args) -> int:
         for wl, cell in cells.items():
             cell["summary"] = summarize(cell, decode_rate=bench.decode_rate)
             report_runtimes[rt]["workloads"][wl] = cell
+
+    # Weight bytes per batch-1 step: the fasttx workers' own, the others' from their fasttx
+    # counterpart (loaded here, after the timing, if it did not run).
+    weight_bytes = weight_bytes_per_runtime(
+        list(report_runtimes),
+        {rt: info["decode_weight_bytes"] for rt, info in report_runtimes.items()},
+        bench.fasttx_dtypes, bench.weight_counterparts,
+        lambda rt: load_weight_bytes(bench, args, rt),
+    )
+    for rt, wb in weight_bytes.items():
+        report_runtimes[rt]["decode_weight_bytes"] = wb["bytes"]
+        report_runtimes[rt]["decode_weight_bytes_from"] = wb["from"]
 
     versions = {"python": platform.python_version()}
     for info in report_runtimes.values():
@@ -786,9 +1134,15 @@ def run(bench: Benchmark, args) -> int:
     }
     if ready_checks:
         report["checks"] = ready_checks
+    report["percent_of_bandwidth"] = bandwidth_percentages(report, bench.batch1_workloads())
     out = Path(args.out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "no_chart", False):
+        chart, chart_note = None, "skipped (--no-chart)"
+    else:
+        chart, chart_note = write_chart(report, chart_path(out), bench.labels)
+    report["chart"] = None if chart is None else str(chart)
     out.write_text(json.dumps(report, indent=1) + "\n")
 
     print()
@@ -800,6 +1154,9 @@ def run(bench: Benchmark, args) -> int:
     if header:
         print(header + "\n")
     print(bench.table(report))
+    print()
+    for line in bandwidth_lines(report, bench.labels, bench.bandwidth_note):
+        print(line)
     print()
     for key, a in agreement.items():
         line = f"agreement with PyTorch {key}: {a['identical_sequences']}/{a['of']} sequences identical"
@@ -814,4 +1171,5 @@ def run(bench: Benchmark, args) -> int:
     for w in warnings:
         print(w)
     print(f"raw numbers: {args.out}  (total {report['wall_s']:.0f} s)")
+    print(f"chart: {chart}" if chart is not None else f"chart: not written: {chart_note}")
     return 0

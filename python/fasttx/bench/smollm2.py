@@ -38,6 +38,8 @@ What it does
    also renders and tokenizes the chat prompt its own way (fasttx: ``model.chat_prompt``;
    transformers: ``apply_chat_template``; llama.cpp: its Jinja2 chat formatter and tokenizer);
    a prompt that differs from the shared one is reported.
+6. Table, JSON and chart as for T5, "% of bandwidth" from the decode rate; PyTorch uses fasttx
+   f32's weight bytes per step, llama.cpp fasttx Q4_1's.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ PACKAGES = {
     "llama.cpp": ("llama_cpp",),
 }
 DEFAULT_OUT = "BENCHMARKS-smollm2.json"
+# fasttx runtime -> its fasttx.load dtype.
+FASTTX_DTYPES = {"fasttx-q4_1": "auto", "fasttx-int8": "int8", "fasttx-f32": "f32"}
+# Runtimes that are not fasttx -> the fasttx runtime whose weights are stored the same way (its
+# bytes per decoding step stand for theirs in the "% of bandwidth" column).
+WEIGHT_COUNTERPARTS = {"pytorch": "fasttx-f32", "llama.cpp": "fasttx-q4_1"}
 # llama.cpp's context: prompt (39 tokens) + 128 new tokens fit with room to spare.
 LLAMA_N_CTX = 512
 
@@ -144,7 +151,8 @@ class FasttxRuntime:
 
     def ready_info(self) -> dict:
         text = self.model.chat_prompt(MESSAGES)
-        return {"prompt_ids": self.model.tokenizer.encode(text, add_special_tokens=False).ids}
+        return {"prompt_ids": self.model.tokenizer.encode(text, add_special_tokens=False).ids,
+                "decode_weight_bytes": harness.decode_weight_bytes(self.model)}
 
     def prepare(self, ids):
         import numpy as np
@@ -293,6 +301,9 @@ class SmolLM2Benchmark(harness.Benchmark):
     ratio_columns = (("pytorch", "vs PyTorch"), ("llama.cpp", "vs llama.cpp"))
     show_workload = False
     decode_rate = True
+    fasttx_dtypes = FASTTX_DTYPES
+    weight_counterparts = WEIGHT_COUNTERPARTS
+    bandwidth_note = "SmolLM2 uses the decode tokens/s (prompt prefill taken out)"
 
     no_repack = False
 
@@ -305,6 +316,9 @@ class SmolLM2Benchmark(harness.Benchmark):
     def worker_args(self, args):
         extra = ["--llama-cpp-no-repack"] if args.llama_cpp_no_repack else []
         return ["--gguf", str(args.gguf), "--threads", str(args.threads), *extra]
+
+    def model_path(self, args):
+        return str(args.gguf)
 
     def inputs(self, args):
         text, ids = prompt_ids(args.gguf)
@@ -374,7 +388,8 @@ class SmolLM2Benchmark(harness.Benchmark):
 
     def table(self, report):
         return harness.markdown_table(report, self.labels, ratio_columns=self.ratio_columns,
-                                      show_workload=False, agreement_column="pytorch")
+                                      show_workload=False, agreement_column="pytorch",
+                                      bandwidth_workloads=self.batch1_workloads())
 
     def runtime_class(self, runtime):
         return {"fasttx-q4_1": FasttxRuntime, "fasttx-int8": FasttxRuntime, "fasttx-f32": FasttxRuntime,
@@ -382,12 +397,8 @@ class SmolLM2Benchmark(harness.Benchmark):
 
     def make_runtime(self, runtime, args):
         gguf = Path(args.gguf)
-        if runtime == "fasttx-q4_1":
-            return FasttxRuntime(gguf, args.threads, "auto")
-        if runtime == "fasttx-f32":
-            return FasttxRuntime(gguf, args.threads, "f32")
-        if runtime == "fasttx-int8":
-            return FasttxRuntime(gguf, args.threads, "int8")
+        if runtime in FASTTX_DTYPES:
+            return FasttxRuntime(gguf, args.threads, FASTTX_DTYPES[runtime])
         if runtime == "llama.cpp":
             return LlamaCppRuntime(gguf, args.threads, no_repack=args.llama_cpp_no_repack)
         return self.runtime_class(runtime)(gguf, args.threads)
@@ -418,6 +429,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llama-cpp-no-repack", action="store_true",
                    help="load llama.cpp with weight repacking off (llama.cpp's --no-repack), e.g. "
                         "where its AMX kernels crash; recorded in the JSON")
+    harness.add_report_arguments(p)
     p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
 
 
@@ -435,6 +447,7 @@ def finish_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argpars
         p.error("--repeats must be >= 0")
     if args.new_tokens < 1:
         p.error("--new-tokens must be >= 1")
+    harness.check_report_arguments(args, p)
     return args
 
 

@@ -47,7 +47,11 @@ What it does
    (a WARNING line is printed otherwise); agreement of every other (runtime, workload)
    with PyTorch is reported too.
 6. Prints a markdown table, the machine and library versions, and writes every raw
-   number to the ``--out`` JSON file.
+   number to the ``--out`` JSON file and a bar chart next to it (``.png``, with matplotlib).
+   The batch-1 workloads (greedy_b1, beam4_b1) also get "% of bandwidth": new tokens/s x
+   weight bytes per decoding step / the memory read bandwidth measured at the start
+   (``--bandwidth-mb``); PyTorch and CTranslate2 f32 use fasttx f32's bytes per step,
+   CTranslate2 int8 fasttx int8's.
 
 The worker protocol and the schedule are in ``fasttx.bench.harness``.
 """
@@ -105,6 +109,9 @@ PACKAGES = {
     "ctranslate2": ("ctranslate2",),
     "ctranslate2-int8": ("ctranslate2",),
 }
+# Runtimes that are not fasttx -> the fasttx runtime whose weights are stored the same way (its
+# bytes per decoding step stand for theirs in the "% of bandwidth" column).
+WEIGHT_COUNTERPARTS = {"pytorch": "fasttx", "ctranslate2": "fasttx", "ctranslate2-int8": "fasttx-int8"}
 DEFAULT_MODEL_DIR = "~/.cache/fasttx-bench/t5-small-random"
 DEFAULT_OUT = "BENCHMARKS-t5.json"
 
@@ -247,6 +254,9 @@ class FasttxRuntime:
 
         return {"fasttx": fasttx.__version__}
 
+    def ready_info(self) -> dict:
+        return {"decode_weight_bytes": harness.decode_weight_bytes(self.model)}
+
     def prepare(self, ids):
         import numpy as np
 
@@ -383,6 +393,12 @@ class T5Benchmark(harness.Benchmark):
     reference = "pytorch"
     ratio_columns = (("pytorch", "vs PyTorch"), ("ctranslate2", "vs CT2 f32"), ("ctranslate2-int8", "vs CT2 int8"))
     show_workload = True
+    fasttx_dtypes = {"fasttx": FasttxRuntime.dtype, "fasttx-int8": FasttxInt8Runtime.dtype}
+    # Same weight storage, same bytes per step: float32 -> fasttx f32, int8 -> fasttx int8.
+    weight_counterparts = WEIGHT_COUNTERPARTS
+    bandwidth_note = ("T5 tokens/s are those of the whole call (encoder over the source, then "
+                      "the decoding steps), so the steps alone use a little more; beam4_b1 reads "
+                      "the weights once per step for its 4 beams")
 
     def prepare(self, args, runtimes, skipped):
         """Build / convert what the chosen runtimes need; returns the runnable runtimes."""
@@ -410,6 +426,9 @@ class T5Benchmark(harness.Benchmark):
 
     def worker_args(self, args):
         return ["--model-dir", str(args.model_dir), "--threads", str(args.threads)]
+
+    def model_path(self, args):
+        return str(args.model_dir)
 
     def inputs(self, args):
         return make_inputs()
@@ -468,6 +487,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated subset of " + ",".join(WORKLOADS))
     p.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
                    help="new tokens per sequence (default 64; change only for smoke tests)")
+    harness.add_report_arguments(p)
     p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
 
 
@@ -487,6 +507,7 @@ def finish_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argpars
         p.error("--repeats must be >= 0")
     if args.new_tokens < 1:
         p.error("--new-tokens must be >= 1")
+    harness.check_report_arguments(args, p)
     return args
 
 
