@@ -124,6 +124,13 @@ impl Bytes {
             Bytes::Owned(v) => v,
         }
     }
+
+    /// As [`Tensor::release_mapped_pages`], for quantized blocks copied elsewhere at load.
+    pub fn release_mapped_pages(&self) {
+        if let Bytes::Mapped { .. } = self {
+            crate::memory::release_mapped(self.as_slice());
+        }
+    }
 }
 
 /// A `[rows, cols]` matrix stored as GGUF blocks of 32 along each row.
@@ -458,6 +465,7 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
                 if let Weight::Quant(q) = &p.weight {
                     data[at..at + q.data().len()].copy_from_slice(q.data());
                     at += q.data().len();
+                    q.bytes.release_mapped_pages();
                 }
             }
             Weight::Quant(QuantMatrix::new(

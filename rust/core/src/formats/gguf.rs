@@ -559,6 +559,8 @@ impl WeightSource for GgufFile {
         out.par_chunks_mut(BLOCKS_PER_TASK * bs)
             .zip(bytes.par_chunks(BLOCKS_PER_TASK * bb))
             .for_each(|(dst, src)| quant::dequantize(ty, src, dst));
+        // The f32 copy replaces the stored blocks, whose pages need not stay resident.
+        crate::memory::release_mapped(bytes);
         Tensor::from_vec(info.shape.clone(), out)
     }
 
