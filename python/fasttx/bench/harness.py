@@ -1004,6 +1004,25 @@ def add_report_arguments(p) -> None:
                    help="do not write the PNG chart next to the JSON file")
 
 
+def check_common_arguments(args, p, runtimes, workloads) -> None:
+    """Normalise and check the arguments every benchmark shares (``p.error`` on a bad one):
+    threads, the runtime and workload lists, repeats, new tokens, and the report options."""
+    args.threads = args.threads or default_threads()
+    args.runtimes = split_list(args.runtimes)
+    args.workloads = split_list(args.workloads)
+    for r in args.runtimes:
+        if r not in runtimes:
+            p.error(f"unknown runtime {r!r} (choose from {', '.join(runtimes)})")
+    for w in args.workloads:
+        if w not in workloads:
+            p.error(f"unknown workload {w!r} (choose from {', '.join(workloads)})")
+    if args.repeats < 0:
+        p.error("--repeats must be >= 0")
+    if args.new_tokens < 1:
+        p.error("--new-tokens must be >= 1")
+    check_report_arguments(args, p)
+
+
 def check_report_arguments(args, p) -> None:
     if args.bandwidth_mb < 0:
         p.error("--bandwidth-mb must be >= 0")

@@ -434,20 +434,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def finish_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argparse.Namespace:
-    args.threads = args.threads or harness.default_threads()
-    args.runtimes = harness.split_list(args.runtimes)
-    args.workloads = harness.split_list(args.workloads)
-    for r in args.runtimes:
-        if r not in RUNTIMES:
-            p.error(f"unknown runtime {r!r} (choose from {', '.join(RUNTIMES)})")
-    for w in args.workloads:
-        if w not in WORKLOADS:
-            p.error(f"unknown workload {w!r} (choose from {', '.join(WORKLOADS)})")
-    if args.repeats < 0:
-        p.error("--repeats must be >= 0")
-    if args.new_tokens < 1:
-        p.error("--new-tokens must be >= 1")
-    harness.check_report_arguments(args, p)
+    harness.check_common_arguments(args, p, RUNTIMES, WORKLOADS)
     return args
 
 
