@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::WeightSource;
 use crate::kernels::{activation, norm::layer_norm};
-use crate::tensor::{Linear, Tensor};
+use crate::tensor::{Linear, LinearSet, Tensor};
 use crate::threading::build_pool;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -123,10 +123,8 @@ struct Norm {
 
 struct Block {
     ln_1: Norm,
-    /// `c_attn` split into its q, k and v thirds.
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `c_attn`: its q, k and v thirds, stacked as `[q | k | v]` (one product).
+    qkv: LinearSet,
     attn_proj: Linear,
     ln_2: Norm,
     fc: Linear,
@@ -206,17 +204,9 @@ impl Gpt2Model {
         let blocks = (0..cfg.n_layer)
             .map(|i| {
                 let b = format!("{p}h.{i}");
-                let mut qkv = conv1d(w, &format!("{b}.attn.c_attn"), d, 3 * d, 3)?.into_iter();
-                let (q, k, v) = (
-                    qkv.next().unwrap(),
-                    qkv.next().unwrap(),
-                    qkv.next().unwrap(),
-                );
                 Ok(Block {
                     ln_1: norm(&format!("h.{i}.ln_1"))?,
-                    q,
-                    k,
-                    v,
+                    qkv: LinearSet::new(conv1d(w, &format!("{b}.attn.c_attn"), d, 3 * d, 3)?)?,
                     attn_proj: conv1d(w, &format!("{b}.attn.c_proj"), d, d, 1)?.remove(0),
                     ln_2: norm(&format!("h.{i}.ln_2"))?,
                     fc: conv1d(w, &format!("{b}.mlp.c_fc"), d, inner, 1)?.remove(0),
@@ -263,10 +253,11 @@ impl Model for Gpt2Model {
             .blocks
             .iter()
             .map(|b| {
-                [&b.q, &b.k, &b.v, &b.attn_proj, &b.fc, &b.mlp_proj]
-                    .iter()
-                    .map(|l| l.weight_bytes())
-                    .sum::<usize>()
+                b.qkv.weight_bytes()
+                    + [&b.attn_proj, &b.fc, &b.mlp_proj]
+                        .iter()
+                        .map(|l| l.weight_bytes())
+                        .sum::<usize>()
             })
             .sum();
         layers + w.lm_head.weight_bytes()
@@ -351,11 +342,8 @@ impl Gpt2Session {
                 bias: None,
             };
             w.norm(&h, &block.ln_1, &mut x);
-            let (q, k, v) = (
-                block.q.apply(&x, m),
-                block.k.apply(&x, m),
-                block.v.apply(&x, m),
-            );
+            let qkv = block.qkv.apply(&x, m);
+            let [q, k, v]: [Vec<f32>; 3] = block.qkv.split(&qkv, m).try_into().expect("q, k, v");
             self.cache.write(li, &k, &v);
             attn.run(&q, rows, n, &self.cache.view(li), &mut ctx);
             add(&mut h, &block.attn_proj.apply(&ctx, m));
