@@ -222,13 +222,14 @@ pub(super) unsafe fn scales<const FULL: bool>(
     bb: usize,
     cnt: usize,
 ) -> (__m256, __m256) {
-    // One 4-byte load per block (a vmovd / vpinsrd each), then a byte shuffle gathers the low
-    // halves (d) and high halves (m) of each 128-bit lane into its low 8 bytes and a qword
-    // permute joins the two lanes: far fewer instructions than 8 or 16 word inserts. A partial
-    // group reads its last block again for the missing lanes, then zeroes them.
+    // The first 4 bytes of each block in one gather (8 vpinsrd would all compete for the shuffle
+    // port with the nibble unpacking), then a byte shuffle gathers the low halves (d) and high
+    // halves (m) of each 128-bit lane into its low 8 bytes and a qword permute joins the two
+    // lanes. A partial group reads its last block again for the missing lanes, then zeroes them.
     let last = if FULL { LANES - 1 } else { cnt - 1 };
-    let rd = |i: usize| w.add(i.min(last) * bb).cast::<i32>().read_unaligned();
-    let v = _mm256_setr_epi32(rd(0), rd(1), rd(2), rd(3), rd(4), rd(5), rd(6), rd(7));
+    let at = |i: usize| (i.min(last) * bb) as i32;
+    let offsets = _mm256_setr_epi32(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7));
+    let v = _mm256_i32gather_epi32::<1>(w.cast::<i32>(), offsets);
     #[rustfmt::skip]
     let (lo, hi) = (
         _mm256_setr_epi8(
