@@ -220,9 +220,19 @@ impl Gpt2Model {
             wte: t("wte.weight", &[cfg.vocab_size, d])?,
             wpe: t("wpe.weight", &[cfg.n_positions, d])?,
             ln_f: norm("ln_f")?,
+            // GPT2LMHeadModel ties its head to `wte` (transformers does not store it then); a
+            // checkpoint saved with `tie_word_embeddings: false` stores its own `lm_head.weight`.
             lm_head: projection(
                 w,
-                Linear::new(t("wte.weight", &[cfg.vocab_size, d])?, None)?,
+                Linear::new(
+                    if w.contains("lm_head.weight") {
+                        w.tensor("lm_head.weight")?
+                            .expect_shape("lm_head.weight", &[cfg.vocab_size, d])?
+                    } else {
+                        t("wte.weight", &[cfg.vocab_size, d])?
+                    },
+                    None,
+                )?,
             )?,
             blocks,
             pool: build_pool(threads)?,
