@@ -185,7 +185,7 @@ impl NativeModel {
                 .install(|| fasttx_core::decoding::warp_rows(&mut data, width, &w))
                 .map(|_| data)
         })?;
-        Ok(data.into_pyarray(py).reshape([rows, width])?)
+        data.into_pyarray(py).reshape([rows, width])
     }
 
     /// Starts a session over `input_ids` `[batch, len]` (encoder input for encoder-decoder models).

@@ -226,6 +226,15 @@ impl WeightSource for SafeTensors {
     }
 }
 
+/// Stored values of `width` bytes each, converted to f32 into a weight buffer.
+fn convert(bytes: &[u8], width: usize, f: impl Fn(&[u8]) -> f32) -> Vec<f32> {
+    let mut v = crate::memory::weight_buffer(bytes.len() / width);
+    for (o, b) in v.iter_mut().zip(bytes.chunks_exact(width)) {
+        *o = f(b);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,13 +346,4 @@ mod tests {
             matches!(err, Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound)
         );
     }
-}
-
-/// Stored values of `width` bytes each, converted to f32 into a weight buffer.
-fn convert(bytes: &[u8], width: usize, f: impl Fn(&[u8]) -> f32) -> Vec<f32> {
-    let mut v = crate::memory::weight_buffer(bytes.len() / width);
-    for (o, b) in v.iter_mut().zip(bytes.chunks_exact(width)) {
-        *o = f(b);
-    }
-    v
 }

@@ -160,6 +160,9 @@ pub trait Session: Send {
     fn reorder(&mut self, source: &[usize]) -> Result<()>;
 }
 
+/// Builds a model from a weight source (one architecture's `load`, its config captured).
+type Loader<'a> = dyn Fn(&dyn WeightSource) -> Result<Arc<dyn Model>> + 'a;
+
 /// Builds the model `arch` (transformers' `model_type`) from its config JSON and weight files:
 /// safetensors shards, or one GGUF file. `dtype` is "auto" (keep a GGUF file's Q4_0/Q4_1/Q8_0
 /// blocks and run them natively; f32 otherwise) or "f32" (dequantize everything).
@@ -181,14 +184,13 @@ pub fn load(
         }
     };
     // int8 wraps whichever source the file gives.
-    let with_dtype =
-        |w: &dyn WeightSource, load: &dyn Fn(&dyn WeightSource) -> Result<Arc<dyn Model>>| {
-            if int8 {
-                load(&Int8(w))
-            } else {
-                load(w)
-            }
-        };
+    let with_dtype = |w: &dyn WeightSource, load: &Loader| {
+        if int8 {
+            load(&Int8(w))
+        } else {
+            load(w)
+        }
+    };
     let is_gguf = matches!(weight_files, [one] if one.extension().is_some_and(|e| e == "gguf"));
     match arch {
         "t5" | "gpt2" if is_gguf => Err(Error::Format(format!(
