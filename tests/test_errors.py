@@ -163,3 +163,14 @@ def test_non_integer_ids(model):
         model.generate_ids(np.array([[0.5, 1.0]]), max_new_tokens=2)
     with pytest.raises(ValueError, match="token id"):
         model.generate_ids([["a", "b"]], max_new_tokens=2)
+
+
+def test_sampling_refuses_rows_without_a_usable_score():
+    """As transformers' multinomial does: NaN logits, or every token ruled out, is an error rather
+    than a silent token."""
+    model = fasttx.load(FIXTURES / "llama_gqa")
+    for fill, cause in ((np.nan, "NaN"), (-np.inf, "ruled out")):
+        scores = np.zeros((2, model.vocab_size), dtype=np.float32)
+        scores[1] = fill  # row 0 is fine; row 1 is not
+        with pytest.raises(ValueError, match=f"row 1 .*{cause}"):
+            model._native.sample_rows(scores, [0.5, 0.5], 1.0, 0, 1.0, None, 1)

@@ -40,6 +40,19 @@ pub fn topk_rows(
 pub fn sample_rows(scores: &[f32], width: usize, w: &Warpers, u: &[f64]) -> Result<Vec<u32>> {
     w.validate()?;
     check_rows(scores, width, u.len())?;
+    // transformers' multinomial refuses these rows too; a token drawn from them would be noise.
+    for (r, row) in scores.chunks(width).enumerate() {
+        if row.iter().any(|v| v.is_nan()) {
+            return Err(Error::InvalidInput(format!(
+                "sampling: the scores of row {r} hold NaN (the model produced NaN logits)"
+            )));
+        }
+        if !row.iter().any(|v| v.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "sampling: every token of row {r} was ruled out (no finite score left)"
+            )));
+        }
+    }
     if u.len() == 1 {
         // One row: the work (~0.1 ms) is below what a parallel dispatch costs.
         return Ok(vec![sample_row(scores, w, u[0])]);
