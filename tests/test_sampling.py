@@ -297,3 +297,38 @@ def test_bernstein_radius_is_conservative():
     radius = np.array([bernstein_radius(N, qi, len(q), fail_prob=1e-2) for qi in q])
     fails = (np.abs(obs - N * q) > radius).any(axis=1).mean()
     assert fails <= 1e-2
+
+
+# --------------------------------------------------------------------------------------------
+# Beam sampling (num_beams > 1 with do_sample): candidates drawn without replacement
+
+
+@pytest.mark.parametrize("name", [DECODER, T5])
+def test_beam_sampling_is_seeded(models, name):
+    m = models[(name, 2)]
+    prompts = PROMPTS if name == DECODER else T5_PROMPTS
+    opts = dict(do_sample=True, num_beams=3, num_return_sequences=2, max_new_tokens=6, top_k=0, temperature=1.5)
+    first = m.generate_ids(prompts, seed=4, **opts)
+    assert len(first) == 2 * len(prompts)
+    assert first == m.generate_ids(prompts, seed=4, **opts)
+    assert first == models[(name, 1)].generate_ids(prompts, seed=4, **opts)
+    assert [m.generate_ids([p], seed=4, **opts) for p in prompts] == [first[2 * i : 2 * i + 2] for i in range(len(prompts))]
+    assert any(m.generate_ids(prompts, seed=s, **opts) != first for s in (5, 6, 7))
+
+
+@pytest.mark.parametrize("name", ["t5_v1_0", "llama_gqa"])
+def test_cold_beam_sampling_is_transformers_beam_search(name):
+    """At a temperature near 0 the warped scores are the beam scores times 1/T: every ranking and
+    length-penalty comparison of beam search is unchanged and the sampling noise is negligible
+    against the gaps, so beam sampling returns transformers' beam-search hypotheses."""
+    import json
+
+    import fasttx
+
+    model = fasttx.load(FIXTURES / name, threads=2)
+    cases = json.loads((FIXTURES / name / "expected.json").read_text())["generate"]
+    beam = [c for c in cases if c["options"].get("num_beams", 1) > 1]
+    assert beam
+    for c in beam:
+        got = model.generate_ids(c["input_ids"], do_sample=True, temperature=1e-4, top_k=0, seed=0, **c["options"])
+        assert got == c["sequences"], c["name"]

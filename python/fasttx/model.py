@@ -312,7 +312,14 @@ class Model:
             session = self._native.start(ids, mask)
             prompt = self._decoder_prompt(ids, mask, opts, copies=opts.num_beams)
             budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
-            return search.beam_search(self._native, session, prompt, opts, budget, self._stop_hit(opts))
+            sampler = None
+            if opts.do_sample:  # beam sampling: one random stream per input, as for sampling
+                real = [tuple(ids[i][mask[i] != 0].tolist()) for i in range(ids.shape[0])]
+                index = occurrence if occurrence is not None else occurrence_indices(real)
+                sampler = search.RowSampler(opts.seed, real, index)
+            return search.beam_search(
+                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler
+            )
         prompt, events = self._start_sampling(ids, mask, opts, occurrence)
         for _ in events:
             pass

@@ -202,8 +202,6 @@ def resolve(
             raise ValueError(
                 f"num_return_sequences ({o.num_return_sequences}) must be <= num_beams ({o.num_beams})"
             )
-        if o.do_sample:
-            raise ValueError("beam sampling (num_beams > 1 with do_sample=True) is not supported")
     elif o.num_return_sequences > 1 and not o.do_sample:
         raise ValueError(
             "greedy search returns one sequence per input: num_return_sequences > 1 needs num_beams or do_sample"

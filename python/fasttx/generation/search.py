@@ -136,12 +136,15 @@ def beam_search(
     opts: GenerationOptions,
     budget: int,
     stop_hit: Optional[Callable[[list[int]], bool]] = None,
+    sampler: Optional[RowSampler] = None,
 ) -> list[list[int]]:
     """transformers' ``_beam_search`` (vectorised form, 4.50+): returns, for each input, its
     ``num_return_sequences`` best hypotheses (new tokens only), best first.
 
     ``stop_hit(new_tokens)`` (stop strings) ends a candidate as EOS does: it joins the finished
-    hypotheses with its score and stops growing."""
+    hypotheses with its score and stops growing. With ``opts.do_sample`` (beam sampling), the
+    candidates of each step are drawn without replacement from the softmax of the (warped)
+    accumulated scores instead of taken as the top ones, with ``sampler``'s stream of each input."""
     K = opts.num_beams
     batch = len(prompt.history) // K
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
@@ -181,7 +184,11 @@ def beam_search(
         if procs:
             processors.apply_all(procs, log_probs, [row[:cur_len].tolist() for row in flat], range(batch * K))
         scores = (log_probs.reshape(batch, K, vocab) + running_scores[:, :, None]).reshape(batch, K * vocab)
-        top_values, top_indices = native_model.topk_rows(np.ascontiguousarray(scores, dtype=np.float32), keep)
+        scores = np.ascontiguousarray(scores, dtype=np.float32)
+        if opts.do_sample:
+            top_values, top_indices = _sample_candidates(native_model, scores, keep, sampler)
+        else:
+            top_values, top_indices = native_model.topk_rows(scores, keep)
         src_beam = top_indices // vocab
         tokens = top_indices % vocab
         cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)
@@ -234,6 +241,17 @@ def beam_search(
         for i in range(opts.num_return_sequences):
             out.append(sequences[b, i, p0 : lengths[b, i]].tolist())
     return out
+
+
+def _sample_candidates(native_model, scores: np.ndarray, keep: int, sampler: RowSampler):
+    """``keep`` candidates per row of ``scores`` drawn without replacement from its softmax
+    (transformers' ``torch.multinomial(softmax(scores), keep)``), best score first. Drawn with
+    the Gumbel-top-k trick: the top ``keep`` of ``scores + Gumbel noise`` are such a draw."""
+    noise = np.stack([sampler.rngs[b].gumbel(size=scores.shape[1]) for b in range(scores.shape[0])])
+    _, picked = native_model.topk_rows(np.ascontiguousarray(scores + noise.astype(np.float32)), keep)
+    values = np.take_along_axis(scores, picked, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(picked, order, axis=1)
 
 
 def _top(x: np.ndarray, k: int) -> np.ndarray:
