@@ -66,7 +66,7 @@ def fasttx_processors(case: dict, history: dict, vocab: int) -> list:
         return [processors.min_p(p["p"], p["min_keep"])]
     if kind == "generate":
         options = dict(case["options"])
-        beams = options.pop("num_beams", 1)  # fasttx's resolve() refuses beam sampling; build() does not care
+        beams = options.pop("num_beams", 1)  # build() takes beam search as a flag
         opts = resolve(options, case["model_defaults"], vocab)
         return processors.build(opts, history["prompt_len"], history["padding"], beam=beams > 1)
     raise AssertionError(f"unknown kind {kind}")

@@ -112,7 +112,13 @@ def generation_defaults(directory: Path, config: dict[str, Any]) -> dict[str, An
 
 
 def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optional[int] = None):
-    """Loads a model directory (config.json + safetensors + tokenizer.json) for generation on CPU."""
+    """Loads a model for generation on CPU: a Hugging Face directory (config.json, safetensors,
+    tokenizer.json, generation_config.json) or a ``.gguf`` file.
+
+    ``dtype``: ``"auto"`` (f32 compute for safetensors; a GGUF file's Q4_0/Q4_1/Q8_0 weights kept
+    and run natively), ``"f32"`` (everything dequantized: transformers' exact numbers) or
+    ``"int8"`` (every projection quantized per output channel at load). ``threads``: compute
+    threads (default ``FASTTX_NUM_THREADS``, else the physical cores)."""
     from .model import Model
 
     if dtype not in DTYPES:

@@ -59,7 +59,7 @@ fn scores_vec(scores: &PyReadonlyArray2<'_, f32>) -> Vec<f32> {
 #[pymethods]
 impl NativeModel {
     /// Loads architecture `arch` from `config_json` and the weight files (safetensors shards or one
-    /// GGUF file); `dtype` is "auto" or "f32".
+    /// GGUF file); `dtype` is "auto", "f32" or "int8".
     #[new]
     fn new(
         py: Python<'_>,
