@@ -330,6 +330,12 @@ impl Linear {
         self.forward(x, m, &mut y);
         y
     }
+
+    /// `x: [m, in]` → `y` resized to `[m, out]` (a buffer reused across steps).
+    pub fn forward_into(&self, x: &[f32], m: usize, y: &mut Vec<f32>) {
+        y.resize(m * self.out_features(), 0.0);
+        self.forward(x, m, y);
+    }
 }
 
 /// Several projections of the same input (attention's q/k/v, a gated feed-forward's two input
@@ -412,6 +418,25 @@ impl LinearSet {
         let mut y = vec![0.0; m * self.out_features()];
         self.forward(x, m, &mut y);
         y
+    }
+
+    /// [`split`](Self::split) into caller-owned buffers (reused across decoding steps).
+    pub fn split_into(&self, y: &[f32], m: usize, outs: &mut [&mut Vec<f32>]) {
+        let total = self.out_features();
+        let mut offset = 0;
+        for (out, &w) in outs.iter_mut().zip(&self.widths) {
+            out.clear();
+            for row in y.chunks_exact(total).take(m) {
+                out.extend_from_slice(&row[offset..offset + w]);
+            }
+            offset += w;
+        }
+    }
+
+    /// `x: [m, in]` → `y` resized to `[m, out_features()]` (a buffer reused across steps).
+    pub fn forward_into(&self, x: &[f32], m: usize, y: &mut Vec<f32>) {
+        y.resize(m * self.out_features(), 0.0);
+        self.forward(x, m, y);
     }
 
     /// Splits a result of [`forward`](Self::forward) into one `[m, width]` array per projection.

@@ -11,8 +11,10 @@ use serde_json::Value;
 
 use super::attention::Attention;
 use super::kv_cache::KvCache;
-use super::rope::{Rope, RopeScaling};
-use super::{add, gated, last_positions, projection, Model, Session, StepInput, TokenBatch, Want};
+use super::rope::{Rope, RopeAngles, RopeScaling};
+use super::{
+    add, gated_into, last_positions, projection, Model, Session, StepInput, TokenBatch, Want,
+};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -318,6 +320,7 @@ impl Model for LlamaModel {
                 cfg.head_dim,
             ),
             real_tokens: vec![0; input.batch],
+            scratch: Scratch::default(),
         }))
     }
 }
@@ -327,6 +330,7 @@ struct LlamaSession {
     cache: KvCache,
     /// Per row: real (unmasked) tokens fed so far, the next position id in `generate`'s numbering.
     real_tokens: Vec<u32>,
+    scratch: Scratch,
 }
 
 /// Position ids of a step: given, or transformers' `generate` rule (`cumsum(mask) - 1`, and 1 at
@@ -351,6 +355,23 @@ pub(crate) fn step_positions(input: &StepInput, real_tokens: &mut [u32]) -> Vec<
     positions
 }
 
+/// Buffers of a decoding step, kept by the session so that the per-token loop does not allocate
+/// (only the returned logits are new each step).
+#[derive(Default)]
+struct Scratch {
+    h: Vec<f32>,
+    x: Vec<f32>,
+    ctx: Vec<f32>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    proj: Vec<f32>,
+    gate_up: Vec<f32>,
+    g: Vec<f32>,
+    angles: RopeAngles,
+}
+
 impl LlamaSession {
     fn forward(&mut self, input: &StepInput, positions: &[u32], last_only: bool) -> Vec<f32> {
         let w = self.model.clone();
@@ -362,9 +383,10 @@ impl LlamaSession {
             cfg.head_dim,
         );
         let m = rows * n;
-        let mut h = Vec::with_capacity(m * d);
+        let s = &mut self.scratch;
+        s.h.clear();
         for &t in input.tokens {
-            w.embed.extend_with_row(t as usize, &mut h);
+            w.embed.extend_with_row(t as usize, &mut s.h);
         }
         let attn = Attention {
             heads,
@@ -376,33 +398,34 @@ impl LlamaSession {
             bias: None,
         };
         self.cache.begin_step(n, input.mask);
-        let mut x = vec![0.0; m * d];
-        let mut ctx = vec![0.0; m * heads * hd];
+        w.rope.angles_into(positions, &mut s.angles);
+        s.x.resize(m * d, 0.0);
+        s.ctx.resize(m * heads * hd, 0.0);
         for (li, layer) in w.layers.iter().enumerate() {
-            rms_norm(&h, layer.attn_norm.data(), w.eps, &mut x);
-            let qkv = layer.qkv.apply(&x, m);
-            let [mut q, mut k, v]: [Vec<f32>; 3] = layer
+            rms_norm(&s.h, layer.attn_norm.data(), w.eps, &mut s.x);
+            layer.qkv.forward_into(&s.x, m, &mut s.qkv);
+            layer
                 .qkv
-                .split(&qkv, m)
-                .try_into()
-                .expect("three projections");
-            w.rope.apply(&mut q, heads, positions);
-            w.rope.apply(&mut k, kv_heads, positions);
-            self.cache.write(li, &k, &v);
-            attn.run(&q, rows, n, &self.cache.view(li), &mut ctx);
-            add(&mut h, &layer.o.apply(&ctx, m));
+                .split_into(&s.qkv, m, &mut [&mut s.q, &mut s.k, &mut s.v]);
+            w.rope.apply_angles(&mut s.q, heads, &s.angles);
+            w.rope.apply_angles(&mut s.k, kv_heads, &s.angles);
+            self.cache.write(li, &s.k, &s.v);
+            attn.run(&s.q, rows, n, &self.cache.view(li), &mut s.ctx);
+            layer.o.forward_into(&s.ctx, m, &mut s.proj);
+            add(&mut s.h, &s.proj);
 
-            rms_norm(&h, layer.mlp_norm.data(), w.eps, &mut x);
-            let gate_up = layer.gate_up.apply(&x, m);
-            let g = gated(&gate_up, m, silu);
-            add(&mut h, &layer.down.apply(&g, m));
+            rms_norm(&s.h, layer.mlp_norm.data(), w.eps, &mut s.x);
+            layer.gate_up.forward_into(&s.x, m, &mut s.gate_up);
+            gated_into(&s.gate_up, m, silu, &mut s.g);
+            layer.down.forward_into(&s.g, m, &mut s.proj);
+            add(&mut s.h, &s.proj);
         }
         self.cache.commit();
 
         let (h, count) = if last_only {
-            (last_positions(&h, rows, n, d), rows)
+            (last_positions(&s.h, rows, n, d), rows)
         } else {
-            (h, m)
+            (s.h.clone(), m)
         };
         let mut x = vec![0.0; h.len()];
         rms_norm(&h, w.norm.data(), w.eps, &mut x);

@@ -249,8 +249,15 @@ pub(crate) fn last_positions(h: &[f32], rows: usize, n: usize, d: usize) -> Vec<
 /// A gated unit over the result of a stacked `[activated | linear]` product (`y: [m, 2·ff]`):
 /// `act(y[:, :ff]) * y[:, ff:]`, as `[m, ff]`.
 pub(crate) fn gated(y: &[f32], m: usize, act: impl Fn(&mut [f32])) -> Vec<f32> {
+    let mut out = Vec::new();
+    gated_into(y, m, act, &mut out);
+    out
+}
+
+/// [`gated`] into a caller-owned buffer (reused across decoding steps).
+pub(crate) fn gated_into(y: &[f32], m: usize, act: impl Fn(&mut [f32]), out: &mut Vec<f32>) {
     let ff = y.len() / m.max(1) / 2;
-    let mut out = Vec::with_capacity(m * ff);
+    out.clear();
     for row in y.chunks_exact(2 * ff).take(m) {
         let start = out.len();
         out.extend_from_slice(&row[..ff]);
@@ -260,7 +267,6 @@ pub(crate) fn gated(y: &[f32], m: usize, act: impl Fn(&mut [f32])) -> Vec<f32> {
             *a *= b;
         }
     }
-    out
 }
 
 /// A projection as the load asked for it: per-channel int8 when the source says so, else as read.

@@ -73,15 +73,37 @@ impl Rope {
 
     /// Rotates every head of `x` (`[tokens, heads * head_dim]`) in place; token `t` sits at `positions[t]`.
     pub fn apply(&self, x: &mut [f32], heads: usize, positions: &[u32]) {
-        let (d, half) = (self.head_dim, self.head_dim / 2);
-        let mut cos = vec![0.0f32; half];
-        let mut sin = vec![0.0f32; half];
-        for (t, &pos) in positions.iter().enumerate() {
-            for i in 0..half {
-                let angle = self.inv_freq[i] * pos as f32;
-                cos[i] = (angle as f64).cos() as f32;
-                sin[i] = (angle as f64).sin() as f32;
+        let mut angles = RopeAngles::default();
+        self.angles_into(positions, &mut angles);
+        self.apply_angles(x, heads, &angles);
+    }
+
+    /// The cosines and sines of a step's positions, computed once and shared by the queries and
+    /// keys of every layer (the trigonometry would otherwise be redone 2 x layers times).
+    pub fn angles_into(&self, positions: &[u32], out: &mut RopeAngles) {
+        let half = self.head_dim / 2;
+        out.half = half;
+        out.cos.clear();
+        out.sin.clear();
+        for &pos in positions {
+            for &f in &self.inv_freq[..half] {
+                let angle = f * pos as f32;
+                out.cos.push((angle as f64).cos() as f32);
+                out.sin.push((angle as f64).sin() as f32);
             }
+        }
+    }
+
+    /// [`apply`](Self::apply) with angles from [`angles_into`](Self::angles_into).
+    pub fn apply_angles(&self, x: &mut [f32], heads: usize, angles: &RopeAngles) {
+        let (d, half) = (self.head_dim, self.head_dim / 2);
+        debug_assert_eq!(angles.half, half);
+        for (t, (cos, sin)) in angles
+            .cos
+            .chunks_exact(half.max(1))
+            .zip(angles.sin.chunks_exact(half.max(1)))
+            .enumerate()
+        {
             for h in 0..heads {
                 let v = &mut x[(t * heads + h) * d..][..d];
                 for i in 0..half {
@@ -92,6 +114,14 @@ impl Rope {
             }
         }
     }
+}
+
+/// Per-position rotation angles of one step: `[tokens, head_dim / 2]` cosines and sines.
+#[derive(Default)]
+pub struct RopeAngles {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 #[cfg(test)]
