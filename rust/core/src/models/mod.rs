@@ -247,14 +247,7 @@ pub(crate) fn last_positions(h: &[f32], rows: usize, n: usize, d: usize) -> Vec<
 }
 
 /// A gated unit over the result of a stacked `[activated | linear]` product (`y: [m, 2·ff]`):
-/// `act(y[:, :ff]) * y[:, ff:]`, as `[m, ff]`.
-pub(crate) fn gated(y: &[f32], m: usize, act: impl Fn(&mut [f32])) -> Vec<f32> {
-    let mut out = Vec::new();
-    gated_into(y, m, act, &mut out);
-    out
-}
-
-/// [`gated`] into a caller-owned buffer (reused across decoding steps).
+/// `act(y[:, :ff]) * y[:, ff:]`, as `[m, ff]` into `out` (a buffer reused across decoding steps).
 pub(crate) fn gated_into(y: &[f32], m: usize, act: impl Fn(&mut [f32]), out: &mut Vec<f32>) {
     let ff = y.len() / m.max(1) / 2;
     out.clear();

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use super::attention::{Attention, KeyValues};
 use super::kv_cache::KvCache;
-use super::{add, gated, last_positions, projection, Model, Session, StepInput, TokenBatch, Want};
+use super::{
+    add, gated_into, last_positions, projection, Model, Session, StepInput, TokenBatch, Want,
+};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -296,13 +298,23 @@ impl FeedForward {
 
     /// `x: [m, d_model]` → adds the feed-forward output to `residual`.
     fn add_to(&self, x: &[f32], m: usize, residual: &mut [f32]) {
-        let mut h = self.wi.apply(x, m);
-        if self.gated {
-            h = gated(&h, m, |v| self.act.apply(v));
+        let (mut wi, mut act, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        self.add_to_with(x, m, residual, [&mut wi, &mut act, &mut out]);
+    }
+
+    /// [`add_to`](Self::add_to) with caller-owned buffers (reused across decoding steps).
+    fn add_to_with(&self, x: &[f32], m: usize, residual: &mut [f32], buf: [&mut Vec<f32>; 3]) {
+        let [wi, act, out] = buf;
+        self.wi.forward_into(x, m, wi);
+        let h = if self.gated {
+            gated_into(wi, m, |v| self.act.apply(v), act);
+            act
         } else {
-            self.act.apply(&mut h);
-        }
-        add(residual, &self.wo.apply(&h, m));
+            self.act.apply(wi);
+            wi
+        };
+        self.wo.forward_into(h, m, out);
+        add(residual, out);
     }
 }
 
@@ -456,9 +468,24 @@ impl T5Weights {
 
     /// `bias[h][offset + distance]` for every signed `key - query` distance in `min..=max`.
     fn bias_table(&self, table: &Tensor, bidirectional: bool, min: i64, max: i64) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.bias_table_into(table, bidirectional, min, max, &mut out);
+        out
+    }
+
+    /// [`bias_table`](Self::bias_table) into a caller-owned buffer.
+    fn bias_table_into(
+        &self,
+        table: &Tensor,
+        bidirectional: bool,
+        min: i64,
+        max: i64,
+        out: &mut Vec<f32>,
+    ) {
         let heads = self.cfg.num_heads;
         let span = (max - min + 1) as usize;
-        let mut out = vec![0.0; heads * span];
+        out.clear();
+        out.resize(heads * span, 0.0);
         for (i, rel) in (min..=max).enumerate() {
             let bucket = relative_position_bucket(
                 rel,
@@ -471,7 +498,6 @@ impl T5Weights {
                 out[h * span + i] = values[h];
             }
         }
-        out
     }
 
     fn attention_shape(&self, causal: bool, q_offset: usize) -> Attention<'static> {
@@ -579,6 +605,7 @@ impl Model for T5Model {
             source_mask: input.mask.clone(),
             source_len: input.len,
             row_to_input: (0..input.batch).collect(),
+            scratch: Scratch::default(),
         }))
     }
 }
@@ -592,6 +619,22 @@ struct T5Session {
     source_len: usize,
     /// Which encoder input each decoder row reads (beams of one input share it).
     row_to_input: Vec<usize>,
+    scratch: Scratch,
+}
+
+/// Buffers of a decoding step, kept by the session so that the per-token loop does not allocate
+/// (only the returned logits are new each step).
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    ctx: Vec<f32>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    proj: Vec<f32>,
+    ff: [Vec<f32>; 3],
+    table: Vec<f32>,
 }
 
 impl T5Session {
@@ -611,25 +654,31 @@ impl T5Session {
         let total = past + n;
         let mut h = w.embed(tokens);
         self.cache.begin_step(n, mask);
+        let s = &mut self.scratch;
 
         // Decoder self-attention: causal buckets of (key - query) distances in -(total-1)..=0.
         let span = total;
-        let table = w.bias_table(&w.decoder_bias, false, -(total as i64 - 1), 0);
+        w.bias_table_into(&w.decoder_bias, false, -(total as i64 - 1), 0, &mut s.table);
+        let table = &s.table;
         let bias = |head: usize, q: usize, k: usize| table[head * span + (span - 1 - (q - k))];
         let mut self_attn = w.attention_shape(true, past);
         self_attn.bias = Some(&bias);
         let cross_attn = w.attention_shape(false, 0);
-        let mut ctx = vec![0.0; m * inner];
+        s.ctx.resize(m * inner, 0.0);
+        s.x.resize(m * d, 0.0);
 
         for (li, layer) in w.decoder.iter().enumerate() {
-            let x = w.norm(&h, &layer.self_norm);
-            let (q, k, v) = layer.self_attn.project(&x, m);
-            self.cache.write(li, &k, &v);
-            self_attn.run(&q, rows, n, &self.cache.view(li), &mut ctx);
-            add(&mut h, &layer.self_attn.o.apply(&ctx, m));
+            rms_norm(&h, layer.self_norm.data(), w.eps, &mut s.x);
+            let qkv = &layer.self_attn.qkv;
+            qkv.forward_into(&s.x, m, &mut s.qkv);
+            qkv.split_into(&s.qkv, m, &mut [&mut s.q, &mut s.k, &mut s.v]);
+            self.cache.write(li, &s.k, &s.v);
+            self_attn.run(&s.q, rows, n, &self.cache.view(li), &mut s.ctx);
+            layer.self_attn.o.forward_into(&s.ctx, m, &mut s.proj);
+            add(&mut h, &s.proj);
 
-            let x = w.norm(&h, &layer.cross_norm);
-            let q = layer.cross_attn.q.apply(&x, m);
+            rms_norm(&h, layer.cross_norm.data(), w.eps, &mut s.x);
+            layer.cross_attn.q.forward_into(&s.x, m, &mut s.q);
             let (ck, cv) = &self.cross[li];
             let kv = KeyValues {
                 k: ck,
@@ -641,11 +690,13 @@ impl T5Session {
                 mask: Some((&self.source_mask, self.source_len)),
                 row_map: Some(&self.row_to_input),
             };
-            cross_attn.run(&q, rows, n, &kv, &mut ctx);
-            add(&mut h, &layer.cross_attn.o.apply(&ctx, m));
+            cross_attn.run(&s.q, rows, n, &kv, &mut s.ctx);
+            layer.cross_attn.o.forward_into(&s.ctx, m, &mut s.proj);
+            add(&mut h, &s.proj);
 
-            let x = w.norm(&h, &layer.ff_norm);
-            layer.ff.add_to(&x, m, &mut h);
+            rms_norm(&h, layer.ff_norm.data(), w.eps, &mut s.x);
+            let [a, b, c] = &mut s.ff;
+            layer.ff.add_to_with(&s.x, m, &mut h, [a, b, c]);
         }
         self.cache.commit();
 
