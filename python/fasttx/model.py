@@ -287,16 +287,7 @@ class Model:
         n = opts.num_return_sequences
         prompt = self._decoder_prompt(ids, mask, opts, copies=n)
         budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
-        sampler = None
-        if opts.do_sample:
-            # A row's random stream depends on the seed, its prompt, which copy of that prompt it is
-            # in this call (the same prompt twice gives two samples) and its sequence index, never
-            # on the other prompts of the batch.
-            real = [tuple(ids[i][mask[i] != 0].tolist()) for i in range(ids.shape[0])]
-            copy = occurrence if occurrence is not None else occurrence_indices(real)
-            prompts = [real[i] for i in range(len(real)) for _ in range(n)]
-            index = [copy[i] * n + j for i in range(len(real)) for j in range(n)]
-            sampler = search.RowSampler(opts.seed, prompts, index)
+        sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
         events = search.sample_or_greedy(
             self._native, session, prompt, opts, budget, sampler, self._stopper(prompt, opts)
         )
@@ -312,11 +303,8 @@ class Model:
             session = self._native.start(ids, mask)
             prompt = self._decoder_prompt(ids, mask, opts, copies=opts.num_beams)
             budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
-            sampler = None
-            if opts.do_sample:  # beam sampling: one random stream per input, as for sampling
-                real = [tuple(ids[i][mask[i] != 0].tolist()) for i in range(ids.shape[0])]
-                index = occurrence if occurrence is not None else occurrence_indices(real)
-                sampler = search.RowSampler(opts.seed, real, index)
+            # Beam sampling: one random stream per input.
+            sampler = _row_sampler(ids, mask, opts, occurrence, 1) if opts.do_sample else None
             return search.beam_search(
                 self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler
             )
@@ -324,6 +312,18 @@ class Model:
         for _ in events:
             pass
         return [h[prompt.prompt_len :] for h in prompt.history]
+
+
+def _row_sampler(ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, occurrence, streams: int):
+    """``streams`` random streams per input row. A stream depends on the seed, its prompt, which
+    occurrence of that prompt it is in the call (``occurrence``, else counted in this batch: the
+    same prompt twice gives two samples) and its index among the row's streams, never on the
+    other prompts of the batch."""
+    real = [tuple(ids[i][mask[i] != 0].tolist()) for i in range(ids.shape[0])]
+    copy = occurrence if occurrence is not None else occurrence_indices(real)
+    prompts = [p for p in real for _ in range(streams)]
+    index = [c * streams + j for c in copy for j in range(streams)]
+    return search.RowSampler(opts.seed, prompts, index)
 
 
 def occurrence_indices(prompts: Sequence[tuple]) -> list[int]:

@@ -510,14 +510,20 @@ def run_schedule(bench: Benchmark, workers: dict, workloads, pool, repeats: int,
     def active(rt, wl):
         return "error" not in results[rt][wl] and not workers[rt].dead
 
+    def measure_both(rt, wl):
+        """The full call and the one-token call (time to first token), or None if either failed."""
+        full = measure(rt, wl, new_tokens)
+        first = measure(rt, wl, 1) if full else None
+        return (full, first) if full and first else None
+
     print("warm-up ...", flush=True)
     for wl in workloads:
         for rt in runtimes:
             if not active(rt, wl):
                 continue
-            full = measure(rt, wl, new_tokens)
-            first = measure(rt, wl, 1) if full else None
-            if full and first:
+            both = measure_both(rt, wl)
+            if both:
+                full, first = both
                 cell = results[rt][wl]
                 cell["warmup_s"] = full["seconds"]
                 cell["sequences"] = full["sequences"]
@@ -530,9 +536,9 @@ def run_schedule(bench: Benchmark, workers: dict, workloads, pool, repeats: int,
             for rt in rotated(runtimes, r):
                 if not active(rt, wl):
                     continue
-                full = measure(rt, wl, new_tokens)
-                first = measure(rt, wl, 1) if full else None
-                if full and first:
+                both = measure_both(rt, wl)
+                if both:
+                    full, first = both
                     cell = results[rt][wl]
                     cell["seconds"].append(full["seconds"])
                     cell["tokens"].append(full["tokens"])
@@ -1008,14 +1014,19 @@ def check_common_arguments(args, p, runtimes, workloads) -> None:
     """Normalise and check the arguments every benchmark shares (``p.error`` on a bad one):
     threads, the runtime and workload lists, repeats, new tokens, and the report options."""
     args.threads = args.threads or default_threads()
-    args.runtimes = split_list(args.runtimes)
     args.workloads = split_list(args.workloads)
-    for r in args.runtimes:
-        if r not in runtimes:
-            p.error(f"unknown runtime {r!r} (choose from {', '.join(runtimes)})")
     for w in args.workloads:
         if w not in workloads:
             p.error(f"unknown workload {w!r} (choose from {', '.join(workloads)})")
+    check_run_arguments(args, p, runtimes)
+
+
+def check_run_arguments(args, p, runtimes) -> None:
+    """The runtime list, repeats, new tokens and the report options (``p.error`` on a bad one)."""
+    args.runtimes = split_list(args.runtimes)
+    for r in args.runtimes:
+        if r not in runtimes:
+            p.error(f"unknown runtime {r!r} (choose from {', '.join(runtimes)})")
     if args.repeats < 0:
         p.error("--repeats must be >= 0")
     if args.new_tokens < 1:

@@ -95,16 +95,8 @@ def finish_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argpars
             args.threads_list = parse_thread_list(args.threads_list)
         except ValueError as exc:
             p.error(f"--threads-list: {exc} (expected e.g. 1,2,4)")
-    args.runtimes = harness.split_list(args.runtimes)
-    for r in args.runtimes:
-        if r not in RUNTIMES:
-            p.error(f"unknown runtime {r!r} (choose from {', '.join(RUNTIMES)})")
-    if args.repeats < 0:
-        p.error("--repeats must be >= 0")
-    if args.new_tokens < 1:
-        p.error("--new-tokens must be >= 1")
     args.model_dir = Path(args.model_dir).expanduser().absolute()
-    harness.check_report_arguments(args, p)
+    harness.check_run_arguments(args, p, RUNTIMES)
     return args
 
 

@@ -34,16 +34,9 @@ pub fn release_mapped(bytes: &[u8]) {
 fn release_pages(addr: usize, bytes: usize) {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-    let start = addr.next_multiple_of(page);
-    let end = (addr + bytes) / page * page;
-    if end > start {
-        // SAFETY: the range lies inside a live read-only file mapping (the caller's slice); for
-        // such a mapping MADV_DONTNEED only drops the cached pages, which are re-read from the
-        // file if touched again, so no content changes. Errors are harmless and ignored.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
-        }
-    }
+    // For a read-only file mapping MADV_DONTNEED only drops the cached pages, which are re-read
+    // from the file if touched again: no content changes.
+    advise_whole_pages(addr, bytes, page, libc::MADV_DONTNEED);
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -51,25 +44,29 @@ fn release_pages(_addr: usize, _bytes: usize) {}
 
 #[cfg(target_os = "linux")]
 fn advise_huge_pages(addr: usize, bytes: usize) {
-    const HUGE: usize = 2 << 20;
-    if bytes < HUGE_PAGE_MIN_BYTES {
-        return;
-    }
-    // Only whole 2 MiB pages inside the buffer.
-    let start = addr.next_multiple_of(HUGE);
-    let end = (addr + bytes) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: the range lies inside a live allocation owned by the caller; MADV_HUGEPAGE
-        // changes only how pages are backed, never their contents. Failure (no THP support) is
-        // harmless, so the result is ignored.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-        }
+    if bytes >= HUGE_PAGE_MIN_BYTES {
+        // MADV_HUGEPAGE changes only how pages are backed, never their contents.
+        advise_whole_pages(addr, bytes, 2 << 20, libc::MADV_HUGEPAGE);
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_addr: usize, _bytes: usize) {}
+
+/// `madvise(advice)` over the whole `page`-sized pages inside `addr..addr + bytes`. Failure (an
+/// advice the kernel does not support) is harmless, so the result is ignored.
+#[cfg(target_os = "linux")]
+fn advise_whole_pages(addr: usize, bytes: usize, page: usize, advice: libc::c_int) {
+    let start = addr.next_multiple_of(page);
+    let end = (addr + bytes) / page * page;
+    if end > start {
+        // SAFETY: the range lies inside a live allocation or mapping owned by the caller (the
+        // callers' slices), and both advices used here leave the contents as they are.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, advice);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -326,8 +326,8 @@ impl Linear {
 
     /// Convenience: allocate and return `[m, out]`.
     pub fn apply(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let mut y = vec![0.0; m * self.out_features()];
-        self.forward(x, m, &mut y);
+        let mut y = Vec::new();
+        self.forward_into(x, m, &mut y);
         y
     }
 
@@ -415,8 +415,8 @@ impl LinearSet {
 
     /// Convenience: allocate and return `[m, out_features()]`.
     pub fn apply(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let mut y = vec![0.0; m * self.out_features()];
-        self.forward(x, m, &mut y);
+        let mut y = Vec::new();
+        self.forward_into(x, m, &mut y);
         y
     }
 
@@ -441,19 +441,9 @@ impl LinearSet {
 
     /// Splits a result of [`forward`](Self::forward) into one `[m, width]` array per projection.
     pub fn split(&self, y: &[f32], m: usize) -> Vec<Vec<f32>> {
-        let total = self.out_features();
-        let mut offset = 0;
-        self.widths
-            .iter()
-            .map(|&w| {
-                let mut out = Vec::with_capacity(m * w);
-                for row in y.chunks_exact(total).take(m) {
-                    out.extend_from_slice(&row[offset..offset + w]);
-                }
-                offset += w;
-                out
-            })
-            .collect()
+        let mut out: Vec<Vec<f32>> = self.widths.iter().map(|_| Vec::new()).collect();
+        self.split_into(y, m, &mut out.iter_mut().collect::<Vec<_>>());
+        out
     }
 }
 

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::llama::step_positions;
-use super::{add, last_positions, projection, Model, Session, StepInput, TokenBatch, Want};
+use super::{
+    add, last_positions, projection, Model, Session, StepBuffers, StepInput, TokenBatch, Want,
+};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -288,6 +290,8 @@ impl Model for Gpt2Model {
                 cfg.n_embd / cfg.n_head,
             ),
             real_tokens: vec![0; input.batch],
+            step: StepBuffers::default(),
+            ff: Vec::new(),
         }))
     }
 }
@@ -296,6 +300,9 @@ struct Gpt2Session {
     model: Arc<Gpt2Weights>,
     cache: KvCache,
     real_tokens: Vec<u32>,
+    /// Step buffers (the feed-forward's hidden layer in `ff`), reused across steps.
+    step: StepBuffers,
+    ff: Vec<f32>,
 }
 
 impl Gpt2Weights {
@@ -331,8 +338,9 @@ impl Gpt2Session {
             );
         }
         self.cache.begin_step(n, input.mask);
-        let mut x = vec![0.0; m * d];
-        let mut ctx = vec![0.0; m * d];
+        let b = &mut self.step;
+        b.x.resize(m * d, 0.0);
+        b.ctx.resize(m * d, 0.0);
         for (li, block) in w.blocks.iter().enumerate() {
             let mut scale = if cfg.scale_attn_weights {
                 1.0 / (hd as f32).sqrt()
@@ -351,16 +359,17 @@ impl Gpt2Session {
                 q_offset: self.cache.len(),
                 bias: None,
             };
-            w.norm(&h, &block.ln_1, &mut x);
-            let qkv = block.qkv.apply(&x, m);
-            let [q, k, v]: [Vec<f32>; 3] = block.qkv.split(&qkv, m).try_into().expect("q, k, v");
-            self.cache.write(li, &k, &v);
-            attn.run(&q, rows, n, &self.cache.view(li), &mut ctx);
-            add(&mut h, &block.attn_proj.apply(&ctx, m));
-            w.norm(&h, &block.ln_2, &mut x);
-            let mut f = block.fc.apply(&x, m);
-            w.activate(&mut f);
-            add(&mut h, &block.mlp_proj.apply(&f, m));
+            w.norm(&h, &block.ln_1, &mut b.x);
+            b.project_qkv(&block.qkv, m);
+            self.cache.write(li, &b.k, &b.v);
+            attn.run(&b.q, rows, n, &self.cache.view(li), &mut b.ctx);
+            block.attn_proj.forward_into(&b.ctx, m, &mut b.proj);
+            add(&mut h, &b.proj);
+            w.norm(&h, &block.ln_2, &mut b.x);
+            block.fc.forward_into(&b.x, m, &mut self.ff);
+            w.activate(&mut self.ff);
+            block.mlp_proj.forward_into(&self.ff, m, &mut b.proj);
+            add(&mut h, &b.proj);
         }
         self.cache.commit();
         let (h, count) = if last_only {

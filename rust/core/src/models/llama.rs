@@ -13,7 +13,8 @@ use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::rope::{Rope, RopeAngles, RopeScaling};
 use super::{
-    add, gated_into, last_positions, projection, Model, Session, StepInput, TokenBatch, Want,
+    add, gated_into, last_positions, projection, Model, Session, StepBuffers, StepInput,
+    TokenBatch, Want,
 };
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
@@ -355,18 +356,11 @@ pub(crate) fn step_positions(input: &StepInput, real_tokens: &mut [u32]) -> Vec<
     positions
 }
 
-/// Buffers of a decoding step, kept by the session so that the per-token loop does not allocate
-/// (only the returned logits are new each step).
+/// The Llama session's step buffers: the shared ones, the residual stream, the feed-forward's.
 #[derive(Default)]
 struct Scratch {
+    step: StepBuffers,
     h: Vec<f32>,
-    x: Vec<f32>,
-    ctx: Vec<f32>,
-    qkv: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    proj: Vec<f32>,
     gate_up: Vec<f32>,
     g: Vec<f32>,
     angles: RopeAngles,
@@ -399,26 +393,24 @@ impl LlamaSession {
         };
         self.cache.begin_step(n, input.mask);
         w.rope.angles_into(positions, &mut s.angles);
-        s.x.resize(m * d, 0.0);
-        s.ctx.resize(m * heads * hd, 0.0);
+        let b = &mut s.step;
+        b.x.resize(m * d, 0.0);
+        b.ctx.resize(m * heads * hd, 0.0);
         for (li, layer) in w.layers.iter().enumerate() {
-            rms_norm(&s.h, layer.attn_norm.data(), w.eps, &mut s.x);
-            layer.qkv.forward_into(&s.x, m, &mut s.qkv);
-            layer
-                .qkv
-                .split_into(&s.qkv, m, &mut [&mut s.q, &mut s.k, &mut s.v]);
-            w.rope.apply_angles(&mut s.q, heads, &s.angles);
-            w.rope.apply_angles(&mut s.k, kv_heads, &s.angles);
-            self.cache.write(li, &s.k, &s.v);
-            attn.run(&s.q, rows, n, &self.cache.view(li), &mut s.ctx);
-            layer.o.forward_into(&s.ctx, m, &mut s.proj);
-            add(&mut s.h, &s.proj);
+            rms_norm(&s.h, layer.attn_norm.data(), w.eps, &mut b.x);
+            b.project_qkv(&layer.qkv, m);
+            w.rope.apply_angles(&mut b.q, heads, &s.angles);
+            w.rope.apply_angles(&mut b.k, kv_heads, &s.angles);
+            self.cache.write(li, &b.k, &b.v);
+            attn.run(&b.q, rows, n, &self.cache.view(li), &mut b.ctx);
+            layer.o.forward_into(&b.ctx, m, &mut b.proj);
+            add(&mut s.h, &b.proj);
 
-            rms_norm(&s.h, layer.mlp_norm.data(), w.eps, &mut s.x);
-            layer.gate_up.forward_into(&s.x, m, &mut s.gate_up);
+            rms_norm(&s.h, layer.mlp_norm.data(), w.eps, &mut b.x);
+            layer.gate_up.forward_into(&b.x, m, &mut s.gate_up);
             gated_into(&s.gate_up, m, silu, &mut s.g);
-            layer.down.forward_into(&s.g, m, &mut s.proj);
-            add(&mut s.h, &s.proj);
+            layer.down.forward_into(&s.g, m, &mut b.proj);
+            add(&mut s.h, &b.proj);
         }
         self.cache.commit();
 

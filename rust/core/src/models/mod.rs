@@ -21,7 +21,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_hf::GgufAsHf;
 use crate::formats::safetensors::SafeTensors;
 use crate::formats::{Int8, WeightSource};
-use crate::tensor::Linear;
+use crate::tensor::{Linear, LinearSet};
 
 /// A rectangular batch of token ids with its attention mask (1 = real token, 0 = padding).
 #[derive(Clone, Debug)]
@@ -244,6 +244,30 @@ pub(crate) fn last_positions(h: &[f32], rows: usize, n: usize, d: usize) -> Vec<
     (0..rows)
         .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
         .collect()
+}
+
+/// Buffers of a decoding step that every decoder needs, kept by its session so that the per-token
+/// loop does not allocate (only the returned logits are new each step).
+#[derive(Default)]
+pub(crate) struct StepBuffers {
+    /// The normalised hidden state a sublayer reads, `[m, d_model]`.
+    pub x: Vec<f32>,
+    /// Attention output before its output projection.
+    pub ctx: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// The output of a projection on its way into the residual stream.
+    pub proj: Vec<f32>,
+    qkv: Vec<f32>,
+}
+
+impl StepBuffers {
+    /// `q`, `k`, `v` ← the stacked `[q | k | v]` projection of `x` (`m` rows).
+    pub fn project_qkv(&mut self, qkv: &LinearSet, m: usize) {
+        qkv.forward_into(&self.x, m, &mut self.qkv);
+        qkv.split_into(&self.qkv, m, &mut [&mut self.q, &mut self.k, &mut self.v]);
+    }
 }
 
 /// A gated unit over the result of a stacked `[activated | linear]` product (`y: [m, 2·ff]`):

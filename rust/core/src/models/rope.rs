@@ -82,7 +82,6 @@ impl Rope {
     /// keys of every layer (the trigonometry would otherwise be redone 2 x layers times).
     pub fn angles_into(&self, positions: &[u32], out: &mut RopeAngles) {
         let half = self.head_dim / 2;
-        out.half = half;
         out.cos.clear();
         out.sin.clear();
         for &pos in positions {
@@ -97,7 +96,6 @@ impl Rope {
     /// [`apply`](Self::apply) with angles from [`angles_into`](Self::angles_into).
     pub fn apply_angles(&self, x: &mut [f32], heads: usize, angles: &RopeAngles) {
         let (d, half) = (self.head_dim, self.head_dim / 2);
-        debug_assert_eq!(angles.half, half);
         for (t, (cos, sin)) in angles
             .cos
             .chunks_exact(half.max(1))
@@ -119,7 +117,6 @@ impl Rope {
 /// Per-position rotation angles of one step: `[tokens, head_dim / 2]` cosines and sines.
 #[derive(Default)]
 pub struct RopeAngles {
-    half: usize,
     cos: Vec<f32>,
     sin: Vec<f32>,
 }

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use super::attention::{Attention, KeyValues};
 use super::kv_cache::KvCache;
 use super::{
-    add, gated_into, last_positions, projection, Model, Session, StepInput, TokenBatch, Want,
+    add, gated_into, last_positions, projection, Model, Session, StepBuffers, StepInput,
+    TokenBatch, Want,
 };
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
@@ -622,17 +623,10 @@ struct T5Session {
     scratch: Scratch,
 }
 
-/// Buffers of a decoding step, kept by the session so that the per-token loop does not allocate
-/// (only the returned logits are new each step).
+/// The T5 session's step buffers: the shared ones, the feed-forward's, the position bias table.
 #[derive(Default)]
 struct Scratch {
-    x: Vec<f32>,
-    ctx: Vec<f32>,
-    qkv: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    proj: Vec<f32>,
+    step: StepBuffers,
     ff: [Vec<f32>; 3],
     table: Vec<f32>,
 }
@@ -664,21 +658,20 @@ impl T5Session {
         let mut self_attn = w.attention_shape(true, past);
         self_attn.bias = Some(&bias);
         let cross_attn = w.attention_shape(false, 0);
-        s.ctx.resize(m * inner, 0.0);
-        s.x.resize(m * d, 0.0);
+        let b = &mut s.step;
+        b.ctx.resize(m * inner, 0.0);
+        b.x.resize(m * d, 0.0);
 
         for (li, layer) in w.decoder.iter().enumerate() {
-            rms_norm(&h, layer.self_norm.data(), w.eps, &mut s.x);
-            let qkv = &layer.self_attn.qkv;
-            qkv.forward_into(&s.x, m, &mut s.qkv);
-            qkv.split_into(&s.qkv, m, &mut [&mut s.q, &mut s.k, &mut s.v]);
-            self.cache.write(li, &s.k, &s.v);
-            self_attn.run(&s.q, rows, n, &self.cache.view(li), &mut s.ctx);
-            layer.self_attn.o.forward_into(&s.ctx, m, &mut s.proj);
-            add(&mut h, &s.proj);
+            rms_norm(&h, layer.self_norm.data(), w.eps, &mut b.x);
+            b.project_qkv(&layer.self_attn.qkv, m);
+            self.cache.write(li, &b.k, &b.v);
+            self_attn.run(&b.q, rows, n, &self.cache.view(li), &mut b.ctx);
+            layer.self_attn.o.forward_into(&b.ctx, m, &mut b.proj);
+            add(&mut h, &b.proj);
 
-            rms_norm(&h, layer.cross_norm.data(), w.eps, &mut s.x);
-            layer.cross_attn.q.forward_into(&s.x, m, &mut s.q);
+            rms_norm(&h, layer.cross_norm.data(), w.eps, &mut b.x);
+            layer.cross_attn.q.forward_into(&b.x, m, &mut b.q);
             let (ck, cv) = &self.cross[li];
             let kv = KeyValues {
                 k: ck,
@@ -690,13 +683,13 @@ impl T5Session {
                 mask: Some((&self.source_mask, self.source_len)),
                 row_map: Some(&self.row_to_input),
             };
-            cross_attn.run(&s.q, rows, n, &kv, &mut s.ctx);
-            layer.cross_attn.o.forward_into(&s.ctx, m, &mut s.proj);
-            add(&mut h, &s.proj);
+            cross_attn.run(&b.q, rows, n, &kv, &mut b.ctx);
+            layer.cross_attn.o.forward_into(&b.ctx, m, &mut b.proj);
+            add(&mut h, &b.proj);
 
-            rms_norm(&h, layer.ff_norm.data(), w.eps, &mut s.x);
-            let [a, b, c] = &mut s.ff;
-            layer.ff.add_to_with(&s.x, m, &mut h, [a, b, c]);
+            rms_norm(&h, layer.ff_norm.data(), w.eps, &mut b.x);
+            let [f0, f1, f2] = &mut s.ff;
+            layer.ff.add_to_with(&b.x, m, &mut h, [f0, f1, f2]);
         }
         self.cache.commit();
 
