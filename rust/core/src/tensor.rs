@@ -300,20 +300,8 @@ impl Linear {
         let (n, k) = (self.out_features, self.in_features);
         match &self.weight {
             Weight::F32(w) => matmul_nt(x, w.data(), y, m, k, n),
-            Weight::Quant(q) if q.cols == k => quant_matmul(q.format, x, q.data(), y, m, k, n),
-            Weight::Quant(q) => {
-                // int8 rows padded to whole blocks: pad x with zeros the same way.
-                let kp = q.cols;
-                let mut xp = vec![0.0f32; m * kp];
-                for (dst, src) in xp
-                    .chunks_exact_mut(kp)
-                    .zip(x.chunks_exact(k.max(1)))
-                    .take(m)
-                {
-                    dst[..k].copy_from_slice(src);
-                }
-                quant_matmul(q.format, &xp, q.data(), y, m, kp, n)
-            }
+            // (int8 rows may be padded past `k` to whole blocks: the kernel pads `x` to match.)
+            Weight::Quant(q) => quant_matmul(q.format, x, q.data(), y, m, k, n),
         }
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(n).take(m) {

@@ -109,14 +109,16 @@ const PAR_QUANTIZE: usize = 64 * 1024;
 /// Scratch buffers larger than this (long prefills) are freed after the call, not kept.
 const KEEP_SCRATCH_BYTES: usize = 8 << 20;
 
-/// `y[m][n] = x[m][k] · W[n][k]ᵀ` where W's rows are `k/32` consecutive blocks of `fmt` (GGUF
-/// layout), i.e. `w.len() == n * fmt.row_bytes(k)`. `k` must be a multiple of 32.
+/// `y[m][n] = x[m][k] · W[n][k]ᵀ` where W's rows are `⌈k/32⌉` consecutive blocks of `fmt` (GGUF
+/// layout), i.e. `w.len() == n * fmt.row_bytes(padded_cols(k))`; when `k` is not a multiple of
+/// 32 (int8 rows, see [`quantize_rows_int8`]) the weights' last block holds zeros past `k`, and
+/// the rows of `x` are quantized as if zero-padded the same way.
 ///
 /// Parallel over the current rayon pool; the result is bitwise independent of the thread count and
 /// of `m`, and equal to [`quant_matmul_scalar`] (see the module docs).
 ///
 /// # Panics
-/// If `k` is not a multiple of 32 or a slice is too short.
+/// If a slice is too short.
 pub fn quant_matmul(
     fmt: QuantFormat,
     x: &[f32],
@@ -132,7 +134,7 @@ pub fn quant_matmul(
 /// [`quant_matmul`] on an explicit instruction set (tests, benchmarks).
 ///
 /// # Panics
-/// If this CPU cannot run `isa`, if `k` is not a multiple of 32, or a slice is too short.
+/// If this CPU cannot run `isa`, or a slice is too short.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quant_matmul_with(
     isa: Isa,
@@ -164,7 +166,7 @@ pub(crate) fn quant_matmul_with(
     let mut act = SCRATCH.with(Cell::take);
     act.quantize(kernel, x, m, k, parallel && m * k >= PAR_QUANTIZE);
 
-    let rb = fmt.row_bytes(k);
+    let rb = fmt.row_bytes(act.k);
     // Rows of w per task: only a matter of load balance and of task overhead, since every task
     // streams its own weight rows once.
     let cols = if parallel {
@@ -249,7 +251,7 @@ fn quantize_row_int8(row: &[f32], dst: &mut [u8]) {
 /// time, through the portable dot product. Same bits as [`quant_matmul`].
 ///
 /// # Panics
-/// If `k` is not a multiple of 32 or a slice is too short.
+/// If a slice is too short.
 pub fn quant_matmul_scalar(
     fmt: QuantFormat,
     x: &[f32],
@@ -266,7 +268,7 @@ pub fn quant_matmul_scalar(
     }
     let mut act = Activations::default();
     act.quantize(Kernel::Portable, x, m, k, false);
-    let rb = fmt.row_bytes(k);
+    let rb = fmt.row_bytes(act.k);
     for i in 0..m {
         for j in 0..n {
             y[i * n + j] = dot_portable(fmt, &w[j * rb..(j + 1) * rb], act.row(i));
@@ -276,11 +278,7 @@ pub fn quant_matmul_scalar(
 
 fn check_args(fmt: QuantFormat, x: &[f32], w: &[u8], y: &[f32], m: usize, k: usize, n: usize) {
     assert!(
-        k % QK == 0,
-        "quant_matmul: k = {k} is not a multiple of {QK}"
-    );
-    assert!(
-        x.len() >= m * k && w.len() >= n * fmt.row_bytes(k) && y.len() >= m * n,
+        x.len() >= m * k && w.len() >= n * fmt.row_bytes(padded_cols(k)) && y.len() >= m * n,
         "quant_matmul: slices too short for m={m} k={k} n={n} {fmt:?} \
          (x {}, w {} bytes, y {})",
         x.len(),
@@ -516,14 +514,15 @@ thread_local! {
 }
 
 impl Activations {
-    /// Quantizes the `m` rows of `x` (`k > 0`, a multiple of 32).
+    /// Quantizes the `m` rows of `x` (`k > 0` values each), each zero-padded to whole blocks.
     fn quantize(&mut self, kernel: Kernel, x: &[f32], m: usize, k: usize, parallel: bool) {
-        let nbp = (k / QK).next_multiple_of(LANES);
+        let kp = padded_cols(k);
+        let nbp = (kp / QK).next_multiple_of(LANES);
         self.m = m;
-        self.k = k;
+        self.k = kp;
         self.padded_blocks = nbp;
         // Every element is overwritten below; `resize` only zero-fills on growth.
-        self.qs.resize(m * k, 0);
+        self.qs.resize(m * kp, 0);
         self.d.resize(m * nbp, 0.0);
         self.s.resize(m * nbp, 0.0);
         let x = &x[..m * k];
@@ -531,12 +530,12 @@ impl Activations {
         let row = |((xr, qs), (d, s)): Row<'_>| kernel.quantize_row(xr, qs, d, s);
         if parallel {
             x.par_chunks(k)
-                .zip(self.qs.par_chunks_mut(k))
+                .zip(self.qs.par_chunks_mut(kp))
                 .zip(self.d.par_chunks_mut(nbp).zip(self.s.par_chunks_mut(nbp)))
                 .for_each(row);
         } else {
             x.chunks(k)
-                .zip(self.qs.chunks_mut(k))
+                .zip(self.qs.chunks_mut(kp))
                 .zip(self.d.chunks_mut(nbp).zip(self.s.chunks_mut(nbp)))
                 .for_each(row);
         }
@@ -565,11 +564,19 @@ impl Activations {
 /// entries of `d` and `s` are zeroed. Always inlined so that `x86::quantize_row` compiles this
 /// very code with AVX2 (every step is exact or correctly rounded elementwise, so any
 /// vectorisation gives the same bits).
+///
+/// `x` may end inside a block (a row of `k` values when `k` is not a multiple of 32): that last
+/// block is quantized as if zero-padded, matching weights padded the same way.
 #[inline(always)]
 fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    let nb = x.len() / QK;
-    for (((xb, qb), db), sb) in x
-        .chunks_exact(QK)
+    let nb = x.len().div_ceil(QK);
+    let chunks = x.chunks_exact(QK);
+    let tail = chunks.remainder();
+    let mut padded = [0.0f32; QK];
+    padded[..tail.len()].copy_from_slice(tail);
+    let last = (!tail.is_empty()).then_some(&padded[..]);
+    for (((xb, qb), db), sb) in chunks
+        .chain(last)
         .zip(qs.chunks_exact_mut(QK))
         .zip(d.iter_mut())
         .zip(s.iter_mut())
@@ -748,6 +755,38 @@ mod tests {
                                 }
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `k` not a multiple of 32 (int8 rows padded to whole blocks): every path gives the bits of
+    /// the scalar reference, which are those of `x` explicitly zero-padded to the blocks.
+    #[test]
+    fn ragged_k_is_the_zero_padded_product() {
+        for fmt in FORMATS {
+            for (m, k, n) in [(1, 1, 5), (3, 48, 7), (2, 33, 9), (5, 100, 33)] {
+                let kp = padded_cols(k);
+                let w = random_weights(fmt, n, kp, (k * 31 + n) as u64);
+                let x = activations(m, k, (m * 5 + k) as u64);
+                let mut xp = vec![0.0; m * kp];
+                for (dst, src) in xp.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+                    dst[..k].copy_from_slice(src);
+                }
+                let mut want = vec![0.0; m * n];
+                quant_matmul_scalar(fmt, &xp, &w, &mut want, m, kp, n);
+                let mut scalar = vec![0.0; m * n];
+                quant_matmul_scalar(fmt, &x, &w, &mut scalar, m, k, n);
+                assert_eq!(
+                    bits(&scalar),
+                    bits(&want),
+                    "{fmt:?} m={m} k={k} n={n}: scalar"
+                );
+                for isa in cpu::supported_isas() {
+                    for threads in [1, 2] {
+                        let got = run(isa, threads, fmt, &x, &w, m, k, n);
+                        assert_eq!(bits(&got), bits(&want), "{fmt:?} {isa:?} m={m} k={k} n={n}");
                     }
                 }
             }
