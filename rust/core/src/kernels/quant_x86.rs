@@ -22,8 +22,9 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// How far ahead of the block being read the weights are prefetched (measured best of 1-4 KiB on
-/// Zen 3 at 2 KiB; 4 KiB on a Sapphire Rapids VM, 2 threads, SmolLM2 Q4_1 decode 4.7 -> ~4.2 ms).
+/// How far ahead of the block being read the weights are prefetched: the best of 1-8 KiB, by
+/// `benchmarks/decode_step.py` on SmolLM2 Q4_1 (2 KiB on Zen 3 earlier; 4 KiB on a Sapphire
+/// Rapids VM, where 2 KiB was slower by a few percent and 8 KiB by more).
 pub(super) const PREFETCH_BYTES: usize = 4096;
 
 // `QuantFormat` as const-generic parameters (enums cannot be).
