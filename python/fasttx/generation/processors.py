@@ -128,9 +128,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def build(opts: GenerationOptions, prompt_len: int, padding: Sequence[int], *, beam: bool) -> list[Processor]:
+def build(
+    opts: GenerationOptions, prompt_len: int, padding: Sequence[int], *, beam: bool, warpers: bool = True
+) -> list[Processor]:
     """The processor list transformers' ``_get_logits_processor`` would build for these options;
-    ``padding[row]`` is the left padding of each generated sequence's prompt."""
+    ``padding[row]`` is the left padding of each generated sequence's prompt. ``warpers=False``
+    leaves out sampling's warpers (greedy/sampling runs them natively with the draw)."""
     procs: list[Processor] = []
     if opts.repetition_penalty != 1.0:
         procs.append(repetition_penalty(opts.repetition_penalty, padding))
@@ -145,7 +148,7 @@ def build(opts: GenerationOptions, prompt_len: int, padding: Sequence[int], *, b
             procs.append(suppress_eos_until(opts.min_length, 0, opts.eos_token_id))
         if opts.min_new_tokens:
             procs.append(suppress_eos_until(opts.min_new_tokens, prompt_len, opts.eos_token_id))
-    if opts.do_sample:
+    if opts.do_sample and warpers:
         # Beam sampling keeps one token per EOS id plus one in every warper (2 without EOS ids).
         min_keep = (len(opts.eos_token_id) + 1 if opts.eos_token_id else 2) if beam else 1
         if opts.temperature != 1.0:

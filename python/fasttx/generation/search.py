@@ -7,7 +7,7 @@ written to follow transformers' ``_sample`` and ``_beam_search`` decision for de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -94,7 +94,7 @@ def sample_or_greedy(
     (stop strings)."""
     rows = len(prompt.history)
     # Sampling's warpers run natively in `sample_tokens`; the other processors here.
-    procs = processors.build(replace(opts, do_sample=False), prompt.prompt_len, prompt.padding(), beam=False)
+    procs = processors.build(opts, prompt.prompt_len, prompt.padding(), beam=False, warpers=False)
     eos = set(opts.eos_token_id)
     active = list(range(rows))  # session row i decodes original row active[i]
     tokens, mask = prompt.first_tokens, prompt.first_mask
