@@ -1,8 +1,9 @@
 //! Weight storage. A [`Tensor`] is an f32 array that either borrows a memory-mapped file (when the
 //! stored dtype is already f32 and suitably aligned: no copy, pages loaded on first touch) or owns a
 //! converted copy (f16/bf16 upcast, or a layout the kernels need). A [`QuantMatrix`] keeps GGUF
-//! blocks (Q4_0, Q4_1, Q8_0) as they are stored, for the quantized kernels. Both are cheap to clone
-//! (shared storage), which is how a tied head shares the embedding.
+//! blocks (Q4_0, Q4_1, Q8_0) repacked into the layout the quantized kernels stream
+//! ([`pack_rows`]). Both are cheap to clone (shared storage), which is how a tied head shares the
+//! embedding.
 
 use std::sync::Arc;
 
@@ -11,7 +12,9 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{quant::dequantize, GgmlType};
 use crate::kernels::matmul::matmul_nt;
-use crate::kernels::quant::{padded_cols, quant_matmul, quantize_rows_int8, QuantFormat};
+use crate::kernels::quant::{
+    pack_rows, padded_cols, quant_matmul, quantize_rows_int8, unpack_row, QuantFormat,
+};
 
 #[derive(Clone)]
 enum Storage {
@@ -133,34 +136,54 @@ impl Bytes {
     }
 }
 
-/// A `[rows, cols]` matrix stored as GGUF blocks of 32 along each row.
+/// A `[rows, cols]` matrix of GGUF blocks of 32 along each row, held in the kernels' packed
+/// layout (each row keeps its size and place; see `kernels::quant`).
 #[derive(Clone)]
 pub struct QuantMatrix {
     pub format: QuantFormat,
     pub rows: usize,
     pub cols: usize,
-    bytes: Bytes,
+    packed: Arc<Vec<u8>>,
 }
 
 impl QuantMatrix {
+    /// From blocks in GGUF order (a mapped file's, or a copy): packs them into an owned buffer
+    /// and releases the mapped pages, which are not read again.
     pub fn new(format: QuantFormat, rows: usize, cols: usize, bytes: Bytes) -> Result<Self> {
-        if cols % QuantFormat::BLOCK != 0 || bytes.as_slice().len() != rows * format.row_bytes(cols)
-        {
-            return Err(Error::Format(format!(
-                "quantized matrix [{rows}, {cols}] of {format:?} does not match its {} bytes",
-                bytes.as_slice().len()
-            )));
-        }
+        Self::check(format, rows, cols, bytes.as_slice().len())?;
+        let packed = pack_rows(format, bytes.as_slice(), cols);
+        bytes.release_mapped_pages();
         Ok(QuantMatrix {
             format,
             rows,
             cols,
-            bytes,
+            packed: Arc::new(packed),
         })
     }
 
+    /// From rows already packed (rows of packed matrices with the same `cols`, concatenated).
+    fn from_packed(format: QuantFormat, rows: usize, cols: usize, packed: Vec<u8>) -> Result<Self> {
+        Self::check(format, rows, cols, packed.len())?;
+        Ok(QuantMatrix {
+            format,
+            rows,
+            cols,
+            packed: Arc::new(packed),
+        })
+    }
+
+    fn check(format: QuantFormat, rows: usize, cols: usize, len: usize) -> Result<()> {
+        if cols % QuantFormat::BLOCK != 0 || len != rows * format.row_bytes(cols) {
+            return Err(Error::Format(format!(
+                "quantized matrix [{rows}, {cols}] of {format:?} does not match its {len} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The packed rows, as `quant_matmul` takes them.
     pub fn data(&self) -> &[u8] {
-        self.bytes.as_slice()
+        &self.packed
     }
 
     fn ggml_type(&self) -> GgmlType {
@@ -171,10 +194,20 @@ impl QuantMatrix {
         }
     }
 
-    /// Row `i` dequantized into `out` (embedding lookups).
+    /// Row `i` dequantized into `out` (embedding lookups), a packed group at a time (no
+    /// allocation: this runs for every token).
     pub fn row_into(&self, i: usize, out: &mut [f32]) {
+        const GROUP: usize = 8;
+        let (bb, qk) = (self.format.block_bytes(), QuantFormat::BLOCK);
         let rb = self.format.row_bytes(self.cols);
-        dequantize(self.ggml_type(), &self.data()[i * rb..(i + 1) * rb], out);
+        let row = &self.data()[i * rb..(i + 1) * rb];
+        let mut blocks = [0u8; GROUP * (2 + QuantFormat::BLOCK)];
+        for b0 in (0..self.cols / qk).step_by(GROUP) {
+            let t = GROUP.min(self.cols / qk - b0);
+            let group = &mut blocks[..t * bb];
+            unpack_row(self.format, &row[b0 * bb..(b0 + t) * bb], group);
+            dequantize(self.ggml_type(), group, &mut out[b0 * qk..(b0 + t) * qk]);
+        }
     }
 }
 
@@ -468,15 +501,9 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
                 if let Weight::Quant(q) = &p.weight {
                     data[at..at + q.data().len()].copy_from_slice(q.data());
                     at += q.data().len();
-                    q.bytes.release_mapped_pages();
                 }
             }
-            Weight::Quant(QuantMatrix::new(
-                q0.format,
-                n,
-                q0.cols,
-                Bytes::Owned(Arc::new(data)),
-            )?)
+            Weight::Quant(QuantMatrix::from_packed(q0.format, n, q0.cols, data)?)
         }
     };
     let bias = if parts.iter().any(|p| p.bias.is_some()) {

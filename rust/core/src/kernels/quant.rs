@@ -3,32 +3,38 @@
 //!
 //! # Method (as llama.cpp and candle do it)
 //! Each call first quantizes every row of `x` into 8-bit blocks of 32: `d = max|x| / 127`,
-//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), and for the Q4 weights also `s = d·Σq` (ggml's
-//! Q8_1). Then every output is a sum over blocks of exact integer dot products scaled in `f32`:
+//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), keeping `Σq` per block and, for Q4_1,
+//! `s = d·Σq` (ggml's Q8_1). Then every output is a sum over blocks of exact integer dot products
+//! scaled in `f32`:
 //!
 //! * Q8_0 weights: `Σ_b dw·dx · Σ qw·qx`;
-//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`;
-//! * Q4_0 weights (`w = (nibble - 8)·dw`): as Q4_1 with `mw = -8·dw`. Multiplying unsigned
-//!   nibbles saves the sign handling that signed weights need (3 of ~12 instructions a block);
-//!   the price, one `f32` rounding of a term that partly cancels, is far below the 8-bit
-//!   activations' error.
+//! * Q4_0 weights (`w = (nibble - 8)·dw`): `Σ_b dw·dx · (Σ nibble·qx - 8·Σqx)`, the bracket
+//!   an exact integer: multiplying unsigned nibbles saves the sign handling signed weights need;
+//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`.
 //!
 //! Unlike ggml, the activation scales `d` and `s` stay in `f32` (ggml rounds them to `f16`): they
 //! live only for one call, and it avoids an extra rounding for free.
 //!
-//! # Fixed arithmetic, shared by every path
-//! A block's 32 products are summed into 8 integer lanes (lane `l` = elements `4l..4l+4`: what
-//! `maddubs` + `madd` produce on AVX2), and each lane is accumulated in `f32` as
-//! `acc = fma(dw·dx, lane, acc)`, even blocks into one accumulator and odd blocks into another.
-//! For the Q4 formats, each group of 8 blocks also adds `mw·s` of block `8g + l` into lane `l` of
-//! a third accumulator. (Independent FMA chains, so their latency does not bound a single-row
-//! product.) The accumulators are added lane by lane, `(even + odd) + mins`, and the 8 lanes
-//! summed in the order `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+//! # Packed weights
+//! The kernels read the weights in the layout of `quant_pack.rs` ([`pack_rows`], once at load):
+//! per group of 8 blocks the scales together, then the values interleaved 4 bytes per block, so
+//! one vector load holds 4 values of each of 8 blocks and one integer dot-product instruction
+//! (`vpdpbusd`, or `maddubs` + `madd`) advances 8 blocks at once, one per 32-bit lane. The rows
+//! of `x` are quantized into the same interleaving. In GGUF's order each block needed its own
+//! scale broadcast and a horizontal step: about twice the instructions, which left the 4-bit
+//! kernels compute-bound below memory bandwidth.
 //!
-//! The integer lanes are exact on every path, and the `f32` operations are the same sequence, so
-//! the AVX2 kernel and the portable one give the same bits; neither depends on the thread count,
-//! on the task split or on how many rows of `x` are in the call (each output is one dot product
-//! computed alone, whatever group of rows it was computed with).
+//! # Fixed arithmetic, shared by every path
+//! Each block's dot product is one exact `i32` (`isum`, with Q4_0's `-8·Σqx` and Q8_0's offset
+//! taken out in integers). Block `8g + l` of a row goes to lane `l` of an 8-lane `f32`
+//! accumulator, `acc = fma(dw·dx, isum, acc)`, group after group; Q4_1 also keeps
+//! `mins = fma(mw, s, mins)` per lane. Lanes past the end of a short last group add `0·0`. The
+//! lanes (`acc + mins` for Q4_1) are summed in the order `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+//!
+//! The integers are exact on every path, and the `f32` operations are the same sequence, so the
+//! AVX-512, AVX2 and portable kernels give the same bits; none depends on the thread count, on the
+//! task split or on how many rows of `x` are in the call (each output is one dot product computed
+//! alone, whatever group of rows it was computed with).
 //!
 //! # Organisation
 //! The outputs are split by weight rows (`n`) into rayon tasks in the current pool. A task walks
@@ -47,12 +53,16 @@ use rayon::prelude::*;
 use super::cpu::{self, Isa};
 use super::matmul::balanced_tasks;
 
+#[path = "quant_pack.rs"]
+mod pack;
 #[cfg(target_arch = "x86_64")]
 #[path = "quant_x86.rs"]
 mod x86;
 #[cfg(target_arch = "x86_64")]
 #[path = "quant_avx512.rs"]
 mod x86_512;
+
+pub use pack::{pack_rows, unpack_row};
 
 /// Storage format of a quantized weight matrix (GGUF / ggml block types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,11 +96,10 @@ impl QuantFormat {
 
 /// Values per block.
 const QK: usize = QuantFormat::BLOCK;
-/// `f32` lanes of an accumulator (one AVX2 register); also blocks per group of scales.
+/// `f32` lanes of an accumulator (one AVX2 register); also blocks per packed group.
 const LANES: usize = 8;
-/// Rows of `x` computed together against one weight row: each weight block is loaded (and its
-/// nibbles unpacked) once for all of them. Four rows' accumulators (3 registers each) about fill
-/// the 16 AVX2 registers.
+/// Rows of `x` computed together against one weight row: each weight group is loaded (and its
+/// nibbles unpacked) once for all of them.
 const MR: usize = 4;
 
 /// `m·n·k` below which a product runs on the calling thread: rayon's dispatch (a few µs) would
@@ -109,8 +118,8 @@ const PAR_QUANTIZE: usize = 64 * 1024;
 /// Scratch buffers larger than this (long prefills) are freed after the call, not kept.
 const KEEP_SCRATCH_BYTES: usize = 8 << 20;
 
-/// `y[m][n] = x[m][k] · W[n][k]ᵀ` where W's rows are `⌈k/32⌉` consecutive blocks of `fmt` (GGUF
-/// layout), i.e. `w.len() == n * fmt.row_bytes(padded_cols(k))`; when `k` is not a multiple of
+/// `y[m][n] = x[m][k] · W[n][k]ᵀ` where W's rows are `⌈k/32⌉` blocks of `fmt` in the packed
+/// layout ([`pack_rows`]), i.e. `w.len() == n * fmt.row_bytes(padded_cols(k))`; when `k` is not a multiple of
 /// 32 (int8 rows, see [`quantize_rows_int8`]) the weights' last block holds zeros past `k`, and
 /// the rows of `x` are quantized as if zero-padded the same way.
 ///
@@ -199,7 +208,8 @@ pub(crate) fn quant_matmul_with(
 /// Per-output-channel int8 (`dtype="int8"`): each row of `w` (`[rows, cols]`, f32) quantized with
 /// one scale, `d = max|row| / 127` rounded up to the next `f16`, `q = round(w / d)`, and stored as
 /// [`QuantFormat::Q8_0`] blocks that all carry the row's `d`, so the Q8_0 kernels run it. Rows are
-/// zero-padded to `padded_cols(cols)` (a multiple of 32). Returns the block bytes.
+/// zero-padded to `padded_cols(cols)` (a multiple of 32). Returns the blocks in GGUF order (for
+/// the kernels, [`pack_rows`] them).
 ///
 /// A row holding NaN or ±inf gets a NaN scale, so its outputs come out NaN as in f32.
 pub fn quantize_rows_int8(w: &[f32], rows: usize, cols: usize) -> Vec<u8> {
@@ -248,7 +258,8 @@ fn quantize_row_int8(row: &[f32], dst: &mut [u8]) {
 }
 
 /// Scalar reference with the same activation quantization (for tests): serial, one output at a
-/// time, through the portable dot product. Same bits as [`quant_matmul`].
+/// time, through the portable dot product; `w` packed as for [`quant_matmul`]. Same bits as
+/// [`quant_matmul`].
 ///
 /// # Panics
 /// If a slice is too short.
@@ -353,17 +364,17 @@ impl Kernel {
     }
 
     /// [`quantize_row`], compiled for this kernel's instruction set (same results).
-    fn quantize_row(self, x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    fn quantize_row(self, x: &[f32], out: XRowMut<'_>) {
         match self {
-            Kernel::Portable => quantize_row(x, qs, d, s),
+            Kernel::Portable => quantize_row(x, out),
             // SAFETY: `Avx2` and `Avx512` are only chosen when `x86::available()`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 => unsafe { x86::quantize_row(x, qs, d, s) },
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { x86::quantize_row(x, out) },
         }
     }
 
-    /// `y[r·ldy + j] = w_j · xs[r]` for every weight row `w_j` of `w` (rows of `rb` bytes, whole
-    /// blocks) and 1..=[`MR`] rows of `x`.
+    /// `y[r·ldy + j] = w_j · xs[r]` for every packed weight row `w_j` of `w` (rows of `rb` bytes,
+    /// whole blocks) and 1..=[`MR`] rows of `x`.
     ///
     /// # Safety
     /// `y` valid for those writes; the rows come from [`Activations::row`] for `k` values, where
@@ -397,70 +408,53 @@ impl Kernel {
     }
 }
 
-/// One output of the product: weight row `w` (whole blocks of `fmt`) times one quantized row of
-/// `x`, in the fixed arithmetic of the module docs. The reference for the SIMD kernels, and the
-/// kernel itself where there is no SIMD one (`mul_add` is one instruction on aarch64).
+/// One output of the product: packed weight row `w` (whole blocks of `fmt`) times one quantized
+/// row of `x`, in the fixed arithmetic of the module docs. The reference for the SIMD kernels, and
+/// the kernel itself where there is no SIMD one (`mul_add` is one instruction on aarch64).
 fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
     let bb = fmt.block_bytes();
-    let nb = w.len() / bb;
-    let mut acc = [[0.0f32; LANES]; 3];
-    for b0 in (0..nb).step_by(LANES) {
-        let cnt = LANES.min(nb - b0);
-        for i in 0..cnt {
-            let b = b0 + i;
-            let blk = &w[b * bb..(b + 1) * bb];
-            let scale = f16_at(blk, 0) * x.d[b];
-            let wq = block_values(fmt, blk);
-            let xq = &x.qs[b * QK..(b + 1) * QK];
-            for (l, a) in acc[i % 2].iter_mut().enumerate() {
-                let e = 4 * l..4 * l + 4;
-                let p: i32 = wq[e.clone()]
-                    .iter()
-                    .zip(&xq[e])
-                    .map(|(&wv, &xv)| wv as i32 * xv as i32)
+    let mut acc = [0.0f32; LANES];
+    let mut mins = [0.0f32; LANES];
+    for (b0, t) in pack::groups(w.len() / bb) {
+        let group = &w[b0 * bb..(b0 + t) * bb];
+        let xg = &x.qs[b0 * QK..(b0 + LANES) * QK];
+        for l in 0..LANES {
+            let b = b0 + l;
+            // Lanes past a short group add 0·0, as the SIMD kernels' masked loads make them.
+            let (isum, dw, mw) = if l < t {
+                let mut isum: i32 = (0..QK)
+                    .map(|v| pack::packed_value(fmt, group, t, l, v) * xg[x_index(l, v)] as i32)
                     .sum();
-                *a = scale.mul_add(p as f32, *a);
-            }
-        }
-        if fmt != QuantFormat::Q8_0 {
-            for (l, a) in acc[2].iter_mut().enumerate() {
-                // Lanes past the last block add 0·0, exactly as the SIMD kernel does.
+                if fmt == QuantFormat::Q4_0 {
+                    isum -= 8 * x.sum[b];
+                }
+                let dw = f16_at(group, pack::packed_offset(fmt, t, l, 0));
                 let mw = match fmt {
-                    _ if l >= cnt => 0.0,
-                    QuantFormat::Q4_1 => f16_at(&w[(b0 + l) * bb..], 2),
-                    _ => -8.0 * f16_at(&w[(b0 + l) * bb..], 0),
+                    QuantFormat::Q4_1 => f16_at(group, pack::packed_offset(fmt, t, l, 2)),
+                    _ => 0.0,
                 };
-                *a = mw.mul_add(x.s[b0 + l], *a);
+                (isum, dw, mw)
+            } else {
+                (0, 0.0, 0.0)
+            };
+            acc[l] = (dw * x.d[b]).mul_add(isum as f32, acc[l]);
+            if fmt == QuantFormat::Q4_1 {
+                mins[l] = mw.mul_add(x.s[b], mins[l]);
             }
         }
     }
     let lanes: [f32; LANES] = std::array::from_fn(|l| match fmt {
-        QuantFormat::Q8_0 => acc[0][l] + acc[1][l],
-        _ => (acc[0][l] + acc[1][l]) + acc[2][l],
+        QuantFormat::Q4_1 => acc[l] + mins[l],
+        _ => acc[l],
     });
     hsum(&lanes)
 }
 
-/// The 32 integer weights of a block in element order: the nibbles (Q4_0 without its `- 8`,
-/// which goes into the `mw·s` term), or Q8_0's `q`.
-/// The low nibble of byte `j` is element `j`, the high nibble element `j + 16`.
-fn block_values(fmt: QuantFormat, blk: &[u8]) -> [i8; QK] {
-    let mut v = [0i8; QK];
-    match fmt {
-        QuantFormat::Q8_0 => {
-            for (o, &b) in v.iter_mut().zip(&blk[2..]) {
-                *o = b as i8;
-            }
-        }
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
-            let off = if fmt == QuantFormat::Q4_0 { 2 } else { 4 };
-            for (j, &b) in blk[off..off + QK / 2].iter().enumerate() {
-                v[j] = (b & 0x0F) as i8;
-                v[j + QK / 2] = (b >> 4) as i8;
-            }
-        }
-    }
-    v
+/// Where value `v` of block `l` of a group sits in that group's quantized `x` (the packed
+/// interleaving: piece `v / 4`, lane `l`).
+#[inline]
+fn x_index(l: usize, v: usize) -> usize {
+    (v / 4) * 4 * LANES + 4 * l + v % 4
 }
 
 /// The little-endian `f16` at byte `at` of `b`, as `f32` (exact).
@@ -476,14 +470,25 @@ fn hsum(a: &[f32; LANES]) -> f32 {
     (s[0] + s[2]) + (s[1] + s[3])
 }
 
-/// One row of `x` quantized to 8-bit blocks: `qs` holds `k` values; `d` and `s` hold a scale and
-/// `d·Σq` per block, padded with zeros to a multiple of 8 blocks (the kernels read scales 8 at a
-/// time).
+/// One row of `x` quantized to 8-bit blocks, padded with zero blocks to whole groups of 8
+/// (`nbp` blocks): `qs` holds the values interleaved as the packed weights are (per group, piece
+/// `c` = values `4c..4c+4` of each of the 8 blocks); `d`, `sum` and `s` hold each block's scale,
+/// `Σq` and `d·Σq`.
 #[derive(Clone, Copy)]
 struct XRow<'a> {
     qs: &'a [i8],
     d: &'a [f32],
+    sum: &'a [i32],
     s: &'a [f32],
+}
+
+#[cfg(test)]
+impl XRow<'_> {
+    /// Value `p` of the row (in element order).
+    fn value(&self, p: usize) -> i8 {
+        let b = p / QK;
+        self.qs[(b / LANES) * LANES * QK + x_index(b % LANES, p % QK)]
+    }
 }
 
 /// The quantized rows of `x` for one call (reused across calls through [`SCRATCH`]).
@@ -495,6 +500,7 @@ struct Activations {
     padded_blocks: usize,
     qs: Vec<i8>,
     d: Vec<f32>,
+    sum: Vec<i32>,
     s: Vec<f32>,
 }
 
@@ -508,13 +514,14 @@ thread_local! {
             padded_blocks: 0,
             qs: Vec::new(),
             d: Vec::new(),
+            sum: Vec::new(),
             s: Vec::new(),
         })
     };
 }
 
 impl Activations {
-    /// Quantizes the `m` rows of `x` (`k > 0` values each), each zero-padded to whole blocks.
+    /// Quantizes the `m` rows of `x` (`k > 0` values each), each zero-padded to whole groups.
     fn quantize(&mut self, kernel: Kernel, x: &[f32], m: usize, k: usize, parallel: bool) {
         let kp = padded_cols(k);
         let nbp = (kp / QK).next_multiple_of(LANES);
@@ -522,71 +529,100 @@ impl Activations {
         self.k = kp;
         self.padded_blocks = nbp;
         // Every element is overwritten below; `resize` only zero-fills on growth.
-        self.qs.resize(m * kp, 0);
+        self.qs.resize(m * nbp * QK, 0);
         self.d.resize(m * nbp, 0.0);
+        self.sum.resize(m * nbp, 0);
         self.s.resize(m * nbp, 0.0);
         let x = &x[..m * k];
-        type Row<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [f32]));
-        let row = |((xr, qs), (d, s)): Row<'_>| kernel.quantize_row(xr, qs, d, s);
+        let row = |(xr, ((qs, d), (sum, s))): (&[f32], QuantRowMut<'_>)| {
+            kernel.quantize_row(xr, XRowMut { qs, d, sum, s })
+        };
+        let width = nbp * QK;
         if parallel {
             x.par_chunks(k)
-                .zip(self.qs.par_chunks_mut(kp))
-                .zip(self.d.par_chunks_mut(nbp).zip(self.s.par_chunks_mut(nbp)))
+                .zip(
+                    (self
+                        .qs
+                        .par_chunks_mut(width)
+                        .zip(self.d.par_chunks_mut(nbp)))
+                    .zip(self.sum.par_chunks_mut(nbp).zip(self.s.par_chunks_mut(nbp))),
+                )
                 .for_each(row);
         } else {
             x.chunks(k)
-                .zip(self.qs.chunks_mut(kp))
-                .zip(self.d.chunks_mut(nbp).zip(self.s.chunks_mut(nbp)))
+                .zip(
+                    (self.qs.chunks_mut(width).zip(self.d.chunks_mut(nbp)))
+                        .zip(self.sum.chunks_mut(nbp).zip(self.s.chunks_mut(nbp))),
+                )
                 .for_each(row);
         }
     }
 
     fn row(&self, i: usize) -> XRow<'_> {
-        let (k, nbp) = (self.k, self.padded_blocks);
+        let nbp = self.padded_blocks;
         XRow {
-            qs: &self.qs[i * k..(i + 1) * k],
+            qs: &self.qs[i * nbp * QK..(i + 1) * nbp * QK],
             d: &self.d[i * nbp..(i + 1) * nbp],
+            sum: &self.sum[i * nbp..(i + 1) * nbp],
             s: &self.s[i * nbp..(i + 1) * nbp],
         }
     }
 
     /// Bytes of one quantized row (what a row costs in cache).
     fn row_bytes(&self) -> usize {
-        self.k + 8 * self.padded_blocks
+        self.padded_blocks * (QK + 12)
     }
 
     fn capacity_bytes(&self) -> usize {
-        self.qs.capacity() + 4 * (self.d.capacity() + self.s.capacity())
+        self.qs.capacity() + 4 * (self.d.capacity() + self.sum.capacity() + self.s.capacity())
     }
 }
 
-/// One row: blocks of 32 into `qs`, their scales into `d` and `d·Σq` into `s`; the padding
-/// entries of `d` and `s` are zeroed. Always inlined so that `x86::quantize_row` compiles this
-/// very code with AVX2 (every step is exact or correctly rounded elementwise, so any
-/// vectorisation gives the same bits).
+/// The pieces of one row of [`Activations`] as `quantize` splits them.
+type QuantRowMut<'a> = (
+    (&'a mut [i8], &'a mut [f32]),
+    (&'a mut [i32], &'a mut [f32]),
+);
+
+/// [`XRow`]'s buffers, being written.
+struct XRowMut<'a> {
+    qs: &'a mut [i8],
+    d: &'a mut [f32],
+    sum: &'a mut [i32],
+    s: &'a mut [f32],
+}
+
+/// One row: blocks of 32 into `out.qs` in the interleaved order of [`XRow`], their scales, `Σq`
+/// and `d·Σq`; the padding blocks (to whole groups of 8) are zeroed. Always inlined so that
+/// `x86::quantize_row` compiles this very code with AVX2 (every step is exact or correctly
+/// rounded elementwise, so any vectorisation gives the same bits).
 ///
 /// `x` may end inside a block (a row of `k` values when `k` is not a multiple of 32): that last
 /// block is quantized as if zero-padded, matching weights padded the same way.
 #[inline(always)]
-fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+fn quantize_row(x: &[f32], out: XRowMut<'_>) {
     let nb = x.len().div_ceil(QK);
-    let chunks = x.chunks_exact(QK);
-    let tail = chunks.remainder();
-    let mut padded = [0.0f32; QK];
-    padded[..tail.len()].copy_from_slice(tail);
-    let last = (!tail.is_empty()).then_some(&padded[..]);
-    for (((xb, qb), db), sb) in chunks
-        .chain(last)
-        .zip(qs.chunks_exact_mut(QK))
-        .zip(d.iter_mut())
-        .zip(s.iter_mut())
-    {
-        let (scale, sum) = quantize_block(xb, qb);
-        *db = scale;
-        *sb = scale * sum as f32;
+    let mut block = [0.0f32; QK];
+    let mut q = [0i8; QK];
+    for b in 0..out.d.len() {
+        let (scale, total) = if b < nb {
+            let xb = &x[b * QK..x.len().min((b + 1) * QK)];
+            block[..xb.len()].copy_from_slice(xb);
+            block[xb.len()..].fill(0.0);
+            quantize_block(&block, &mut q)
+        } else {
+            q.fill(0);
+            (0.0, 0)
+        };
+        out.d[b] = scale;
+        out.sum[b] = total;
+        out.s[b] = scale * total as f32;
+        let group = &mut out.qs[(b / LANES) * LANES * QK..][..LANES * QK];
+        for (c, piece) in q.chunks_exact(4).enumerate() {
+            let at = x_index(b % LANES, 4 * c);
+            group[at..at + 4].copy_from_slice(piece);
+        }
     }
-    d[nb..].fill(0.0);
-    s[nb..].fill(0.0);
 }
 
 /// `d = max|x| / 127`, `q = round(x / d)` (ties to even), returning `(d, Σq)`. A block holding NaN
@@ -596,11 +632,10 @@ fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
 /// Written over 8-lane arrays with selects and integer bit tricks (no `as` float-to-int casts,
 /// whose saturating semantics LLVM does not vectorise) so that it compiles to vector code.
 #[inline(always)]
-fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, i32) {
     // `y + 1.5·2^23` has the bits `0x4B40_0000 + round(y)` (ties to even) for |y| < 2^22.
     const ROUND: f32 = 12_582_912.0;
     const ROUND_BITS: i32 = 0x4B40_0000;
-    let (x, q): (&[f32; QK], &mut [i8; QK]) = (x.try_into().unwrap(), q.try_into().unwrap());
     let mut amax = [0.0f32; LANES];
     // `v·0` is ±0 for finite `v` and NaN for NaN or ±inf: the sum flags a non-finite block.
     let mut poison = [0.0f32; LANES];
@@ -715,11 +750,18 @@ mod tests {
         k: usize,
         n: usize,
     ) -> Vec<f32> {
+        let w = pack_rows(fmt, w, padded_cols(k));
         let mut y = vec![f32::NAN; m * n];
         with_threads(threads, || {
-            quant_matmul_with(isa, fmt, x, w, &mut y, m, k, n)
+            quant_matmul_with(isa, fmt, x, &w, &mut y, m, k, n)
         });
         y
+    }
+
+    /// [`quant_matmul_scalar`] on GGUF-order weights (packed here).
+    #[allow(clippy::too_many_arguments)]
+    fn scalar(fmt: QuantFormat, x: &[f32], w: &[u8], y: &mut [f32], m: usize, k: usize, n: usize) {
+        quant_matmul_scalar(fmt, x, &pack_rows(fmt, w, padded_cols(k)), y, m, k, n)
     }
 
     const KS: [usize; 4] = [32, 96, 576, 1536];
@@ -738,7 +780,7 @@ mod tests {
                     for m in MS {
                         let x = activations(m, k, (m * 7 + k) as u64);
                         let mut want = vec![0.0; m * n];
-                        quant_matmul_scalar(fmt, &x, &w, &mut want, m, k, n);
+                        scalar(fmt, &x, &w, &mut want, m, k, n);
                         for isa in cpu::supported_isas() {
                             for threads in [1, 2] {
                                 let got = run(isa, threads, fmt, &x, &w, m, k, n);
@@ -775,11 +817,11 @@ mod tests {
                     dst[..k].copy_from_slice(src);
                 }
                 let mut want = vec![0.0; m * n];
-                quant_matmul_scalar(fmt, &xp, &w, &mut want, m, kp, n);
-                let mut scalar = vec![0.0; m * n];
-                quant_matmul_scalar(fmt, &x, &w, &mut scalar, m, k, n);
+                scalar(fmt, &xp, &w, &mut want, m, kp, n);
+                let mut unpadded = vec![0.0; m * n];
+                scalar(fmt, &x, &w, &mut unpadded, m, k, n);
                 assert_eq!(
-                    bits(&scalar),
+                    bits(&unpadded),
                     bits(&want),
                     "{fmt:?} m={m} k={k} n={n}: scalar"
                 );
@@ -801,7 +843,7 @@ mod tests {
             let w = random_weights(fmt, n, k, 21);
             let x = activations(m, k, 22);
             let mut want = vec![0.0; m * n];
-            quant_matmul_scalar(fmt, &x, &w, &mut want, m, k, n);
+            scalar(fmt, &x, &w, &mut want, m, k, n);
             for isa in cpu::supported_isas() {
                 let got = run(isa, 2, fmt, &x, &w, m, k, n);
                 assert_eq!(bits(&got), bits(&want), "{fmt:?} {isa:?} prefill");
@@ -862,7 +904,7 @@ mod tests {
                 for i in 0..m {
                     let xr = act.row(i);
                     let xh: Vec<f64> = (0..k)
-                        .map(|p| xr.qs[p] as f64 * xr.d[p / QK] as f64)
+                        .map(|p| xr.value(p) as f64 * xr.d[p / QK] as f64)
                         .collect();
                     for j in 0..n {
                         let wr = &wf[j * k..(j + 1) * k];
@@ -1046,7 +1088,7 @@ mod tests {
                 quant_matmul_with(isa, fmt, &[], &[], &mut y, 2, 0, 3);
                 assert_eq!(y, vec![0.0; 6]);
                 let w3 = random_weights(fmt, 3, 32, 1);
-                quant_matmul_with(isa, fmt, &[], &w3, &mut y, 0, 32, 3);
+                quant_matmul_with(isa, fmt, &[], &pack_rows(fmt, &w3, 32), &mut y, 0, 32, 3);
                 quant_matmul_with(isa, fmt, &[0.0; 64], &[], &mut y, 2, 32, 0);
 
                 let (m, k, n) = (3, 96, 5);
@@ -1123,7 +1165,7 @@ mod tests {
         ];
         for fmt in [QuantFormat::Q8_0, QuantFormat::Q4_1, QuantFormat::Q4_0] {
             for &(m, k, n) in &shapes {
-                let w = random_weights(fmt, n, k, 61);
+                let w = pack_rows(fmt, &random_weights(fmt, n, k, 61), k);
                 let x = activations(m, k, 62);
                 let mut y = vec![0.0; m * n];
                 for threads in [1, 2] {

@@ -1,11 +1,14 @@
-//! AVX2 dot products for [`super`] (x86_64 only): quantized weight rows against 1..=4 rows of
-//! 8-bit activations, in exactly the arithmetic of `super::dot_portable`.
+//! AVX2 dot products for [`super`] (x86_64 only): packed weight rows against 1..=4 rows of 8-bit
+//! activations, in exactly the arithmetic of `super::dot_portable`.
 //!
-//! Per block, `maddubs` multiplies unsigned weight bytes by signed activation bytes and adds
-//! adjacent pairs into `i16`; `madd` with ones adds those pairs into 8 `i32` lanes (lane `l` =
-//! elements `4l..4l+4`). Nibbles go in as they are (unsigned); Q8_0 weights go in as `|w|` with
-//! the sign moved onto `x` (`sign_epi8`), as llama.cpp does. No step saturates: the largest pair
-//! sum is `2·128·127 = 32512` (a Q8_0 weight of -128; activations stay within ±127).
+//! A packed group's piece `c` is one 32-byte load whose 32-bit lane `l` belongs to block `l`
+//! (`quant_pack.rs`). `maddubs` multiplies unsigned weight bytes by signed activation bytes and
+//! adds adjacent pairs into `i16`; `madd` with ones adds those pairs into the 32-bit lanes, so
+//! after all pieces lane `l` holds block `l`'s whole integer dot product. Nibbles go in as they
+//! are; their pair sums (at most `2·15·127 = 3810`) can be added up across the 8 pieces in `i16`
+//! (at most 30480) before one `madd`. Q8_0 weights (stored `q + 128`) go in as `|q|` with `q`'s
+//! sign moved onto `x` (`sign_epi8`), as llama.cpp does: pair sums up to `2·128·127 = 32512`, so
+//! each piece gets its own `madd`.
 //!
 //! # Safety
 //! Everything here is compiled with `#[target_feature(enable = "avx2,fma,f16c")]`; callers must
@@ -13,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{QuantFormat, XRow, LANES, QK};
+use super::{QuantFormat, XRow, XRowMut, LANES, QK};
 
 /// Whether this CPU can run this file's code.
 pub(super) fn available() -> bool {
@@ -22,7 +25,7 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// How far ahead of the block being read the weights are prefetched: the best of 1-8 KiB, by
+/// How far ahead of the group being read the weights are prefetched: the best of 1-8 KiB, by
 /// `benchmarks/decode_step.py` on SmolLM2 Q4_1 (2 KiB on Zen 3 earlier; 4 KiB on a Sapphire
 /// Rapids VM, where 2 KiB was slower by a few percent and 8 KiB by more).
 pub(super) const PREFETCH_BYTES: usize = 4096;
@@ -40,13 +43,44 @@ pub(super) const fn block_bytes(f: u8) -> usize {
     }
 }
 
-/// `y[r·ldy + j] = w_j · xs[r]` for every weight row `w_j` of `w` (rows of `rb` bytes, whole
-/// blocks) and each of the 1..=4 rows of `xs`.
+/// Bytes of scales (and Q4_1 minimums) per block, at the start of a packed group.
+pub(super) const fn head_bytes(f: u8) -> usize {
+    if f == Q4_1 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Raw pointers to one quantized row of `x` (see `super::XRow`).
+#[derive(Clone, Copy)]
+pub(super) struct XPtr {
+    pub qs: *const i8,
+    pub d: *const f32,
+    pub sum: *const i32,
+    pub s: *const f32,
+}
+
+impl XPtr {
+    pub(super) fn new(x: &XRow<'_>, nb: usize) -> XPtr {
+        let nbp = nb.next_multiple_of(LANES);
+        debug_assert!(x.qs.len() >= nbp * QK && x.d.len() >= nbp);
+        debug_assert!(x.sum.len() >= nbp && x.s.len() >= nbp);
+        XPtr {
+            qs: x.qs.as_ptr(),
+            d: x.d.as_ptr(),
+            sum: x.sum.as_ptr(),
+            s: x.s.as_ptr(),
+        }
+    }
+}
+
+/// `y[r·ldy + j] = w_j · xs[r]` for every packed weight row `w_j` of `w` (rows of `rb` bytes,
+/// whole blocks) and each of the 1..=4 rows of `xs`.
 ///
 /// # Safety
-/// [`available`] is true; `y` is valid for those writes; each `xs[r]` holds at least `QK·nb`
-/// values in `qs` and `nb` rounded up to a multiple of 8 entries in `d` and `s`, where
-/// `nb = rb / fmt.block_bytes()`.
+/// [`available`] is true; `y` is valid for those writes; each `xs[r]` holds the blocks of a row of
+/// `nb = rb / fmt.block_bytes()` blocks padded to whole groups (as `super::Activations` makes).
 pub(super) unsafe fn dot(
     fmt: QuantFormat,
     w: &[u8],
@@ -78,8 +112,8 @@ pub(super) unsafe fn dot(
 /// # Safety
 /// [`available`] is true.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    super::quantize_row(x, qs, d, s)
+pub(super) unsafe fn quantize_row(x: &[f32], out: XRowMut<'_>) {
+    super::quantize_row(x, out)
 }
 
 /// [`dot`] for a fixed format `F` and `R` rows of `x`: the loop over weight rows lives here so
@@ -97,223 +131,152 @@ unsafe fn dot_rows<const F: u8, const R: usize>(
     ldy: usize,
 ) {
     let nb = rb / block_bytes(F);
-    let nbp = nb.next_multiple_of(LANES);
-    for x in xs {
-        debug_assert!(x.qs.len() >= nb * QK && x.d.len() >= nbp && x.s.len() >= nbp);
-    }
-    let qs: [*const i8; R] = std::array::from_fn(|r| xs[r].qs.as_ptr());
-    let d: [*const f32; R] = std::array::from_fn(|r| xs[r].d.as_ptr());
-    let s: [*const f32; R] = std::array::from_fn(|r| xs[r].s.as_ptr());
+    let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
     for (j, wj) in w.chunks_exact(rb).enumerate() {
-        let out = dot_row::<F, R>(wj.as_ptr(), nb, &qs, &d, &s);
+        let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
         for (r, v) in out.into_iter().enumerate() {
             *y.add(r * ldy + j) = v;
         }
     }
 }
 
-/// One weight row of `nb` blocks at `w` against `R` rows of `x`.
+/// One packed weight row of `nb` blocks at `w` against `R` rows of `x`.
 ///
 /// # Safety
-/// `w` valid for `nb` blocks; the row pointers as [`dot`] requires; the CPU has AVX2, FMA, F16C.
+/// `w` valid for `nb` blocks; the rows as [`dot`] requires; the CPU has AVX2, FMA, F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row<const F: u8, const R: usize>(
-    w: *const u8,
-    nb: usize,
-    qs: &[*const i8; R],
-    d: &[*const f32; R],
-    s: &[*const f32; R],
-) -> [f32; R] {
+unsafe fn dot_row<const F: u8, const R: usize>(w: *const u8, nb: usize, x: &[XPtr; R]) -> [f32; R] {
     let bb = block_bytes(F);
-    // Even blocks accumulate into `acc[0]`, odd ones into `acc[1]`, the Q4 formats' `mw·s` terms
-    // into `acc[2]`: three independent FMA chains, so their latency does not bound a row.
-    let mut acc = [[_mm256_setzero_ps(); R]; 3];
-    // Whole groups with a constant block count (unrolled, no per-block tests), then the rest.
-    // Blocks b0..b0+cnt are inside `w`, and the rows hold `nbp >= b0 + 8` scales and
-    // `QK·(b0 + cnt)` values (the caller's contract), as `group` requires.
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut mins = [_mm256_setzero_ps(); R];
     let full = nb - nb % LANES;
     for b0 in (0..full).step_by(LANES) {
-        group::<F, R, true>(w.add(b0 * bb), b0, LANES, qs, d, s, &mut acc);
+        group::<F, R, true>(w.add(b0 * bb), b0, LANES, x, &mut acc, &mut mins);
     }
     if full < nb {
-        group::<F, R, false>(w.add(full * bb), full, nb - full, qs, d, s, &mut acc);
+        group::<F, R, false>(w.add(full * bb), full, nb - full, x, &mut acc, &mut mins);
     }
     std::array::from_fn(|r| {
-        let lanes = _mm256_add_ps(acc[0][r], acc[1][r]);
-        hsum(if F == Q8_0 {
-            lanes
+        hsum(if F == Q4_1 {
+            _mm256_add_ps(acc[r], mins[r])
         } else {
-            _mm256_add_ps(lanes, acc[2][r])
+            acc[r]
         })
     })
 }
 
-/// Blocks `b0..b0 + cnt` (`b0` a multiple of 8, `cnt` in 1..=8, and 8 when `FULL`) of one weight
-/// row, starting at `w`, against `R` rows of `x`.
+/// The packed group of `t` blocks at `w` (blocks `b0..b0 + t` of the row; `t = 8` when `FULL`)
+/// against `R` rows: lane `l` of `acc[r]` += `dw·dx · isum` of block `b0 + l` (and of `mins[r]`
+/// += `mw·s` for Q4_1); lanes past `t` add `0·0`.
 ///
 /// # Safety
-/// `w` valid for `cnt` blocks; for each row, `qs[r]` for values up to `QK·(b0 + cnt)` and `d[r]`,
-/// `s[r]` for entries up to `b0 + 8`; the CPU has AVX2, FMA and F16C.
+/// `w` valid for `t` blocks; each row holds the group's 8 blocks; the CPU has AVX2, FMA and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     w: *const u8,
     b0: usize,
-    cnt: usize,
-    qs: &[*const i8; R],
-    d: &[*const f32; R],
-    s: &[*const f32; R],
-    acc: &mut [[__m256; R]; 3],
+    t: usize,
+    x: &[XPtr; R],
+    acc: &mut [__m256; R],
+    mins: &mut [__m256; R],
 ) {
-    let bb = block_bytes(F);
-    let cnt = if FULL { LANES } else { cnt };
+    let t = if FULL { LANES } else { t };
     // Software prefetch of the weights PREFETCH_BYTES ahead (past the row end into the next
     // rows of the task: the hardware prefetcher alone left a single thread at ~7 GB/s where it
     // reaches ~12-15 with this). `wrapping_add` because the address may lie past the slice;
     // prefetching never faults.
-    for off in (0..cnt * bb).step_by(64) {
+    for off in (0..t * block_bytes(F)).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + PREFETCH_BYTES).cast());
     }
-    let (dw, mw) = scales::<FULL>(w, bb, cnt);
-    // dw·dx per block (lane) and row. (Kept in registers: storing them and reading each back
-    // as a broadcast load measured ~10% slower.)
-    let scale: [__m256; R] =
-        std::array::from_fn(|r| _mm256_mul_ps(dw, _mm256_loadu_ps(d[r].add(b0))));
-    let mut i = 0;
-    while i + 1 < cnt {
-        block::<F, R>(w.add(i * bb), b0 + i, &scale, i, qs, &mut acc[0]);
-        block::<F, R>(
-            w.add((i + 1) * bb),
-            b0 + i + 1,
-            &scale,
-            i + 1,
-            qs,
-            &mut acc[1],
-        );
-        i += 2;
-    }
-    if i < cnt {
-        block::<F, R>(w.add(i * bb), b0 + i, &scale, i, qs, &mut acc[0]);
-    }
-    if F != Q8_0 {
-        // mw·s of block b0 + l into lane l (zero lanes past the end add 0·0), where Q4_0 has
-        // mw = -8·dw since its blocks were multiplied as unsigned nibbles.
-        let mw = if F == Q4_1 {
-            mw
-        } else {
-            _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
-        };
-        for r in 0..R {
-            acc[2][r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(s[r].add(b0)), acc[2][r]);
-        }
-    }
-}
-
-/// The `f16` scales of the `cnt` (8 when `FULL`) blocks `bb` bytes apart from `w` (lane `l` =
-/// block `l`, zero past `cnt`) and the `f16` that follows each (Q4_1's minimum; unused for the
-/// other formats).
-///
-/// # Safety
-/// `w` valid for `cnt` (8 when `FULL`) blocks of `bb >= 4` bytes; the CPU has AVX2 and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn scales<const FULL: bool>(
-    w: *const u8,
-    bb: usize,
-    cnt: usize,
-) -> (__m256, __m256) {
-    // The first 4 bytes of each block in one gather (8 vpinsrd would all compete for the shuffle
-    // port with the nibble unpacking), then a byte shuffle gathers the low halves (d) and high
-    // halves (m) of each 128-bit lane into its low 8 bytes and a qword permute joins the two
-    // lanes. A partial group reads its last block again for the missing lanes, then zeroes them.
-    let last = if FULL { LANES - 1 } else { cnt - 1 };
-    let at = |i: usize| (i.min(last) * bb) as i32;
-    let offsets = _mm256_setr_epi32(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7));
-    let v = _mm256_i32gather_epi32::<1>(w.cast::<i32>(), offsets);
-    #[rustfmt::skip]
-    let (lo, hi) = (
-        _mm256_setr_epi8(
-            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
-            0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
-        ),
-        _mm256_setr_epi8(
-            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
-            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
-        ),
-    );
-    let gather = |sel: __m256i| {
-        let packed = _mm256_permute4x64_epi64::<0b10_00>(_mm256_shuffle_epi8(v, sel));
-        _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
-    };
-    let (dw, mw) = (gather(lo), gather(hi));
-    if FULL {
-        (dw, mw)
+    let dw = half_floats::<FULL>(w, t);
+    let mw = if F == Q4_1 {
+        half_floats::<FULL>(w.add(2 * t), t)
     } else {
-        let keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-            _mm256_set1_epi32(cnt as i32),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        ));
-        (_mm256_and_ps(dw, keep), _mm256_and_ps(mw, keep))
-    }
-}
-
-/// One weight block (at `blk`, global index `b`, index `i` in its group) against `R` rows:
-/// `acc[r] = fma(lane i of scale[r], lanes(w · x_r), acc[r])`.
-///
-/// # Safety
-/// As [`group`] for block `b`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block<const F: u8, const R: usize>(
-    blk: *const u8,
-    b: usize,
-    scale: &[__m256; R],
-    i: usize,
-    qs: &[*const i8; R],
-    acc: &mut [__m256; R],
-) {
-    // `unsigned`: what maddubs takes as its unsigned operand; `signs`: whose signs x takes on.
-    let (unsigned, signs) = match F {
-        Q8_0 => {
-            let v = _mm256_loadu_si256(blk.add(2).cast());
-            (_mm256_abs_epi8(v), v)
-        }
-        Q4_0 => {
-            let v = nibbles(blk.add(2));
-            (v, v)
-        }
-        _ => {
-            let v = nibbles(blk.add(4));
-            (v, v)
+        _mm256_setzero_ps()
+    };
+    let data = w.add(head_bytes(F) * t);
+    // Lanes 0..t of piece `c` (the rest zero in a short group).
+    let keep = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(t as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    let piece = |c: usize| {
+        if FULL {
+            _mm256_loadu_si256(data.add(32 * c).cast())
+        } else {
+            _mm256_maskload_epi32(data.add(4 * t * c).cast(), keep)
         }
     };
     let ones = _mm256_set1_epi16(1);
+    let isums: [__m256i; R] = if F == Q8_0 {
+        // |q| and q's sign per piece (q = stored byte - 128), shared by every row of x.
+        let flip = _mm256_set1_epi8(-128);
+        let q: [__m256i; 8] = std::array::from_fn(|c| _mm256_xor_si256(piece(c), flip));
+        let unsigned: [__m256i; 8] = std::array::from_fn(|c| _mm256_abs_epi8(q[c]));
+        std::array::from_fn(|r| {
+            let xg = x[r].qs.add(b0 * QK);
+            let mut sum = _mm256_setzero_si256();
+            for c in 0..8 {
+                let xc = _mm256_sign_epi8(_mm256_loadu_si256(xg.add(32 * c).cast()), q[c]);
+                let pairs = _mm256_maddubs_epi16(unsigned[c], xc);
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
+            }
+            sum
+        })
+    } else {
+        // Nibbles: low ones are values 4c..4c+4 (x piece c), high ones 16+4c.. (x piece c + 4).
+        let low = _mm256_set1_epi8(0x0F);
+        let p: [__m256i; 4] = std::array::from_fn(piece);
+        let nib: [__m256i; 8] = std::array::from_fn(|c| {
+            if c < 4 {
+                _mm256_and_si256(p[c], low)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16::<4>(p[c - 4]), low)
+            }
+        });
+        std::array::from_fn(|r| {
+            let xg = x[r].qs.add(b0 * QK);
+            let mut pairs = _mm256_setzero_si256();
+            for (c, n) in nib.iter().enumerate() {
+                let xc = _mm256_loadu_si256(xg.add(32 * c).cast());
+                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*n, xc));
+            }
+            let sum = _mm256_madd_epi16(pairs, ones);
+            if F == Q4_0 {
+                // Σ(nibble - 8)·x = Σ nibble·x - 8·Σx.
+                let xsum = _mm256_loadu_si256(x[r].sum.add(b0).cast());
+                _mm256_sub_epi32(sum, _mm256_slli_epi32::<3>(xsum))
+            } else {
+                sum
+            }
+        })
+    };
     for r in 0..R {
-        let x = _mm256_loadu_si256(qs[r].add(b * QK).cast());
-        let x = if F == Q8_0 {
-            _mm256_sign_epi8(x, signs)
-        } else {
-            x
-        };
-        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, x), ones);
-        let sc = _mm256_permutevar8x32_ps(scale[r], _mm256_set1_epi32(i as i32));
-        acc[r] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(lanes), acc[r]);
+        let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x[r].d.add(b0)));
+        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isums[r]), acc[r]);
+        if F == Q4_1 {
+            mins[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x[r].s.add(b0)), mins[r]);
+        }
     }
 }
 
-/// The 32 nibbles of the 16 bytes at `p` as bytes in element order: low nibbles (elements
-/// 0..16) in the low half, high nibbles (elements 16..32) in the high half.
+/// The `t` (8 when `FULL`) consecutive `f16` at `p` as 8 `f32` lanes, zero past `t`.
 ///
 /// # Safety
-/// `p` valid for 16 bytes; the CPU has AVX2.
+/// `p` valid for `2·t` bytes; the CPU has AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(p: *const u8) -> __m256i {
-    // The 16 bytes in both halves (a load, no ALU work), the high half shifted right by 4.
-    let both = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
-    let shifted = _mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-    _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
+pub(super) unsafe fn half_floats<const FULL: bool>(p: *const u8, t: usize) -> __m256 {
+    if FULL {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    } else {
+        // A short group happens once per row at most: a plain copy is cheap enough.
+        let mut h = [0u16; LANES];
+        std::ptr::copy_nonoverlapping(p, h.as_mut_ptr().cast::<u8>(), 2 * t);
+        _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()))
+    }
 }
 
 /// Horizontal sum in the order of `super::hsum`: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.

@@ -1,0 +1,217 @@
+//! The packed weight layout the quantized kernels read (see [`super`]): GGUF rows rearranged once
+//! at load so that one vector load holds 4 consecutive values of each of 8 blocks.
+//!
+//! A packed row has the size and place of the GGUF row. Inside it, the blocks go in groups of 8
+//! (a row's last group may be shorter: `t` blocks); a group of `t` blocks holds
+//!
+//! 1. the `t` scales `d` (`f16`), then for Q4_1 the `t` minimums `m` (`f16`): one contiguous load
+//!    per group instead of one strided read per block;
+//! 2. the blocks' value bytes in pieces of `4·t` bytes: piece `c` is bytes `4c..4c+4` of block 0,
+//!    of block 1, ..., of block `t-1` (4 pieces for the 16 nibble bytes of Q4_0/Q4_1, 8 for the
+//!    32 bytes of Q8_0).
+//!
+//! So in a full group piece `c` is one 32-byte vector whose 32-bit lane `l` holds block `l`'s
+//! values `4c..4c+4` (Q8_0), or in its low nibbles values `4c..4c+4` and in its high nibbles
+//! values `16+4c..16+4c+4` (GGUF's Q4 byte `j` holds values `j` and `j + 16`). Q8_0 bytes are stored
+//! as `q + 128` (`q` XOR 0x80): the unsigned form `vpdpbusd` multiplies; the kernels take the
+//! offset back out exactly.
+
+use rayon::prelude::*;
+
+use super::{QuantFormat, LANES, QK};
+
+/// Bytes of a block's header: `d`, and for Q4_1 also `m`.
+pub(super) const fn head_bytes(fmt: QuantFormat) -> usize {
+    match fmt {
+        QuantFormat::Q4_1 => 4,
+        QuantFormat::Q4_0 | QuantFormat::Q8_0 => 2,
+    }
+}
+
+/// Where byte `j` of block `l`'s GGUF encoding lives in a packed group of `t` blocks.
+#[inline]
+pub(super) fn packed_offset(fmt: QuantFormat, t: usize, l: usize, j: usize) -> usize {
+    let head = head_bytes(fmt);
+    if j < 2 {
+        2 * l + j
+    } else if j < head {
+        2 * t + 2 * l + (j - 2)
+    } else {
+        let i = j - head;
+        head * t + (i / 4) * 4 * t + 4 * l + i % 4
+    }
+}
+
+/// What a value byte holds in the packed form: Q8_0's `q` offset by 128, nibbles as they are.
+#[inline]
+fn value_flip(fmt: QuantFormat) -> u8 {
+    if fmt == QuantFormat::Q8_0 {
+        0x80
+    } else {
+        0
+    }
+}
+
+/// The groups of a row of `nb` blocks: `(first block, blocks in the group)`.
+pub(super) fn groups(nb: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..nb)
+        .step_by(LANES)
+        .map(move |b0| (b0, LANES.min(nb - b0)))
+}
+
+/// One row of GGUF blocks (`src`) into the packed layout (`dst`, the same length).
+fn pack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
+    let bb = fmt.block_bytes();
+    let (head, flip) = (head_bytes(fmt), value_flip(fmt));
+    for (b0, t) in groups(src.len() / bb) {
+        let (s, d) = (
+            &src[b0 * bb..(b0 + t) * bb],
+            &mut dst[b0 * bb..(b0 + t) * bb],
+        );
+        for l in 0..t {
+            let blk = &s[l * bb..(l + 1) * bb];
+            for j in (0..head).step_by(2) {
+                let at = packed_offset(fmt, t, l, j);
+                d[at..at + 2].copy_from_slice(&blk[j..j + 2]);
+            }
+            for j in (head..bb).step_by(4) {
+                let at = packed_offset(fmt, t, l, j);
+                for (o, &v) in d[at..at + 4].iter_mut().zip(&blk[j..j + 4]) {
+                    *o = v ^ flip;
+                }
+            }
+        }
+    }
+}
+
+/// One packed row (`src`) back into GGUF blocks (`dst`, the same length): the inverse of
+/// [`pack_row`], for embedding lookups of a packed matrix. Also takes any whole groups of a row
+/// (a span starting at a multiple of 8 blocks and ending at a group's end).
+pub fn unpack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
+    let bb = fmt.block_bytes();
+    let (head, flip) = (head_bytes(fmt), value_flip(fmt));
+    for (b0, t) in groups(src.len() / bb) {
+        let (s, d) = (
+            &src[b0 * bb..(b0 + t) * bb],
+            &mut dst[b0 * bb..(b0 + t) * bb],
+        );
+        for l in 0..t {
+            let blk = &mut d[l * bb..(l + 1) * bb];
+            for j in (0..head).step_by(2) {
+                let at = packed_offset(fmt, t, l, j);
+                blk[j..j + 2].copy_from_slice(&s[at..at + 2]);
+            }
+            for j in (head..bb).step_by(4) {
+                let at = packed_offset(fmt, t, l, j);
+                for (o, &v) in blk[j..j + 4].iter_mut().zip(&s[at..at + 4]) {
+                    *o = v ^ flip;
+                }
+            }
+        }
+    }
+}
+
+/// Rows of GGUF blocks (each `fmt.row_bytes(k)` bytes, `k` a multiple of 32) in the packed
+/// layout the kernels read, in a buffer for weights (huge pages where the OS allows).
+///
+/// # Panics
+/// If `w` is not a whole number of rows.
+pub fn pack_rows(fmt: QuantFormat, w: &[u8], k: usize) -> Vec<u8> {
+    let rb = fmt.row_bytes(k);
+    assert!(
+        k % QK == 0 && (rb == 0 || w.len() % rb == 0),
+        "pack_rows: {} bytes are not rows of {k} {fmt:?} values",
+        w.len()
+    );
+    let mut out = crate::memory::byte_buffer(w.len());
+    if rb > 0 {
+        out.par_chunks_mut(rb)
+            .zip(w.par_chunks(rb))
+            .for_each(|(dst, src)| pack_row(fmt, src, dst));
+    }
+    out
+}
+
+/// Value `v` (0..32) of block `l` in a packed group of `t` blocks, as the integer the kernels
+/// multiply: the nibble (Q4_0 without its `- 8`) or Q8_0's signed `q`.
+#[inline]
+pub(super) fn packed_value(fmt: QuantFormat, group: &[u8], t: usize, l: usize, v: usize) -> i32 {
+    let head = head_bytes(fmt);
+    match fmt {
+        QuantFormat::Q8_0 => group[packed_offset(fmt, t, l, head + v)] as i32 - 128,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+            let byte = group[packed_offset(fmt, t, l, head + v % (QK / 2))];
+            (if v < QK / 2 { byte & 0x0F } else { byte >> 4 }) as i32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::random;
+
+    /// Packing is a permutation of each row's bytes (plus Q8_0's offset) that unpacking undoes,
+    /// for full groups, short last groups, and rows of one block.
+    #[test]
+    fn pack_then_unpack_is_the_identity() {
+        for fmt in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            for k in [32, 96, 256, 288, 576] {
+                let n = 3;
+                let w: Vec<u8> = random(n * fmt.row_bytes(k), k as u64)
+                    .iter()
+                    .map(|v| ((v + 1.0) * 127.9) as u8)
+                    .collect();
+                let packed = pack_rows(fmt, &w, k);
+                let rb = fmt.row_bytes(k);
+                let mut back = vec![0u8; w.len()];
+                for (dst, src) in back.chunks_exact_mut(rb).zip(packed.chunks_exact(rb)) {
+                    unpack_row(fmt, src, dst);
+                }
+                assert_eq!(back, w, "{fmt:?} k={k}");
+            }
+        }
+    }
+
+    /// The offsets of a group cover its bytes exactly once.
+    #[test]
+    fn packed_offsets_are_a_permutation() {
+        for fmt in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let bb = fmt.block_bytes();
+            for t in 1..=LANES {
+                let mut seen = vec![false; t * bb];
+                for l in 0..t {
+                    for j in 0..bb {
+                        let at = packed_offset(fmt, t, l, j);
+                        assert!(!seen[at], "{fmt:?} t={t}: offset {at} twice");
+                        seen[at] = true;
+                    }
+                }
+                assert!(seen.iter().all(|&s| s), "{fmt:?} t={t}");
+            }
+        }
+    }
+
+    /// In a full group, 32-bit lane `l` of piece `c` is block `l`'s bytes `4c..4c+4` (the kernels'
+    /// one-load-per-piece view), and `packed_value` reads the GGUF values back.
+    #[test]
+    fn full_group_lanes_hold_one_block_each() {
+        let fmt = QuantFormat::Q4_1;
+        let bb = fmt.block_bytes();
+        let w: Vec<u8> = (0..LANES * bb).map(|i| (i * 7 % 251) as u8).collect();
+        let p = pack_rows(fmt, &w, LANES * QK);
+        for c in 0..4 {
+            for l in 0..LANES {
+                let lane = &p[4 * LANES + 32 * c + 4 * l..][..4];
+                assert_eq!(lane, &w[l * bb + 4 + 4 * c..][..4], "piece {c} lane {l}");
+            }
+        }
+        for l in 0..LANES {
+            for v in 0..QK {
+                let byte = w[l * bb + 4 + v % 16];
+                let want = if v < 16 { byte & 15 } else { byte >> 4 };
+                assert_eq!(packed_value(fmt, &p, LANES, l, v), want as i32);
+            }
+        }
+    }
+}
