@@ -2,9 +2,17 @@
 //! reads the KV cache (`[rows, heads, capacity, head_dim]`), a projected encoder output
 //! (`[batch, len, heads*head_dim]`) and cross-attention keys shared by several beams (`row_map`).
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use crate::kernels::{softmax::softmax, vector};
+
+thread_local! {
+    /// Each thread's buffer for one head's scores, kept across calls: attention runs in every
+    /// layer of every decoding step, which should not allocate.
+    static SCORES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
 
 /// Where the keys and values of each (row, kv head, position) live.
 pub struct KeyValues<'a> {
@@ -57,7 +65,7 @@ impl Attention<'_> {
             .par_chunks_mut(hd)
             .with_min_len(MIN_TASK_WORK.div_ceil(per_head))
             .enumerate()
-            .for_each_init(Vec::new, |scores, (th, oh)| {
+            .for_each(|(th, oh)| {
                 let (t, h) = (th / self.heads, th % self.heads);
                 let (r, i) = (t / n, t % n);
                 let kv_row = kv.row_map.map_or(r, |m| m[r]);
@@ -72,6 +80,8 @@ impl Attention<'_> {
                     .map(|(m, stride)| &m[kv_row * stride..kv_row * stride + visible]);
                 let qh = &q[t * width + h * hd..][..hd];
                 let base = kv_row * kv.row_stride + (h / group) * kv.head_stride;
+                // Taken out of the cell (not borrowed), so a nested use could never double-borrow.
+                let mut scores = SCORES.with(Cell::take);
                 scores.clear();
                 scores.extend((0..visible).map(|j| {
                     if mask.is_some_and(|m| m[j] == 0) {
@@ -85,13 +95,14 @@ impl Attention<'_> {
                         None => s,
                     }
                 }));
-                softmax(scores);
+                softmax(&mut scores);
                 oh.fill(0.0);
                 for (j, &p) in scores.iter().enumerate() {
                     if p != 0.0 {
                         vector::axpy(p, &kv.v[base + j * kv.pos_stride..][..hd], oh);
                     }
                 }
+                SCORES.with(|c| c.set(scores));
             });
     }
 }

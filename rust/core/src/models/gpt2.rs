@@ -11,9 +11,7 @@ use serde::Deserialize;
 use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::llama::step_positions;
-use super::{
-    add, last_positions, projection, Model, Session, StepBuffers, StepInput, TokenBatch, Want,
-};
+use super::{add, projection, Model, Session, StepBuffers, StepInput, TokenBatch, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
@@ -327,7 +325,8 @@ impl Gpt2Session {
         let (rows, n, d) = (self.cache.rows(), input.n, cfg.n_embd);
         let (heads, hd) = (cfg.n_head, cfg.n_embd / cfg.n_head);
         let m = rows * n;
-        let mut h = Vec::with_capacity(m * d);
+        let mut h = std::mem::take(&mut self.step.h);
+        h.clear();
         for (&t, &pos) in input.tokens.iter().zip(positions) {
             h.extend(
                 w.wte
@@ -372,14 +371,10 @@ impl Gpt2Session {
             add(&mut h, &b.proj);
         }
         self.cache.commit();
-        let (h, count) = if last_only {
-            (last_positions(&h, rows, n, d), rows)
-        } else {
-            (h, m)
-        };
-        let mut x = vec![0.0; h.len()];
-        w.norm(&h, &w.ln_f, &mut x);
-        w.lm_head.apply(&x, count)
+        let count = b.logit_rows(&h, rows, n, d, last_only);
+        w.norm(&b.last, &w.ln_f, &mut b.x);
+        b.h = h;
+        w.lm_head.apply(&b.x, count)
     }
 }
 

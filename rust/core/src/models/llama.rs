@@ -13,8 +13,7 @@ use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::rope::{Rope, RopeAngles, RopeScaling};
 use super::{
-    add, gated_into, last_positions, projection, Model, Session, StepBuffers, StepInput,
-    TokenBatch, Want,
+    add, gated_into, projection, Model, Session, StepBuffers, StepInput, TokenBatch, Want,
 };
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
@@ -414,14 +413,9 @@ impl LlamaSession {
         }
         self.cache.commit();
 
-        let (h, count) = if last_only {
-            (last_positions(&s.h, rows, n, d), rows)
-        } else {
-            (s.h.clone(), m)
-        };
-        let mut x = vec![0.0; h.len()];
-        rms_norm(&h, w.norm.data(), w.eps, &mut x);
-        w.lm_head.apply(&x, count)
+        let count = b.logit_rows(&s.h, rows, n, d, last_only);
+        rms_norm(&b.last, w.norm.data(), w.eps, &mut b.x);
+        w.lm_head.apply(&b.x, count)
     }
 }
 

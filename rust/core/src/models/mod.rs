@@ -239,13 +239,6 @@ pub(crate) fn add(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// The hidden state of each row's last position, from `h: [rows, n, d]`.
-pub(crate) fn last_positions(h: &[f32], rows: usize, n: usize, d: usize) -> Vec<f32> {
-    (0..rows)
-        .flat_map(|r| h[((r + 1) * n - 1) * d..(r + 1) * n * d].iter().copied())
-        .collect()
-}
-
 /// Buffers of a decoding step that every decoder needs, kept by its session so that the per-token
 /// loop does not allocate (only the returned logits are new each step).
 #[derive(Default)]
@@ -259,6 +252,10 @@ pub(crate) struct StepBuffers {
     pub v: Vec<f32>,
     /// The output of a projection on its way into the residual stream.
     pub proj: Vec<f32>,
+    /// The residual stream (T5's and GPT-2's sessions take it out for the step and put it back).
+    pub h: Vec<f32>,
+    /// The hidden states the logits are computed from (see [`StepBuffers::logit_rows`]).
+    pub last: Vec<f32>,
     qkv: Vec<f32>,
 }
 
@@ -267,6 +264,32 @@ impl StepBuffers {
     pub fn project_qkv(&mut self, qkv: &LinearSet, m: usize) {
         qkv.forward_into(&self.x, m, &mut self.qkv);
         qkv.split_into(&self.qkv, m, &mut [&mut self.q, &mut self.k, &mut self.v]);
+    }
+
+    /// The rows of the final hidden state `h: [rows, n, d]` that get logits (each row's last
+    /// position, or every position) into `last`, and `x` sized for their normalised form.
+    /// Returns how many rows.
+    pub fn logit_rows(
+        &mut self,
+        h: &[f32],
+        rows: usize,
+        n: usize,
+        d: usize,
+        last_only: bool,
+    ) -> usize {
+        self.last.clear();
+        let count = if last_only {
+            for r in 0..rows {
+                self.last
+                    .extend_from_slice(&h[((r + 1) * n - 1) * d..(r + 1) * n * d]);
+            }
+            rows
+        } else {
+            self.last.extend_from_slice(&h[..rows * n * d]);
+            rows * n
+        };
+        self.x.resize(count * d, 0.0);
+        count
     }
 }
 

@@ -15,8 +15,7 @@ use serde::Deserialize;
 use super::attention::{Attention, KeyValues};
 use super::kv_cache::KvCache;
 use super::{
-    add, gated_into, last_positions, projection, Model, Session, StepBuffers, StepInput,
-    TokenBatch, Want,
+    add, gated_into, projection, Model, Session, StepBuffers, StepInput, TokenBatch, Want,
 };
 use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
@@ -646,9 +645,13 @@ impl T5Session {
         let m = rows * n;
         let past = self.cache.len();
         let total = past + n;
-        let mut h = w.embed(tokens);
-        self.cache.begin_step(n, mask);
         let s = &mut self.scratch;
+        let mut h = std::mem::take(&mut s.step.h);
+        h.clear();
+        for &t in tokens {
+            h.extend_from_slice(w.embed.row(t as usize));
+        }
+        self.cache.begin_step(n, mask);
 
         // Decoder self-attention: causal buckets of (key - query) distances in -(total-1)..=0.
         let span = total;
@@ -693,16 +696,13 @@ impl T5Session {
         }
         self.cache.commit();
 
-        let (h, positions) = if last_only {
-            (last_positions(&h, rows, n, d), rows)
-        } else {
-            (h, m)
-        };
-        let mut x = w.norm(&h, &w.decoder_norm);
-        if let Some(s) = w.output_scale {
-            x.iter_mut().for_each(|v| *v *= s);
+        let count = b.logit_rows(&h, rows, n, d, last_only);
+        rms_norm(&b.last, w.decoder_norm.data(), w.eps, &mut b.x);
+        if let Some(scale) = w.output_scale {
+            b.x.iter_mut().for_each(|v| *v *= scale);
         }
-        w.lm_head.apply(&x, positions)
+        b.h = h;
+        w.lm_head.apply(&b.x, count)
     }
 }
 
