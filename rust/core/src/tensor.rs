@@ -293,6 +293,11 @@ impl Linear {
         self.out_features
     }
 
+    /// The weight matrix (shared storage: cloning it is cheap).
+    pub fn weight(&self) -> &Weight {
+        &self.weight
+    }
+
     /// Bytes of the weight matrix as stored (f32, or quantized blocks) plus the bias: what one
     /// product streams.
     pub fn weight_bytes(&self) -> usize {

@@ -24,7 +24,8 @@ pub trait WeightSource {
 }
 
 /// `dtype="int8"`: the tensors of `0`, with the request to quantize every projection (the models
-/// do it through `models::projection`; norms, biases and embedding lookups stay f32).
+/// do it through `models::projection`; norms, biases and embedding lookups stay f32, except that
+/// a Llama-family model with a tied head looks tokens up in the head's int8 rows).
 pub struct Int8<'a>(pub &'a dyn WeightSource);
 
 impl WeightSource for Int8<'_> {

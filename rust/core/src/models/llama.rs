@@ -19,6 +19,7 @@ use crate::decoding::log_softmax_rows;
 use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::WeightSource;
+use crate::kernels::quant::QuantFormat;
 use crate::kernels::{activation::silu, norm::rms_norm};
 use crate::tensor::{Linear, LinearSet, Tensor, Weight};
 use crate::threading::build_pool;
@@ -239,6 +240,23 @@ impl LlamaModel {
         let embed = w
             .weight(embed_name)?
             .expect_shape(embed_name, &[cfg.vocab_size, d])?;
+        // The head before the layers (with int8, the f32 table below is then freed before they
+        // load, not held through the load's peak). Tied: a tied head, or a checkpoint that left
+        // `lm_head.weight` out (GGUF without `output.weight`).
+        let tied = cfg.tie_word_embeddings || !w.contains("lm_head.weight");
+        let lm_head = if tied {
+            projection(w, Linear::new(embed.clone(), None)?)?
+        } else {
+            linear(w, "lm_head", cfg.vocab_size, d, false)?
+        };
+        // int8 with a tied head: the lookups read the head's int8 rows, so the f32 table (a small
+        // model's largest tensor: 113 MB beside SmolLM2's 143 MB of int8) is not kept as well.
+        // (Rows padded to whole blocks would give lookups of the padded width: those keep f32.)
+        let embed = if tied && w.int8() && d % QuantFormat::BLOCK == 0 {
+            lm_head.weight().clone()
+        } else {
+            embed
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
@@ -259,12 +277,6 @@ impl LlamaModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        // A tied head, or a checkpoint that left `lm_head.weight` out (GGUF without `output.weight`).
-        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
-            projection(w, Linear::new(embed.clone(), None)?)?
-        } else {
-            linear(w, "lm_head", cfg.vocab_size, d, false)?
-        };
         let weights = LlamaWeights {
             eps: cfg.rms_norm_eps as f32,
             norm: tensor(w, "model.norm.weight", &[d])?,
