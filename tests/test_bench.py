@@ -46,6 +46,13 @@ def test_summarize_decode_rate():
     assert s["tokens_per_s_median"] == pytest.approx(64.0)
 
 
+def test_summarize_decode_rate_of_a_batch():
+    # Batch 8 x 64 tokens: (512 - 8) / (t_64 - t_1), the 1-token call having made 8 tokens.
+    cell = {"seconds": [1.0, 2.0, 3.0], "tokens": [512] * 3, "ttft_s": [0.1, 0.2, 0.3], "first_tokens": [8] * 3}
+    s = harness.summarize(cell, decode_rate=True)
+    assert s["decode_tokens_per_s_median"] == pytest.approx(504 / 1.8)
+
+
 def test_summarize_without_timings_is_none():
     assert harness.summarize({"seconds": [], "tokens": [], "ttft_s": []}) is None
     assert harness.summarize({"error": "boom"}) is None
@@ -358,7 +365,7 @@ def test_worker_protocol_and_schedule(tmp_path, monkeypatch):
     workers = harness.start_workers(["a", "b"], lambda rt: [sys.executable, str(script), rt], tmp_path, skipped)
     assert skipped == {} and list(workers) == ["a", "b"]
     assert workers["a"].ready["versions"] == {"echo": "1"}
-    results = {rt: {"w": {"seconds": [], "tokens": [], "ttft_s": []}} for rt in workers}
+    results = {rt: {"w": {"seconds": [], "tokens": [], "ttft_s": [], "first_tokens": []}} for rt in workers}
     warnings: list = []
     harness.run_schedule(Parent(), workers, ["w"], [[10], [20]], 2, 3, results, warnings)
     rss = {rt: w.close()["maxrss_kb"] for rt, w in workers.items()}
@@ -368,6 +375,7 @@ def test_worker_protocol_and_schedule(tmp_path, monkeypatch):
         assert cell["sequences"] == [[11, 11, 11], [21, 21, 21]]
         assert cell["tokens"] == [6, 6]  # 2 rows x 3 new tokens, per repeat
         assert len(cell["seconds"]) == len(cell["ttft_s"]) == 2
+        assert cell["first_tokens"] == [2, 2]  # the 1-token call: one per row
         assert rss[rt] > 1000  # KiB: a Python interpreter at least
     assert json.loads(json.dumps(results))  # everything is JSON-serialisable
 
@@ -454,7 +462,7 @@ def test_bandwidth_lines_under_the_table():
     assert lines[1] == ("Weights read per batch-1 step: fasttx f32 150.0 MB, fasttx int8 40.0 MB, "
                         "PyTorch fp32 150.0 MB (as fasttx f32), CTranslate2 int8 unknown")
     assert lines[2].startswith("% of bandwidth = tokens/s x weight bytes per step / bandwidth, batch-1 workloads only; "
-                               "T5 tokens/s are those of the whole call (encoder")
+                               "T5 uses the decode tokens/s (the encoder and first step taken out)")
     report = _bandwidth_report(None)
     report["machine"]["memory_bandwidth_skipped"] = "skipped (--bandwidth-mb 0)"
     lines = harness.bandwidth_lines(report, t5.RUNTIME_LABELS)

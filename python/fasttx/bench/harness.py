@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -543,6 +544,7 @@ def run_schedule(bench: Benchmark, workers: dict, workloads, pool, repeats: int,
                     cell["seconds"].append(full["seconds"])
                     cell["tokens"].append(full["tokens"])
                     cell["ttft_s"].append(first["seconds"])
+                    cell["first_tokens"].append(first["tokens"])
         print(f"repeat {r + 1}/{repeats} done", flush=True)
 
 
@@ -598,9 +600,10 @@ def check_agreement(results: dict, workloads, warnings: list, *, reference: str 
 def summarize(cell: dict, decode_rate: bool = False) -> Optional[dict]:
     """Median / min / max of the repeats of one (runtime, workload).
 
-    tokens/s of each repeat = tokens / seconds; TTFT in ms.  With ``decode_rate`` (batch 1): also
-    the decode rate (n - 1) / (t_n - t_1) of each repeat, from the n-token call and the 1-token
-    call of the same repeat, i.e. tokens/s with the prompt processing taken out.
+    tokens/s of each repeat = tokens / seconds; TTFT in ms.  With ``decode_rate``: also the decode
+    rate (n - f) / (t_n - t_1) of each repeat, from the n-token call and the 1-token call (f
+    tokens: one per row) of the same repeat, i.e. tokens/s with the prompt processing (and the
+    encoder, for T5) taken out.
     """
     if not cell.get("seconds"):
         return None
@@ -614,10 +617,12 @@ def summarize(cell: dict, decode_rate: bool = False) -> Optional[dict]:
         "ttft_ms_max": 1000 * max(cell["ttft_s"]),
     }
     if decode_rate:
+        # (JSON files written before "first_tokens" existed hold batch-1 runs: f = 1.)
+        firsts = cell.get("first_tokens") or [1] * len(cell["tokens"])
         rates = [
-            (n - 1) / (s - t)
-            for n, s, t in zip(cell["tokens"], cell["seconds"], cell["ttft_s"])
-            if n > 1 and s > t
+            (n - f) / (s - t)
+            for n, f, s, t in zip(cell["tokens"], firsts, cell["seconds"], cell["ttft_s"])
+            if n > f and s > t
         ]
         out["decode_tokens_per_s_median"] = statistics.median(rates) if rates else None
     return out
@@ -1094,7 +1099,8 @@ def run(bench: Benchmark, args) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix=f"bench_{bench.name}_logs_"))
     workers = start_workers(runtimes, lambda rt: worker_command(bench, rt, args), log_dir, skipped)
     results = {
-        rt: {wl: {"seconds": [], "tokens": [], "ttft_s": []} for wl in args.workloads}
+        rt: {wl: {"seconds": [], "tokens": [], "ttft_s": [], "first_tokens": []}
+             for wl in args.workloads}
         for rt in workers
     }
     ready_checks = bench.check_ready(workers, pool, warnings)
@@ -1202,4 +1208,9 @@ def run(bench: Benchmark, args) -> int:
         print(w)
     print(f"raw numbers: {args.out}  (total {report['wall_s']:.0f} s)")
     print(f"chart: {chart}" if chart is not None else f"chart: not written: {chart_note}")
+    # The workers' logs only matter when something went wrong.
+    if warnings or skipped:
+        print(f"worker logs: {log_dir}")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
     return 0

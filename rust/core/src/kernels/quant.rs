@@ -345,7 +345,8 @@ enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512F/BW/VNNI for the dot products (two blocks per register); AVX2 for the rest.
+    /// AVX-512F/BW/VL/VNNI for the integer sums (two pieces of a packed group per register);
+    /// AVX2 for the rest.
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
