@@ -38,8 +38,10 @@ unsafe fn hsum(v: __m512) -> f32 {
 // matmul_nt micro-kernels
 
 /// Widest tile (rows of `w`) used with a group of `mr` rows of `x`, indexed by `mr` (1..=4).
-/// 4×6: 24 accumulators + 6 `w` vectors + 1 `x` vector of the 32 zmm registers.
-pub(crate) const NT_NR: [usize; 5] = [0, 12, 8, 6, 6];
+/// 4×4: 16 accumulators + 4 `w` vectors + 1 `x` vector of the 32 zmm registers. (4×6, 31
+/// registers, made the compiler keep accumulators on the stack: store-to-load forwarding in
+/// the FMA chains cost more than the extra `x` loads of the narrower tile.)
+pub(crate) const NT_NR: [usize; 5] = [0, 12, 8, 6, 4];
 
 /// Same contract as [`x86_avx2::nt_tile`], with 16 lanes per partial sum.
 ///
@@ -62,9 +64,11 @@ pub(crate) unsafe fn nt_tile(
         (1, 12) => tile::<1, 12>(x, w, k, y, ldy, stream),
         (2, 8) => tile::<2, 8>(x, w, k, y, ldy, stream),
         (3, 6) => tile::<3, 6>(x, w, k, y, ldy, stream),
-        (4, 6) => tile::<4, 6>(x, w, k, y, ldy, stream),
+        (4, 4) => tile::<4, 4>(x, w, k, y, ldy, stream),
         (1, 6) => tile::<1, 6>(x, w, k, y, ldy, stream),
         (2, 6) => tile::<2, 6>(x, w, k, y, ldy, stream),
+        (4, 2) => tile::<4, 2>(x, w, k, y, ldy, stream),
+        (4, 3) => tile::<4, 3>(x, w, k, y, ldy, stream),
         (4, 1) => tile::<4, 1>(x, w, k, y, ldy, stream),
         (3, 1) => tile::<3, 1>(x, w, k, y, ldy, stream),
         (2, 1) => tile::<2, 1>(x, w, k, y, ldy, stream),
