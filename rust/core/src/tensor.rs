@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{quant::dequantize, GgmlType};
 use crate::kernels::matmul::matmul_nt;
 use crate::kernels::quant::{
-    pack_rows, padded_cols, quant_matmul, quantize_rows_int8, unpack_row, QuantFormat,
+    pack_rows, padded_cols, quant_matmul, quantize_rows_int8, quantize_rows_int8_from, unpack_row,
+    QuantFormat,
 };
 
 #[derive(Clone)]
@@ -313,14 +314,18 @@ impl Linear {
     }
 
     /// The same projection with per-output-channel int8 weights (`dtype="int8"`, see
-    /// [`quantize_rows_int8`]); quantized weights stay as they are.
+    /// [`quantize_rows_int8`]). Block-quantized weights (a GGUF file's) are requantized row by
+    /// row from their exact `f32` values, without an `f32` copy of the matrix.
     pub fn into_int8(self) -> Result<Linear> {
-        let Weight::F32(t) = &self.weight else {
-            return Ok(self);
-        };
         let (n, k) = (self.out_features, self.in_features);
-        let bytes = quantize_rows_int8(t.data(), n, k);
-        t.release_mapped_pages();
+        let bytes = match &self.weight {
+            Weight::F32(t) => {
+                let bytes = quantize_rows_int8(t.data(), n, k);
+                t.release_mapped_pages();
+                bytes
+            }
+            Weight::Quant(q) => quantize_rows_int8_from(n, k, |i, row| q.row_into(i, row)),
+        };
         let q = QuantMatrix::new(
             QuantFormat::Q8_0,
             n,
@@ -646,6 +651,40 @@ mod tests {
                     a.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 );
             }
+        }
+    }
+
+    /// int8 from block-quantized weights (row by row) is int8 from their dequantized f32 matrix:
+    /// the same bytes, so the same products.
+    #[test]
+    fn int8_from_blocks_equals_int8_from_their_f32() {
+        let (m, n, k) = (3, 11, 96);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).sin()).collect();
+        for fmt in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let blocks = quant_linear(fmt, n, k, 0.9);
+            let Weight::Quant(q) = &blocks.weight else {
+                unreachable!()
+            };
+            let mut f = vec![0.0; n * k];
+            for (i, row) in f.chunks_exact_mut(k).enumerate() {
+                q.row_into(i, row);
+            }
+            let dense = Linear::new(Tensor::from_vec(vec![n, k], f).unwrap(), None).unwrap();
+            let (a, b) = (blocks.into_int8().unwrap(), dense.into_int8().unwrap());
+            let (Weight::Quant(qa), Weight::Quant(qb)) = (&a.weight, &b.weight) else {
+                panic!("{fmt:?}: not quantized")
+            };
+            assert_eq!(qa.data(), qb.data(), "{fmt:?}");
+            assert_eq!(
+                a.apply(&x, m)
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>(),
+                b.apply(&x, m)
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            );
         }
     }
 

@@ -213,13 +213,31 @@ pub(crate) fn quant_matmul_with(
 ///
 /// A row holding NaN or ±inf gets a NaN scale, so its outputs come out NaN as in f32.
 pub fn quantize_rows_int8(w: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let w = &w[..rows * cols];
+    quantize_rows_int8_from(rows, cols, |i, row| {
+        row.copy_from_slice(&w[i * cols..(i + 1) * cols])
+    })
+}
+
+/// [`quantize_rows_int8`] of rows produced one at a time by `row(i, out)` (`out` holds `cols`
+/// values): a quantized source is requantized without an `f32` copy of the whole matrix.
+pub fn quantize_rows_int8_from(
+    rows: usize,
+    cols: usize,
+    row: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<u8> {
     let kp = padded_cols(cols);
-    let fmt = QuantFormat::Q8_0;
-    let rb = fmt.row_bytes(kp);
+    let rb = QuantFormat::Q8_0.row_bytes(kp);
     let mut out = crate::memory::byte_buffer(rows * rb);
-    out.par_chunks_mut(rb)
-        .zip(w[..rows * cols].par_chunks(cols.max(1)))
-        .for_each(|(dst, row)| quantize_row_int8(row, dst));
+    if rb > 0 {
+        out.par_chunks_mut(rb).enumerate().for_each_init(
+            || vec![0.0f32; cols],
+            |values, (i, dst)| {
+                row(i, values);
+                quantize_row_int8(values, dst)
+            },
+        );
+    }
     out
 }
 

@@ -176,7 +176,8 @@ pub fn load(
     let (keep_quantized, int8) = match dtype {
         "auto" => (true, false),
         "f32" => (false, false),
-        "int8" => (false, true),
+        // A GGUF file's blocks are read as they are and requantized row by row (`into_int8`).
+        "int8" => (true, true),
         other => {
             return Err(Error::InvalidInput(format!(
                 "dtype must be 'auto', 'f32' or 'int8', got '{other}'"
