@@ -441,9 +441,7 @@ fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
             let b = b0 + l;
             // Lanes past a short group add 0·0, as the SIMD kernels' masked loads make them.
             let (isum, dw, mw) = if l < t {
-                let mut isum: i32 = (0..QK)
-                    .map(|v| pack::packed_value(fmt, group, t, l, v) * xg[x_index(l, v)] as i32)
-                    .sum();
+                let mut isum = block_isum(fmt, group, t, l, xg);
                 if fmt == QuantFormat::Q4_0 {
                     isum -= 8 * x.sum[b];
                 }
@@ -467,6 +465,34 @@ fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
         _ => acc[l],
     });
     hsum(&lanes)
+}
+
+/// Block `l`'s integer dot product in a packed group of `t` blocks (`group`) against the
+/// group's quantized `x` (`xg`): the nibbles (Q4_0 without its `- 8`) or Q8_0's signed `q`, times
+/// the activations, summed exactly. Walks the group's pieces as the SIMD kernels load them.
+fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> i32 {
+    let values = &group[pack::head_bytes(fmt) * t..];
+    let x = |v: usize| xg[x_index(l, v)] as i32;
+    let mut isum = 0;
+    match fmt {
+        QuantFormat::Q8_0 => {
+            for c in 0..QK / 4 {
+                for (j, &byte) in values[4 * (c * t + l)..][..4].iter().enumerate() {
+                    isum += (byte as i32 - 128) * x(4 * c + j);
+                }
+            }
+        }
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+            // Byte j of a block holds value j (low nibble) and value j + 16 (high nibble).
+            for c in 0..QK / 8 {
+                for (j, &byte) in values[4 * (c * t + l)..][..4].iter().enumerate() {
+                    isum += (byte & 0x0F) as i32 * x(4 * c + j);
+                    isum += (byte >> 4) as i32 * x(QK / 2 + 4 * c + j);
+                }
+            }
+        }
+    }
+    isum
 }
 
 /// Where value `v` of block `l` of a group sits in that group's quantized `x` (the packed

@@ -134,7 +134,7 @@ pub fn pack_rows(fmt: QuantFormat, w: &[u8], k: usize) -> Vec<u8> {
 
 /// Value `v` (0..32) of block `l` in a packed group of `t` blocks, as the integer the kernels
 /// multiply: the nibble (Q4_0 without its `- 8`) or Q8_0's signed `q`.
-#[inline]
+#[cfg(test)]
 pub(super) fn packed_value(fmt: QuantFormat, group: &[u8], t: usize, l: usize, v: usize) -> i32 {
     let head = head_bytes(fmt);
     match fmt {
