@@ -367,7 +367,10 @@ def test_worker_protocol_and_schedule(tmp_path, monkeypatch):
     assert workers["a"].ready["versions"] == {"echo": "1"}
     results = {rt: {"w": {"seconds": [], "tokens": [], "ttft_s": [], "first_tokens": []}} for rt in workers}
     warnings: list = []
-    harness.run_schedule(Parent(), workers, ["w"], [[10], [20]], 2, 3, results, warnings)
+    probes: list = []
+    harness.run_schedule(Parent(), workers, ["w"], [[10], [20]], 2, 3, results, warnings,
+                         after_repeat=lambda: probes.append(len(results["a"]["w"]["seconds"])))
+    assert probes == [1, 2]  # after each repeat, once its timings are in
     rss = {rt: w.close()["maxrss_kb"] for rt, w in workers.items()}
     assert warnings == []
     for rt in ("a", "b"):
@@ -463,6 +466,11 @@ def test_bandwidth_lines_under_the_table():
                         "PyTorch fp32 150.0 MB (as fasttx f32), CTranslate2 int8 unknown")
     assert lines[2].startswith("% of bandwidth = tokens/s x weight bytes per step / bandwidth, batch-1 workloads only; "
                                "T5 uses the decode tokens/s (the encoder and first step taken out)")
+    report = _bandwidth_report(20.0)
+    report["machine"]["memory_read_gb_per_s_probes"] = [21.0, 20.0, 19.5, 20.5]
+    assert harness.bandwidth_lines(report, t5.RUNTIME_LABELS)[0] == (
+        "Memory read bandwidth: 20.0 GB/s (1536 MB buffer, 2 threads, best of several reads; median of "
+        "4 probes, before the run and after each repeat: 21.0, 20.0, 19.5, 20.5)")
     report = _bandwidth_report(None)
     report["machine"]["memory_bandwidth_skipped"] = "skipped (--bandwidth-mb 0)"
     lines = harness.bandwidth_lines(report, t5.RUNTIME_LABELS)
@@ -740,7 +748,9 @@ def test_run_records_bandwidth_bytes_and_chart(tmp_path, monkeypatch, capsys):
     assert report["chart"] is None
     printed = capsys.readouterr().out
     assert "% of bandwidth" in printed
-    assert "Memory read bandwidth: 8.0 GB/s (64 MB buffer, 1 threads, best of several reads)" in printed
+    assert ("Memory read bandwidth: 8.0 GB/s (64 MB buffer, 1 threads, best of several reads; median of 2 "
+            "probes, before the run and after each repeat: 8.0, 8.0)") in printed
+    assert report["machine"]["memory_read_gb_per_s_probes"] == [8.0, 8.0]
     assert "Weights read per batch-1 step: FX 2.0 MB, Other 2.0 MB (as FX), other-int8 0.5 MB (as fx-int8)" in printed
 
     if harness.importlib.util.find_spec("matplotlib") is not None:

@@ -487,8 +487,9 @@ def length_problems(seqs, expected_rows: int, new_tokens: int) -> list[str]:
 
 
 def run_schedule(bench: Benchmark, workers: dict, workloads, pool, repeats: int, new_tokens: int,
-                 results: dict, warnings: list):
-    """Warm up, then time all (workload, runtime) pairs round-robin for each repeat."""
+                 results: dict, warnings: list, after_repeat: Optional[Callable[[], None]] = None):
+    """Warm up, then time all (workload, runtime) pairs round-robin for each repeat;
+    ``after_repeat()`` runs after each repeat (the bandwidth probe, while the workers idle)."""
     runtimes = list(workers)
 
     def timed_call(worker, wl, n):
@@ -545,6 +546,8 @@ def run_schedule(bench: Benchmark, workers: dict, workloads, pool, repeats: int,
                     cell["tokens"].append(full["tokens"])
                     cell["ttft_s"].append(first["seconds"])
                     cell["first_tokens"].append(first["tokens"])
+        if after_repeat is not None:
+            after_repeat()
         print(f"repeat {r + 1}/{repeats} done", flush=True)
 
 
@@ -843,8 +846,11 @@ def bandwidth_lines(report: dict, labels: dict, note: str = "") -> list[str]:
     machine = report.get("machine") or {}
     bw = memory_bandwidth_of(report)
     if bw:
+        probes = machine.get("memory_read_gb_per_s_probes") or []
+        when = (f"; median of {len(probes)} probes, before the run and after each repeat: "
+                + ", ".join(f"{p:.1f}" for p in probes)) if len(probes) > 1 else ""
         lines.append(f"Memory read bandwidth: {bw:.1f} GB/s ({machine.get('memory_bandwidth_mb')} MB "
-                     f"buffer, {machine.get('threads')} threads, best of several reads)")
+                     f"buffer, {machine.get('threads')} threads, best of several reads{when})")
     else:
         why = machine.get("memory_bandwidth_skipped") or "not measured"
         lines.append(f"Memory read bandwidth: {why}; no % of bandwidth column")
@@ -1082,11 +1088,20 @@ def run(bench: Benchmark, args) -> int:
     runtimes = bench.prepare(args, runtimes, skipped)
     pool = bench.inputs(args)
 
-    # The ceiling the batch-1 rates are compared with; measured before any worker exists.
+    # The ceiling the batch-1 rates are compared with: measured before any worker exists and
+    # again after every repeat (the workers idle then), the median taken, so that a machine
+    # whose speed drifts during the run (shared VMs) is compared with what it delivered then.
     megabytes = getattr(args, "bandwidth_mb", BANDWIDTH_MB)
     if megabytes > 0:
         print(f"measuring memory read bandwidth ({megabytes} MB, {args.threads} threads) ...", flush=True)
     bandwidth, why_not = measure_memory_bandwidth(args.threads, megabytes)
+    probes = [] if bandwidth is None else [bandwidth]
+
+    def probe_again():
+        if probes:
+            again, _ = measure_memory_bandwidth(args.threads, megabytes)
+            if again is not None:
+                probes.append(again)
     machine["memory_read_gb_per_s"] = bandwidth
     machine["memory_bandwidth_mb"] = megabytes if bandwidth is not None else None
     if bandwidth is None:
@@ -1107,7 +1122,10 @@ def run(bench: Benchmark, args) -> int:
     report_runtimes = {}
     try:
         run_schedule(bench, workers, args.workloads, pool, args.repeats, args.new_tokens,
-                     results, warnings)
+                     results, warnings, after_repeat=probe_again)
+        if probes:
+            machine["memory_read_gb_per_s"] = statistics.median(probes)
+            machine["memory_read_gb_per_s_probes"] = probes
     finally:
         for rt, w in workers.items():
             try:
