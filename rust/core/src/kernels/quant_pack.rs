@@ -61,33 +61,20 @@ pub(super) fn groups(nb: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// One row of GGUF blocks (`src`) into the packed layout (`dst`, the same length).
 fn pack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
-    let bb = fmt.block_bytes();
-    let (head, flip) = (head_bytes(fmt), value_flip(fmt));
-    for (b0, t) in groups(src.len() / bb) {
-        let (s, d) = (
-            &src[b0 * bb..(b0 + t) * bb],
-            &mut dst[b0 * bb..(b0 + t) * bb],
-        );
-        for l in 0..t {
-            let blk = &s[l * bb..(l + 1) * bb];
-            for j in (0..head).step_by(2) {
-                let at = packed_offset(fmt, t, l, j);
-                d[at..at + 2].copy_from_slice(&blk[j..j + 2]);
-            }
-            for j in (head..bb).step_by(4) {
-                let at = packed_offset(fmt, t, l, j);
-                for (o, &v) in d[at..at + 4].iter_mut().zip(&blk[j..j + 4]) {
-                    *o = v ^ flip;
-                }
-            }
-        }
-    }
+    move_bytes(fmt, src, dst, true)
 }
 
 /// One packed row (`src`) back into GGUF blocks (`dst`, the same length): the inverse of
 /// [`pack_row`], for embedding lookups of a packed matrix. Also takes any whole groups of a row
 /// (a span starting at a multiple of 8 blocks and ending at a group's end).
 pub fn unpack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
+    move_bytes(fmt, src, dst, false)
+}
+
+/// Every byte of a row between its GGUF place (block `l`, byte `j`) and its packed place
+/// ([`packed_offset`]), in the direction `pack` says: the scales 2 bytes at a time, the values 4
+/// (a piece's share of one block), flipping Q8_0's offset on the way.
+fn move_bytes(fmt: QuantFormat, src: &[u8], dst: &mut [u8], pack: bool) {
     let bb = fmt.block_bytes();
     let (head, flip) = (head_bytes(fmt), value_flip(fmt));
     for (b0, t) in groups(src.len() / bb) {
@@ -96,14 +83,12 @@ pub fn unpack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
             &mut dst[b0 * bb..(b0 + t) * bb],
         );
         for l in 0..t {
-            let blk = &mut d[l * bb..(l + 1) * bb];
-            for j in (0..head).step_by(2) {
-                let at = packed_offset(fmt, t, l, j);
-                blk[j..j + 2].copy_from_slice(&s[at..at + 2]);
-            }
-            for j in (head..bb).step_by(4) {
-                let at = packed_offset(fmt, t, l, j);
-                for (o, &v) in blk[j..j + 4].iter_mut().zip(&s[at..at + 4]) {
+            let spans = (0..head).step_by(2).map(|j| (j, 2, 0));
+            let spans = spans.chain((head..bb).step_by(4).map(|j| (j, 4, flip)));
+            for (j, len, flip) in spans {
+                let (gguf, packed) = (l * bb + j, packed_offset(fmt, t, l, j));
+                let (from, to) = if pack { (gguf, packed) } else { (packed, gguf) };
+                for (o, &v) in d[to..to + len].iter_mut().zip(&s[from..from + len]) {
                     *o = v ^ flip;
                 }
             }
