@@ -2,12 +2,14 @@
 """Time the native decoding step alone (no Python generation loop): prefill of a prompt, then
 the median of ``--steps`` single-token steps. What kernel changes are measured with.
 
-    python benchmarks/decode_step.py --model PATH [--dtype auto|f32|int8] [--threads 2] [--steps 64] [--repeats 3]
+    python benchmarks/decode_step.py --model PATH [--dtype auto|f32|int8] [--threads 2] [--steps 64] [--repeats 3] [--batch 1]
 
 Defaults to the SmolLM2 GGUF (``fasttx.hub``) and its chat prompt; for an encoder-decoder model
 (e.g. the benchmark t5-small in ``~/.cache/fasttx-bench/t5-small-random``) the prompt is 32
 source tokens and the steps feed the decoder start token. ``FASTTX_ISA=avx2|scalar`` compares
 instruction sets; ``perf record -g python benchmarks/decode_step.py ...`` gives the profile.
+``--batch N`` runs N copies of the prompt (the prefill then times a batch, e.g. T5's encoder over
+N×32 tokens; the GB/s figure stays that of one weight pass per step).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, help="copies of the prompt decoded together")
     args = ap.parse_args()
     if args.model is None:
         from fasttx.hub import default_model_path
@@ -37,11 +40,11 @@ def main() -> None:
     model = fasttx.load(args.model, dtype=args.dtype, threads=args.threads)
     native = model._native
     if model.is_encoder_decoder:
-        ids = np.arange(3, 35, dtype=np.int64)[None, :]
-        first = np.zeros((1, 1), dtype=np.int64)
+        ids = np.arange(3, 35, dtype=np.int64)[None, :].repeat(args.batch, 0)
+        first = np.zeros((args.batch, 1), dtype=np.int64)
     else:
         text = model.chat_prompt([{"role": "user", "content": "Write a short news report about artificial intelligence."}])
-        ids = np.array([model.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64)
+        ids = np.array([model.tokenizer.encode(text, add_special_tokens=False).ids] * args.batch, dtype=np.int64)
         first = ids
     prefill, steps = [], []
     for _ in range(args.repeats):
@@ -49,19 +52,19 @@ def main() -> None:
         session = native.start(ids, np.ones_like(ids))
         logits = session.step(first, None)
         prefill.append(time.perf_counter() - t)
-        token = np.array([[int(logits.argmax())]], dtype=np.int64)
+        token = logits.argmax(-1).astype(np.int64)[:, None]
         for _ in range(args.steps):
             t = time.perf_counter()
             logits = session.step(token, None)
             steps.append(time.perf_counter() - t)
-            token = np.array([[int(logits.argmax())]], dtype=np.int64)
+            token = logits.argmax(-1).astype(np.int64)[:, None]
     step = statistics.median(steps)
     # (decode_weight_bytes is absent from builds older than this script: then no GB/s figure.)
     weights = getattr(native, "decode_weight_bytes", None)
     rate = f", {weights / step / 1e9:.1f} GB/s of weights" if weights else ""
     print(
         f"{args.model} dtype={args.dtype} threads={args.threads}: prefill {statistics.median(prefill) * 1e3:.1f} ms "
-        f"({ids.shape[1]} tokens), decode step median {step * 1e3:.2f} ms ({1 / step:.1f} tokens/s){rate}"
+        f"({ids.shape[0]}×{ids.shape[1]} tokens), decode step median {step * 1e3:.2f} ms ({1 / step:.1f} tokens/s){rate}"
     )
 
 
