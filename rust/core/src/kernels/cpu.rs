@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable Rust (whatever the compiler vectorises on its own).
     Scalar,
-    /// aarch64 Advanced SIMD. Kernels currently use their portable code here.
+    /// aarch64 Advanced SIMD: the quantized products have a NEON kernel; the other kernels use
+    /// their portable code (which the compiler vectorises for NEON).
     Neon,
     /// x86_64 AVX2 + FMA.
     Avx2,

@@ -53,6 +53,9 @@ use rayon::prelude::*;
 use super::cpu::{self, Isa};
 use super::matmul::balanced_tasks;
 
+#[cfg(target_arch = "aarch64")]
+#[path = "quant_neon.rs"]
+mod neon;
 #[path = "quant_pack.rs"]
 mod pack;
 #[cfg(target_arch = "x86_64")]
@@ -367,6 +370,9 @@ enum Kernel {
     /// AVX2 for the rest.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// aarch64 Advanced SIMD for the dot products; the portable quantizer.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl Kernel {
@@ -378,6 +384,8 @@ impl Kernel {
             Isa::Avx512 if x86_512::available() => Kernel::Avx512,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 if x86::available() => Kernel::Avx2,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Kernel::Neon,
             _ => Kernel::Portable,
         }
     }
@@ -386,6 +394,8 @@ impl Kernel {
     fn quantize_row(self, x: &[f32], out: XRowMut<'_>) {
         match self {
             Kernel::Portable => quantize_row(x, out),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => quantize_row(x, out),
             // SAFETY: `Avx2` and `Avx512` are only chosen when `x86::available()`.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 | Kernel::Avx512 => unsafe { x86::quantize_row(x, out) },
@@ -423,6 +433,9 @@ impl Kernel {
             // Only chosen when `x86_512::available()`; same row contract as the AVX2 kernel.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => x86_512::dot(fmt, w, rb, xs, y, ldy),
+            // Same row contract as the AVX2 kernel; NEON is always there on aarch64.
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => neon::dot(fmt, w, rb, xs, y, ldy),
         }
     }
 }
