@@ -210,14 +210,14 @@ def test_parse_all_runs_every_benchmark(tmp_path):
                              "--gguf", "/m/smol.gguf"])
     assert [name for name, _ in args.plan] == ["t5", "smollm2", "scaling"]
     (_, t5_args), (_, smol_args), (_, scale_args) = args.plan
-    assert (t5_args.threads, t5_args.repeats, t5_args.out) == (2, 3, str(tmp_path / "BENCHMARKS-t5.json"))
+    assert (t5_args.threads, t5_args.repeats, t5_args.out) == (2, 3, str(tmp_path / "t5.json"))
     assert t5_args.workloads == ["greedy_b1", "beam4_b1", "greedy_b8"]
-    assert (smol_args.threads, smol_args.repeats, smol_args.out) == (2, 3, str(tmp_path / "BENCHMARKS-smollm2.json"))
+    assert (smol_args.threads, smol_args.repeats, smol_args.out) == (2, 3, str(tmp_path / "smollm2.json"))
     assert smol_args.gguf == "/m/smol.gguf"
     assert smol_args.llama_cpp_no_repack is False
     # Scaling after them: 1 up to --threads, same repeats, the T5 model directory.
     assert (scale_args.threads, scale_args.threads_list, scale_args.repeats) == (2, [1, 2], 3)
-    assert scale_args.out == str(tmp_path / "BENCHMARKS-scaling.json")
+    assert scale_args.out == str(tmp_path / "scaling.json")
     assert scale_args.model_dir == t5_args.model_dir
     for a in (t5_args, smol_args, scale_args):
         assert (a.bandwidth_mb, a.no_chart) == (1536, False)

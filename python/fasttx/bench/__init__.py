@@ -53,7 +53,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                         "goes from 1 up to this many")
     a.add_argument("--repeats", type=int, default=5, help="timed runs per (runtime, workload)")
     a.add_argument("--out-dir", type=Path, default=Path("."),
-                   help="directory for the JSON files (" + ", ".join(m.DEFAULT_OUT for m in BENCHMARKS.values()) + ")")
+                   help="directory for the JSON files (" + ", ".join(f"{n}.json" for n in BENCHMARKS) + ")")
     a.add_argument("--model-dir", type=Path, default=None, help="t5: where the random model is built once")
     a.add_argument("--gguf", default=None, help="smollm2: the GGUF file (default: fasttx's default model)")
     a.add_argument("--llama-cpp-no-repack", action="store_true",
@@ -76,7 +76,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     harness.check_report_arguments(args, subparsers["all"])
     args.plan = []
     for name, mod in BENCHMARKS.items():
-        sub_argv = ["--repeats", str(args.repeats), "--out", str(args.out_dir / mod.DEFAULT_OUT),
+        # <name>.json in the directory, as the repository keeps them in benchmarks/results/.
+        sub_argv = ["--repeats", str(args.repeats), "--out", str(args.out_dir / f"{name}.json"),
                     "--bandwidth-mb", str(args.bandwidth_mb)]
         if args.no_chart:
             sub_argv += ["--no-chart"]
