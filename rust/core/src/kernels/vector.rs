@@ -106,6 +106,25 @@ mod tests {
         }
     }
 
+    /// AVX-512 and AVX2 give the same bits (one fixed order): a quantized model's decoding then
+    /// does not depend on which of the two the CPU has.
+    #[test]
+    fn dot_is_the_same_on_avx512_and_avx2() {
+        let isas = cpu::supported_isas();
+        if !(isas.contains(&Isa::Avx512) && isas.contains(&Isa::Avx2)) {
+            report_skipped();
+            return;
+        }
+        for n in 0..80 {
+            let (a, b) = (random(n + 1, 5), random(n + 1, 6));
+            for off in 0..2 {
+                let (a, b) = (&a[off..off + n], &b[off..off + n]);
+                let (x, y) = (dot_with(Isa::Avx512, a, b), dot_with(Isa::Avx2, a, b));
+                assert_eq!(x.to_bits(), y.to_bits(), "n={n}: {x} vs {y}");
+            }
+        }
+    }
+
     #[test]
     fn axpy_matches_scalar() {
         for isa in cpu::supported_isas() {

@@ -9,7 +9,8 @@
 //! memory in masked-off lanes), so nothing reads or writes out of bounds.
 //!
 //! Determinism: as in the AVX2 code, each reduction's order depends only on the vector length.
-//! The results differ from the AVX2 path's in the last bits (16 partial sums instead of 8).
+//! The tiles' results differ from the AVX2 path's in the last bits (16 partial sums instead of
+//! 8); `dot` reproduces the AVX2 `dot` exactly (see there).
 
 use std::arch::x86_64::*;
 
@@ -147,34 +148,46 @@ unsafe fn tile<const MR: usize, const NR: usize>(
 // ---------------------------------------------------------------------------------------------
 // vector
 
+/// The AVX2 `dot`'s exact arithmetic (so attention, the one ISA-dependent step left in a
+/// quantized model's decoding, gives the same bits on both paths), in one register: the AVX2
+/// kernel's two 8-lane accumulators take alternate 8-element chunks, which is element `j` in
+/// lane `j mod 16` of a 16-lane one; its short tail (fewer than 8 left) goes to the second
+/// accumulator, i.e. lanes 8.. here. The final sum is lane `l` plus lane `l + 8`, then the AVX2
+/// order, as there.
+///
 /// # Safety
 /// AVX-512F+AVX2+FMA available.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut s0 = _mm512_setzero_ps();
-    let mut s1 = _mm512_setzero_ps();
+    let mut acc = _mm512_setzero_ps();
     let mut i = 0;
-    while i + 2 * LANES <= n {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
-        let j = i + LANES;
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(j)), _mm512_loadu_ps(pb.add(j)), s1);
-        i += 2 * LANES;
-    }
-    if i + LANES <= n {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+    while i + LANES <= n {
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc);
         i += LANES;
     }
-    if i < n {
-        let m = tail_mask(n - i);
-        s1 = _mm512_fmadd_ps(
+    // As in the AVX2 code, every lane an FMA touches gets one, with zeros past the end (a lane
+    // holding -0 becomes +0 either way).
+    let rest = n - i;
+    if rest >= LANES / 2 {
+        // AVX2: a full chunk into the first accumulator, the rest (zero-padded) into the second.
+        let m = tail_mask(rest);
+        let (x, y) = (
             _mm512_maskz_loadu_ps(m, pa.add(i)),
             _mm512_maskz_loadu_ps(m, pb.add(i)),
-            s1,
         );
+        acc = _mm512_fmadd_ps(x, y, acc);
+    } else if rest > 0 {
+        // AVX2: the zero-padded rest into the second accumulator alone, i.e. lanes 8..16 here,
+        // loaded from 8 elements earlier (masked-off lanes are not read, so that address may
+        // lie before the slice).
+        let m = ((tail_mask(rest) as u32) << (LANES / 2)) as __mmask16;
+        let x = _mm512_maskz_loadu_ps(m, pa.add(i).wrapping_sub(LANES / 2));
+        let y = _mm512_maskz_loadu_ps(m, pb.add(i).wrapping_sub(LANES / 2));
+        acc = _mm512_mask3_fmadd_ps(x, y, acc, 0xFF00);
     }
-    hsum(_mm512_add_ps(s0, s1))
+    hsum(acc)
 }
 
 /// # Safety
