@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::{self as avx2, block_bytes, head_bytes, XPtr, Q4_0, Q4_1, Q8_0};
+use super::x86::{self as avx2, block_bytes, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q8_0};
 use super::{QuantFormat, XRow, LANES, QK};
 
 /// Whether this CPU can run this file's code.
@@ -27,81 +27,7 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// Same contract as `quant_x86::dot`.
-///
-/// # Safety
-/// [`available`] is true; otherwise as `quant_x86::dot`.
-pub(super) unsafe fn dot(
-    fmt: QuantFormat,
-    w: &[u8],
-    rb: usize,
-    xs: &[XRow<'_>],
-    y: *mut f32,
-    ldy: usize,
-) {
-    macro_rules! rows {
-        ($f:expr) => {
-            match xs.len() {
-                1 => dot_rows::<$f, 1>(w, rb, xs, y, ldy),
-                2 => dot_rows::<$f, 2>(w, rb, xs, y, ldy),
-                3 => dot_rows::<$f, 3>(w, rb, xs, y, ldy),
-                4 => dot_rows::<$f, 4>(w, rb, xs, y, ldy),
-                r => unreachable!("{r} rows of x at once"),
-            }
-        };
-    }
-    match fmt {
-        QuantFormat::Q4_0 => rows!(Q4_0),
-        QuantFormat::Q4_1 => rows!(Q4_1),
-        QuantFormat::Q8_0 => rows!(Q8_0),
-    }
-}
-
-/// # Safety
-/// As [`dot`], with `xs.len() == R`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_rows<const F: u8, const R: usize>(
-    w: &[u8],
-    rb: usize,
-    xs: &[XRow<'_>],
-    y: *mut f32,
-    ldy: usize,
-) {
-    let nb = rb / block_bytes(F);
-    let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
-    for (j, wj) in w.chunks_exact(rb).enumerate() {
-        let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
-        for (r, v) in out.into_iter().enumerate() {
-            *y.add(r * ldy + j) = v;
-        }
-    }
-}
-
-/// One packed weight row of `nb` blocks against `R` rows of `x`.
-///
-/// # Safety
-/// As `quant_x86::dot_row`, with this file's CPU features.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_row<const F: u8, const R: usize>(w: *const u8, nb: usize, x: &[XPtr; R]) -> [f32; R] {
-    let bb = block_bytes(F);
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut mins = [_mm256_setzero_ps(); R];
-    let full = nb - nb % LANES;
-    for b0 in (0..full).step_by(LANES) {
-        group::<F, R, true>(w.add(b0 * bb), b0, LANES, x, &mut acc, &mut mins);
-    }
-    if full < nb {
-        group::<F, R, false>(w.add(full * bb), full, nb - full, x, &mut acc, &mut mins);
-    }
-    std::array::from_fn(|r| {
-        avx2::hsum(if F == Q4_1 {
-            _mm256_add_ps(acc[r], mins[r])
-        } else {
-            acc[r]
-        })
-    })
-}
+avx2::packed_row_kernels!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
 
 /// As `quant_x86::group`: the packed group of `t` blocks at `w` (8 when `FULL`) against `R` rows.
 ///

@@ -75,37 +75,104 @@ impl XPtr {
     }
 }
 
-/// `y[r·ldy + j] = w_j · xs[r]` for every packed weight row `w_j` of `w` (rows of `rb` bytes,
-/// whole blocks) and each of the 1..=4 rows of `xs`.
+/// The row loops shared by this file's kernel and `quant_avx512.rs`, compiled for the CPU
+/// features `$features` around the calling module's own `group::<F, R, FULL>` (which must be in
+/// scope there, with `hsum`, `block_bytes`, `XPtr`, `QuantFormat`, `XRow`, `LANES` and the
+/// format constants). Generates:
 ///
-/// # Safety
-/// [`available`] is true; `y` is valid for those writes; each `xs[r]` holds the blocks of a row of
-/// `nb = rb / fmt.block_bytes()` blocks padded to whole groups (as `super::Activations` makes).
-pub(super) unsafe fn dot(
-    fmt: QuantFormat,
-    w: &[u8],
-    rb: usize,
-    xs: &[XRow<'_>],
-    y: *mut f32,
-    ldy: usize,
-) {
-    macro_rules! rows {
-        ($f:expr) => {
-            match xs.len() {
-                1 => dot_rows::<$f, 1>(w, rb, xs, y, ldy),
-                2 => dot_rows::<$f, 2>(w, rb, xs, y, ldy),
-                3 => dot_rows::<$f, 3>(w, rb, xs, y, ldy),
-                4 => dot_rows::<$f, 4>(w, rb, xs, y, ldy),
-                r => unreachable!("{r} rows of x at once"),
+/// * `dot(fmt, w, rb, xs, y, ldy)`: `y[r·ldy + j] = w_j · xs[r]` for every packed weight row `w_j`
+///   of `w` (rows of `rb` bytes, whole blocks) and each of the 1..=4 rows of `xs`. Safety: the CPU
+///   has `$features`; `y` is valid for those writes; each `xs[r]` holds the blocks of a row of
+///   `nb = rb / fmt.block_bytes()` blocks padded to whole groups (as `super::Activations` makes);
+/// * `dot_rows::<F, R>`: the loop over weight rows, so that the constants and row pointers are set
+///   up once, not per row (rows are short: 18 blocks for a hidden size of 576);
+/// * `dot_row::<F, R>`: one weight row, group after group, then the lane sum.
+macro_rules! packed_row_kernels {
+    ($features:literal) => {
+        /// See `quant_x86::packed_row_kernels`.
+        ///
+        /// # Safety
+        /// See `quant_x86::packed_row_kernels`.
+        pub(super) unsafe fn dot(
+            fmt: QuantFormat,
+            w: &[u8],
+            rb: usize,
+            xs: &[XRow<'_>],
+            y: *mut f32,
+            ldy: usize,
+        ) {
+            macro_rules! rows {
+                ($f:expr) => {
+                    match xs.len() {
+                        1 => dot_rows::<$f, 1>(w, rb, xs, y, ldy),
+                        2 => dot_rows::<$f, 2>(w, rb, xs, y, ldy),
+                        3 => dot_rows::<$f, 3>(w, rb, xs, y, ldy),
+                        4 => dot_rows::<$f, 4>(w, rb, xs, y, ldy),
+                        r => unreachable!("{r} rows of x at once"),
+                    }
+                };
             }
-        };
-    }
-    match fmt {
-        QuantFormat::Q4_0 => rows!(Q4_0),
-        QuantFormat::Q4_1 => rows!(Q4_1),
-        QuantFormat::Q8_0 => rows!(Q8_0),
-    }
+            match fmt {
+                QuantFormat::Q4_0 => rows!(Q4_0),
+                QuantFormat::Q4_1 => rows!(Q4_1),
+                QuantFormat::Q8_0 => rows!(Q8_0),
+            }
+        }
+
+        /// # Safety
+        /// As `dot`, with `xs.len() == R`.
+        #[target_feature(enable = $features)]
+        unsafe fn dot_rows<const F: u8, const R: usize>(
+            w: &[u8],
+            rb: usize,
+            xs: &[XRow<'_>],
+            y: *mut f32,
+            ldy: usize,
+        ) {
+            let nb = rb / block_bytes(F);
+            let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
+            for (j, wj) in w.chunks_exact(rb).enumerate() {
+                let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
+                for (r, v) in out.into_iter().enumerate() {
+                    *y.add(r * ldy + j) = v;
+                }
+            }
+        }
+
+        /// One packed weight row of `nb` blocks at `w` against `R` rows of `x`.
+        ///
+        /// # Safety
+        /// `w` valid for `nb` blocks; the rows as `dot` requires; the CPU has `$features`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dot_row<const F: u8, const R: usize>(
+            w: *const u8,
+            nb: usize,
+            x: &[XPtr; R],
+        ) -> [f32; R] {
+            let bb = block_bytes(F);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut mins = [_mm256_setzero_ps(); R];
+            let full = nb - nb % LANES;
+            for b0 in (0..full).step_by(LANES) {
+                group::<F, R, true>(w.add(b0 * bb), b0, LANES, x, &mut acc, &mut mins);
+            }
+            if full < nb {
+                group::<F, R, false>(w.add(full * bb), full, nb - full, x, &mut acc, &mut mins);
+            }
+            std::array::from_fn(|r| {
+                hsum(if F == Q4_1 {
+                    _mm256_add_ps(acc[r], mins[r])
+                } else {
+                    acc[r]
+                })
+            })
+        }
+    };
 }
+pub(super) use packed_row_kernels;
+
+packed_row_kernels!("avx2,fma,f16c");
 
 /// `super::quantize_row` compiled with AVX2 (it is always inlined, so this is its vector code).
 ///
@@ -114,56 +181,6 @@ pub(super) unsafe fn dot(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_row(x: &[f32], out: XRowMut<'_>) {
     super::quantize_row(x, out)
-}
-
-/// [`dot`] for a fixed format `F` and `R` rows of `x`: the loop over weight rows lives here so
-/// that the constants and row pointers are set up once, not per row (rows are short: 18 blocks
-/// for a hidden size of 576).
-///
-/// # Safety
-/// As [`dot`], with `xs.len() == R`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows<const F: u8, const R: usize>(
-    w: &[u8],
-    rb: usize,
-    xs: &[XRow<'_>],
-    y: *mut f32,
-    ldy: usize,
-) {
-    let nb = rb / block_bytes(F);
-    let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
-    for (j, wj) in w.chunks_exact(rb).enumerate() {
-        let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
-        for (r, v) in out.into_iter().enumerate() {
-            *y.add(r * ldy + j) = v;
-        }
-    }
-}
-
-/// One packed weight row of `nb` blocks at `w` against `R` rows of `x`.
-///
-/// # Safety
-/// `w` valid for `nb` blocks; the rows as [`dot`] requires; the CPU has AVX2, FMA, F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row<const F: u8, const R: usize>(w: *const u8, nb: usize, x: &[XPtr; R]) -> [f32; R] {
-    let bb = block_bytes(F);
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut mins = [_mm256_setzero_ps(); R];
-    let full = nb - nb % LANES;
-    for b0 in (0..full).step_by(LANES) {
-        group::<F, R, true>(w.add(b0 * bb), b0, LANES, x, &mut acc, &mut mins);
-    }
-    if full < nb {
-        group::<F, R, false>(w.add(full * bb), full, nb - full, x, &mut acc, &mut mins);
-    }
-    std::array::from_fn(|r| {
-        hsum(if F == Q4_1 {
-            _mm256_add_ps(acc[r], mins[r])
-        } else {
-            acc[r]
-        })
-    })
 }
 
 /// The packed group of `t` blocks at `w` (blocks `b0..b0 + t` of the row; `t = 8` when `FULL`)
