@@ -367,11 +367,11 @@ pub(crate) fn step_positions(input: &StepInput, real_tokens: &mut [u32]) -> Vec<
     positions
 }
 
-/// The Llama session's step buffers: the shared ones, the residual stream, the feed-forward's.
+/// The Llama session's step buffers: the shared ones (the residual stream among them), the
+/// feed-forward's, the rope angles.
 #[derive(Default)]
 struct Scratch {
     step: StepBuffers,
-    h: Vec<f32>,
     gate_up: Vec<f32>,
     g: Vec<f32>,
     angles: RopeAngles,
@@ -389,9 +389,10 @@ impl LlamaSession {
         );
         let m = rows * n;
         let s = &mut self.scratch;
-        s.h.clear();
+        let mut h = std::mem::take(&mut s.step.h);
+        h.clear();
         for &t in input.tokens {
-            w.embed.extend_with_row(t as usize, &mut s.h);
+            w.embed.extend_with_row(t as usize, &mut h);
         }
         let attn = Attention {
             heads,
@@ -408,25 +409,26 @@ impl LlamaSession {
         b.x.resize(m * d, 0.0);
         b.ctx.resize(m * heads * hd, 0.0);
         for (li, layer) in w.layers.iter().enumerate() {
-            rms_norm(&s.h, layer.attn_norm.data(), w.eps, &mut b.x);
+            rms_norm(&h, layer.attn_norm.data(), w.eps, &mut b.x);
             b.project_qkv(&layer.qkv, m);
             w.rope.apply_angles(&mut b.q, heads, &s.angles);
             w.rope.apply_angles(&mut b.k, kv_heads, &s.angles);
             self.cache.write(li, &b.k, &b.v);
             attn.run(&b.q, rows, n, &self.cache.view(li), &mut b.ctx);
             layer.o.forward_into(&b.ctx, m, &mut b.proj);
-            add(&mut s.h, &b.proj);
+            add(&mut h, &b.proj);
 
-            rms_norm(&s.h, layer.mlp_norm.data(), w.eps, &mut b.x);
+            rms_norm(&h, layer.mlp_norm.data(), w.eps, &mut b.x);
             layer.gate_up.forward_into(&b.x, m, &mut s.gate_up);
             gated_into(&s.gate_up, m, silu, &mut s.g);
             layer.down.forward_into(&s.g, m, &mut b.proj);
-            add(&mut s.h, &b.proj);
+            add(&mut h, &b.proj);
         }
         self.cache.commit();
 
-        let count = b.logit_rows(&s.h, rows, n, d, last_only);
+        let count = b.logit_rows(&h, rows, n, d, last_only);
         rms_norm(&b.last, w.norm.data(), w.eps, &mut b.x);
+        b.h = h;
         w.lm_head.apply(&b.x, count)
     }
 }

@@ -253,7 +253,8 @@ pub(crate) struct StepBuffers {
     pub v: Vec<f32>,
     /// The output of a projection on its way into the residual stream.
     pub proj: Vec<f32>,
-    /// The residual stream (T5's and GPT-2's sessions take it out for the step and put it back).
+    /// The residual stream (each session takes it out for the step and puts it back, so that the
+    /// other buffers can be borrowed beside it).
     pub h: Vec<f32>,
     /// The hidden states the logits are computed from (see [`StepBuffers::logit_rows`]).
     pub last: Vec<f32>,
