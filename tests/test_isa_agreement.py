@@ -51,12 +51,15 @@ def _logits(path: str, dtype: str, isa: str) -> list:
         "ids = np.array([[3, 17, 5, 9, 30, 2, 11, 8]])\n"
         "kw = {'decoder_input_ids': np.array([[0, 4, 6, 1]])} if m.is_encoder_decoder else {}\n"
         "out = m.logits(ids, **kw)\n"
-        "print(json.dumps(out.astype(np.float32).view(np.uint32).ravel().tolist()))\n"
+        "print(json.dumps([fasttx._native.instruction_set(),\n"
+        "                  out.astype(np.float32).view(np.uint32).ravel().tolist()]))\n"
     )
     env = {**os.environ, "FASTTX_ISA": isa}
     res = subprocess.run([sys.executable, "-c", code, path, dtype],
                          env=env, capture_output=True, text=True, check=True)
-    return json.loads(res.stdout)
+    ran, bits = json.loads(res.stdout)
+    assert ran == isa, f"FASTTX_ISA={isa} ran the {ran} kernels"
+    return bits
 
 
 def _has(flag: str) -> bool:

@@ -61,6 +61,10 @@ class NativeModel:
 def memory_bandwidth(threads: int, megabytes: int = 1024) -> float:
     """The machine's memory read bandwidth in GB/s (best of parallel reads of a buffer)."""
 
+def instruction_set() -> str:
+    """The SIMD path the kernels run with: "avx512", "avx2", "neon" or "scalar" (the names
+    ``FASTTX_ISA`` takes), after detection and any ``FASTTX_ISA`` override."""
+
 def gguf_metadata(path: Union[str, PathLike[str]]) -> dict:
     """The metadata of a GGUF file (keys as stored; arrays as lists)."""
 

@@ -1,9 +1,9 @@
 //! The `fasttx._native` extension module: PyO3 glue only. Errors are mapped in `errors.rs`, model
 //! handles live in `model.rs`; every numeric routine is in the `fasttx-core` crate.
 
-mod bandwidth;
 mod errors;
 mod gguf;
+mod machine;
 mod model;
 
 use pyo3::prelude::*;
@@ -17,7 +17,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::NativeModel>()?;
     m.add_class::<model::NativeSession>()?;
     m.add_function(wrap_pyfunction!(gguf::gguf_metadata, m)?)?;
-    m.add_function(wrap_pyfunction!(bandwidth::memory_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(machine::memory_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(machine::instruction_set, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

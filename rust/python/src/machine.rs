@@ -1,4 +1,5 @@
-//! `memory_bandwidth`: the core's read-bandwidth probe, for `fasttx bench`.
+//! Facts about the machine: `memory_bandwidth`, the core's read-bandwidth probe (for `fasttx
+//! bench`), and `instruction_set`, the SIMD path the kernels take (for tests and reports).
 
 use pyo3::prelude::*;
 
@@ -12,4 +13,11 @@ pub fn memory_bandwidth(py: Python<'_>, threads: usize, megabytes: usize) -> PyR
     run_native(py, move || {
         fasttx_core::bandwidth::read_bandwidth(threads, megabytes << 20, 5)
     })
+}
+
+/// The instruction set the kernels run with: "avx512", "avx2", "neon" or "scalar" (the names
+/// `FASTTX_ISA` takes), after detection and any `FASTTX_ISA` override.
+#[pyfunction]
+pub fn instruction_set() -> &'static str {
+    fasttx_core::kernels::cpu::isa().name()
 }

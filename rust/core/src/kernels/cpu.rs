@@ -19,6 +19,18 @@ pub enum Isa {
     Avx512,
 }
 
+impl Isa {
+    /// The name `FASTTX_ISA` takes for this path.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Neon => "neon",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
 /// The path the kernels take: the detected one, or a lower one forced by `FASTTX_ISA`.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
