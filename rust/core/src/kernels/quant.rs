@@ -665,9 +665,15 @@ fn quantize_row(x: &[f32], out: XRowMut<'_>) {
     for b in 0..out.d.len() {
         let (scale, total) = if b < nb {
             let xb = &x[b * QK..x.len().min((b + 1) * QK)];
-            block[..xb.len()].copy_from_slice(xb);
-            block[xb.len()..].fill(0.0);
-            quantize_block(&block, &mut q)
+            match <&[f32; QK]>::try_from(xb) {
+                Ok(whole) => quantize_block(whole, &mut q),
+                // The ragged last block, zero-padded.
+                Err(_) => {
+                    block[..xb.len()].copy_from_slice(xb);
+                    block[xb.len()..].fill(0.0);
+                    quantize_block(&block, &mut q)
+                }
+            }
         } else {
             q.fill(0);
             (0.0, 0)
