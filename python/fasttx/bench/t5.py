@@ -1,9 +1,8 @@
-"""W1, T5 generation: fasttx vs PyTorch transformers vs CTranslate2 on CPU.
+"""T5 generation (t5-small shape): fasttx vs PyTorch transformers vs CTranslate2 on CPU.
 
 Usage::
 
-    fasttx bench t5 [--threads 2] [--repeats 5] [--out BENCHMARKS-t5.json]
-    python benchmarks/bench_t5.py [same options]        # the same, kept for old commands
+    fasttx bench t5 [--threads N | --threads-list 1,2,4] [--repeats 3] [--out BENCHMARKS-t5.json]
 
 What it does
 ------------
@@ -19,53 +18,34 @@ What it does
    [3, 32000)) and exactly 64 new tokens (min = max = 64 in every runtime, so EOS can
    never end a sequence early): greedy batch 1, beam search (4 beams) batch 1, greedy
    batch 8 (8 different inputs).
-3. Each runtime lives in its own worker subprocess (``python -m fasttx.bench t5 --worker
-   RUNTIME``), so that peak RSS is per runtime and no library state leaks between them.
-   All workers are started (one after the other, so load times do not overlap) and stay
-   alive; the parent then drives them round-robin: warm-up of every (workload, runtime),
-   then for each repeat, for each workload, each runtime in turn (the starting runtime
-   rotates per repeat).  Only one worker computes at any time; the others block on a pipe.
-   Interleaving spreads machine noise (other jobs, thermal drift) evenly over the runtimes
-   instead of penalising whichever ran during a noisy minute.
-4. Metrics per (runtime, workload):
+3. Every runtime at every thread count, each in its own worker process, interleaved (see
+   ``fasttx.bench.runner``).  Metrics per (runtime, workload, thread count):
    - new tokens/s = returned new tokens over the whole batch / wall time of one
      generate call (encoder, all decoding steps and the runtime's own input/output
      handling included; for beam search only the returned best sequence counts, i.e.
      64 tokens, not 4 x 64).  Median and min-max over the repeats.
    - TTFT = wall time of the same call with max_new_tokens = min_new_tokens = 1
-     (encoder + one decoder step), median over the repeats.  Streaming cannot be
-     timed the same way in every runtime, so this proxy is used for all of them.
-   - load s = time of the load call (fasttx.load / from_pretrained / Translator) with a
-     warm page cache (the files were just built or read); import time is recorded
-     separately in the JSON.
-   - peak RSS = the worker's own high-water mark at exit (``VmHWM`` from
-     /proc/self/status; ``ru_maxrss`` elsewhere): interpreter + imported libraries +
-     model + generation buffers, i.e. what a user's process would hold.  Memory-mapped
-     weight pages count once touched.
-5. Checks, using the warm-up outputs: every runtime must return exactly 64 (resp. 1)
+     (encoder + one decoder step), median over the repeats.
+   - decode tokens/s = (n - b) / (t_n - t_1): the encoder and the first step taken out.
+   - load s (warm page cache; import time separately in the JSON), peak RSS of the worker.
+4. Checks, using the warm-up outputs: every runtime must return exactly 64 (resp. 1)
    new tokens per sequence; fasttx greedy batch-1 tokens must equal transformers'
    (a WARNING line is printed otherwise); agreement of every other (runtime, workload)
    with PyTorch is reported too.
-6. Prints a markdown table, the machine and library versions, and writes every raw
-   number to the ``--out`` JSON file and a bar chart next to it (``.png``, with matplotlib).
-   The batch-1 workloads (greedy_b1, beam4_b1) also get "% of bandwidth": new tokens/s x
-   weight bytes per decoding step / the memory read bandwidth measured at the start
-   (``--bandwidth-mb``); PyTorch and CTranslate2 f32 use fasttx f32's bytes per step,
-   CTranslate2 int8 fasttx int8's.
-
-The worker protocol and the schedule are in ``fasttx.bench.harness``.
+5. "% of bandwidth" for the batch-1 workloads (see ``fasttx.bench.bandwidth``); PyTorch and
+   CTranslate2 f32 use fasttx f32's bytes per step, CTranslate2 int8 fasttx int8's.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
 import traceback
 from pathlib import Path
 
-from . import harness
+from .benchmark import Benchmark
+from .runtimes import FasttxRuntime, TorchRuntime
 
 # ---------------------------------------------------------------------------
 # Benchmark definition
@@ -240,68 +220,27 @@ def ct2_dir_for(model_dir: Path) -> Path:
 # ---------------------------------------------------------------------------
 
 
-class FasttxRuntime:
-    dtype = "auto"
-
+class FasttxF32Runtime(FasttxRuntime):
     def __init__(self, model_dir: Path, ct2_dir: Path, threads: int):
-        import fasttx
-
-        self.model = fasttx.load(str(model_dir), dtype=self.dtype, threads=threads)
-
-    @staticmethod
-    def versions() -> dict:
-        import fasttx
-
-        return {"fasttx": fasttx.__version__}
-
-    def ready_info(self) -> dict:
-        return {"decode_weight_bytes": harness.decode_weight_bytes(self.model)}
-
-    def prepare(self, ids):
-        import numpy as np
-
-        return np.asarray(ids, dtype=np.int64)
-
-    def generate(self, prepared, options):
-        return self.model.generate_ids(prepared, **options)
+        super().__init__(model_dir, threads, "auto")
 
 
 class FasttxInt8Runtime(FasttxRuntime):
     """Per-output-channel int8 weights (``dtype="int8"``)."""
 
-    dtype = "int8"
-
-
-class PytorchRuntime:
     def __init__(self, model_dir: Path, ct2_dir: Path, threads: int):
-        import torch
+        super().__init__(model_dir, threads, "int8")
+
+
+class PytorchRuntime(TorchRuntime):
+    def __init__(self, model_dir: Path, ct2_dir: Path, threads: int):
+        super().__init__(threads)
         from transformers import T5ForConditionalGeneration
 
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = T5ForConditionalGeneration.from_pretrained(
-            str(model_dir), dtype=torch.float32
-        ).eval()
+        self.model = T5ForConditionalGeneration.from_pretrained(str(model_dir), dtype=self.torch.float32).eval()
 
-    @staticmethod
-    def versions() -> dict:
-        import torch
-        import transformers
-
-        return {"torch": torch.__version__, "transformers": transformers.__version__}
-
-    def prepare(self, ids):
-        input_ids = self.torch.tensor(ids, dtype=self.torch.long)
-        return input_ids, self.torch.ones_like(input_ids)
-
-    def generate(self, prepared, options):
-        input_ids, attention_mask = prepared
-        with self.torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, **options
-            )
-        # Column 0 is the decoder start token, not a generated one.
-        return out[:, 1:].tolist()
+    def first_new_column(self, input_ids) -> int:
+        return 1  # column 0 is the decoder start token, not a generated one
 
 
 class Ct2Runtime:
@@ -369,7 +308,7 @@ class Ct2Int8Runtime(Ct2Runtime):
 
 
 RUNTIME_CLASSES = {
-    "fasttx": FasttxRuntime,
+    "fasttx": FasttxF32Runtime,
     "fasttx-int8": FasttxInt8Runtime,
     "pytorch": PytorchRuntime,
     "ctranslate2": Ct2Runtime,
@@ -382,7 +321,7 @@ RUNTIME_CLASSES = {
 # ---------------------------------------------------------------------------
 
 
-class T5Benchmark(harness.Benchmark):
+class T5Benchmark(Benchmark):
     name = "t5"
     runtimes = RUNTIMES
     labels = RUNTIME_LABELS
@@ -390,15 +329,24 @@ class T5Benchmark(harness.Benchmark):
     packages = PACKAGES
     needs_fasttx = ("fasttx", "fasttx-int8")
     workloads = {wl: {"batch": b, "num_beams": nb} for wl, (b, nb) in WORKLOADS.items()}
-    reference = "pytorch"
+    new_tokens = NEW_TOKENS
+    default_out = DEFAULT_OUT
+    must_match = "fasttx/greedy_b1"
     ratio_columns = (("pytorch", "vs PyTorch"), ("ctranslate2", "vs CT2 f32"), ("ctranslate2-int8", "vs CT2 int8"))
     show_workload = True
-    fasttx_dtypes = {"fasttx": FasttxRuntime.dtype, "fasttx-int8": FasttxInt8Runtime.dtype}
+    fasttx_dtypes = {"fasttx": "auto", "fasttx-int8": "int8"}
     # Same weight storage, same bytes per step: float32 -> fasttx f32, int8 -> fasttx int8.
     weight_counterparts = WEIGHT_COUNTERPARTS
-    decode_rate = True
     bandwidth_note = ("T5 uses the decode tokens/s (the encoder and first step taken out); "
                       "beam4_b1 reads the weights once per step for its 4 beams")
+
+    def add_model_arguments(self, p):
+        p.add_argument("--model-dir", type=Path, default=Path(DEFAULT_MODEL_DIR).expanduser(),
+                       help=f"where the random model is built once (default {DEFAULT_MODEL_DIR})")
+
+    def finish_args(self, args, p):
+        args.model_dir = Path(args.model_dir).expanduser().absolute()
+        return super().finish_args(args, p)
 
     def prepare(self, args, runtimes, skipped):
         """Build / convert what the chosen runtimes need; returns the runnable runtimes."""
@@ -425,7 +373,7 @@ class T5Benchmark(harness.Benchmark):
         return runtimes
 
     def worker_args(self, args):
-        return ["--model-dir", str(args.model_dir), "--threads", str(args.threads)]
+        return ["--model-dir", str(args.model_dir)]
 
     def model_path(self, args):
         return str(args.model_dir)
@@ -439,20 +387,17 @@ class T5Benchmark(harness.Benchmark):
     def options(self, workload, new_tokens):
         return generation_options(WORKLOADS[workload][1], new_tokens)
 
-    def check_agreement(self, results, workloads, warnings):
-        return harness.check_agreement(results, workloads, warnings, reference="pytorch",
-                                       must_match="fasttx/greedy_b1")
-
     def report_fields(self, args, pool):
         return {
-            "model": {"dir": str(args.model_dir), "recipe": RECIPE},
+            # The model's name only: where it was built is this machine's business.
+            "model": {"name": args.model_dir.name, "recipe": RECIPE},
             "setup": {
                 "source_len": SOURCE_LEN, "new_tokens": args.new_tokens,
-                "input_seed": INPUT_SEED, "repeats": args.repeats, "threads": args.threads,
+                "input_seed": INPUT_SEED, "repeats": args.repeats, "thread_counts": args.thread_counts,
                 "workloads": {wl: {"batch": WORKLOADS[wl][0], "num_beams": WORKLOADS[wl][1]}
                               for wl in args.workloads},
-                "schedule": "persistent worker per runtime; warm-up, then round-robin per "
-                            "repeat and workload with rotating runtime order",
+                "schedule": "for each thread count: persistent worker per runtime; warm-up, then "
+                            "round-robin per repeat and workload with rotating runtime order",
             },
         }
 
@@ -467,39 +412,3 @@ class T5Benchmark(harness.Benchmark):
 
 
 BENCHMARK = T5Benchmark()
-
-
-# ---------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None,
-                   help="compute threads for every runtime (default: physical cores)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per (runtime, workload)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="JSON file for the raw numbers")
-    p.add_argument("--model-dir", type=Path, default=Path(DEFAULT_MODEL_DIR).expanduser(),
-                   help=f"where the random model is built once (default {DEFAULT_MODEL_DIR})")
-    p.add_argument("--runtimes", default=",".join(RUNTIMES),
-                   help="comma-separated subset of " + ",".join(RUNTIMES))
-    p.add_argument("--workloads", default=",".join(WORKLOADS),
-                   help="comma-separated subset of " + ",".join(WORKLOADS))
-    p.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
-                   help="new tokens per sequence (default 64; change only for smoke tests)")
-    harness.add_report_arguments(p)
-    p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
-
-
-def finish_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> argparse.Namespace:
-    """Normalise and check parsed arguments (``p.error`` on a bad one)."""
-    args.model_dir = Path(args.model_dir).expanduser().absolute()
-    harness.check_common_arguments(args, p, RUNTIMES, WORKLOADS)
-    return args
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.worker:
-        harness.worker_main(BENCHMARK, args.worker, args)
-        return 0
-    return harness.run(BENCHMARK, args)
