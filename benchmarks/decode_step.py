@@ -5,8 +5,8 @@ the median of ``--steps`` single-token steps. What kernel changes are measured w
     python benchmarks/decode_step.py --model PATH [--dtype auto|f32|int8] [--threads 2] [--steps 64] [--repeats 3] [--batch 1]
 
 Defaults to the SmolLM2 GGUF (``fasttx.hub``) and its chat prompt; for an encoder-decoder model
-(e.g. the benchmark t5-small in ``~/.cache/fasttx-bench/t5-small-random``) the prompt is 32
-source tokens and the steps feed the decoder start token. ``FASTTX_ISA=avx2|scalar`` compares
+(e.g. the t5-small that ``fasttx bench t5`` builds in ``~/.cache/fasttx-bench/t5-small-random``)
+the prompt is 32 source tokens and the steps feed the decoder start token. ``FASTTX_ISA=avx2|scalar`` compares
 instruction sets; ``perf record -g python benchmarks/decode_step.py ...`` gives the profile.
 ``--batch N`` runs N copies of the prompt (the prefill then times a batch, e.g. T5's encoder over
 N×32 tokens; the GB/s figure stays that of one weight pass per step).
@@ -17,35 +17,24 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
-
-import fasttx
+from common import add_model_arguments, load_model, prompt_ids
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model directory or .gguf (default: SmolLM2)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "f32", "int8"])
-    ap.add_argument("--threads", type=int, default=2)
+    add_model_arguments(ap)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1, help="copies of the prompt decoded together")
     args = ap.parse_args()
-    if args.model is None:
-        from fasttx.hub import default_model_path
 
-        args.model = str(default_model_path(progress=True))
-
-    model = fasttx.load(args.model, dtype=args.dtype, threads=args.threads)
+    model = load_model(args)
     native = model._native
-    if model.is_encoder_decoder:
-        ids = np.arange(3, 35, dtype=np.int64)[None, :].repeat(args.batch, 0)
-        first = np.zeros((args.batch, 1), dtype=np.int64)
-    else:
-        text = model.chat_prompt([{"role": "user", "content": "Write a short news report about artificial intelligence."}])
-        ids = np.array([model.tokenizer.encode(text, add_special_tokens=False).ids] * args.batch, dtype=np.int64)
-        first = ids
+    ids = prompt_ids(model, args.batch)
+    first = np.zeros((args.batch, 1), dtype=np.int64) if model.is_encoder_decoder else ids
     prefill, steps = [], []
     for _ in range(args.repeats):
         t = time.perf_counter()  # prefill: the encoder (T5) or the prompt, and the first token
@@ -63,7 +52,7 @@ def main() -> None:
     weights = getattr(native, "decode_weight_bytes", None)
     rate = f", {weights / step / 1e9:.1f} GB/s of weights" if weights else ""
     print(
-        f"{args.model} dtype={args.dtype} threads={args.threads}: prefill {statistics.median(prefill) * 1e3:.1f} ms "
+        f"{Path(args.model).name} dtype={args.dtype} threads={args.threads}: prefill {statistics.median(prefill) * 1e3:.1f} ms "
         f"({ids.shape[0]}×{ids.shape[1]} tokens), decode step median {step * 1e3:.2f} ms ({1 / step:.1f} tokens/s){rate}"
     )
 

@@ -6,7 +6,8 @@ of weights one decoding step reads (the weights "in their compute format").
     python benchmarks/memory.py [--model PATH] [--dtype auto|f32|int8] [--threads 2] [--new-tokens 128]
 
 Defaults to the SmolLM2 GGUF (``fasttx.hub``) and its chat prompt; for an encoder-decoder model
-(e.g. ``~/.cache/fasttx-bench/t5-small-random``) the prompt is 32 source tokens. Linux only.
+(e.g. the t5-small that ``fasttx bench t5`` builds in ``~/.cache/fasttx-bench/t5-small-random``)
+the prompt is 32 source tokens. Linux only.
 """
 
 from __future__ import annotations
@@ -29,36 +30,31 @@ def status() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model directory or .gguf (default: SmolLM2)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "f32", "int8"])
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
-    args = ap.parse_args()
-
     stages = [("interpreter", status())]
-    import numpy as np
+    # Imported here, after the first measurement: the interpreter alone comes first.
+    from common import MESSAGES, add_model_arguments, load_model, prompt_ids
 
-    import fasttx
-
+    add_model_arguments(ap)
+    args = ap.parse_args()
     stages.append(("import fasttx (numpy, tokenizers)", status()))
     if args.model is None:
-        from fasttx.hub import default_model_path
+        from common import default_model
 
-        args.model = str(default_model_path(progress=True))
-    model = fasttx.load(args.model, dtype=args.dtype, threads=args.threads)
+        args.model = default_model()  # fetched (if need be) before the load is measured
+    model = load_model(args)
     stages.append(("fasttx.load", status()))
     n = args.new_tokens
     if model.is_encoder_decoder:
-        model.generate_ids(np.arange(3, 35, dtype=np.int64)[None, :], max_new_tokens=n, min_new_tokens=n)
-    else:
-        text = model.chat_prompt([{"role": "user", "content": "Write a short news report about artificial intelligence."}])
-        model.generate(text, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        model.generate_ids(prompt_ids(model), max_new_tokens=n, min_new_tokens=n)
+    else:  # text in, text out: the tokenizer's share of the memory counts too
+        model.generate(model.chat_prompt(MESSAGES), max_new_tokens=n, min_new_tokens=n, do_sample=False)
     stages.append((f"generate {n} tokens", status()))
 
     weights = model._native.decode_weight_bytes / 1e6
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     loaded = stages[1][1]["VmRSS"]
-    print(f"{args.model} dtype={args.dtype}: weights read per step {weights:.1f} MB")
+    print(f"{Path(args.model).name} dtype={args.dtype}: weights read per step {weights:.1f} MB")
     print(f"{'stage':38} {'RSS MB':>8} {'anon':>8} {'file':>8}")
     for name, s in stages:
         print(f"{name:38} {s['VmRSS']:8.1f} {s['RssAnon']:8.1f} {s['RssFile']:8.1f}")

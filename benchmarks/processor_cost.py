@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import T5_MODEL_DIR, default_model
 
 import fasttx
 from fasttx.generation import processors, search
@@ -84,16 +85,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--t5-dir", type=Path, default=Path.home() / ".cache/fasttx-bench/t5-small-random")
+    ap.add_argument("--t5-dir", type=Path, default=Path(T5_MODEL_DIR).expanduser())
     args = ap.parse_args()
 
-    from fasttx.hub import default_model_path
-
+    smollm2 = default_model()
     shapes = [
         ("t5-small f32, batch 1", args.t5_dir, "auto", 1, 32),
         ("t5-small f32, batch 8", args.t5_dir, "auto", 8, 32),
-        ("SmolLM2 Q4_1, batch 1", default_model_path(progress=True), "auto", 1, 39),
-        ("SmolLM2 f32, batch 1", default_model_path(progress=True), "f32", 1, 39),
+        ("SmolLM2 Q4_1, batch 1", smollm2, "auto", 1, 39),
+        ("SmolLM2 f32, batch 1", smollm2, "f32", 1, 39),
     ]
     print(f"threads {args.threads}, {args.steps} steps; medians per step\n")
     print("| model | options | step ms | processing ms | processing / step |")
