@@ -674,6 +674,7 @@ def test_scrub_paths():
                               "log": ["/home/u/.cache/m", "/home/ua", 'File "/x/venv/bin/x", line 3', None]}, reps)
     assert got == {"<site-packages>/fasttx/_native.so": [1, 2.0],
                    "log": ["~/.cache/m", "/home/ua", 'File "<python>/bin/x", line 3', None]}
+    assert report.scrub_paths("/opt/ref/lib/python3.11/site-packages/torch/_C.so", []) == "<site-packages>/torch/_C.so"
     reps = report.path_replacements()
     assert (sys.prefix, "<python>") in reps or any(p == sys.prefix for p, _ in reps)
     assert [len(p) for p, _ in reps] == sorted((len(p) for p, _ in reps), reverse=True)

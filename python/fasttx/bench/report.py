@@ -165,13 +165,15 @@ def path_replacements() -> list[tuple[str, str]]:
 def scrub_paths(value, replacements: Optional[list] = None):
     """``value`` (any JSON value) with every machine path prefix of ``path_replacements`` in its
     strings (keys included) replaced by its stand-in: ``<site-packages>/fasttx/_native.so``,
-    ``~/.cache/...``, ``./benchmarks/results/t5.json``."""
+    ``~/.cache/...``, ``./benchmarks/results/t5.json``; so is any directory up to a
+    ``site-packages`` / ``dist-packages``."""
     reps = path_replacements() if replacements is None else replacements
     if isinstance(value, str):
         for prefix, stand_in in reps:
             # Only whole path components: /home/a must not turn /home/ab into ~b.
             value = re.sub(re.escape(prefix) + r"(?![^/\s\"',:;)\]])", stand_in, value)
-        return value
+        # Packages installed elsewhere (another environment on sys.path, e.g. through a .pth file).
+        return re.sub(r"/[^\s\"',:;<>]*?/(?:site|dist)-packages(?=/)", "<site-packages>", value)
     if isinstance(value, dict):
         return {scrub_paths(k, reps): scrub_paths(v, reps) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
