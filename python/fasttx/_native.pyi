@@ -1,25 +1,41 @@
-"""Type stubs of the native extension ``fasttx._native`` (PyO3, rust/python)."""
+"""Type stubs of the native extension ``fasttx._native`` (PyO3, rust/python).
+
+Checked against the built module by ``python -m mypy.stubtest fasttx._native`` (CI, README's test
+command): a function added to or changed in the bindings must be written here too."""
 
 from os import PathLike
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "ModelFormatError",
+    "NativeModel",
+    "NativeSession",
+    "gguf_metadata",
+    "memory_bandwidth",
+    "instruction_set",
+    "__version__",
+]
 
 __version__: str
 
 class ModelFormatError(ValueError):
     """A weight file or model config is corrupt, inconsistent or of an unsupported kind."""
 
+@final
 class NativeModel:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         arch: str,
         config_json: str,
         weight_files: Sequence[Union[str, PathLike[str]]],
         dtype: str,
         threads: int,
-    ) -> None: ...
+    ) -> NativeModel:
+        """Loads architecture ``arch`` from ``config_json`` and the weight files (safetensors shards
+        or one GGUF file); ``dtype`` is "auto", "f32" or "int8"."""
     @property
     def vocab_size(self) -> int: ...
     @property
@@ -68,6 +84,7 @@ def instruction_set() -> str:
 def gguf_metadata(path: Union[str, PathLike[str]]) -> dict:
     """The metadata of a GGUF file (keys as stored; arrays as lists)."""
 
+@final
 class NativeSession:
     @property
     def rows(self) -> int: ...
@@ -77,7 +94,11 @@ class NativeSession:
         self,
         tokens: npt.NDArray[np.int64],
         mask: Optional[npt.NDArray[np.int64]] = None,
+        positions: Optional[npt.NDArray[np.int64]] = None,
         last_only: bool = True,
         log_softmax: bool = False,
-    ) -> npt.NDArray[np.float32]: ...
+    ) -> npt.NDArray[np.float32]:
+        """Feeds ``tokens`` [rows, n] (with an optional padding ``mask`` and position ids
+        [rows, n]); returns float32 logits [rows, vocab] (``last_only``) or [rows, n, vocab], as
+        log-probabilities when ``log_softmax`` is set."""
     def reorder(self, source: Sequence[int]) -> None: ...

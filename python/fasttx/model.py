@@ -1,5 +1,5 @@
 """The user-facing ``Model``: token-level parity API (``logits``, ``generate_ids``) and text API
-(``generate``, ``stream``), all following transformers' names and semantics (see shared/API.md)."""
+(``generate``, ``stream``), all following transformers' names and semantics (see docs/API.md)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,18 @@
 //! fasttx-core: the pure-Rust half of fasttx.
 //!
 //! Layout (one concern per module):
-//! - [`kernels`]: numeric building blocks (matmul, norms, activations, softmax, top-k), each with a
-//!   scalar reference and SIMD paths picked at runtime.
+//! - [`kernels`]: numeric building blocks (matmul, quantized products, norms, activations, softmax,
+//!   top-k), each with a scalar reference and SIMD paths picked at runtime.
 //! - [`tensor`]: weight storage (memory-mapped or owned) and the [`tensor::Linear`] layer type.
-//! - [`formats`]: readers for weight files (safetensors) into named tensors.
+//! - [`formats`]: readers for weight files into named tensors: safetensors, GGUF, and GGUF tensors
+//!   under transformers' names.
 //! - [`models`]: one file per architecture, built from kernels; each exposes a decoding [`models::Session`].
+//! - [`decoding`]: per-step helpers of the generation loop (log-softmax, top-k over beams).
 //! - [`sampling`]: sampling's logits warpers (temperature, top-k, top-p, min-p) and the draw.
 //! - [`threading`]: the per-model rayon pool.
 //! - [`bandwidth`]: the memory read-bandwidth probe the benchmarks compare against.
 //! - [`memory`]: buffers for weights converted at load (huge pages where available).
+//! - [`error`]: the one error type, which `rust/python` maps onto Python exceptions.
 //!
 //! Nothing here knows about Python; `rust/python` holds the PyO3 glue.
 
