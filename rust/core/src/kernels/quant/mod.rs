@@ -54,16 +54,12 @@ use super::cpu::{self, Isa};
 use super::matmul::balanced_tasks;
 
 #[cfg(target_arch = "aarch64")]
-#[path = "quant_neon.rs"]
 mod neon;
-#[path = "quant_pack.rs"]
 mod pack;
 #[cfg(target_arch = "x86_64")]
-#[path = "quant_x86.rs"]
-mod x86;
+mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
-#[path = "quant_avx512.rs"]
-mod x86_512;
+mod x86_avx512;
 
 pub use pack::{pack_rows, unpack_row};
 
@@ -381,9 +377,9 @@ impl Kernel {
             // The AVX2 kernel also needs F16C (for the weights' f16 scales), which every AVX2 CPU
             // has in practice, but `cpu` does not check it.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if x86_512::available() => Kernel::Avx512,
+            Isa::Avx512 if x86_avx512::available() => Kernel::Avx512,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 | Isa::Avx512 if x86::available() => Kernel::Avx2,
+            Isa::Avx2 | Isa::Avx512 if x86_avx2::available() => Kernel::Avx2,
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => Kernel::Neon,
             _ => Kernel::Portable,
@@ -396,9 +392,9 @@ impl Kernel {
             Kernel::Portable => quantize_row(x, out),
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => quantize_row(x, out),
-            // SAFETY: `Avx2` and `Avx512` are only chosen when `x86::available()`.
+            // SAFETY: `Avx2` and `Avx512` are only chosen when `x86_avx2::available()`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 => unsafe { x86::quantize_row(x, out) },
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { x86_avx2::quantize_row(x, out) },
         }
     }
 
@@ -426,13 +422,13 @@ impl Kernel {
                     }
                 }
             }
-            // `Avx2` is only chosen when `x86::available()`; the rows from `Activations::row`
-            // have the lengths `x86::dot` requires.
+            // `Avx2` is only chosen when `x86_avx2::available()`; the rows from `Activations::row`
+            // have the lengths `x86_avx2::dot` requires.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86::dot(fmt, w, rb, xs, y, ldy),
-            // Only chosen when `x86_512::available()`; same row contract as the AVX2 kernel.
+            Kernel::Avx2 => x86_avx2::dot(fmt, w, rb, xs, y, ldy),
+            // Only chosen when `x86_avx512::available()`; same row contract as the AVX2 kernel.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => x86_512::dot(fmt, w, rb, xs, y, ldy),
+            Kernel::Avx512 => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
             // Same row contract as the AVX2 kernel; NEON is always there on aarch64.
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => neon::dot(fmt, w, rb, xs, y, ldy),
@@ -652,7 +648,7 @@ struct XRowMut<'a> {
 
 /// One row: blocks of 32 into `out.qs` in the interleaved order of [`XRow`], their scales, `Σq`
 /// and `d·Σq`; the padding blocks (to whole groups of 8) are zeroed. Always inlined so that
-/// `x86::quantize_row` compiles this very code with AVX2 (every step is exact or correctly
+/// `x86_avx2::quantize_row` compiles this very code with AVX2 (every step is exact or correctly
 /// rounded elementwise, so any vectorisation gives the same bits).
 ///
 /// `x` may end inside a block (a row of `k` values when `k` is not a multiple of 32): that last

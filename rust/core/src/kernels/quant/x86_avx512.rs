@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::{self as avx2, block_bytes, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q8_0};
+use super::x86_avx2::{self as avx2, block_bytes, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q8_0};
 use super::{QuantFormat, XRow, LANES, QK};
 
 /// Whether this CPU can run this file's code.
