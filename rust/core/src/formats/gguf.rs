@@ -265,24 +265,29 @@ impl GgmlType {
     /// If `src` does not hold exactly that many blocks (a caller bug: [`GgufFile`] checks sizes
     /// when opening).
     pub fn to_f32(self, src: &[u8], dst: &mut [f32]) {
-        let float = |width: usize, value: fn(&[u8]) -> f32, dst: &mut [f32]| {
-            assert_eq!(
-                src.len(),
-                dst.len() * width,
-                "{}: bytes for {} values",
-                self.name(),
-                dst.len()
-            );
-            for (y, b) in dst.iter_mut().zip(src.chunks_exact(width)) {
-                *y = value(b);
-            }
-        };
         match self {
-            GgmlType::F32 => float(4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), dst),
-            GgmlType::F16 => float(2, |b| f16::from_le_bytes([b[0], b[1]]).to_f32(), dst),
-            GgmlType::BF16 => float(2, |b| bf16::from_le_bytes([b[0], b[1]]).to_f32(), dst),
+            GgmlType::F32 => widen(src, dst, f32::from_le_bytes),
+            GgmlType::F16 => widen(src, dst, |b| f16::from_le_bytes(b).to_f32()),
+            GgmlType::BF16 => widen(src, dst, |b| bf16::from_le_bytes(b).to_f32()),
             GgmlType::Quant(q) => q.dequantize(src, dst),
         }
+    }
+}
+
+/// `dst[i] = value(bytes i·W..(i + 1)·W of src)`.
+///
+/// # Panics
+/// If `src` does not hold exactly `dst.len()` values.
+fn widen<const W: usize>(src: &[u8], dst: &mut [f32], value: impl Fn([u8; W]) -> f32) {
+    assert_eq!(
+        src.len(),
+        dst.len() * W,
+        "{} bytes cannot fill {} values of {W} bytes",
+        src.len(),
+        dst.len()
+    );
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(W)) {
+        *y = value(b.try_into().expect("chunks of W bytes"));
     }
 }
 
