@@ -1,8 +1,8 @@
 //! Weight storage. A [`Tensor`] is an f32 array that either borrows a memory-mapped file (when the
 //! stored dtype is already f32 and suitably aligned: no copy, pages loaded on first touch) or owns a
-//! converted copy (f16/bf16 upcast, or a layout the kernels need). A [`QuantMatrix`] keeps GGUF
-//! blocks (Q4_0, Q4_1, Q8_0) repacked into the layout the quantized kernels stream
-//! ([`pack_rows`]). Both are cheap to clone (shared storage), which is how a tied head shares the
+//! converted copy (f16/bf16 upcast, or a layout the kernels need). A [`QuantMatrix`] keeps blocks of
+//! a quantized type ([`QuantFormat`]: GGUF's Q4_0, Q4_1, Q8_0, or int8 rows) repacked into the
+//! layout the quantized kernels stream ([`pack_rows`]). Both are cheap to clone (shared storage), which is how a tied head shares the
 //! embedding.
 
 use std::sync::Arc;
@@ -10,10 +10,9 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::formats::gguf::{quant::dequantize, GgmlType};
 use crate::kernels::matmul::matmul_nt;
 use crate::kernels::quant::{
-    pack_rows, padded_cols, quant_matmul, quantize_rows_int8, quantize_rows_int8_from, unpack_row,
+    dequantize_packed, int8, pack_rows, quant_matmul, quantize_rows_int8, quantize_rows_int8_from,
     QuantFormat,
 };
 
@@ -52,7 +51,7 @@ impl Tensor {
     /// 4-byte alignment (see `formats::safetensors`).
     pub(crate) fn mapped(shape: Vec<usize>, map: Arc<Mmap>, offset: usize) -> Self {
         let len = shape.iter().product();
-        debug_assert!(offset % 4 == 0 && offset + 4 * len <= map.len());
+        debug_assert!(offset.is_multiple_of(4) && offset + 4 * len <= map.len());
         Tensor {
             shape,
             storage: Storage::Mapped { map, offset, len },
@@ -137,7 +136,7 @@ impl Bytes {
     }
 }
 
-/// A `[rows, cols]` matrix of GGUF blocks of 32 along each row, held in the kernels' packed
+/// A `[rows, cols]` matrix of blocks of `format` along each row, held in the kernels' packed
 /// layout (each row keeps its size and place; see `kernels::quant`).
 #[derive(Clone)]
 pub struct QuantMatrix {
@@ -174,7 +173,13 @@ impl QuantMatrix {
     }
 
     fn check(format: QuantFormat, rows: usize, cols: usize, len: usize) -> Result<()> {
-        if cols % QuantFormat::BLOCK != 0 || len != rows * format.row_bytes(cols) {
+        if !format.has_kernels() {
+            return Err(Error::Format(format!(
+                "{} weights cannot be run quantized (no kernels for them)",
+                format.name()
+            )));
+        }
+        if !cols.is_multiple_of(format.block_values()) || len != rows * format.row_bytes(cols) {
             return Err(Error::Format(format!(
                 "quantized matrix [{rows}, {cols}] of {format:?} does not match its {len} bytes"
             )));
@@ -187,28 +192,11 @@ impl QuantMatrix {
         &self.packed
     }
 
-    fn ggml_type(&self) -> GgmlType {
-        match self.format {
-            QuantFormat::Q4_0 => GgmlType::Q4_0,
-            QuantFormat::Q4_1 => GgmlType::Q4_1,
-            QuantFormat::Q8_0 => GgmlType::Q8_0,
-        }
-    }
-
-    /// Row `i` dequantized into `out` (embedding lookups), a packed group at a time (no
-    /// allocation: this runs for every token).
+    /// Row `i` dequantized into `out` (embedding lookups; no allocation, this runs for every
+    /// token).
     pub fn row_into(&self, i: usize, out: &mut [f32]) {
-        const GROUP: usize = 8;
-        let (bb, qk) = (self.format.block_bytes(), QuantFormat::BLOCK);
         let rb = self.format.row_bytes(self.cols);
-        let row = &self.data()[i * rb..(i + 1) * rb];
-        let mut blocks = [0u8; GROUP * (2 + QuantFormat::BLOCK)];
-        for b0 in (0..self.cols / qk).step_by(GROUP) {
-            let t = GROUP.min(self.cols / qk - b0);
-            let group = &mut blocks[..t * bb];
-            unpack_row(self.format, &row[b0 * bb..(b0 + t) * bb], group);
-            dequantize(self.ggml_type(), group, &mut out[b0 * qk..(b0 + t) * qk]);
-        }
+        dequantize_packed(self.format, &self.data()[i * rb..(i + 1) * rb], out);
     }
 }
 
@@ -327,9 +315,9 @@ impl Linear {
             Weight::Quant(q) => quantize_rows_int8_from(n, k, |i, row| q.row_into(i, row)),
         };
         let q = QuantMatrix::new(
-            QuantFormat::Q8_0,
+            int8::FORMAT,
             n,
-            padded_cols(k),
+            int8::padded_cols(k),
             Bytes::Owned(Arc::new(bytes)),
         )?;
         Ok(Linear {
@@ -660,7 +648,7 @@ mod tests {
     fn int8_from_blocks_equals_int8_from_their_f32() {
         let (m, n, k) = (3, 11, 96);
         let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).sin()).collect();
-        for fmt in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        for fmt in QuantFormat::all() {
             let blocks = quant_linear(fmt, n, k, 0.9);
             let Weight::Quant(q) = &blocks.weight else {
                 unreachable!()

@@ -10,24 +10,24 @@
 //! or hostile file fails with a message naming the cause instead of panicking or exhausting memory.
 //!
 //! Tensors come out through [`WeightSource`] as f32: F32 data is memory-mapped (no copy), F16/BF16
-//! are converted and Q4_0/Q4_1/Q8_0 blocks dequantized exactly like ggml's reference
-//! `dequantize_row_*` (see [`quant`]). [`GgufFile::raw`] hands out the stored bytes for kernels that
-//! work on the quantized blocks directly.
-
-// `n.is_multiple_of(k)` needs Rust 1.87; the workspace's rust-version is 1.80.
-#![allow(clippy::manual_is_multiple_of)]
+//! are converted and quantized blocks dequantized exactly like ggml's reference `dequantize_row_*`
+//! ([`GgmlType::to_f32`]). The quantized block types, their sizes and dequantizers are
+//! [`QuantFormat`]'s: the reader only maps a file's type tag onto one. [`GgufFile::raw`] hands out
+//! the stored bytes for kernels that work on the quantized blocks directly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use half::{bf16, f16};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
 use super::WeightSource;
 use crate::error::{Error, Result};
 use crate::format_err;
+use crate::kernels::quant::QuantFormat;
 use crate::tensor::Tensor;
 
 const MAGIC: &[u8; 4] = b"GGUF";
@@ -194,16 +194,14 @@ fn min_value_bytes(id: u32) -> Option<u64> {
 // Tensor types
 // ---------------------------------------------------------------------------------------------
 
-/// The ggml tensor types fasttx can read.
-#[allow(non_camel_case_types)]
+/// How a GGUF tensor is stored: a plain float type, or one of the quantized block types (whose
+/// sizes and dequantization are [`QuantFormat`]'s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
     F16,
     BF16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
+    Quant(QuantFormat),
 }
 
 impl GgmlType {
@@ -213,18 +211,11 @@ impl GgmlType {
         Ok(match id {
             0 => GgmlType::F32,
             1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
             30 => GgmlType::BF16,
-            _ => {
-                return Err(match ggml_type_name(id) {
-                    Some(name) => format_err!(
-                        "ggml type {id} ({name}) is not supported (fasttx reads F32, F16, BF16, Q4_0, Q4_1 and Q8_0)"
-                    ),
-                    None => format_err!("unknown ggml type id {id}"),
-                })
-            }
+            _ => match QuantFormat::from_ggml_id(id) {
+                Some(q) => GgmlType::Quant(q),
+                None => return Err(unsupported_type(id)),
+            },
         })
     }
 
@@ -232,10 +223,8 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 0,
             GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q4_1 => 3,
-            GgmlType::Q8_0 => 8,
             GgmlType::BF16 => 30,
+            GgmlType::Quant(q) => q.ggml_id(),
         }
     }
 
@@ -244,17 +233,15 @@ impl GgmlType {
             GgmlType::F32 => "F32",
             GgmlType::F16 => "F16",
             GgmlType::BF16 => "BF16",
-            GgmlType::Q4_0 => "Q4_0",
-            GgmlType::Q4_1 => "Q4_1",
-            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Quant(q) => q.name(),
         }
     }
 
-    /// Values per block: 1 for the float types, 32 for the quantized ones.
+    /// Values per block: 1 for the float types.
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => quant::QK,
+            GgmlType::Quant(q) => q.block_values(),
         }
     }
 
@@ -263,14 +250,62 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q4_0 => quant::Q4_0_BYTES,
-            GgmlType::Q4_1 => quant::Q4_1_BYTES,
-            GgmlType::Q8_0 => quant::Q8_0_BYTES,
+            GgmlType::Quant(q) => q.block_bytes(),
         }
     }
 
     pub fn is_quantized(self) -> bool {
-        self.block_size() > 1
+        matches!(self, GgmlType::Quant(_))
+    }
+
+    /// Converts whole blocks `src` into `dst` (`dst.len() / block_size` blocks): floats widened,
+    /// quantized blocks dequantized bit for bit like ggml's reference `dequantize_row_*`.
+    ///
+    /// # Panics
+    /// If `src` does not hold exactly that many blocks (a caller bug: [`GgufFile`] checks sizes
+    /// when opening).
+    pub fn to_f32(self, src: &[u8], dst: &mut [f32]) {
+        match self {
+            GgmlType::F32 => widen(src, dst, f32::from_le_bytes),
+            GgmlType::F16 => widen(src, dst, |b| f16::from_le_bytes(b).to_f32()),
+            GgmlType::BF16 => widen(src, dst, |b| bf16::from_le_bytes(b).to_f32()),
+            GgmlType::Quant(q) => q.dequantize(src, dst),
+        }
+    }
+}
+
+/// `dst[i] = value(bytes i·W..(i + 1)·W of src)`.
+///
+/// # Panics
+/// If `src` does not hold exactly `dst.len()` values.
+fn widen<const W: usize>(src: &[u8], dst: &mut [f32], value: impl Fn([u8; W]) -> f32) {
+    assert_eq!(
+        src.len(),
+        dst.len() * W,
+        "{} bytes cannot fill {} values of {W} bytes",
+        src.len(),
+        dst.len()
+    );
+    for (y, b) in dst.iter_mut().zip(src.chunks_exact(W)) {
+        *y = value(b.try_into().expect("chunks of W bytes"));
+    }
+}
+
+/// The error for a type id fasttx does not read, naming it when ggml knows it.
+fn unsupported_type(id: u32) -> Error {
+    match ggml_type_name(id) {
+        Some(name) => {
+            let mut readable: Vec<&str> = ["F32", "F16", "BF16"]
+                .into_iter()
+                .chain(QuantFormat::all().map(QuantFormat::name))
+                .collect();
+            let last = readable.pop().unwrap_or_default();
+            format_err!(
+                "ggml type {id} ({name}) is not supported (fasttx reads {} and {last})",
+                readable.join(", ")
+            )
+        }
+        None => format_err!("unknown ggml type id {id}"),
     }
 }
 
@@ -312,108 +347,6 @@ fn ggml_type_name(id: u32) -> Option<&'static str> {
         39 => "MXFP4",
         _ => return None,
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Block formats
-// ---------------------------------------------------------------------------------------------
-
-/// Conversion of stored blocks to f32, bit-for-bit like ggml's reference `dequantize_row_*`
-/// (ggml-quants.c). Each function takes whole blocks: `src` must hold exactly
-/// `dst.len() / block_size` blocks.
-pub mod quant {
-    use half::{bf16, f16};
-
-    use super::GgmlType;
-
-    /// Values per block of every quantized type here (`QK4_0`, `QK4_1`, `QK8_0`).
-    pub const QK: usize = 32;
-    /// `f16 d; u8 qs[16]`.
-    pub const Q4_0_BYTES: usize = 2 + QK / 2;
-    /// `f16 d; f16 m; u8 qs[16]`.
-    pub const Q4_1_BYTES: usize = 2 + 2 + QK / 2;
-    /// `f16 d; i8 qs[32]`.
-    pub const Q8_0_BYTES: usize = 2 + QK;
-
-    /// Converts `src` (stored as `ty`) into `dst`.
-    ///
-    /// # Panics
-    /// If `dst.len()` is not a multiple of the block size or `src` does not hold exactly the
-    /// matching number of blocks (a caller bug: [`super::GgufFile`] checks sizes when opening).
-    pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
-        match ty {
-            GgmlType::F32 => {
-                check_len(src, dst, 1, 4);
-                for (y, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                    *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
-            }
-            GgmlType::F16 => {
-                check_len(src, dst, 1, 2);
-                for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                    *y = f16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
-            }
-            GgmlType::BF16 => {
-                check_len(src, dst, 1, 2);
-                for (y, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                    *y = bf16::from_le_bytes([b[0], b[1]]).to_f32();
-                }
-            }
-            GgmlType::Q4_0 => dequantize_q4_0(src, dst),
-            GgmlType::Q4_1 => dequantize_q4_1(src, dst),
-            GgmlType::Q8_0 => dequantize_q8_0(src, dst),
-        }
-    }
-
-    /// Q4_0: `x[j] = ((qs[j] & 0xF) - 8) * d`, `x[j + 16] = ((qs[j] >> 4) - 8) * d`. The low
-    /// nibble of byte `j` is element `j` and the high nibble element `j + 16` (not adjacent pairs).
-    pub fn dequantize_q4_0(src: &[u8], dst: &mut [f32]) {
-        check_len(src, dst, QK, Q4_0_BYTES);
-        for (b, y) in src.chunks_exact(Q4_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
-            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            let (lo, hi) = y.split_at_mut(QK / 2);
-            for ((q, l), h) in b[2..].iter().zip(lo).zip(hi) {
-                *l = ((q & 0x0F) as i32 - 8) as f32 * d;
-                *h = ((q >> 4) as i32 - 8) as f32 * d;
-            }
-        }
-    }
-
-    /// Q4_1: `x[j] = (qs[j] & 0xF) * d + m`, `x[j + 16] = (qs[j] >> 4) * d + m`. Multiply then add
-    /// (two roundings, no FMA), as the scalar reference compiles on x86-64.
-    pub fn dequantize_q4_1(src: &[u8], dst: &mut [f32]) {
-        check_len(src, dst, QK, Q4_1_BYTES);
-        for (b, y) in src.chunks_exact(Q4_1_BYTES).zip(dst.chunks_exact_mut(QK)) {
-            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
-            let (lo, hi) = y.split_at_mut(QK / 2);
-            for ((q, l), h) in b[4..].iter().zip(lo).zip(hi) {
-                *l = (q & 0x0F) as f32 * d + m;
-                *h = (q >> 4) as f32 * d + m;
-            }
-        }
-    }
-
-    /// Q8_0: `x[j] = qs[j] * d` with `qs` signed.
-    pub fn dequantize_q8_0(src: &[u8], dst: &mut [f32]) {
-        check_len(src, dst, QK, Q8_0_BYTES);
-        for (b, y) in src.chunks_exact(Q8_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
-            let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            for (q, x) in b[2..].iter().zip(y) {
-                *x = (*q as i8) as f32 * d;
-            }
-        }
-    }
-
-    fn check_len(src: &[u8], dst: &[f32], block_size: usize, block_bytes: usize) {
-        assert!(
-            dst.len() % block_size == 0 && src.len() == dst.len() / block_size * block_bytes,
-            "dequantize: {} bytes cannot fill {} values of {block_size}-value, {block_bytes}-byte blocks",
-            src.len(),
-            dst.len()
-        );
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,7 +483,7 @@ impl WeightSource for GgufFile {
         let begin = self.header.data_offset + info.offset;
         let ty = info.ggml_type;
         // The mapping starts page-aligned, so a 4-aligned file offset is a 4-aligned address.
-        if ty == GgmlType::F32 && begin % 4 == 0 {
+        if ty == GgmlType::F32 && begin.is_multiple_of(4) {
             return Ok(Tensor::mapped(info.shape.clone(), self.map.clone(), begin));
         }
         let mut out = crate::memory::weight_buffer(info.numel());
@@ -558,7 +491,7 @@ impl WeightSource for GgufFile {
         // Whole blocks per task, so each task's source and destination chunks match exactly.
         out.par_chunks_mut(BLOCKS_PER_TASK * bs)
             .zip(bytes.par_chunks(BLOCKS_PER_TASK * bb))
-            .for_each(|(dst, src)| quant::dequantize(ty, src, dst));
+            .for_each(|(dst, src)| ty.to_f32(src, dst));
         // The f32 copy replaces the stored blocks, whose pages need not stay resident.
         crate::memory::release_mapped(bytes);
         Tensor::from_vec(info.shape.clone(), out)
@@ -772,7 +705,7 @@ fn parse(buf: &[u8]) -> std::result::Result<Header, String> {
             })?;
             // Power of two (ggml computes padding with masks) and a multiple of 8 (the spec's rule,
             // which also keeps every F32 tensor 4-byte aligned for zero-copy mapping).
-            if a == 0 || !a.is_power_of_two() || a % 8 != 0 {
+            if a == 0 || !a.is_power_of_two() || !a.is_multiple_of(8) {
                 return Err(format!(
                     "general.alignment is {a}; it must be a nonzero power of two and a multiple of 8"
                 ));
@@ -879,7 +812,7 @@ fn parse_tensor_info(
     // A scalar (n_dims = 0) has one value and a row length of 1.
     let row_len = dims.first().copied().unwrap_or(1);
     let block = ty.block_size() as u64;
-    if row_len % block != 0 {
+    if !row_len.is_multiple_of(block) {
         return Err(format!(
             "row length {row_len} (dims {dims:?}) is not a multiple of the {} block size {block}",
             ty.name()
@@ -889,7 +822,7 @@ fn parse_tensor_info(
         .checked_mul(ty.block_bytes() as u64)
         .and_then(|b| usize::try_from(b).ok())
         .ok_or_else(|| format!("dimensions {dims:?} overflow the byte size"))?;
-    if offset % alignment as u64 != 0 {
+    if !offset.is_multiple_of(alignment as u64) {
         return Err(format!(
             "data offset {offset} is not a multiple of the alignment {alignment}"
         ));
@@ -917,6 +850,10 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
     use memmap2::MmapMut;
+
+    const Q4_0: GgmlType = GgmlType::Quant(QuantFormat::Q4_0);
+    const Q4_1: GgmlType = GgmlType::Quant(QuantFormat::Q4_1);
+    const Q8_0: GgmlType = GgmlType::Quant(QuantFormat::Q8_0);
 
     // ---- A minimal GGUF writer, so every test states exactly which bytes it feeds the reader ----
 
@@ -1285,7 +1222,7 @@ mod tests {
         let mut qs = [0x88u8; 16];
         qs[0] = 0x1F;
         qs[15] = 0x80; // x[15] = -8·d, x[31] = 0
-        let g = Gguf::new().tensor("w", &[32], GgmlType::Q4_0, q4_0_block(0.5, qs));
+        let g = Gguf::new().tensor("w", &[32], Q4_0, q4_0_block(0.5, qs));
         let f = open_bytes("nibbles", &g.build()).unwrap();
         let t = f.tensor("w").unwrap();
         let mut want = [0.0f32; 32];
@@ -1323,9 +1260,9 @@ mod tests {
         q8_0.extend(0..32u8);
 
         let g = Gguf::new()
-            .tensor("q4_0", &[32, 2], GgmlType::Q4_0, q4_0)
-            .tensor("q4_1", &[32], GgmlType::Q4_1, q4_1)
-            .tensor("q8_0", &[64], GgmlType::Q8_0, q8_0);
+            .tensor("q4_0", &[32, 2], Q4_0, q4_0)
+            .tensor("q4_1", &[32], Q4_1, q4_1)
+            .tensor("q8_0", &[64], Q8_0, q8_0);
         let f = open_bytes("quant", &g.build()).unwrap();
 
         let t = f.tensor("q4_0").unwrap();
@@ -1371,7 +1308,7 @@ mod tests {
             data.extend(f16_bytes((i % 1000) as f32));
             data.extend((0..32u8).map(|j| j.wrapping_sub(16)));
         }
-        let g = Gguf::new().tensor("w", &[32 * 3, blocks as u64 / 3], GgmlType::Q8_0, data);
+        let g = Gguf::new().tensor("w", &[32 * 3, blocks as u64 / 3], Q8_0, data);
         let f = open_bytes("large", &g.build()).unwrap();
         let t = f.tensor("w").unwrap();
         assert_eq!(t.shape(), &[blocks / 3, 96]);
@@ -1426,7 +1363,7 @@ mod tests {
         let mut g = Gguf::new()
             .alignment(64)
             .tensor("a", &[4], GgmlType::F32, f32s(&[1.0, 2.0, 3.0, 4.0]))
-            .tensor("b", &[32], GgmlType::Q4_0, q4_0_block(1.0, [0x12; 16]));
+            .tensor("b", &[32], Q4_0, q4_0_block(1.0, [0x12; 16]));
         for (k, v) in every_metadata_type() {
             g = g.kv(k, v);
         }
@@ -1598,7 +1535,7 @@ mod tests {
 
     #[test]
     fn rejects_quantized_rows_that_are_not_whole_blocks() {
-        let g = Gguf::new().tensor("q", &[16, 2], GgmlType::Q4_0, vec![0; 18]);
+        let g = Gguf::new().tensor("q", &[16, 2], Q4_0, vec![0; 18]);
         let err = open_err("rows", &g.build());
         assert!(
             err.contains("tensor 'q': row length 16")
@@ -1723,8 +1660,8 @@ mod tests {
         let mut g = Gguf::new()
             .alignment(16)
             .tensor("a", &[2, 2], GgmlType::F32, f32s(&[1.0, 2.0, 3.0, 4.0]))
-            .tensor("b", &[32], GgmlType::Q4_1, vec![0x11; 20])
-            .tensor("c", &[32], GgmlType::Q8_0, vec![0x22; 34])
+            .tensor("b", &[32], Q4_1, vec![0x11; 20])
+            .tensor("c", &[32], Q8_0, vec![0x22; 34])
             .tensor("d", &[3], GgmlType::BF16, vec![0x33; 6]);
         for (k, v) in every_metadata_type() {
             g = g.kv(k, v);
@@ -1849,9 +1786,9 @@ np.concatenate(expected).tofile(out + "/expected.f32")
             .collect();
         let mut at = 0;
         for (name, ty, shape) in [
-            ("q4_0", GgmlType::Q4_0, [3, 64]),
-            ("q4_1", GgmlType::Q4_1, [2, 96]),
-            ("q8_0", GgmlType::Q8_0, [4, 32]),
+            ("q4_0", Q4_0, [3, 64]),
+            ("q4_1", Q4_1, [2, 96]),
+            ("q8_0", Q8_0, [4, 32]),
             ("f16", GgmlType::F16, [5, 7]),
             ("bf16", GgmlType::BF16, [3, 5]),
             ("f32", GgmlType::F32, [2, 3]),

@@ -4,14 +4,14 @@
 //! llama.cpp's converter permutes the rows of Llama's q/k projections per head (ggml rotates
 //! adjacent pairs; transformers rotates dimension `i` with `i + head_dim/2`); this source undoes
 //! that permutation, as transformers does when it reads a GGUF, so one rotary kernel serves both.
-//! With `keep_quantized`, Q4_0/Q4_1/Q8_0 projections stay in their blocks (memory-mapped when no
-//! permutation is needed) for the quantized kernels; otherwise everything is dequantized to f32.
+//! With `keep_quantized`, projections of a block type the quantized kernels run (Q4_0/Q4_1/Q8_0:
+//! [`has_kernels`](crate::kernels::quant::QuantFormat::has_kernels)) stay in their blocks for those
+//! kernels; everything else is dequantized to f32.
 
 use super::gguf::{GgmlType, GgufFile};
 use super::WeightSource;
 use crate::error::Result;
 use crate::format_err;
-use crate::kernels::quant::QuantFormat;
 use crate::tensor::{Bytes, QuantMatrix, Tensor, Weight};
 
 pub struct GgufAsHf {
@@ -108,15 +108,6 @@ fn unpermute<T: Copy>(data: &[T], rows: usize, heads: usize, name: &str) -> Resu
     Ok(out)
 }
 
-fn quant_format(ty: GgmlType) -> Option<QuantFormat> {
-    match ty {
-        GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
-        GgmlType::Q4_1 => Some(QuantFormat::Q4_1),
-        GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
-        _ => None,
-    }
-}
-
 impl WeightSource for GgufAsHf {
     fn tensor(&self, name: &str) -> Result<Tensor> {
         let (gguf, rows) = self.resolve(name)?;
@@ -139,8 +130,12 @@ impl WeightSource for GgufAsHf {
     fn weight(&self, name: &str) -> Result<Weight> {
         let (gguf, rows) = self.resolve(name)?;
         let (info, bytes) = self.file.shared_bytes(&gguf)?;
-        let format = match quant_format(info.ggml_type) {
-            Some(f) if self.keep_quantized && info.shape.len() == 2 => f,
+        let format = match info.ggml_type {
+            GgmlType::Quant(f)
+                if f.has_kernels() && self.keep_quantized && info.shape.len() == 2 =>
+            {
+                f
+            }
             _ => return Ok(Weight::F32(self.tensor(name)?)),
         };
         let (r, c) = (info.shape[0], info.shape[1]);

@@ -252,7 +252,7 @@ impl LlamaModel {
         // int8 with a tied head: the lookups read the head's int8 rows, so the f32 table (a small
         // model's largest tensor: 113 MB beside SmolLM2's 143 MB of int8) is not kept as well.
         // (Rows padded to whole blocks would give lookups of the padded width: those keep f32.)
-        let embed = if tied && w.int8() && d % QuantFormat::BLOCK == 0 {
+        let embed = if tied && w.int8() && d.is_multiple_of(QuantFormat::Q8_0.block_values()) {
             lm_head.weight().clone()
         } else {
             embed

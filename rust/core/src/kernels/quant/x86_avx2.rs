@@ -2,7 +2,7 @@
 //! activations, in exactly the arithmetic of `super::dot_portable`.
 //!
 //! A packed group's piece `c` is one 32-byte load whose 32-bit lane `l` belongs to block `l`
-//! (`quant_pack.rs`). `maddubs` multiplies unsigned weight bytes by signed activation bytes and
+//! (`pack.rs`). `maddubs` multiplies unsigned weight bytes by signed activation bytes and
 //! adds adjacent pairs into `i16`; `madd` with ones adds those pairs into the 32-bit lanes, so
 //! after all pieces lane `l` holds block `l`'s whole integer dot product. Nibbles go in as they
 //! are; their pair sums (at most `2·15·127 = 3810`) can be added up across the 8 pieces in `i16`
@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{QuantFormat, XRow, XRowMut, LANES, QK};
+use super::{pack, QuantFormat, XRow, XRowMut, LANES, QK};
 
 /// Whether this CPU can run this file's code.
 pub(super) fn available() -> bool {
@@ -30,26 +30,28 @@ pub(super) fn available() -> bool {
 /// Rapids VM, where 2 KiB was slower by a few percent and 8 KiB by more).
 pub(super) const PREFETCH_BYTES: usize = 4096;
 
-// `QuantFormat` as const-generic parameters (enums cannot be).
-pub(super) const Q4_0: u8 = 0;
-pub(super) const Q4_1: u8 = 1;
-pub(super) const Q8_0: u8 = 2;
+// `QuantFormat` as const-generic parameters (enums cannot be): its discriminants.
+pub(super) const Q4_0: u8 = QuantFormat::Q4_0 as u8;
+pub(super) const Q4_1: u8 = QuantFormat::Q4_1 as u8;
+pub(super) const Q8_0: u8 = QuantFormat::Q8_0 as u8;
 
-pub(super) const fn block_bytes(f: u8) -> usize {
+/// The format a const-generic tag stands for.
+const fn format(f: u8) -> QuantFormat {
     match f {
-        Q4_0 => 2 + QK / 2,
-        Q4_1 => 4 + QK / 2,
-        _ => 2 + QK,
+        Q4_0 => QuantFormat::Q4_0,
+        Q4_1 => QuantFormat::Q4_1,
+        _ => QuantFormat::Q8_0,
     }
+}
+
+/// Bytes per block of the format tagged `f` (a constant in every instantiation).
+pub(super) const fn block_bytes(f: u8) -> usize {
+    format(f).block_bytes()
 }
 
 /// Bytes of scales (and Q4_1 minimums) per block, at the start of a packed group.
 pub(super) const fn head_bytes(f: u8) -> usize {
-    if f == Q4_1 {
-        4
-    } else {
-        2
-    }
+    pack::head_bytes(format(f))
 }
 
 /// Raw pointers to one quantized row of `x` (see `super::XRow`).
@@ -75,7 +77,7 @@ impl XPtr {
     }
 }
 
-/// The row loops shared by this file's kernel and `quant_avx512.rs`, compiled for the CPU
+/// The row loops shared by this file's kernel and `x86_avx512.rs`, compiled for the CPU
 /// features `$features` around the calling module's own `group::<F, R, FULL>` (which must be in
 /// scope there, with `hsum`, `block_bytes`, `XPtr`, `QuantFormat`, `XRow`, `LANES` and the
 /// format constants). Generates:
@@ -89,10 +91,10 @@ impl XPtr {
 /// * `dot_row::<F, R>`: one weight row, group after group, then the lane sum.
 macro_rules! packed_row_kernels {
     ($features:literal) => {
-        /// See `quant_x86::packed_row_kernels`.
+        /// See `x86_avx2::packed_row_kernels`.
         ///
         /// # Safety
-        /// See `quant_x86::packed_row_kernels`.
+        /// See `x86_avx2::packed_row_kernels`.
         pub(super) unsafe fn dot(
             fmt: QuantFormat,
             w: &[u8],
@@ -129,7 +131,7 @@ macro_rules! packed_row_kernels {
             y: *mut f32,
             ldy: usize,
         ) {
-            let nb = rb / block_bytes(F);
+            let nb = rb / const { block_bytes(F) };
             let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
             for (j, wj) in w.chunks_exact(rb).enumerate() {
                 let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
@@ -150,7 +152,7 @@ macro_rules! packed_row_kernels {
             nb: usize,
             x: &[XPtr; R],
         ) -> [f32; R] {
-            let bb = block_bytes(F);
+            let bb = const { block_bytes(F) };
             let mut acc = [_mm256_setzero_ps(); R];
             let mut mins = [_mm256_setzero_ps(); R];
             let full = nb - nb % LANES;
@@ -204,7 +206,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     // rows of the task: the hardware prefetcher alone left a single thread at ~7 GB/s where it
     // reaches ~12-15 with this). `wrapping_add` because the address may lie past the slice;
     // prefetching never faults.
-    for off in (0..t * block_bytes(F)).step_by(64) {
+    for off in (0..t * const { block_bytes(F) }).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + PREFETCH_BYTES).cast());
     }
     let dw = half_floats::<FULL>(w, t);
@@ -213,7 +215,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     } else {
         _mm256_setzero_ps()
     };
-    let data = w.add(head_bytes(F) * t);
+    let data = w.add(const { head_bytes(F) } * t);
     // Lanes 0..t of piece `c` (the rest zero in a short group).
     let keep = _mm256_cmpgt_epi32(
         _mm256_set1_epi32(t as i32),

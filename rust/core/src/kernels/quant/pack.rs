@@ -65,10 +65,27 @@ fn pack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
 }
 
 /// One packed row (`src`) back into GGUF blocks (`dst`, the same length): the inverse of
-/// [`pack_row`], for embedding lookups of a packed matrix. Also takes any whole groups of a row
-/// (a span starting at a multiple of 8 blocks and ending at a group's end).
+/// [`pack_row`]. Also takes any whole groups of a row (a span starting at a multiple of 8 blocks
+/// and ending at a group's end).
 pub fn unpack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
     move_bytes(fmt, src, dst, false)
+}
+
+/// The largest block the packed layout holds: an `f16` scale and minimum, then at most a byte per
+/// value.
+const MAX_BLOCK_BYTES: usize = 4 + QK;
+
+/// One packed row (`src`, whole blocks of `fmt`) dequantized into `dst`, a group at a time
+/// through a buffer on the stack: embedding lookups of a packed matrix, which run for every token.
+pub fn dequantize_packed(fmt: QuantFormat, src: &[u8], dst: &mut [f32]) {
+    let (bb, bv) = (fmt.block_bytes(), fmt.block_values());
+    assert!(bb <= MAX_BLOCK_BYTES, "{fmt:?} blocks are not packed");
+    let mut blocks = [0u8; LANES * MAX_BLOCK_BYTES];
+    for (b0, t) in groups(src.len() / bb) {
+        let group = &mut blocks[..t * bb];
+        unpack_row(fmt, &src[b0 * bb..(b0 + t) * bb], group);
+        fmt.dequantize(group, &mut dst[b0 * bv..(b0 + t) * bv]);
+    }
 }
 
 /// Every byte of a row between its GGUF place and its packed place ([`packed_offset`], written
@@ -110,11 +127,11 @@ fn move_bytes(fmt: QuantFormat, src: &[u8], dst: &mut [u8], pack: bool) {
 /// layout the kernels read, in a buffer for weights (huge pages where the OS allows).
 ///
 /// # Panics
-/// If `w` is not a whole number of rows.
+/// If `fmt` has no kernels ([`QuantFormat::has_kernels`]), or `w` is not a whole number of rows.
 pub fn pack_rows(fmt: QuantFormat, w: &[u8], k: usize) -> Vec<u8> {
     let rb = fmt.row_bytes(k);
     assert!(
-        k % QK == 0 && (rb == 0 || w.len() % rb == 0),
+        fmt.has_kernels() && k.is_multiple_of(QK) && (rb == 0 || w.len().is_multiple_of(rb)),
         "pack_rows: {} bytes are not rows of {k} {fmt:?} values",
         w.len()
     );
@@ -150,7 +167,7 @@ mod tests {
     /// for full groups, short last groups, and rows of one block.
     #[test]
     fn pack_then_unpack_is_the_identity() {
-        for fmt in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        for fmt in QuantFormat::all() {
             for k in [32, 96, 256, 288, 576] {
                 let n = 3;
                 let w: Vec<u8> = random(n * fmt.row_bytes(k), k as u64)
@@ -171,7 +188,7 @@ mod tests {
     /// The packer puts byte `j` of block `l` where [`packed_offset`] says (Q8_0 values flipped).
     #[test]
     fn packing_follows_packed_offset() {
-        for fmt in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        for fmt in QuantFormat::all() {
             let bb = fmt.block_bytes();
             let nb = 11; // a full group and a short one
             let w: Vec<u8> = (0..nb * bb).map(|i| (i * 7 % 251) as u8).collect();
@@ -200,7 +217,7 @@ mod tests {
     /// The offsets of a group cover its bytes exactly once.
     #[test]
     fn packed_offsets_are_a_permutation() {
-        for fmt in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        for fmt in QuantFormat::all() {
             let bb = fmt.block_bytes();
             for t in 1..=LANES {
                 let mut seen = vec![false; t * bb];

@@ -1,5 +1,5 @@
 //! AVX-512 dot products for [`super`] (x86_64 with AVX-512F/BW/VL/VNNI): the AVX2 kernel of
-//! `quant_x86.rs` with two pieces of a packed group per 512-bit register, in exactly the
+//! `x86_avx2.rs` with two pieces of a packed group per 512-bit register, in exactly the
 //! arithmetic of `super::dot_portable`.
 //!
 //! A zmm register holds pieces `c` and `c + 1` of a group (lanes 0..8 and 8..16, block `l` in
@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86::{self as avx2, block_bytes, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q8_0};
+use super::x86_avx2::{self as avx2, block_bytes, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q8_0};
 use super::{QuantFormat, XRow, LANES, QK};
 
 /// Whether this CPU can run this file's code.
@@ -29,10 +29,10 @@ pub(super) fn available() -> bool {
 
 avx2::packed_row_kernels!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
 
-/// As `quant_x86::group`: the packed group of `t` blocks at `w` (8 when `FULL`) against `R` rows.
+/// As `x86_avx2::group`: the packed group of `t` blocks at `w` (8 when `FULL`) against `R` rows.
 ///
 /// # Safety
-/// As `quant_x86::group`, with this file's CPU features.
+/// As `x86_avx2::group`, with this file's CPU features.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
@@ -44,7 +44,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     mins: &mut [__m256; R],
 ) {
     let t = if FULL { LANES } else { t };
-    for off in (0..t * block_bytes(F)).step_by(64) {
+    for off in (0..t * const { block_bytes(F) }).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + avx2::PREFETCH_BYTES).cast());
     }
     let lanes: __mmask8 = if FULL { 0xFF } else { (1u8 << t) - 1 };
@@ -61,7 +61,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     } else {
         _mm256_setzero_ps()
     };
-    let data = w.add(head_bytes(F) * t);
+    let data = w.add(const { head_bytes(F) } * t);
     // Pieces c and c + 1 in one register (lanes 0..t and 8..8+t; the rest zero in a short group,
     // whose pieces are 4t bytes apart: `expandload` places 2t consecutive dwords in those lanes).
     let pair_mask: __mmask16 = (lanes as u16) | ((lanes as u16) << 8);

@@ -1,0 +1,383 @@
+//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0; per-channel int8 stored as Q8_0)
+//! and the matrix products against them, so a model can hold its weights quantized in memory and
+//! stream them at memory bandwidth.
+//!
+//! # Files
+//! * `types.rs`: [`QuantFormat`] and the one table of what each block type is (ggml tag, name,
+//!   values and bytes per block, exact dequantization); each type's layout and dequantizer in its
+//!   own file (`q4_0.rs`, `q4_1.rs`, `q8_0.rs`). How to add a type: `types.rs`.
+//! * this file: [`quant_matmul`], its choice of instruction set and its split into tasks;
+//! * `activations.rs`: the rows of `x` quantized to 8-bit blocks, once per call;
+//! * `pack.rs`: the packed weight layout the kernels read ([`pack_rows`], once at load);
+//! * `portable.rs`: the dot product in plain Rust, the reference the SIMD paths are tested
+//!   against (and the kernel where there is none); `x86_avx2.rs`, `x86_avx512.rs`, `neon.rs`: the
+//!   dot products per instruction set;
+//! * [`int8`]: per-channel int8 quantization of `f32` weights;
+//! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`.
+//!
+//! The kernels here run the types of 32-value blocks ([`QuantFormat::has_kernels`]); block size
+//! and bytes come from the type everywhere else (row sizes, checks, dequantization, loading).
+//!
+//! # Method (as llama.cpp and candle do it)
+//! Each call first quantizes every row of `x` into 8-bit blocks of 32: `d = max|x| / 127`,
+//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), keeping `Σq` per block and, for Q4_1,
+//! `s = d·Σq` (ggml's Q8_1). Then every output is a sum over blocks of exact integer dot products
+//! scaled in `f32`:
+//!
+//! * Q8_0 weights: `Σ_b dw·dx · Σ qw·qx`;
+//! * Q4_0 weights (`w = (nibble - 8)·dw`): `Σ_b dw·dx · (Σ nibble·qx - 8·Σqx)`, the bracket
+//!   an exact integer: multiplying unsigned nibbles saves the sign handling signed weights need;
+//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`.
+//!
+//! Unlike ggml, the activation scales `d` and `s` stay in `f32` (ggml rounds them to `f16`): they
+//! live only for one call, and it avoids an extra rounding for free.
+//!
+//! # Packed weights
+//! The kernels read the weights in the layout of `pack.rs` ([`pack_rows`], once at load):
+//! per group of 8 blocks the scales together, then the values interleaved 4 bytes per block, so
+//! one vector load holds 4 values of each of 8 blocks and one integer dot-product instruction
+//! (`vpdpbusd`, or `maddubs` + `madd`) advances 8 blocks at once, one per 32-bit lane. The rows
+//! of `x` are quantized into the same interleaving. In GGUF's order each block needed its own
+//! scale broadcast and a horizontal step: about twice the instructions, which left the 4-bit
+//! kernels compute-bound below memory bandwidth.
+//!
+//! # Fixed arithmetic, shared by every path
+//! Each block's dot product is one exact `i32` (`isum`, with Q4_0's `-8·Σqx` and Q8_0's offset
+//! taken out in integers). Block `8g + l` of a row goes to lane `l` of an 8-lane `f32`
+//! accumulator, `acc = fma(dw·dx, isum, acc)`, group after group; Q4_1 also keeps
+//! `mins = fma(mw, s, mins)` per lane. Lanes past the end of a short last group add `0·0`. The
+//! lanes (`acc + mins` for Q4_1) are summed in the order `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+//!
+//! The integers are exact on every path, and the `f32` operations are the same sequence, so the
+//! AVX-512, AVX2, NEON and portable kernels give the same bits; none depends on the thread count, on the
+//! task split or on how many rows of `x` are in the call (each output is one dot product computed
+//! alone, whatever group of rows it was computed with).
+//!
+//! # Organisation
+//! The outputs are split by weight rows (`n`) into rayon tasks in the current pool. A task walks
+//! its weight rows in chunks that stay in L1; for each chunk it takes the rows of `x` in groups of
+//! up to [`MR`] and computes each weight row against the whole group, so the weights are read from
+//! memory once per call (per block of `x` rows that fits in L2, when `m` is large).
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::cpu::{self, Isa};
+use super::matmul::balanced_tasks;
+use activations::{quantize_row, Activations, XRow, XRowMut, SCRATCH};
+use portable::dot_portable;
+
+mod activations;
+pub mod int8;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod pack;
+mod portable;
+mod q4_0;
+mod q4_1;
+mod q8_0;
+#[cfg(test)]
+mod tests;
+mod types;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
+
+pub use int8::{quantize_rows_int8, quantize_rows_int8_from};
+pub use pack::{dequantize_packed, pack_rows, unpack_row};
+pub use types::QuantFormat;
+
+/// Values per block of the types the kernels run, and of the 8-bit blocks `x` is quantized to.
+const QK: usize = 32;
+
+/// `f32` lanes of an accumulator (one AVX2 register); also blocks per packed group.
+const LANES: usize = 8;
+/// Rows of `x` computed together against one weight row: each weight group is loaded (and its
+/// nibbles unpacked) once for all of them.
+const MR: usize = 4;
+
+/// `m·n·k` below which a product runs on the calling thread: rayon's dispatch (a few µs) would
+/// cost more than it saves. Integer products are cheap, so this is higher than for `f32`.
+const SERIAL_WORK: usize = 128 * 1024;
+/// Multiply-adds a parallel task should at least have (a few µs of work), for the same reason.
+const MIN_TASK_WORK: usize = 64 * 1024;
+/// Aim for this many tasks per thread so uneven progress evens out.
+const TASKS_PER_THREAD: usize = 8;
+/// Bytes of quantized `x` rows a task keeps hot across the weight rows (inside a 512 KiB L2).
+const X_BLOCK_BYTES: usize = 128 * 1024;
+/// Bytes of weight rows swept by every group of `x` rows before moving on (inside L1).
+const W_CHUNK_BYTES: usize = 16 * 1024;
+/// `m·k` above which the activations are quantized in parallel.
+const PAR_QUANTIZE: usize = 64 * 1024;
+/// Scratch buffers larger than this (long prefills) are freed after the call, not kept.
+const KEEP_SCRATCH_BYTES: usize = 8 << 20;
+
+/// `y[m][n] = x[m][k] · W[n][k]ᵀ` where W's rows are whole blocks of `fmt` in the packed layout
+/// ([`pack_rows`]), i.e. `w.len() == n * fmt.row_bytes(fmt.padded_cols(k))`; when `k` is not a
+/// whole number of blocks (int8 rows, see [`quantize_rows_int8`]) the weights' last block holds
+/// zeros past `k`, and the rows of `x` are quantized as if zero-padded the same way.
+///
+/// Parallel over the current rayon pool; the result is bitwise independent of the thread count and
+/// of `m`, and equal to [`quant_matmul_scalar`] (see the module docs).
+///
+/// # Panics
+/// If `fmt` has no kernels ([`QuantFormat::has_kernels`]: loaders keep such weights as `f32`), or
+/// a slice is too short.
+pub fn quant_matmul(
+    fmt: QuantFormat,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    quant_matmul_with(cpu::isa(), fmt, x, w, y, m, k, n)
+}
+
+/// [`quant_matmul`] on an explicit instruction set (tests, benchmarks).
+///
+/// # Panics
+/// If this CPU cannot run `isa`, `fmt` has no kernels, or a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quant_matmul_with(
+    isa: Isa,
+    fmt: QuantFormat,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(cpu::supported(isa), "{isa:?} is not supported on this CPU");
+    check_args(fmt, x, w, y, m, k, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y[..m * n].fill(0.0);
+        return;
+    }
+    let kernel = Kernel::for_isa(isa);
+    let threads = rayon::current_num_threads();
+    let work = m.saturating_mul(n).saturating_mul(k);
+    let parallel = threads > 1 && work >= SERIAL_WORK;
+
+    // Taken out of the thread-local cell (not borrowed): if this thread runs another product while
+    // it waits for its tasks (rayon work stealing), that call finds an empty buffer instead of
+    // panicking on a double borrow.
+    let mut act = SCRATCH.with(Cell::take);
+    act.quantize(kernel, x, m, k, parallel && m * k >= PAR_QUANTIZE);
+
+    let rb = fmt.row_bytes(act.k);
+    // Rows of w per task: only a matter of load balance and of task overhead, since every task
+    // streams its own weight rows once.
+    let cols = if parallel {
+        let affordable = (m * n * k / MIN_TASK_WORK).max(1);
+        let tasks = balanced_tasks((TASKS_PER_THREAD * threads).min(affordable), threads, 1);
+        n.div_ceil(tasks).next_multiple_of(4).min(n)
+    } else {
+        n
+    };
+    let tasks = n.div_ceil(cols);
+    let yp = SyncPtr(y.as_mut_ptr());
+    let act_ref = &act;
+    let run = |t: usize| {
+        let (c0, c1) = (t * cols, ((t + 1) * cols).min(n));
+        // SAFETY: tasks write the disjoint column ranges c0..c1 of the m rows of y, whose length
+        // (>= m·n) was checked, and `y` stays mutably borrowed by this call throughout.
+        unsafe { product_cols(kernel, fmt, act_ref, &w[c0 * rb..c1 * rb], yp, c0, n) };
+    };
+    if parallel && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+
+    if act.capacity_bytes() <= KEEP_SCRATCH_BYTES {
+        SCRATCH.with(|c| c.set(act));
+    }
+}
+
+/// Scalar reference with the same activation quantization (for tests): serial, one output at a
+/// time, through the portable dot product; `w` packed as for [`quant_matmul`]. Same bits as
+/// [`quant_matmul`].
+///
+/// # Panics
+/// If a slice is too short.
+pub fn quant_matmul_scalar(
+    fmt: QuantFormat,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check_args(fmt, x, w, y, m, k, n);
+    if k == 0 {
+        y[..m * n].fill(0.0);
+        return;
+    }
+    let mut act = Activations::default();
+    act.quantize(Kernel::Portable, x, m, k, false);
+    let rb = fmt.row_bytes(act.k);
+    for i in 0..m {
+        for j in 0..n {
+            y[i * n + j] = dot_portable(fmt, &w[j * rb..(j + 1) * rb], act.row(i));
+        }
+    }
+}
+
+fn check_args(fmt: QuantFormat, x: &[f32], w: &[u8], y: &[f32], m: usize, k: usize, n: usize) {
+    assert!(
+        fmt.has_kernels() && fmt.block_values() == QK,
+        "quant_matmul: no kernels for {}",
+        fmt.name()
+    );
+    assert!(
+        x.len() >= m * k && w.len() >= n * fmt.row_bytes(fmt.padded_cols(k)) && y.len() >= m * n,
+        "quant_matmul: slices too short for m={m} k={k} n={n} {fmt:?} \
+         (x {}, w {} bytes, y {})",
+        x.len(),
+        w.len(),
+        y.len()
+    );
+}
+
+/// Computes columns `c0..c0 + w.len()/row_bytes` of every row of `y` (row stride `n`).
+///
+/// # Safety
+/// `y` is valid for writes of `act.m` rows of `n` values, the columns are inside `0..n`, and no
+/// other thread writes them meanwhile.
+unsafe fn product_cols(
+    kernel: Kernel,
+    fmt: QuantFormat,
+    act: &Activations,
+    w: &[u8],
+    y: SyncPtr,
+    c0: usize,
+    n: usize,
+) {
+    let rb = fmt.row_bytes(act.k);
+    let (m, cols) = (act.m, w.len() / rb);
+    let x_block = (X_BLOCK_BYTES / act.row_bytes()).max(MR) / MR * MR;
+    let w_chunk = (W_CHUNK_BYTES / rb).max(1);
+    for i0 in (0..m).step_by(x_block) {
+        let i1 = (i0 + x_block).min(m);
+        for j0 in (0..cols).step_by(w_chunk) {
+            let j1 = (j0 + w_chunk).min(cols);
+            for g0 in (i0..i1).step_by(MR) {
+                let g1 = (g0 + MR).min(i1);
+                let rows: [XRow<'_>; MR] = std::array::from_fn(|r| act.row((g0 + r).min(g1 - 1)));
+                // SAFETY: rows g0..g1 < m and columns c0 + j0..c0 + j1 <= n of y (the caller's
+                // contract); the rows come from `act`, quantized for `act.k`, the length of
+                // the weight rows.
+                kernel.dot(
+                    fmt,
+                    &w[j0 * rb..j1 * rb],
+                    rb,
+                    &rows[..g1 - g0],
+                    y.get().add(g0 * n + c0 + j0),
+                    n,
+                );
+            }
+        }
+    }
+}
+
+/// Which dot-product implementation a call uses.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512F/BW/VL/VNNI for the integer sums (two pieces of a packed group per register);
+    /// AVX2 for the rest.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// aarch64 Advanced SIMD for the dot products; the portable quantizer.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+}
+
+impl Kernel {
+    fn for_isa(isa: Isa) -> Kernel {
+        match isa {
+            // The AVX2 kernel also needs F16C (for the weights' f16 scales), which every AVX2 CPU
+            // has in practice, but `cpu` does not check it.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if x86_avx512::available() => Kernel::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 if x86_avx2::available() => Kernel::Avx2,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Kernel::Neon,
+            _ => Kernel::Portable,
+        }
+    }
+
+    /// [`quantize_row`], compiled for this kernel's instruction set (same results).
+    fn quantize_row(self, x: &[f32], out: XRowMut<'_>) {
+        match self {
+            Kernel::Portable => quantize_row(x, out),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => quantize_row(x, out),
+            // SAFETY: `Avx2` and `Avx512` are only chosen when `x86_avx2::available()`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { x86_avx2::quantize_row(x, out) },
+        }
+    }
+
+    /// `y[r·ldy + j] = w_j · xs[r]` for every packed weight row `w_j` of `w` (rows of `rb` bytes,
+    /// whole blocks) and 1..=[`MR`] rows of `x`.
+    ///
+    /// # Safety
+    /// `y` valid for those writes; the rows come from [`Activations::row`] for `k` values, where
+    /// `rb = fmt.row_bytes(k)`.
+    #[inline]
+    unsafe fn dot(
+        self,
+        fmt: QuantFormat,
+        w: &[u8],
+        rb: usize,
+        xs: &[XRow<'_>],
+        y: *mut f32,
+        ldy: usize,
+    ) {
+        match self {
+            Kernel::Portable => {
+                for (j, wj) in w.chunks_exact(rb).enumerate() {
+                    for (r, x) in xs.iter().enumerate() {
+                        *y.add(r * ldy + j) = dot_portable(fmt, wj, *x);
+                    }
+                }
+            }
+            // `Avx2` is only chosen when `x86_avx2::available()`; the rows from `Activations::row`
+            // have the lengths `x86_avx2::dot` requires.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => x86_avx2::dot(fmt, w, rb, xs, y, ldy),
+            // Only chosen when `x86_avx512::available()`; same row contract as the AVX2 kernel.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
+            // Same row contract as the AVX2 kernel; NEON is always there on aarch64.
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => neon::dot(fmt, w, rb, xs, y, ldy),
+        }
+    }
+}
+
+/// Raw output pointer shared by the tasks of one product, each writing its own columns.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: only used by `quant_matmul_with`, whose tasks write disjoint parts of the buffer.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    // A method (not `.0`) so closures capture the whole Send/Sync wrapper, not the bare pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}

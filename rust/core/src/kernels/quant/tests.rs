@@ -1,0 +1,521 @@
+use half::f16;
+
+use super::*;
+use crate::kernels::testutil::{random, report_skipped, with_threads};
+
+/// The block types the kernels run.
+fn formats() -> impl Iterator<Item = QuantFormat> {
+    QuantFormat::all().filter(|f| f.has_kernels())
+}
+
+/// The kernels' arithmetic is that of 32-value blocks (`check_args` refuses any other size).
+#[test]
+fn kernel_types_have_32_value_blocks() {
+    for fmt in formats() {
+        assert_eq!(fmt.block_values(), QK, "{fmt:?}");
+    }
+}
+
+/// `n` rows of random blocks: every byte of `qs` random (all nibbles, Q8_0 values -128..=127
+/// included), scales of realistic size (Q4_0 `d` of either sign, Q4_1 `m` negative as the
+/// quantizer makes it for centred weights).
+fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    let bytes = random(n * fmt.row_bytes(k), seed);
+    let mut w: Vec<u8> = bytes.iter().map(|v| ((v + 1.0) * 128.0) as u8).collect();
+    let scales = random(2 * n * k / QK, seed + 1);
+    for (b, blk) in w.chunks_exact_mut(fmt.block_bytes()).enumerate() {
+        let (r0, r1) = (scales[2 * b], scales[2 * b + 1]);
+        let (d, m) = match fmt {
+            QuantFormat::Q4_0 => (0.02 * r0, 0.0),
+            QuantFormat::Q4_1 => (0.01 * (1.5 + r0), -0.08 * (1.5 + r1)),
+            QuantFormat::Q8_0 => (0.002 * r0, 0.0),
+        };
+        blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+        if fmt == QuantFormat::Q4_1 {
+            blk[2..4].copy_from_slice(&f16::from_f32(m).to_le_bytes());
+        }
+    }
+    w
+}
+
+/// The weights as `f32` through the types' exact dequantizers (ggml's reference, not the
+/// kernels' code).
+fn dequantize(fmt: QuantFormat, w: &[u8], n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n * k];
+    fmt.dequantize(w, &mut out);
+    out
+}
+
+/// `x` with rows of different magnitudes and a few outliers, like hidden states.
+fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut x = random(m * k, seed);
+    for (i, row) in x.chunks_mut(k.max(1)).enumerate() {
+        let scale = 0.5 + i as f32;
+        for (p, v) in row.iter_mut().enumerate() {
+            *v *= if p % 97 == 5 { 8.0 * scale } else { scale };
+        }
+    }
+    x
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    isa: Isa,
+    threads: usize,
+    fmt: QuantFormat,
+    x: &[f32],
+    w: &[u8],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    let w = pack_rows(fmt, w, fmt.padded_cols(k));
+    let mut y = vec![f32::NAN; m * n];
+    with_threads(threads, || {
+        quant_matmul_with(isa, fmt, x, &w, &mut y, m, k, n)
+    });
+    y
+}
+
+/// [`quant_matmul_scalar`] on GGUF-order weights (packed here).
+#[allow(clippy::too_many_arguments)]
+fn scalar(fmt: QuantFormat, x: &[f32], w: &[u8], y: &mut [f32], m: usize, k: usize, n: usize) {
+    quant_matmul_scalar(fmt, x, &pack_rows(fmt, w, fmt.padded_cols(k)), y, m, k, n)
+}
+
+const KS: [usize; 4] = [32, 96, 576, 1536];
+const NS: [usize; 5] = [1, 7, 33, 192, 577];
+const MS: [usize; 3] = [1, 3, 8];
+
+/// Every path, thread count and odd shape gives the scalar reference's bits (the integer
+/// sums are exact and the f32 steps are the same sequence on every path).
+#[test]
+fn quant_matmul_matches_scalar_bitwise() {
+    report_skipped();
+    for fmt in formats() {
+        for k in KS {
+            for n in NS {
+                let w = random_weights(fmt, n, k, (k * 1000 + n) as u64);
+                for m in MS {
+                    let x = activations(m, k, (m * 7 + k) as u64);
+                    let mut want = vec![0.0; m * n];
+                    scalar(fmt, &x, &w, &mut want, m, k, n);
+                    for isa in cpu::supported_isas() {
+                        for threads in [1, 2] {
+                            let got = run(isa, threads, fmt, &x, &w, m, k, n);
+                            if bits(&got) != bits(&want) {
+                                let worst = got
+                                    .iter()
+                                    .zip(&want)
+                                    .map(|(g, w)| ((g - w) / w.abs().max(1e-6)).abs())
+                                    .fold(0.0f32, f32::max);
+                                panic!(
+                                    "{fmt:?} {isa:?} m={m} k={k} n={n} threads={threads}: \
+                                     differs from scalar (max rel diff {worst:e})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `k` not a multiple of 32 (int8 rows padded to whole blocks): every path gives the bits of
+/// the scalar reference, which are those of `x` explicitly zero-padded to the blocks.
+#[test]
+fn ragged_k_is_the_zero_padded_product() {
+    for fmt in formats() {
+        for (m, k, n) in [(1, 1, 5), (3, 48, 7), (2, 33, 9), (5, 100, 33)] {
+            let kp = fmt.padded_cols(k);
+            let w = random_weights(fmt, n, kp, (k * 31 + n) as u64);
+            let x = activations(m, k, (m * 5 + k) as u64);
+            let mut xp = vec![0.0; m * kp];
+            for (dst, src) in xp.chunks_exact_mut(kp).zip(x.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            let mut want = vec![0.0; m * n];
+            scalar(fmt, &xp, &w, &mut want, m, kp, n);
+            let mut unpadded = vec![0.0; m * n];
+            scalar(fmt, &x, &w, &mut unpadded, m, k, n);
+            assert_eq!(
+                bits(&unpadded),
+                bits(&want),
+                "{fmt:?} m={m} k={k} n={n}: scalar"
+            );
+            for isa in cpu::supported_isas() {
+                for threads in [1, 2] {
+                    let got = run(isa, threads, fmt, &x, &w, m, k, n);
+                    assert_eq!(bits(&got), bits(&want), "{fmt:?} {isa:?} m={m} k={k} n={n}");
+                }
+            }
+        }
+    }
+}
+
+/// Large m: several blocks of `x` rows and several tasks.
+#[test]
+fn quant_matmul_prefill_shape_matches_scalar() {
+    let (m, k, n) = (37, 4096, 100);
+    for fmt in formats() {
+        let w = random_weights(fmt, n, k, 21);
+        let x = activations(m, k, 22);
+        let mut want = vec![0.0; m * n];
+        scalar(fmt, &x, &w, &mut want, m, k, n);
+        for isa in cpu::supported_isas() {
+            let got = run(isa, 2, fmt, &x, &w, m, k, n);
+            assert_eq!(bits(&got), bits(&want), "{fmt:?} {isa:?} prefill");
+        }
+    }
+}
+
+/// y[i] has the same bits whether x[i] is alone (m = 1), row i of a batch of 7, or in a pair,
+/// with 1 or 2 threads.
+#[test]
+fn quant_matmul_bitwise_independent_of_m_and_threads() {
+    for fmt in formats() {
+        for isa in cpu::supported_isas() {
+            for &(k, n) in &[(576, 1031), (96, 50), (2048, 97)] {
+                let m = 7;
+                let x = activations(m, k, 5);
+                let w = random_weights(fmt, n, k, 6);
+                let batch1 = run(isa, 1, fmt, &x, &w, m, k, n);
+                let batch2 = run(isa, 2, fmt, &x, &w, m, k, n);
+                let what = format!("{fmt:?} {isa:?} k={k} n={n}");
+                assert_eq!(bits(&batch1), bits(&batch2), "{what}: 1 vs 2 threads");
+                for i in 0..m {
+                    for threads in [1, 2] {
+                        let single = run(isa, threads, fmt, &x[i * k..(i + 1) * k], &w, 1, k, n);
+                        assert_eq!(
+                            bits(&single),
+                            bits(&batch1[i * n..(i + 1) * n]),
+                            "{what} row {i}: m=1 ({threads} threads) vs m=7"
+                        );
+                    }
+                }
+                let pair = run(isa, 2, fmt, &x[5 * k..], &w, 2, k, n);
+                assert_eq!(
+                    bits(&pair),
+                    bits(&batch1[5 * n..]),
+                    "{what}: rows 5..7 as m=2"
+                );
+            }
+        }
+    }
+}
+
+/// Against the product of the exactly dequantized weights with the exactly dequantized
+/// 8-bit activations, in f64: checks the integer and scale arithmetic on its own (only f32
+/// rounding remains, so the tolerance is tight).
+#[test]
+fn quant_matmul_equals_dequantized_product_of_quantized_activations() {
+    let (m, k, n) = (3, 1536, 65);
+    for fmt in formats() {
+        let w = random_weights(fmt, n, k, 31);
+        let wf = dequantize(fmt, &w, n, k);
+        let x = activations(m, k, 32);
+        let mut act = Activations::default();
+        act.quantize(Kernel::Portable, &x, m, k, false);
+        for isa in cpu::supported_isas() {
+            let y = run(isa, 2, fmt, &x, &w, m, k, n);
+            for i in 0..m {
+                let xr = act.row(i);
+                let xh: Vec<f64> = (0..k)
+                    .map(|p| xr.value(p) as f64 * xr.d[p / QK] as f64)
+                    .collect();
+                for j in 0..n {
+                    let wr = &wf[j * k..(j + 1) * k];
+                    let exact: f64 = wr.iter().zip(&xh).map(|(&a, &b)| a as f64 * b).sum();
+                    let scale: f64 = wr
+                        .iter()
+                        .zip(&xh)
+                        .map(|(&a, &b)| (a as f64 * b).abs())
+                        .sum();
+                    let err = (y[i * n + j] as f64 - exact).abs();
+                    assert!(
+                        err <= 1e-5 * scale,
+                        "{fmt:?} {isa:?} [{i}][{j}]: {} vs {exact} (scale {scale})",
+                        y[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Against the exact f32 weights times the unquantized `x`: the error is what 8-bit
+/// activations cost. Measured relative to `‖x_i‖·‖w_j‖` (the size a dot product can have) and
+/// to `|y|`, printed for the record (`--nocapture`).
+#[test]
+fn quant_matmul_accuracy_vs_f32() {
+    for fmt in formats() {
+        let (mut worst_norm, mut sum_norm, mut count) = (0.0f64, 0.0f64, 0usize);
+        let mut worst_y = 0.0f64;
+        for &(m, k, n) in &[(3, 576, 192), (2, 1536, 577), (8, 96, 33)] {
+            let w = random_weights(fmt, n, k, 41);
+            let wf = dequantize(fmt, &w, n, k);
+            let x = activations(m, k, 42);
+            let y = run(cpu::isa(), 2, fmt, &x, &w, m, k, n);
+            for i in 0..m {
+                let xr = &x[i * k..(i + 1) * k];
+                let xn = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                for j in 0..n {
+                    let wr = &wf[j * k..(j + 1) * k];
+                    let wn = wr.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                    let exact: f64 = wr.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let err = (y[i * n + j] as f64 - exact).abs();
+                    let rel = err / (xn * wn);
+                    worst_norm = worst_norm.max(rel);
+                    sum_norm += rel;
+                    count += 1;
+                    if exact.abs() > 0.1 * xn * wn {
+                        worst_y = worst_y.max(err / exact.abs());
+                    }
+                }
+            }
+        }
+        println!(
+            "{fmt:?}: |y - y_f32| / (‖x‖·‖w‖): max {worst_norm:.2e}, mean {:.2e}; \
+             / |y| where |y| > 0.1‖x‖‖w‖: max {worst_y:.2e}",
+            sum_norm / count as f64
+        );
+        assert!(
+            worst_norm < 1e-2,
+            "{fmt:?}: error {worst_norm:e} of ‖x‖·‖w‖"
+        );
+    }
+}
+
+/// Pins the block layouts and nibble order with hand-made blocks. `x` holds integers with
+/// max |x| = 127, so it quantizes exactly (d = 1) and every product is exact.
+#[test]
+fn known_nibbles() {
+    let k = 64;
+    let x: Vec<f32> = (0..k)
+        .map(|p| [127.0, -3.0, 5.0, 1.0, -127.0, 0.0, 2.0][p % 7])
+        .collect();
+    for isa in cpu::supported_isas() {
+        // Q4_0, d = 0.5: byte j = nibbles (j, 15 - j), i.e. element j = j - 8 and element
+        // j + 16 = 7 - j.
+        let mut w = Vec::new();
+        for _ in 0..k / QK {
+            w.extend_from_slice(&f16::from_f32(0.5).to_le_bytes());
+            w.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        }
+        let want: f32 = (0..k)
+            .map(|p| {
+                let j = p % QK;
+                let q = if j < 16 {
+                    j as f32 - 8.0
+                } else {
+                    7.0 - (j - 16) as f32
+                };
+                0.5 * q * x[p]
+            })
+            .sum();
+        let got = run(isa, 1, QuantFormat::Q4_0, &x, &w, 1, k, 1);
+        assert_eq!(got[0], want, "Q4_0 {isa:?}");
+
+        // Q4_1, d = 0.25, m = -1: same nibbles, element = q·0.25 - 1.
+        let mut w = Vec::new();
+        for _ in 0..k / QK {
+            w.extend_from_slice(&f16::from_f32(0.25).to_le_bytes());
+            w.extend_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+            w.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        }
+        let want: f32 = (0..k)
+            .map(|p| {
+                let j = p % QK;
+                let q = if j < 16 {
+                    j as f32
+                } else {
+                    15.0 - (j - 16) as f32
+                };
+                (0.25 * q - 1.0) * x[p]
+            })
+            .sum();
+        let got = run(isa, 1, QuantFormat::Q4_1, &x, &w, 1, k, 1);
+        assert_eq!(got[0], want, "Q4_1 {isa:?}");
+
+        // Q8_0, d = 1: values -128, -119, ... covering both extremes.
+        let mut w = Vec::new();
+        let mut vals = Vec::new();
+        for blk in 0..k / QK {
+            w.extend_from_slice(&f16::from_f32(1.0).to_le_bytes());
+            for j in 0..QK {
+                let v = if blk == 0 && j == 0 {
+                    127
+                } else {
+                    (j as i32 * 9 - 128 + blk as i32) as i8
+                };
+                w.push(v as u8);
+                vals.push(v as f32);
+            }
+        }
+        let want: f32 = vals.iter().zip(&x).map(|(a, b)| a * b).sum();
+        let got = run(isa, 1, QuantFormat::Q8_0, &x, &w, 1, k, 1);
+        assert_eq!(got[0], want, "Q8_0 {isa:?}");
+        // And the reference dequantizer agrees on the meaning of those bytes.
+        let wf = dequantize(QuantFormat::Q8_0, &w, 1, k);
+        assert_eq!(wf, vals);
+    }
+}
+
+/// The largest products the integer steps meet: Q8_0 weights of -128 against activations of
+/// ±127 (pair sums of ±32512 in `maddubs`, just inside i16), and 15-nibbles.
+#[test]
+fn extreme_values_do_not_saturate() {
+    let k = 64;
+    for isa in cpu::supported_isas() {
+        for sign in [1.0f32, -1.0] {
+            // All x = ±1 quantize to q = ±127 with d = 1/127.
+            let x = vec![sign; k];
+            for (fmt, byte) in [
+                (QuantFormat::Q8_0, 0x80u8),
+                (QuantFormat::Q8_0, 0x7F),
+                (QuantFormat::Q4_0, 0xFF),
+                (QuantFormat::Q4_0, 0x00),
+                (QuantFormat::Q4_1, 0xFF),
+            ] {
+                let mut w = vec![byte; fmt.row_bytes(k)];
+                for blk in w.chunks_exact_mut(fmt.block_bytes()) {
+                    blk[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+                    if fmt == QuantFormat::Q4_1 {
+                        blk[2..4].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+                    }
+                }
+                let want: f32 = dequantize(fmt, &w, 1, k).iter().map(|v| v * sign).sum();
+                let got = run(isa, 1, fmt, &x, &w, 1, k, 1)[0];
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs(),
+                    "{fmt:?} {isa:?} byte {byte:#x} x = {sign}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+/// Empty shapes, zero rows of x, and NaN/inf in x (NaN outputs for that row only).
+#[test]
+fn edge_cases() {
+    for fmt in formats() {
+        for isa in cpu::supported_isas() {
+            let mut y = vec![1.0; 6];
+            quant_matmul_with(isa, fmt, &[], &[], &mut y, 2, 0, 3);
+            assert_eq!(y, vec![0.0; 6]);
+            let w3 = random_weights(fmt, 3, 32, 1);
+            quant_matmul_with(isa, fmt, &[], &pack_rows(fmt, &w3, 32), &mut y, 0, 32, 3);
+            quant_matmul_with(isa, fmt, &[0.0; 64], &[], &mut y, 2, 32, 0);
+
+            let (m, k, n) = (3, 96, 5);
+            let w = random_weights(fmt, n, k, 51);
+            let mut x = vec![0.0; m * k];
+            x[k + 40] = f32::NAN;
+            x[2 * k + 3] = f32::INFINITY;
+            let y = run(isa, 1, fmt, &x, &w, m, k, n);
+            assert!(
+                y[..n].iter().all(|&v| v == 0.0),
+                "{fmt:?} {isa:?}: zero row"
+            );
+            assert!(
+                y[n..].iter().all(|v| v.is_nan()),
+                "{fmt:?} {isa:?}: NaN/inf rows"
+            );
+        }
+    }
+}
+
+/// Per-channel int8: one f16 scale per row (>= max|row| / 127), every element within half a
+/// step of its value, padding zeros, and the product equal to the Q8_0 product of those bytes.
+#[test]
+fn int8_rows_have_one_scale_and_half_step_error() {
+    for &(n, k) in &[(1usize, 32usize), (5, 48), (7, 576), (3, 1)] {
+        let mut w = random(n * k, (n * k) as u64);
+        w[0] *= 40.0; // an outlier sets row 0's scale
+        let bytes = quantize_rows_int8(&w, n, k);
+        let kp = int8::padded_cols(k);
+        let rb = QuantFormat::Q8_0.row_bytes(kp);
+        assert_eq!(bytes.len(), n * rb);
+        let deq = dequantize(QuantFormat::Q8_0, &bytes, n, kp);
+        for r in 0..n {
+            let row = &w[r * k..(r + 1) * k];
+            let amax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let blocks = &bytes[r * rb..(r + 1) * rb];
+            let d = f16::from_le_bytes([blocks[0], blocks[1]]).to_f32();
+            assert!(
+                d * 127.0 >= amax && d <= amax / 127.0 * 1.001 + 1e-7,
+                "row {r}: d {d} amax {amax}"
+            );
+            for b in blocks.chunks_exact(QuantFormat::Q8_0.block_bytes()) {
+                assert_eq!(
+                    f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    d,
+                    "one scale per row"
+                );
+            }
+            for c in 0..kp {
+                let got = deq[r * kp + c];
+                if c < k {
+                    assert!((got - row[c]).abs() <= d / 2.0 + 1e-7, "row {r} col {c}");
+                } else {
+                    assert_eq!(got, 0.0, "padding");
+                }
+            }
+        }
+    }
+}
+
+/// `cargo test --release -p fasttx-core quant -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_quant_matmul() {
+    use std::time::Instant;
+    // (1, 576, 256) stays in L2 (compute speed); n = 49152 streams ~30 MB from memory.
+    let shapes = [
+        (1, 576, 256),
+        (1, 4608, 32),
+        (1, 576, 1536),
+        (1, 576, 49152),
+        (8, 576, 1536),
+        (128, 576, 1536),
+    ];
+    for fmt in [QuantFormat::Q8_0, QuantFormat::Q4_1, QuantFormat::Q4_0] {
+        for &(m, k, n) in &shapes {
+            let w = pack_rows(fmt, &random_weights(fmt, n, k, 61), k);
+            let x = activations(m, k, 62);
+            let mut y = vec![0.0; m * n];
+            for threads in [1, 2] {
+                let bytes = w.len() as f64;
+                // Enough repetitions for ~0.3 s at ~10 GB/s, at least 5.
+                let reps = ((3e9 / bytes / m as f64) as usize).clamp(5, 3000);
+                let mut times = with_threads(threads, || {
+                    quant_matmul(fmt, &x, &w, &mut y, m, k, n); // warm-up
+                    (0..reps)
+                        .map(|_| {
+                            let t = Instant::now();
+                            quant_matmul(fmt, &x, &w, &mut y, m, k, n);
+                            t.elapsed().as_secs_f64()
+                        })
+                        .collect::<Vec<_>>()
+                });
+                times.sort_by(f64::total_cmp);
+                let (best, median) = (times[0], times[times.len() / 2]);
+                println!(
+                    "quant_matmul {fmt:?} {:?} m={m:3} k={k} n={n:5} threads={threads}: \
+                     best {:8.1} µs ({:5.1} GB/s of weights, {:6.1} GMAC/s), median {:8.1} µs ({:5.1} GB/s)",
+                    cpu::isa(),
+                    best * 1e6,
+                    bytes / best / 1e9,
+                    (m * n * k) as f64 / best / 1e9,
+                    median * 1e6,
+                    bytes / median / 1e9
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The quantized block types, each described once.
+//!
+//! Everything the rest of the crate needs to know about a block type (the tag GGUF files store
+//! it under, its name, values and bytes per block, its exact dequantization, whether
+//! [`quant_matmul`](super::quant_matmul) runs it) is one [`BlockFacts`] row, written in the type's
+//! own file (`q4_0.rs`, `q4_1.rs`, `q8_0.rs`) and listed in [`TABLE`]. The GGUF reader, the tensor
+//! layer and the kernels all read sizes from here; no other place lists them.
+//!
+//! # Adding a block type
+//! 1. A file beside `q4_0.rs` with the block layout, its `dequantize` (bit for bit as ggml's
+//!    reference `dequantize_row_*`) and its [`BlockFacts`], with `packed_kernels: false`.
+//! 2. A variant of [`QuantFormat`] and its row in [`TABLE`], in the same position.
+//!
+//! Files holding the type then load: tensors of a type the kernels do not run are dequantized to
+//! `f32` at load, as F16 ones are. To run it quantized, a type of 32-value blocks with an `f16`
+//! scale fits the packed kernels (`pack.rs`, `portable.rs` and the per-ISA files, then
+//! `packed_kernels: true`); a type of other block sizes (the K-quants' 256-value super-blocks)
+//! brings dot products of its own, dispatched from `quant_matmul`.
+
+use super::{q4_0, q4_1, q8_0};
+
+/// A quantized block type (a GGUF / ggml type). Its facts are its row of `types.rs`'s `TABLE`.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    /// `f16 d; u8 qs[16]`: `w = (nibble - 8)·d` (`q4_0.rs`).
+    Q4_0,
+    /// `f16 d; f16 m; u8 qs[16]`: `w = nibble·d + m` (`q4_1.rs`).
+    Q4_1,
+    /// `f16 d; i8 qs[32]`: `w = q·d` (`q8_0.rs`).
+    Q8_0,
+}
+
+/// What one block type is.
+pub(super) struct BlockFacts {
+    pub(super) format: QuantFormat,
+    /// ggml's tag for it (`enum ggml_type`), as GGUF tensor infos store it.
+    pub(super) ggml_id: u32,
+    /// ggml's name for it.
+    pub(super) name: &'static str,
+    /// Values per block.
+    pub(super) block_values: usize,
+    /// Bytes per block (`ggml_type_size`).
+    pub(super) block_bytes: usize,
+    /// Whole blocks to `f32` (`dst.len() / block_values` blocks in `src`, checked by the caller,
+    /// [`QuantFormat::dequantize`]).
+    pub(super) dequantize: fn(&[u8], &mut [f32]),
+    /// Whether the packed kernels of 32-value blocks run it (`pack.rs`); if not, loaders keep
+    /// it as `f32`.
+    pub(super) packed_kernels: bool,
+}
+
+/// Every block type, row `i` describing the variant with discriminant `i`.
+const TABLE: [&BlockFacts; 3] = [&q4_0::FACTS, &q4_1::FACTS, &q8_0::FACTS];
+
+impl QuantFormat {
+    const fn facts(self) -> &'static BlockFacts {
+        TABLE[self as usize]
+    }
+
+    /// Every block type, in the order of the variants.
+    pub fn all() -> impl Iterator<Item = QuantFormat> {
+        TABLE.iter().map(|f| f.format)
+    }
+
+    /// The block type stored under ggml tag `id`, if it is one of these.
+    pub fn from_ggml_id(id: u32) -> Option<QuantFormat> {
+        Self::all().find(|f| f.ggml_id() == id)
+    }
+
+    /// ggml's tag for this type, as GGUF files store it.
+    pub const fn ggml_id(self) -> u32 {
+        self.facts().ggml_id
+    }
+
+    /// ggml's name for this type (`"Q4_0"`).
+    pub const fn name(self) -> &'static str {
+        self.facts().name
+    }
+
+    /// Values per block.
+    pub const fn block_values(self) -> usize {
+        self.facts().block_values
+    }
+
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        self.facts().block_bytes
+    }
+
+    /// Bytes of one row of `k` values (`k` a multiple of [`Self::block_values`]).
+    pub const fn row_bytes(self, k: usize) -> usize {
+        k / self.block_values() * self.block_bytes()
+    }
+
+    /// `cols` rounded up to whole blocks.
+    pub const fn padded_cols(self, cols: usize) -> usize {
+        cols.next_multiple_of(self.block_values())
+    }
+
+    /// Whether [`quant_matmul`](super::quant_matmul) runs this type (otherwise its tensors are
+    /// dequantized at load).
+    pub const fn has_kernels(self) -> bool {
+        self.facts().packed_kernels
+    }
+
+    /// Converts whole blocks `src` into `dst`, bit for bit as ggml's reference dequantizer.
+    ///
+    /// # Panics
+    /// If `dst.len()` is not a whole number of blocks, or `src` does not hold exactly that many
+    /// (a caller bug: the GGUF reader checks sizes when it opens a file).
+    pub fn dequantize(self, src: &[u8], dst: &mut [f32]) {
+        let (bv, bb) = (self.block_values(), self.block_bytes());
+        assert!(
+            dst.len().is_multiple_of(bv) && src.len() == dst.len() / bv * bb,
+            "dequantize: {} bytes cannot fill {} values of {} ({bv}-value, {bb}-byte blocks)",
+            src.len(),
+            dst.len(),
+            self.name()
+        );
+        (self.facts().dequantize)(src, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each row sits at its variant's place, and tags and names are unique.
+    #[test]
+    fn table_rows_match_their_variants() {
+        for (i, facts) in TABLE.iter().enumerate() {
+            assert_eq!(facts.format as usize, i, "{}", facts.name);
+            assert_eq!(format!("{:?}", facts.format), facts.name);
+            assert_eq!(QuantFormat::from_ggml_id(facts.ggml_id), Some(facts.format));
+            assert!(facts.block_bytes > 0 && facts.block_values > 0);
+        }
+        let names: std::collections::HashSet<_> = QuantFormat::all().map(|f| f.name()).collect();
+        assert_eq!(names.len(), TABLE.len());
+        assert_eq!(QuantFormat::from_ggml_id(0), None, "F32 is no block type");
+    }
+
+    /// ggml's sizes (`ggml_type_size`, `ggml_blck_size`) and tags (ggml.h).
+    #[test]
+    fn sizes_and_tags_are_ggml_s() {
+        let want = [
+            (QuantFormat::Q4_0, 2, 32, 18),
+            (QuantFormat::Q4_1, 3, 32, 20),
+            (QuantFormat::Q8_0, 8, 32, 34),
+        ];
+        for (f, id, values, bytes) in want {
+            assert_eq!(
+                (f.ggml_id(), f.block_values(), f.block_bytes()),
+                (id, values, bytes)
+            );
+        }
+        assert_eq!(QuantFormat::Q4_1.row_bytes(96), 60);
+        assert_eq!(QuantFormat::Q8_0.padded_cols(33), 64);
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot fill")]
+    fn dequantize_rejects_partial_blocks() {
+        QuantFormat::Q8_0.dequantize(&[0; 34], &mut [0.0; 31]);
+    }
+}
