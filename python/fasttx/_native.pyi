@@ -1,7 +1,7 @@
 """Type stubs of the native extension ``fasttx._native`` (PyO3, rust/python)."""
 
 from os import PathLike
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,9 @@ class NativeModel:
     def vocab_size(self) -> int: ...
     @property
     def is_encoder_decoder(self) -> bool: ...
+    @property
+    def max_positions(self) -> Optional[int]:
+        """The position limit that caps generate's default length budget (None: no limit)."""
     @property
     def threads(self) -> int: ...
     @property
@@ -67,6 +70,13 @@ def instruction_set() -> str:
 
 def gguf_metadata(path: Union[str, PathLike[str]]) -> dict:
     """The metadata of a GGUF file (keys as stored; arrays as lists)."""
+
+def architectures() -> list[dict[str, Any]]:
+    """The supported architectures, one dict each: ``model_type`` (str), ``encoder_decoder``
+    (bool), ``gguf`` (the GGUF ``general.architecture`` whose files load as it, or None)."""
+
+def gguf_config(path: Union[str, PathLike[str]]) -> tuple[str, dict[str, Any]]:
+    """``(model_type, config)``: what a GGUF file loads as, and transformers' config.json for it."""
 
 class NativeSession:
     @property
