@@ -4,7 +4,7 @@ Checked against the built module by ``python -m mypy.stubtest fasttx._native`` (
 command): a function added to or changed in the bindings must be written here too."""
 
 from os import PathLike
-from typing import Optional, Sequence, Union, final
+from typing import Any, Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,8 @@ __all__ = [
     "NativeModel",
     "NativeSession",
     "gguf_metadata",
+    "gguf_config",
+    "architectures",
     "memory_bandwidth",
     "instruction_set",
     "__version__",
@@ -40,6 +42,9 @@ class NativeModel:
     def vocab_size(self) -> int: ...
     @property
     def is_encoder_decoder(self) -> bool: ...
+    @property
+    def max_positions(self) -> Optional[int]:
+        """The position limit that caps generate's default length budget (None: no limit)."""
     @property
     def threads(self) -> int: ...
     @property
@@ -83,6 +88,13 @@ def instruction_set() -> str:
 
 def gguf_metadata(path: Union[str, PathLike[str]]) -> dict:
     """The metadata of a GGUF file (keys as stored; arrays as lists)."""
+
+def architectures() -> list[dict[str, Any]]:
+    """The supported architectures, one dict each: ``model_type`` (str), ``encoder_decoder``
+    (bool), ``gguf`` (the GGUF ``general.architecture`` whose files load as it, or None)."""
+
+def gguf_config(path: Union[str, PathLike[str]]) -> tuple[str, dict[str, Any]]:
+    """``(model_type, config)``: what a GGUF file loads as, and transformers' config.json for it."""
 
 @final
 class NativeSession:

@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ._native import ModelFormatError, NativeModel, gguf_metadata
+from ._native import ModelFormatError, NativeModel, architectures, gguf_config, gguf_metadata
 from .generation.options import GENERATION_KEYS
 
-SUPPORTED_ARCHS = ("t5", "llama", "mistral", "qwen2", "gpt2")
 DTYPES = ("auto", "f32", "int8")
 
 
@@ -140,9 +139,10 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
         raise FileNotFoundError(f"{directory} has no config.json")
     config = _read_json(config_path)
     arch = config.get("model_type")
-    if arch not in SUPPORTED_ARCHS:
+    supported = [a["model_type"] for a in architectures()]  # the native registry's list
+    if arch not in supported:
         raise ModelFormatError(
-            f"{config_path}: unsupported architecture model_type={arch!r}; fasttx supports {', '.join(SUPPORTED_ARCHS)}"
+            f"{config_path}: unsupported architecture model_type={arch!r}; fasttx supports {', '.join(supported)}"
         )
     native = NativeModel(arch, json.dumps(config), _weight_files(directory), dtype, threads)
 
@@ -164,7 +164,6 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
         generation_config=generation_defaults(directory, config),
         path=directory,
         chat_template=_chat_template(directory),
-        max_positions=config.get("max_position_embeddings") or (config.get("n_positions") if arch == "gpt2" else None),
     )
 
 
@@ -181,62 +180,12 @@ def _chat_template(directory: Path) -> Optional[str]:
     return None
 
 
-# GGUF architectures fasttx runs, and the transformers model_type each becomes.
-GGUF_ARCHS = {"llama": "llama", "qwen2": "qwen2"}
-
-
-def config_from_gguf(meta: dict[str, Any], path: Path) -> tuple[str, dict[str, Any]]:
-    """transformers' config for a GGUF file (the mapping transformers applies when it loads one)."""
-    arch = meta.get("general.architecture")
-    if arch not in GGUF_ARCHS:
-        raise ModelFormatError(
-            f"{path}: unsupported GGUF architecture {arch!r}; fasttx runs {', '.join(GGUF_ARCHS)}"
-        )
-
-    def key(name: str, default: Any = None, required: bool = False) -> Any:
-        value = meta.get(f"{arch}.{name}", default)
-        if required and value is None:
-            raise ModelFormatError(f"{path}: GGUF metadata lacks {arch}.{name}")
-        return value
-
-    heads = key("attention.head_count", required=True)
-    hidden = key("embedding_length", required=True)
-    config: dict[str, Any] = {
-        "model_type": GGUF_ARCHS[arch],
-        "hidden_size": hidden,
-        "intermediate_size": key("feed_forward_length", required=True),
-        "num_hidden_layers": key("block_count", required=True),
-        "num_attention_heads": heads,
-        "num_key_value_heads": key("attention.head_count_kv", heads),
-        "head_dim": key("attention.key_length", key("rope.dimension_count", hidden // heads if heads else None)),
-        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-6),
-        "rope_theta": key("rope.freq_base", 10000.0),
-        "max_position_embeddings": key("context_length", 2048),
-        "vocab_size": key("vocab_size", len(meta.get("tokenizer.ggml.tokens", [])) or None),
-        "tie_word_embeddings": False,  # the native loader falls back to the embedding when output.weight is absent
-    }
-    scaling = key("rope.scaling.type")
-    if scaling not in (None, "none"):
-        config["rope_scaling"] = {
-            "rope_type": scaling,
-            "factor": key("rope.scaling.factor", 1.0),
-            "original_max_position_embeddings": key("rope.scaling.original_context_length"),
-        }
-    for name in ("bos", "eos", "pad", "unk"):
-        value = meta.get(f"tokenizer.ggml.{name}_token_id")
-        if value is not None:
-            config[f"{name}_token_id"] = value
-    if config["vocab_size"] is None:
-        raise ModelFormatError(f"{path}: GGUF metadata gives no vocabulary size")
-    return GGUF_ARCHS[arch], config
-
-
 def _load_gguf(path: Path, dtype: str, threads: int):
     from .gguf_tokenizer import tokenizer_from_gguf
     from .model import Model
 
     meta = gguf_metadata(path)
-    arch, config = config_from_gguf(meta, path)
+    arch, config = gguf_config(path)  # transformers' config.json for the file, built natively
     native = NativeModel(arch, json.dumps(config), [str(path)], dtype, threads)
     tok_path = path.parent / "tokenizer.json"
     if tok_path.is_file():
@@ -254,5 +203,4 @@ def _load_gguf(path: Path, dtype: str, threads: int):
         generation_config=generation_config,
         path=path,
         chat_template=meta.get("tokenizer.chat_template"),
-        max_positions=config.get("max_position_embeddings"),
     )

@@ -31,11 +31,9 @@ class Model:
         generation_config: dict,
         path: Path,
         chat_template: Optional[str] = None,
-        max_positions: Optional[int] = None,
     ):
         self._native = native
         self.chat_template = chat_template
-        self.max_positions = max_positions  # caps transformers' default length budget
         self.arch = arch
         self.config = config
         self.tokenizer = tokenizer
@@ -49,6 +47,12 @@ class Model:
     @property
     def is_encoder_decoder(self) -> bool:
         return self._native.is_encoder_decoder
+
+    @property
+    def max_positions(self) -> Optional[int]:
+        """The position limit that caps transformers' default length budget (the native model's
+        ``max_position_embeddings``; ``None`` for T5's relative positions)."""
+        return self._native.max_positions
 
     @property
     def vocab_size(self) -> int:

@@ -85,6 +85,12 @@ impl NativeModel {
         self.model.is_encoder_decoder()
     }
 
+    /// The position limit that caps `generate`'s default length budget (`None`: no limit).
+    #[getter]
+    fn max_positions(&self) -> Option<usize> {
+        self.model.max_positions()
+    }
+
     #[getter]
     fn threads(&self) -> usize {
         self.model.pool().current_num_threads()

@@ -16,7 +16,7 @@ use crate::tensor::{Bytes, QuantMatrix, Tensor, Weight};
 
 pub struct GgufAsHf {
     file: GgufFile,
-    /// llama.cpp permuted q/k rows (its "llama" architecture; Qwen2 files are not permuted).
+    /// llama.cpp permuted q/k rows (the architecture registry says for which files).
     permuted_qk: bool,
     n_head: usize,
     n_kv_head: usize,
@@ -32,8 +32,15 @@ enum Rows {
 }
 
 impl GgufAsHf {
-    pub fn new(file: GgufFile, n_head: usize, n_kv_head: usize, keep_quantized: bool) -> Self {
-        let permuted_qk = file.architecture() == Some("llama");
+    /// `permuted_qk`: the file's q/k rows are in llama.cpp's per-head order (`n_head` query and
+    /// `n_kv_head` key heads), to be put back into transformers'.
+    pub fn new(
+        file: GgufFile,
+        permuted_qk: bool,
+        n_head: usize,
+        n_kv_head: usize,
+        keep_quantized: bool,
+    ) -> Self {
         GgufAsHf {
             file,
             permuted_qk,

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::attention::Attention;
+use super::decoder::{DecoderSession, DecoderStack};
 use super::kv_cache::KvCache;
-use super::llama::step_positions;
-use super::{add, projection, Model, Session, StepBuffers, StepInput, TokenBatch, Want};
-use crate::decoding::log_softmax_rows;
+use super::registry::ModelConfig;
+use super::session::StepBuffers;
+use super::{add, projection, Model, Session, StepInput, TokenBatch};
 use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::WeightSource;
@@ -113,6 +114,16 @@ impl Gpt2Config {
 
     fn inner(&self) -> usize {
         self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+}
+
+impl ModelConfig for Gpt2Config {
+    fn attention_heads(&self) -> (usize, usize) {
+        (self.n_head, self.n_head)
+    }
+
+    fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
+        Ok(Arc::new(Gpt2Model::load(self.clone(), weights, threads)?))
     }
 }
 
@@ -279,28 +290,14 @@ impl Model for Gpt2Model {
 
     fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
         let cfg = &self.inner.cfg;
-        Ok(Box::new(Gpt2Session {
-            model: self.inner.clone(),
-            cache: KvCache::new(
-                cfg.n_layer,
-                input.batch,
-                cfg.n_head,
-                cfg.n_embd / cfg.n_head,
-            ),
-            real_tokens: vec![0; input.batch],
-            step: StepBuffers::default(),
-            ff: Vec::new(),
-        }))
+        let cache = KvCache::new(
+            cfg.n_layer,
+            input.batch,
+            cfg.n_head,
+            cfg.n_embd / cfg.n_head,
+        );
+        Ok(Box::new(DecoderSession::new(self.inner.clone(), cache)))
     }
-}
-
-struct Gpt2Session {
-    model: Arc<Gpt2Weights>,
-    cache: KvCache,
-    real_tokens: Vec<u32>,
-    /// Step buffers (the feed-forward's hidden layer in `ff`), reused across steps.
-    step: StepBuffers,
-    ff: Vec<f32>,
 }
 
 impl Gpt2Weights {
@@ -318,14 +315,45 @@ impl Gpt2Weights {
     }
 }
 
-impl Gpt2Session {
-    fn forward(&mut self, input: &StepInput, positions: &[u32], last_only: bool) -> Vec<f32> {
-        let w = self.model.clone();
-        let cfg = &w.cfg;
-        let (rows, n, d) = (self.cache.rows(), input.n, cfg.n_embd);
+impl DecoderStack for Gpt2Weights {
+    /// The feed-forward's hidden layer.
+    type Scratch = Vec<f32>;
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        &self.pool
+    }
+
+    fn check_positions(&self, positions: &[u32]) -> Result<()> {
+        match positions
+            .iter()
+            .find(|&&p| p as usize >= self.cfg.n_positions)
+        {
+            Some(p) => Err(Error::InvalidInput(format!(
+                "position {p} is beyond the {} positions this GPT-2 model has (input plus new tokens too long)",
+                self.cfg.n_positions
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn forward(
+        &self,
+        input: &StepInput,
+        positions: &[u32],
+        last_only: bool,
+        cache: &mut KvCache,
+        b: &mut StepBuffers,
+        ff: &mut Vec<f32>,
+    ) -> Vec<f32> {
+        let (w, cfg) = (self, &self.cfg);
+        let (rows, n, d) = (cache.rows(), input.n, cfg.n_embd);
         let (heads, hd) = (cfg.n_head, cfg.n_embd / cfg.n_head);
         let m = rows * n;
-        let mut h = std::mem::take(&mut self.step.h);
+        let mut h = std::mem::take(&mut b.h);
         h.clear();
         for (&t, &pos) in input.tokens.iter().zip(positions) {
             h.extend(
@@ -336,8 +364,7 @@ impl Gpt2Session {
                     .map(|(a, b)| a + b),
             );
         }
-        self.cache.begin_step(n, input.mask);
-        let b = &mut self.step;
+        cache.begin_step(n, input.mask);
         b.x.resize(m * d, 0.0);
         b.ctx.resize(m * d, 0.0);
         for (li, block) in w.blocks.iter().enumerate() {
@@ -355,70 +382,25 @@ impl Gpt2Session {
                 head_dim: hd,
                 scale,
                 causal: true,
-                q_offset: self.cache.len(),
+                q_offset: cache.len(),
                 bias: None,
             };
             w.norm(&h, &block.ln_1, &mut b.x);
             b.project_qkv(&block.qkv, m);
-            self.cache.write(li, &b.k, &b.v);
-            attn.run(&b.q, rows, n, &self.cache.view(li), &mut b.ctx);
+            cache.write(li, &b.k, &b.v);
+            attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
             block.attn_proj.forward_into(&b.ctx, m, &mut b.proj);
             add(&mut h, &b.proj);
             w.norm(&h, &block.ln_2, &mut b.x);
-            block.fc.forward_into(&b.x, m, &mut self.ff);
-            w.activate(&mut self.ff);
-            block.mlp_proj.forward_into(&self.ff, m, &mut b.proj);
+            block.fc.forward_into(&b.x, m, ff);
+            w.activate(ff);
+            block.mlp_proj.forward_into(ff, m, &mut b.proj);
             add(&mut h, &b.proj);
         }
-        self.cache.commit();
+        cache.commit();
         let count = b.logit_rows(&h, rows, n, d, last_only);
         w.norm(&b.last, &w.ln_f, &mut b.x);
         b.h = h;
         w.lm_head.apply(&b.x, count)
-    }
-}
-
-impl Session for Gpt2Session {
-    fn rows(&self) -> usize {
-        self.cache.rows()
-    }
-
-    fn len(&self) -> usize {
-        self.cache.len()
-    }
-
-    fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
-        let cfg = &self.model.cfg;
-        input.validate(self.rows(), cfg.vocab_size)?;
-        let mut real = self.real_tokens.clone();
-        let positions = step_positions(input, &mut real);
-        if let Some(&p) = positions.iter().find(|&&p| p as usize >= cfg.n_positions) {
-            return Err(Error::InvalidInput(format!(
-                "position {p} is beyond the {} positions this GPT-2 model has (input plus new tokens too long)",
-                cfg.n_positions
-            )));
-        }
-        self.real_tokens = real;
-        let model = self.model.clone();
-        *out = model.pool.install(|| {
-            let mut logits = self.forward(input, &positions, want.last_only);
-            if want.log_softmax {
-                log_softmax_rows(&mut logits, model.cfg.vocab_size);
-            }
-            logits
-        });
-        Ok(())
-    }
-
-    fn reorder(&mut self, source: &[usize]) -> Result<()> {
-        if let Some(&bad) = source.iter().find(|&&s| s >= self.rows()) {
-            return Err(Error::InvalidInput(format!(
-                "reorder: row {bad} does not exist (session has {})",
-                self.rows()
-            )));
-        }
-        self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
-        self.cache.reorder(source);
-        Ok(())
     }
 }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::attention::Attention;
+use super::decoder::{DecoderSession, DecoderStack};
 use super::kv_cache::KvCache;
+use super::registry::ModelConfig;
 use super::rope::{Rope, RopeAngles, RopeScaling};
-use super::{
-    add, gated_into, projection, Model, Session, StepBuffers, StepInput, TokenBatch, Want,
-};
-use crate::decoding::log_softmax_rows;
-use crate::error::{Error, Result};
+use super::session::StepBuffers;
+use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
+use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
 use crate::kernels::quant::QuantFormat;
@@ -74,16 +74,40 @@ fn get_bool(v: &Value, key: &str) -> Result<Option<bool>> {
     }
 }
 
+/// What one `model_type` of the family leaves unsaid in config.json: its transformers config
+/// class's defaults, and whether it fixes the attention biases (the registry holds one per
+/// model type).
+#[derive(Clone, Copy, Debug)]
+pub struct LlamaDefaults {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// `None`: as many as `num_attention_heads`.
+    pub num_key_value_heads: Option<usize>,
+    pub max_position_embeddings: usize,
+    pub rope_theta: f64,
+    /// Biases on q, k and v always, none on o, whatever `attention_bias` says (Qwen2).
+    pub fixed_qkv_bias: bool,
+}
+
 impl LlamaConfig {
-    /// Parses a transformers `config.json` of `model_type` "llama", "mistral" or "qwen2", with each
-    /// class's defaults.
-    pub fn from_json(arch: &str, json: &str) -> Result<Self> {
+    /// Parses a transformers `config.json` of `model_type` `arch`, whose class defaults are
+    /// `defaults`.
+    pub fn from_json(arch: &str, json: &str, defaults: &LlamaDefaults) -> Result<Self> {
         let v: Value = serde_json::from_str(json).map_err(|e| format_err!("config.json: {e}"))?;
-        let (vocab, hidden, inter, layers, heads, kv, max_pos, theta) = match arch {
-            "qwen2" => (151936, 4096, 22016, 32, 32, Some(32), 32768, 10000.0),
-            "mistral" => (32000, 4096, 14336, 32, 32, Some(8), 4096 * 32, 10000.0),
-            _ => (32000, 4096, 11008, 32, 32, None, 2048, 10000.0),
-        };
+        let LlamaDefaults {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            max_position_embeddings: max_pos,
+            rope_theta: theta,
+            fixed_qkv_bias,
+        } = *defaults;
         let hidden_size = get_usize(&v, "hidden_size")?.unwrap_or(hidden);
         let num_attention_heads = get_usize(&v, "num_attention_heads")?.unwrap_or(heads);
         if num_attention_heads == 0 || hidden_size == 0 {
@@ -136,8 +160,8 @@ impl LlamaConfig {
             rope_scaling,
             max_position_embeddings: get_usize(&v, "max_position_embeddings")?.unwrap_or(max_pos),
             tie_word_embeddings: get_bool(&v, "tie_word_embeddings")?.unwrap_or(false),
-            qkv_bias: arch == "qwen2" || attention_bias,
-            o_bias: arch != "qwen2" && attention_bias,
+            qkv_bias: fixed_qkv_bias || attention_bias,
+            o_bias: !fixed_qkv_bias && attention_bias,
             mlp_bias: get_bool(&v, "mlp_bias")?.unwrap_or(false),
         };
         if cfg.vocab_size == 0
@@ -174,6 +198,16 @@ fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
         other => Err(format_err!(
             "config.json: rope scaling '{other}' is not supported (fasttx supports default, linear and llama3)"
         )),
+    }
+}
+
+impl ModelConfig for LlamaConfig {
+    fn attention_heads(&self) -> (usize, usize) {
+        (self.num_attention_heads, self.num_key_value_heads)
+    }
+
+    fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
+        Ok(Arc::new(LlamaModel::load(self.clone(), weights, threads)?))
     }
 }
 
@@ -302,6 +336,10 @@ impl Model for LlamaModel {
         false
     }
 
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.inner.cfg.max_position_embeddings)
+    }
+
     fn decode_weight_bytes(&self) -> usize {
         let w = &self.inner;
         let layers: usize = w
@@ -323,73 +361,53 @@ impl Model for LlamaModel {
 
     fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
         let cfg = &self.inner.cfg;
-        Ok(Box::new(LlamaSession {
-            model: self.inner.clone(),
-            cache: KvCache::new(
-                cfg.num_hidden_layers,
-                input.batch,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-            ),
-            real_tokens: vec![0; input.batch],
-            scratch: Scratch::default(),
-        }))
+        let cache = KvCache::new(
+            cfg.num_hidden_layers,
+            input.batch,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        Ok(Box::new(DecoderSession::new(self.inner.clone(), cache)))
     }
 }
 
-struct LlamaSession {
-    model: Arc<LlamaWeights>,
-    cache: KvCache,
-    /// Per row: real (unmasked) tokens fed so far, the next position id in `generate`'s numbering.
-    real_tokens: Vec<u32>,
-    scratch: Scratch,
-}
-
-/// Position ids of a step: given, or transformers' `generate` rule (`cumsum(mask) - 1`, and 1 at
-/// padding), continuing each row from `real_tokens`, which is updated.
-pub(crate) fn step_positions(input: &StepInput, real_tokens: &mut [u32]) -> Vec<u32> {
-    let n = input.n;
-    let mut positions = Vec::with_capacity(input.tokens.len());
-    for (r, seen) in real_tokens.iter_mut().enumerate() {
-        for i in 0..n {
-            let real = input.mask.is_none_or(|m| m[r * n + i] != 0);
-            let pos = match input.positions {
-                Some(p) => p[r * n + i],
-                None if real => *seen,
-                None => 1,
-            };
-            positions.push(pos);
-            if real {
-                *seen += 1;
-            }
-        }
-    }
-    positions
-}
-
-/// The Llama session's step buffers: the shared ones (the residual stream among them), the
-/// feed-forward's, the rope angles.
+/// Llama's step buffers beside the shared ones: the feed-forward's and the rotary angles.
 #[derive(Default)]
 struct Scratch {
-    step: StepBuffers,
     gate_up: Vec<f32>,
     g: Vec<f32>,
     angles: RopeAngles,
 }
 
-impl LlamaSession {
-    fn forward(&mut self, input: &StepInput, positions: &[u32], last_only: bool) -> Vec<f32> {
-        let w = self.model.clone();
-        let cfg = &w.cfg;
-        let (rows, n, d) = (self.cache.rows(), input.n, cfg.hidden_size);
+impl DecoderStack for LlamaWeights {
+    type Scratch = Scratch;
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        &self.pool
+    }
+
+    fn forward(
+        &self,
+        input: &StepInput,
+        positions: &[u32],
+        last_only: bool,
+        cache: &mut KvCache,
+        b: &mut StepBuffers,
+        s: &mut Scratch,
+    ) -> Vec<f32> {
+        let (w, cfg) = (self, &self.cfg);
+        let (rows, n, d) = (cache.rows(), input.n, cfg.hidden_size);
         let (heads, kv_heads, hd) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
         let m = rows * n;
-        let s = &mut self.scratch;
-        let mut h = std::mem::take(&mut s.step.h);
+        let mut h = std::mem::take(&mut b.h);
         h.clear();
         for &t in input.tokens {
             w.embed.extend_with_row(t as usize, &mut h);
@@ -400,12 +418,11 @@ impl LlamaSession {
             head_dim: hd,
             scale: 1.0 / (hd as f32).sqrt(),
             causal: true,
-            q_offset: self.cache.len(),
+            q_offset: cache.len(),
             bias: None,
         };
-        self.cache.begin_step(n, input.mask);
+        cache.begin_step(n, input.mask);
         w.rope.angles_into(positions, &mut s.angles);
-        let b = &mut s.step;
         b.x.resize(m * d, 0.0);
         b.ctx.resize(m * heads * hd, 0.0);
         for (li, layer) in w.layers.iter().enumerate() {
@@ -413,8 +430,8 @@ impl LlamaSession {
             b.project_qkv(&layer.qkv, m);
             w.rope.apply_angles(&mut b.q, heads, &s.angles);
             w.rope.apply_angles(&mut b.k, kv_heads, &s.angles);
-            self.cache.write(li, &b.k, &b.v);
-            attn.run(&b.q, rows, n, &self.cache.view(li), &mut b.ctx);
+            cache.write(li, &b.k, &b.v);
+            attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
             layer.o.forward_into(&b.ctx, m, &mut b.proj);
             add(&mut h, &b.proj);
 
@@ -424,48 +441,11 @@ impl LlamaSession {
             layer.down.forward_into(&s.g, m, &mut b.proj);
             add(&mut h, &b.proj);
         }
-        self.cache.commit();
+        cache.commit();
 
         let count = b.logit_rows(&h, rows, n, d, last_only);
         rms_norm(&b.last, w.norm.data(), w.eps, &mut b.x);
         b.h = h;
         w.lm_head.apply(&b.x, count)
-    }
-}
-
-impl Session for LlamaSession {
-    fn rows(&self) -> usize {
-        self.cache.rows()
-    }
-
-    fn len(&self) -> usize {
-        self.cache.len()
-    }
-
-    fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
-        let cfg = &self.model.cfg;
-        input.validate(self.rows(), cfg.vocab_size)?;
-        let positions = step_positions(input, &mut self.real_tokens);
-        let model = self.model.clone();
-        *out = model.pool.install(|| {
-            let mut logits = self.forward(input, &positions, want.last_only);
-            if want.log_softmax {
-                log_softmax_rows(&mut logits, model.cfg.vocab_size);
-            }
-            logits
-        });
-        Ok(())
-    }
-
-    fn reorder(&mut self, source: &[usize]) -> Result<()> {
-        if let Some(&bad) = source.iter().find(|&&s| s >= self.rows()) {
-            return Err(Error::InvalidInput(format!(
-                "reorder: row {bad} does not exist (session has {})",
-                self.rows()
-            )));
-        }
-        self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
-        self.cache.reorder(source);
-        Ok(())
     }
 }

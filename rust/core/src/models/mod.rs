@@ -5,12 +5,20 @@
 //! encoder-decoder it runs the encoder and caches cross-attention keys/values); each
 //! [`Session::step`] feeds new tokens for every row and returns their logits; [`Session::reorder`]
 //! picks, repeats or drops rows (beam search, or expanding one prompt into several beams).
+//!
+//! Which architectures exist, under which names, is [`registry`]'s table; the sessions they share
+//! are [`decoder`] (decoder-only) and [`encoder_decoder`], over the pieces in [`session`].
 
 pub mod attention;
+mod decoder;
+mod encoder_decoder;
+pub mod gguf_config;
 pub mod gpt2;
 pub mod kv_cache;
 pub mod llama;
+pub mod registry;
 pub mod rope;
+mod session;
 pub mod t5;
 
 use std::path::PathBuf;
@@ -21,7 +29,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_hf::GgufAsHf;
 use crate::formats::safetensors::SafeTensors;
 use crate::formats::{Int8, WeightSource};
-use crate::tensor::{Linear, LinearSet};
+use crate::tensor::Linear;
 
 /// A rectangular batch of token ids with its attention mask (1 = real token, 0 = padding).
 #[derive(Clone, Debug)]
@@ -133,7 +141,10 @@ pub struct Want {
 pub trait Model: Send + Sync {
     fn vocab_size(&self) -> usize;
     fn is_encoder_decoder(&self) -> bool;
-    /// The longest input the model accepts, if it has a hard limit (learned positions).
+    /// The model's position limit (transformers' `config.max_position_embeddings`, which caps
+    /// `generate`'s default length budget): the one source of that limit. With learned positions
+    /// (GPT-2) it is also a hard limit on prompt plus new tokens. `None`: no limit (T5's relative
+    /// positions).
     fn max_positions(&self) -> Option<usize> {
         None
     }
@@ -160,12 +171,10 @@ pub trait Session: Send {
     fn reorder(&mut self, source: &[usize]) -> Result<()>;
 }
 
-/// Builds a model from a weight source (one architecture's `load`, its config captured).
-type Loader<'a> = dyn Fn(&dyn WeightSource) -> Result<Arc<dyn Model>> + 'a;
-
-/// Builds the model `arch` (transformers' `model_type`) from its config JSON and weight files:
-/// safetensors shards, or one GGUF file. `dtype` is "auto" (keep a GGUF file's Q4_0/Q4_1/Q8_0
-/// blocks and run them natively; f32 otherwise) or "f32" (dequantize everything).
+/// Builds the model `arch` (transformers' `model_type`, looked up in [`registry`]) from its
+/// config JSON and weight files: safetensors shards, or one GGUF file. `dtype` is "auto" (keep a
+/// GGUF file's Q4_0/Q4_1/Q8_0 blocks and run them natively; f32 otherwise) or "f32" (dequantize
+/// everything).
 pub fn load(
     arch: &str,
     config_json: &str,
@@ -184,52 +193,45 @@ pub fn load(
             )))
         }
     };
-    // int8 wraps whichever source the file gives.
-    let with_dtype = |w: &dyn WeightSource, load: &Loader| {
-        if int8 {
-            load(&Int8(w))
-        } else {
-            load(w)
-        }
+    let entry = registry::architecture(arch)?;
+    let gguf_file = match weight_files {
+        [one] if one.extension().is_some_and(|e| e == "gguf") => Some(one),
+        _ => None,
     };
-    let is_gguf = matches!(weight_files, [one] if one.extension().is_some_and(|e| e == "gguf"));
-    match arch {
-        "t5" | "gpt2" if is_gguf => Err(Error::Format(format!(
+    if gguf_file.is_some() && entry.gguf.is_none() {
+        return Err(Error::Format(format!(
             "{arch} models are read from safetensors, not GGUF"
-        ))),
-        "t5" => {
-            let cfg = t5::T5Config::from_json(config_json)?;
-            with_dtype(&SafeTensors::open(weight_files)?, &|w| {
-                Ok(Arc::new(t5::T5Model::load(cfg.clone(), w, threads)?))
-            })
-        }
-        "gpt2" => {
-            let cfg = gpt2::Gpt2Config::from_json(config_json)?;
-            with_dtype(&SafeTensors::open(weight_files)?, &|w| {
-                Ok(Arc::new(gpt2::Gpt2Model::load(cfg.clone(), w, threads)?))
-            })
-        }
-        "llama" | "mistral" | "qwen2" => {
-            let cfg = llama::LlamaConfig::from_json(arch, config_json)?;
-            let load = |w: &dyn WeightSource| -> Result<Arc<dyn Model>> {
-                Ok(Arc::new(llama::LlamaModel::load(cfg.clone(), w, threads)?))
-            };
-            if is_gguf {
-                let file = GgufFile::open(&weight_files[0])?;
-                let source = GgufAsHf::new(
-                    file,
-                    cfg.num_attention_heads,
-                    cfg.num_key_value_heads,
-                    keep_quantized,
-                );
-                with_dtype(&source, &load)
-            } else {
-                with_dtype(&SafeTensors::open(weight_files)?, &load)
+        )));
+    }
+    let config = (entry.config)(entry.model_type, config_json)?;
+    let source: Box<dyn WeightSource> = match (gguf_file, &entry.gguf) {
+        (Some(path), Some(gguf)) => {
+            let file = GgufFile::open(path)?;
+            // The permutation to undo is the one the file's converter applied.
+            if file.architecture() != Some(gguf.name) {
+                return Err(Error::Format(format!(
+                    "{}: a GGUF file of architecture {:?} does not load as {arch} (that needs '{}')",
+                    file.path().display(),
+                    file.architecture().unwrap_or("(none given)"),
+                    gguf.name
+                )));
             }
+            let (heads, kv_heads) = config.attention_heads();
+            Box::new(GgufAsHf::new(
+                file,
+                gguf.permuted_qk,
+                heads,
+                kv_heads,
+                keep_quantized,
+            ))
         }
-        other => Err(Error::Format(format!(
-            "unsupported architecture '{other}'; fasttx supports: t5, llama, mistral, qwen2, gpt2"
-        ))),
+        _ => Box::new(SafeTensors::open(weight_files)?),
+    };
+    // int8 wraps whichever source the file gives.
+    if int8 {
+        config.build(&Int8(source.as_ref()), threads)
+    } else {
+        config.build(source.as_ref(), threads)
     }
 }
 
@@ -237,61 +239,6 @@ pub fn load(
 pub(crate) fn add(dst: &mut [f32], src: &[f32]) {
     for (a, b) in dst.iter_mut().zip(src) {
         *a += b;
-    }
-}
-
-/// Buffers of a decoding step that every decoder needs, kept by its session so that the per-token
-/// loop does not allocate (only the returned logits are new each step).
-#[derive(Default)]
-pub(crate) struct StepBuffers {
-    /// The normalised hidden state a sublayer reads, `[m, d_model]`.
-    pub x: Vec<f32>,
-    /// Attention output before its output projection.
-    pub ctx: Vec<f32>,
-    pub q: Vec<f32>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
-    /// The output of a projection on its way into the residual stream.
-    pub proj: Vec<f32>,
-    /// The residual stream (each session takes it out for the step and puts it back, so that the
-    /// other buffers can be borrowed beside it).
-    pub h: Vec<f32>,
-    /// The hidden states the logits are computed from (see [`StepBuffers::logit_rows`]).
-    pub last: Vec<f32>,
-    qkv: Vec<f32>,
-}
-
-impl StepBuffers {
-    /// `q`, `k`, `v` ← the stacked `[q | k | v]` projection of `x` (`m` rows).
-    pub fn project_qkv(&mut self, qkv: &LinearSet, m: usize) {
-        qkv.forward_into(&self.x, m, &mut self.qkv);
-        qkv.split_into(&self.qkv, m, &mut [&mut self.q, &mut self.k, &mut self.v]);
-    }
-
-    /// The rows of the final hidden state `h: [rows, n, d]` that get logits (each row's last
-    /// position, or every position) into `last`, and `x` sized for their normalised form.
-    /// Returns how many rows.
-    pub fn logit_rows(
-        &mut self,
-        h: &[f32],
-        rows: usize,
-        n: usize,
-        d: usize,
-        last_only: bool,
-    ) -> usize {
-        self.last.clear();
-        let count = if last_only {
-            for r in 0..rows {
-                self.last
-                    .extend_from_slice(&h[((r + 1) * n - 1) * d..(r + 1) * n * d]);
-            }
-            rows
-        } else {
-            self.last.extend_from_slice(&h[..rows * n * d]);
-            rows * n
-        };
-        self.x.resize(count * d, 0.0);
-        count
     }
 }
 

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::attention::{Attention, KeyValues};
+use super::encoder_decoder::{self, EncoderDecoderStack, EncoderMemory};
 use super::kv_cache::KvCache;
-use super::{
-    add, gated_into, projection, Model, Session, StepBuffers, StepInput, TokenBatch, Want,
-};
-use crate::decoding::log_softmax_rows;
-use crate::error::{Error, Result};
+use super::registry::ModelConfig;
+use super::session::StepBuffers;
+use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
+use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
 use crate::kernels::{activation, norm::rms_norm};
@@ -186,6 +186,16 @@ impl T5Config {
     fn scales_decoder_output(&self) -> bool {
         self.scale_decoder_outputs
             .unwrap_or(self.tie_word_embeddings)
+    }
+}
+
+impl ModelConfig for T5Config {
+    fn attention_heads(&self) -> (usize, usize) {
+        (self.num_heads, self.num_heads)
+    }
+
+    fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
+        Ok(Arc::new(T5Model::load(self.clone(), weights, threads)?))
     }
 }
 
@@ -511,38 +521,6 @@ impl T5Weights {
             bias: None,
         }
     }
-
-    /// Runs the encoder over the batch: `[batch * len, d_model]` after the final norm.
-    fn encode(&self, input: &TokenBatch) -> Vec<f32> {
-        let (b, l, inner) = (input.batch, input.len, self.cfg.inner_dim());
-        let m = b * l;
-        let mut h = self.embed(&input.ids);
-        let span = 2 * l - 1;
-        let table = self.bias_table(&self.encoder_bias, true, -(l as i64 - 1), l as i64 - 1);
-        let bias = |head: usize, q: usize, k: usize| table[head * span + (k + l - 1 - q)];
-        let mut attn = self.attention_shape(false, 0);
-        attn.bias = Some(&bias);
-        let mut ctx = vec![0.0; m * inner];
-        for layer in &self.encoder {
-            let x = self.norm(&h, &layer.attn_norm);
-            let (q, k, v) = layer.attn.project(&x, m);
-            let kv = KeyValues {
-                k: &k,
-                v: &v,
-                row_stride: l * inner,
-                head_stride: self.cfg.d_kv,
-                pos_stride: inner,
-                len: l,
-                mask: Some((&input.mask, l)),
-                row_map: None,
-            };
-            attn.run(&q, b, l, &kv, &mut ctx);
-            add(&mut h, &layer.attn.o.apply(&ctx, m));
-            let x = self.norm(&h, &layer.ff_norm);
-            layer.ff.add_to(&x, m, &mut h);
-        }
-        self.norm(&h, &self.encoder_norm)
-    }
 }
 
 impl Model for T5Model {
@@ -577,81 +555,97 @@ impl Model for T5Model {
     }
 
     fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        let w = &self.inner;
-        input.check_vocab("input_ids", w.cfg.vocab_size)?;
-        if input.len == 0 {
-            return Err(Error::InvalidInput(
-                "input_ids are empty: the encoder needs at least one token".into(),
-            ));
-        }
-        let (m, inner) = (input.batch * input.len, w.cfg.inner_dim());
-        let cross = w.pool.install(|| {
-            let enc = w.encode(input);
-            w.decoder
-                .iter()
-                .map(|layer| {
-                    let kv = &layer.cross_attn.kv;
-                    let [k, v]: [Vec<f32>; 2] =
-                        kv.split(&kv.apply(&enc, m), m).try_into().expect("k, v");
-                    (k, v)
-                })
-                .collect::<Vec<_>>()
-        });
-        debug_assert!(cross.iter().all(|(k, _)| k.len() == m * inner));
-        Ok(Box::new(T5Session {
-            model: self.inner.clone(),
-            cache: KvCache::new(w.decoder.len(), input.batch, w.cfg.num_heads, w.cfg.d_kv),
-            cross,
-            source_mask: input.mask.clone(),
-            source_len: input.len,
-            row_to_input: (0..input.batch).collect(),
-            scratch: Scratch::default(),
-        }))
+        encoder_decoder::start(&self.inner, input)
     }
 }
 
-struct T5Session {
-    model: Arc<T5Weights>,
-    cache: KvCache,
-    /// Per decoder layer: cross-attention keys and values `[batch, source_len, inner]`, computed once.
-    cross: Vec<(Vec<f32>, Vec<f32>)>,
-    source_mask: Vec<u8>,
-    source_len: usize,
-    /// Which encoder input each decoder row reads (beams of one input share it).
-    row_to_input: Vec<usize>,
-    scratch: Scratch,
-}
-
-/// The T5 session's step buffers: the shared ones, the feed-forward's, the position bias table.
+/// T5's step buffers beside the shared ones: the feed-forward's and the position bias table.
 #[derive(Default)]
 struct Scratch {
-    step: StepBuffers,
     ff: [Vec<f32>; 3],
     table: Vec<f32>,
 }
 
-impl T5Session {
+impl EncoderDecoderStack for T5Weights {
+    type Scratch = Scratch;
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        &self.pool
+    }
+
+    fn decoder_attention(&self) -> (usize, usize, usize) {
+        (self.decoder.len(), self.cfg.num_heads, self.cfg.d_kv)
+    }
+
+    /// The encoder after its final norm.
+    fn encode(&self, input: &TokenBatch) -> Vec<f32> {
+        let (b, l, inner) = (input.batch, input.len, self.cfg.inner_dim());
+        let m = b * l;
+        let mut h = self.embed(&input.ids);
+        let span = 2 * l - 1;
+        let table = self.bias_table(&self.encoder_bias, true, -(l as i64 - 1), l as i64 - 1);
+        let bias = |head: usize, q: usize, k: usize| table[head * span + (k + l - 1 - q)];
+        let mut attn = self.attention_shape(false, 0);
+        attn.bias = Some(&bias);
+        let mut ctx = vec![0.0; m * inner];
+        for layer in &self.encoder {
+            let x = self.norm(&h, &layer.attn_norm);
+            let (q, k, v) = layer.attn.project(&x, m);
+            let kv = KeyValues {
+                k: &k,
+                v: &v,
+                row_stride: l * inner,
+                head_stride: self.cfg.d_kv,
+                pos_stride: inner,
+                len: l,
+                mask: Some((&input.mask, l)),
+                row_map: None,
+            };
+            attn.run(&q, b, l, &kv, &mut ctx);
+            add(&mut h, &layer.attn.o.apply(&ctx, m));
+            let x = self.norm(&h, &layer.ff_norm);
+            layer.ff.add_to(&x, m, &mut h);
+        }
+        self.norm(&h, &self.encoder_norm)
+    }
+
+    fn cross_key_values(&self, encoded: &[f32], m: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+        self.decoder
+            .iter()
+            .map(|layer| {
+                let kv = &layer.cross_attn.kv;
+                let [k, v]: [Vec<f32>; 2] =
+                    kv.split(&kv.apply(encoded, m), m).try_into().expect("k, v");
+                (k, v)
+            })
+            .collect()
+    }
+
     /// The decoder over one step's tokens (positions are the cache's own: T5 has no position ids).
     fn decode(
-        &mut self,
-        tokens: &[u32],
-        n: usize,
-        mask: Option<&[u8]>,
+        &self,
+        input: &StepInput,
         last_only: bool,
+        cache: &mut KvCache,
+        memory: &EncoderMemory,
+        b: &mut StepBuffers,
+        s: &mut Scratch,
     ) -> Vec<f32> {
-        let w = self.model.clone();
-        let cfg = &w.cfg;
-        let (rows, inner, d) = (self.cache.rows(), cfg.inner_dim(), cfg.d_model);
+        let (w, cfg) = (self, &self.cfg);
+        let (rows, n, inner, d) = (cache.rows(), input.n, cfg.inner_dim(), cfg.d_model);
         let m = rows * n;
-        let past = self.cache.len();
+        let past = cache.len();
         let total = past + n;
-        let s = &mut self.scratch;
-        let mut h = std::mem::take(&mut s.step.h);
+        let mut h = std::mem::take(&mut b.h);
         h.clear();
-        for &t in tokens {
+        for &t in input.tokens {
             h.extend_from_slice(w.embed.row(t as usize));
         }
-        self.cache.begin_step(n, mask);
+        cache.begin_step(n, input.mask);
 
         // Decoder self-attention: causal buckets of (key - query) distances in -(total-1)..=0.
         let span = total;
@@ -661,32 +655,20 @@ impl T5Session {
         let mut self_attn = w.attention_shape(true, past);
         self_attn.bias = Some(&bias);
         let cross_attn = w.attention_shape(false, 0);
-        let b = &mut s.step;
         b.ctx.resize(m * inner, 0.0);
         b.x.resize(m * d, 0.0);
 
         for (li, layer) in w.decoder.iter().enumerate() {
             rms_norm(&h, layer.self_norm.data(), w.eps, &mut b.x);
             b.project_qkv(&layer.self_attn.qkv, m);
-            self.cache.write(li, &b.k, &b.v);
-            self_attn.run(&b.q, rows, n, &self.cache.view(li), &mut b.ctx);
+            cache.write(li, &b.k, &b.v);
+            self_attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
             layer.self_attn.o.forward_into(&b.ctx, m, &mut b.proj);
             add(&mut h, &b.proj);
 
             rms_norm(&h, layer.cross_norm.data(), w.eps, &mut b.x);
             layer.cross_attn.q.forward_into(&b.x, m, &mut b.q);
-            let (ck, cv) = &self.cross[li];
-            let kv = KeyValues {
-                k: ck,
-                v: cv,
-                row_stride: self.source_len * inner,
-                head_stride: cfg.d_kv,
-                pos_stride: inner,
-                len: self.source_len,
-                mask: Some((&self.source_mask, self.source_len)),
-                row_map: Some(&self.row_to_input),
-            };
-            cross_attn.run(&b.q, rows, n, &kv, &mut b.ctx);
+            cross_attn.run(&b.q, rows, n, &memory.key_values(li), &mut b.ctx);
             layer.cross_attn.o.forward_into(&b.ctx, m, &mut b.proj);
             add(&mut h, &b.proj);
 
@@ -694,7 +676,7 @@ impl T5Session {
             let [f0, f1, f2] = &mut s.ff;
             layer.ff.add_to_with(&b.x, m, &mut h, [f0, f1, f2]);
         }
-        self.cache.commit();
+        cache.commit();
 
         let count = b.logit_rows(&h, rows, n, d, last_only);
         rms_norm(&b.last, w.decoder_norm.data(), w.eps, &mut b.x);
@@ -703,41 +685,6 @@ impl T5Session {
         }
         b.h = h;
         w.lm_head.apply(&b.x, count)
-    }
-}
-
-impl Session for T5Session {
-    fn rows(&self) -> usize {
-        self.cache.rows()
-    }
-
-    fn len(&self) -> usize {
-        self.cache.len()
-    }
-
-    fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
-        input.validate(self.rows(), self.model.cfg.vocab_size)?;
-        let model = self.model.clone();
-        *out = model.pool.install(|| {
-            let mut logits = self.decode(input.tokens, input.n, input.mask, want.last_only);
-            if want.log_softmax {
-                log_softmax_rows(&mut logits, model.cfg.vocab_size);
-            }
-            logits
-        });
-        Ok(())
-    }
-
-    fn reorder(&mut self, source: &[usize]) -> Result<()> {
-        if let Some(&bad) = source.iter().find(|&&s| s >= self.rows()) {
-            return Err(Error::InvalidInput(format!(
-                "reorder: row {bad} does not exist (session has {})",
-                self.rows()
-            )));
-        }
-        self.row_to_input = source.iter().map(|&s| self.row_to_input[s]).collect();
-        self.cache.reorder(source);
-        Ok(())
     }
 }
 

@@ -1,0 +1,93 @@
+//! The session of every decoder-only model. An architecture supplies its layer stack (a
+//! [`DecoderStack`]: embedding, blocks, head, and the step buffers only it needs); this file keeps
+//! what they all share: the self-attention cache, each row's position count, the step buffers,
+//! `step` and `reorder`.
+
+use std::sync::Arc;
+
+use super::kv_cache::KvCache;
+use super::session::{check_reorder, logits_on, step_positions, StepBuffers};
+use super::{Session, StepInput, Want};
+use crate::error::Result;
+
+/// One decoder-only architecture's weights, as a session drives them.
+pub(crate) trait DecoderStack: Send + Sync + 'static {
+    /// Step buffers beyond [`StepBuffers`] (the feed-forward's hidden layer, rotary angles, ...).
+    type Scratch: Default + Send;
+
+    fn vocab_size(&self) -> usize;
+
+    /// The threads every step runs on.
+    fn pool(&self) -> &rayon::ThreadPool;
+
+    /// Refuses a step whose position ids the model cannot embed (a learned position table ends);
+    /// checked before the session changes.
+    fn check_positions(&self, _positions: &[u32]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Runs the stack over one step's tokens at `positions`, writing their keys and values into
+    /// `cache`; returns the logits of each row's last token (`last_only`) or of every token.
+    fn forward(
+        &self,
+        input: &StepInput,
+        positions: &[u32],
+        last_only: bool,
+        cache: &mut KvCache,
+        step: &mut StepBuffers,
+        scratch: &mut Self::Scratch,
+    ) -> Vec<f32>;
+}
+
+pub(crate) struct DecoderSession<S: DecoderStack> {
+    model: Arc<S>,
+    cache: KvCache,
+    /// Per row: real (unmasked) tokens fed so far, the next position id in `generate`'s numbering.
+    real_tokens: Vec<u32>,
+    step: StepBuffers,
+    scratch: S::Scratch,
+}
+
+impl<S: DecoderStack> DecoderSession<S> {
+    /// A session of `cache.rows()` empty rows.
+    pub fn new(model: Arc<S>, cache: KvCache) -> Self {
+        DecoderSession {
+            model,
+            real_tokens: vec![0; cache.rows()],
+            cache,
+            step: StepBuffers::default(),
+            scratch: S::Scratch::default(),
+        }
+    }
+}
+
+impl<S: DecoderStack> Session for DecoderSession<S> {
+    fn rows(&self) -> usize {
+        self.cache.rows()
+    }
+
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
+        let model = self.model.clone();
+        input.validate(self.rows(), model.vocab_size())?;
+        let mut real_tokens = self.real_tokens.clone();
+        let positions = step_positions(input, &mut real_tokens);
+        model.check_positions(&positions)?;
+        self.real_tokens = real_tokens;
+        let (cache, step, scratch) = (&mut self.cache, &mut self.step, &mut self.scratch);
+        *out = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
+            model.forward(input, &positions, last_only, cache, step, scratch)
+        });
+        Ok(())
+    }
+
+    fn reorder(&mut self, source: &[usize]) -> Result<()> {
+        check_reorder(source, self.rows())?;
+        self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
+        self.cache.reorder(source);
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! What every session does the same way, whatever the architecture: per-step buffers, position ids
+//! in `generate`'s numbering, checking a reorder, and running a step's forward pass on the model's
+//! threads with the logits in the form asked for.
+
+use super::{StepInput, Want};
+use crate::decoding::log_softmax_rows;
+use crate::error::{Error, Result};
+use crate::tensor::LinearSet;
+
+/// Buffers of a decoding step that every decoder needs, kept by its session so that the per-token
+/// loop does not allocate (only the returned logits are new each step).
+#[derive(Default)]
+pub(crate) struct StepBuffers {
+    /// The normalised hidden state a sublayer reads, `[m, d_model]`.
+    pub x: Vec<f32>,
+    /// Attention output before its output projection.
+    pub ctx: Vec<f32>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    /// The output of a projection on its way into the residual stream.
+    pub proj: Vec<f32>,
+    /// The residual stream (each forward pass takes it out for the step and puts it back, so that
+    /// the other buffers can be borrowed beside it).
+    pub h: Vec<f32>,
+    /// The hidden states the logits are computed from (see [`StepBuffers::logit_rows`]).
+    pub last: Vec<f32>,
+    qkv: Vec<f32>,
+}
+
+impl StepBuffers {
+    /// `q`, `k`, `v` ← the stacked `[q | k | v]` projection of `x` (`m` rows).
+    pub fn project_qkv(&mut self, qkv: &LinearSet, m: usize) {
+        qkv.forward_into(&self.x, m, &mut self.qkv);
+        qkv.split_into(&self.qkv, m, &mut [&mut self.q, &mut self.k, &mut self.v]);
+    }
+
+    /// The rows of the final hidden state `h: [rows, n, d]` that get logits (each row's last
+    /// position, or every position) into `last`, and `x` sized for their normalised form.
+    /// Returns how many rows.
+    pub fn logit_rows(
+        &mut self,
+        h: &[f32],
+        rows: usize,
+        n: usize,
+        d: usize,
+        last_only: bool,
+    ) -> usize {
+        self.last.clear();
+        let count = if last_only {
+            for r in 0..rows {
+                self.last
+                    .extend_from_slice(&h[((r + 1) * n - 1) * d..(r + 1) * n * d]);
+            }
+            rows
+        } else {
+            self.last.extend_from_slice(&h[..rows * n * d]);
+            rows * n
+        };
+        self.x.resize(count * d, 0.0);
+        count
+    }
+}
+
+/// Position ids of a step: given, or transformers' `generate` rule (`cumsum(mask) - 1`, and 1 at
+/// padding), continuing each row from `real_tokens` (real tokens fed so far), which is updated.
+pub(crate) fn step_positions(input: &StepInput, real_tokens: &mut [u32]) -> Vec<u32> {
+    let n = input.n;
+    let mut positions = Vec::with_capacity(input.tokens.len());
+    for (r, seen) in real_tokens.iter_mut().enumerate() {
+        for i in 0..n {
+            let real = input.mask.is_none_or(|m| m[r * n + i] != 0);
+            let pos = match input.positions {
+                Some(p) => p[r * n + i],
+                None if real => *seen,
+                None => 1,
+            };
+            positions.push(pos);
+            if real {
+                *seen += 1;
+            }
+        }
+    }
+    positions
+}
+
+/// A reorder may only name rows the session has.
+pub(crate) fn check_reorder(source: &[usize], rows: usize) -> Result<()> {
+    match source.iter().find(|&&s| s >= rows) {
+        Some(&bad) => Err(Error::InvalidInput(format!(
+            "reorder: row {bad} does not exist (session has {rows})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Runs a step's forward pass (given `want.last_only`, it returns logits) on `pool`, and turns the
+/// logits into log-probabilities over `vocab` when asked.
+pub(crate) fn logits_on(
+    pool: &rayon::ThreadPool,
+    vocab: usize,
+    want: Want,
+    forward: impl FnOnce(bool) -> Vec<f32> + Send,
+) -> Vec<f32> {
+    pool.install(|| {
+        let mut logits = forward(want.last_only);
+        if want.log_softmax {
+            log_softmax_rows(&mut logits, vocab);
+        }
+        logits
+    })
+}
