@@ -62,7 +62,7 @@ def time_processing(model, logits: list[np.ndarray], prompt_len: int, options: d
     rows, vocab = logits[0].shape
     opts = resolve(options, model.generation_config, model.vocab_size)
     # As search.sample_or_greedy: the processors in numpy, sampling's warpers and draw natively.
-    procs = processors.build(opts, prompt_len, [0] * rows, beam=False, warpers=False)
+    procs = processors.build(opts, prompt_len, [0] * rows)
     rng = np.random.default_rng(0)
     history = [rng.integers(0, vocab, size=prompt_len).tolist() for _ in range(rows)]
     sampler = search.RowSampler(1, history, list(range(rows))) if opts.do_sample else None

@@ -124,11 +124,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# Shared helpers of the T5 fixture script (importing it only sets torch threads /
-# determinism and transformers' log level, as this script does anyway).
-import make_fixtures as t5fx  # noqa: E402
-
 # One thread: these models are tiny, and on a busy 2-core machine two OpenMP threads make
 # each tiny matmul ~100x slower (spin-waiting).  Decisions are checked to be robust anyway.
 torch.set_num_threads(1)
@@ -154,20 +149,30 @@ from transformers import (  # noqa: E402
     Qwen2ForCausalLM,
 )
 
+from fixturelib import (  # noqa: E402
+    FIXTURES,
+    MAX_TRIES,
+    PROMPTS,
+    ROOT,
+    TEXT_PROMPT_SETS,
+    TRAINING_LINES,
+    Checked,
+    Pools,
+    eos_ids_in_effect,
+    gen_cfg_value,
+    n_eos_finished,
+    pad_left,
+    pad_right,
+    pick,
+    rows_for,
+    strip_private,
+    write_expected,
+    write_json,
+)
+
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures"
-
-MARGIN_MIN = t5fx.MARGIN_MIN
-JITTER_EPS = t5fx.JITTER_EPS
-JITTER_RUNS = t5fx.JITTER_RUNS
-Jitter = t5fx.Jitter
-write_json = t5fx.write_json
-write_expected = t5fx.write_expected
-PROMPTS = t5fx.PROMPTS
-TEXT_PROMPT_SETS = t5fx.TEXT_PROMPT_SETS
 GGUF_FILE = "model.gguf"
 
 # ---------------------------------------------------------------------------
@@ -203,7 +208,7 @@ def build_tokenizer(style: str, vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    lines = [line for line in t5fx.CORPUS.splitlines() if line.strip()]
+    lines = TRAINING_LINES
     tok.train_from_iterator(lines * 2, trainer)
     if trailing:
         tok.add_special_tokens(trailing)
@@ -752,17 +757,6 @@ def unpermute(w: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def gen_cfg_value(model, options: dict, key: str):
-    return options[key] if key in options else getattr(model.generation_config, key)
-
-
-def eos_ids_in_effect(model, options: dict) -> list[int]:
-    eos = gen_cfg_value(model, options, "eos_token_id")
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)
-
-
 def pad_id_in_effect(model, options: dict) -> int:
     """What transformers fills finished rows with, and what users (and fasttx) pad prompts
     with: the pad token, else the first EOS id."""
@@ -771,26 +765,6 @@ def pad_id_in_effect(model, options: dict) -> int:
         return pad
     eos = eos_ids_in_effect(model, options)
     return eos[0] if eos else 0
-
-
-def pad_left(rows: list[list[int]], pad: int):
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, n - len(r):] = torch.tensor(r)
-        mask[i, n - len(r):] = 1
-    return ids, mask
-
-
-def pad_right(rows: list[list[int]], pad: int):
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 def run_generate(model, rows, options, jitter=None):
@@ -810,69 +784,6 @@ def run_generate(model, rows, options, jitter=None):
     return res
 
 
-def to_api_sequences(res, eos: list[int]) -> list[list[int]]:
-    out = []
-    for row in res.sequences[:, res.prompt_width:].tolist():
-        for j, t in enumerate(row):
-            if t in eos:
-                row = row[: j + 1]
-                break
-        out.append(row)
-    return out
-
-
-def greedy_min_margin(res, eos: list[int]) -> float:
-    seqs = res.sequences
-    finished = torch.zeros(seqs.shape[0], dtype=torch.bool)
-    best = math.inf
-    for step, sc in enumerate(res.scores):
-        top = torch.topk(sc.double(), 2, dim=-1).values
-        gap = top[:, 0] - top[:, 1]
-        for b in range(seqs.shape[0]):
-            if not finished[b]:
-                best = min(best, float(gap[b]))
-        tok = seqs[:, res.prompt_width + step]
-        finished |= torch.tensor([int(t) in eos for t in tok])
-    return best
-
-
-class Checked:
-    """Runs a case in f32 and f64 (+ jitter) and each row alone; tracks the statistics."""
-
-    def __init__(self, m32, m64):
-        self.m32, self.m64 = m32, m64
-
-    def run(self, rows, options):
-        opts = dict(options)
-        r32 = run_generate(self.m32, rows, opts)
-        r64 = run_generate(self.m64, rows, opts)
-        same = r32.sequences.shape == r64.sequences.shape and bool(torch.equal(r32.sequences, r64.sequences))
-        stable = same
-        for seed in range(JITTER_RUNS):
-            if not stable:
-                break
-            rj = run_generate(self.m64, rows, opts, Jitter(seed, JITTER_EPS))
-            stable = rj.sequences.shape == r32.sequences.shape and bool(torch.equal(rj.sequences, r32.sequences))
-        eos = eos_ids_in_effect(self.m32, opts)
-        nb = opts.get("num_beams", self.m32.generation_config.num_beams or 1)
-        margin = greedy_min_margin(r32, eos) if nb == 1 else None
-        seqs = to_api_sequences(r32, eos)
-        alone = True
-        if same and stable and len(rows) > 1:
-            n = opts.get("num_return_sequences", 1)
-            for i, r in enumerate(rows):
-                ra = run_generate(self.m32, [r], opts)
-                if to_api_sequences(ra, eos) != seqs[i * n:(i + 1) * n]:
-                    alone = False
-                    break
-        return dict(same=same, stable=stable, alone=alone, margin=margin, sequences=seqs, eos=eos,
-                    num_beams=nb, raw=r32)
-
-    @staticmethod
-    def ok(r):
-        return r["same"] and r["stable"] and r["alone"] and (r["margin"] is None or r["margin"] > MARGIN_MIN)
-
-
 def effective_max_new(model, options, width: int) -> int:
     """New-token budget of a left-padded batch `width` wide, as transformers 5.x computes it:
     max_new_tokens, else max_length - width, else (nothing set) 20 new tokens capped so that
@@ -886,79 +797,29 @@ def effective_max_new(model, options, width: int) -> int:
     return min(width + 20, model.config.max_position_embeddings) - width
 
 
-def n_eos_finished(r, max_new):
-    return sum(1 for s in r["sequences"] if s and s[-1] in r["eos"] and len(s) < max_new)
-
-
 # ---------------------------------------------------------------------------
 # Inputs and cases
 # ---------------------------------------------------------------------------
 
 
-class Pools:
+class DecoderPools(Pools):
     """Candidate prompts: tokenized sentences (with the tokenizer's BOS if it adds one) and
     random rows of ordinary tokens (no special ids)."""
 
+    medium_base = 8
+    long_base, long_spread = 20, 13
+
     def __init__(self, tok: Tokenizer, seed: int, n_special: int, bos: int | None, max_len: int):
-        self.rng = np.random.RandomState(seed)
-        self.vocab = tok.get_vocab_size()
+        super().__init__(tok, seed)
         self.lo, self.hi = n_special, self.vocab - (1 if n_special == 0 else 0)
         self.bos = bos
         self.max_len = max_len
-        self.sent = [tok.encode(p).ids for p in PROMPTS]
 
     def rand_row(self, n: int, cap: bool = True) -> list[int]:
         if cap:
             n = min(n, self.max_len)
         body = [int(x) for x in self.rng.randint(self.lo, self.hi, size=n - (self.bos is not None))]
         return ([self.bos] if self.bos is not None else []) + body
-
-    def short(self, k):
-        return self.rand_row(3 + k % 4)
-
-    def medium(self, k):
-        return self.sent[k % len(self.sent)] if k < len(self.sent) else self.rand_row(8 + k % 9)
-
-    def long(self, k):
-        return self.rand_row(20 + (7 * k) % 13)
-
-
-def rows_for(kind: str, pools: Pools, k: int):
-    if kind == "single":
-        rows = [pools.medium(k)]
-    elif kind == "single_long":
-        rows = [pools.long(k)]
-    elif kind == "ragged2":
-        rows = [pools.medium(k), pools.long(k)]
-    elif kind == "ragged3":
-        rows = [pools.long(k), pools.short(k), pools.medium(k)]
-    else:
-        raise ValueError(kind)
-    if len({len(r) for r in rows}) != len(rows):
-        return None  # ragged batches must really be ragged
-    if max(len(r) for r in rows) > pools.max_len:
-        return None  # prompt + new tokens must fit (gpt2: n_positions)
-    return rows
-
-
-MAX_TRIES = 60
-
-
-def pick(checker: Checked, pools: Pools, kind: str, options: dict, want=None, prefer=None, start=0):
-    fallback = None
-    for k in range(start, start + MAX_TRIES):
-        rows = rows_for(kind, pools, k)
-        if rows is None:
-            continue
-        r = checker.run(rows, options)
-        if Checked.ok(r) and (want is None or want(r)):
-            if prefer is None or prefer(r):
-                return rows, r
-            if fallback is None:
-                fallback = (rows, r)
-    if fallback is not None:
-        return fallback
-    raise RuntimeError(f"{checker.m32.name_or_path}: no candidate input for {kind} {options}; change seeds/scales")
 
 
 def generate_cases(name: str, checker: Checked, pools: Pools, max_total: int):
@@ -1178,10 +1039,6 @@ def logits_cases(pools: Pools, m32, m64, pad: int, long_len: int):
 # ---------------------------------------------------------------------------
 
 
-def strip_private(d: dict) -> dict:
-    return {k: v for k, v in d.items() if not k.startswith("_")}
-
-
 def model_limits(name: str) -> int:
     """Longest prompt + new tokens a case may use."""
     if name == "gpt2":
@@ -1197,7 +1054,7 @@ def logits_len(name: str) -> int:
 
 def finish(name, out, m32, tok_hf, tok, pools, pad, versions, extra=None):
     m64 = copy.deepcopy(m32).double()
-    checker = Checked(m32, m64)
+    checker = Checked(m32, m64, run_generate, alone=True)
     max_total = model_limits(name)
     lcases, arrays, ldiffs = logits_cases(pools, m32, m64, pad, logits_len(name))
     gcases = generate_cases(name, checker, pools, max_total)
@@ -1238,7 +1095,7 @@ def make_hf(name: str, versions: dict) -> dict:
         tok_hf.pad_token = tok_hf.convert_ids_to_tokens(pad)  # what users do for GPT-2
     n_special = len(TOKENIZERS[spec["tokenizer"]]["specials"])
     bos = tok.token_to_id(TOKENIZERS[spec["tokenizer"]]["bos"]) if TOKENIZERS[spec["tokenizer"]]["bos"] else None
-    pools = Pools(tok, spec["seed"] + 7, n_special, bos, model_limits(name) - 20)
+    pools = DecoderPools(tok, spec["seed"] + 7, n_special, bos, model_limits(name) - 20)
     return finish(name, out, m32, tok_hf, tok, pools, pad if spec["pad"] is not None else 0, versions)
 
 
@@ -1264,7 +1121,7 @@ def make_gguf(name: str, versions: dict) -> dict:
     m32 = load_gguf_model(out)
     q_err = verify_gguf_loaded(name, out, m32, base)
     assert eos_ids_in_effect(m32, {}) == [2] and m32.generation_config.pad_token_id == 0
-    pools = Pools(tok, GGUF_SPECS[name]["seed"] + 7, len(TOKENIZERS["llama"]["specials"]), 1, 76)
+    pools = DecoderPools(tok, GGUF_SPECS[name]["seed"] + 7, len(TOKENIZERS["llama"]["specials"]), 1, 76)
     return finish(name, out, m32, tok_hf, tok, pools, 0, versions, dict(q_err=q_err))
 
 

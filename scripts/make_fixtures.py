@@ -66,7 +66,6 @@ Usage:  python scripts/make_fixtures.py      (re-runnable, deterministic)
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -88,48 +87,38 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import (  # noqa: E402
     AutoTokenizer,
     GenerationConfig,
-    LogitsProcessor,
     LogitsProcessorList,
     T5Config,
     T5ForConditionalGeneration,
 )
 
+from fixturelib import (  # noqa: E402
+    FIXTURES,
+    MAX_TRIES,
+    PROMPTS,
+    ROOT,
+    TEXT_PROMPT_SETS,
+    TRAINING_LINES,
+    Checked,
+    Jitter,
+    Pools,
+    cache_kwargs,
+    n_eos_finished,
+    pad_right,
+    pick,
+    rows_for,
+    strip_private,
+    write_expected,
+    write_json,
+)
+
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures"
-
-MARGIN_MIN = 1e-3  # greedy: smallest allowed top-1/top-2 gap of the processed scores
-JITTER_EPS = 1e-4  # all cases: decisions must survive +-JITTER_EPS noise on every score (f64)
-JITTER_RUNS = 3
 
 # ---------------------------------------------------------------------------
 # Tokenizer
 # ---------------------------------------------------------------------------
-
-CORPUS = """\
-The quick brown fox jumps over the lazy dog.
-A small model can still learn the shape of a language.
-Translate English to German: The house is wonderful.
-Summarize: The meeting was long and nobody agreed on anything.
-In the beginning there was a simple idea: make text generation fast on a normal computer.
-Numbers like 1, 2, 3, 42 and 2024 appear in text; so do questions? And exclamations!
-She sells sea shells by the sea shore, and the shells she sells are surely sea shells.
-Rust is a systems programming language that runs blazingly fast and prevents segfaults.
-Python is often used for machine learning, data analysis, and quick experiments.
-The weather today is sunny with a light breeze from the west, perfect for a walk.
-Question: What is the capital of France? Answer: Paris is the capital of France.
-Every morning the baker wakes up early to prepare fresh bread for the village.
-Beam search keeps several hypotheses and returns the best ones by their score.
-Greedy decoding always picks the most likely next token at every single step.
-Attention lets every position look at every other position in the sequence.
-The encoder reads the whole input; the decoder writes the output one token at a time.
-Mountains, rivers, forests and oceans cover the surface of our beautiful planet.
-My favourite colours are blue, green and yellow, but my sister prefers red.
-Please remember to bring your umbrella because it might rain later this evening.
-Scientists observed that the temperature increased by two degrees over ten years.
-"""
 
 
 def build_tokenizer(vocab_size: int) -> Tokenizer:
@@ -150,7 +139,7 @@ def build_tokenizer(vocab_size: int) -> Tokenizer:
         special_tokens=["<pad>", "</s>", "<unk>"],
         show_progress=False,
     )
-    lines = [line for line in CORPUS.splitlines() if line.strip()]
+    lines = TRAINING_LINES
     tok.train_from_iterator(lines * 2, trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>",
@@ -314,30 +303,6 @@ SPECS = {
 }
 
 
-def write_json(path: Path, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-
-
-def write_expected(path: Path, obj: dict) -> None:
-    """expected.json: one case per line (readable diffs, small file)."""
-
-    def one(x):
-        return json.dumps(x, ensure_ascii=False, separators=(", ", ": "))
-
-    parts = []
-    for key, val in obj.items():
-        if isinstance(val, list):
-            body = ",\n".join("    " + one(c) for c in val)
-            parts.append(f'  "{key}": [\n{body}\n  ]' if val else f'  "{key}": []')
-        else:
-            parts.append(f'  "{key}": {one(val)}')
-    text = "{\n" + ",\n".join(parts) + "\n}\n"
-    assert json.loads(text) == obj
-    path.write_text(text, encoding="utf-8")
-
-
 def shape_weights(model: T5ForConditionalGeneration, spec: dict, gen: torch.Generator) -> None:
     """Make the random model decisive: jittered norms, strong relative biases
     (so a wrong bucket shows), spread head rows, boosted EOS rows."""
@@ -449,59 +414,9 @@ def load_model(out: Path) -> T5ForConditionalGeneration:
 # ---------------------------------------------------------------------------
 
 
-def pad_right(rows: list[list[int]]):
-    n = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), n), dtype=torch.long)
-    mask = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
-def eos_ids_in_effect(model, options: dict) -> list[int]:
-    eos = options.get("eos_token_id", model.generation_config.eos_token_id)
-    return [eos] if isinstance(eos, int) else list(eos)
-
-
-def to_api_sequences(seqs: torch.Tensor, eos: list[int]) -> list[list[int]]:
-    out = []
-    for row in seqs.tolist():
-        row = row[1:]  # drop the decoder start token
-        for j, t in enumerate(row):
-            if t in eos:
-                row = row[: j + 1]
-                break
-        out.append(row)
-    return out
-
-
-def cache_kwargs(model) -> dict:
-    """transformers 5.x sizes generate()'s default cache from config.num_hidden_layers,
-    which T5Config maps to num_layers (the ENCODER depth): with num_decoder_layers >
-    num_layers generate() dies with an IndexError in cache_utils.  Pass a lazily
-    grown cache instead (same DynamicCache layers, so the same computation)."""
-    if model.config.num_decoder_layers > model.config.num_layers:
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        return {"cache": EncoderDecoderCache(DynamicCache(), DynamicCache())}
-    return {}
-
-
-class Jitter(LogitsProcessor):
-    """Adds uniform noise in [-eps, eps] to the (processed) scores: a decision that
-    survives it is not a near-tie that another implementation could flip."""
-
-    def __init__(self, seed: int, eps: float):
-        self.gen = torch.Generator().manual_seed(seed)
-        self.eps = eps
-
-    def __call__(self, input_ids, scores):
-        noise = torch.rand(scores.shape, generator=self.gen, dtype=torch.float64).to(scores.dtype)
-        return scores + (2 * noise - 1) * self.eps
-
-
 def run_generate(model, rows, options, jitter: Jitter | None = None):
+    """generate() on right-padded (pad 0) encoder inputs; each output row starts with the
+    decoder start token."""
     ids, mask = pad_right(rows)
     extra = {"logits_processor": LogitsProcessorList([jitter])} if jitter is not None else {}
     with torch.no_grad():
@@ -515,149 +430,24 @@ def run_generate(model, rows, options, jitter: Jitter | None = None):
             output_scores=True,
             **options,
         )
+    res.prompt_width = 1  # the decoder start token
     return res
-
-
-def greedy_min_margin(res, eos: list[int], pad: int) -> float:
-    """Smallest top1-top2 gap of the processed scores over unfinished rows."""
-    seqs = res.sequences
-    finished = torch.zeros(seqs.shape[0], dtype=torch.bool)
-    best = math.inf
-    for step, sc in enumerate(res.scores):
-        top = torch.topk(sc.double(), 2, dim=-1).values
-        gap = top[:, 0] - top[:, 1]
-        for b in range(seqs.shape[0]):
-            if not finished[b]:
-                best = min(best, float(gap[b]))
-        tok = seqs[:, step + 1]
-        finished |= torch.tensor([int(t) in eos for t in tok])
-    return best
-
-
-class Checked:
-    """Runs a case in f32 and f64 and tracks the robustness statistics."""
-
-    def __init__(self, m32, m64):
-        self.m32, self.m64 = m32, m64
-
-    def run(self, rows, options):
-        opts = dict(options)
-        r32 = run_generate(self.m32, rows, opts)
-        r64 = run_generate(self.m64, rows, opts)
-        same = r32.sequences.shape == r64.sequences.shape and bool(torch.equal(r32.sequences, r64.sequences))
-        # f64 with tiny noise on every score, a few times: beam decisions must not move
-        stable = same
-        for seed in range(JITTER_RUNS):
-            if not stable:
-                break
-            rj = run_generate(self.m64, rows, opts, Jitter(seed, JITTER_EPS))
-            stable = rj.sequences.shape == r32.sequences.shape and bool(torch.equal(rj.sequences, r32.sequences))
-        eos = eos_ids_in_effect(self.m32, opts)
-        nb = opts.get("num_beams", self.m32.generation_config.num_beams or 1)
-        margin = None
-        if nb == 1:
-            margin = greedy_min_margin(r32, eos, 0)
-        seqs = to_api_sequences(r32.sequences, eos)
-        return dict(same=same, stable=stable, margin=margin, sequences=seqs, eos=eos, num_beams=nb, raw=r32)
-
-    @staticmethod
-    def ok(r):
-        return r["same"] and r["stable"] and (r["margin"] is None or r["margin"] > MARGIN_MIN)
 
 
 def effective_max_new(model, options):
     return options.get("max_new_tokens", model.generation_config.max_new_tokens)
 
 
-def n_eos_finished(r, max_new):
-    """Rows that end with an EOS before max_new_tokens was reached."""
-    return sum(1 for s in r["sequences"] if s and s[-1] in r["eos"] and len(s) < max_new)
-
-
 # ---------------------------------------------------------------------------
 # Inputs and cases
 # ---------------------------------------------------------------------------
 
-PROMPTS = [
-    "Translate English to German: The house is wonderful.",
-    "Summarize: Every morning the baker wakes up early.",
-    "Question: What is the capital of France?",
-    "The quick brown fox",
-    "Beam search keeps several hypotheses and returns the best ones.",
-    "Rust is fast.",
-    "My sister prefers red, but I like blue and green.",
-    "Please bring your umbrella.",
-    "Scientists observed the planet for ten years and found rivers.",
-    "hello world",
-    "Numbers like 7 and 2024 appear in the text of the meeting.",
-    "A normal computer can run a small model.",
-]
-
-
-class Pools:
-    def __init__(self, tok: Tokenizer, seed: int):
-        self.tok = tok
-        self.rng = np.random.RandomState(seed)
-        self.vocab = tok.get_vocab_size()
-        self.sent = [tok.encode(p).ids for p in PROMPTS]
+class T5Pools(Pools):
+    """Random rows of ordinary (non-special) tokens end with </s>, as T5 inputs do."""
 
     def rand_row(self, n: int) -> list[int]:
-        # n tokens including the trailing </s>; ids are ordinary (non-special) tokens
+        # n tokens including the trailing </s>
         return [int(x) for x in self.rng.randint(3, self.vocab, size=n - 1)] + [1]
-
-    def short(self, k):
-        return self.rand_row(3 + k % 4)
-
-    def medium(self, k):
-        return self.sent[k % len(self.sent)] if k < len(self.sent) else self.rand_row(10 + k % 9)
-
-    def long(self, k):
-        return self.rand_row(30 + (7 * k) % 31)
-
-
-def rows_for(kind: str, pools: Pools, k: int) -> list[list[int]] | None:
-    rows = _rows_for(kind, pools, k)
-    if len({len(r) for r in rows}) != len(rows):
-        return None  # ragged batches must really be ragged
-    return rows
-
-
-def _rows_for(kind: str, pools: Pools, k: int) -> list[list[int]]:
-    if kind == "single":
-        return [pools.medium(k)]
-    if kind == "single_long":
-        return [pools.long(k)]
-    if kind == "ragged2":
-        return [pools.medium(k), pools.long(k)]
-    if kind == "ragged3":
-        return [pools.long(k), pools.short(k), pools.medium(k)]
-    raise ValueError(kind)
-
-
-MAX_TRIES = 60
-
-
-def pick(checker: Checked, pools: Pools, kind: str, options: dict, want=None, prefer=None):
-    """First candidate input (deterministic order) that passes the robustness
-    checks and the case-specific predicate `want(result)`.  `prefer` is a
-    softer predicate: the first candidate satisfying it is taken if there is
-    one, else the first that passes `want`."""
-    fallback = None
-    for k in range(MAX_TRIES):
-        rows = rows_for(kind, pools, k)
-        if rows is None:
-            continue
-        r = checker.run(rows, options)
-        if Checked.ok(r) and (want is None or want(r)):
-            if prefer is None or prefer(r):
-                return rows, r
-            if fallback is None:
-                fallback = (rows, r)
-    if fallback is not None:
-        return fallback
-    raise RuntimeError(
-        f"{checker.m32.name_or_path}: no candidate input for {kind} {options} passed the checks; change seeds/scales"
-    )
 
 
 def generate_cases(model_name: str, checker: Checked, pools: Pools):
@@ -781,14 +571,6 @@ def generate_cases(model_name: str, checker: Checked, pools: Pools):
     return cases
 
 
-TEXT_PROMPT_SETS = [
-    ["Translate English to German: The house is wonderful.", "Question: What is the capital of France?"],
-    ["Summarize: The meeting was long.", "hello world", "Rust is a systems programming language that runs fast."],
-    ["The quick brown fox", "Please remember to bring your umbrella because it might rain."],
-    ["My favourite colours are blue and green.", "Every morning the baker wakes up early."],
-]
-
-
 def text_cases(model_name: str, tok_hf, checker: Checked):
     sharded = model_name == "t5_sharded"
     specs = [
@@ -876,10 +658,6 @@ def verify_loaded(name: str, out: Path, m32) -> None:
     assert m32.decoder.embed_tokens.weight.data_ptr() == m32.shared.weight.data_ptr()
 
 
-def strip_private(d: dict) -> dict:
-    return {k: v for k, v in d.items() if not k.startswith("_")}
-
-
 def make_one(name: str, versions: dict) -> dict:
     import copy
 
@@ -902,8 +680,8 @@ def make_one(name: str, versions: dict) -> dict:
     m32 = load_model(out)
     verify_loaded(name, out, m32)
     m64 = copy.deepcopy(m32).double()
-    checker = Checked(m32, m64)
-    pools = Pools(tok, spec["seed"] + 7)
+    checker = Checked(m32, m64, run_generate, alone=False)
+    pools = T5Pools(tok, spec["seed"] + 7)
 
     lcases, arrays, ldiffs = logits_cases(pools, m32, m64)
     gcases = generate_cases(name, checker, pools)

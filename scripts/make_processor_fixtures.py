@@ -65,7 +65,6 @@ Usage:  python scripts/make_processor_fixtures.py      (re-runnable, determinist
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,7 +85,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "processors"
+from fixturelib import FIXTURES
+
+OUT = FIXTURES / "processors"
 PAD = 0
 PERMUTATIONS = 16  # column permutations tried per warper case to find tie-order-dependent tokens
 

@@ -49,8 +49,9 @@ import transformers
 from gguf import GGUFValueType as VT
 from transformers import AutoTokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "tests" / "fixtures" / "smollm2"
+from fixturelib import FIXTURES, ROOT
+
+OUT = FIXTURES / "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SPM = OUT / "tiny_spm.gguf"
 

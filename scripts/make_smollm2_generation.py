@@ -21,9 +21,11 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from fixturelib import FIXTURES
+
 MESSAGES = [{"role": "user", "content": "Write a short news report about artificial intelligence."}]
 NEW_TOKENS = 128
-OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "smollm2_generation"
+OUT = FIXTURES / "smollm2_generation"
 
 
 def main(gguf: str) -> None:

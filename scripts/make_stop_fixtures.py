@@ -16,14 +16,13 @@ Writes ``tests/fixtures/stop_strings/expected.json``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures"
+from fixturelib import FIXTURES, cache_kwargs
+
 OUT = FIXTURES / "stop_strings" / "expected.json"
 
 PROMPTS = [
@@ -42,16 +41,6 @@ def load(name: str):
     tok = PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"))
     cls = AutoModelForSeq2SeqLM if name.startswith("t5") else AutoModelForCausalLM
     return cls.from_pretrained(d, dtype=torch.float32).eval(), tok
-
-
-def cache_kwargs(model) -> dict:
-    """A lazily grown cache for T5 with more decoder than encoder layers (transformers 5.24 sizes
-    the default cache by the encoder depth and fails; see scripts/make_fixtures.py)."""
-    if model.config.is_encoder_decoder and model.config.num_decoder_layers > model.config.num_layers:
-        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-        return {"past_key_values": EncoderDecoderCache(DynamicCache(), DynamicCache())}
-    return {}
 
 
 def new_tokens(model, ids, out) -> list[int]:

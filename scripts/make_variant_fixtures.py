@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "variants"
+from fixturelib import FIXTURES
+
+OUT = FIXTURES / "variants"
 INPUTS = [[5, 17, 33, 2, 99, 7], [1, 2, 3], [100, 101, 50, 50, 50, 9, 8, 7, 6]]
 
 

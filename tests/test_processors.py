@@ -1,22 +1,21 @@
 """fasttx's logits processors against transformers' own (fixtures: scripts/make_processor_fixtures.py).
 
-Every case applies fasttx's processors the way ``fasttx.generation.search`` does (a float32
-``[rows, vocab]`` array modified in place, the per-row histories transformers keeps in
-``input_ids``, the row indices) and compares with what transformers' processors produced on the
-same input: ``-inf`` at the same positions and the finite values equal within 1e-6.
+Every case applies fasttx's processors the way ``fasttx.generation.search`` does (the Python
+processors on a float32 ``[rows, vocab]`` array modified in place, given the per-row histories
+transformers keeps in ``input_ids`` and the row indices; then, when sampling, the native warpers
+``warp_rows``, the code behind ``sample_rows``) and compares with what transformers' processors
+produced on the same input: ``-inf`` at the same positions and the finite values equal within 1e-6.
 
 Where the fixture marks tokens as ambiguous (a tie straddling a top-p / min-p cut, on which
 transformers' result depends on the order torch's unstable sort leaves equal values in), fasttx's
 result must be one transformers could have produced: the same number of those tokens removed in
 each row, the kept ones with their value. fasttx's own rule there (lower token id first) is
-checked separately, as is every other token exactly. The native warpers sampling runs
-(``warp_rows``, the code behind ``sample_rows``) are held to the same cases. No torch needed.
+checked separately, as is every other token exactly. No torch needed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,34 +41,53 @@ HISTORIES = DOC["histories"]
 GENERATE = [c for c in CASES if c["kind"] == "generate"]
 
 
-def fasttx_processors(case: dict, history: dict, vocab: int) -> list:
-    """The fasttx processors for a case, built as search.py builds them."""
+def fasttx_processors(case: dict, history: dict, vocab: int) -> tuple[list, processors.Warpers | None]:
+    """The Python processors and the native warpers' settings (None: no warpers) for a case, made
+    as search.py makes them."""
     p = case.get("params", {})
     kind = case["kind"]
     rows = len(history["ids"])
     if kind == "repetition_penalty":
         padding = history["padding"] if p["ignore_padding"] else [0] * rows
-        return [processors.repetition_penalty(p["penalty"], padding)]
+        return [processors.repetition_penalty(p["penalty"], padding)], None
     if kind == "no_repeat_ngram":
-        return [processors.no_repeat_ngram(p["n"])]
+        return [processors.no_repeat_ngram(p["n"])], None
     if kind == "min_length":  # MinLengthLogitsProcessor: the whole sequence counts
-        return [processors.suppress_eos_until(p["min_length"], 0, list(np.atleast_1d(p["eos"])))]
+        return [processors.suppress_eos_until(p["min_length"], 0, list(np.atleast_1d(p["eos"])))], None
     if kind == "min_new_tokens":
-        return [processors.suppress_eos_until(p["min_new_tokens"], history["prompt_len"], p["eos"])]
+        return [processors.suppress_eos_until(p["min_new_tokens"], history["prompt_len"], p["eos"])], None
     if kind == "temperature":
-        return [processors.temperature(p["t"])]
+        return [], processors.Warpers(p["t"], 0, 1.0, None, 1)
     if kind == "top_k":
-        return [processors.top_k(p["k"], p["min_keep"])]
+        return [], processors.Warpers(1.0, p["k"], 1.0, None, p["min_keep"])
     if kind == "top_p":
-        return [processors.top_p(p["p"], p["min_keep"])]
+        return [], processors.Warpers(1.0, 0, p["p"], None, p["min_keep"])
     if kind == "min_p":
-        return [processors.min_p(p["p"], p["min_keep"])]
+        return [], processors.Warpers(1.0, 0, 1.0, p["p"], p["min_keep"])
     if kind == "generate":
         options = dict(case["options"])
-        beams = options.pop("num_beams", 1)  # build() takes beam search as a flag
+        beams = options.pop("num_beams", 1)  # search.py takes beam search as a flag
         opts = resolve(options, case["model_defaults"], vocab)
-        return processors.build(opts, history["prompt_len"], history["padding"], beam=beams > 1)
+        warpers = processors.warpers(opts, beam=beams > 1) if opts.do_sample else None
+        return processors.build(opts, history["prompt_len"], history["padding"]), warpers
     raise AssertionError(f"unknown kind {kind}")
+
+
+def apply_as_search(native, case: dict, history: dict, scores: np.ndarray, rows: list[int]) -> np.ndarray:
+    """``scores`` (the given ``rows`` of the case) after the case's processors, then its warpers."""
+    procs, warpers = fasttx_processors(case, history, scores.shape[1])
+    hist = [list(history["ids"][r]) for r in rows]
+    processors.apply_all(procs, scores, hist, rows)
+    assert hist == [history["ids"][r] for r in rows], "processors must not change the histories"
+    if warpers is None:
+        return scores
+    return np.asarray(native.warp_rows(np.ascontiguousarray(scores), *warpers))
+
+
+@pytest.fixture(scope="module")
+def native(load_fixture_model):
+    """A native model: the warpers are methods of one (any fixture model serves)."""
+    return load_fixture_model("llama_gqa")._native
 
 
 def assert_like_transformers(got: np.ndarray, expected: np.ndarray, ambiguous: list, rows=None, where: str = ""):
@@ -102,67 +120,25 @@ def assert_like_transformers(got: np.ndarray, expected: np.ndarray, ambiguous: l
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_matches_transformers(case):
+def test_matches_transformers(case, native):
     history = HISTORIES[case["history"]]
     scores = ARRAYS[f"scores/{case['scores']}"].copy()
     expected = ARRAYS[f"expected/{case['name']}"]
-    procs = fasttx_processors(case, history, scores.shape[1])
-    hist = [list(h) for h in history["ids"]]
-    processors.apply_all(procs, scores, hist, list(range(len(hist))))
-    assert hist == history["ids"], "processors must not change the histories"
-    assert_like_transformers(scores, expected, case["ambiguous"], where=case["name"])
+    got = apply_as_search(native, case, history, scores, list(range(scores.shape[0])))
+    assert_like_transformers(got, expected, case["ambiguous"], where=case["name"])
 
 
 @pytest.mark.parametrize("case", GENERATE, ids=[c["name"] for c in GENERATE])
-def test_rows_subset(case):
+def test_rows_subset(case, native):
     """search.py drops finished rows: the processors then see a subset of the rows, named by their
     original index (per-row settings such as the prompt padding follow the index)."""
     history = HISTORIES[case["history"]]
     full = ARRAYS[f"scores/{case['scores']}"]
     n = full.shape[0]
     keep = [r for r in range(n) if r % 3 != 1]
-    scores = full[keep].copy()
-    procs = fasttx_processors(case, history, full.shape[1])
-    processors.apply_all(procs, scores, [list(history["ids"][r]) for r in keep], keep)
+    got = apply_as_search(native, case, history, full[keep].copy(), keep)
     expected = ARRAYS[f"expected/{case['name']}"][keep]
-    assert_like_transformers(scores, expected, case["ambiguous"], rows=keep, where=case["name"])
-
-
-WARPER_KINDS = {"temperature", "top_k", "top_p", "min_p"}
-NATIVE = [c for c in CASES if c["kind"] in WARPER_KINDS or (c["kind"] == "generate" and c["options"].get("do_sample"))]
-
-
-@pytest.mark.parametrize("case", NATIVE, ids=[c["name"] for c in NATIVE])
-def test_native_warpers_match_transformers(case, load_fixture_model):
-    """Sampling runs the warpers natively (search.sample_tokens -> ``sample_rows``); ``warp_rows``
-    is the same code returning the warped scores. The other processors run in Python first, as
-    search.py runs them (``build`` without the warpers)."""
-    native = load_fixture_model("llama_gqa")._native
-    if not hasattr(native, "warp_rows"):
-        pytest.skip("this build has no native warpers")
-    history = HISTORIES[case["history"]]
-    scores = ARRAYS[f"scores/{case['scores']}"].copy()
-    p = case.get("params", {})
-    kind = case["kind"]
-    if kind == "generate":
-        options = dict(case["options"])
-        beams = options.pop("num_beams", 1)
-        opts = resolve(options, case["model_defaults"], scores.shape[1])
-        procs = processors.build(replace(opts, do_sample=False), history["prompt_len"], history["padding"], beam=False)
-        processors.apply_all(procs, scores, [list(h) for h in history["ids"]], list(range(scores.shape[0])))
-        eos = opts.eos_token_id
-        min_keep = (len(eos) + 1 if eos else 2) if beams > 1 else 1
-        args = (opts.temperature, opts.top_k or 0, opts.top_p, opts.min_p, min_keep)
-    else:
-        args = {
-            "temperature": lambda: (p.get("t"), 0, 1.0, None, 1),
-            "top_k": lambda: (1.0, p.get("k"), 1.0, None, p.get("min_keep")),
-            "top_p": lambda: (1.0, 0, p.get("p"), None, p.get("min_keep")),
-            "min_p": lambda: (1.0, 0, 1.0, p.get("p"), p.get("min_keep")),
-        }[kind]()
-    got = np.asarray(native.warp_rows(np.ascontiguousarray(scores), *args))
-    expected = ARRAYS[f"expected/{case['name']}"]
-    assert_like_transformers(got, expected, case["ambiguous"], where=case["name"])
+    assert_like_transformers(got, expected, case["ambiguous"], rows=keep, where=case["name"])
 
 
 def test_fixture_coverage():
@@ -190,34 +166,51 @@ def test_fixture_coverage():
 
 
 def test_build_follows_transformers_order_and_defaults():
-    """build() makes the list _get_logits_processor makes: same length as the captured list for the
-    option sets whose transformers list has no redundant MinLength entry."""
+    """build() makes the list _get_logits_processor makes up to the warpers: same length as the
+    captured list for the option sets whose transformers list has no redundant MinLength entry;
+    warpers() switches on the warpers transformers appends, with its min_tokens_to_keep."""
     for case in GENERATE:
         history = HISTORIES[case["history"]]
-        procs = fasttx_processors(case, history, ARRAYS[f"scores/{case['scores']}"].shape[1])
-        hf = [n for n in case["hf"]]
+        procs, warpers = fasttx_processors(case, history, ARRAYS[f"scores/{case['scores']}"].shape[1])
+        hf = [n for n in case["hf"] if "LogitsWarper" not in n]
+        hf_warpers = [n for n in case["hf"] if "LogitsWarper" in n]
         # transformers adds MinLength(min_new_tokens + prompt length) next to MinNewTokens: same effect.
         if "min_new_tokens" in case["options"]:
             hf = [n for n in hf if not n.startswith("MinLengthLogitsProcessor")]
         assert len(procs) == len(hf), (case["name"], hf)
+        on = []
+        if warpers is not None:
+            on = [
+                name
+                for name, active in [
+                    ("Temperature", warpers.temperature != 1.0),
+                    ("TopK", warpers.top_k != 0),
+                    ("TopP", warpers.top_p < 1.0),
+                    ("MinP", warpers.min_p is not None),
+                ]
+                if active
+            ]
+            keep = f"min_tokens_to_keep={warpers.min_keep})"
+            assert all(n.endswith(keep) for n in hf_warpers if not n.startswith("Temperature")), case["name"]
+        assert [n.split("LogitsWarper")[0] for n in hf_warpers] == on, case["name"]
 
 
 # fasttx's own rule for equal scores at a cut (transformers leaves it to torch's unstable sort):
 # the lower token id wins, as with argmax.
 
 
-def test_top_p_tie_keeps_lower_ids():
+def test_top_p_tie_keeps_lower_ids(native):
     s = np.array([[1.0, 2.0, 2.0, 2.0, 2.0, 0.0]], dtype=np.float32)
     # Probabilities .030 (id 5), .082 (id 0), then four of .222: the tail up to 1 - p = .5 holds
     # ids 5, 0 and one of the tied four; it is the highest id, 4.
-    processors.top_p(0.5, 1)(s, [[]], [0])
-    assert np.isneginf(s).tolist() == [[True, False, False, False, True, True]]
+    got = native.warp_rows(s, *processors.Warpers(1.0, 0, 0.5, None, 1))
+    assert np.isneginf(got).tolist() == [[True, False, False, False, True, True]]
 
 
-def test_min_p_min_keep_tie_keeps_lower_ids():
+def test_min_p_min_keep_tie_keeps_lower_ids(native):
     s = np.array([[0.0, 9.0, 0.0, 0.0, 0.0]], dtype=np.float32)
-    processors.min_p(0.5, 3)(s, [[]], [0])
-    assert np.isneginf(s).tolist() == [[False, False, False, True, True]]
+    got = native.warp_rows(s, *processors.Warpers(1.0, 0, 1.0, 0.5, 3))
+    assert np.isneginf(got).tolist() == [[False, False, False, True, True]]
 
 
 def test_processors_ignore_ids_outside_the_scores():

@@ -77,7 +77,8 @@ class NativeModel:
         min_p: Optional[float],
         min_keep: int,
     ) -> npt.NDArray[np.float32]:
-        """``scores`` after the warpers of ``sample_rows``: removed tokens are -inf."""
+        """``scores`` after the warpers of ``sample_rows``: removed tokens are -inf (beam sampling
+        warps its log-probabilities with it)."""
 
 def memory_bandwidth(threads: int, megabytes: int = 1024) -> float:
     """The machine's memory read bandwidth in GB/s (best of parallel reads of a buffer)."""

@@ -64,17 +64,11 @@ class RowSampler:
 
 def sample_tokens(native_model, scores: np.ndarray, opts: GenerationOptions, sampler: RowSampler, rows) -> list[int]:
     """transformers' sampling warpers (temperature, top-k, top-p, min-p, in that order) and a draw
-    per row, natively (``fasttx.generation.processors`` holds the same warpers in numpy, the
-    readable reference): the row's uniform number picks a token by cumulative probability."""
-    top_k = opts.top_k or 0
+    per row, natively: the row's uniform number picks a token by cumulative probability."""
     return native_model.sample_rows(
         np.ascontiguousarray(scores, dtype=np.float32),
         sampler.uniforms(rows),
-        opts.temperature,
-        top_k,
-        opts.top_p,
-        opts.min_p,
-        1,
+        *processors.warpers(opts, beam=False),
     )
 
 
@@ -94,7 +88,7 @@ def sample_or_greedy(
     (stop strings)."""
     rows = len(prompt.history)
     # Sampling's warpers run natively in `sample_tokens`; the other processors here.
-    procs = processors.build(opts, prompt.prompt_len, prompt.padding(), beam=False, warpers=False)
+    procs = processors.build(opts, prompt.prompt_len, prompt.padding())
     eos = set(opts.eos_token_id)
     active = list(range(rows))  # session row i decodes original row active[i]
     tokens, mask = prompt.first_tokens, prompt.first_mask
@@ -153,7 +147,8 @@ def beam_search(
     max_length = p0 + budget
     lp = opts.length_penalty
     es = opts.early_stopping
-    procs = processors.build(opts, p0, prompt.padding(), beam=True)
+    procs = processors.build(opts, p0, prompt.padding())
+    warpers = processors.warpers(opts, beam=True) if opts.do_sample else None
 
     if budget == 0:
         return [[] for _ in range(batch * opts.num_return_sequences)]
@@ -183,6 +178,10 @@ def beam_search(
         flat = running.reshape(batch * K, max_length)
         if procs:
             processors.apply_all(procs, log_probs, [row[:cur_len].tolist() for row in flat], range(batch * K))
+        if warpers is not None:
+            # Beam sampling warps each beam's processed log-probabilities, before the beam's
+            # running score is added.
+            log_probs = native_model.warp_rows(np.ascontiguousarray(log_probs, dtype=np.float32), *warpers)
         scores = (log_probs.reshape(batch, K, vocab) + running_scores[:, :, None]).reshape(batch, K * vocab)
         scores = np.ascontiguousarray(scores, dtype=np.float32)
         if opts.do_sample:

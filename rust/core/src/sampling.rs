@@ -1,14 +1,17 @@
 //! Sampling's logits warpers and the draw, per row, with transformers' semantics
 //! (`TemperatureLogitsWarper`, `TopKLogitsWarper`, `TopPLogitsWarper`, `MinPLogitsWarper`, applied
-//! in that order, then a draw from the softmax of what is left).
+//! in that order, then a draw from the softmax of what is left). These are fasttx's only warpers:
+//! sampling draws with [`sample_row`], beam sampling warps its log-probabilities with
+//! [`warp_row`]. Both are tested against transformers' outputs (tests/fixtures/processors).
 //!
 //! Why native: over a 50k vocabulary the warpers' sorts and the draw's normalisation cost several
 //! milliseconds a row in numpy, as much as a decoding step. Here the expensive parts are linear:
-//! top-k is a selection, and top-p sorts only the few tokens that can hold the kept mass (the
-//! rest of the row is split off with a selection, see [`top_p`]).
+//! top-k is a selection, and top-p finds its cut by a selection too (see [`top_p`]).
 //!
-//! The Python warpers in `fasttx.generation.processors` are the readable reference; both are tested
-//! against transformers' outputs (tests/fixtures/processors).
+//! Where transformers' result hangs on float rounding, the rounding is torch's: top-p's running
+//! sum is accumulated in f64 and rounded to f32 and its bound `1 - p` is an f32, min-p compares
+//! f32 probabilities with an f32 threshold. Among equal scores at a cut (which transformers leaves
+//! to torch's unstable sort) lower token ids are kept, as argmax keeps them.
 
 use crate::error::{Error, Result};
 use crate::kernels::{softmax::softmax, topk::topk};
@@ -19,7 +22,8 @@ use crate::kernels::{softmax::softmax, topk::topk};
 pub struct Warpers {
     pub temperature: f32,
     pub top_k: usize,
-    pub top_p: f32,
+    /// f64: transformers compares with `1 - top_p` computed from the Python float, then rounded.
+    pub top_p: f64,
     pub min_p: Option<f32>,
     /// Tokens every warper keeps at least (transformers' `min_keep`: 1, or 2 in beam search).
     pub min_keep: usize,
@@ -142,6 +146,9 @@ fn kept_tokens(scores: &[f32], w: &Warpers) -> Vec<u32> {
         cand = top_p(cand, w.top_p, min_keep);
     }
     if let Some(p) = w.min_p {
+        // Min-p's softmax over the candidates in token order, as they stand in the row (top-p
+        // leaves them in selection order).
+        cand.sort_unstable_by_key(|c| c.1);
         cand = min_p(cand, p, min_keep);
     }
     let mut kept: Vec<u32> = cand.into_iter().map(|(_, i)| i).collect();
@@ -149,104 +156,171 @@ fn kept_tokens(scores: &[f32], w: &Warpers) -> Vec<u32> {
     kept
 }
 
-/// transformers' `TopPLogitsWarper`: in ascending (stable) order, drop the prefix whose cumulative
-/// probability is `<= 1 - p`, keeping at least `min_keep` tokens.
+/// A candidate for top-p: (warped score, token, probability).
+type Weighted = (f32, u32, f64);
+
+/// The order transformers' top-p walks: ascending score; among equal scores (where transformers'
+/// order is whatever torch's unstable sort leaves) higher tokens first, so that lower tokens are
+/// kept, as argmax and min-p keep them. `-0.0` and `0.0` are equal, as in a sort.
+fn ascending(a: &Weighted, b: &Weighted) -> std::cmp::Ordering {
+    (a.0 + 0.0).total_cmp(&(b.0 + 0.0)).then(b.1.cmp(&a.1))
+}
+
+/// transformers' `TopPLogitsWarper`: sort ascending, `probs = softmax`, `cum = cumsum(probs)`,
+/// drop the tokens where `cum <= 1 - p`, keeping at least the `min_keep` largest. As torch
+/// computes it on the CPU: the cumulative sum of float32 probabilities is accumulated in f64 and
+/// each entry rounded to f32, and `1 - p` (a Python float) is rounded to f32 for the comparison.
+/// (The probabilities are this crate's f32 softmax, normalised in f64: within an ulp or so of
+/// torch's.)
 ///
-/// Without sorting: a selection by cumulative mass (quickselect that carries the mass of the
-/// part it discards). The order is ascending score; among equal scores (where transformers' order
-/// is whatever torch's unstable sort leaves) higher tokens come first, so lower tokens are kept,
-/// as in the numpy reference, argmax and min-p.
-fn top_p(mut cand: Vec<(f32, u32)>, p: f32, min_keep: usize) -> Vec<(f32, u32)> {
+/// Without sorting where it can: [`dropped_by_selection`] finds the cut in linear time and
+/// certifies it; only a cut within float rounding of the bound falls back to the sort.
+fn top_p(cand: Vec<(f32, u32)>, p: f64, min_keep: usize) -> Vec<(f32, u32)> {
     let n = cand.len();
     if n <= min_keep {
         return cand;
     }
-    // Probabilities as transformers computes them (an f32 softmax; SIMD here), summed in f64.
+    let bound = (1.0 - p) as f32;
     let mut probs: Vec<f32> = cand.iter().map(|c| c.0).collect();
     softmax(&mut probs);
+    // Normalised again in f64: the SIMD softmax sums in f32 lanes, ~1e-6 off over a 50k
+    // vocabulary, which shifts every running sum by that much relative (moving the cut by a few
+    // tokens' mass); torch's and numpy's probabilities carry no such common bias.
     let total: f64 = probs.iter().map(|&q| q as f64).sum();
-    let drop_mass = (1.0 - p as f64) * total;
-    // Every token with probability <= drop_mass / n is dropped: those tokens come first in the
-    // ascending order and, being at most n, weigh at most drop_mass together. On a peaked
-    // distribution that settles almost the whole row in one pass.
-    // (If fewer than min_keep tokens would remain, the pre-pass is skipped.)
-    let small = drop_mass / n as f64;
-    let all: Vec<(f32, u32, f64)> = cand
-        .drain(..)
+    let mut items: Vec<Weighted> = cand
+        .into_iter()
         .zip(probs)
-        .map(|((s, i), w)| (s, i, w as f64))
+        .map(|((s, i), q)| (s, i, q as f64 / total))
         .collect();
-    let above = all.iter().filter(|c| c.2 > small).count();
-    let (mut items, mut dropped) = if above >= min_keep {
-        let dropped: f64 = all.iter().filter(|c| c.2 <= small).map(|c| c.2).sum();
-        (
-            all.into_iter().filter(|c| c.2 > small).collect::<Vec<_>>(),
-            dropped,
-        )
-    } else {
-        (all, 0.0)
-    };
-    let asc = |a: &(f32, u32, f64), b: &(f32, u32, f64)| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1));
-    // Invariant: items[..lo] are dropped (mass `dropped`), items[hi..] kept; decide items[lo..hi].
-    let n = items.len();
-    let (mut lo, mut hi) = (0usize, n);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        items[lo..hi].select_nth_unstable_by(mid - lo, asc);
-        // items[lo..mid] <= items[mid] <= items[mid+1..hi] in the ascending order.
-        let low_mass: f64 = items[lo..mid].iter().map(|c| c.2).sum();
-        if dropped + low_mass + items[mid].2 <= drop_mass {
-            // The cumulative sum through items[mid] stays within the budget: all dropped.
-            dropped += low_mass + items[mid].2;
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
+    let dropped = dropped_by_selection(&mut items, bound, min_keep)
+        .unwrap_or_else(|| dropped_by_sorting(&mut items, bound));
+    // `dropped` tokens are removed, but at least min_keep (the largest ones) kept.
+    let first_kept = dropped.min(n - min_keep);
+    if first_kept < dropped {
+        items[..dropped].select_nth_unstable_by(first_kept, ascending);
     }
-    // `lo` tokens are dropped; keep at least min_keep (the largest ones, at the end).
-    let first_kept = lo.min(n - min_keep);
     items.drain(..first_kept);
     items.into_iter().map(|(s, i, _)| (s, i)).collect()
 }
 
+/// Is a token whose cumulative probability (in f64) is `cum` dropped? torch rounds `cum` to f32.
+fn beyond_cut(cum: f64, bound: f32) -> bool {
+    (cum as f32) <= bound
+}
+
+/// The reference cut: sorts `items` ascending and sums in that order, as torch does. Returns how
+/// many tokens the cut drops (`items[..count]`).
+fn dropped_by_sorting(items: &mut [Weighted], bound: f32) -> usize {
+    items.sort_unstable_by(ascending);
+    let mut cum = 0.0f64;
+    items
+        .iter()
+        .take_while(|c| {
+            cum += c.2;
+            beyond_cut(cum, bound)
+        })
+        .count()
+}
+
+/// The cut of [`dropped_by_sorting`] without the sort: a selection by cumulative mass
+/// (quickselect that carries the mass of the part it discards). Moves the dropped tokens to the
+/// front and returns their count, or `None` where the answer is not certain.
+///
+/// The selection adds the same probabilities as the sorted walk in another order, so its sums
+/// differ from torch's by f64 rounding (at most about `n · 2^-53` relative). The cut is certain
+/// when the last dropped and the first kept token stay on their side of the bound by more than
+/// that; otherwise (a cumulative sum within ~1e-15 of an f32 rounding boundary) the caller sorts.
+fn dropped_by_selection(items: &mut [Weighted], bound: f32, min_keep: usize) -> Option<usize> {
+    let n = items.len();
+    // Every token with probability <= bound / n is dropped: those tokens come first in the
+    // ascending order and, being at most n, weigh at most the bound together. On a peaked
+    // distribution that settles almost the whole row in one pass. (Skipped if fewer than
+    // min_keep tokens would remain: some of the smallest would then be kept.)
+    let small = bound as f64 / n as f64;
+    let (mut lo, mut dropped) = (0, 0.0f64);
+    let mut last_dropped = None; // cumulative sum through the last dropped token
+    if items.iter().filter(|c| c.2 > small).count() >= min_keep {
+        for j in 0..n {
+            if items[j].2 <= small {
+                items.swap(lo, j);
+                dropped += items[lo].2;
+                lo += 1;
+            }
+        }
+        if lo > 0 {
+            last_dropped = Some(dropped);
+        }
+    }
+    // Invariant: items[..lo] are dropped (mass `dropped`), items[hi..] kept; decide items[lo..hi].
+    let mut hi = n;
+    let mut first_kept = None; // cumulative sum through the first kept token
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        items[lo..hi].select_nth_unstable_by(mid - lo, ascending);
+        // items[lo..mid] <= items[mid] <= items[mid+1..hi] in the ascending order.
+        let cum = dropped + items[lo..mid].iter().map(|c| c.2).sum::<f64>() + items[mid].2;
+        if beyond_cut(cum, bound) {
+            dropped = cum;
+            lo = mid + 1;
+            last_dropped = Some(cum);
+        } else {
+            hi = mid;
+            first_kept = Some(cum);
+        }
+    }
+    // Either order's sum is within (n - 1) · 2^-53 of the exact one, relative; twice the gap
+    // between the two, to spare.
+    let slack = 2.0 * n as f64 * f64::EPSILON;
+    let certain = last_dropped.is_none_or(|s| beyond_cut(s * (1.0 + slack), bound))
+        && first_kept.is_none_or(|s| !beyond_cut(s * (1.0 - slack), bound));
+    certain.then_some(lo)
+}
+
 /// transformers' `MinPLogitsWarper`: drop tokens whose probability is below `p` times the top
-/// probability, keeping at least the `min_keep` best.
-fn min_p(mut cand: Vec<(f32, u32)>, p: f32, min_keep: usize) -> Vec<(f32, u32)> {
+/// probability, keeping at least the `min_keep` best. As torch computes it: f32 probabilities,
+/// `p` rounded to f32, the threshold an f32 product.
+fn min_p(cand: Vec<(f32, u32)>, p: f32, min_keep: usize) -> Vec<(f32, u32)> {
     if cand.len() <= min_keep {
         return cand;
     }
-    let max = cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
-    // prob_i >= p · prob_max  <=>  s_i - max >= ln p (the normaliser cancels).
-    let threshold = (p as f64).ln();
-    let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let mut probs: Vec<f32> = cand.iter().map(|c| c.0).collect();
+    softmax(&mut probs);
+    let threshold = p * probs.iter().copied().fold(0.0, f32::max);
+    let mut items: Vec<(f32, u32, f32)> = cand
+        .into_iter()
+        .zip(probs)
+        .map(|((s, i), q)| (s, i, q))
+        .collect();
+    // Best first; among equal scores lower tokens first (transformers leaves that order to torch's
+    // sort).
+    let desc = |a: &(f32, u32, f32), b: &(f32, u32, f32)| {
+        (b.0 + 0.0).total_cmp(&(a.0 + 0.0)).then(a.1.cmp(&b.1))
+    };
     if min_keep == 1 {
         // The best token to the front in one scan (the common case) instead of a selection.
-        let best = (0..cand.len()).fold(0, |b, i| {
-            if desc(&cand[i], &cand[b]).is_lt() {
+        let best = (0..items.len()).fold(0, |b, i| {
+            if desc(&items[i], &items[b]).is_lt() {
                 i
             } else {
                 b
             }
         });
-        cand.swap(0, best);
+        items.swap(0, best);
     } else {
-        cand.select_nth_unstable_by(min_keep - 1, desc);
+        items.select_nth_unstable_by(min_keep - 1, desc);
     }
-    let (best, rest) = cand.split_at(min_keep);
-    let mut out = best.to_vec();
-    out.extend(
-        rest.iter()
-            .copied()
-            .filter(|c| (c.0 - max) as f64 >= threshold),
-    );
-    out
+    let (best, rest) = items.split_at(min_keep);
+    best.iter()
+        .chain(rest.iter().filter(|c| c.2 >= threshold))
+        .map(|&(s, i, _)| (s, i))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn warpers(temperature: f32, top_k: usize, top_p: f32, min_p: Option<f32>) -> Warpers {
+    fn warpers(temperature: f32, top_k: usize, top_p: f64, min_p: Option<f32>) -> Warpers {
         Warpers {
             temperature,
             top_k,
@@ -256,15 +330,18 @@ mod tests {
         }
     }
 
-    /// Straightforward reference: full stable sort, as transformers computes it (in f64).
+    /// Straightforward reference: a full sort and a sequential running sum, as transformers walks
+    /// it (the probabilities from the same softmax as the warpers', so that only the selection
+    /// machinery is under test).
     fn reference_kept(scores: &[f32], w: &Warpers) -> Vec<u32> {
         let t = w.temperature;
         let mut s: Vec<f32> = scores.iter().map(|&x| x / t).collect();
         let n = s.len();
-        if w.top_k > 0 && w.top_k < n {
+        let k = w.top_k.max(w.min_keep);
+        if w.top_k > 0 && k < n {
             let mut sorted = s.clone();
             sorted.sort_by(|a, b| b.total_cmp(a));
-            let kth = sorted[w.top_k - 1];
+            let kth = sorted[k - 1];
             for v in s.iter_mut() {
                 if *v < kth {
                     *v = f32::NEG_INFINITY;
@@ -272,25 +349,29 @@ mod tests {
             }
         }
         if w.top_p < 1.0 {
-            let mut order: Vec<usize> = (0..n).collect();
+            let probs = finite_softmax(&s);
+            let total: f64 = probs.iter().map(|&q| q as f64).sum();
+            let mut order: Vec<usize> = (0..n).filter(|&i| s[i] > f32::NEG_INFINITY).collect();
             // Ascending; ties: higher token first (dropped first).
             order.sort_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a)));
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f64> = order.iter().map(|&i| ((s[i] - max) as f64).exp()).collect();
-            let total: f64 = e.iter().sum();
-            let mut cum = 0.0;
+            let bound = (1.0 - w.top_p) as f32;
+            let kept_anyway = order.len().saturating_sub(w.min_keep);
+            let mut cum = 0.0f64;
             for (j, &i) in order.iter().enumerate() {
-                cum += e[j] / total;
-                if cum <= 1.0 - w.top_p as f64 && j < n - 1 {
+                cum += probs[i] as f64 / total;
+                if (cum as f32) <= bound && j < kept_anyway {
                     s[i] = f32::NEG_INFINITY;
                 }
             }
         }
         if let Some(p) = w.min_p {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let best = s.iter().position(|&v| v == max).unwrap();
+            let probs = finite_softmax(&s);
+            let mut desc: Vec<usize> = (0..n).collect();
+            desc.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+            let best = &desc[..w.min_keep.min(n)];
+            let threshold = p * probs.iter().copied().fold(0.0, f32::max);
             for (i, v) in s.iter_mut().enumerate() {
-                if i != best && (((*v - max) as f64).exp()) < p as f64 {
+                if !best.contains(&i) && probs[i] < threshold {
                     *v = f32::NEG_INFINITY;
                 }
             }
@@ -298,6 +379,18 @@ mod tests {
         (0..n as u32)
             .filter(|&i| s[i as usize] > f32::NEG_INFINITY)
             .collect()
+    }
+
+    /// Softmax of the finite scores, in token order (zero elsewhere).
+    fn finite_softmax(s: &[f32]) -> Vec<f32> {
+        let finite: Vec<usize> = (0..s.len()).filter(|&i| s[i] > f32::NEG_INFINITY).collect();
+        let mut p: Vec<f32> = finite.iter().map(|&i| s[i]).collect();
+        softmax(&mut p);
+        let mut out = vec![0.0; s.len()];
+        for (&i, q) in finite.iter().zip(p) {
+            out[i] = q;
+        }
+        out
     }
 
     fn row(n: usize, seed: u32) -> Vec<f32> {
@@ -315,7 +408,7 @@ mod tests {
         for &n in &[1usize, 2, 7, 100, 5000] {
             for seed in 0..3 {
                 let scores = row(n, seed);
-                for w in [
+                for mut w in [
                     warpers(1.0, 0, 1.0, None),
                     warpers(0.7, 50, 1.0, None),
                     warpers(1.3, 0, 0.9, None),
@@ -326,14 +419,49 @@ mod tests {
                     warpers(1.0, 0, 1.0, Some(0.5)),
                     warpers(0.7, 50, 0.9, Some(0.05)),
                 ] {
-                    assert_eq!(
-                        kept_tokens(&scores, &w),
-                        reference_kept(&scores, &w),
-                        "n={n} seed={seed} {w:?}"
-                    );
+                    // 1 in sampling; beam sampling keeps 1 + the number of EOS ids (at least 2).
+                    for min_keep in [1, 2, 3] {
+                        w.min_keep = min_keep;
+                        assert_eq!(
+                            kept_tokens(&scores, &w),
+                            reference_kept(&scores, &w),
+                            "n={n} seed={seed} {w:?}"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn top_p_rounds_as_torch() {
+        // Ten equal scores: probabilities 0.1f32, running sums 0.1f32, 2 · 0.1f32 = 0.2f32, ...
+        // and 1 - 0.8 rounds to 0.2f32 too: torch drops two tokens (an f64 comparison of the
+        // running sum with 1 - 0.8 would drop one). Among equal scores the highest ids go first.
+        let mut s = [0.5f32; 10];
+        warp_row(&mut s, &warpers(1.0, 0, 0.8, None));
+        let kept: Vec<bool> = s.iter().map(|v| v.is_finite()).collect();
+        assert_eq!(
+            kept,
+            [true, true, true, true, true, true, true, true, false, false]
+        );
+    }
+
+    #[test]
+    fn top_p_sorts_when_the_selection_is_not_certain() {
+        // Running sums 0.5, then exactly halfway between 0.5f32 and the next f32 (0.5 + 2^-25),
+        // which rounds (to even) onto the bound 0.5: both dropped. The selection's sums carry no
+        // margin there, so it defers to the sorted walk.
+        let half_ulp = 2f64.powi(-25);
+        let items = [(1.0, 0, 0.5), (0.0, 1, half_ulp), (2.0, 2, 0.5 - half_ulp)];
+        let mut a = items;
+        assert_eq!(dropped_by_selection(&mut a, 0.5, 1), None);
+        let mut b = items;
+        assert_eq!(dropped_by_sorting(&mut b, 0.5), 2);
+        // Clear of the bound, the selection answers, as the sort does.
+        let mut c = [(1.0, 0, 0.25), (0.0, 1, 0.125), (2.0, 2, 0.625)];
+        assert_eq!(dropped_by_selection(&mut c, 0.5, 1), Some(2));
+        assert_eq!(dropped_by_sorting(&mut c, 0.5), 2);
     }
 
     #[test]

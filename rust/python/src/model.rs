@@ -137,7 +137,7 @@ impl NativeModel {
         uniforms: Vec<f64>,
         temperature: f32,
         top_k: usize,
-        top_p: f32,
+        top_p: f64,
         min_p: Option<f32>,
         min_keep: usize,
     ) -> PyResult<Vec<u32>> {
@@ -171,7 +171,7 @@ impl NativeModel {
         scores: PyReadonlyArray2<'py, f32>,
         temperature: f32,
         top_k: usize,
-        top_p: f32,
+        top_p: f64,
         min_p: Option<f32>,
         min_keep: usize,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
