@@ -134,25 +134,27 @@ fn kept_tokens(scores: &[f32], w: &Warpers) -> Vec<u32> {
     // -inf tokens hold no probability; the remaining warpers only ever remove tokens, and they
     // would remove these first (a -inf token is never among the `min_keep` best unless nothing
     // finite is left, handled below).
-    let finite: Vec<(f32, u32)> = cand
-        .iter()
-        .copied()
-        .filter(|c| c.0 > f32::NEG_INFINITY)
-        .collect();
-    if finite.len() >= min_keep {
-        cand = finite;
+    let finite = |c: &(f32, u32)| c.0 > f32::NEG_INFINITY;
+    if cand.iter().filter(|c| finite(c)).count() >= min_keep {
+        cand.retain(finite);
     }
     if w.top_p < 1.0 {
         cand = top_p(cand, w.top_p, min_keep);
     }
+    // Until top-p, the candidates are in token order; top-p leaves them in selection order. The
+    // order checks below skip sorting a vocabulary-sized row that is already in order (the
+    // common min-p case: no top-p, most of a flat row kept), which cost more than the warper.
     if let Some(p) = w.min_p {
-        // Min-p's softmax over the candidates in token order, as they stand in the row (top-p
-        // leaves them in selection order).
-        cand.sort_unstable_by_key(|c| c.1);
-        cand = min_p(cand, p, min_keep);
+        // Min-p's softmax over the candidates in token order, as they stand in the row.
+        if !cand.is_sorted_by_key(|c| c.1) {
+            cand.sort_unstable_by_key(|c| c.1);
+        }
+        min_p(&mut cand, p, min_keep);
     }
     let mut kept: Vec<u32> = cand.into_iter().map(|(_, i)| i).collect();
-    kept.sort_unstable();
+    if !kept.is_sorted() {
+        kept.sort_unstable();
+    }
     kept
 }
 
@@ -278,42 +280,44 @@ fn dropped_by_selection(items: &mut [Weighted], bound: f32, min_keep: usize) -> 
 
 /// transformers' `MinPLogitsWarper`: drop tokens whose probability is below `p` times the top
 /// probability, keeping at least the `min_keep` best. As torch computes it: f32 probabilities,
-/// `p` rounded to f32, the threshold an f32 product.
-fn min_p(cand: Vec<(f32, u32)>, p: f32, min_keep: usize) -> Vec<(f32, u32)> {
+/// `p` rounded to f32, the threshold an f32 product. `cand` is in token order (the order of the
+/// softmax's sums) and stays so: the kept tokens are filtered in place, without another sort.
+fn min_p(cand: &mut Vec<(f32, u32)>, p: f32, min_keep: usize) {
     if cand.len() <= min_keep {
-        return cand;
+        return;
     }
     let mut probs: Vec<f32> = cand.iter().map(|c| c.0).collect();
     softmax(&mut probs);
     let threshold = p * probs.iter().copied().fold(0.0, f32::max);
-    let mut items: Vec<(f32, u32, f32)> = cand
-        .into_iter()
-        .zip(probs)
-        .map(|((s, i), q)| (s, i, q))
-        .collect();
-    // Best first; among equal scores lower tokens first (transformers leaves that order to torch's
-    // sort).
-    let desc = |a: &(f32, u32, f32), b: &(f32, u32, f32)| {
-        (b.0 + 0.0).total_cmp(&(a.0 + 0.0)).then(a.1.cmp(&b.1))
-    };
-    if min_keep == 1 {
-        // The best token to the front in one scan (the common case) instead of a selection.
-        let best = (0..items.len()).fold(0, |b, i| {
-            if desc(&items[i], &items[b]).is_lt() {
+    // The `min_keep` best are kept whatever their probability: mark them above any threshold.
+    for i in best_positions(cand, min_keep) {
+        probs[i] = f32::INFINITY;
+    }
+    // `retain` visits the candidates once each, in order: `probs` walks alongside.
+    let mut q = probs.into_iter();
+    cand.retain(|_| q.next().is_some_and(|q| q >= threshold));
+}
+
+/// Positions of the `k` best candidates (0 < k < `cand.len()`): highest score first, among equal
+/// scores lower tokens first (transformers leaves that order to torch's sort). Unordered.
+fn best_positions(cand: &[(f32, u32)], k: usize) -> Vec<usize> {
+    let desc =
+        |a: &(f32, u32), b: &(f32, u32)| (b.0 + 0.0).total_cmp(&(a.0 + 0.0)).then(a.1.cmp(&b.1));
+    if k == 1 {
+        // The common case: one scan instead of a selection.
+        let best = (1..cand.len()).fold(0, |b, i| {
+            if desc(&cand[i], &cand[b]).is_lt() {
                 i
             } else {
                 b
             }
         });
-        items.swap(0, best);
-    } else {
-        items.select_nth_unstable_by(min_keep - 1, desc);
+        return vec![best];
     }
-    let (best, rest) = items.split_at(min_keep);
-    best.iter()
-        .chain(rest.iter().filter(|c| c.2 >= threshold))
-        .map(|&(s, i, _)| (s, i))
-        .collect()
+    let mut order: Vec<usize> = (0..cand.len()).collect();
+    order.select_nth_unstable_by(k - 1, |&a, &b| desc(&cand[a], &cand[b]));
+    order.truncate(k);
+    order
 }
 
 #[cfg(test)]
@@ -429,6 +433,138 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// `kept_tokens` as it was before the sorts of rows already in token order were skipped: it
+    /// sorted unconditionally and min-p collected (score, token, probability) triples.
+    fn previous_kept_tokens(scores: &[f32], w: &Warpers) -> Vec<u32> {
+        let t = w.temperature;
+        let min_keep = w.min_keep.max(1);
+        let k = w.top_k.max(min_keep);
+        let mut cand: Vec<(f32, u32)> = if w.top_k > 0 && k < scores.len() {
+            let kth = topk(scores, k)
+                .last()
+                .map_or(f32::NEG_INFINITY, |&(_, v)| v)
+                / t;
+            scores
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &s)| {
+                    let v = s / t;
+                    (v >= kth).then_some((v, i as u32))
+                })
+                .collect()
+        } else {
+            scores
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s / t, i as u32))
+                .collect()
+        };
+        let finite: Vec<(f32, u32)> = cand
+            .iter()
+            .copied()
+            .filter(|c| c.0 > f32::NEG_INFINITY)
+            .collect();
+        if finite.len() >= min_keep {
+            cand = finite;
+        }
+        if w.top_p < 1.0 {
+            cand = top_p(cand, w.top_p, min_keep);
+        }
+        if let Some(p) = w.min_p {
+            cand.sort_unstable_by_key(|c| c.1);
+            cand = previous_min_p(cand, p, min_keep);
+        }
+        let mut kept: Vec<u32> = cand.into_iter().map(|(_, i)| i).collect();
+        kept.sort_unstable();
+        kept
+    }
+
+    /// The min-p before it filtered in place (19a1f7d): drop tokens whose probability is below `p` times the top
+    /// probability, keeping at least the `min_keep` best. As torch computes it: f32 probabilities,
+    /// `p` rounded to f32, the threshold an f32 product.
+    fn previous_min_p(cand: Vec<(f32, u32)>, p: f32, min_keep: usize) -> Vec<(f32, u32)> {
+        if cand.len() <= min_keep {
+            return cand;
+        }
+        let mut probs: Vec<f32> = cand.iter().map(|c| c.0).collect();
+        softmax(&mut probs);
+        let threshold = p * probs.iter().copied().fold(0.0, f32::max);
+        let mut items: Vec<(f32, u32, f32)> = cand
+            .into_iter()
+            .zip(probs)
+            .map(|((s, i), q)| (s, i, q))
+            .collect();
+        // Best first; among equal scores lower tokens first (transformers leaves that order to torch's
+        // sort).
+        let desc = |a: &(f32, u32, f32), b: &(f32, u32, f32)| {
+            (b.0 + 0.0).total_cmp(&(a.0 + 0.0)).then(a.1.cmp(&b.1))
+        };
+        if min_keep == 1 {
+            // The best token to the front in one scan (the common case) instead of a selection.
+            let best = (0..items.len()).fold(0, |b, i| {
+                if desc(&items[i], &items[b]).is_lt() {
+                    i
+                } else {
+                    b
+                }
+            });
+            items.swap(0, best);
+        } else {
+            items.select_nth_unstable_by(min_keep - 1, desc);
+        }
+        let (best, rest) = items.split_at(min_keep);
+        best.iter()
+            .chain(rest.iter().filter(|c| c.2 >= threshold))
+            .map(|&(s, i, _)| (s, i))
+            .collect()
+    }
+
+    #[test]
+    fn min_p_keeps_what_the_sorting_version_kept() {
+        // Random rows: flat and peaked, with ties (scores on a coarse grid) and -inf, under
+        // settings that leave the candidates in token order (no top-p) and that do not.
+        let mut state = 0x2545_f491_u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        for case in 0..600 {
+            let n = [1, 2, 3, 5, 64, 1000, 32128][case % 7];
+            let spread = [0.5f32, 4.0, 20.0][case / 7 % 3];
+            let grid = [0.0f32, 0.25][case / 21 % 2];
+            let neg_inf_in = [0u32, 10, 2][case / 42 % 3]; // 1 in that many -inf (0: none)
+            let scores: Vec<f32> = (0..n)
+                .map(|_| {
+                    let r = next();
+                    if neg_inf_in > 0 && r % neg_inf_in == 0 {
+                        return f32::NEG_INFINITY;
+                    }
+                    let v = (r >> 8) as f32 / (1u32 << 24) as f32 * spread;
+                    if grid > 0.0 {
+                        (v / grid).round() * grid
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let min_p = [0.0f32, 0.05, 0.1, 0.5, 1.0][next() as usize % 5];
+            let top_p = [1.0f64, 1.0, 0.9, 0.5][next() as usize % 4];
+            let top_k = [0usize, 0, 50][next() as usize % 3];
+            let temperature = [1.0f32, 0.7, 1.5][next() as usize % 3];
+            let mut w = warpers(temperature, top_k, top_p, Some(min_p));
+            for min_keep in 1..=3 {
+                w.min_keep = min_keep;
+                assert_eq!(
+                    kept_tokens(&scores, &w),
+                    previous_kept_tokens(&scores, &w),
+                    "case {case}: {w:?}"
+                );
             }
         }
     }
