@@ -96,7 +96,7 @@ impl Gpt2Config {
             scale_attn_by_inverse_layer_idx: get_bool(&v, "scale_attn_by_inverse_layer_idx")?
                 .unwrap_or(false),
         };
-        if cfg.n_embd % cfg.n_head != 0 {
+        if !cfg.n_embd.is_multiple_of(cfg.n_head) {
             return Err(format_err!(
                 "config.json: n_embd ({}) must be a multiple of n_head ({})",
                 cfg.n_embd,
