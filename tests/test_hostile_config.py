@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 
 import pytest
 
@@ -145,3 +146,19 @@ def test_absent_keys_still_take_the_class_defaults(tmp_path):
     """Checks apply to the value in use, so a config that leaves keys out still loads."""
     model = model_with_config(tmp_path, "llama_gqa", rope_theta=None, rms_norm_eps=None, rope_scaling=None)
     fasttx.load(model, threads=1)
+
+
+def test_gguf_metadata_values_are_checked_like_config_json(tmp_path):
+    """A GGUF file's config is built from its metadata and checked the same way; the refusal
+    names the file."""
+    data = bytearray((FIXTURES / "llama_gguf_f16" / "model.gguf").read_bytes())
+    key = b"llama.attention.layer_norm_rms_epsilon"
+    at = data.find(key) + len(key)
+    assert struct.unpack("<I", data[at : at + 4]) == (6,)  # GGUF f32
+    data[at + 4 : at + 8] = struct.pack("<f", -1.0)
+    path = tmp_path / "model.gguf"
+    path.write_bytes(bytes(data))
+    with pytest.raises(fasttx.ModelFormatError) as e:
+        fasttx.load(path, threads=1)
+    msg = str(e.value)
+    assert str(path) in msg and "rms_norm_eps" in msg and "config.json" not in msg, msg
