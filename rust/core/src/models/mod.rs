@@ -208,7 +208,7 @@ pub fn load(
     let config =
         (entry.config)(entry.model_type, config_json).map_err(|e| match (e, gguf_file) {
             (Error::Format(msg), Some(path)) => Error::Format(format!(
-                "{}: metadata gives {}",
+                "{}: from its metadata, {}",
                 path.display(),
                 msg.strip_prefix("config.json: ").unwrap_or(&msg)
             )),
