@@ -75,7 +75,58 @@ def _resolve_path(path: Union[str, os.PathLike]) -> Path:
     raise FileNotFoundError(f"no such model file or directory: {text!r}")
 
 
+# The files ``load`` may read from a model directory by name (besides the shards an index lists);
+# :func:`_check_model_files` refuses any that is a link to outside the directory.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "model.safetensors",
+    "model.safetensors.index.json",
+)
+
+
+def _allowed_roots(directory: Path) -> list[Path]:
+    """Where a model directory's files may really lie: inside the directory, and for a Hugging Face
+    cache snapshot (whose files are links to ``../../blobs/<hash>``) in its repository's blobs."""
+    real = directory.resolve()
+    roots = [real]
+    if real.parent.name == "snapshots":
+        roots.append(real.parent.parent / "blobs")
+    return roots
+
+
+def _inside_model(directory: Path, name: str, source: Path) -> Path:
+    """``directory / name``, refused unless its real path (every link resolved) lies in the model
+    directory: a model comes from strangers, and its index or links must not make fasttx open (and
+    quote in errors) ``/etc/passwd`` or a neighbouring model. ``source`` names what gave ``name``."""
+    path = directory / name
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a link loop, a NUL in the name
+        raise ModelFormatError(f"{source}: {name!r} is not a usable file name ({e})") from None
+    if not any(real.is_relative_to(root) for root in _allowed_roots(directory)):
+        raise ModelFormatError(
+            f"{source}: {name!r} lies outside the model directory {directory} (it resolves to {real}); "
+            "fasttx opens only files inside it"
+        )
+    return path
+
+
+def _check_model_files(directory: Path) -> None:
+    """Every file of :data:`MODEL_FILES` present in ``directory`` lies inside it, links resolved."""
+    for name in MODEL_FILES:
+        path = directory / name
+        if path.is_symlink() or path.exists():
+            _inside_model(directory, name, path)
+
+
 def _weight_files(directory: Path) -> list[str]:
+    """The safetensors files to open: ``model.safetensors``, or the shards the index lists (each
+    checked to lie inside the model directory; the fixed names are checked by
+    :func:`_check_model_files`)."""
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     if single.is_file():
@@ -84,8 +135,10 @@ def _weight_files(directory: Path) -> list[str]:
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ModelFormatError(f"{index}: no weight_map")
-        shards = sorted(set(weight_map.values()))
-        files = [directory / s for s in shards]
+        bad = next((v for v in weight_map.values() if not isinstance(v, str) or not v), None)
+        if bad is not None:
+            raise ModelFormatError(f"{index}: weight_map values must be shard file names, got {bad!r}")
+        files = [_inside_model(directory, s, index) for s in sorted(set(weight_map.values()))]
         for f in files:
             if not f.is_file():
                 raise FileNotFoundError(f"{f}: shard listed in {index.name} is missing")
@@ -134,6 +187,7 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
         raise ModelFormatError(
             f"{directory}: expected a model directory (config.json + model.safetensors) or a .gguf file"
         )
+    _check_model_files(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no config.json")

@@ -2,25 +2,31 @@
 //!
 //! Layout: `u64` little-endian header size `N`, `N` bytes of JSON mapping each tensor name to
 //! `{dtype, shape, data_offsets: [begin, end]}` (offsets relative to the byte after the header),
-//! then the data. Every claim in the header is checked against the file before it is used, so a
-//! truncated or corrupt file fails with a message instead of reading out of bounds.
+//! then the data. The files come from strangers, so the header is held to the rules the format's
+//! own library enforces before anything is read through it: a header of at most 100 MB that is a
+//! JSON object, no name given twice, each tensor's byte range exactly its dtype x shape (checked
+//! arithmetic), and the ranges, in order, tiling the data section from its first byte to its last
+//! with no gap or overlap. A truncated file, a corrupt header length or hand-edited offsets thus
+//! fail with a message instead of reading the wrong bytes (or none) as weights.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
-use serde_json::Value;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
 
 use super::WeightSource;
 use crate::error::{Error, Result};
 use crate::format_err;
 use crate::tensor::Tensor;
 
-/// Larger headers are certainly corrupt (real ones are a few hundred KiB).
-const MAX_HEADER_BYTES: u64 = 100 << 20;
+/// The safetensors library's own limit (`MAX_HEADER_SIZE`): real headers are a few hundred KiB.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dtype {
@@ -44,6 +50,61 @@ impl Dtype {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
         }
+    }
+}
+
+/// One tensor's header entry as written. Deriving `Deserialize` refuses a key given twice inside
+/// it (which `serde_json::Value` would silently collapse to the last).
+#[derive(Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+/// A header's tensor entries in file order, every name once (`__metadata__` set aside).
+struct Header(Vec<(String, RawEntry)>);
+
+impl<'de> Deserialize<'de> for Header {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct HeaderVisitor;
+        impl<'de> Visitor<'de> for HeaderVisitor {
+            type Value = Header;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object of tensor entries")
+            }
+
+            // A map read entry by entry: a JSON object into a HashMap keeps the last of two equal
+            // keys without a word, and a second entry for a name is exactly what must be refused.
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Header, A::Error> {
+                let mut seen = HashSet::new();
+                let mut entries = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if !seen.insert(name.clone()) {
+                        return Err(de::Error::custom(format!("'{name}' is listed twice")));
+                    }
+                    if name == "__metadata__" {
+                        // Free text for the writer's use, but of the one shape the format allows.
+                        map.next_value::<HashMap<String, String>>().map_err(|e| {
+                            de::Error::custom(format!(
+                                "__metadata__ must map strings to strings: {e}"
+                            ))
+                        })?;
+                        continue;
+                    }
+                    let entry = map
+                        .next_value::<RawEntry>()
+                        .map_err(|e| de::Error::custom(format!("tensor '{name}': {e}")))?;
+                    entries.push((name, entry));
+                }
+                Ok(Header(entries))
+            }
+        }
+        d.deserialize_map(HeaderVisitor)
     }
 }
 
@@ -85,29 +146,13 @@ impl SafeTensors {
         // truncated by another process while the model is alive.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let name = path.display();
-        let file_len = map.len() as u64;
-        if file_len < 8 {
-            return Err(format_err!(
-                "{name}: not a safetensors file (only {file_len} bytes)"
-            ));
-        }
-        let header_len = u64::from_le_bytes(map[..8].try_into().unwrap());
-        if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
-            return Err(format_err!(
-                "{name}: corrupt or truncated safetensors file (header claims {header_len} bytes, file has {file_len})"
-            ));
-        }
-        let data_start = 8 + header_len as usize;
-        let header: HashMap<String, Value> = serde_json::from_slice(&map[8..data_start])
-            .map_err(|e| format_err!("{name}: safetensors header is not valid JSON: {e}"))?;
-        let data_len = map.len() - data_start;
+        let entries = parse_header(&map).map_err(|msg| format_err!("{name}: {msg}"))?;
         let file_index = self.maps.len();
-        for (tensor, info) in header {
-            if tensor == "__metadata__" {
-                continue;
-            }
-            let entry = parse_entry(&info, file_index, data_start, data_len)
-                .map_err(|msg| format_err!("{name}: tensor '{tensor}': {msg}"))?;
+        for (tensor, entry) in entries {
+            let entry = Entry {
+                file: file_index,
+                ..entry
+            };
             if self.entries.insert(tensor.clone(), entry).is_some() {
                 return Err(format_err!(
                     "{name}: tensor '{tensor}' appears in more than one shard"
@@ -128,46 +173,72 @@ impl SafeTensors {
     }
 }
 
+/// Checks a whole file's header against the file; each tensor's entry (`file` left 0 for the
+/// caller) with its name.
+fn parse_header(file: &[u8]) -> std::result::Result<Vec<(String, Entry)>, String> {
+    let file_len = file.len() as u64;
+    let Some(length_bytes) = file.first_chunk::<8>() else {
+        return Err(format!("not a safetensors file (only {file_len} bytes)"));
+    };
+    // Not echoed when absurd: read from a file that is not safetensors, these are its first 8
+    // bytes, which are no business of an error message.
+    let header_len = u64::from_le_bytes(*length_bytes);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(format!(
+            "not a safetensors file: its header length exceeds the format's limit of {MAX_HEADER_BYTES} bytes"
+        ));
+    }
+    if header_len > file_len - 8 {
+        return Err(format!(
+            "corrupt or truncated safetensors file: header length {header_len} exceeds the file size ({file_len} bytes)"
+        ));
+    }
+    let data_start = 8 + header_len as usize;
+    let text = &file[8..data_start];
+    if text.first() != Some(&b'{') {
+        return Err("not a safetensors file: the header is not a JSON object".into());
+    }
+    let Header(raw) = serde_json::from_slice(text)
+        .map_err(|e| format!("safetensors header is not valid JSON: {e}"))?;
+    let data_len = file.len() - data_start;
+    let mut entries = raw
+        .into_iter()
+        .map(|(tensor, r)| {
+            let entry = parse_entry(&r, data_start, data_len)
+                .map_err(|msg| format!("tensor '{tensor}': {msg}"))?;
+            Ok((tensor, entry))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    check_tiling(&mut entries, data_start, data_len)?;
+    Ok(entries)
+}
+
 fn parse_entry(
-    info: &Value,
-    file: usize,
+    r: &RawEntry,
     data_start: usize,
     data_len: usize,
 ) -> std::result::Result<Entry, String> {
-    let dtype_name = info
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or("missing dtype")?;
-    let dtype = Dtype::parse(dtype_name).ok_or_else(|| {
-        format!("unsupported dtype {dtype_name} (fasttx reads F32, F16 and BF16)")
+    let dtype = Dtype::parse(&r.dtype).ok_or_else(|| {
+        format!(
+            "unsupported dtype {} (fasttx reads F32, F16 and BF16)",
+            r.dtype
+        )
     })?;
-    let shape: Vec<usize> = info
-        .get("shape")
-        .and_then(Value::as_array)
-        .ok_or("missing shape")?
+    let too_large = || "shape overflows".to_string();
+    let shape: Vec<usize> = r
+        .shape
         .iter()
-        .map(|d| {
-            d.as_u64()
-                .map(|d| d as usize)
-                .ok_or("shape holds a non-integer")
-        })
+        .map(|&d| usize::try_from(d).map_err(|_| too_large()))
         .collect::<std::result::Result<_, _>>()?;
-    let offsets = info
-        .get("data_offsets")
-        .and_then(Value::as_array)
-        .ok_or("missing data_offsets")?;
-    let (begin, end) = match offsets.as_slice() {
-        [b, e] => (
-            b.as_u64().ok_or("bad data_offsets")? as usize,
-            e.as_u64().ok_or("bad data_offsets")? as usize,
-        ),
-        _ => return Err("data_offsets must hold two integers".into()),
-    };
-    let numel = shape
+    let (begin, end) = r.data_offsets;
+    let (begin, end) = (
+        usize::try_from(begin).unwrap_or(usize::MAX),
+        usize::try_from(end).unwrap_or(usize::MAX),
+    );
+    let bytes = shape
         .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or("shape overflows")?;
-    let bytes = numel.checked_mul(dtype.size()).ok_or("shape overflows")?;
+        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+        .ok_or_else(too_large)?;
     if begin > end || end > data_len {
         return Err(format!(
             "data range {begin}..{end} lies outside the file's {data_len} data bytes (truncated file?)"
@@ -175,17 +246,53 @@ fn parse_entry(
     }
     if end - begin != bytes {
         return Err(format!(
-            "shape {shape:?} of {dtype_name} needs {bytes} bytes, data range holds {}",
+            "shape {shape:?} of {} needs {bytes} bytes, data range holds {}",
+            r.dtype,
             end - begin
         ));
     }
     Ok(Entry {
-        file,
+        file: 0,
         dtype,
         shape,
         begin: data_start + begin,
         end: data_start + end,
     })
+}
+
+/// The tensors' byte ranges, in order, must cover the data section exactly once: an overlap lets
+/// two tensors alias the same bytes, and a gap or a shortfall at the end means the header does not
+/// describe this data (a corrupt header length shifts every range by the difference).
+fn check_tiling(
+    entries: &mut [(String, Entry)],
+    data_start: usize,
+    data_len: usize,
+) -> std::result::Result<(), String> {
+    entries.sort_by_key(|(_, e)| (e.begin, e.end));
+    let mut covered = 0;
+    let mut previous: Option<&str> = None;
+    for (tensor, e) in entries.iter() {
+        let begin = e.begin - data_start;
+        if begin < covered {
+            return Err(format!(
+                "tensors '{}' and '{tensor}' overlap (data_offsets reuse bytes {begin}..{covered})",
+                previous.unwrap_or_default()
+            ));
+        }
+        if begin > covered {
+            return Err(format!(
+                "data bytes {covered}..{begin} belong to no tensor (data_offsets are not contiguous)"
+            ));
+        }
+        covered = e.end - data_start;
+        previous = Some(tensor);
+    }
+    if covered != data_len {
+        return Err(format!(
+            "the tensors cover {covered} of the {data_len} data bytes (corrupt header length or data_offsets)"
+        ));
+    }
+    Ok(())
 }
 
 impl WeightSource for SafeTensors {
@@ -252,7 +359,7 @@ mod tests {
             );
         }
         let mut h = serde_json::to_vec(&header).unwrap();
-        while h.len() % 8 != 0 {
+        while !h.len().is_multiple_of(8) {
             h.push(b' ');
         }
         let mut file = (h.len() as u64).to_le_bytes().to_vec();
@@ -335,6 +442,148 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
         let err = SafeTensors::open(&[path]).err().unwrap().to_string();
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    /// Writes a header given as text, then `data`.
+    fn write_raw(path: &Path, header: &str, data: &[u8]) {
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        file.extend_from_slice(data);
+        std::fs::write(path, file).unwrap();
+    }
+
+    fn open_err(path: PathBuf) -> String {
+        SafeTensors::open(&[path]).err().unwrap().to_string()
+    }
+
+    #[test]
+    fn rejects_a_name_listed_twice() {
+        let path = tmp("duplicate");
+        let entry = r#"{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        write_raw(&path, &format!(r#"{{"a":{entry},"a":{entry}}}"#), &[0; 4]);
+        let err = open_err(path);
+        assert!(err.contains("'a' is listed twice"), "{err}");
+
+        let path = tmp("duplicate-field");
+        write_raw(
+            &path,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"data_offsets":[4,8]}}"#,
+            &[0; 8],
+        );
+        let err = open_err(path);
+        assert!(
+            err.contains("tensor 'a'") && err.contains("duplicate field"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_overlapping_gapped_or_partial_data_offsets() {
+        let path = tmp("overlap");
+        write_raw(
+            &path,
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            &[0; 12],
+        );
+        let err = open_err(path);
+        assert!(err.contains("'a' and 'b' overlap"), "{err}");
+
+        let path = tmp("gap");
+        write_raw(
+            &path,
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            &[0; 12],
+        );
+        let err = open_err(path);
+        assert!(err.contains("4..8 belong to no tensor"), "{err}");
+
+        let path = tmp("uncovered-tail");
+        write(&path, &[("a", "F32", vec![1], vec![0; 4])]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0; 4]);
+        std::fs::write(&path, bytes).unwrap();
+        let err = open_err(path);
+        assert!(err.contains("cover 4 of the 8 data bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_header_length_shortened_into_its_padding_is_refused() {
+        // The JSON still parses (it loses trailing spaces), but every tensor would be read
+        // shifted by the difference: the tiling check sees the data section grow.
+        let path = tmp("short-length");
+        write(&path, &[("a", "F32", vec![1], vec![0; 4])]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let trailing_spaces = bytes[8..8 + len as usize]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b' ')
+            .count();
+        assert!(trailing_spaces > 0, "the test needs a padded header");
+        bytes[..8].copy_from_slice(&(len - 1).to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let err = open_err(path);
+        assert!(err.contains("corrupt header length"), "{err}");
+    }
+
+    #[test]
+    fn an_absurd_header_length_is_refused_without_echoing_the_bytes() {
+        let path = tmp("passwd");
+        std::fs::write(&path, b"root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        let err = open_err(path);
+        let as_number = u64::from_le_bytes(*b"root:x:0").to_string();
+        assert!(err.contains("exceeds the format's limit"), "{err}");
+        assert!(!err.contains(&as_number), "{err}");
+
+        let path = tmp("long-length");
+        let mut bytes = 1000u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        std::fs::write(&path, bytes).unwrap();
+        let err = open_err(path);
+        assert!(
+            err.contains("header length 1000 exceeds the file size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_headers_that_are_not_an_object_of_entries() {
+        let cases = [
+            ("array", "[1, 2]", "not a JSON object"),
+            ("trailing", r#"{} x"#, "not valid JSON"),
+            (
+                "metadata",
+                r#"{"__metadata__":{"a":1}}"#,
+                "__metadata__ must map strings",
+            ),
+            (
+                "no-offsets",
+                r#"{"a":{"dtype":"F32","shape":[0]}}"#,
+                "data_offsets",
+            ),
+            (
+                "negative",
+                r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}}"#,
+                "tensor 'a'",
+            ),
+        ];
+        for (name, header, want) in cases {
+            let path = tmp(name);
+            write_raw(&path, header, &[]);
+            let err = open_err(path);
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        // Metadata alone, and an empty tensor, are well-formed.
+        let path = tmp("empty-ok");
+        write_raw(
+            &path,
+            r#"{"__metadata__":{"format":"pt"},"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}}"#,
+            &[],
+        );
+        assert_eq!(
+            SafeTensors::open(&[path]).unwrap().shape("e"),
+            Some(&[0, 3][..])
+        );
     }
 
     #[test]

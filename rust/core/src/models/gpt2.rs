@@ -6,9 +6,10 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use super::attention::Attention;
+use super::config_checks::{
+    epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive,
+};
 use super::decoder::{DecoderSession, DecoderStack};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
@@ -21,27 +22,17 @@ use crate::kernels::{activation, norm::layer_norm};
 use crate::tensor::{Linear, LinearSet, Tensor};
 use crate::threading::build_pool;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Gpt2Config {
-    #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
-    #[serde(default = "defaults::n_positions")]
     pub n_positions: usize,
-    #[serde(default = "defaults::n_embd")]
     pub n_embd: usize,
-    #[serde(default = "defaults::n_layer")]
     pub n_layer: usize,
-    #[serde(default = "defaults::n_head")]
     pub n_head: usize,
-    #[serde(default)]
     pub n_inner: Option<usize>,
-    #[serde(default = "defaults::activation_function")]
     pub activation_function: String,
-    #[serde(default = "defaults::layer_norm_epsilon")]
     pub layer_norm_epsilon: f64,
-    #[serde(default = "defaults::yes")]
     pub scale_attn_weights: bool,
-    #[serde(default)]
     pub scale_attn_by_inverse_layer_idx: bool,
 }
 
@@ -82,18 +73,42 @@ enum Act {
 
 impl Gpt2Config {
     pub fn from_json(json: &str) -> Result<Self> {
-        let cfg: Gpt2Config =
-            serde_json::from_str(json).map_err(|e| format_err!("config.json: {e}"))?;
-        if cfg.n_head == 0 || cfg.n_embd == 0 || cfg.n_embd % cfg.n_head != 0 {
+        let v = parse_object(json)?;
+        let size = |key: &str, default: usize| -> Result<usize> {
+            positive(key, get_usize(&v, key)?.unwrap_or(default))
+        };
+        let cfg = Gpt2Config {
+            vocab_size: size("vocab_size", defaults::vocab_size())?,
+            n_positions: size("n_positions", defaults::n_positions())?,
+            n_embd: size("n_embd", defaults::n_embd())?,
+            n_layer: size("n_layer", defaults::n_layer())?,
+            n_head: size("n_head", defaults::n_head())?,
+            n_inner: get_usize(&v, "n_inner")?
+                .map(|n| positive("n_inner", n))
+                .transpose()?,
+            activation_function: get_str(&v, "activation_function")?
+                .map_or_else(defaults::activation_function, str::to_string),
+            layer_norm_epsilon: epsilon(
+                "layer_norm_epsilon",
+                get_f64(&v, "layer_norm_epsilon")?.unwrap_or(defaults::layer_norm_epsilon()),
+            )?,
+            scale_attn_weights: get_bool(&v, "scale_attn_weights")?.unwrap_or(defaults::yes()),
+            scale_attn_by_inverse_layer_idx: get_bool(&v, "scale_attn_by_inverse_layer_idx")?
+                .unwrap_or(false),
+        };
+        if !cfg.n_embd.is_multiple_of(cfg.n_head) {
             return Err(format_err!(
-                "config.json: n_embd ({}) must be a positive multiple of n_head ({})",
+                "config.json: n_embd ({}) must be a multiple of n_head ({})",
                 cfg.n_embd,
                 cfg.n_head
             ));
         }
-        if cfg.vocab_size == 0 || cfg.n_layer == 0 || cfg.n_positions == 0 {
+        // `c_attn`'s width (3 x n_embd) and the default feed-forward width (4 x n_embd); the model
+        // multiplies these unchecked from here on.
+        if cfg.n_embd.checked_mul(4).is_none() {
             return Err(format_err!(
-                "config.json: vocab_size, n_layer and n_positions must be positive"
+                "config.json: n_embd ({}) overflows 4 x n_embd: not the size of a real model",
+                cfg.n_embd
             ));
         }
         cfg.act()?;

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::attention::Attention;
+use super::config_checks::{
+    epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, positive_real, product,
+};
 use super::decoder::{DecoderSession, DecoderStack};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
@@ -45,35 +48,6 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
 }
 
-fn get_usize(v: &Value, key: &str) -> Result<Option<usize>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-            format_err!("config.json: {key} must be a non-negative integer, got {x}")
-        }),
-    }
-}
-
-fn get_f64(v: &Value, key: &str) -> Result<Option<f64>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| format_err!("config.json: {key} must be a number, got {x}")),
-    }
-}
-
-fn get_bool(v: &Value, key: &str) -> Result<Option<bool>> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| format_err!("config.json: {key} must be true or false, got {x}")),
-    }
-}
-
 /// What one `model_type` of the family leaves unsaid in config.json: its transformers config
 /// class's defaults, and whether it fixes the attention biases (the registry holds one per
 /// model type).
@@ -96,7 +70,7 @@ impl LlamaConfig {
     /// Parses a transformers `config.json` of `model_type` `arch`, whose class defaults are
     /// `defaults`.
     pub fn from_json(arch: &str, json: &str, defaults: &LlamaDefaults) -> Result<Self> {
-        let v: Value = serde_json::from_str(json).map_err(|e| format_err!("config.json: {e}"))?;
+        let v = parse_object(json)?;
         let LlamaDefaults {
             vocab_size: vocab,
             hidden_size: hidden,
@@ -108,27 +82,42 @@ impl LlamaConfig {
             rope_theta: theta,
             fixed_qkv_bias,
         } = *defaults;
-        let hidden_size = get_usize(&v, "hidden_size")?.unwrap_or(hidden);
-        let num_attention_heads = get_usize(&v, "num_attention_heads")?.unwrap_or(heads);
-        if num_attention_heads == 0 || hidden_size == 0 {
-            return Err(format_err!(
-                "config.json: hidden_size and num_attention_heads must be positive"
-            ));
-        }
-        let num_key_value_heads = get_usize(&v, "num_key_value_heads")?
-            .or(kv)
-            .unwrap_or(num_attention_heads);
-        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        let hidden_size = positive(
+            "hidden_size",
+            get_usize(&v, "hidden_size")?.unwrap_or(hidden),
+        )?;
+        let num_attention_heads = positive(
+            "num_attention_heads",
+            get_usize(&v, "num_attention_heads")?.unwrap_or(heads),
+        )?;
+        let num_key_value_heads = positive(
+            "num_key_value_heads",
+            get_usize(&v, "num_key_value_heads")?
+                .or(kv)
+                .unwrap_or(num_attention_heads),
+        )?;
+        if num_attention_heads % num_key_value_heads != 0 {
             return Err(format_err!(
                 "config.json: num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
             ));
         }
-        let head_dim = get_usize(&v, "head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = positive(
+            "head_dim",
+            get_usize(&v, "head_dim")?.unwrap_or(hidden_size / num_attention_heads),
+        )?;
+        if head_dim % 2 != 0 {
+            return Err(format_err!(
+                "config.json: head_dim must be even (rotary embeddings rotate pairs), got {head_dim}"
+            ));
+        }
+        // The q projection's row count (the k and v ones divide it); the model multiplies these
+        // sizes unchecked from here on.
+        product(&[
+            ("num_attention_heads", num_attention_heads),
+            ("head_dim", head_dim),
+        ])?;
         let attention_bias = get_bool(&v, "attention_bias")?.unwrap_or(false);
-        let act = v
-            .get("hidden_act")
-            .and_then(Value::as_str)
-            .unwrap_or("silu");
+        let act = get_str(&v, "hidden_act")?.unwrap_or("silu");
         if act != "silu" && act != "swish" {
             return Err(format_err!(
                 "config.json: hidden_act '{act}' is not supported for {arch} (only silu)"
@@ -142,59 +131,83 @@ impl LlamaConfig {
         }
         .or(get_f64(&v, "rope_theta")?)
         .unwrap_or(theta);
-        let scaling_src = v.get("rope_scaling").filter(|s| s.is_object()).or(params);
-        let rope_scaling = match scaling_src {
-            Some(s) => parse_rope_scaling(s)?,
-            None => RopeScaling::None,
+        let rope_scaling = match (v.get("rope_scaling").filter(|s| s.is_object()), params) {
+            (Some(s), _) => parse_rope_scaling("rope_scaling", s)?,
+            (None, Some(p)) => parse_rope_scaling("rope_parameters", p)?,
+            (None, None) => RopeScaling::None,
         };
         let cfg = LlamaConfig {
-            vocab_size: get_usize(&v, "vocab_size")?.unwrap_or(vocab),
+            vocab_size: positive("vocab_size", get_usize(&v, "vocab_size")?.unwrap_or(vocab))?,
             hidden_size,
-            intermediate_size: get_usize(&v, "intermediate_size")?.unwrap_or(inter),
-            num_hidden_layers: get_usize(&v, "num_hidden_layers")?.unwrap_or(layers),
+            intermediate_size: positive(
+                "intermediate_size",
+                get_usize(&v, "intermediate_size")?.unwrap_or(inter),
+            )?,
+            num_hidden_layers: positive(
+                "num_hidden_layers",
+                get_usize(&v, "num_hidden_layers")?.unwrap_or(layers),
+            )?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: get_f64(&v, "rms_norm_eps")?.unwrap_or(1e-6),
-            rope_theta,
+            rms_norm_eps: epsilon("rms_norm_eps", get_f64(&v, "rms_norm_eps")?.unwrap_or(1e-6))?,
+            rope_theta: positive_real("rope_theta", rope_theta)?,
             rope_scaling,
-            max_position_embeddings: get_usize(&v, "max_position_embeddings")?.unwrap_or(max_pos),
+            max_position_embeddings: positive(
+                "max_position_embeddings",
+                get_usize(&v, "max_position_embeddings")?.unwrap_or(max_pos),
+            )?,
             tie_word_embeddings: get_bool(&v, "tie_word_embeddings")?.unwrap_or(false),
             qkv_bias: fixed_qkv_bias || attention_bias,
             o_bias: !fixed_qkv_bias && attention_bias,
             mlp_bias: get_bool(&v, "mlp_bias")?.unwrap_or(false),
         };
-        if cfg.vocab_size == 0
-            || cfg.intermediate_size == 0
-            || cfg.num_hidden_layers == 0
-            || cfg.head_dim == 0
-        {
-            return Err(format_err!("config.json: vocab_size, intermediate_size, num_hidden_layers and head_dim must be positive"));
-        }
         Ok(cfg)
     }
 }
 
-fn parse_rope_scaling(s: &Value) -> Result<RopeScaling> {
+/// `rope_scaling` (or transformers 5.x's `rope_parameters`, named by `section`).
+fn parse_rope_scaling(section: &str, s: &Value) -> Result<RopeScaling> {
     let kind = s
         .get("rope_type")
         .or_else(|| s.get("type"))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let factor = || -> Result<f32> {
-        get_f64(s, "factor")?
-            .map(|f| f as f32)
-            .ok_or_else(|| format_err!("config.json: rope scaling '{kind}' needs a factor"))
+    // A positive number under `section` (frequencies are divided by these).
+    let real = |key: &str, default: Option<f64>| -> Result<f32> {
+        let name = format!("{section}.{key}");
+        let x = get_f64(s, key)?
+            .or(default)
+            .ok_or_else(|| format_err!("config.json: rope scaling '{kind}' needs {name}"))?;
+        Ok(positive_real(&name, x)? as f32)
     };
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
-        "llama3" => Ok(RopeScaling::Llama3 {
-            factor: factor()?,
-            low_freq_factor: get_f64(s, "low_freq_factor")?.unwrap_or(1.0) as f32,
-            high_freq_factor: get_f64(s, "high_freq_factor")?.unwrap_or(4.0) as f32,
-            original_max_position: get_usize(s, "original_max_position_embeddings")?.unwrap_or(8192) as f32,
+        "linear" => Ok(RopeScaling::Linear {
+            factor: real("factor", None)?,
         }),
+        "llama3" => {
+            let original = positive(
+                &format!("{section}.original_max_position_embeddings"),
+                get_usize(s, "original_max_position_embeddings")?.unwrap_or(8192),
+            )?;
+            let (low, high) = (
+                real("low_freq_factor", Some(1.0))?,
+                real("high_freq_factor", Some(4.0))?,
+            );
+            // The smoothing between the two wavelengths divides by their difference.
+            if high <= low {
+                return Err(format_err!(
+                    "config.json: {section}.high_freq_factor ({high}) must exceed {section}.low_freq_factor ({low})"
+                ));
+            }
+            Ok(RopeScaling::Llama3 {
+                factor: real("factor", None)?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position: original as f32,
+            })
+        }
         other => Err(format_err!(
             "config.json: rope scaling '{other}' is not supported (fasttx supports default, linear and llama3)"
         )),

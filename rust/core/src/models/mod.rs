@@ -10,6 +10,7 @@
 //! are [`decoder`] (decoder-only) and [`encoder_decoder`], over the pieces in [`session`].
 
 pub mod attention;
+mod config_checks;
 mod decoder;
 mod encoder_decoder;
 pub mod gguf_config;
@@ -203,7 +204,16 @@ pub fn load(
             "{arch} models are read from safetensors, not GGUF"
         )));
     }
-    let config = (entry.config)(entry.model_type, config_json)?;
+    // A GGUF file's config is built from its metadata: its refusals name the file, not config.json.
+    let config =
+        (entry.config)(entry.model_type, config_json).map_err(|e| match (e, gguf_file) {
+            (Error::Format(msg), Some(path)) => Error::Format(format!(
+                "{}: from its metadata, {}",
+                path.display(),
+                msg.strip_prefix("config.json: ").unwrap_or(&msg)
+            )),
+            (e, _) => e,
+        })?;
     let source: Box<dyn WeightSource> = match (gguf_file, &entry.gguf) {
         (Some(path), Some(gguf)) => {
             let file = GgufFile::open(path)?;

@@ -205,6 +205,36 @@ mod tests {
     }
 
     #[test]
+    fn sizes_whose_products_wrap_are_refused_naming_the_keys() {
+        // Each wraps to the fixtures' real projection sizes: unchecked, they would pass the
+        // load-time shape checks and index out of bounds at the first step.
+        for (model_type, json, key) in [
+            (
+                "llama",
+                r#"{"num_attention_heads": 4611686018427387910, "num_key_value_heads": 2, "head_dim": 12}"#,
+                "num_attention_heads (4611686018427387910) x head_dim (12) overflows",
+            ),
+            (
+                "t5",
+                r#"{"d_kv": 4611686018427387916}"#,
+                "num_heads (8) x d_kv",
+            ),
+            (
+                "gpt2",
+                r#"{"n_embd": 4611686018427387904, "n_head": 1}"#,
+                "n_embd (4611686018427387904) overflows",
+            ),
+        ] {
+            let entry = architecture(model_type).unwrap();
+            let err = (entry.config)(model_type, json).err().unwrap().to_string();
+            assert!(
+                err.starts_with("config.json: ") && err.contains(key),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_model_types_name_the_supported_ones() {
         let err = architecture("bert").err().unwrap().to_string();
         assert!(

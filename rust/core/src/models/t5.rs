@@ -10,9 +10,10 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-
 use super::attention::{Attention, KeyValues};
+use super::config_checks::{
+    epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, product,
+};
 use super::encoder_decoder::{self, EncoderDecoderStack, EncoderMemory};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
@@ -25,34 +26,21 @@ use crate::kernels::{activation, norm::rms_norm};
 use crate::tensor::{Linear, LinearSet, Tensor};
 use crate::threading::build_pool;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct T5Config {
-    #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
-    #[serde(default = "defaults::d_model")]
     pub d_model: usize,
-    #[serde(default = "defaults::d_kv")]
     pub d_kv: usize,
-    #[serde(default = "defaults::d_ff")]
     pub d_ff: usize,
-    #[serde(default = "defaults::num_layers")]
     pub num_layers: usize,
-    #[serde(default)]
     pub num_decoder_layers: Option<usize>,
-    #[serde(default = "defaults::num_heads")]
     pub num_heads: usize,
-    #[serde(default = "defaults::num_buckets")]
     pub relative_attention_num_buckets: usize,
-    #[serde(default = "defaults::max_distance")]
     pub relative_attention_max_distance: usize,
-    #[serde(default = "defaults::layer_norm_epsilon")]
     pub layer_norm_epsilon: f64,
-    #[serde(default = "defaults::feed_forward_proj")]
     pub feed_forward_proj: String,
-    #[serde(default = "defaults::tie_word_embeddings")]
     pub tie_word_embeddings: bool,
     /// transformers 5.x writes this instead of deriving the rescale from `tie_word_embeddings`.
-    #[serde(default)]
     pub scale_decoder_outputs: Option<bool>,
 }
 
@@ -125,30 +113,47 @@ impl Act {
 
 impl T5Config {
     pub fn from_json(json: &str) -> Result<Self> {
-        let cfg: T5Config =
-            serde_json::from_str(json).map_err(|e| format_err!("config.json: {e}"))?;
-        for (name, v) in [
-            ("vocab_size", cfg.vocab_size),
-            ("d_model", cfg.d_model),
-            ("d_kv", cfg.d_kv),
-            ("d_ff", cfg.d_ff),
-            ("num_heads", cfg.num_heads),
-            (
+        let v = parse_object(json)?;
+        let size = |key: &str, default: usize| -> Result<usize> {
+            positive(key, get_usize(&v, key)?.unwrap_or(default))
+        };
+        let cfg = T5Config {
+            vocab_size: size("vocab_size", defaults::vocab_size())?,
+            d_model: size("d_model", defaults::d_model())?,
+            d_kv: size("d_kv", defaults::d_kv())?,
+            d_ff: size("d_ff", defaults::d_ff())?,
+            num_layers: size("num_layers", defaults::num_layers())?,
+            num_decoder_layers: get_usize(&v, "num_decoder_layers")?
+                .map(|n| positive("num_decoder_layers", n))
+                .transpose()?,
+            num_heads: size("num_heads", defaults::num_heads())?,
+            relative_attention_num_buckets: size(
                 "relative_attention_num_buckets",
-                cfg.relative_attention_num_buckets,
-            ),
-        ] {
-            if v == 0 {
-                return Err(format_err!("config.json: {name} must be positive"));
-            }
-        }
-        if cfg.relative_attention_num_buckets < 4
-            || cfg.relative_attention_max_distance * 2 <= cfg.relative_attention_num_buckets
-        {
+                defaults::num_buckets(),
+            )?,
+            relative_attention_max_distance: size(
+                "relative_attention_max_distance",
+                defaults::max_distance(),
+            )?,
+            layer_norm_epsilon: epsilon(
+                "layer_norm_epsilon",
+                get_f64(&v, "layer_norm_epsilon")?.unwrap_or(defaults::layer_norm_epsilon()),
+            )?,
+            feed_forward_proj: get_str(&v, "feed_forward_proj")?
+                .map_or_else(defaults::feed_forward_proj, str::to_string),
+            tie_word_embeddings: get_bool(&v, "tie_word_embeddings")?
+                .unwrap_or(defaults::tie_word_embeddings()),
+            scale_decoder_outputs: get_bool(&v, "scale_decoder_outputs")?,
+        };
+        // The attention projections' row count; the model multiplies these unchecked from here on.
+        product(&[("num_heads", cfg.num_heads), ("d_kv", cfg.d_kv)])?;
+        let (nb, max_distance) = (
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+        );
+        if nb < 4 || max_distance.saturating_mul(2) <= nb {
             return Err(format_err!(
-                "config.json: relative_attention_num_buckets={} with relative_attention_max_distance={} is not a valid bucketing",
-                cfg.relative_attention_num_buckets,
-                cfg.relative_attention_max_distance
+                "config.json: relative_attention_num_buckets={nb} with relative_attention_max_distance={max_distance} is not a valid bucketing"
             ));
         }
         cfg.activation()?;
@@ -424,18 +429,13 @@ impl T5Model {
             })
             .collect::<Result<Vec<_>>>()?;
         let heads = cfg.num_heads;
-        let (encoder_bias, decoder_bias) = if cfg.num_layers > 0 && cfg.decoder_layers() > 0 {
-            (
-                w.tensor(&bias_name("encoder"))?
-                    .expect_shape(&bias_name("encoder"), &[nb, heads])?,
-                w.tensor(&bias_name("decoder"))?
-                    .expect_shape(&bias_name("decoder"), &[nb, heads])?,
-            )
-        } else {
-            return Err(format_err!(
-                "config.json: T5 needs at least one encoder and one decoder layer"
-            ));
-        };
+        // Both stacks have a first layer: the config's layer counts are positive.
+        let encoder_bias = w
+            .tensor(&bias_name("encoder"))?
+            .expect_shape(&bias_name("encoder"), &[nb, heads])?;
+        let decoder_bias = w
+            .tensor(&bias_name("decoder"))?
+            .expect_shape(&bias_name("decoder"), &[nb, heads])?;
         let weights = T5Weights {
             eps: cfg.layer_norm_epsilon as f32,
             encoder_norm: vector(w, "encoder.final_layer_norm.weight", d)?,
