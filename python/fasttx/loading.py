@@ -190,7 +190,13 @@ def _load_gguf(path: Path, dtype: str, threads: int):
 
     meta = gguf_metadata(path)
     arch, config = gguf_config(path)  # transformers' config.json for the file, built natively
-    native = NativeModel(arch, json.dumps(config), [str(path)], dtype, threads)
+    try:
+        native = NativeModel(arch, json.dumps(config), [str(path)], dtype, threads)
+    except ModelFormatError as e:
+        # The model checks tensor shapes against the config without knowing the file: name it.
+        if str(path) in str(e):
+            raise
+        raise ModelFormatError(f"{path}: {e}") from None
     tok_path = path.parent / "tokenizer.json"
     if tok_path.is_file():
         from tokenizers import Tokenizer

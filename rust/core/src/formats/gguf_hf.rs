@@ -81,6 +81,11 @@ impl GgufAsHf {
         Some((format!("blk.{layer}.{gguf}.{suffix}"), rows))
     }
 
+    /// `<file>: tensor '<name>'`, to begin messages about one of the file's tensors.
+    fn describe(&self, gguf: &str) -> String {
+        format!("{}: tensor '{gguf}'", self.file.path().display())
+    }
+
     fn resolve(&self, hf: &str) -> Result<(String, Rows)> {
         self.locate(hf).ok_or_else(|| {
             format_err!(
@@ -101,16 +106,16 @@ fn source_row(r: usize, rows: usize, heads: usize) -> usize {
 
 /// Reorders `rows` equal chunks of `data` into transformers' order. The sizes come from the file,
 /// so every one is checked: the rows must split into `heads` heads of even, nonzero size and
-/// `data` into that many nonempty rows.
+/// `data` into that many nonempty rows. `name` is the tensor's, with the file, for messages.
 fn unpermute<T: Copy>(data: &[T], rows: usize, heads: usize, name: &str) -> Result<Vec<T>> {
     if heads == 0 || rows == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
         return Err(format_err!(
-            "tensor '{name}': {rows} rows cannot be split into {heads} heads of even, nonzero size"
+            "{name}: {rows} rows cannot be split into {heads} heads of even, nonzero size"
         ));
     }
     if data.is_empty() || data.len() % rows != 0 {
         return Err(format_err!(
-            "tensor '{name}': {} values (or bytes) do not form {rows} nonempty rows",
+            "{name}: {} values (or bytes) do not form {rows} nonempty rows",
             data.len()
         ));
     }
@@ -133,7 +138,7 @@ impl WeightSource for GgufAsHf {
                 let shape = t.shape().to_vec();
                 // A scalar has no rows: report it like any other shape that does not split.
                 let rows = shape.first().copied().unwrap_or(0);
-                let data = unpermute(t.data(), rows, heads, &gguf)?;
+                let data = unpermute(t.data(), rows, heads, &self.describe(&gguf))?;
                 Tensor::from_vec(shape, data)
             }
         }
@@ -162,7 +167,7 @@ impl WeightSource for GgufAsHf {
                 bytes.as_slice(),
                 r,
                 heads,
-                &gguf,
+                &self.describe(&gguf),
             )?)),
         };
         Ok(Weight::Quant(QuantMatrix::new(format, r, c, bytes)?))
