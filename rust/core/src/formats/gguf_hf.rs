@@ -108,12 +108,12 @@ fn source_row(r: usize, rows: usize, heads: usize) -> usize {
 /// so every one is checked: the rows must split into `heads` heads of even, nonzero size and
 /// `data` into that many nonempty rows. `name` is the tensor's, with the file, for messages.
 fn unpermute<T: Copy>(data: &[T], rows: usize, heads: usize, name: &str) -> Result<Vec<T>> {
-    if heads == 0 || rows == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || rows == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(format_err!(
             "{name}: {rows} rows cannot be split into {heads} heads of even, nonzero size"
         ));
     }
-    if data.is_empty() || data.len() % rows != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(rows) {
         return Err(format_err!(
             "{name}: {} values (or bytes) do not form {rows} nonempty rows",
             data.len()
