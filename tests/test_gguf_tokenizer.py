@@ -48,8 +48,9 @@ def _read_metadata(path: str) -> dict:
 
 
 def read_metadata(path: Path) -> dict:
-    # A deep copy: cases edit it.
-    return copy.deepcopy(_read_metadata(str(path)))
+    # A deep copy with arrays as lists (gguf_metadata's GgufArray is read-only): cases edit it.
+    meta = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in _read_metadata(str(path)).items()}
+    return copy.deepcopy(meta)
 
 
 def apply_edits(meta: dict, edits: dict) -> dict:

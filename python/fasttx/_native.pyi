@@ -4,7 +4,7 @@ Checked against the built module by ``python -m mypy.stubtest fasttx._native`` (
 command): a function added to or changed in the bindings must be written here too."""
 
 from os import PathLike
-from typing import Any, Optional, Sequence, Union, final
+from typing import Any, Iterator, Optional, Sequence, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,7 @@ __all__ = [
     "NativeModel",
     "NativeSession",
     "gguf_metadata",
+    "GgufArray",
     "gguf_config",
     "architectures",
     "memory_bandwidth",
@@ -87,8 +88,27 @@ def instruction_set() -> str:
     """The SIMD path the kernels run with: "avx512", "avx2", "neon" or "scalar" (the names
     ``FASTTX_ISA`` takes), after detection and any ``FASTTX_ISA`` override."""
 
-def gguf_metadata(path: Union[str, PathLike[str]]) -> dict:
-    """The metadata of a GGUF file (keys as stored; arrays as lists)."""
+def gguf_metadata(path: Union[str, PathLike[str]]) -> dict[str, Any]:
+    """The metadata of a GGUF file: keys as stored, scalars as Python values, arrays as
+    :class:`GgufArray` (read from the file only when their elements are asked for)."""
+
+@final
+class GgufArray:
+    """One array of a GGUF file's metadata: a read-only sequence whose elements are decoded from
+    the file when read (``len()`` decodes nothing). ``numpy.asarray`` gives numbers as one compact
+    array; ``tolist()`` gives every element as a Python object."""
+
+    @property
+    def type(self) -> str:
+        """The elements' GGUF type: "u8", "i32", "f32", "bool", "string", "array", ..."""
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: Union[int, slice], /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def tolist(self) -> list[Any]: ...
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> Any: ...
+    def __copy__(self) -> GgufArray: ...
+    def __deepcopy__(self, _memo: Any) -> GgufArray: ...
 
 def architectures() -> list[dict[str, Any]]:
     """The supported architectures, one dict each: ``model_type`` (str), ``encoder_decoder``

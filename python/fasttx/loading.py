@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ._native import ModelFormatError, NativeModel, architectures, gguf_config, gguf_metadata
+from ._native import GgufArray, ModelFormatError, NativeModel, architectures, gguf_config, gguf_metadata
 from .generation.options import GENERATION_KEYS
 
 DTYPES = ("auto", "f32", "int8")
+
+# gguf_metadata's arrays are read-only sequences over the file (decoded when read).
+Sequence.register(GgufArray)
 
 
 def default_threads() -> int:
@@ -240,14 +244,23 @@ def _load_gguf(path: Path, dtype: str, threads: int):
 
     meta = gguf_metadata(path)
     arch, config = gguf_config(path)  # transformers' config.json for the file, built natively
-    native = NativeModel(arch, json.dumps(config), [str(path)], dtype, threads)
+    try:
+        native = NativeModel(arch, json.dumps(config), [str(path)], dtype, threads)
+    except ModelFormatError as e:
+        # The model checks tensor shapes against the config without knowing the file: name it.
+        if str(path) in str(e):
+            raise
+        raise ModelFormatError(f"{path}: {e}") from None
     tok_path = path.parent / "tokenizer.json"
     if tok_path.is_file():
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(tok_path))
     else:
-        tokenizer = tokenizer_from_gguf(meta)
+        # The tokenizer reads whole token/merge/score lists: decode only the tokenizer's arrays.
+        tokenizer = tokenizer_from_gguf(
+            {k: v.tolist() if isinstance(v, GgufArray) and k.startswith("tokenizer.ggml.") else v for k, v in meta.items()}
+        )
     generation_config = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     return Model(
         native=native,

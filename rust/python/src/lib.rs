@@ -16,6 +16,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<errors::ModelFormatError>(),
     )?;
     m.add_class::<model::NativeModel>()?;
+    m.add_class::<gguf::GgufArray>()?;
     m.add_class::<model::NativeSession>()?;
     m.add_function(wrap_pyfunction!(gguf::gguf_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(architectures::architectures, m)?)?;

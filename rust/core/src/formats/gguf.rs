@@ -37,6 +37,13 @@ pub const DEFAULT_ALIGNMENT: usize = 32;
 pub const MAX_DIMS: usize = 4;
 /// Real files nest arrays at most one level deep; the limit only bounds recursion on hostile input.
 const MAX_ARRAY_DEPTH: usize = 16;
+/// Most metadata keys a file may have. Real files have a few dozen (per-layer values are arrays,
+/// not keys); the bound keeps the key index, and the dict Python builds from it, a few MB whatever
+/// the file claims.
+pub const MAX_METADATA_KEYS: u64 = 1 << 16;
+/// Most tensors a file may have. The largest real files have a few thousand (experts are stacked
+/// into one tensor per layer); each costs ~150 bytes of index, so this bounds the index too.
+pub const MAX_TENSORS: u64 = 1 << 16;
 /// Smallest possible encoding of one metadata pair: empty key (`u64` length), `u32` type, 1-byte value.
 const MIN_KV_BYTES: u64 = 8 + 4 + 1;
 /// Smallest possible tensor info: empty name, `u32` n_dims = 0, `u32` type, `u64` offset.
@@ -48,30 +55,99 @@ const BLOCKS_PER_TASK: usize = 4096;
 // Metadata values
 // ---------------------------------------------------------------------------------------------
 
-/// One metadata value. The variants follow GGUF's value types (ids in comments).
-#[derive(Clone, Debug, PartialEq)]
-pub enum MetaValue {
-    U8(u8),                // 0
-    I8(i8),                // 1
-    U16(u16),              // 2
-    I16(i16),              // 3
-    U32(u32),              // 4
-    I32(i32),              // 5
-    F32(f32),              // 6
-    Bool(bool),            // 7
-    String(String),        // 8
-    Array(Vec<MetaValue>), // 9: homogeneous in the file, possibly nested
-    U64(u64),              // 10
-    I64(i64),              // 11
-    F64(f64),              // 12
+/// One metadata value, borrowed from the file's mapping. The variants follow GGUF's value types
+/// (ids in comments). Strings are not copied and arrays stay spans of the file
+/// ([`MetaArray`]) whose elements are decoded only when read, so the metadata costs memory in
+/// proportion to the number of keys, never to the size of the values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MetaValue<'a> {
+    U8(u8),               // 0
+    I8(i8),               // 1
+    U16(u16),             // 2
+    I16(i16),             // 3
+    U32(u32),             // 4
+    I32(i32),             // 5
+    F32(f32),             // 6
+    Bool(bool),           // 7
+    String(&'a str),      // 8
+    Array(MetaArray<'a>), // 9: homogeneous, possibly nested
+    U64(u64),             // 10
+    I64(i64),             // 11
+    F64(f64),             // 12
 }
 
-impl MetaValue {
+/// An array value: its element type, its length and its elements' bytes in the file. [`GgufFile`]
+/// validated every element when it opened the file, so reading them again cannot fail.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MetaArray<'a> {
+    elem: u32,
+    len: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> MetaArray<'a> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// GGUF's id for the elements' type (`gguf_type`).
+    pub fn elem_type(&self) -> u32 {
+        self.elem
+    }
+
+    /// A short name of the elements' type (`u8`, `string`, ...), for messages.
+    pub fn elem_type_name(&self) -> &'static str {
+        value_type_name(self.elem).unwrap_or("?")
+    }
+
+    /// The elements' bytes (`len × width`, little-endian) when they are numbers or bools, which
+    /// have one fixed width: such arrays can be handed out whole, without decoding each element.
+    pub fn fixed_width(&self) -> Option<(usize, &'a [u8])> {
+        fixed_value_bytes(self.elem).map(|w| (w, self.bytes))
+    }
+
+    /// Element `i`: found directly for fixed-width elements, by walking the ones before it for
+    /// strings and nested arrays.
+    pub fn get(&self, i: usize) -> Option<MetaValue<'a>> {
+        if i >= self.len {
+            return None;
+        }
+        match fixed_value_bytes(self.elem) {
+            Some(w) => {
+                let mut r = Reader {
+                    buf: &self.bytes[i * w..(i + 1) * w],
+                    pos: 0,
+                };
+                r.value(self.elem, 0).ok()
+            }
+            None => self.iter().nth(i),
+        }
+    }
+
+    /// The elements in order, each decoded when reached.
+    pub fn iter(&self) -> impl Iterator<Item = MetaValue<'a>> + 'a {
+        let (elem, mut r) = (
+            self.elem,
+            Reader {
+                buf: self.bytes,
+                pos: 0,
+            },
+        );
+        // `parse` decoded every element once already, so this cannot stop early.
+        (0..self.len).map_while(move |_| r.value(elem, 0).ok())
+    }
+}
+
+impl<'a> MetaValue<'a> {
     /// The value as an unsigned integer: any integer type whose value is non-negative. The spec
     /// names a type for each key, but writers disagree (u32 vs u64 vs i32), so callers should not
     /// care which integer type a file used.
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
+    pub fn as_u64(self) -> Option<u64> {
+        match self {
             MetaValue::U8(v) => Some(v.into()),
             MetaValue::U16(v) => Some(v.into()),
             MetaValue::U32(v) => Some(v.into()),
@@ -85,8 +161,8 @@ impl MetaValue {
     }
 
     /// The value as a signed integer: any integer type whose value fits in `i64`.
-    pub fn as_i64(&self) -> Option<i64> {
-        match *self {
+    pub fn as_i64(self) -> Option<i64> {
+        match self {
             MetaValue::I8(v) => Some(v.into()),
             MetaValue::I16(v) => Some(v.into()),
             MetaValue::I32(v) => Some(v.into()),
@@ -101,8 +177,8 @@ impl MetaValue {
 
     /// The value as a float: either float type, or any integer type (e.g. a `rope.freq_base`
     /// written as an integer).
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
+    pub fn as_f64(self) -> Option<f64> {
+        match self {
             MetaValue::F32(v) => Some(v.into()),
             MetaValue::F64(v) => Some(v),
             MetaValue::U64(v) => Some(v as f64),
@@ -111,21 +187,21 @@ impl MetaValue {
         }
     }
 
-    pub fn as_bool(&self) -> Option<bool> {
-        match *self {
+    pub fn as_bool(self) -> Option<bool> {
+        match self {
             MetaValue::Bool(v) => Some(v),
             _ => None,
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub fn as_str(self) -> Option<&'a str> {
         match self {
             MetaValue::String(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn as_array(&self) -> Option<&[MetaValue]> {
+    pub fn as_array(self) -> Option<MetaArray<'a>> {
         match self {
             MetaValue::Array(a) => Some(a),
             _ => None,
@@ -133,7 +209,7 @@ impl MetaValue {
     }
 
     /// GGUF's id for this value's type (`gguf_type`).
-    pub fn type_id(&self) -> u32 {
+    pub fn type_id(self) -> u32 {
         match self {
             MetaValue::U8(_) => 0,
             MetaValue::I8(_) => 1,
@@ -152,7 +228,7 @@ impl MetaValue {
     }
 
     /// A short name of this value's type, for messages.
-    pub fn type_name(&self) -> &'static str {
+    pub fn type_name(self) -> &'static str {
         value_type_name(self.type_id()).unwrap_or("?")
     }
 }
@@ -172,6 +248,17 @@ fn value_type_name(id: u32) -> Option<&'static str> {
         10 => "u64",
         11 => "i64",
         12 => "f64",
+        _ => return None,
+    })
+}
+
+/// The width of one value of type `id` when all its values have the same width (numbers, bools).
+fn fixed_value_bytes(id: u32) -> Option<usize> {
+    Some(match id {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        10..=12 => 8,
         _ => return None,
     })
 }
@@ -385,10 +472,18 @@ struct Header {
     version: u32,
     alignment: usize,
     data_offset: usize,
-    metadata: BTreeMap<String, MetaValue>,
+    /// Each key's value, as where it lies in the file: values are decoded when asked for.
+    metadata: BTreeMap<String, ValueSpan>,
     /// In file order.
     tensors: Vec<TensorInfo>,
     index: HashMap<String, usize>,
+}
+
+/// Where one metadata value lies: its type id and the byte range of its encoding (after the id).
+#[derive(Debug)]
+struct ValueSpan {
+    ty: u32,
+    bytes: std::ops::Range<usize>,
 }
 
 impl GgufFile {
@@ -424,12 +519,38 @@ impl GgufFile {
         self.header.data_offset
     }
 
-    pub fn metadata(&self) -> &BTreeMap<String, MetaValue> {
-        &self.header.metadata
+    /// Every metadata pair, in key order.
+    pub fn metadata(&self) -> impl Iterator<Item = (&str, MetaValue<'_>)> + '_ {
+        self.header
+            .metadata
+            .iter()
+            .filter_map(|(k, span)| Some((k.as_str(), self.value(span)?)))
     }
 
-    pub fn get(&self, key: &str) -> Option<&MetaValue> {
-        self.header.metadata.get(key)
+    /// How many metadata pairs the file has.
+    pub fn metadata_len(&self) -> usize {
+        self.header.metadata.len()
+    }
+
+    pub fn get(&self, key: &str) -> Option<MetaValue<'_>> {
+        self.value(self.header.metadata.get(key)?)
+    }
+
+    /// The value stored at `span`. `parse` decoded it successfully, so decoding cannot fail; an
+    /// array is not walked again (its span is known), so this is O(1) for all but strings.
+    fn value(&self, span: &ValueSpan) -> Option<MetaValue<'_>> {
+        let bytes = &self.map[span.bytes.clone()];
+        let mut r = Reader { buf: bytes, pos: 0 };
+        if span.ty != 9 {
+            return r.value(span.ty, 0).ok();
+        }
+        let elem = r.u32("array element type").ok()?;
+        let len = usize::try_from(r.u64("array length").ok()?).ok()?;
+        Some(MetaValue::Array(MetaArray {
+            elem,
+            len,
+            bytes: &bytes[r.pos..],
+        }))
     }
 
     /// `general.architecture` (`llama`, `gpt2`, `t5`, ...), if present and a string.
@@ -546,7 +667,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A `gguf_string`: `u64` byte length, then UTF-8 without terminator.
-    fn string(&mut self, what: &str) -> std::result::Result<String, String> {
+    fn string(&mut self, what: &str) -> std::result::Result<&'a str, String> {
         let len = self.u64(what)?;
         // Compare as u64 first: the claimed length may not even fit in usize.
         if len > self.remaining() as u64 {
@@ -556,9 +677,7 @@ impl<'a> Reader<'a> {
             ));
         }
         let bytes = self.take(len as usize, what)?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|e| format!("{what} is not valid UTF-8 ({e})"))
+        std::str::from_utf8(bytes).map_err(|e| format!("{what} is not valid UTF-8 ({e})"))
     }
 
     /// Checks that `count` items of at least `min_bytes` each can fit in the rest of the file.
@@ -578,7 +697,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<MetaValue, String> {
+    /// Decodes (and so validates) one value of type `ty`. An array's elements are all checked here
+    /// but not kept: the result spans their bytes.
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<MetaValue<'a>, String> {
         Ok(match ty {
             0 => MetaValue::U8(u8::from_le_bytes(self.array("u8 value")?)),
             1 => MetaValue::I8(i8::from_le_bytes(self.array("i8 value")?)),
@@ -609,15 +730,27 @@ impl<'a> Reader<'a> {
                     value_type_name(elem).unwrap_or("?")
                 );
                 self.check_count(count, min, &what)?;
-                // Cannot overflow or over-reserve: `count * min <= remaining bytes` was just checked.
-                let mut items = Vec::with_capacity(count as usize);
-                for i in 0..count {
-                    items.push(
-                        self.value(elem, depth + 1)
-                            .map_err(|e| format!("array element {i}: {e}"))?,
-                    );
+                let start = self.pos;
+                match fixed_value_bytes(elem) {
+                    // Numbers need no check: skip them without touching their pages. Bools must
+                    // be 0 or 1.
+                    Some(w) if elem != 7 => {
+                        // `count * min <= remaining` was just checked, and `min == w` here.
+                        self.take(count as usize * w, &what)?;
+                    }
+                    _ => {
+                        for i in 0..count {
+                            self.value(elem, depth + 1)
+                                .map_err(|e| format!("array element {i}: {e}"))?;
+                        }
+                    }
                 }
-                MetaValue::Array(items)
+                MetaValue::Array(MetaArray {
+                    elem,
+                    // Fits: at least one byte per element was checked above.
+                    len: count as usize,
+                    bytes: &self.buf[start..self.pos],
+                })
             }
             10 => MetaValue::U64(self.u64("u64 value")?),
             11 => MetaValue::I64(i64::from_le_bytes(self.array("i64 value")?)),
@@ -679,22 +812,36 @@ fn parse(buf: &[u8]) -> std::result::Result<Header, String> {
         ));
     }
 
+    if kv_count > MAX_METADATA_KEYS {
+        return Err(format!(
+            "metadata_kv_count {kv_count} exceeds fasttx's limit of {MAX_METADATA_KEYS} keys (real files have a few dozen)"
+        ));
+    }
+
     let mut metadata = BTreeMap::new();
+    let mut alignment_value = None;
     for i in 0..kv_count {
         let key = r
             .string("metadata key")
             .map_err(|e| format!("metadata entry {i}: {e}"))?;
         let in_key = |e: String| format!("metadata key '{key}': {e}");
         let ty = r.u32("value type").map_err(in_key)?;
+        let start = r.pos;
         let value = r.value(ty, 0).map_err(in_key)?;
+        if key == "general.alignment" {
+            alignment_value = Some(value);
+        }
+        let span = ValueSpan {
+            ty,
+            bytes: start..r.pos,
+        };
         // ggml rejects duplicates too; keeping either one silently could change a hyperparameter.
-        if metadata.contains_key(&key) {
+        if metadata.insert(key.to_owned(), span).is_some() {
             return Err(format!("duplicate metadata key '{key}'"));
         }
-        metadata.insert(key, value);
     }
 
-    let alignment = match metadata.get("general.alignment") {
+    let alignment = match alignment_value {
         None => DEFAULT_ALIGNMENT,
         Some(v) => {
             let a = v.as_u64().ok_or_else(|| {
@@ -716,6 +863,11 @@ fn parse(buf: &[u8]) -> std::result::Result<Header, String> {
     };
 
     r.check_count(tensor_count, MIN_TENSOR_INFO_BYTES, "tensor_count")?;
+    if tensor_count > MAX_TENSORS {
+        return Err(format!(
+            "tensor_count {tensor_count} exceeds fasttx's limit of {MAX_TENSORS} tensors"
+        ));
+    }
     // Cannot over-reserve: `tensor_count * 24 <= remaining bytes` was just checked.
     let mut tensors = Vec::with_capacity(tensor_count as usize);
     let mut index = HashMap::with_capacity(tensor_count as usize);
@@ -723,9 +875,9 @@ fn parse(buf: &[u8]) -> std::result::Result<Header, String> {
         let name = r
             .string("tensor name")
             .map_err(|e| format!("tensor info {i}: {e}"))?;
-        let info = parse_tensor_info(&mut r, &name, alignment)
+        let info = parse_tensor_info(&mut r, name, alignment)
             .map_err(|e| format!("tensor '{name}': {e}"))?;
-        if index.insert(name.clone(), tensors.len()).is_some() {
+        if index.insert(name.to_owned(), tensors.len()).is_some() {
             return Err(format!("duplicate tensor name '{name}'"));
         }
         tensors.push(info);
@@ -737,6 +889,14 @@ fn parse(buf: &[u8]) -> std::result::Result<Header, String> {
         .pos
         .checked_next_multiple_of(alignment)
         .ok_or("data section offset overflows")?;
+    // Every tensor's bytes are sliced from `data_offset`, even an empty tensor's, so it must lie in
+    // the file whenever there are tensors (an absurd `general.alignment` could push it past the end).
+    if !tensors.is_empty() && data_offset > buf.len() {
+        return Err(format!(
+            "the data section would start at byte {data_offset} (after padding to the alignment {alignment}), past the end of the {}-byte file (truncated file, or a corrupt alignment)",
+            buf.len()
+        ));
+    }
     let data_len = buf.len().saturating_sub(data_offset);
     for t in &tensors {
         let end = t.offset.checked_add(t.byte_len);
@@ -798,17 +958,24 @@ fn parse_tensor_info(
     let offset = r.u64("data offset")?;
     let ty = GgmlType::from_id(type_id).map_err(|e| e.to_string())?;
 
-    // ggml stores dims as int64; larger values (or a product past usize) mean corruption.
-    let numel = dims
-        .iter()
-        .try_fold(1u64, |acc, &d| {
-            if d > i64::MAX as u64 {
-                None
-            } else {
-                acc.checked_mul(d)
-            }
-        })
-        .ok_or_else(|| format!("dimensions {dims:?} overflow"))?;
+    // ggml stores dims as int64; larger values (or a product past usize) mean corruption. The
+    // product of the nonzero dims must fit too: with a zero dim the element count is 0 in any
+    // order, but code that multiplies the shape in another order must not overflow on the way.
+    let product = |nonzero_only: bool| {
+        dims.iter()
+            .filter(|&&d| !nonzero_only || d > 0)
+            .try_fold(1u64, |acc, &d| {
+                if d > i64::MAX as u64 {
+                    None
+                } else {
+                    acc.checked_mul(d)
+                }
+            })
+    };
+    let numel = product(false)
+        .filter(|_| product(true).is_some())
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("dimensions {dims:?} overflow"))? as u64;
     // A scalar (n_dims = 0) has one value and a row length of 1.
     let row_len = dims.first().copied().unwrap_or(1);
     let block = ty.block_size() as u64;
@@ -862,27 +1029,71 @@ mod tests {
         b.extend(s);
     }
 
-    /// Encodes a value without its type id. Arrays take their element type from the first item
-    /// (u8 when empty).
-    fn put_value(b: &mut Vec<u8>, v: &MetaValue) {
+    /// A value for the test writer: a scalar, or an array (element type id, items) of them.
+    #[derive(Clone, Debug)]
+    enum V {
+        S(MetaValue<'static>),
+        A(u32, Vec<V>),
+    }
+
+    impl From<MetaValue<'static>> for V {
+        fn from(v: MetaValue<'static>) -> Self {
+            V::S(v)
+        }
+    }
+
+    impl V {
+        fn type_id(&self) -> u32 {
+            match self {
+                V::S(v) => v.type_id(),
+                V::A(..) => 9,
+            }
+        }
+
+        /// Whether the file's value `m` is this one.
+        fn is(&self, m: MetaValue) -> bool {
+            match (self, m) {
+                (V::S(v), m) => *v == m,
+                (V::A(elem, items), MetaValue::Array(a)) => {
+                    a.elem_type() == *elem
+                        && a.len() == items.len()
+                        && items.iter().zip(a.iter()).all(|(v, m)| v.is(m))
+                        && items
+                            .iter()
+                            .enumerate()
+                            .all(|(i, v)| v.is(a.get(i).unwrap()))
+                }
+                _ => false,
+            }
+        }
+    }
+
+    fn put(b: &mut Vec<u8>, v: &V) {
         match v {
-            MetaValue::U8(x) => b.push(*x),
+            V::S(v) => put_value(b, v),
+            V::A(elem, items) => {
+                b.extend(elem.to_le_bytes());
+                b.extend((items.len() as u64).to_le_bytes());
+                for item in items {
+                    put(b, item);
+                }
+            }
+        }
+    }
+
+    /// Encodes a scalar without its type id.
+    fn put_value(b: &mut Vec<u8>, v: &MetaValue) {
+        match *v {
+            MetaValue::U8(x) => b.push(x),
             MetaValue::I8(x) => b.extend(x.to_le_bytes()),
             MetaValue::U16(x) => b.extend(x.to_le_bytes()),
             MetaValue::I16(x) => b.extend(x.to_le_bytes()),
             MetaValue::U32(x) => b.extend(x.to_le_bytes()),
             MetaValue::I32(x) => b.extend(x.to_le_bytes()),
             MetaValue::F32(x) => b.extend(x.to_le_bytes()),
-            MetaValue::Bool(x) => b.push(u8::from(*x)),
+            MetaValue::Bool(x) => b.push(u8::from(x)),
             MetaValue::String(s) => put_str(b, s.as_bytes()),
-            MetaValue::Array(items) => {
-                let elem = items.first().map_or(0, MetaValue::type_id);
-                b.extend(elem.to_le_bytes());
-                b.extend((items.len() as u64).to_le_bytes());
-                for item in items {
-                    put_value(b, item);
-                }
-            }
+            MetaValue::Array(_) => unreachable!("test arrays are written from V::A"),
             MetaValue::U64(x) => b.extend(x.to_le_bytes()),
             MetaValue::I64(x) => b.extend(x.to_le_bytes()),
             MetaValue::F64(x) => b.extend(x.to_le_bytes()),
@@ -919,12 +1130,13 @@ mod tests {
                 kvs: Vec::new(),
                 tensors: Vec::new(),
             }
-            .kv("general.architecture", MetaValue::String("llama".into()))
+            .kv("general.architecture", MetaValue::String("llama"))
         }
 
-        fn kv(self, key: &str, v: MetaValue) -> Self {
+        fn kv(self, key: &str, v: impl Into<V>) -> Self {
+            let v = v.into();
             let mut raw = v.type_id().to_le_bytes().to_vec();
-            put_value(&mut raw, &v);
+            put(&mut raw, &v);
             self.raw_kv(key.as_bytes(), raw)
         }
 
@@ -1059,47 +1271,50 @@ mod tests {
 
     // ---- Round trips ----
 
-    fn every_metadata_type() -> Vec<(&'static str, MetaValue)> {
+    fn every_metadata_type() -> Vec<(&'static str, V)> {
         use MetaValue::*;
-        vec![
-            ("t.u8", U8(200)),
-            ("t.i8", I8(-100)),
-            ("t.u16", U16(60000)),
-            ("t.i16", I16(-30000)),
-            ("t.u32", U32(4_000_000_000)),
-            ("t.i32", I32(-2_000_000_000)),
-            ("t.f32", F32(1.25)),
-            ("t.bool", Bool(true)),
-            ("t.bool_false", Bool(false)),
-            ("t.string", String("héllo ✓".into())),
-            ("t.empty_string", String("".into())),
+        let arr = |elem: u32, items: Vec<V>| V::A(elem, items);
+        let s = |v: MetaValue<'static>| V::S(v);
+        let list: Vec<(&'static str, V)> = vec![
+            ("t.u8", s(U8(200))),
+            ("t.i8", s(I8(-100))),
+            ("t.u16", s(U16(60000))),
+            ("t.i16", s(I16(-30000))),
+            ("t.u32", s(U32(4_000_000_000))),
+            ("t.i32", s(I32(-2_000_000_000))),
+            ("t.f32", s(F32(1.25))),
+            ("t.bool", s(Bool(true))),
+            ("t.bool_false", s(Bool(false))),
+            ("t.string", s(String("héllo ✓"))),
+            ("t.empty_string", s(String(""))),
             (
                 "t.strings",
-                Array(vec![
-                    String("<s>".into()),
-                    String("".into()),
-                    String("▁the".into()),
-                ]),
+                arr(8, vec![s(String("<s>")), s(String("")), s(String("▁the"))]),
             ),
-            ("t.f32s", Array(vec![F32(-0.5), F32(2.0)])),
+            ("t.f32s", arr(6, vec![s(F32(-0.5)), s(F32(2.0))])),
+            ("t.bools", arr(7, vec![s(Bool(true)), s(Bool(false))])),
             (
                 "t.nested",
-                Array(vec![
-                    Array(vec![I32(1), I32(2)]),
-                    Array(vec![I32(3)]),
-                    Array(vec![]),
-                ]),
+                arr(
+                    9,
+                    vec![
+                        arr(5, vec![s(I32(1)), s(I32(2))]),
+                        arr(5, vec![s(I32(3))]),
+                        arr(5, vec![]),
+                    ],
+                ),
             ),
-            ("t.empty", Array(vec![])),
-            ("t.u64", U64(1 << 40)),
-            ("t.i64", I64(-(1 << 40))),
-            ("t.f64", F64(std::f64::consts::PI)),
-        ]
+            ("t.empty", arr(0, vec![])),
+            ("t.u64", s(U64(1 << 40))),
+            ("t.i64", s(I64(-(1 << 40)))),
+            ("t.f64", s(F64(std::f64::consts::PI))),
+        ];
+        list
     }
 
     #[test]
     fn reads_every_metadata_type() {
-        let mut g = Gguf::new().kv("general.name", MetaValue::String("tiny".into()));
+        let mut g = Gguf::new().kv("general.name", MetaValue::String("tiny"));
         for (k, v) in every_metadata_type() {
             g = g.kv(k, v);
         }
@@ -1108,9 +1323,10 @@ mod tests {
         assert_eq!(f.architecture(), Some("llama"));
         assert_eq!(f.alignment(), 32);
         for (k, v) in every_metadata_type() {
-            assert_eq!(f.get(k), Some(&v), "{k}");
+            assert!(v.is(f.get(k).unwrap()), "{k}: {:?}", f.get(k));
         }
-        assert_eq!(f.metadata().len(), every_metadata_type().len() + 2);
+        assert_eq!(f.metadata_len(), every_metadata_type().len() + 2);
+        assert_eq!(f.metadata().count(), f.metadata_len());
         assert!(f.tensors().is_empty());
 
         // Helpers accept any integer type whose value fits.
@@ -1123,7 +1339,16 @@ mod tests {
         assert_eq!(f.get("t.bool").unwrap().as_bool(), Some(true));
         assert_eq!(f.get("t.string").unwrap().as_str(), Some("héllo ✓"));
         let nested = f.get("t.nested").unwrap().as_array().unwrap();
-        assert_eq!(nested[0].as_array().unwrap()[1].as_i64(), Some(2));
+        let first = nested.get(0).unwrap().as_array().unwrap();
+        assert_eq!(first.get(1).unwrap().as_i64(), Some(2));
+        assert_eq!((nested.get(3), first.get(2)), (None, None));
+        // Numbers are handed out whole, strings are walked.
+        let floats = f.get("t.f32s").unwrap().as_array().unwrap();
+        assert_eq!(floats.fixed_width(), Some((4, &f32s(&[-0.5, 2.0])[..])));
+        let strings = f.get("t.strings").unwrap().as_array().unwrap();
+        assert_eq!(strings.fixed_width(), None);
+        assert_eq!(strings.get(2).unwrap().as_str(), Some("▁the"));
+        assert_eq!(strings.elem_type_name(), "string");
         assert_eq!(f.get("t.u64").unwrap().type_name(), "u64");
     }
 
@@ -1142,7 +1367,7 @@ mod tests {
         let halfs = [1.0f32, -0.5, 65504.0, 1.0e-7];
         let g = Gguf::new()
             .alignment(64)
-            .kv("pad", MetaValue::String("x".into())) // odd header length
+            .kv("pad", MetaValue::String("x")) // odd header length
             .tensor("f32", &[3, 2], GgmlType::F32, f32s(&vals))
             .tensor(
                 "f16",
@@ -1479,6 +1704,80 @@ mod tests {
     }
 
     #[test]
+    fn zero_dimensions_are_empty_tensors_without_overflow() {
+        // A zero dim makes the element count 0 whatever the others; the others' product must
+        // still fit, since code may multiply the shape in PyTorch order ([.., 2^40, 2^40, 0]).
+        let f = open_bytes(
+            "zerodim",
+            &Gguf::new()
+                .raw_tensor("z", &[0, 8], 0, vec![], None)
+                .build(),
+        )
+        .unwrap();
+        let info = f.tensor_info("z").unwrap();
+        assert_eq!(
+            (info.shape.as_slice(), info.numel(), info.byte_len),
+            (&[8, 0][..], 0, 0)
+        );
+        assert_eq!(f.tensor("z").unwrap().numel(), 0);
+        let g = Gguf::new().raw_tensor("z", &[0, 1 << 40, 1 << 40], 0, vec![], None);
+        let err = open_err("zerodim_overflow", &g.build());
+        assert!(
+            err.contains("tensor 'z'") && err.contains("overflow"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_a_data_section_past_the_end() {
+        // An empty tensor at offset 0 fits any file, but the data section it is sliced from must
+        // start inside the file: 2^40 is a valid alignment that puts it far beyond.
+        let g = Gguf::new()
+            .kv("general.alignment", MetaValue::U64(1 << 40))
+            .raw_tensor("z", &[0], 0, vec![], Some(0));
+        let err = open_err("farsection", &g.build());
+        assert!(err.contains("past the end of the"), "{err}");
+    }
+
+    #[test]
+    fn bounds_key_and_tensor_counts() {
+        let mut g = Gguf::new();
+        g.kv_count = Some(MAX_METADATA_KEYS + 1);
+        // Enough bytes that only the absolute limit can refuse it.
+        let mut b = g.build();
+        b.resize(b.len() + 14 * (MAX_METADATA_KEYS as usize + 1), 0);
+        let err = open_err("manykeys", &b);
+        assert!(
+            err.contains("exceeds fasttx's limit of 65536 keys"),
+            "{err}"
+        );
+
+        let mut g = Gguf::new();
+        g.tensor_count = Some(MAX_TENSORS + 1);
+        let mut b = g.build();
+        b.resize(b.len() + 24 * (MAX_TENSORS as usize + 1), 0);
+        let err = open_err("manytensors", &b);
+        assert!(
+            err.contains("exceeds fasttx's limit of 65536 tensors"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn large_numeric_arrays_are_spans_not_values() {
+        // 4 MB of u8: opening records a span; the elements are read only when asked for.
+        let mut value = 9u32.to_le_bytes().to_vec();
+        value.extend(0u32.to_le_bytes());
+        value.extend((4u64 << 20).to_le_bytes());
+        value.extend(vec![7u8; 4 << 20]);
+        let f = open_bytes("bigarray", &Gguf::new().raw_kv(b"k.big", value).build()).unwrap();
+        let a = f.get("k.big").unwrap().as_array().unwrap();
+        assert_eq!((a.len(), a.elem_type_name()), (4 << 20, "u8"));
+        assert_eq!(a.get((4 << 20) - 1), Some(MetaValue::U8(7)));
+        assert_eq!(a.fixed_width().unwrap().1.len(), 4 << 20);
+    }
+
+    #[test]
     fn rejects_data_outside_the_file() {
         let full = Gguf::new()
             .tensor("a", &[8], GgmlType::F32, f32s(&[1.0; 8]))
@@ -1551,7 +1850,7 @@ mod tests {
             .tensor("a", &[1], GgmlType::F32, f32s(&[2.0]));
         let err = open_err("duptensor", &g.build());
         assert!(err.contains("duplicate tensor name 'a'"), "{err}");
-        let g = Gguf::new().kv("general.architecture", MetaValue::String("gpt2".into()));
+        let g = Gguf::new().kv("general.architecture", MetaValue::String("gpt2"));
         let err = open_err("dupkey", &g.build());
         assert!(
             err.contains("duplicate metadata key 'general.architecture'"),
@@ -1561,10 +1860,11 @@ mod tests {
 
     #[test]
     fn limits_array_nesting() {
-        let nest =
-            |levels: usize| (0..levels).fold(MetaValue::U8(7), |v, _| MetaValue::Array(vec![v]));
+        let nest = |levels: usize| {
+            (0..levels).fold(V::S(MetaValue::U8(7)), |v, _| V::A(v.type_id(), vec![v]))
+        };
         let f = open_bytes("nest16", &Gguf::new().kv("deep", nest(16)).build()).unwrap();
-        assert_eq!(f.get("deep"), Some(&nest(16)));
+        assert!(nest(16).is(f.get("deep").unwrap()));
         let err = open_err("nest17", &Gguf::new().kv("deep", nest(17)).build());
         assert!(
             err.contains("metadata key 'deep'") && err.contains("nested more than 16 levels"),
@@ -1620,7 +1920,7 @@ mod tests {
                 "{err}"
             );
         }
-        let g = Gguf::new().kv("general.alignment", MetaValue::String("32".into()));
+        let g = Gguf::new().kv("general.alignment", MetaValue::String("32"));
         let err = open_err("alignstr", &g.build());
         assert!(
             err.contains("general.alignment must be a non-negative integer"),
@@ -1763,8 +2063,8 @@ np.concatenate(expected).tofile(out + "/expected.f32")
         let f = GgufFile::open(&dir.join("py.gguf")).unwrap();
         assert_eq!(f.architecture(), Some("llama"));
         assert_eq!(f.alignment(), 64);
-        assert_eq!(f.get("test.u32"), Some(&MetaValue::U32(7)));
-        assert_eq!(f.get("test.f32"), Some(&MetaValue::F32(0.5)));
+        assert_eq!(f.get("test.u32"), Some(MetaValue::U32(7)));
+        assert_eq!(f.get("test.f32"), Some(MetaValue::F32(0.5)));
         assert_eq!(f.get("test.str").and_then(MetaValue::as_str), Some("hi"));
         let arr: Vec<i64> = f
             .get("test.arr")
@@ -1776,8 +2076,8 @@ np.concatenate(expected).tofile(out + "/expected.f32")
             .collect();
         assert_eq!(arr, [1, 2, 3]);
         let strs = f.get("test.strs").unwrap().as_array().unwrap();
-        assert_eq!(strs[1].as_str(), Some("bc"));
-        assert_eq!(f.get("test.bool"), Some(&MetaValue::Bool(true)));
+        assert_eq!(strs.get(1).unwrap().as_str(), Some("bc"));
+        assert_eq!(f.get("test.bool"), Some(MetaValue::Bool(true)));
 
         let bytes = std::fs::read(dir.join("expected.f32")).unwrap();
         let expected: Vec<f32> = bytes

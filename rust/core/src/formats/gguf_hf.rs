@@ -81,6 +81,11 @@ impl GgufAsHf {
         Some((format!("blk.{layer}.{gguf}.{suffix}"), rows))
     }
 
+    /// `<file>: tensor '<name>'`, to begin messages about one of the file's tensors.
+    fn describe(&self, gguf: &str) -> String {
+        format!("{}: tensor '{gguf}'", self.file.path().display())
+    }
+
     fn resolve(&self, hf: &str) -> Result<(String, Rows)> {
         self.locate(hf).ok_or_else(|| {
             format_err!(
@@ -99,16 +104,24 @@ fn source_row(r: usize, rows: usize, heads: usize) -> usize {
     h * hd + 2 * i + s
 }
 
-/// Reorders `rows` equal chunks of `data` (each `row_len` long) into transformers' order.
+/// Reorders `rows` equal chunks of `data` into transformers' order. The sizes come from the file,
+/// so every one is checked: the rows must split into `heads` heads of even, nonzero size and
+/// `data` into that many nonempty rows. `name` is the tensor's, with the file, for messages.
 fn unpermute<T: Copy>(data: &[T], rows: usize, heads: usize, name: &str) -> Result<Vec<T>> {
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || rows == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(format_err!(
-            "tensor '{name}': {rows} rows cannot be split into {heads} heads of even size"
+            "{name}: {rows} rows cannot be split into {heads} heads of even, nonzero size"
+        ));
+    }
+    if data.is_empty() || !data.len().is_multiple_of(rows) {
+        return Err(format_err!(
+            "{name}: {} values (or bytes) do not form {rows} nonempty rows",
+            data.len()
         ));
     }
     let row_len = data.len() / rows;
     let mut out = data.to_vec();
-    for (r, dst) in out.chunks_exact_mut(row_len.max(1)).enumerate().take(rows) {
+    for (r, dst) in out.chunks_exact_mut(row_len).enumerate() {
         let src = source_row(r, rows, heads);
         dst.copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
     }
@@ -123,7 +136,9 @@ impl WeightSource for GgufAsHf {
             Rows::AsStored => Ok(t),
             Rows::Unpermute(heads) => {
                 let shape = t.shape().to_vec();
-                let data = unpermute(t.data(), shape[0], heads, &gguf)?;
+                // A scalar has no rows: report it like any other shape that does not split.
+                let rows = shape.first().copied().unwrap_or(0);
+                let data = unpermute(t.data(), rows, heads, &self.describe(&gguf))?;
                 Tensor::from_vec(shape, data)
             }
         }
@@ -152,7 +167,7 @@ impl WeightSource for GgufAsHf {
                 bytes.as_slice(),
                 r,
                 heads,
-                &gguf,
+                &self.describe(&gguf),
             )?)),
         };
         Ok(Weight::Quant(QuantMatrix::new(format, r, c, bytes)?))
@@ -180,5 +195,24 @@ mod tests {
         for r in 0..rows {
             assert_eq!(gguf_holds[source_row(r, rows, heads)], r);
         }
+    }
+
+    #[test]
+    fn unpermute_rejects_sizes_that_do_not_split() {
+        let data = [0f32; 8];
+        for (data, rows, heads) in [
+            (&data[..], 0, 1),  // zero rows: was a division by zero
+            (&data[..0], 0, 2), // zero-size tensor
+            (&data[..0], 4, 2), // rows but no data
+            (&data[..], 4, 0),  // zero heads
+            (&data[..], 6, 2),  // odd head size
+            (&data[..7], 4, 2), // data not a whole number of rows
+        ] {
+            let err = unpermute(data, rows, heads, "blk.0.attn_q.weight")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("blk.0.attn_q.weight"), "{err}");
+        }
+        assert_eq!(unpermute(&[0, 1, 2, 3], 4, 1, "q").unwrap(), [0, 2, 1, 3]);
     }
 }

@@ -1,62 +1,118 @@
 //! transformers' config.json for a GGUF file, from its metadata: the mapping transformers applies
 //! when it loads one (`GGUF_CONFIG_MAPPING`). Hyper-parameters sit under the architecture's name
 //! (`{arch}.block_count`, ...), special token ids under `tokenizer.ggml.*`.
+//!
+//! Every value is read with the type its key needs (a count is a non-negative integer of any
+//! integer type, an epsilon any number, ...); any other type is a format error naming the key,
+//! so a string or float where a count belongs never reaches the model's config.
 
 use serde_json::{json, Map, Value};
 
 use super::registry::GgufArchitecture;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::gguf::{GgufFile, MetaValue};
 
-/// A metadata value as JSON (numbers keep their integer or float kind; arrays are not needed).
-fn to_json(v: &MetaValue) -> Value {
-    match v {
-        MetaValue::F32(x) => json!(f64::from(*x)),
-        MetaValue::F64(x) => json!(x),
-        MetaValue::Bool(x) => json!(x),
-        MetaValue::String(s) => json!(s),
-        MetaValue::Array(items) => Value::Array(items.iter().map(to_json).collect()),
-        other => match (other.as_u64(), other.as_i64()) {
-            (Some(u), _) => json!(u),
-            (None, Some(i)) => json!(i),
-            (None, None) => Value::Null,
-        },
+/// Reads typed metadata values of one file, for one architecture's keys.
+struct Keys<'f> {
+    file: &'f GgufFile,
+    arch: &'static str,
+}
+
+impl<'f> Keys<'f> {
+    /// `key`'s value converted by `convert` (absent: `None`), or an error naming the key and
+    /// saying what it should have been.
+    fn typed<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        convert: impl Fn(MetaValue<'f>) -> Option<T>,
+    ) -> Result<Option<T>> {
+        let Some(v) = self.file.get(key) else {
+            return Ok(None);
+        };
+        convert(v).map(Some).ok_or_else(|| {
+            let shown = match v {
+                MetaValue::Array(a) => format!("an array of {} {}", a.len(), a.elem_type_name()),
+                MetaValue::String(s) if s.len() > 40 => format!("a {}-byte string", s.len()),
+                other => format!("{} {other:?}", other.type_name()),
+            };
+            format_err!(
+                "{}: GGUF metadata {key} must be {expected}, got {shown}",
+                self.file.path().display()
+            )
+        })
+    }
+
+    fn int(&self, key: &str) -> Result<Option<Value>> {
+        Ok(self
+            .typed(key, "a non-negative integer", MetaValue::as_u64)?
+            .map(|v| json!(v)))
+    }
+
+    fn float(&self, key: &str) -> Result<Option<Value>> {
+        Ok(self
+            .typed(key, "a number", MetaValue::as_f64)?
+            .map(|v| json!(v)))
+    }
+
+    fn string(&self, key: &str) -> Result<Option<Value>> {
+        Ok(self
+            .typed(key, "a string", MetaValue::as_str)?
+            .map(|v| json!(v)))
+    }
+
+    /// `{arch}.{name}`: an architecture hyper-parameter.
+    fn arch_key(&self, name: &str) -> String {
+        format!("{}.{name}", self.arch)
+    }
+
+    fn arch_int(&self, name: &str) -> Result<Option<Value>> {
+        self.int(&self.arch_key(name))
+    }
+
+    fn arch_float(&self, name: &str) -> Result<Option<Value>> {
+        self.float(&self.arch_key(name))
+    }
+
+    fn required_int(&self, name: &str) -> Result<Value> {
+        self.arch_int(name)?.ok_or_else(|| {
+            format_err!(
+                "{}: GGUF metadata lacks {}",
+                self.file.path().display(),
+                self.arch_key(name)
+            )
+        })
     }
 }
 
 /// The Llama layout's hyper-parameters (llama.cpp's "llama" and "qwen2").
 pub fn llama_family(file: &GgufFile, gguf: &GgufArchitecture) -> Result<Value> {
-    let arch = gguf.name;
-    let key = |name: &str| file.get(&format!("{arch}.{name}")).map(to_json);
-    let required = |name: &str| {
-        key(name).ok_or_else(|| {
-            format_err!(
-                "{}: GGUF metadata lacks {arch}.{name}",
-                file.path().display()
-            )
-        })
+    let keys = Keys {
+        file,
+        arch: gguf.name,
     };
-    let heads = required("attention.head_count")?;
-    let hidden = required("embedding_length")?;
+    let heads = keys.required_int("attention.head_count")?;
+    let hidden = keys.required_int("embedding_length")?;
     // transformers: head_dim = hidden_size // num_attention_heads unless the file says otherwise.
     let split_head_dim = match (hidden.as_u64(), heads.as_u64()) {
         (Some(h), Some(n)) if n > 0 => json!(h / n),
         _ => Value::Null,
     };
-    let intermediate_size = required("feed_forward_length")?;
-    let num_hidden_layers = required("block_count")?;
+    let intermediate_size = keys.required_int("feed_forward_length")?;
+    let num_hidden_layers = keys.required_int("block_count")?;
     let token_count = file
         .get("tokenizer.ggml.tokens")
         .and_then(MetaValue::as_array)
-        .map_or(0, <[MetaValue]>::len);
-    let vocab_size = key("vocab_size")
+        .map_or(0, |a| a.len());
+    let vocab_size = keys
+        .arch_int("vocab_size")?
         .or((token_count > 0).then(|| json!(token_count)))
         .ok_or_else(|| {
-            format_err!(
+            Error::Format(format!(
                 "{}: GGUF metadata gives no vocabulary size",
                 file.path().display()
-            )
+            ))
         })?;
     let mut config = Map::new();
     let mut set = |k: &str, v: Value| {
@@ -67,46 +123,51 @@ pub fn llama_family(file: &GgufFile, gguf: &GgufArchitecture) -> Result<Value> {
     set("num_hidden_layers", num_hidden_layers);
     set(
         "num_key_value_heads",
-        key("attention.head_count_kv").unwrap_or(heads.clone()),
+        keys.arch_int("attention.head_count_kv")?
+            .unwrap_or(heads.clone()),
     );
     set("num_attention_heads", heads);
     set(
         "head_dim",
-        key("attention.key_length")
-            .or(key("rope.dimension_count"))
-            .unwrap_or(split_head_dim),
+        match keys.arch_int("attention.key_length")? {
+            Some(v) => v,
+            None => keys
+                .arch_int("rope.dimension_count")?
+                .unwrap_or(split_head_dim),
+        },
     );
     set(
         "rms_norm_eps",
-        key("attention.layer_norm_rms_epsilon").unwrap_or(json!(1e-6)),
+        keys.arch_float("attention.layer_norm_rms_epsilon")?
+            .unwrap_or(json!(1e-6)),
     );
     set(
         "rope_theta",
-        key("rope.freq_base").unwrap_or(json!(10000.0)),
+        keys.arch_float("rope.freq_base")?.unwrap_or(json!(10000.0)),
     );
     set(
         "max_position_embeddings",
-        key("context_length").unwrap_or(json!(2048)),
+        keys.arch_int("context_length")?.unwrap_or(json!(2048)),
     );
     set("vocab_size", vocab_size);
     // The loader falls back to the embedding when output.weight is absent.
     set("tie_word_embeddings", json!(false));
-    match key("rope.scaling.type") {
+    match keys.string(&keys.arch_key("rope.scaling.type"))? {
         None => {}
         Some(Value::String(s)) if s == "none" => {}
         Some(kind) => set(
             "rope_scaling",
             json!({
                 "rope_type": kind,
-                "factor": key("rope.scaling.factor").unwrap_or(json!(1.0)),
+                "factor": keys.arch_float("rope.scaling.factor")?.unwrap_or(json!(1.0)),
                 "original_max_position_embeddings":
-                    key("rope.scaling.original_context_length").unwrap_or(Value::Null),
+                    keys.arch_int("rope.scaling.original_context_length")?.unwrap_or(Value::Null),
             }),
         ),
     }
     for name in ["bos", "eos", "pad", "unk"] {
-        if let Some(id) = file.get(&format!("tokenizer.ggml.{name}_token_id")) {
-            set(&format!("{name}_token_id"), to_json(id));
+        if let Some(id) = keys.int(&format!("tokenizer.ggml.{name}_token_id"))? {
+            set(&format!("{name}_token_id"), id);
         }
     }
     Ok(Value::Object(config))
