@@ -313,7 +313,7 @@ def _byte_level(meta: Mapping[str, Any], tokens: list[str]) -> tuple[Tokenizer, 
     pre = meta.get("tokenizer.ggml.pre")
     if pre is not None and not isinstance(pre, str):
         raise ModelFormatError(f"GGUF metadata tokenizer.ggml.pre = {pre!r} is not a string")
-    split = _SPLIT_BY_PRE.get(pre)
+    split = _SPLIT_BY_PRE.get(pre) if pre is not None else None
     if split is None:
         # GPT-2's own regex, built into ByteLevel (SmolLM2's "smollm" lands here).
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
