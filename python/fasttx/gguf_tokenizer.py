@@ -23,11 +23,14 @@ What transformers (5.x) builds, and so what is reproduced here:
   the flag add BOS, like llama.cpp).
 
 Input is the metadata dict (``fasttx._native.gguf_metadata(path)``: keys as in the file, arrays as
-lists), so neither the ``gguf`` package nor transformers is needed at run time.
+sequences: lists, numpy arrays or lazy views), so neither the ``gguf`` package nor transformers is
+needed at run time. The file may come from anyone: every value is checked for its kind before use,
+and whatever the tokenizers library refuses to build is reported as a ``ModelFormatError`` too.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Mapping, Optional, Sequence
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -115,6 +118,32 @@ _BYTE_CHARS = frozenset(_BYTE_TO_CHAR.values())
 # --------------------------------------------------------------------------------- metadata access
 
 
+def _array(meta: Mapping[str, Any], key: str) -> Optional[Sequence[Any]]:
+    """The metadata array ``key`` (``None`` when absent), refused when the file stores a single
+    value there. Any sequence is accepted: arrays may arrive as lists, numpy arrays or lazy views."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, int, float)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+        raise ModelFormatError(f"GGUF metadata {key} is a single {type(value).__name__}, not an array")
+    return value
+
+
+def _integers(values: Sequence[Any], key: str) -> list[int]:
+    try:
+        return [operator.index(v) for v in values]  # ints of any width, numpy's included; not floats
+    except TypeError:
+        bad = next(v for v in values if not hasattr(v, "__index__"))
+        raise ModelFormatError(f"GGUF metadata {key} holds {bad!r}, not an integer") from None
+
+
+def _floats(values: Sequence[Any], key: str) -> list[float]:
+    bad = next((v for v in values if isinstance(v, (str, bytes)) or not hasattr(v, "__float__")), None)
+    if bad is not None:
+        raise ModelFormatError(f"GGUF metadata {key} holds {bad!r}, not a number")
+    return [float(v) for v in values]
+
+
 def _tokenizer_model(meta: Mapping[str, Any]) -> str:
     kind = meta.get("tokenizer.ggml.model")
     if kind is None:
@@ -135,31 +164,31 @@ def _tokenizer_model(meta: Mapping[str, Any]) -> str:
 
 
 def _tokens(meta: Mapping[str, Any]) -> list[str]:
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens):
+    tokens = _array(meta, "tokenizer.ggml.tokens")
+    tokens = [] if tokens is None else list(tokens)
+    if not tokens or not all(isinstance(t, str) for t in tokens):
         raise ModelFormatError("GGUF metadata tokenizer.ggml.tokens is missing or not a list of strings")
-    return list(tokens)
+    return tokens
 
 
 def _token_types(meta: Mapping[str, Any], n_tokens: int) -> list[int]:
-    types = meta.get("tokenizer.ggml.token_type")
+    types = _array(meta, "tokenizer.ggml.token_type")
     if types is None:
         return []
-    if not isinstance(types, (list, tuple)) or len(types) != n_tokens:
+    if len(types) != n_tokens:
         raise ModelFormatError(
-            f"GGUF metadata tokenizer.ggml.token_type has {len(types) if isinstance(types, (list, tuple)) else 'no'} "
-            f"entries for {n_tokens} tokens"
+            f"GGUF metadata tokenizer.ggml.token_type has {len(types)} entries for {n_tokens} tokens"
         )
-    return [int(t) for t in types]
+    return _integers(types, "tokenizer.ggml.token_type")
 
 
 def _token_id(meta: Mapping[str, Any], key: str, n_tokens: int) -> Optional[int]:
     value = meta.get(f"tokenizer.ggml.{key}")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_tokens:
+    if isinstance(value, bool) or not hasattr(value, "__index__") or not 0 <= operator.index(value) < n_tokens:
         raise ModelFormatError(f"GGUF metadata tokenizer.ggml.{key} = {value!r} is not a token id below {n_tokens}")
-    return value
+    return operator.index(value)
 
 
 def _special_token_strings(meta: Mapping[str, Any], tokens: Sequence[str]) -> dict[str, Optional[str]]:
@@ -173,11 +202,16 @@ def _special_token_strings(meta: Mapping[str, Any], tokens: Sequence[str]) -> di
 
 def _add_flags(meta: Mapping[str, Any], kind: str) -> tuple[bool, bool]:
     # A SentencePiece file without the flag gets BOS: llama.cpp does, and transformers follows it.
-    add_bos = meta.get("tokenizer.ggml.add_bos_token")
-    if add_bos is None:
-        add_bos = kind == "llama"
-    add_eos = meta.get("tokenizer.ggml.add_eos_token", False)
-    return bool(add_bos), bool(add_eos)
+    return _flag(meta, "tokenizer.ggml.add_bos_token", kind == "llama"), _flag(meta, "tokenizer.ggml.add_eos_token", False)
+
+
+def _flag(meta: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = meta.get(key)
+    if value is None:
+        return default
+    if isinstance(value, (str, bytes, float)) or not hasattr(value, "__index__") or operator.index(value) not in (0, 1):
+        raise ModelFormatError(f"GGUF metadata {key} = {value!r} is not a boolean")
+    return bool(value)
 
 
 def gguf_special_tokens(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,7 +239,7 @@ def gguf_special_tokens(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _merges_from_file(meta: Mapping[str, Any]) -> Optional[list[tuple[str, str]]]:
-    merges = meta.get("tokenizer.ggml.merges")
+    merges = _array(meta, "tokenizer.ggml.merges")
     if merges is None:
         return None
     out = []
@@ -247,12 +281,12 @@ def _merges(meta: Mapping[str, Any], tokens: Sequence[str]) -> list[tuple[str, s
     merges = _merges_from_file(meta)
     if merges is not None:
         return merges
-    scores = meta.get("tokenizer.ggml.scores")
+    scores = _array(meta, "tokenizer.ggml.scores")
     if scores is None or len(scores) != len(tokens):
         raise ModelFormatError(
             "GGUF metadata has neither tokenizer.ggml.merges nor one tokenizer.ggml.scores entry per token"
         )
-    return _merges_from_scores(tokens, [float(s) for s in scores])
+    return _merges_from_scores(tokens, _floats(scores, "tokenizer.ggml.scores"))
 
 
 # --------------------------------------------------------------------------------- pipelines
@@ -276,7 +310,10 @@ def _byte_level(meta: Mapping[str, Any], tokens: list[str]) -> tuple[Tokenizer, 
         fuse_unk=False,
     )
     tok = Tokenizer(bpe)
-    split = _SPLIT_BY_PRE.get(meta.get("tokenizer.ggml.pre"))
+    pre = meta.get("tokenizer.ggml.pre")
+    if pre is not None and not isinstance(pre, str):
+        raise ModelFormatError(f"GGUF metadata tokenizer.ggml.pre = {pre!r} is not a string")
+    split = _SPLIT_BY_PRE.get(pre) if pre is not None else None
     if split is None:
         # GPT-2's own regex, built into ByteLevel (SmolLM2's "smollm" lands here).
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -384,6 +421,15 @@ def tokenizer_from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
     Raises ``fasttx.ModelFormatError`` (a ``ValueError``) when the metadata holds no usable
     tokenizer or one of a kind not supported.
     """
+    try:
+        return _build(metadata)
+    except ModelFormatError:
+        raise
+    except Exception as exc:  # the tokenizers library raises bare Exceptions ("Token `x` out of vocabulary")
+        raise ModelFormatError(f"the GGUF tokenizer metadata cannot be built into a tokenizer: {exc}") from exc
+
+
+def _build(metadata: Mapping[str, Any]) -> Tokenizer:
     kind = _tokenizer_model(metadata)
     tokens = _tokens(metadata)
     types = _token_types(metadata, len(tokens))

@@ -203,16 +203,7 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
             f"{config_path}: unsupported architecture model_type={arch!r}; fasttx supports {', '.join(supported)}"
         )
     native = NativeModel(arch, json.dumps(config), _weight_files(directory), dtype, threads)
-
-    tokenizer = None
-    tok_path = directory / "tokenizer.json"
-    if tok_path.is_file():
-        from tokenizers import Tokenizer
-
-        try:
-            tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as e:
-            raise ModelFormatError(f"{tok_path}: cannot be read by tokenizers: {e}") from e
+    tokenizer = _load_tokenizer(directory / "tokenizer.json")
 
     return Model(
         native=native,
@@ -238,8 +229,29 @@ def _chat_template(directory: Path) -> Optional[str]:
     return None
 
 
-def _load_gguf(path: Path, dtype: str, threads: int):
+def _load_tokenizer(tokenizer_json: Path, gguf: Optional[tuple[Path, dict]] = None):
+    """``tokenizer_json`` if the file exists, else the tokenizer described by the metadata of the
+    GGUF file ``gguf`` (path, metadata), else ``None``. A tokenizer that cannot be built is a
+    ``ModelFormatError`` naming its file (the tokenizers library raises bare ``Exception``s)."""
+    if tokenizer_json.is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            return Tokenizer.from_file(str(tokenizer_json))
+        except Exception as e:
+            raise ModelFormatError(f"{tokenizer_json}: cannot be read by tokenizers: {e}") from e
+    if gguf is None:
+        return None
     from .gguf_tokenizer import tokenizer_from_gguf
+
+    path, meta = gguf
+    try:
+        return tokenizer_from_gguf(meta)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{path}: {e}") from None
+
+
+def _load_gguf(path: Path, dtype: str, threads: int):
     from .model import Model
 
     meta = gguf_metadata(path)
@@ -251,16 +263,11 @@ def _load_gguf(path: Path, dtype: str, threads: int):
         if str(path) in str(e):
             raise
         raise ModelFormatError(f"{path}: {e}") from None
-    tok_path = path.parent / "tokenizer.json"
-    if tok_path.is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(tok_path))
-    else:
-        # The tokenizer reads whole token/merge/score lists: decode only the tokenizer's arrays.
-        tokenizer = tokenizer_from_gguf(
-            {k: v.tolist() if isinstance(v, GgufArray) and k.startswith("tokenizer.ggml.") else v for k, v in meta.items()}
-        )
+    # The tokenizer reads whole token/merge/score lists: decode only the tokenizer's arrays.
+    tokenizer_meta = {
+        k: v.tolist() if isinstance(v, GgufArray) and k.startswith("tokenizer.ggml.") else v for k, v in meta.items()
+    }
+    tokenizer = _load_tokenizer(path.parent / "tokenizer.json", gguf=(path, tokenizer_meta))
     generation_config = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     return Model(
         native=native,

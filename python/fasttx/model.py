@@ -134,7 +134,20 @@ class Model:
 
         if not self.chat_template:
             raise ValueError(f"{self.path} has no chat template (tokenizer.chat_template / tokenizer_config.json)")
-        return render_chat(self.chat_template, list(messages), add_generation_prompt=True, **self._special_token_strings())
+        return render_chat(
+            self.chat_template,
+            list(messages),
+            add_generation_prompt=True,
+            template_source=str(self._chat_template_file()),
+            **self._special_token_strings(),
+        )
+
+    def _chat_template_file(self) -> Path:
+        """The file the chat template came from, for error messages (as fasttx.load looks for it)."""
+        if self.path.is_file():  # a .gguf
+            return self.path
+        jinja = self.path / "chat_template.jinja"
+        return jinja if jinja.is_file() else self.path / "tokenizer_config.json"
 
     def _special_token_strings(self) -> dict:
         tok = self._require_tokenizer()

@@ -15,6 +15,8 @@ pub enum Error {
     Format(String),
     /// The caller passed a bad value (token id out of range, empty batch, bad shape, ...).
     InvalidInput(String),
+    /// The caller asked the computation to stop (see [`crate::interrupt`]).
+    Interrupted,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -33,6 +35,7 @@ impl fmt::Display for Error {
         match self {
             Error::Io { path, source } => write!(f, "{}: {}", path.display(), source),
             Error::Format(msg) | Error::InvalidInput(msg) => f.write_str(msg),
+            Error::Interrupted => f.write_str("interrupted"),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`threading`]: the per-model rayon pool.
 //! - [`bandwidth`]: the memory read-bandwidth probe the benchmarks compare against.
 //! - [`memory`]: buffers for weights converted at load (huge pages where available).
+//! - [`interrupt`]: stopping a long call from another thread (Ctrl-C), checked between layers.
 //! - [`error`]: the one error type, which `rust/python` maps onto Python exceptions.
 //!
 //! Nothing here knows about Python; `rust/python` holds the PyO3 glue.
@@ -20,6 +21,7 @@ pub mod bandwidth;
 pub mod decoding;
 pub mod error;
 pub mod formats;
+pub mod interrupt;
 pub mod kernels;
 pub mod memory;
 pub mod models;

@@ -4,6 +4,7 @@
 mod architectures;
 mod errors;
 mod gguf;
+mod interrupt;
 mod machine;
 mod model;
 

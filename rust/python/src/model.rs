@@ -12,6 +12,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use crate::errors::run_native;
+use crate::interrupt::run_interruptible;
 
 #[pyclass(frozen, module = "fasttx._native")]
 pub struct NativeModel {
@@ -206,11 +207,12 @@ impl NativeModel {
         let ids = ids_to_u32(&input_ids, "input_ids")?;
         let mask = mask_to_u8(attention_mask, (batch, len), "attention_mask")?;
         let model = self.model.clone();
-        let session = run_native(py, move || {
-            model.start(&TokenBatch::new(ids, mask, batch, len)?)
+        let session = run_interruptible(py, model.pool(), |interrupt| {
+            model.start(&TokenBatch::new(ids, mask, batch, len)?.with_interrupt(interrupt.clone()))
         })?;
         Ok(NativeSession {
             session: Mutex::new(session),
+            model,
         })
     }
 }
@@ -218,6 +220,8 @@ impl NativeModel {
 #[pyclass(frozen, module = "fasttx._native")]
 pub struct NativeSession {
     session: Mutex<Box<dyn Session>>,
+    /// Its model, whose threads run the steps while the caller watches for Ctrl-C.
+    model: Arc<dyn Model>,
 }
 
 impl NativeSession {
@@ -281,13 +285,14 @@ impl NativeSession {
             last_only,
             log_softmax,
         };
-        let (logits, vocab) = run_native(py, || {
+        let (logits, vocab) = run_interruptible(py, self.model.pool(), |interrupt| {
             self.with(|s| {
                 let input = StepInput {
                     tokens: &ids,
                     n,
                     mask: mask.as_deref(),
                     positions: positions.as_deref(),
+                    interrupt: Some(interrupt),
                 };
                 let mut out = Vec::new();
                 s.step(&input, want, &mut out)?;

@@ -28,6 +28,7 @@ pub(crate) trait DecoderStack: Send + Sync + 'static {
 
     /// Runs the stack over one step's tokens at `positions`, writing their keys and values into
     /// `cache`; returns the logits of each row's last token (`last_only`) or of every token.
+    /// Checks `input`'s interrupt between layers; an interrupted step leaves `cache` uncommitted.
     fn forward(
         &self,
         input: &StepInput,
@@ -36,7 +37,7 @@ pub(crate) trait DecoderStack: Send + Sync + 'static {
         cache: &mut KvCache,
         step: &mut StepBuffers,
         scratch: &mut Self::Scratch,
-    ) -> Vec<f32>;
+    ) -> Result<Vec<f32>>;
 }
 
 pub(crate) struct DecoderSession<S: DecoderStack> {
@@ -76,11 +77,12 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         let mut real_tokens = self.real_tokens.clone();
         let positions = step_positions(input, &mut real_tokens);
         model.check_positions(&positions)?;
-        self.real_tokens = real_tokens;
         let (cache, step, scratch) = (&mut self.cache, &mut self.step, &mut self.scratch);
         *out = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
             model.forward(input, &positions, last_only, cache, step, scratch)
-        });
+        })?;
+        // Only a step that ran to the end advances the rows (an interrupted one never happened).
+        self.real_tokens = real_tokens;
         Ok(())
     }
 

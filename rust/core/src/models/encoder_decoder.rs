@@ -26,8 +26,8 @@ pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
     fn decoder_attention(&self) -> (usize, usize, usize);
 
     /// The encoder over the batch: `[batch * len, d_model]`, as the decoder's cross-attention
-    /// reads it.
-    fn encode(&self, input: &TokenBatch) -> Vec<f32>;
+    /// reads it. Checks `input`'s interrupt between layers.
+    fn encode(&self, input: &TokenBatch) -> Result<Vec<f32>>;
 
     /// Each decoder layer's cross-attention keys and values of `encoded` (`m` positions), each
     /// `[m, heads * head_dim]`.
@@ -35,7 +35,8 @@ pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
 
     /// Runs the decoder over one step's tokens, writing their self-attention keys and values into
     /// `cache` and reading `memory`; returns the logits of each row's last token (`last_only`) or
-    /// of every token.
+    /// of every token. Checks `input`'s interrupt between layers; an interrupted step leaves
+    /// `cache` uncommitted.
     fn decode(
         &self,
         input: &StepInput,
@@ -44,7 +45,7 @@ pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
         memory: &EncoderMemory,
         step: &mut StepBuffers,
         scratch: &mut Self::Scratch,
-    ) -> Vec<f32>;
+    ) -> Result<Vec<f32>>;
 }
 
 /// What a session keeps of its encoder inputs: per decoder layer the cross-attention keys and
@@ -92,9 +93,9 @@ pub(crate) fn start<S: EncoderDecoderStack>(
     let (layers, heads, head_dim) = model.decoder_attention();
     let m = input.batch * input.len;
     let cross = model.pool().install(|| {
-        let encoded = model.encode(input);
-        model.cross_key_values(&encoded, m)
-    });
+        let encoded = model.encode(input)?;
+        Ok::<_, Error>(model.cross_key_values(&encoded, m))
+    })?;
     debug_assert!(cross.iter().all(|(k, _)| k.len() == m * heads * head_dim));
     Ok(Box::new(EncoderDecoderSession {
         model: model.clone(),
@@ -136,7 +137,7 @@ impl<S: EncoderDecoderStack> Session for EncoderDecoderSession<S> {
         let (step, scratch) = (&mut self.step, &mut self.scratch);
         *out = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
             model.decode(input, last_only, cache, memory, step, scratch)
-        });
+        })?;
         Ok(())
     }
 

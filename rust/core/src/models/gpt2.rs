@@ -363,7 +363,7 @@ impl DecoderStack for Gpt2Weights {
         cache: &mut KvCache,
         b: &mut StepBuffers,
         ff: &mut Vec<f32>,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let (w, cfg) = (self, &self.cfg);
         let (rows, n, d) = (cache.rows(), input.n, cfg.n_embd);
         let (heads, hd) = (cfg.n_head, cfg.n_embd / cfg.n_head);
@@ -400,12 +400,15 @@ impl DecoderStack for Gpt2Weights {
                 q_offset: cache.len(),
                 bias: None,
             };
+            // Checked before each sublayer: a long prefill spends a fraction of a second in each.
+            input.check_interrupt()?;
             w.norm(&h, &block.ln_1, &mut b.x);
             b.project_qkv(&block.qkv, m);
             cache.write(li, &b.k, &b.v);
             attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
             block.attn_proj.forward_into(&b.ctx, m, &mut b.proj);
             add(&mut h, &b.proj);
+            input.check_interrupt()?;
             w.norm(&h, &block.ln_2, &mut b.x);
             block.fc.forward_into(&b.x, m, ff);
             w.activate(ff);
@@ -416,6 +419,6 @@ impl DecoderStack for Gpt2Weights {
         let count = b.logit_rows(&h, rows, n, d, last_only);
         w.norm(&b.last, &w.ln_f, &mut b.x);
         b.h = h;
-        w.lm_head.apply(&b.x, count)
+        Ok(w.lm_head.apply(&b.x, count))
     }
 }

@@ -411,7 +411,7 @@ impl DecoderStack for LlamaWeights {
         cache: &mut KvCache,
         b: &mut StepBuffers,
         s: &mut Scratch,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let (w, cfg) = (self, &self.cfg);
         let (rows, n, d) = (cache.rows(), input.n, cfg.hidden_size);
         let (heads, kv_heads, hd) = (
@@ -439,6 +439,8 @@ impl DecoderStack for LlamaWeights {
         b.x.resize(m * d, 0.0);
         b.ctx.resize(m * heads * hd, 0.0);
         for (li, layer) in w.layers.iter().enumerate() {
+            // Checked before each sublayer: a long prefill spends a fraction of a second in each.
+            input.check_interrupt()?;
             rms_norm(&h, layer.attn_norm.data(), w.eps, &mut b.x);
             b.project_qkv(&layer.qkv, m);
             w.rope.apply_angles(&mut b.q, heads, &s.angles);
@@ -448,6 +450,7 @@ impl DecoderStack for LlamaWeights {
             layer.o.forward_into(&b.ctx, m, &mut b.proj);
             add(&mut h, &b.proj);
 
+            input.check_interrupt()?;
             rms_norm(&h, layer.mlp_norm.data(), w.eps, &mut b.x);
             layer.gate_up.forward_into(&b.x, m, &mut s.gate_up);
             gated_into(&s.gate_up, m, silu, &mut s.g);
@@ -459,6 +462,6 @@ impl DecoderStack for LlamaWeights {
         let count = b.logit_rows(&h, rows, n, d, last_only);
         rms_norm(&b.last, w.norm.data(), w.eps, &mut b.x);
         b.h = h;
-        w.lm_head.apply(&b.x, count)
+        Ok(w.lm_head.apply(&b.x, count))
     }
 }

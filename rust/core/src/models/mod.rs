@@ -30,6 +30,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_hf::GgufAsHf;
 use crate::formats::safetensors::SafeTensors;
 use crate::formats::{Int8, WeightSource};
+use crate::interrupt::{self, Interrupt};
 use crate::tensor::Linear;
 
 /// A rectangular batch of token ids with its attention mask (1 = real token, 0 = padding).
@@ -39,6 +40,8 @@ pub struct TokenBatch {
     pub mask: Vec<u8>,
     pub batch: usize,
     pub len: usize,
+    /// Stops the encoder between layers when requested ([`TokenBatch::with_interrupt`]).
+    pub interrupt: Option<Arc<Interrupt>>,
 }
 
 impl TokenBatch {
@@ -67,7 +70,19 @@ impl TokenBatch {
             mask,
             batch,
             len,
+            interrupt: None,
         })
+    }
+
+    /// The same batch, its encoding stopped with [`Error::Interrupted`] once `interrupt` is raised.
+    pub fn with_interrupt(mut self, interrupt: Arc<Interrupt>) -> Self {
+        self.interrupt = Some(interrupt);
+        self
+    }
+
+    /// `Err(Error::Interrupted)` once the batch's interrupt has been raised (checked between layers).
+    pub(crate) fn check_interrupt(&self) -> Result<()> {
+        interrupt::check(self.interrupt.as_deref())
     }
 
     pub fn check_vocab(&self, what: &str, vocab: usize) -> Result<()> {
@@ -95,6 +110,8 @@ pub struct StepInput<'a> {
     /// `[rows, n]` position ids for models with absolute or rotary positions. `None` continues each
     /// row from the number of real tokens it holds (transformers' `generate`: `cumsum(mask) - 1`).
     pub positions: Option<&'a [u32]>,
+    /// Stops the step between layers with [`Error::Interrupted`] once raised (`None`: runs to the end).
+    pub interrupt: Option<&'a Interrupt>,
 }
 
 impl<'a> StepInput<'a> {
@@ -104,7 +121,13 @@ impl<'a> StepInput<'a> {
             n,
             mask: None,
             positions: None,
+            interrupt: None,
         }
+    }
+
+    /// `Err(Error::Interrupted)` once the step's interrupt has been raised (checked between layers).
+    pub(crate) fn check_interrupt(&self) -> Result<()> {
+        interrupt::check(self.interrupt)
     }
 
     /// Checks the shapes against a session of `rows` rows and the ids against the vocabulary.

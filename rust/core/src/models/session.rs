@@ -94,19 +94,19 @@ pub(crate) fn check_reorder(source: &[usize], rows: usize) -> Result<()> {
     }
 }
 
-/// Runs a step's forward pass (given `want.last_only`, it returns logits) on `pool`, and turns the
-/// logits into log-probabilities over `vocab` when asked.
+/// Runs a step's forward pass (given `want.last_only`, it returns logits, or stops when
+/// interrupted) on `pool`, and turns the logits into log-probabilities over `vocab` when asked.
 pub(crate) fn logits_on(
     pool: &rayon::ThreadPool,
     vocab: usize,
     want: Want,
-    forward: impl FnOnce(bool) -> Vec<f32> + Send,
-) -> Vec<f32> {
+    forward: impl FnOnce(bool) -> Result<Vec<f32>> + Send,
+) -> Result<Vec<f32>> {
     pool.install(|| {
-        let mut logits = forward(want.last_only);
+        let mut logits = forward(want.last_only)?;
         if want.log_softmax {
             log_softmax_rows(&mut logits, vocab);
         }
-        logits
+        Ok(logits)
     })
 }

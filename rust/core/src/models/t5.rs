@@ -582,7 +582,7 @@ impl EncoderDecoderStack for T5Weights {
     }
 
     /// The encoder after its final norm.
-    fn encode(&self, input: &TokenBatch) -> Vec<f32> {
+    fn encode(&self, input: &TokenBatch) -> Result<Vec<f32>> {
         let (b, l, inner) = (input.batch, input.len, self.cfg.inner_dim());
         let m = b * l;
         let mut h = self.embed(&input.ids);
@@ -593,6 +593,8 @@ impl EncoderDecoderStack for T5Weights {
         attn.bias = Some(&bias);
         let mut ctx = vec![0.0; m * inner];
         for layer in &self.encoder {
+            // Checked before each sublayer: a long input spends a fraction of a second in each.
+            input.check_interrupt()?;
             let x = self.norm(&h, &layer.attn_norm);
             let (q, k, v) = layer.attn.project(&x, m);
             let kv = KeyValues {
@@ -607,10 +609,11 @@ impl EncoderDecoderStack for T5Weights {
             };
             attn.run(&q, b, l, &kv, &mut ctx);
             add(&mut h, &layer.attn.o.apply(&ctx, m));
+            input.check_interrupt()?;
             let x = self.norm(&h, &layer.ff_norm);
             layer.ff.add_to(&x, m, &mut h);
         }
-        self.norm(&h, &self.encoder_norm)
+        Ok(self.norm(&h, &self.encoder_norm))
     }
 
     fn cross_key_values(&self, encoded: &[f32], m: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
@@ -634,7 +637,7 @@ impl EncoderDecoderStack for T5Weights {
         memory: &EncoderMemory,
         b: &mut StepBuffers,
         s: &mut Scratch,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let (w, cfg) = (self, &self.cfg);
         let (rows, n, inner, d) = (cache.rows(), input.n, cfg.inner_dim(), cfg.d_model);
         let m = rows * n;
@@ -659,6 +662,8 @@ impl EncoderDecoderStack for T5Weights {
         b.x.resize(m * d, 0.0);
 
         for (li, layer) in w.decoder.iter().enumerate() {
+            // Checked before each sublayer, as in the encoder.
+            input.check_interrupt()?;
             rms_norm(&h, layer.self_norm.data(), w.eps, &mut b.x);
             b.project_qkv(&layer.self_attn.qkv, m);
             cache.write(li, &b.k, &b.v);
@@ -666,12 +671,14 @@ impl EncoderDecoderStack for T5Weights {
             layer.self_attn.o.forward_into(&b.ctx, m, &mut b.proj);
             add(&mut h, &b.proj);
 
+            input.check_interrupt()?;
             rms_norm(&h, layer.cross_norm.data(), w.eps, &mut b.x);
             layer.cross_attn.q.forward_into(&b.x, m, &mut b.q);
             cross_attn.run(&b.q, rows, n, &memory.key_values(li), &mut b.ctx);
             layer.cross_attn.o.forward_into(&b.ctx, m, &mut b.proj);
             add(&mut h, &b.proj);
 
+            input.check_interrupt()?;
             rms_norm(&h, layer.ff_norm.data(), w.eps, &mut b.x);
             let [f0, f1, f2] = &mut s.ff;
             layer.ff.add_to_with(&b.x, m, &mut h, [f0, f1, f2]);
@@ -684,7 +691,7 @@ impl EncoderDecoderStack for T5Weights {
             b.x.iter_mut().for_each(|v| *v *= scale);
         }
         b.h = h;
-        w.lm_head.apply(&b.x, count)
+        Ok(w.lm_head.apply(&b.x, count))
     }
 }
 
