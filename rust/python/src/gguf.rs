@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use fasttx_core::formats::gguf::{GgufFile, MetaArray, MetaValue};
 use numpy::{Element, PyArray1};
-use pyo3::exceptions::{PyIndexError, PyTypeError};
+use pyo3::exceptions::PyIndexError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PySlice};
 use pyo3::IntoPyObjectExt;
@@ -127,7 +127,8 @@ impl GgufArray {
         to_list(py, self.array())
     }
 
-    /// A numpy array of the elements (numbers and bools only), e.g. for `numpy.asarray`.
+    /// A numpy array of the elements, e.g. for `numpy.asarray`: compact for numbers and bools;
+    /// strings and nested arrays become a one-dimensional array of Python objects.
     #[pyo3(signature = (dtype=None, copy=None))]
     fn __array__<'py>(
         &self,
@@ -138,11 +139,18 @@ impl GgufArray {
         let _ = copy; // every call makes a new array
         let a = self.array();
         let Some((_, bytes)) = a.fixed_width() else {
-            return Err(PyTypeError::new_err(format!(
-                "GGUF metadata {} is an array of {}, not of numbers: use tolist()",
-                self.key,
-                a.elem_type_name()
-            )));
+            // One object per element, filled one by one so that nested arrays stay elements
+            // (numpy would otherwise read a list of equal-length lists as a 2-D array).
+            let items = to_list(py, a)?;
+            let numpy = py.import("numpy")?;
+            let objects = numpy.call_method1("empty", (items.len(), "object"))?;
+            for (i, item) in items.iter().enumerate() {
+                objects.set_item(i, item)?;
+            }
+            return match dtype {
+                Some(dtype) => objects.call_method1("astype", (dtype,)),
+                None => Ok(objects),
+            };
         };
         let array = match a.elem_type() {
             0 => numpy_array(py, bytes, u8::from_le_bytes),
