@@ -8,7 +8,7 @@ other exception, a hang, or a process killed by a signal (abort, segfault) fails
 The loads run in a worker subprocess (one per fixture, all its mutants in a row) so that a crash
 is caught and pinned on the mutant that was loading. Mutants are drawn from a seeded generator:
 ``python tests/test_load_mutations.py FIXTURE FILE INDEX`` replays one. ``FASTTX_MUTATIONS``
-(mutants per file, default 30) raises the count for a long run."""
+(mutants per file, default 100) raises the count for a long run."""
 
 from __future__ import annotations
 
@@ -52,13 +52,9 @@ SECONDS_PER_LOAD = 10
 # Mutated files are a few hundred KB; a load needing more than this is out of proportion to them.
 ADDRESS_SPACE_LIMIT = 6 << 30
 
-# (fixture, file) -> why its mutants may still fail on this branch. Only items of issue 11 that
-# are being fixed on other branches belong here; remove each entry once its fix is merged.
-KNOWN = {}
-
 
 def mutations_per_file() -> int:
-    return int(os.environ.get("FASTTX_MUTATIONS", "30"))
+    return int(os.environ.get("FASTTX_MUTATIONS", "100"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,10 +181,12 @@ def run_worker(fixture: str, cases: list[tuple[str, int]]) -> dict[tuple[str, in
     failures: dict[tuple[str, int], str] = {}
     todo = list(cases)
     while todo:
+        # A file, not a pipe: a worker writing much to stderr must not block on a full pipe.
+        stderr_file = tempfile.TemporaryFile(mode="w+")
         proc = subprocess.Popen(
             [sys.executable, __file__, "--worker", fixture, json.dumps(todo)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr_file,
             text=True,
         )
         assert proc.stdout is not None
@@ -216,9 +214,11 @@ def run_worker(fixture: str, cases: list[tuple[str, int]]) -> dict[tuple[str, in
             elif msg["seconds"] > SECONDS_PER_LOAD:
                 failures[current] = f"{what}: took {msg['seconds']} s"
             current = None
-        stderr = proc.stderr.read() if proc.stderr else ""
         code = proc.wait()
         sel.close()
+        stderr_file.seek(0)
+        stderr = stderr_file.read()
+        stderr_file.close()
         if current is None:
             assert code == 0 and done == len(todo), f"worker for {fixture} failed outside a load:\n{stderr[-2000:]}"
             break
@@ -229,7 +229,7 @@ def run_worker(fixture: str, cases: list[tuple[str, int]]) -> dict[tuple[str, in
         else:
             cause = f"process exited with status {code}"
         failures[current] = f"{what}: {cause}; stderr: {stderr.strip()[-400:]}"
-        todo = todo[todo.index(list(current)) + 1 :] if list(current) in todo else todo[done + 1 :]
+        todo = todo[todo.index(list(current)) + 1 :]
     return failures
 
 
@@ -245,16 +245,10 @@ def fixture_failures(fixture: str) -> dict[tuple[str, int], str]:
     return _results[fixture]
 
 
-def _params():
-    for fixture, (_, names) in MODELS.items():
-        for name in names:
-            marks = []
-            if (fixture, name) in KNOWN:
-                marks.append(pytest.mark.xfail(strict=False, reason=KNOWN[(fixture, name)]))
-            yield pytest.param(fixture, name, id=f"{fixture}/{name}", marks=marks)
-
-
-@pytest.mark.parametrize("fixture,name", list(_params()))
+@pytest.mark.parametrize(
+    "fixture,name",
+    [pytest.param(fixture, name, id=f"{fixture}/{name}") for fixture, (_, names) in MODELS.items() for name in names],
+)
 def test_corrupted_file_loads_or_raises_a_format_error(fixture, name):
     failures = {k: v for k, v in fixture_failures(fixture).items() if k[0] == name}
     report = "\n".join(

@@ -13,7 +13,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for value in file.metadata().values() {
-        let _ = (value.as_u64(), value.as_i64(), value.as_f64(), value.as_bool());
+        let _ = (
+            value.as_u64(),
+            value.as_i64(),
+            value.as_f64(),
+            value.as_bool(),
+        );
         let _ = (value.as_str(), value.as_array(), value.type_name());
     }
     for info in file.tensors() {
