@@ -134,6 +134,14 @@ def _limit_memory() -> None:
         pass
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Puts `data` at `path` as a new file: anything still mapping the old one keeps its pages
+    (rewriting a mapped file in place could fault the process, as README's "Untrusted files" says)."""
+    staged = path.with_name(f".{path.name}.new")
+    staged.write_bytes(data)
+    os.replace(staged, path)
+
+
 def worker(fixture: str, cases: list[tuple[str, int]]) -> None:
     """Loads each mutant of `cases` from a private copy of `fixture`, printing one JSON line when a
     load starts and one with its outcome (so the parent knows which mutant a crash belongs to)."""
@@ -149,11 +157,7 @@ def worker(fixture: str, cases: list[tuple[str, int]]) -> None:
                 shutil.copy(f, model_dir / f.name)
         for name, index in cases:
             data, what = mutant(fixture, name, index)
-            target = model_dir / name
-            # A new file each time: a model still mapping the previous one keeps its own pages.
-            staged = model_dir / f".{name}.new"
-            staged.write_bytes(data)
-            os.replace(staged, target)
+            _replace(model_dir / name, data)
             print(json.dumps({"start": [name, index], "what": what}), flush=True)
             began = time.monotonic()
             try:
@@ -166,7 +170,7 @@ def worker(fixture: str, cases: list[tuple[str, int]]) -> None:
                 outcome = {"ok": False, "error": f"{type(e).__module__}.{type(e).__name__}: {e}"[:500]}
             outcome["seconds"] = round(time.monotonic() - began, 3)
             print(json.dumps(outcome), flush=True)
-            shutil.copy(FIXTURES / fixture / name, target)
+            _replace(model_dir / name, (FIXTURES / fixture / name).read_bytes())
 
 
 # ------------------------------------------------------------------------------------------------
