@@ -34,6 +34,9 @@ declare -A dict=([gguf_reader]=fuzz/gguf.dict [gguf_model]=fuzz/gguf.dict [confi
 cargo +nightly fuzz build
 
 logs=fuzz/work/logs
+# Each fuzzing process writes its inputs to a scratch directory (fuzz/src/lib.rs), left behind
+# because libFuzzer exits without running destructors.
+trap 'rm -rf /dev/shm/fasttx-fuzz-* "${TMPDIR:-/tmp}"/fasttx-fuzz-*' EXIT
 mkdir -p "$logs"
 
 run_target() {
