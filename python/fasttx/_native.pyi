@@ -103,6 +103,9 @@ class NativeSession:
     def rows(self) -> int: ...
     @property
     def length(self) -> int: ...
+    @property
+    def cache_bytes_per_position(self) -> int:
+        """Bytes of self-attention cache one row takes per position."""
     def step(
         self,
         tokens: npt.NDArray[np.int64],

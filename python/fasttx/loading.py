@@ -12,6 +12,10 @@ from .generation.options import GENERATION_KEYS
 
 DTYPES = ("auto", "f32", "int8")
 
+# Compute threads per CPU this process may use, at most (as the native pool checks): beyond that
+# threads only add switching, and a typo like threads=10**6 must not start threads by the thousand.
+MAX_THREADS_PER_CPU = 4
+
 
 def default_threads() -> int:
     """``FASTTX_NUM_THREADS`` if set, else the number of physical cores this process may use."""
@@ -23,8 +27,20 @@ def default_threads() -> int:
             raise ValueError(f"FASTTX_NUM_THREADS must be a positive integer, got {env!r}") from None
         if n < 1:
             raise ValueError(f"FASTTX_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
+        return _check_threads("FASTTX_NUM_THREADS", n)
     return physical_cores()
+
+
+def _check_threads(what: str, n: int) -> int:
+    """``n`` if it is at most ``MAX_THREADS_PER_CPU`` per CPU this process may use."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = MAX_THREADS_PER_CPU * max(1, cpus)
+    if n > limit:
+        raise ValueError(f"{what} must be at most {limit} ({MAX_THREADS_PER_CPU} per CPU this process may use), got {n}")
+    return n
 
 
 def physical_cores() -> int:
@@ -126,6 +142,8 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
         threads = default_threads()
     elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    else:
+        _check_threads("threads", threads)
 
     directory = _resolve_path(path)
     if directory.is_file():

@@ -6,7 +6,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fasttx_core::Error;
 use pyo3::create_exception;
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyMemoryError, PyOSError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
 
 create_exception!(
@@ -25,6 +27,7 @@ pub fn to_pyerr(err: Error) -> PyErr {
         Error::Io { .. } => PyOSError::new_err(msg),
         Error::Format(_) => ModelFormatError::new_err(msg),
         Error::InvalidInput(_) => PyValueError::new_err(msg),
+        Error::OutOfMemory(_) => PyMemoryError::new_err(msg),
     }
 }
 

@@ -252,6 +252,16 @@ impl NativeSession {
             .map_err(|_| PyRuntimeError::new_err("session is unusable"))
     }
 
+    /// Bytes of self-attention cache one row takes per position (for sizing a request against
+    /// the machine's memory before it starts).
+    #[getter]
+    fn cache_bytes_per_position(&self) -> PyResult<usize> {
+        self.session
+            .lock()
+            .map(|s| s.cache_bytes_per_position())
+            .map_err(|_| PyRuntimeError::new_err("session is unusable"))
+    }
+
     /// Feeds `tokens` `[rows, n]` (with an optional padding `mask` and `positions`); returns float32
     /// logits `[rows, vocab]` (`last_only`) or `[rows, n, vocab]`, as log-probabilities when
     /// `log_softmax` is set.

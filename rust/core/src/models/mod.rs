@@ -162,6 +162,9 @@ pub trait Session: Send {
     fn rows(&self) -> usize;
     /// Tokens fed so far per row (decoder side).
     fn len(&self) -> usize;
+    /// Bytes of self-attention cache one row takes per position: what bounds how many rows and
+    /// positions a generation can hold.
+    fn cache_bytes_per_position(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
