@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import fasttx
-from fasttx._native import NativeModel
 from fasttx.generation import search
 
 from conftest import FIXTURES
@@ -127,6 +126,17 @@ def test_long_text_prompt_is_refused_not_an_abort():
     assert "ValueError:" in proc.stdout and "positions" in proc.stdout, proc.stdout
 
 
+def test_new_tokens_beyond_learned_positions_are_refused_before_generating(load_fixture_model):
+    model = load_fixture_model("gpt2")
+    limit = model.max_positions
+    with pytest.raises(ValueError, match=f"exceed the {limit} positions.*at most {limit - 3}"):
+        model.generate_ids([[1, 2, 3]], max_new_tokens=limit)
+    with pytest.raises(ValueError, match=f"{limit} positions"):
+        model.generate_ids([[1, 2, 3]], num_beams=2, max_new_tokens=10**9)
+    # Up to the last position is fine (EOS switched off so that it runs to the budget).
+    assert len(model.generate_ids([[1, 2, 3]], max_new_tokens=limit - 3, eos_token_id=None)[0]) == limit - 3
+
+
 # ---------------------------------------------------------------- memory grows with tokens produced
 
 
@@ -167,23 +177,32 @@ def test_growing_beam_arrays_give_the_same_hypotheses(load_fixture_model, monkey
 # ---------------------------------------------------------------- threads beyond the machine
 
 
-def test_threads_beyond_the_machine_are_refused_before_any_thread_starts(monkeypatch):
-    start = time.perf_counter()
-    with pytest.raises(ValueError, match="threads must be at most"):
-        fasttx.load(FIXTURES / DECODER, threads=10**6)
-    with pytest.raises(ValueError, match="threads must be at most"):
-        fasttx.load(FIXTURES / DECODER, threads=3000)
-    monkeypatch.setenv("FASTTX_NUM_THREADS", "3000")
-    with pytest.raises(ValueError, match="FASTTX_NUM_THREADS must be at most"):
-        fasttx.load(FIXTURES / DECODER)
-    assert time.perf_counter() - start < 1.0
-
-
-def test_native_constructor_refuses_absurd_thread_counts():
-    config = (FIXTURES / DECODER / "config.json").read_text()
-    weights = [str(FIXTURES / DECODER / "model.safetensors")]
-    with pytest.raises(ValueError, match="threads must be at most"):
-        NativeModel("llama", config, weights, "auto", 10**6)
+def test_threads_beyond_the_machine_are_refused_before_any_thread_starts():
+    # In a subprocess: before the fix, threads=10**6 started threads until the OS refused.
+    proc = _run_isolated(
+        "import os, time, threading\n"
+        "from fasttx._native import NativeModel\n"
+        "t = time.perf_counter()\n"
+        "for threads in (10**6, 3000):\n"
+        "    try:\n        fasttx.load(F / 'llama_gqa', threads=threads)\n"
+        "    except ValueError as e:\n        print('ValueError:', e)\n"
+        "os.environ['FASTTX_NUM_THREADS'] = '3000'\n"
+        "try:\n    fasttx.load(F / 'llama_gqa')\n"
+        "except ValueError as e:\n    print('ValueError:', e)\n"
+        "del os.environ['FASTTX_NUM_THREADS']\n"
+        "d = F / 'llama_gqa'\n"
+        "try:\n"
+        "    NativeModel('llama', (d / 'config.json').read_text(), [str(d / 'model.safetensors')], 'auto', 10**6)\n"
+        "except ValueError as e:\n    print('ValueError:', e)\n"
+        "print('seconds', time.perf_counter() - t, 'threads', threading.active_count())\n",
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum("threads must be at most" in line for line in lines) == 3, proc.stdout
+    assert any("FASTTX_NUM_THREADS must be at most" in line for line in lines), proc.stdout
+    seconds = float(lines[-1].split()[1])
+    assert seconds < 1.0, proc.stdout
 
 
 # ---------------------------------------------------------------- non-finite scores

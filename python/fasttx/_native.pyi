@@ -46,6 +46,9 @@ class NativeModel:
     def max_positions(self) -> Optional[int]:
         """The position limit that caps generate's default length budget (None: no limit)."""
     @property
+    def max_positions_is_hard(self) -> bool:
+        """Whether max_positions bounds prompt plus new tokens (learned positions end there)."""
+    @property
     def threads(self) -> int: ...
     @property
     def decode_weight_bytes(self) -> int:

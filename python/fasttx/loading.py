@@ -133,7 +133,8 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
     ``dtype``: ``"auto"`` (f32 compute for safetensors; a GGUF file's Q4_0/Q4_1/Q8_0 weights kept
     and run natively), ``"f32"`` (everything dequantized: transformers' exact numbers) or
     ``"int8"`` (every projection quantized per output channel at load). ``threads``: compute
-    threads (default ``FASTTX_NUM_THREADS``, else the physical cores)."""
+    threads (default ``FASTTX_NUM_THREADS``, else the physical cores), at most ``MAX_THREADS_PER_CPU``
+    per CPU this process may use."""
     from .model import Model
 
     if dtype not in DTYPES:

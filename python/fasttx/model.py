@@ -26,7 +26,25 @@ TOKEN_BYTES = 8 * 8
 
 
 class Model:
-    """A loaded model. Create it with ``fasttx.load(path)``."""
+    """A loaded model. Create it with ``fasttx.load(path)``.
+
+    Limits (each a ``ValueError`` naming it, raised before anything of the request's size is
+    allocated):
+
+    - a prompt may hold at most ``max_positions`` tokens; on a model with learned positions
+      (GPT-2) the prompt plus ``max_new_tokens`` too (rotary-position models generate past it when
+      asked to, as in transformers);
+    - the rows of a call (inputs x ``num_beams``, or x ``num_return_sequences`` when sampling) times
+      the positions they may reach (prompt plus new tokens, up to ``max_positions``) must fit the
+      machine's physical memory for their KV cache, token ids and logits;
+    - sampling needs ``temperature`` of at least the smallest normal float32 (1.2e-38), and one
+      that does not overflow the scores; beam search needs a finite ``length_penalty`` that keeps
+      ``length ** length_penalty`` a finite, nonzero float32 over the budget.
+
+    Memory then grows with the tokens produced, not with the budget; a native allocation that
+    still fails is a ``MemoryError``. Non-finite logits (corrupt weights) raise
+    ``fasttx.ModelFormatError`` naming the step.
+    """
 
     def __init__(
         self,
@@ -282,10 +300,18 @@ class Model:
         """A session over the prompt batch, the decoder prompt for ``copies`` rows per input and the
         new-token budget, once the request is known to fit the model and the machine. Every
         check runs before anything of the request's size is allocated."""
-        if not self.is_encoder_decoder:
-            self._check_prompt_length(int(mask.sum(axis=1).max()), "the prompt")
         prompt_len = 1 if self.is_encoder_decoder else ids.shape[1]
         budget = opts.new_token_budget(prompt_len, self.max_positions)
+        if not self.is_encoder_decoder:
+            longest = int(mask.sum(axis=1).max())  # real tokens: padding takes no position
+            self._check_prompt_length(longest, "the prompt")
+            limit = self.max_positions
+            if self._native.max_positions_is_hard and limit is not None and longest + budget > limit:
+                raise ValueError(
+                    f"the prompt's {longest} tokens plus {budget} new tokens exceed the {limit} positions "
+                    "this model has (learned position embeddings end there): lower max_new_tokens "
+                    f"to at most {limit - longest}"
+                )
         session = self._native.start(ids, mask)
         self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts)
         prompt = self._decoder_prompt(ids, mask, opts, copies)

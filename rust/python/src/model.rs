@@ -91,6 +91,12 @@ impl NativeModel {
         self.model.max_positions()
     }
 
+    /// Whether `max_positions` bounds prompt plus new tokens (learned positions end there).
+    #[getter]
+    fn max_positions_is_hard(&self) -> bool {
+        self.model.max_positions_is_hard()
+    }
+
     #[getter]
     fn threads(&self) -> usize {
         self.model.pool().current_num_threads()
