@@ -135,7 +135,7 @@ impl KvCache {
         }
         let cap = self.capacity;
         let block = self.kv_heads * cap * self.head_dim;
-        let values = source.len().checked_mul(block).unwrap_or(usize::MAX);
+        let values = source.len().saturating_mul(block);
         let gather = |old: &[f32]| -> Result<Vec<f32>> {
             let mut new = try_alloc(values, "the reordered KV cache")?;
             for (dst, &s) in new.chunks_exact_mut(block.max(1)).zip(source) {
@@ -180,10 +180,7 @@ impl KvCache {
             .iter()
             .map(|(k, v)| Ok((copy(k)?, copy(v)?)))
             .collect::<Result<Vec<_>>>()?;
-        let mut mask = try_alloc(
-            self.rows.checked_mul(capacity).unwrap_or(usize::MAX),
-            "the KV cache mask",
-        )?;
+        let mut mask = try_alloc(self.rows.saturating_mul(capacity), "the KV cache mask")?;
         for r in 0..self.rows {
             mask[r * capacity..][..old_cap].copy_from_slice(&self.mask[r * old_cap..][..old_cap]);
         }
