@@ -47,6 +47,9 @@ class NativeModel:
     def max_positions(self) -> Optional[int]:
         """The position limit that caps generate's default length budget (None: no limit)."""
     @property
+    def max_positions_is_hard(self) -> bool:
+        """Whether max_positions bounds prompt plus new tokens (learned positions end there)."""
+    @property
     def threads(self) -> int: ...
     @property
     def decode_weight_bytes(self) -> int:
@@ -123,6 +126,9 @@ class NativeSession:
     def rows(self) -> int: ...
     @property
     def length(self) -> int: ...
+    @property
+    def cache_bytes_per_position(self) -> int:
+        """Bytes of self-attention cache one row takes per position."""
     def step(
         self,
         tokens: npt.NDArray[np.int64],

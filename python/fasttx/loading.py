@@ -16,6 +16,10 @@ DTYPES = ("auto", "f32", "int8")
 # gguf_metadata's arrays are read-only sequences over the file (decoded when read).
 Sequence.register(GgufArray)
 
+# Compute threads per CPU this process may use, at most (as the native pool checks): beyond that
+# threads only add switching, and a typo like threads=10**6 must not start threads by the thousand.
+MAX_THREADS_PER_CPU = 4
+
 
 def default_threads() -> int:
     """``FASTTX_NUM_THREADS`` if set, else the number of physical cores this process may use."""
@@ -27,8 +31,20 @@ def default_threads() -> int:
             raise ValueError(f"FASTTX_NUM_THREADS must be a positive integer, got {env!r}") from None
         if n < 1:
             raise ValueError(f"FASTTX_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
+        return _check_threads("FASTTX_NUM_THREADS", n)
     return physical_cores()
+
+
+def _check_threads(what: str, n: int) -> int:
+    """``n`` if it is at most ``MAX_THREADS_PER_CPU`` per CPU this process may use."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = MAX_THREADS_PER_CPU * max(1, cpus)
+    if n > limit:
+        raise ValueError(f"{what} must be at most {limit} ({MAX_THREADS_PER_CPU} per CPU this process may use), got {n}")
+    return n
 
 
 def physical_cores() -> int:
@@ -174,7 +190,8 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
     ``dtype``: ``"auto"`` (f32 compute for safetensors; a GGUF file's Q4_0/Q4_1/Q8_0 weights kept
     and run natively), ``"f32"`` (everything dequantized: transformers' exact numbers) or
     ``"int8"`` (every projection quantized per output channel at load). ``threads``: compute
-    threads (default ``FASTTX_NUM_THREADS``, else the physical cores)."""
+    threads (default ``FASTTX_NUM_THREADS``, else the physical cores), at most ``MAX_THREADS_PER_CPU``
+    per CPU this process may use."""
     from .model import Model
 
     if dtype not in DTYPES:
@@ -183,6 +200,8 @@ def load(path: Union[str, os.PathLike], *, dtype: str = "auto", threads: Optiona
         threads = default_threads()
     elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    else:
+        _check_threads("threads", threads)
 
     directory = _resolve_path(path)
     if directory.is_file():

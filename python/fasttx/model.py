@@ -17,9 +17,34 @@ from .text import TextAssembler, clean_up_tokenization, cut_at_stop
 # that padding and the KV cache stay modest.
 DEFAULT_BATCH_SIZE = 32
 
+# Copies of a step's logits that exist at once per row (the native output, its numpy array, the
+# processed or beam-expanded scores, the beam candidates' score matrix): for sizing a request.
+LOGIT_COPIES = 4
+# Bytes per row and position beside the KV cache: the token ids beam search keeps (running and
+# finished hypotheses and the candidates between them, int64) and the Python history of each row.
+TOKEN_BYTES = 8 * 8
+
 
 class Model:
-    """A loaded model. Create it with ``fasttx.load(path)``."""
+    """A loaded model. Create it with ``fasttx.load(path)``.
+
+    Limits (each a ``ValueError`` naming it, raised before anything of the request's size is
+    allocated):
+
+    - a prompt may hold at most ``max_positions`` tokens; on a model with learned positions
+      (GPT-2) the prompt plus ``max_new_tokens`` too (rotary-position models generate past it when
+      asked to, as in transformers);
+    - the rows of a call (inputs x ``num_beams``, or x ``num_return_sequences`` when sampling) times
+      the positions they may reach (prompt plus new tokens, up to ``max_positions``) must fit the
+      machine's physical memory for their KV cache, token ids and logits;
+    - sampling needs ``temperature`` of at least the smallest normal float32 (1.2e-38), and one
+      that does not overflow the scores; beam search needs a finite ``length_penalty`` that keeps
+      ``length ** length_penalty`` a finite, nonzero float32 over the budget.
+
+    Memory then grows with the tokens produced, not with the budget; a native allocation that
+    still fails is a ``MemoryError``. Non-finite logits (corrupt weights) raise
+    ``fasttx.ModelFormatError`` naming the step.
+    """
 
     def __init__(
         self,
@@ -70,6 +95,7 @@ class Model:
         if not self.is_encoder_decoder:
             if decoder_input_ids is not None:
                 raise ValueError(f"{self.arch} is decoder-only: call logits(input_ids) without decoder_input_ids")
+            self._check_prompt_length(ids.shape[1], "input_ids")
             # A plain transformers forward numbers positions 0..len-1 whatever the mask says.
             positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
             session = self._native.start(ids, mask)
@@ -274,6 +300,58 @@ class Model:
             copies=copies,
         )
 
+    def _check_prompt_length(self, tokens: int, what: str) -> None:
+        """Refuses a (decoder) prompt longer than the model's positions, before any work."""
+        limit = self.max_positions
+        if limit is not None and tokens > limit:
+            raise ValueError(
+                f"{what} of {tokens} tokens is longer than the {limit} positions this model has "
+                "(max_position_embeddings): shorten the prompt"
+            )
+
+    def _open_session(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, copies: int):
+        """A session over the prompt batch, the decoder prompt for ``copies`` rows per input and the
+        new-token budget, once the request is known to fit the model and the machine. Every
+        check runs before anything of the request's size is allocated."""
+        prompt_len = 1 if self.is_encoder_decoder else ids.shape[1]
+        budget = opts.new_token_budget(prompt_len, self.max_positions)
+        if not self.is_encoder_decoder:
+            longest = int(mask.sum(axis=1).max())  # real tokens: padding takes no position
+            self._check_prompt_length(longest, "the prompt")
+            limit = self.max_positions
+            if self._native.max_positions_is_hard and limit is not None and longest + budget > limit:
+                raise ValueError(
+                    f"the prompt's {longest} tokens plus {budget} new tokens exceed the {limit} positions "
+                    "this model has (learned position embeddings end there): lower max_new_tokens "
+                    f"to at most {limit - longest}"
+                )
+        session = self._native.start(ids, mask)
+        self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts)
+        prompt = self._decoder_prompt(ids, mask, opts, copies)
+        return session, prompt, budget
+
+    def _check_memory(self, session, inputs: int, copies: int, prompt_len: int, budget: int, opts) -> None:
+        """Refuses a request whose rows (inputs x beams or sequences) need more memory for their KV
+        cache and logits than the machine has, were it to run to its budget (up to the model's
+        positions): a ValueError now instead of an allocation failure later."""
+        machine = _physical_memory()
+        if machine is None:
+            return
+        positions = prompt_len + budget
+        if self.max_positions is not None:
+            positions = min(positions, max(self.max_positions, prompt_len + 1))
+        rows = inputs * copies
+        per_row = positions * (session.cache_bytes_per_position + TOKEN_BYTES) + LOGIT_COPIES * self.vocab_size * 4
+        needed = rows * per_row
+        if needed > machine:
+            what = "beams" if opts.num_beams > 1 else "sequences"
+            raise ValueError(
+                f"{rows} rows ({inputs} inputs x {copies} {what}) of up to {positions} positions need "
+                f"about {needed / 2**30:.3g} GiB for the KV cache and logits, more than this machine's "
+                f"{machine / 2**30:.3g} GiB of memory: use fewer beams, return sequences or inputs per "
+                "batch, or fewer new tokens"
+            )
+
     def _stop_hit(self, opts: GenerationOptions):
         """``stop_hit(new_tokens)``: whether the text of these new tokens holds a stop string
         (None without stop strings)."""
@@ -300,10 +378,8 @@ class Model:
     ):
         """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
         as tokens are chosen) and the iterator of per-step events that drives it."""
-        session = self._native.start(ids, mask)
         n = opts.num_return_sequences
-        prompt = self._decoder_prompt(ids, mask, opts, copies=n)
-        budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
+        session, prompt, budget = self._open_session(ids, mask, opts, copies=n)
         sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
         events = search.sample_or_greedy(
             self._native, session, prompt, opts, budget, sampler, self._stopper(prompt, opts)
@@ -317,9 +393,7 @@ class Model:
         is within the whole call (sampling draws differ per occurrence); by default counted in
         this batch."""
         if opts.num_beams > 1:
-            session = self._native.start(ids, mask)
-            prompt = self._decoder_prompt(ids, mask, opts, copies=opts.num_beams)
-            budget = opts.new_token_budget(prompt.prompt_len, self.max_positions)
+            session, prompt, budget = self._open_session(ids, mask, opts, copies=opts.num_beams)
             # Beam sampling: one random stream per input.
             sampler = _row_sampler(ids, mask, opts, occurrence, 1) if opts.do_sample else None
             return search.beam_search(
@@ -329,6 +403,16 @@ class Model:
         for _ in events:
             pass
         return [h[prompt.prompt_len :] for h in prompt.history]
+
+
+def _physical_memory() -> Optional[int]:
+    """Bytes of physical memory (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _row_sampler(ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, occurrence, streams: int):

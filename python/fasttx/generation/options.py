@@ -36,6 +36,9 @@ HF_DEFAULTS: dict[str, Any] = {
 
 GENERATION_KEYS = frozenset(HF_DEFAULTS)
 
+# The smallest normal float32 (numpy's finfo(float32).tiny): the least temperature sampling takes.
+FLOAT32_TINY = 1.1754943508222875e-38
+
 
 @dataclass
 class GenerationOptions:
@@ -99,12 +102,19 @@ def _int(name: str, v: Any, minimum: int, allow_none: bool = False) -> Optional[
     return int(v)
 
 
-def _float(name: str, v: Any, minimum: Optional[float] = None, exclusive: bool = False) -> float:
+def _float(
+    name: str, v: Any, minimum: Optional[float] = None, exclusive: bool = False, finite: bool = False
+) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) and not _is_numpy_number(v):
         raise ValueError(f"{name} must be a number, got {v!r}")
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an int beyond float's range
+        raise ValueError(f"{name} must be a finite number, got {v!r}") from None
     if f != f:
         raise ValueError(f"{name} must be a number, got NaN")
+    if finite and f in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
     if minimum is not None and (f < minimum or (exclusive and f == minimum)):
         op = ">" if exclusive else ">="
         raise ValueError(f"{name} must be {op} {minimum}, got {v!r}")
@@ -154,12 +164,21 @@ def resolve(
     o.do_sample = bool(merged["do_sample"])
     o.num_beams = _int("num_beams", merged["num_beams"], 1)
     o.num_return_sequences = _int("num_return_sequences", merged["num_return_sequences"], 1)
-    o.length_penalty = _float("length_penalty", merged["length_penalty"])
+    # An infinite penalty scores every finished hypothesis -inf (or 0): beam search would return
+    # nothing. Finite values too large for the hypotheses' lengths are refused by beam search.
+    o.length_penalty = _float("length_penalty", merged["length_penalty"], finite=True)
     es = merged["early_stopping"]
     if es not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {es!r}")
     o.early_stopping = es
     o.temperature = _float("temperature", merged["temperature"], 0.0, exclusive=o.do_sample)
+    if o.do_sample and o.temperature < FLOAT32_TINY:
+        # Sampling divides float32 scores by the temperature: a subnormal (or, in float32, zero)
+        # temperature turns them into infinities and the draw into NaN.
+        raise ValueError(
+            f"temperature must be at least {FLOAT32_TINY:.9g} (the smallest normal float32) when "
+            f"sampling, got {o.temperature!r}; for greedy decoding set do_sample=False"
+        )
     o.top_k = _int("top_k", merged["top_k"], 0, allow_none=True)
     o.top_p = _float("top_p", merged["top_p"], 0.0)
     if o.top_p > 1.0:

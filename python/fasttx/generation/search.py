@@ -12,11 +12,61 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .._native import ModelFormatError
 from . import processors
 from .options import GenerationOptions
 
 # transformers marks impossible beams with this score (float32 arithmetic, as there).
 BIG_NEG = np.float32(-1.0e9)
+
+# Beam search's token arrays start this many positions past the prompt and double when full, so
+# their memory follows the tokens produced, not the (possibly huge) budget.
+INITIAL_BEAM_WIDTH = 64
+
+
+def checked_logits(logits: np.ndarray, step: int) -> np.ndarray:
+    """``logits`` of a session step, refused when any value is NaN or infinite: a model whose
+    weights or config produce them would otherwise pick token 0 (argmax of NaN) forever."""
+    if not np.isfinite(logits).all():
+        bad = ~np.isfinite(logits.reshape(logits.shape[0], -1))
+        row = int(np.argmax(bad.any(axis=1)))
+        kind = "NaN" if np.isnan(logits[row]).any() else "infinite values"
+        raise ModelFormatError(
+            f"logits of step {step} hold {kind} (row {row}): the model's weights or config produce "
+            "non-finite values"
+        )
+    return logits
+
+
+def check_temperature(scores: np.ndarray, temperature: float, step: int) -> None:
+    """Refuses a temperature so small that dividing this step's finite ``scores`` by it overflows
+    float32: the warped scores would be infinities and the draw NaN (transformers fails there too).
+    Above 1e-6 that would take scores beyond 3e32, which no model produces: the scan is skipped."""
+    if temperature >= 1e-6:
+        return
+    finite = np.abs(scores[np.isfinite(scores)])
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest / temperature > float(np.finfo(np.float32).max):
+        raise ValueError(
+            f"temperature={temperature!r} is too small: at step {step} the scores divided by it "
+            "overflow float32; use a larger temperature, or do_sample=False for greedy decoding"
+        )
+
+
+def check_length_penalty(length_penalty: float, budget: int) -> None:
+    """Beam search divides a finished hypothesis' score by ``length ** length_penalty`` (float32);
+    refuses a penalty for which that divisor is zero or infinite at some length of the budget
+    (every finished hypothesis would score -inf or 0, and beam search would return nothing)."""
+    for length in (1, max(1, budget)):  # the extremes of a monotonic function of the length
+        try:
+            divisor = np.float32(float(length) ** length_penalty)
+        except OverflowError:
+            divisor = np.float32(np.inf)
+        if not (np.isfinite(divisor) and divisor > 0):
+            raise ValueError(
+                f"length_penalty={length_penalty!r} is too large in magnitude for hypotheses of up to "
+                f"{budget} tokens: {length} ** length_penalty is not a finite, nonzero float32"
+            )
 
 
 @dataclass
@@ -94,7 +144,7 @@ def sample_or_greedy(
     tokens, mask = prompt.first_tokens, prompt.first_mask
     history = prompt.history
     for step in range(budget):
-        logits = session.step(tokens, mask)
+        logits = checked_logits(session.step(tokens, mask), step)
         mask = None
         if step == 0 and prompt.copies > 1:
             session.reorder(np.repeat(np.arange(logits.shape[0]), prompt.copies).tolist())
@@ -104,6 +154,7 @@ def sample_or_greedy(
         if sampler is None:
             chosen = np.argmax(logits, axis=-1).tolist()
         else:
+            check_temperature(logits, opts.temperature, step)
             chosen = sample_tokens(native_model, logits, opts, sampler, active)
         finished = []
         keep = []
@@ -152,9 +203,12 @@ def beam_search(
 
     if budget == 0:
         return [[] for _ in range(batch * opts.num_return_sequences)]
+    check_length_penalty(lp, budget)
 
     fill = opts.pad_token_id if opts.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
-    running = np.full((batch, K, max_length), fill, dtype=np.int64)
+    # Token arrays hold the positions produced so far (grown by `_widen`); transformers sizes them
+    # by max_length up front, which only differs in memory.
+    running = np.full((batch, K, min(max_length, p0 + INITIAL_BEAM_WIDTH)), fill, dtype=np.int64)
     for b in range(batch):
         running[b, :, :p0] = prompt.history[b * K]
     sequences = running.copy()
@@ -169,18 +223,23 @@ def beam_search(
     cur_len = p0
 
     # The first step runs once per input; its rows are then copied into the beams.
-    log_probs = session.step(prompt.first_tokens, prompt.first_mask, log_softmax=True)
+    step = 0
+    log_probs = checked_logits(session.step(prompt.first_tokens, prompt.first_mask, log_softmax=True), step)
     session.reorder(np.repeat(np.arange(batch), K).tolist())
     log_probs = np.repeat(log_probs, K, axis=0)
     vocab = log_probs.shape[-1]
 
     while True:
-        flat = running.reshape(batch * K, max_length)
+        if cur_len >= running.shape[2]:
+            width = min(max_length, 2 * running.shape[2])
+            running, sequences = _widen(running, width, fill), _widen(sequences, width, fill)
+        flat = running.reshape(batch * K, running.shape[2])
         if procs:
             processors.apply_all(procs, log_probs, [row[:cur_len].tolist() for row in flat], range(batch * K))
         if warpers is not None:
             # Beam sampling warps each beam's processed log-probabilities, before the beam's
             # running score is added.
+            check_temperature(log_probs, opts.temperature, step)
             log_probs = native_model.warp_rows(np.ascontiguousarray(log_probs, dtype=np.float32), *warpers)
         scores = (log_probs.reshape(batch, K, vocab) + running_scores[:, :, None]).reshape(batch, K * vocab)
         scores = np.ascontiguousarray(scores, dtype=np.float32)
@@ -233,13 +292,34 @@ def beam_search(
         if not go_on:
             break
         session.reorder((batch_offset + running_src).reshape(-1).tolist())
-        log_probs = session.step(running[:, :, cur_len - 1].reshape(batch * K, 1), None, log_softmax=True)
+        step += 1
+        log_probs = checked_logits(
+            session.step(running[:, :, cur_len - 1].reshape(batch * K, 1), None, log_softmax=True), step
+        )
 
+    _check_best_finished(finished, opts)
     out = []
     for b in range(batch):
         for i in range(opts.num_return_sequences):
             out.append(sequences[b, i, p0 : lengths[b, i]].tolist())
     return out
+
+
+def _check_best_finished(finished: np.ndarray, opts: GenerationOptions) -> None:
+    """Every input's best slot must hold a finished hypothesis. It stays a placeholder (scored
+    BIG_NEG, transformers' mark for impossible beams) only when every hypothesis scored below that
+    mark, i.e. the options pushed the float32 scores out of range; transformers then returns the
+    placeholder's padding, fasttx would return nothing: both are refused here."""
+    lost = np.flatnonzero(~finished[:, 0])
+    if lost.size:
+        culprits = [f"length_penalty={opts.length_penalty!r}"]
+        if opts.do_sample:
+            culprits.insert(0, f"temperature={opts.temperature!r}")
+        raise ValueError(
+            f"beam search found no hypothesis for input {int(lost[0])} scoring above {float(BIG_NEG):g} "
+            f"(the mark of impossible beams): {' or '.join(culprits)} pushes the scores out of "
+            "float32's useful range"
+        )
 
 
 def _sample_candidates(native_model, scores: np.ndarray, keep: int, sampler: RowSampler):
@@ -251,6 +331,13 @@ def _sample_candidates(native_model, scores: np.ndarray, keep: int, sampler: Row
     values = np.take_along_axis(scores, picked, axis=1)
     order = np.argsort(-values, axis=1, kind="stable")
     return np.take_along_axis(values, order, axis=1), np.take_along_axis(picked, order, axis=1)
+
+
+def _widen(tokens: np.ndarray, width: int, fill: int) -> np.ndarray:
+    """``tokens`` ``[batch, beams, w]`` extended to ``width`` positions with ``fill``."""
+    wider = np.full(tokens.shape[:2] + (width,), fill, dtype=tokens.dtype)
+    wider[:, :, : tokens.shape[2]] = tokens
+    return wider
 
 
 def _top(x: np.ndarray, k: int) -> np.ndarray:

@@ -17,6 +17,9 @@ pub enum Error {
     InvalidInput(String),
     /// The caller asked the computation to stop (see [`crate::interrupt`]).
     Interrupted,
+    /// Memory for a buffer whose size follows from the request (rows, tokens) could not be had.
+    /// Such buffers are allocated fallibly ([`try_alloc`]) so that this is an error, not an abort.
+    OutOfMemory(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -34,7 +37,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { path, source } => write!(f, "{}: {}", path.display(), source),
-            Error::Format(msg) | Error::InvalidInput(msg) => f.write_str(msg),
+            Error::Format(msg) | Error::InvalidInput(msg) | Error::OutOfMemory(msg) => {
+                f.write_str(msg)
+            }
             Error::Interrupted => f.write_str("interrupted"),
         }
     }
@@ -49,6 +54,31 @@ impl std::error::Error for Error {
     }
 }
 
+/// A vector of `len` default values (zeros), or [`Error::OutOfMemory`] naming `what` when the
+/// allocator refuses (or `len` elements overflow the address space) instead of aborting the process.
+pub fn try_alloc<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| out_of_memory::<T>(len, what))?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// Fails as [`try_alloc`] would for `len` values of `T`, without keeping (or touching) the memory:
+/// for a buffer that code which cannot fail is about to allocate.
+pub fn check_alloc<T>(len: usize, what: &str) -> Result<()> {
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| out_of_memory::<T>(len, what))
+}
+
+fn out_of_memory<T>(len: usize, what: &str) -> Error {
+    let gib = len as f64 * std::mem::size_of::<T>() as f64 / (1u64 << 30) as f64;
+    Error::OutOfMemory(format!(
+        "out of memory: {what} needs {gib:.1} GiB ({len} values), which cannot be allocated"
+    ))
+}
+
 /// `format_err!("...")` builds an [`Error::Format`].
 #[macro_export]
 macro_rules! format_err {
@@ -59,4 +89,29 @@ macro_rules! format_err {
 #[macro_export]
 macro_rules! input_err {
     ($($arg:tt)*) => { $crate::error::Error::InvalidInput(format!($($arg)*)) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn try_alloc_gives_zeros() {
+        let v: Vec<f32> = try_alloc(5, "test").unwrap();
+        assert_eq!(v, vec![0.0; 5]);
+    }
+
+    #[test]
+    fn impossible_allocation_is_an_error_not_an_abort() {
+        // More bytes than the address space: the allocator is never even asked.
+        let err = try_alloc::<f32>(usize::MAX / 2, "the KV cache").unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory(_)));
+        assert!(err.to_string().contains("the KV cache"), "{err}");
+        // Within the address space but beyond any machine (2^62 bytes): the allocator refuses.
+        assert!(matches!(
+            check_alloc::<u8>(1 << 62, "logits"),
+            Err(Error::OutOfMemory(_))
+        ));
+        assert!(check_alloc::<f32>(1 << 20, "logits").is_ok());
+    }
 }

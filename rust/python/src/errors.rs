@@ -7,7 +7,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use fasttx_core::Error;
 use pyo3::create_exception;
 use pyo3::exceptions::{
-    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError,
+    PyFileNotFoundError, PyKeyboardInterrupt, PyMemoryError, PyOSError, PyRuntimeError,
+    PyValueError,
 };
 use pyo3::prelude::*;
 
@@ -28,6 +29,7 @@ pub fn to_pyerr(err: Error) -> PyErr {
         Error::Format(_) => ModelFormatError::new_err(msg),
         Error::InvalidInput(_) => PyValueError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        Error::OutOfMemory(_) => PyMemoryError::new_err(msg),
     }
 }
 

@@ -92,6 +92,12 @@ impl NativeModel {
         self.model.max_positions()
     }
 
+    /// Whether `max_positions` bounds prompt plus new tokens (learned positions end there).
+    #[getter]
+    fn max_positions_is_hard(&self) -> bool {
+        self.model.max_positions_is_hard()
+    }
+
     #[getter]
     fn threads(&self) -> usize {
         self.model.pool().current_num_threads()
@@ -253,6 +259,16 @@ impl NativeSession {
         self.session
             .lock()
             .map(|s| s.len())
+            .map_err(|_| PyRuntimeError::new_err("session is unusable"))
+    }
+
+    /// Bytes of self-attention cache one row takes per position (for sizing a request against
+    /// the machine's memory before it starts).
+    #[getter]
+    fn cache_bytes_per_position(&self) -> PyResult<usize> {
+        self.session
+            .lock()
+            .map(|s| s.cache_bytes_per_position())
             .map_err(|_| PyRuntimeError::new_err("session is unusable"))
     }
 

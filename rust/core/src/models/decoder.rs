@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::kv_cache::KvCache;
-use super::session::{check_reorder, logits_on, step_positions, StepBuffers};
+use super::session::{check_reorder, logits_on, prepare_step, step_positions, StepBuffers};
 use super::{Session, StepInput, Want};
 use crate::error::Result;
 
@@ -71,12 +71,17 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         self.cache.len()
     }
 
+    fn cache_bytes_per_position(&self) -> usize {
+        self.cache.bytes_per_position()
+    }
+
     fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
         let model = self.model.clone();
         input.validate(self.rows(), model.vocab_size())?;
         let mut real_tokens = self.real_tokens.clone();
         let positions = step_positions(input, &mut real_tokens);
         model.check_positions(&positions)?;
+        prepare_step(&mut self.cache, input, want, model.vocab_size())?;
         let (cache, step, scratch) = (&mut self.cache, &mut self.step, &mut self.scratch);
         *out = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
             model.forward(input, &positions, last_only, cache, step, scratch)
@@ -89,7 +94,6 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
     fn reorder(&mut self, source: &[usize]) -> Result<()> {
         check_reorder(source, self.rows())?;
         self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
-        self.cache.reorder(source);
-        Ok(())
+        self.cache.reorder(source)
     }
 }

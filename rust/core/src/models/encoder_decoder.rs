@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::attention::KeyValues;
 use super::kv_cache::KvCache;
-use super::session::{check_reorder, logits_on, StepBuffers};
+use super::session::{check_reorder, logits_on, prepare_step, StepBuffers};
 use super::{Session, StepInput, TokenBatch, Want};
 use crate::error::{Error, Result};
 
@@ -130,9 +130,14 @@ impl<S: EncoderDecoderStack> Session for EncoderDecoderSession<S> {
         self.cache.len()
     }
 
+    fn cache_bytes_per_position(&self) -> usize {
+        self.cache.bytes_per_position()
+    }
+
     fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
         let model = self.model.clone();
         input.validate(self.rows(), model.vocab_size())?;
+        prepare_step(&mut self.cache, input, want, model.vocab_size())?;
         let (cache, memory) = (&mut self.cache, &self.memory);
         let (step, scratch) = (&mut self.step, &mut self.scratch);
         *out = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
@@ -145,7 +150,6 @@ impl<S: EncoderDecoderStack> Session for EncoderDecoderSession<S> {
         check_reorder(source, self.rows())?;
         let rows = &mut self.memory.row_to_input;
         *rows = source.iter().map(|&s| rows[s]).collect();
-        self.cache.reorder(source);
-        Ok(())
+        self.cache.reorder(source)
     }
 }

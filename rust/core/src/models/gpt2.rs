@@ -283,6 +283,10 @@ impl Model for Gpt2Model {
         Some(self.inner.cfg.n_positions)
     }
 
+    fn max_positions_is_hard(&self) -> bool {
+        true
+    }
+
     fn decode_weight_bytes(&self) -> usize {
         let w = &self.inner;
         let layers: usize = w

@@ -4,8 +4,12 @@
 //! (row, head) are contiguous and attention reads them without copies. All rows advance together
 //! (one token per row per generation step); a per-row key mask marks padding (left-padded prompts of
 //! decoder-only models) so it is never attended to.
+//!
+//! Its size follows the request (rows times positions), so growing and reordering allocate
+//! fallibly: a request beyond the machine's memory is an [`Error::OutOfMemory`], not an abort.
 
 use super::attention::KeyValues;
+use crate::error::{try_alloc, Error, Result};
 
 pub struct KvCache {
     rows: usize,
@@ -47,11 +51,33 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Opens a step of `n` new positions with their mask (`[rows, n]`, `None` = all real tokens).
-    pub fn begin_step(&mut self, n: usize, mask: Option<&[u8]>) {
-        let needed = self.len + n;
+    /// Bytes one row holds per position: keys and values of every layer, and the mask byte.
+    pub fn bytes_per_position(&self) -> usize {
+        self.layers.len() * 2 * self.kv_heads * self.head_dim * std::mem::size_of::<f32>() + 1
+    }
+
+    /// Makes room for a step of `n` new positions, or fails without changing the cache. Sessions
+    /// call it before a step's forward pass, so that [`KvCache::begin_step`] never has to grow.
+    pub fn reserve(&mut self, n: usize) -> Result<()> {
+        let needed = self
+            .len
+            .checked_add(n)
+            .ok_or_else(|| Error::InvalidInput(format!("a step of {n} tokens is too long")))?;
         if needed > self.capacity {
-            self.grow(needed.max(2 * self.capacity).max(16));
+            // Doubling keeps growth amortised; the memory stays within twice what was produced.
+            self.grow(needed.max(self.capacity.saturating_mul(2)).max(16))?;
+        }
+        Ok(())
+    }
+
+    /// Opens a step of `n` new positions with their mask (`[rows, n]`, `None` = all real tokens).
+    ///
+    /// # Panics
+    /// If the cache cannot grow to hold them (sessions [`KvCache::reserve`] first, which fails
+    /// as an error instead).
+    pub fn begin_step(&mut self, n: usize, mask: Option<&[u8]>) {
+        if let Err(e) = self.reserve(n) {
+            panic!("{e}");
         }
         for r in 0..self.rows {
             let dst = &mut self.mask[r * self.capacity + self.len..][..n];
@@ -101,57 +127,67 @@ impl KvCache {
         self.pending = 0;
     }
 
-    /// Row `i` afterwards holds what old row `source[i]` held.
-    pub fn reorder(&mut self, source: &[usize]) {
+    /// Row `i` afterwards holds what old row `source[i]` held; on failure the cache is unchanged.
+    pub fn reorder(&mut self, source: &[usize]) -> Result<()> {
         let identity = source.len() == self.rows && source.iter().enumerate().all(|(i, &s)| i == s);
         if identity {
-            return;
+            return Ok(());
         }
-        let block = self.kv_heads * self.capacity * self.head_dim;
-        let gather = |old: &[f32], block: usize| -> Vec<f32> {
-            let mut new = Vec::with_capacity(source.len() * block);
-            for &s in source {
-                new.extend_from_slice(&old[s * block..(s + 1) * block]);
+        let cap = self.capacity;
+        let block = self.kv_heads * cap * self.head_dim;
+        let values = source.len().saturating_mul(block);
+        let gather = |old: &[f32]| -> Result<Vec<f32>> {
+            let mut new = try_alloc(values, "the reordered KV cache")?;
+            for (dst, &s) in new.chunks_exact_mut(block.max(1)).zip(source) {
+                dst.copy_from_slice(&old[s * block..(s + 1) * block]);
             }
-            new
+            Ok(new)
         };
-        for (k, v) in &mut self.layers {
-            *k = gather(k, block);
-            *v = gather(v, block);
-        }
-        let mask: Vec<u8> = source
+        // Everything new is built before anything is replaced.
+        let layers = self
+            .layers
             .iter()
-            .flat_map(|&s| {
-                self.mask[s * self.capacity..(s + 1) * self.capacity]
-                    .iter()
-                    .copied()
-            })
-            .collect();
+            .map(|(k, v)| Ok((gather(k)?, gather(v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut mask = try_alloc(source.len().saturating_mul(cap), "the KV cache mask")?;
+        for (dst, &s) in mask.chunks_exact_mut(cap.max(1)).zip(source) {
+            dst.copy_from_slice(&self.mask[s * cap..(s + 1) * cap]);
+        }
+        self.layers = layers;
         self.mask = mask;
         self.rows = source.len();
+        Ok(())
     }
 
-    fn grow(&mut self, capacity: usize) {
+    /// Reallocates every layer for `capacity` positions; on failure the cache is unchanged.
+    fn grow(&mut self, capacity: usize) -> Result<()> {
         let (old_cap, hd) = (self.capacity, self.head_dim);
         let heads_rows = self.rows * self.kv_heads;
-        let copy = |old: &[f32]| -> Vec<f32> {
-            let mut new = vec![0.0; heads_rows * capacity * hd];
+        let values = heads_rows
+            .checked_mul(capacity)
+            .and_then(|v| v.checked_mul(hd))
+            .unwrap_or(usize::MAX);
+        let copy = |old: &[f32]| -> Result<Vec<f32>> {
+            let mut new = try_alloc(values, "the KV cache")?;
             for hr in 0..heads_rows {
                 new[hr * capacity * hd..][..old_cap * hd]
                     .copy_from_slice(&old[hr * old_cap * hd..][..old_cap * hd]);
             }
-            new
+            Ok(new)
         };
-        for (k, v) in &mut self.layers {
-            *k = copy(k);
-            *v = copy(v);
-        }
-        let mut mask = vec![0u8; self.rows * capacity];
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((copy(k)?, copy(v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut mask = try_alloc(self.rows.saturating_mul(capacity), "the KV cache mask")?;
         for r in 0..self.rows {
             mask[r * capacity..][..old_cap].copy_from_slice(&self.mask[r * old_cap..][..old_cap]);
         }
+        self.layers = layers;
         self.mask = mask;
         self.capacity = capacity;
+        Ok(())
     }
 }
 
@@ -215,10 +251,39 @@ mod tests {
     fn reorder_repeats_and_drops_rows() {
         let mut cache = KvCache::new(1, 3, 2, 4);
         step(&mut cache, 3, &[0, 1, 2]);
-        cache.reorder(&[2, 2, 0, 1]);
+        cache.reorder(&[2, 2, 0, 1]).unwrap();
         assert_eq!(cache.rows(), 4);
         check(&cache, &[2, 2, 0, 1]);
-        cache.reorder(&[3]);
+        cache.reorder(&[3]).unwrap();
         check(&cache, &[1]);
+    }
+
+    #[test]
+    fn growth_beyond_memory_is_an_error_and_leaves_the_cache_usable() {
+        let mut cache = KvCache::new(2, 2, 3, 4);
+        step(&mut cache, 5, &[0, 1]);
+        let err = cache.reserve(usize::MAX / 8).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
+        // Beyond any machine, but within the address space: the allocator itself refuses.
+        assert!(matches!(cache.reserve(1 << 40), Err(Error::OutOfMemory(_))));
+        assert!(matches!(
+            cache.reserve(usize::MAX),
+            Err(Error::InvalidInput(_))
+        ));
+        step(&mut cache, 1, &[0, 1]);
+        assert_eq!(cache.len(), 6);
+        check(&cache, &[0, 1]);
+    }
+
+    #[test]
+    fn reorder_beyond_memory_is_an_error_and_leaves_the_cache_unchanged() {
+        // A cache whose rows would hold 2^40 values each (its capacity set without allocating:
+        // the reorder fails before reading any of it); two such rows exceed any machine.
+        let mut cache = KvCache::new(1, 1, 1 << 10, 1 << 10);
+        cache.capacity = 1 << 20;
+        let err = cache.reorder(&[0, 0]).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
+        assert!(err.to_string().contains("KV cache"), "{err}");
+        assert_eq!(cache.rows(), 1);
     }
 }

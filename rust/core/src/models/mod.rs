@@ -172,6 +172,11 @@ pub trait Model: Send + Sync {
     fn max_positions(&self) -> Option<usize> {
         None
     }
+    /// Whether [`Model::max_positions`] also bounds prompt plus new tokens (learned position
+    /// embeddings end there), so a longer request is refused before it starts.
+    fn max_positions_is_hard(&self) -> bool {
+        false
+    }
     /// Bytes of weights one batch-1 decoding step streams (the decoder's projections and the LM
     /// head, as stored): what bounds decoding speed by memory bandwidth.
     fn decode_weight_bytes(&self) -> usize;
@@ -186,6 +191,9 @@ pub trait Session: Send {
     fn rows(&self) -> usize;
     /// Tokens fed so far per row (decoder side).
     fn len(&self) -> usize;
+    /// Bytes of self-attention cache one row takes per position: what bounds how many rows and
+    /// positions a generation can hold.
+    fn cache_bytes_per_position(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -2,9 +2,10 @@
 //! in `generate`'s numbering, checking a reorder, and running a step's forward pass on the model's
 //! threads with the logits in the form asked for.
 
+use super::kv_cache::KvCache;
 use super::{StepInput, Want};
 use crate::decoding::log_softmax_rows;
-use crate::error::{Error, Result};
+use crate::error::{check_alloc, Error, Result};
 use crate::tensor::LinearSet;
 
 /// Buffers of a decoding step that every decoder needs, kept by its session so that the per-token
@@ -92,6 +93,28 @@ pub(crate) fn check_reorder(source: &[usize], rows: usize) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Before a step's forward pass: grows the cache for the step's `input.n`
+/// positions and checks that its logits (`vocab` per row, or per token) can be allocated, so that a
+/// request too large for the machine is an [`Error::OutOfMemory`] with the session unchanged.
+pub(crate) fn prepare_step(
+    cache: &mut KvCache,
+    input: &StepInput,
+    want: Want,
+    vocab: usize,
+) -> Result<()> {
+    cache.reserve(input.n)?;
+    let rows = cache.rows();
+    let logits = if want.last_only {
+        Some(rows)
+    } else {
+        rows.checked_mul(input.n)
+    };
+    let values = logits
+        .and_then(|l| l.checked_mul(vocab))
+        .unwrap_or(usize::MAX);
+    check_alloc::<f32>(values, "the step's logits")
 }
 
 /// Runs a step's forward pass (given `want.last_only`, it returns logits, or stops when
