@@ -82,3 +82,11 @@ def test_ctrl_c_interrupts_a_long_prefill_and_the_model_keeps_working():
     latency = _interrupt_child(_smollm2(), "f32", 1, 800)
     assert latency < LATENCY_LIMIT_S, f"KeyboardInterrupt came {latency:.2f} s after SIGINT"
 
+
+
+def test_ctrl_c_interrupts_one_long_attention_call():
+    """A batch of long inputs on a model with few layers: one attention call over 32 x 1500 tokens
+    takes seconds by itself, so checking between sublayers is not enough; attention skips its
+    remaining heads once interrupted."""
+    latency = _interrupt_child(FIXTURES / "t5_v1_0", "f32", 32, 1500)
+    assert latency < LATENCY_LIMIT_S, f"KeyboardInterrupt came {latency:.2f} s after SIGINT"

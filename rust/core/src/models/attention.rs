@@ -6,6 +6,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
+use crate::interrupt::Interrupt;
 use crate::kernels::{softmax::softmax, vector};
 
 thread_local! {
@@ -42,6 +43,10 @@ pub struct Attention<'a> {
     pub causal: bool,
     pub q_offset: usize,
     pub bias: Option<Bias<'a>>,
+    /// Once raised, the remaining (query, head) pairs are skipped: one call over a long input can
+    /// take seconds, longer than Ctrl-C may wait. The output is then incomplete, and the caller's
+    /// next check between sublayers stops the step with [`crate::Error::Interrupted`].
+    pub interrupt: Option<&'a Interrupt>,
 }
 
 /// Multiply-adds a parallel attention task should at least have: below that, rayon's dispatch
@@ -66,6 +71,9 @@ impl Attention<'_> {
             .with_min_len(MIN_TASK_WORK.div_ceil(per_head))
             .enumerate()
             .for_each(|(th, oh)| {
+                if self.interrupt.is_some_and(Interrupt::is_requested) {
+                    return;
+                }
                 let (t, h) = (th / self.heads, th % self.heads);
                 let (r, i) = (t / n, t % n);
                 let kv_row = kv.row_map.map_or(r, |m| m[r]);

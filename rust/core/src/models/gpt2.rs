@@ -403,6 +403,7 @@ impl DecoderStack for Gpt2Weights {
                 causal: true,
                 q_offset: cache.len(),
                 bias: None,
+                interrupt: input.interrupt,
             };
             // Checked before each sublayer: a long prefill spends a fraction of a second in each.
             input.check_interrupt()?;

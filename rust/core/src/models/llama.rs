@@ -433,6 +433,7 @@ impl DecoderStack for LlamaWeights {
             causal: true,
             q_offset: cache.len(),
             bias: None,
+            interrupt: input.interrupt,
         };
         cache.begin_step(n, input.mask);
         w.rope.angles_into(positions, &mut s.angles);

@@ -22,6 +22,7 @@ use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
 use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
+use crate::interrupt::Interrupt;
 use crate::kernels::{activation, norm::rms_norm};
 use crate::tensor::{Linear, LinearSet, Tensor};
 use crate::threading::build_pool;
@@ -510,7 +511,12 @@ impl T5Weights {
         }
     }
 
-    fn attention_shape(&self, causal: bool, q_offset: usize) -> Attention<'static> {
+    fn attention_shape<'a>(
+        &self,
+        causal: bool,
+        q_offset: usize,
+        interrupt: Option<&'a Interrupt>,
+    ) -> Attention<'a> {
         Attention {
             heads: self.cfg.num_heads,
             kv_heads: self.cfg.num_heads,
@@ -519,6 +525,7 @@ impl T5Weights {
             causal,
             q_offset,
             bias: None,
+            interrupt,
         }
     }
 }
@@ -589,7 +596,7 @@ impl EncoderDecoderStack for T5Weights {
         let span = 2 * l - 1;
         let table = self.bias_table(&self.encoder_bias, true, -(l as i64 - 1), l as i64 - 1);
         let bias = |head: usize, q: usize, k: usize| table[head * span + (k + l - 1 - q)];
-        let mut attn = self.attention_shape(false, 0);
+        let mut attn = self.attention_shape(false, 0, input.interrupt.as_deref());
         attn.bias = Some(&bias);
         let mut ctx = vec![0.0; m * inner];
         for layer in &self.encoder {
@@ -655,9 +662,9 @@ impl EncoderDecoderStack for T5Weights {
         w.bias_table_into(&w.decoder_bias, false, -(total as i64 - 1), 0, &mut s.table);
         let table = &s.table;
         let bias = |head: usize, q: usize, k: usize| table[head * span + (span - 1 - (q - k))];
-        let mut self_attn = w.attention_shape(true, past);
+        let mut self_attn = w.attention_shape(true, past, input.interrupt);
         self_attn.bias = Some(&bias);
-        let cross_attn = w.attention_shape(false, 0);
+        let cross_attn = w.attention_shape(false, 0, input.interrupt);
         b.ctx.resize(m * inner, 0.0);
         b.x.resize(m * d, 0.0);
 
