@@ -9,7 +9,7 @@
 #                                   long run: COUNT=10000000)
 #
 # The committed seeds (fuzz/corpus/<target>) are read, never written: new inputs go to
-# fuzz/work/<target>, which later runs start from too.
+# fuzz/found/<target>, which later runs start from too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +33,7 @@ declare -A dict=([gguf_reader]=fuzz/gguf.dict [gguf_model]=fuzz/gguf.dict [confi
 
 cargo +nightly fuzz build
 
-logs=fuzz/work/logs
+logs=fuzz/found/logs
 # Each fuzzing process writes its inputs to a scratch directory (fuzz/src/lib.rs), left behind
 # because libFuzzer exits without running destructors.
 trap 'rm -rf /dev/shm/fasttx-fuzz-* "${TMPDIR:-/tmp}"/fasttx-fuzz-*' EXIT
@@ -41,14 +41,14 @@ mkdir -p "$logs"
 
 run_target() {
     local t="$1"
-    mkdir -p "fuzz/work/$t"
+    mkdir -p "fuzz/found/$t"
     # -detect_leaks=0: every model built by a target owns a rayon pool whose threads exit
     # asynchronously after the pool is dropped; LeakSanitizer, checking at that moment, reports
     # their thread-local scratch buffers (attention scores) as leaks. Real growth still trips
     # -rss_limit_mb.
     local args=("$limit" -timeout=10 -rss_limit_mb=2048 -detect_leaks=0 -print_final_stats=1)
     [[ -n "${dict[$t]:-}" ]] && args+=("-dict=${dict[$t]}")
-    cargo +nightly fuzz run "$t" "fuzz/work/$t" "fuzz/corpus/$t" -- "${args[@]}" >"$logs/$t.log" 2>&1
+    cargo +nightly fuzz run "$t" "fuzz/found/$t" "fuzz/corpus/$t" -- "${args[@]}" >"$logs/$t.log" 2>&1
 }
 
 declare -A status
