@@ -209,15 +209,17 @@ impl NtKernel {
     }
 }
 
-/// Raw output pointer shared by the tasks of one product, each writing its own rectangle.
+/// Raw output pointer shared by the tasks of one product (here and in `quant`), each writing its
+/// own part of the output.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: only used by `matmul_nt_with`, whose tasks write disjoint parts of the buffer.
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: only used by the parallel products (`matmul_nt_with`, `quant_matmul_with`), whose tasks
+// write disjoint parts of the buffer the caller holds mutably for the whole call.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 impl SyncPtr {
     // A method (not `.0`) so closures capture the whole Send/Sync wrapper, not the bare pointer.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

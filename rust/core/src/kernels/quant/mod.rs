@@ -64,7 +64,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::cpu::{self, Isa};
-use super::matmul::balanced_tasks;
+use super::matmul::{balanced_tasks, SyncPtr};
 use activations::{quantize_row, Activations, XRow, XRowMut, SCRATCH};
 use portable::dot_portable;
 
@@ -366,18 +366,5 @@ impl Kernel {
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => neon::dot(fmt, w, rb, xs, y, ldy),
         }
-    }
-}
-
-/// Raw output pointer shared by the tasks of one product, each writing its own columns.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: only used by `quant_matmul_with`, whose tasks write disjoint parts of the buffer.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    // A method (not `.0`) so closures capture the whole Send/Sync wrapper, not the bare pointer.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
