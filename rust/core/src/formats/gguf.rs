@@ -1821,10 +1821,10 @@ mod tests {
 
     #[test]
     fn rejects_unsupported_and_unknown_tensor_types() {
-        let g = Gguf::new().raw_tensor("blk.0.attn_q.weight", &[256], 12, vec![0; 144], None);
-        let err = open_err("q4k", &g.build());
+        let g = Gguf::new().raw_tensor("blk.0.attn_q.weight", &[256], 16, vec![0; 66], None);
+        let err = open_err("iq2xxs", &g.build());
         assert!(
-            err.contains("tensor 'blk.0.attn_q.weight': ggml type 12 (Q4_K) is not supported"),
+            err.contains("tensor 'blk.0.attn_q.weight': ggml type 16 (IQ2_XXS) is not supported"),
             "{err}"
         );
         let g = Gguf::new().raw_tensor("x", &[4], 99, vec![0; 16], None);
@@ -2035,6 +2035,18 @@ for name, qt, shape in [("q4_0", T.Q4_0, (3, 64)), ("q4_1", T.Q4_1, (2, 96)),
     data = quantize(x, qt)
     w.add_tensor(name, data, raw_dtype=qt)
     expected.append(np.asarray(dequantize(data, qt), dtype="<f4").ravel())
+# gguf-py cannot quantize to these; random bytes with realistic f16 scales (at these byte offsets
+# of each block) exercise every bit of the layouts against its reference dequantizers.
+for name, qt, shape, f16_at in [("q5_0", T.Q5_0, (3, 64), [0]), ("iq4_nl", T.IQ4_NL, (2, 96), [0]),
+                                ("q4_k", T.Q4_K, (2, 512), [0, 2]), ("q6_k", T.Q6_K, (3, 256), [208])]:
+    block_values, block_bytes = gguf.GGML_QUANT_SIZES[qt]
+    blocks = rng.integers(0, 256, (shape[0] * shape[1] // block_values, block_bytes), dtype=np.uint8)
+    for at in f16_at:
+        scales = (rng.standard_normal(len(blocks)) * 0.01).astype(np.float16)
+        blocks[:, at:at + 2] = scales.view(np.uint8).reshape(-1, 2)
+    data = blocks.reshape(shape[0], -1)
+    w.add_tensor(name, data, raw_dtype=qt)
+    expected.append(np.asarray(dequantize(data, qt), dtype="<f4").ravel())
 w.write_header_to_file()
 w.write_kv_data_to_file()
 w.write_tensors_to_file()
@@ -2092,6 +2104,10 @@ np.concatenate(expected).tofile(out + "/expected.f32")
             ("f16", GgmlType::F16, [5, 7]),
             ("bf16", GgmlType::BF16, [3, 5]),
             ("f32", GgmlType::F32, [2, 3]),
+            ("q5_0", GgmlType::Quant(QuantFormat::Q5_0), [3, 64]),
+            ("iq4_nl", GgmlType::Quant(QuantFormat::IQ4_NL), [2, 96]),
+            ("q4_k", GgmlType::Quant(QuantFormat::Q4_K), [2, 512]),
+            ("q6_k", GgmlType::Quant(QuantFormat::Q6_K), [3, 256]),
         ] {
             let info = f.tensor_info(name).unwrap();
             assert_eq!(info.ggml_type, ty, "{name}");

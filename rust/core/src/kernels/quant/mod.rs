@@ -70,12 +70,16 @@ use portable::dot_portable;
 
 mod activations;
 pub mod int8;
+mod iq4_nl;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod pack;
 mod portable;
 mod q4_0;
 mod q4_1;
+mod q4_k;
+mod q5_0;
+mod q6_k;
 mod q8_0;
 #[cfg(test)]
 mod tests;

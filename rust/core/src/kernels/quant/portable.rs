@@ -71,6 +71,7 @@ fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> 
                 }
             }
         }
+        _ => unreachable!("{fmt:?} has no packed kernels"),
     }
     isum
 }

@@ -29,6 +29,7 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
             QuantFormat::Q4_0 => (0.02 * r0, 0.0),
             QuantFormat::Q4_1 => (0.01 * (1.5 + r0), -0.08 * (1.5 + r1)),
             QuantFormat::Q8_0 => (0.002 * r0, 0.0),
+            _ => unreachable!("{fmt:?} has no packed kernels"),
         };
         blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
         if fmt == QuantFormat::Q4_1 {

@@ -17,7 +17,7 @@
 //! `packed_kernels: true`); a type of other block sizes (the K-quants' 256-value super-blocks)
 //! brings dot products of its own, dispatched from `quant_matmul`.
 
-use super::{q4_0, q4_1, q8_0};
+use super::{iq4_nl, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0};
 
 /// A quantized block type (a GGUF / ggml type). Its facts are its row of `types.rs`'s `TABLE`.
 #[allow(non_camel_case_types)]
@@ -29,6 +29,15 @@ pub enum QuantFormat {
     Q4_1,
     /// `f16 d; i8 qs[32]`: `w = q·d` (`q8_0.rs`).
     Q8_0,
+    /// `f16 d; u8 qh[4]; u8 qs[16]`: `w = (q5 - 16)·d` (`q5_0.rs`).
+    Q5_0,
+    /// `f16 d; u8 qs[16]`: `w = CODEBOOK[nibble]·d` (`iq4_nl.rs`).
+    IQ4_NL,
+    /// 256-value super-blocks of 8 × 32 with 6-bit scales and minimums:
+    /// `w = (d·sc)·q4 - dmin·m` (`q4_k.rs`).
+    Q4_K,
+    /// 256-value super-blocks of 16 × 16 with 8-bit scales: `w = (d·sc)·(q6 - 32)` (`q6_k.rs`).
+    Q6_K,
 }
 
 /// What one block type is.
@@ -51,7 +60,15 @@ pub(super) struct BlockFacts {
 }
 
 /// Every block type, row `i` describing the variant with discriminant `i`.
-const TABLE: [&BlockFacts; 3] = [&q4_0::FACTS, &q4_1::FACTS, &q8_0::FACTS];
+const TABLE: [&BlockFacts; 7] = [
+    &q4_0::FACTS,
+    &q4_1::FACTS,
+    &q8_0::FACTS,
+    &q5_0::FACTS,
+    &iq4_nl::FACTS,
+    &q4_k::FACTS,
+    &q6_k::FACTS,
+];
 
 impl QuantFormat {
     const fn facts(self) -> &'static BlockFacts {
@@ -147,6 +164,10 @@ mod tests {
             (QuantFormat::Q4_0, 2, 32, 18),
             (QuantFormat::Q4_1, 3, 32, 20),
             (QuantFormat::Q8_0, 8, 32, 34),
+            (QuantFormat::Q5_0, 6, 32, 22),
+            (QuantFormat::IQ4_NL, 20, 32, 18),
+            (QuantFormat::Q4_K, 12, 256, 144),
+            (QuantFormat::Q6_K, 14, 256, 210),
         ];
         for (f, id, values, bytes) in want {
             assert_eq!(

@@ -118,6 +118,7 @@ macro_rules! packed_row_kernels {
                 QuantFormat::Q4_0 => rows!(Q4_0),
                 QuantFormat::Q4_1 => rows!(Q4_1),
                 QuantFormat::Q8_0 => rows!(Q8_0),
+                _ => unreachable!("{fmt:?} has no packed kernels"),
             }
         }
 
