@@ -22,12 +22,18 @@ FIXTURES = Path(__file__).parent / "fixtures"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def _render_in_subprocess(*templates: str, max_steps: int | None = None, timeout: float = 20.0) -> list[str]:
-    """The error line of each template, rendered one after the other in a fresh interpreter."""
+def _render_in_subprocess(
+    *templates: str, max_steps: int | None = None, timeout: float = 20.0, memory_bytes: int | None = None
+) -> list[str]:
+    """The error line of each template, rendered one after the other in a fresh interpreter (whose
+    address space is limited to ``memory_bytes``, if given)."""
     code = textwrap.dedent(
         f"""
+        import resource
         import fasttx
         from fasttx import chat
+        if {memory_bytes is not None}:
+            resource.setrlimit(resource.RLIMIT_AS, ({memory_bytes!r}, {memory_bytes!r}))
         if {max_steps!r} is not None:
             chat.MAX_STEPS = {max_steps!r}
         for template in {list(templates)!r}:
@@ -135,3 +141,64 @@ def test_template_within_limits_renders_as_before():
         "{{ (['a'] + ['b'])|join('-') }}{{ 2 ** 10 }}{{ 'x' ~ 'y' }}{{ 'ab'|center(6) }}"
     )
     assert render_chat(template, MESSAGES) == "hihihihihihia-b1024xy  ab  "
+
+
+def test_template_failing_on_unexpected_message_contents_is_a_format_error_naming_its_file():
+    # A template written for string contents, given a list of parts: Python's TypeError used to
+    # escape render_chat as it was.
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    with pytest.raises(fasttx.ModelFormatError, match=r"^t\.jinja: the chat template failed: TypeError: can only concatenate list"):
+        render_chat("{{ messages[0].content + '!' }}", parts, template_source="t.jinja")
+    with pytest.raises(fasttx.ModelFormatError, match=r"^t\.jinja: .*ZeroDivisionError"):
+        render_chat("{{ messages|length // 0 }}", MESSAGES, template_source="t.jinja")
+    # A template refusing the conversation itself says so, naming the file too.
+    with pytest.raises(ValueError, match=r"^t\.jinja: the chat template rejected the conversation: no users"):
+        render_chat("{{ raise_exception('no users') }}", MESSAGES, template_source="t.jinja")
+
+
+def test_template_growing_filters_are_refused_before_they_build():
+    """Each would build gigabytes from inputs within the limits, in one filter or method call (over
+    a generator, or a list of long strings): refused from the sizes before the call, so that the
+    interpreter, limited to 1 GiB of address space, never comes near a MemoryError."""
+    big = "{% set s = ['y' * 1000000] * 1000 %}"
+    templates = [
+        "{% set s = 'x\\n' * 1000000 %}{{ s|indent(100000) }}",
+        "{% set s = 'x\\n' * 1000000 %}{{ s|indent('y' * 100000) }}",
+        "{% set s = 'x ' * 100000 %}{{ s|wordwrap(1, wrapstring='y' * 100000) }}",
+        "{% set s = 'x ' * 4000000 %}{{ s|wordwrap }}",
+        "{{ range(100000)|map('string')|join('y' * 100000) }}",
+        "{{ ('y' * 100000).join(range(100000)|map('string')) }}",
+        big + "{{ s|join }}",
+        big + "{{ s }}",
+        big + "{{ s|string|length }}",
+        big + "{{ s|tojson|length }}",
+        big + "{{ s|pprint|length }}",
+        big + "{{ 'a' ~ s }}",
+        "{{ ('\\t' * 1000000).expandtabs(100000)|length }}",
+        "{{ ('{:>999999}' * 10000).format(*range(10000))|length }}",
+        "{{ ('%999999d' * 10000) % (range(10000)|list) }}",
+        "{{ ('%999999d' * 10000)|format(*range(10000)) }}",
+        "{{ ('<' * 10000000)|escape|length }}",
+        "{{ ('ß' * 10000000).upper()|length }}",
+        "{{ ([['x'] * 10000] * 10000)|sum(start=[])|length }}",
+        "{{ ([['x'] * 10] * 1000000)|sum(start=[])|length }}",
+    ]
+    lines = _render_in_subprocess(*templates, memory_bytes=1 << 30, timeout=60)
+    assert len(lines) == len(templates)
+    for template, line in zip(templates, lines):
+        assert line.startswith("ModelFormatError: evil/tokenizer_config.json: the chat template"), (template, line)
+        assert "MemoryError" not in line, (template, line)
+
+
+def test_template_size_checks_leave_ordinary_renders_alone():
+    template = (
+        "{{ messages|tojson }}|{{ messages[0] }}|{{ ('a\\nb'|indent(2, first=true)) }}|{{ 'x y z'|wordwrap(3) }}"
+        "|{{ range(3)|map('string')|join(',') }}|{{ ','.join(['a', 'b']) }}|{{ '%3d|{:>3}'.format(7) }}|{{ '%-3s|' % 'a' }}"
+        "{{ [[1], [2]]|sum(start=[]) }}|{{ 'ß'.upper() }}|{{ '<'|e }}|{{ '\\t'.expandtabs(2) }}|{{ 'abc'|join('-') }}"
+    )
+    want = (
+        '[{"role": "user", "content": "hi"}]|{\'role\': \'user\', \'content\': \'hi\'}|  a\n  b|x y\nz|0,1,2|a,b'
+        "|%3d|  7|a  |[1, 2]|SS|&lt;|  |a-b-c"
+    )
+    assert render_chat(template, MESSAGES) == want
+

@@ -13,12 +13,16 @@ Templates come from model files, i.e. from strangers: they run in Jinja's sandbo
 they see is first rebuilt from plain JSON-like values. The sandbox stops a template from reaching
 Python, not from running forever or filling memory, so a render is also bounded (see "limits"
 below): loop iterations and calls, the size of any range, string or list it builds, its output, and
-its wall time. A template past a bound fails with ``fasttx.ModelFormatError`` naming its source
-and the limit.
+its wall time. Operations that can build a value far bigger than their inputs (repeating,
+padding, indenting, wrapping, joining, formatting, printing a container) have that size bounded
+before they run, so a template is refused before it holds more than the limit. A template past a
+bound, or failing while it runs (a ``TypeError`` on message contents it did not expect, ...),
+fails with ``fasttx.ModelFormatError`` naming its source.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import contextvars
 import dataclasses
 import functools
@@ -45,6 +49,7 @@ MAX_RANGE = 100_000  # items in one range(): Jinja's own sandbox bound
 MAX_STEPS = 1_000_000  # loop iterations plus calls (macros, methods, globals), all together
 MAX_OUTPUT_CHARS = 1 << 24  # the rendered text, and any one string or list built on the way
 MAX_INT_BITS = 1 << 16  # an integer built with * or **
+MAX_WRAP_CHARS = 1 << 20  # the text of one wordwrap, which holds every word as an object
 TIME_LIMIT_S = 5.0
 
 
@@ -63,11 +68,12 @@ def render_chat(
     reads (``tools=[...]``, ``documents=[...]``, ``enable_thinking=False``, ...).
 
     ``template_source`` names where the template came from (the ``.gguf`` file, the
-    ``tokenizer_config.json``) in the errors of a template that breaks the limits.
+    ``tokenizer_config.json``) in the errors of a template that breaks the limits or fails.
 
     Raises ``ValueError`` for a missing template, malformed messages, a template that does not
     compile, or one that rejects the conversation (``raise_exception``); ``fasttx.ModelFormatError``
-    (a ``ValueError``) for a template that exceeds a limit of this module or fails while running.
+    (a ``ValueError``) for a template that exceeds a limit of this module or fails while running
+    (any exception of its own: a ``TypeError`` on a message content it did not expect, ...).
     """
     if not isinstance(template, str) or not template.strip():
         raise ValueError("this model has no chat template (tokenizer.chat_template is missing or empty)")
@@ -89,8 +95,9 @@ def render_chat(
         raise ModelFormatError(f"{where}the chat template recurses without end") from None
     except jinja2.TemplateError as exc:
         # raise_exception() in the template, a sandbox refusal, an undefined value used wrongly...
-        raise ValueError(f"the chat template rejected the conversation: {exc}") from exc
-    except (ArithmeticError, MemoryError) as exc:  # 1/0, float overflow, an allocation too big
+        raise ValueError(f"{where}the chat template rejected the conversation: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the template's code is the model file's, not ours
+        # 1/0, `content + 1` on a list content (TypeError), a missing key, an allocation too big...
         raise ModelFormatError(f"{where}the chat template failed: {type(exc).__name__}: {exc}") from None
     finally:
         _BUDGET.reset(token)
@@ -243,10 +250,35 @@ def _check_int_args(args: Iterable[Any], what: str) -> None:
             raise _LimitExceeded(f"passes {arg} to {what}, over the limit of {MAX_RANGE} for a width or count")
 
 
-def _check_format_widths(fmt: Any, what: str) -> None:
-    # "%999999999d" and "{:>999999999}" pad to the width they name.
-    if isinstance(fmt, str):
-        _check_int_args((int(w) for w in re.findall(r"\d{7,}", fmt)), what)
+def _check_format(fmt: Any, args: Sequence[Any], what: str) -> None:
+    """``fmt % args``, ``fmt.format(*args)`` and ``fmt|format(*args)`` checked before they run.
+    The result is at most the format's text, plus every number in it taken as a padding width
+    ("%999999d", "{:>999999}"), plus each field filled with the largest argument (a field may
+    repeat one: "{0}{0}{0}"), or padded to a width passed as an argument ("%*d", "{:{}}")."""
+    if not isinstance(fmt, str):
+        return
+    _check_int_args((int(w) for w in re.findall(r"\d{7,}", fmt)), what)
+    fields = fmt.count("%") + fmt.count("{")
+    if not fields:
+        return
+    widths = sum(int(w) for w in re.findall(r"\d+", fmt))
+    largest = max((_text_size(a) for a in _format_args(args)), default=0)
+    if "*" in fmt or re.search(r"\{[^{}]*\{", fmt):  # widths taken from the arguments
+        largest += MAX_RANGE
+    bound = len(fmt) + widths + fields * largest
+    if bound > MAX_OUTPUT_CHARS:
+        raise _LimitExceeded(f"formats up to {bound} characters with {what}, over the limit of {MAX_OUTPUT_CHARS}")
+
+
+def _format_args(args: Sequence[Any]) -> Iterator[Any]:
+    # `fmt % (a, b)` and `fmt % {"a": a}` fill fields from inside the tuple or dict.
+    for arg in args:
+        if isinstance(arg, (tuple, list)):
+            yield from arg
+        elif isinstance(arg, Mapping):
+            yield from arg.values()
+        else:
+            yield arg
 
 
 def _check_product(seq: Any, times: Any, what: str) -> None:
@@ -257,20 +289,106 @@ def _check_product(seq: Any, times: Any, what: str) -> None:
 
 
 def _check_growth(name: str, text: Any, args: Sequence[Any]) -> None:
-    """String operations whose result can be far bigger than their inputs, checked before they
-    run: ``text.format(...)``/``text|format`` pads to the widths ``text`` names,
-    ``text.replace(old, new)`` multiplies, ``sep.join(items)`` repeats ``sep``."""
+    """String methods whose result can be far bigger than their inputs, checked before they run:
+    ``text.format(...)`` pads and repeats (see :func:`_check_format`), ``text.replace(old, new)``
+    multiplies, ``text.expandtabs(n)`` pads every tab, ``sep.join(items)`` repeats ``sep`` (the
+    items are a list by now: see :func:`_bounded_list`)."""
     if not isinstance(text, str):
         return
     if name in ("format", "format_map"):
-        _check_format_widths(text, f"'{name}'")
+        _check_format(text, args, f"'{name}'")
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         old, new = args[0], args[1]
         grows = (text.count(old) if old else len(text) + 1) * max(len(new) - len(old), 0)
-        if len(text) + grows > MAX_OUTPUT_CHARS:
-            raise _LimitExceeded(f"builds a string of {len(text) + grows} characters, over the limit of {MAX_OUTPUT_CHARS}")
-    elif name == "join" and args and hasattr(args[0], "__len__"):
-        _check_product(text, max(len(args[0]) - 1, 0), "a joined string")
+        _check_length(len(text) + grows, "a string")
+    elif name == "expandtabs":
+        size = args[0] if args and isinstance(args[0], int) else 8
+        _check_length(len(text) + text.count("\t") * max(size, 0), "a string")
+    elif name in _GROWTH:
+        _check_length(_GROWTH[name] * len(text), "a string")
+    elif name == "join" and args and isinstance(args[0], list):
+        sizes = sum(len(item) if isinstance(item, str) else 0 for item in args[0])
+        _check_length(sizes + len(text) * max(len(args[0]) - 1, 0), "a joined string")
+
+
+def _check_length(length: int, what: str) -> None:
+    if length > MAX_OUTPUT_CHARS:
+        raise _LimitExceeded(f"builds {what} of up to {length} characters, over the limit of {MAX_OUTPUT_CHARS}")
+
+
+def _bounded_list(items: Any, what: str) -> list:
+    """``list(items)`` for an iterable without a length (a generator of ``map``/``select``), refused
+    past MAX_OUTPUT_CHARS items: joining or summing it must first know how much it will build."""
+    out = []
+    for item in items:
+        out.append(item)
+        if len(out) > MAX_OUTPUT_CHARS:
+            raise _LimitExceeded(f"passes more than {MAX_OUTPUT_CHARS} items to {what}")
+    return out
+
+
+# Line boundaries of str.splitlines (indent's lines): "\r\n" counts twice, an upper bound.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+# Printable text but for these, which repr and JSON show as two characters each.
+_COMMON_ESCAPES = str.maketrans("", "", "\n\r\t")
+
+
+def _str_size(text: str, quoted: bool) -> int:
+    """An upper bound on ``len(text)`` as printed: itself, or (``quoted``: inside a printed list or
+    dict, or as JSON) its repr or JSON form, which escape some characters (``\\x00``, ``\\U0001f600``
+    at most ten characters for one)."""
+    if not quoted:
+        return len(text)
+    escapes = sum(text.count(c) for c in "\\'\"\n\r\t")
+    if text.isprintable() or text.translate(_COMMON_ESCAPES).isprintable():
+        return len(text) + escapes + 2
+    return 10 * len(text) + 2
+
+
+def _text_size(value: Any, limit: int = MAX_OUTPUT_CHARS) -> int:
+    """An upper bound on the length of ``str(value)``, and of its JSON form, counted without building
+    either; the count stops once past ``limit`` (so a list of a million long strings costs no more
+    than the items read until then). A container costs its brackets and separators (4 characters
+    per item at most) besides its items, printed quoted."""
+    total = 0
+    pending: list = [iter([(value, False)])]
+    while pending and total <= limit:
+        item = next(pending[-1], None)
+        if item is None:
+            pending.pop()
+            continue
+        v, quoted = item
+        if isinstance(v, str):
+            total += _str_size(v, quoted)
+        elif isinstance(v, bool) or v is None:
+            total += 5
+        elif isinstance(v, int):
+            total += v.bit_length() // 3 + 2  # decimal digits and a sign
+        elif isinstance(v, float):
+            total += 24
+        elif isinstance(v, Mapping):
+            total += 2 + 4 * len(v)
+            pending.append(((x, True) for kv in v.items() for x in kv))
+        elif isinstance(v, (list, tuple, collections.abc.Set, collections.abc.MappingView)):
+            total += 2 + 4 * len(v)
+            pending.append(((x, True) for x in v))
+        elif hasattr(v, "__dict__") and type(v).__name__ == "Namespace":
+            total += 16 + 4 * len(vars(v))  # <Namespace {...}>
+            pending.append(((x, True) for kv in vars(v).items() for x in kv))
+        else:  # a generator, a macro, a loop...: a short repr
+            total += len(repr(v))
+    return total
+
+
+def _check_printable(value: Any, what: str) -> Any:
+    """``value``, once printing it (``{{ value }}``, ``~``, ``|string``, ``|tojson``) is known to
+    stay within the limit: a list of a thousand strings of a million characters is refused before
+    its text is built."""
+    if not isinstance(value, str):
+        size = _text_size(value)
+        if size > MAX_OUTPUT_CHARS:
+            raise _LimitExceeded(f"prints {what} of more than {MAX_OUTPUT_CHARS} characters")
+    return value
 
 
 def _bounded_range(*args: int) -> range:
@@ -291,11 +409,8 @@ def _counted(iterable: Any) -> Iterator[Any]:
 
 def _joined(parts: Any) -> str:
     """The ``~`` operator (Jinja's ``str_join``), with its result's size checked before it is built."""
-    texts = [str(p) for p in parts]
-    total = sum(map(len, texts))
-    if total > MAX_OUTPUT_CHARS:
-        raise _LimitExceeded(f"builds a string of {total} characters, over the limit of {MAX_OUTPUT_CHARS}")
-    return "".join(texts)
+    _check_length(sum(_text_size(p) for p in parts), "a string")
+    return "".join(str(p) for p in parts)
 
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:
@@ -315,7 +430,60 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
         if sized and len(left) + len(right) > MAX_OUTPUT_CHARS:
             raise _LimitExceeded(f"builds a value of {len(left) + len(right)} items, over the limit of {MAX_OUTPUT_CHARS}")
     elif operator == "%":
-        _check_format_widths(left, "'%'")
+        _check_format(left, [right], "'%'")
+
+
+def _check_filter(name: str, value: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """The filters whose result can be far bigger than their input, checked before they run
+    (``value`` is returned, a generator made a bounded list where the filter needs its length).
+    The others build at most their input's size, and their result is checked after."""
+    rest = [*args, *kwargs.values()]
+    what = f"the filter '{name}'"
+    if name == "join":  # items|join(sep, attribute=None): each item printed, sep between them
+        items = value if isinstance(value, (list, tuple, str)) else _bounded_list(value, what)
+        sep = args[0] if args else kwargs.get("d", "")
+        if isinstance(items, str):
+            _check_length(len(items), "a joined string")
+        elif "attribute" not in kwargs and len(args) < 2:  # (attributes: checked once joined)
+            _check_length(sum(_text_size(i) for i in items), "a joined string")
+        _check_length(_text_size(sep) * max(len(items) - 1, 0), "a joined string")
+        return items
+    if name == "sum":  # sequences added one after the other: quadratic copying, then the total
+        items = value if isinstance(value, (list, tuple)) else _bounded_list(value, what)
+        sized = [len(i) for i in items if isinstance(i, (str, list, tuple))]
+        _check_length(sum(sized), "a sum")
+        if len(sized) * sum(sized) > 4 * MAX_OUTPUT_CHARS:
+            raise _LimitExceeded(f"adds {len(sized)} sequences of {sum(sized)} items in all, too many to copy")
+        return items
+    text = value if isinstance(value, str) else None
+    if name == "indent" and text is not None:  # each line gets the indentation
+        width = args[0] if args else kwargs.get("width", 4)
+        pad = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        lines = sum(text.count(c) for c in _LINE_BREAKS) + 2
+        _check_length(len(text) + lines * max(pad, 0), "an indented string")
+    elif name == "wordwrap" and text is not None:
+        # Every character may start a line, and textwrap holds each word as an object of its own.
+        if len(text) > MAX_WRAP_CHARS:
+            raise _LimitExceeded(f"wraps {len(text)} characters, over the limit of {MAX_WRAP_CHARS}")
+        wrap = args[2] if len(args) > 2 else kwargs.get("wrapstring")
+        _check_length(len(text) + (len(text) + 1) * (len(wrap) if isinstance(wrap, str) else 1), "a wrapped string")
+    elif name == "format":
+        _check_format(value, rest, what)
+    elif name in ("string", "tojson", "list"):
+        _check_printable(value, f"with {what} a value")
+    elif name == "pprint":  # repr with line breaks and indentation
+        _check_printable(value, f"with {what} a value")
+        _check_length(4 * _text_size(value), "a printed value")
+    elif text is not None and name in _GROWTH:  # escaping, case changes
+        _check_length(_GROWTH[name] * len(text), f"with {what} a string")
+    return value
+
+
+# Filters and string methods whose result is at most this many times their input's length: HTML
+# escapes ("&#34;"), percent-encoding (three characters per UTF-8 byte), case changes ("ß" → "SS",
+# "ﬃ" → "FFI").
+_CASES = ("upper", "lower", "title", "capitalize", "swapcase", "casefold")
+_GROWTH = {"escape": 5, "e": 5, "forceescape": 5, "urlencode": 12, **dict.fromkeys(_CASES, 3)}
 
 
 def _metered_filter(name: str, func):
@@ -327,12 +495,10 @@ def _metered_filter(name: str, func):
     @functools.wraps(func)  # keeps Jinja's pass_* mark
     def filter_(*args, **kwargs):
         _BUDGET.get().step()
-        value, rest = (args[lead] if len(args) > lead else None), [*args[lead + 1 :], *kwargs.values()]
-        _check_int_args(rest, f"the filter '{name}'")
-        if name == "join":  # items|join(sep)
-            _check_growth("join", rest[0] if rest else "", [value])
-        else:
-            _check_growth(name, value, rest)
+        value, rest = (args[lead] if len(args) > lead else None), args[lead + 1 :]
+        _check_int_args([*rest, *kwargs.values()], f"the filter '{name}'")
+        value = _check_filter(name, value, rest, kwargs)
+        args = (*args[:lead], value, *rest) if len(args) > lead else args
         return _check_size(func(*args, **kwargs), f"with the filter '{name}' a value")
 
     return filter_
@@ -435,7 +601,10 @@ def _compile(template: str):
                 _check_int_args([*args, *kwargs.values()], f"'{getattr(__obj, '__name__', 'a function')}'")
                 method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
                 if isinstance(method, types.BuiltinMethodType):
-                    _check_growth(method.__name__, getattr(method, "__self__", None), args)
+                    owner = getattr(method, "__self__", None)
+                    if method.__name__ == "join" and isinstance(owner, str) and args and not isinstance(args[0], list):
+                        args = (_bounded_list(args[0], "'join'"), *args[1:])  # join consumes it anyway
+                    _check_growth(method.__name__, owner, args)
             result = ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
             return _check_size(result, "a value")
 
@@ -454,7 +623,10 @@ def _compile(template: str):
             return jinja2.nodes.Filter(parts, "fasttx_joined", [], [], None, None, lineno=node.lineno)
 
     env = BoundedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols]
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[GenerationTag, jinja2.ext.loopcontrols],
+        finalize=lambda value: _check_printable(value, "a value"),  # {{ value }}, before str(value)
     )
     env.filters["tojson"] = tojson
     env.filters.update({name: _metered_filter(name, func) for name, func in env.filters.items()})

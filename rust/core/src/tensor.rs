@@ -10,7 +10,8 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul::matmul_nt;
+use crate::interrupt::{self, Interrupt};
+use crate::kernels::matmul::{matmul_nt, row_block};
 use crate::kernels::quant::{
     dequantize_packed, int8, pack_rows, quant_matmul, quantize_rows_int8, quantize_rows_int8_from,
     QuantFormat,
@@ -355,6 +356,64 @@ impl Linear {
         y.resize(m * self.out_features(), 0.0);
         self.forward(x, m, y);
     }
+
+    /// [`forward_into`](Self::forward_into) that `interrupt` can stop: see [`forward_checked`].
+    pub fn forward_checked(
+        &self,
+        x: &[f32],
+        m: usize,
+        y: &mut Vec<f32>,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<()> {
+        let (k, n) = (self.in_features, self.out_features);
+        forward_checked(k, n, x, m, y, interrupt, |x, m, y| self.forward(x, m, y))
+    }
+}
+
+/// A projection `x: [m, k]` → `y: [m, n]` (`y` resized) that Ctrl-C can stop: one product over a
+/// long input (a prefill's feed-forward, the head over every position) takes seconds, so with an
+/// `interrupt` the rows go through in chunks ([`interrupt::chunk_rows`]) with a check before each,
+/// returning [`Error::Interrupted`] with `y` partly written. Every row gets the bits one call
+/// gives it: the products compute each output alone, whichever rows share the call.
+#[allow(clippy::too_many_arguments)]
+fn forward_checked(
+    k: usize,
+    n: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut Vec<f32>,
+    interrupt: Option<&Interrupt>,
+    forward: impl Fn(&[f32], usize, &mut [f32]),
+) -> Result<()> {
+    let chunk = match interrupt {
+        Some(_) => interrupt::chunk_rows(n.saturating_mul(k), row_block(k)),
+        None => m,
+    };
+    forward_in_chunks(k, n, chunk, x, m, y, interrupt, forward)
+}
+
+/// [`forward_checked`] in chunks of `chunk` rows.
+#[allow(clippy::too_many_arguments)]
+fn forward_in_chunks(
+    k: usize,
+    n: usize,
+    chunk: usize,
+    x: &[f32],
+    m: usize,
+    y: &mut Vec<f32>,
+    interrupt: Option<&Interrupt>,
+    forward: impl Fn(&[f32], usize, &mut [f32]),
+) -> Result<()> {
+    y.resize(m * n, 0.0);
+    for rows in interrupt::row_ranges(m, chunk) {
+        interrupt::check(interrupt)?;
+        let (x, y) = (
+            &x[rows.start * k..rows.end * k],
+            &mut y[rows.start * n..rows.end * n],
+        );
+        forward(x, rows.len(), y);
+    }
+    Ok(())
 }
 
 /// Several projections of the same input (attention's q/k/v, a gated feed-forward's two input
@@ -456,6 +515,24 @@ impl LinearSet {
     pub fn forward_into(&self, x: &[f32], m: usize, y: &mut Vec<f32>) {
         y.resize(m * self.out_features(), 0.0);
         self.forward(x, m, y);
+    }
+
+    /// [`forward_into`](Self::forward_into) that `interrupt` can stop: see [`forward_checked`].
+    pub fn forward_checked(
+        &self,
+        x: &[f32],
+        m: usize,
+        y: &mut Vec<f32>,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<()> {
+        // (`new` keeps the stacked projection or the parts, never neither.)
+        let k = self
+            .stacked
+            .as_ref()
+            .unwrap_or_else(|| &self.parts[0])
+            .in_features;
+        let n = self.out_features();
+        forward_checked(k, n, x, m, y, interrupt, |x, m, y| self.forward(x, m, y))
     }
 
     /// Splits a result of [`forward`](Self::forward) into one `[m, width]` array per projection.
@@ -586,6 +663,67 @@ mod tests {
                 assert_eq!(gb, wb, "case {case}");
             }
         }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// Ctrl-C's chunks change no bit: a product cut into chunks of any size (inside the kernels'
+    /// row blocks, across them, ragged) gives what one call gives, for f32 (several row blocks
+    /// of 68 rows at k = 700), int8, a block format, and a set run part by part.
+    #[test]
+    fn chunked_products_give_the_bits_of_one_call() {
+        let (m, k) = (150, 704);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.013).sin()).collect();
+        let sets = [
+            LinearSet::new(vec![f32_linear(300, k, 0.2, true)]).unwrap(),
+            LinearSet::new(vec![f32_linear(40, k, 0.1, false).into_int8().unwrap()]).unwrap(),
+            LinearSet::new(vec![quant_linear(QuantFormat::Q4_1, 70, k, 0.4)]).unwrap(),
+            LinearSet::new(vec![
+                quant_linear(QuantFormat::Q8_0, 30, k, 0.6),
+                f32_linear(20, k, 0.7, true),
+            ])
+            .unwrap(),
+        ];
+        for (case, set) in sets.iter().enumerate() {
+            let n = set.out_features();
+            let want = set.apply(&x, m);
+            for threads in [1, 2] {
+                for chunk in [1, 3, 4, 67, 68, 100, m] {
+                    let mut got = vec![f32::NAN; 7];
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads);
+                    pool.build()
+                        .unwrap()
+                        .install(|| {
+                            forward_in_chunks(k, n, chunk, &x, m, &mut got, None, |x, m, y| {
+                                set.forward(x, m, y)
+                            })
+                        })
+                        .unwrap();
+                    assert_eq!(bits(&got), bits(&want), "case {case}, chunks of {chunk}");
+                }
+            }
+        }
+    }
+
+    /// Once interrupted, the next chunk is not started: the call returns `Interrupted`.
+    #[test]
+    fn an_interrupted_product_stops_between_chunks() {
+        let (m, k) = (8, 64);
+        let lin = f32_linear(5, k, 0.3, false);
+        let x = vec![1.0; m * k];
+        let stop = Interrupt::default();
+        let mut y = Vec::new();
+        assert!(lin.forward_checked(&x, m, &mut y, Some(&stop)).is_ok());
+        assert_eq!(bits(&y), bits(&lin.apply(&x, m)));
+        stop.request();
+        let calls = std::cell::Cell::new(0);
+        let err = forward_in_chunks(k, 5, 2, &x, m, &mut y, Some(&stop), |_, _, _| {
+            calls.set(calls.get() + 1)
+        });
+        assert!(matches!(err, Err(Error::Interrupted)));
+        assert_eq!(calls.get(), 0);
     }
 
     /// int8 projections (k a multiple of 32, and k = 48 padded to 64): outputs within the error

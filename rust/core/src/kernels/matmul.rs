@@ -70,8 +70,8 @@ pub(crate) fn matmul_nt_with(
     let work = m.saturating_mul(n).saturating_mul(k);
     let parallel = threads > 1 && work >= SERIAL_WORK;
 
-    // Rows of x per block: all of them when they fit the cache budget, else a multiple of 4.
-    let fit = (X_BLOCK_BYTES / (4 * k.max(1))).max(4) / 4 * 4;
+    // Rows of x per block: all of them when they fit the cache budget.
+    let fit = row_block(k);
     let mb = if m <= fit { m } else { fit };
     let row_blocks = m.div_ceil(mb);
     // Rows of w per block: only a matter of load balance, since a block's w rows are read once
@@ -111,6 +111,14 @@ pub(crate) fn matmul_nt_with(
     } else {
         (0..tasks).for_each(run);
     }
+}
+
+/// Rows of `x` (of length `k`) that one block of a long product takes: as many as stay in L2, a
+/// multiple of 4. Each block reads all of `w` once, so a caller cutting a long product into
+/// pieces of whole blocks (see [`crate::tensor::Linear::forward_checked`]) reads `w` no more
+/// often than one call does.
+pub(crate) fn row_block(k: usize) -> usize {
+    (X_BLOCK_BYTES / (4 * k.max(1))).max(4) / 4 * 4
 }
 
 /// Tasks per row block: `tasks`, lowered to a multiple of the thread count when there is a single

@@ -11,6 +11,7 @@ use super::kv_cache::KvCache;
 use super::session::{check_reorder, logits_on, prepare_step, StepBuffers};
 use super::{Session, StepInput, TokenBatch, Want};
 use crate::error::{Error, Result};
+use crate::interrupt::Interrupt;
 
 /// One encoder-decoder architecture's weights, as a session drives them.
 pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
@@ -30,8 +31,13 @@ pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
     fn encode(&self, input: &TokenBatch) -> Result<Vec<f32>>;
 
     /// Each decoder layer's cross-attention keys and values of `encoded` (`m` positions), each
-    /// `[m, heads * head_dim]`.
-    fn cross_key_values(&self, encoded: &[f32], m: usize) -> Vec<(Vec<f32>, Vec<f32>)>;
+    /// `[m, heads * head_dim]`. Stops when `interrupt` is raised.
+    fn cross_key_values(
+        &self,
+        encoded: &[f32],
+        m: usize,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>>;
 
     /// Runs the decoder over one step's tokens, writing their self-attention keys and values into
     /// `cache` and reading `memory`; returns the logits of each row's last token (`last_only`) or
@@ -94,7 +100,7 @@ pub(crate) fn start<S: EncoderDecoderStack>(
     let m = input.batch * input.len;
     let cross = model.pool().install(|| {
         let encoded = model.encode(input)?;
-        Ok::<_, Error>(model.cross_key_values(&encoded, m))
+        model.cross_key_values(&encoded, m, input.interrupt.as_deref())
     })?;
     debug_assert!(cross.iter().all(|(k, _)| k.len() == m * heads * head_dim));
     Ok(Box::new(EncoderDecoderSession {

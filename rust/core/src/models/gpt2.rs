@@ -408,22 +408,29 @@ impl DecoderStack for Gpt2Weights {
             // Checked before each sublayer: a long prefill spends a fraction of a second in each.
             input.check_interrupt()?;
             w.norm(&h, &block.ln_1, &mut b.x);
-            b.project_qkv(&block.qkv, m);
+            b.project_qkv(&block.qkv, m, input.interrupt)?;
             cache.write(li, &b.k, &b.v);
             attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            block.attn_proj.forward_into(&b.ctx, m, &mut b.proj);
+            block
+                .attn_proj
+                .forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
             add(&mut h, &b.proj);
             input.check_interrupt()?;
             w.norm(&h, &block.ln_2, &mut b.x);
-            block.fc.forward_into(&b.x, m, ff);
+            block.fc.forward_checked(&b.x, m, ff, input.interrupt)?;
             w.activate(ff);
-            block.mlp_proj.forward_into(ff, m, &mut b.proj);
+            block
+                .mlp_proj
+                .forward_checked(ff, m, &mut b.proj, input.interrupt)?;
             add(&mut h, &b.proj);
         }
         cache.commit();
         let count = b.logit_rows(&h, rows, n, d, last_only);
         w.norm(&b.last, &w.ln_f, &mut b.x);
         b.h = h;
-        Ok(w.lm_head.apply(&b.x, count))
+        let mut logits = Vec::new();
+        w.lm_head
+            .forward_checked(&b.x, count, &mut logits, input.interrupt)?;
+        Ok(logits)
     }
 }

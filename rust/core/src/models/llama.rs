@@ -443,19 +443,25 @@ impl DecoderStack for LlamaWeights {
             // Checked before each sublayer: a long prefill spends a fraction of a second in each.
             input.check_interrupt()?;
             rms_norm(&h, layer.attn_norm.data(), w.eps, &mut b.x);
-            b.project_qkv(&layer.qkv, m);
+            b.project_qkv(&layer.qkv, m, input.interrupt)?;
             w.rope.apply_angles(&mut b.q, heads, &s.angles);
             w.rope.apply_angles(&mut b.k, kv_heads, &s.angles);
             cache.write(li, &b.k, &b.v);
             attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            layer.o.forward_into(&b.ctx, m, &mut b.proj);
+            layer
+                .o
+                .forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
             add(&mut h, &b.proj);
 
             input.check_interrupt()?;
             rms_norm(&h, layer.mlp_norm.data(), w.eps, &mut b.x);
-            layer.gate_up.forward_into(&b.x, m, &mut s.gate_up);
+            layer
+                .gate_up
+                .forward_checked(&b.x, m, &mut s.gate_up, input.interrupt)?;
             gated_into(&s.gate_up, m, silu, &mut s.g);
-            layer.down.forward_into(&s.g, m, &mut b.proj);
+            layer
+                .down
+                .forward_checked(&s.g, m, &mut b.proj, input.interrupt)?;
             add(&mut h, &b.proj);
         }
         cache.commit();
@@ -463,6 +469,9 @@ impl DecoderStack for LlamaWeights {
         let count = b.logit_rows(&h, rows, n, d, last_only);
         rms_norm(&b.last, w.norm.data(), w.eps, &mut b.x);
         b.h = h;
-        Ok(w.lm_head.apply(&b.x, count))
+        let mut logits = Vec::new();
+        w.lm_head
+            .forward_checked(&b.x, count, &mut logits, input.interrupt)?;
+        Ok(logits)
     }
 }

@@ -6,6 +6,7 @@ use super::kv_cache::KvCache;
 use super::{StepInput, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{check_alloc, Error, Result};
+use crate::interrupt::Interrupt;
 use crate::tensor::LinearSet;
 
 /// Buffers of a decoding step that every decoder needs, kept by its session so that the per-token
@@ -30,10 +31,16 @@ pub(crate) struct StepBuffers {
 }
 
 impl StepBuffers {
-    /// `q`, `k`, `v` ← the stacked `[q | k | v]` projection of `x` (`m` rows).
-    pub fn project_qkv(&mut self, qkv: &LinearSet, m: usize) {
-        qkv.forward_into(&self.x, m, &mut self.qkv);
+    /// `q`, `k`, `v` ← the stacked `[q | k | v]` projection of `x` (`m` rows), unless interrupted.
+    pub fn project_qkv(
+        &mut self,
+        qkv: &LinearSet,
+        m: usize,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<()> {
+        qkv.forward_checked(&self.x, m, &mut self.qkv, interrupt)?;
         qkv.split_into(&self.qkv, m, &mut [&mut self.q, &mut self.k, &mut self.v]);
+        Ok(())
     }
 
     /// The rows of the final hidden state `h: [rows, n, d]` that get logits (each row's last

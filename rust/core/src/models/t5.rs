@@ -255,11 +255,17 @@ impl SelfAttention {
         })
     }
 
-    /// `(q, k, v)`, each `[m, inner]`.
-    fn project(&self, x: &[f32], m: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let y = self.qkv.apply(x, m);
+    /// `(q, k, v)`, each `[m, inner]`, unless interrupted.
+    fn project(
+        &self,
+        x: &[f32],
+        m: usize,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let mut y = Vec::new();
+        self.qkv.forward_checked(x, m, &mut y, interrupt)?;
         let [q, k, v]: [Vec<f32>; 3] = self.qkv.split(&y, m).try_into().expect("q, k, v");
-        (q, k, v)
+        Ok((q, k, v))
     }
 }
 
@@ -312,16 +318,29 @@ impl FeedForward {
         })
     }
 
-    /// `x: [m, d_model]` → adds the feed-forward output to `residual`.
-    fn add_to(&self, x: &[f32], m: usize, residual: &mut [f32]) {
+    /// `x: [m, d_model]` → adds the feed-forward output to `residual`, unless interrupted.
+    fn add_to(
+        &self,
+        x: &[f32],
+        m: usize,
+        residual: &mut [f32],
+        interrupt: Option<&Interrupt>,
+    ) -> Result<()> {
         let (mut wi, mut act, mut out) = (Vec::new(), Vec::new(), Vec::new());
-        self.add_to_with(x, m, residual, [&mut wi, &mut act, &mut out]);
+        self.add_to_with(x, m, residual, [&mut wi, &mut act, &mut out], interrupt)
     }
 
     /// [`add_to`](Self::add_to) with caller-owned buffers (reused across decoding steps).
-    fn add_to_with(&self, x: &[f32], m: usize, residual: &mut [f32], buf: [&mut Vec<f32>; 3]) {
+    fn add_to_with(
+        &self,
+        x: &[f32],
+        m: usize,
+        residual: &mut [f32],
+        buf: [&mut Vec<f32>; 3],
+        interrupt: Option<&Interrupt>,
+    ) -> Result<()> {
         let [wi, act, out] = buf;
-        self.wi.forward_into(x, m, wi);
+        self.wi.forward_checked(x, m, wi, interrupt)?;
         let h = if self.gated {
             gated_into(wi, m, |v| self.act.apply(v), act);
             act
@@ -329,8 +348,9 @@ impl FeedForward {
             self.act.apply(wi);
             wi
         };
-        self.wo.forward_into(h, m, out);
+        self.wo.forward_checked(h, m, out, interrupt)?;
         add(residual, out);
+        Ok(())
     }
 }
 
@@ -596,14 +616,15 @@ impl EncoderDecoderStack for T5Weights {
         let span = 2 * l - 1;
         let table = self.bias_table(&self.encoder_bias, true, -(l as i64 - 1), l as i64 - 1);
         let bias = |head: usize, q: usize, k: usize| table[head * span + (k + l - 1 - q)];
-        let mut attn = self.attention_shape(false, 0, input.interrupt.as_deref());
+        let interrupt = input.interrupt.as_deref();
+        let mut attn = self.attention_shape(false, 0, interrupt);
         attn.bias = Some(&bias);
-        let mut ctx = vec![0.0; m * inner];
+        let (mut ctx, mut out) = (vec![0.0; m * inner], Vec::new());
         for layer in &self.encoder {
             // Checked before each sublayer: a long input spends a fraction of a second in each.
             input.check_interrupt()?;
             let x = self.norm(&h, &layer.attn_norm);
-            let (q, k, v) = layer.attn.project(&x, m);
+            let (q, k, v) = layer.attn.project(&x, m, interrupt)?;
             let kv = KeyValues {
                 k: &k,
                 v: &v,
@@ -615,22 +636,29 @@ impl EncoderDecoderStack for T5Weights {
                 row_map: None,
             };
             attn.run(&q, b, l, &kv, &mut ctx);
-            add(&mut h, &layer.attn.o.apply(&ctx, m));
+            layer.attn.o.forward_checked(&ctx, m, &mut out, interrupt)?;
+            add(&mut h, &out);
             input.check_interrupt()?;
             let x = self.norm(&h, &layer.ff_norm);
-            layer.ff.add_to(&x, m, &mut h);
+            layer.ff.add_to(&x, m, &mut h, interrupt)?;
         }
         Ok(self.norm(&h, &self.encoder_norm))
     }
 
-    fn cross_key_values(&self, encoded: &[f32], m: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+    fn cross_key_values(
+        &self,
+        encoded: &[f32],
+        m: usize,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let mut y = Vec::new();
         self.decoder
             .iter()
             .map(|layer| {
                 let kv = &layer.cross_attn.kv;
-                let [k, v]: [Vec<f32>; 2] =
-                    kv.split(&kv.apply(encoded, m), m).try_into().expect("k, v");
-                (k, v)
+                kv.forward_checked(encoded, m, &mut y, interrupt)?;
+                let [k, v]: [Vec<f32>; 2] = kv.split(&y, m).try_into().expect("k, v");
+                Ok((k, v))
             })
             .collect()
     }
@@ -672,23 +700,27 @@ impl EncoderDecoderStack for T5Weights {
             // Checked before each sublayer, as in the encoder.
             input.check_interrupt()?;
             rms_norm(&h, layer.self_norm.data(), w.eps, &mut b.x);
-            b.project_qkv(&layer.self_attn.qkv, m);
+            b.project_qkv(&layer.self_attn.qkv, m, input.interrupt)?;
             cache.write(li, &b.k, &b.v);
             self_attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            layer.self_attn.o.forward_into(&b.ctx, m, &mut b.proj);
+            let o = &layer.self_attn.o;
+            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
             add(&mut h, &b.proj);
 
             input.check_interrupt()?;
             rms_norm(&h, layer.cross_norm.data(), w.eps, &mut b.x);
-            layer.cross_attn.q.forward_into(&b.x, m, &mut b.q);
+            let (q, o) = (&layer.cross_attn.q, &layer.cross_attn.o);
+            q.forward_checked(&b.x, m, &mut b.q, input.interrupt)?;
             cross_attn.run(&b.q, rows, n, &memory.key_values(li), &mut b.ctx);
-            layer.cross_attn.o.forward_into(&b.ctx, m, &mut b.proj);
+            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
             add(&mut h, &b.proj);
 
             input.check_interrupt()?;
             rms_norm(&h, layer.ff_norm.data(), w.eps, &mut b.x);
             let [f0, f1, f2] = &mut s.ff;
-            layer.ff.add_to_with(&b.x, m, &mut h, [f0, f1, f2]);
+            layer
+                .ff
+                .add_to_with(&b.x, m, &mut h, [f0, f1, f2], input.interrupt)?;
         }
         cache.commit();
 
@@ -698,7 +730,10 @@ impl EncoderDecoderStack for T5Weights {
             b.x.iter_mut().for_each(|v| *v *= scale);
         }
         b.h = h;
-        Ok(w.lm_head.apply(&b.x, count))
+        let mut logits = Vec::new();
+        w.lm_head
+            .forward_checked(&b.x, count, &mut logits, input.interrupt)?;
+        Ok(logits)
     }
 }
 
