@@ -902,10 +902,11 @@ fn parse(buf: &[u8]) -> std::result::Result<Header, String> {
         let end = t.offset.checked_add(t.byte_len);
         if !matches!(end, Some(end) if end <= data_len) {
             return Err(format!(
-                "tensor '{}': data range {}..{} (relative to the data section at byte {data_offset}) lies outside the file's {data_len} data bytes (truncated file?)",
+                "tensor '{}': data range {}..{} ({} data, relative to the data section at byte {data_offset}) lies outside the file's {data_len} data bytes (truncated file?)",
                 t.name,
                 t.offset,
-                end.map_or_else(|| "overflow".to_string(), |e| e.to_string())
+                end.map_or_else(|| "overflow".to_string(), |e| e.to_string()),
+                t.ggml_type.name()
             ));
         }
     }
@@ -2038,7 +2039,10 @@ for name, qt, shape in [("q4_0", T.Q4_0, (3, 64)), ("q4_1", T.Q4_1, (2, 96)),
 # gguf-py cannot quantize to these; random bytes with realistic f16 scales (at these byte offsets
 # of each block) exercise every bit of the layouts against its reference dequantizers.
 for name, qt, shape, f16_at in [("q5_0", T.Q5_0, (3, 64), [0]), ("iq4_nl", T.IQ4_NL, (2, 96), [0]),
-                                ("q4_k", T.Q4_K, (2, 512), [0, 2]), ("q6_k", T.Q6_K, (3, 256), [208])]:
+                                ("q4_k", T.Q4_K, (2, 512), [0, 2]), ("q6_k", T.Q6_K, (3, 256), [208]),
+                                ("q5_1", T.Q5_1, (3, 64), [0, 2]), ("q5_k", T.Q5_K, (2, 512), [0, 2]),
+                                ("q3_k", T.Q3_K, (3, 256), [108]), ("q2_k", T.Q2_K, (2, 512), [80, 82]),
+                                ("iq4_xs", T.IQ4_XS, (3, 256), [0])]:
     block_values, block_bytes = gguf.GGML_QUANT_SIZES[qt]
     blocks = rng.integers(0, 256, (shape[0] * shape[1] // block_values, block_bytes), dtype=np.uint8)
     for at in f16_at:
@@ -2108,6 +2112,11 @@ np.concatenate(expected).tofile(out + "/expected.f32")
             ("iq4_nl", GgmlType::Quant(QuantFormat::IQ4_NL), [2, 96]),
             ("q4_k", GgmlType::Quant(QuantFormat::Q4_K), [2, 512]),
             ("q6_k", GgmlType::Quant(QuantFormat::Q6_K), [3, 256]),
+            ("q5_1", GgmlType::Quant(QuantFormat::Q5_1), [3, 64]),
+            ("q5_k", GgmlType::Quant(QuantFormat::Q5_K), [2, 512]),
+            ("q3_k", GgmlType::Quant(QuantFormat::Q3_K), [3, 256]),
+            ("q2_k", GgmlType::Quant(QuantFormat::Q2_K), [2, 512]),
+            ("iq4_xs", GgmlType::Quant(QuantFormat::IQ4_XS), [3, 256]),
         ] {
             let info = f.tensor_info(name).unwrap();
             assert_eq!(info.ggml_type, ty, "{name}");
@@ -2117,6 +2126,21 @@ np.concatenate(expected).tofile(out + "/expected.f32")
             at += t.numel();
             for (i, (x, w)) in t.data().iter().zip(want).enumerate() {
                 assert_eq!(x.to_bits(), w.to_bits(), "{name}[{i}]: {x} vs {w}");
+            }
+            // A type run as another (Q5_0, IQ4_NL as Q8_0) converts to blocks with the same values.
+            if let GgmlType::Quant(q) = ty {
+                if let Some(to) = q.runs_as().filter(|&to| to != q) {
+                    let blocks = q.transcode(f.raw(name).unwrap().1);
+                    let mut got = vec![0f32; want.len()];
+                    to.dequantize(&blocks, &mut got);
+                    for (i, (x, w)) in got.iter().zip(want).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            w.to_bits(),
+                            "{name} as {to:?}[{i}]: {x} vs {w}"
+                        );
+                    }
+                }
             }
         }
         assert_eq!(at, expected.len());
