@@ -2003,6 +2003,108 @@ mod tests {
         println!("skipped: {why}");
     }
 
+    /// Every tensor of the files llama.cpp's own quantizer made (`tests/fixtures/kquant`, every
+    /// block type of its K-quant, IQ4 and Q5 file types) dequantizes bit for bit as gguf-py's
+    /// reference dequantizers do, and so do the blocks of the types converted at load. Skipped like
+    /// the cross-check below when python3 lacks `gguf`/`numpy`, except under CI.
+    #[test]
+    fn dequantizes_llama_cpp_quantized_files_as_gguf_py() {
+        const SCRIPT: &str = r#"
+import sys
+from pathlib import Path
+try:
+    import numpy as np
+    import gguf
+except ImportError as e:
+    print(f"import failed: {e}", file=sys.stderr)
+    sys.exit(3)
+fixtures, out = Path(sys.argv[1]), Path(sys.argv[2])
+for path in sorted(fixtures.glob("*.gguf")):
+    r = gguf.GGUFReader(str(path))
+    values = [np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype="<f4").ravel() for t in r.tensors]
+    np.concatenate(values).tofile(out / (path.stem + ".f32"))
+    (out / (path.stem + ".names")).write_text("\n".join(t.name for t in r.tensors))
+"#;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/kquant");
+        let dir = tmp_path("kquant").parent().unwrap().to_path_buf();
+        let run = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&fixtures)
+            .arg(&dir)
+            .output();
+        let out = match run {
+            Ok(out) => out,
+            Err(e) => return skip_outside_ci(&format!("cannot run python3 ({e})")),
+        };
+        if out.status.code() == Some(3) {
+            let why = String::from_utf8_lossy(&out.stderr);
+            return skip_outside_ci(&format!("python3 lacks gguf/numpy ({})", why.trim()));
+        }
+        assert!(
+            out.status.success(),
+            "gguf-py script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut types = std::collections::HashSet::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(&fixtures).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "gguf") {
+                continue;
+            }
+            files += 1;
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            let expected: Vec<f32> = std::fs::read(dir.join(format!("{stem}.f32")))
+                .unwrap()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let names = std::fs::read_to_string(dir.join(format!("{stem}.names"))).unwrap();
+            let f = GgufFile::open(&path).unwrap();
+            let mut at = 0;
+            for name in names.lines() {
+                let t = f.tensor(name).unwrap();
+                let want = &expected[at..at + t.numel()];
+                at += t.numel();
+                for (i, (x, w)) in t.data().iter().zip(want).enumerate() {
+                    assert_eq!(x.to_bits(), w.to_bits(), "{stem} {name}[{i}]: {x} vs {w}");
+                }
+                let (info, raw) = f.raw(name).unwrap();
+                let GgmlType::Quant(q) = info.ggml_type else {
+                    continue;
+                };
+                types.insert(q);
+                if let Some(to) = q.runs_as().filter(|&to| to != q) {
+                    let mut got = vec![0f32; want.len()];
+                    to.dequantize(&q.transcode(raw), &mut got);
+                    for (i, (x, w)) in got.iter().zip(want).enumerate() {
+                        assert_eq!(x.to_bits(), w.to_bits(), "{stem} {name} as {to:?}[{i}]");
+                    }
+                }
+            }
+            assert_eq!(at, expected.len(), "{stem}");
+        }
+        assert!(
+            files >= 9,
+            "{files} fixture files in {}",
+            fixtures.display()
+        );
+        for q in [
+            QuantFormat::Q4_K,
+            QuantFormat::Q5_K,
+            QuantFormat::Q6_K,
+            QuantFormat::Q3_K,
+            QuantFormat::Q2_K,
+            QuantFormat::IQ4_XS,
+            QuantFormat::IQ4_NL,
+            QuantFormat::Q5_0,
+            QuantFormat::Q5_1,
+        ] {
+            assert!(types.contains(&q), "no fixture tensor of {q:?}");
+        }
+    }
+
     /// Cross-check against llama.cpp's own Python writer and reference dequantizers. Skipped, with
     /// a note, when python3 or its `gguf`/`numpy` packages are unavailable, except under CI
     /// (`CI=true`), which installs them (the test extras) and must run the check, so there it fails.
