@@ -902,10 +902,11 @@ fn parse(buf: &[u8]) -> std::result::Result<Header, String> {
         let end = t.offset.checked_add(t.byte_len);
         if !matches!(end, Some(end) if end <= data_len) {
             return Err(format!(
-                "tensor '{}': data range {}..{} (relative to the data section at byte {data_offset}) lies outside the file's {data_len} data bytes (truncated file?)",
+                "tensor '{}': data range {}..{} ({} data, relative to the data section at byte {data_offset}) lies outside the file's {data_len} data bytes (truncated file?)",
                 t.name,
                 t.offset,
-                end.map_or_else(|| "overflow".to_string(), |e| e.to_string())
+                end.map_or_else(|| "overflow".to_string(), |e| e.to_string()),
+                t.ggml_type.name()
             ));
         }
     }
@@ -2002,6 +2003,108 @@ mod tests {
         println!("skipped: {why}");
     }
 
+    /// Every tensor of the files llama.cpp's own quantizer made (`tests/fixtures/kquant`, every
+    /// block type of its K-quant, IQ4 and Q5 file types) dequantizes bit for bit as gguf-py's
+    /// reference dequantizers do, and so do the blocks of the types converted at load. Skipped like
+    /// the cross-check below when python3 lacks `gguf`/`numpy`, except under CI.
+    #[test]
+    fn dequantizes_llama_cpp_quantized_files_as_gguf_py() {
+        const SCRIPT: &str = r#"
+import sys
+from pathlib import Path
+try:
+    import numpy as np
+    import gguf
+except ImportError as e:
+    print(f"import failed: {e}", file=sys.stderr)
+    sys.exit(3)
+fixtures, out = Path(sys.argv[1]), Path(sys.argv[2])
+for path in sorted(fixtures.glob("*.gguf")):
+    r = gguf.GGUFReader(str(path))
+    values = [np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype="<f4").ravel() for t in r.tensors]
+    np.concatenate(values).tofile(out / (path.stem + ".f32"))
+    (out / (path.stem + ".names")).write_text("\n".join(t.name for t in r.tensors))
+"#;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/kquant");
+        let dir = tmp_path("kquant").parent().unwrap().to_path_buf();
+        let run = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(&fixtures)
+            .arg(&dir)
+            .output();
+        let out = match run {
+            Ok(out) => out,
+            Err(e) => return skip_outside_ci(&format!("cannot run python3 ({e})")),
+        };
+        if out.status.code() == Some(3) {
+            let why = String::from_utf8_lossy(&out.stderr);
+            return skip_outside_ci(&format!("python3 lacks gguf/numpy ({})", why.trim()));
+        }
+        assert!(
+            out.status.success(),
+            "gguf-py script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut types = std::collections::HashSet::new();
+        let mut files = 0;
+        for entry in std::fs::read_dir(&fixtures).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "gguf") {
+                continue;
+            }
+            files += 1;
+            let stem = path.file_stem().unwrap().to_str().unwrap();
+            let expected: Vec<f32> = std::fs::read(dir.join(format!("{stem}.f32")))
+                .unwrap()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let names = std::fs::read_to_string(dir.join(format!("{stem}.names"))).unwrap();
+            let f = GgufFile::open(&path).unwrap();
+            let mut at = 0;
+            for name in names.lines() {
+                let t = f.tensor(name).unwrap();
+                let want = &expected[at..at + t.numel()];
+                at += t.numel();
+                for (i, (x, w)) in t.data().iter().zip(want).enumerate() {
+                    assert_eq!(x.to_bits(), w.to_bits(), "{stem} {name}[{i}]: {x} vs {w}");
+                }
+                let (info, raw) = f.raw(name).unwrap();
+                let GgmlType::Quant(q) = info.ggml_type else {
+                    continue;
+                };
+                types.insert(q);
+                if let Some(to) = q.runs_as().filter(|&to| to != q) {
+                    let mut got = vec![0f32; want.len()];
+                    to.dequantize(&q.transcode(raw), &mut got);
+                    for (i, (x, w)) in got.iter().zip(want).enumerate() {
+                        assert_eq!(x.to_bits(), w.to_bits(), "{stem} {name} as {to:?}[{i}]");
+                    }
+                }
+            }
+            assert_eq!(at, expected.len(), "{stem}");
+        }
+        assert!(
+            files >= 9,
+            "{files} fixture files in {}",
+            fixtures.display()
+        );
+        for q in [
+            QuantFormat::Q4_K,
+            QuantFormat::Q5_K,
+            QuantFormat::Q6_K,
+            QuantFormat::Q3_K,
+            QuantFormat::Q2_K,
+            QuantFormat::IQ4_XS,
+            QuantFormat::IQ4_NL,
+            QuantFormat::Q5_0,
+            QuantFormat::Q5_1,
+        ] {
+            assert!(types.contains(&q), "no fixture tensor of {q:?}");
+        }
+    }
+
     /// Cross-check against llama.cpp's own Python writer and reference dequantizers. Skipped, with
     /// a note, when python3 or its `gguf`/`numpy` packages are unavailable, except under CI
     /// (`CI=true`), which installs them (the test extras) and must run the check, so there it fails.
@@ -2038,7 +2141,10 @@ for name, qt, shape in [("q4_0", T.Q4_0, (3, 64)), ("q4_1", T.Q4_1, (2, 96)),
 # gguf-py cannot quantize to these; random bytes with realistic f16 scales (at these byte offsets
 # of each block) exercise every bit of the layouts against its reference dequantizers.
 for name, qt, shape, f16_at in [("q5_0", T.Q5_0, (3, 64), [0]), ("iq4_nl", T.IQ4_NL, (2, 96), [0]),
-                                ("q4_k", T.Q4_K, (2, 512), [0, 2]), ("q6_k", T.Q6_K, (3, 256), [208])]:
+                                ("q4_k", T.Q4_K, (2, 512), [0, 2]), ("q6_k", T.Q6_K, (3, 256), [208]),
+                                ("q5_1", T.Q5_1, (3, 64), [0, 2]), ("q5_k", T.Q5_K, (2, 512), [0, 2]),
+                                ("q3_k", T.Q3_K, (3, 256), [108]), ("q2_k", T.Q2_K, (2, 512), [80, 82]),
+                                ("iq4_xs", T.IQ4_XS, (3, 256), [0])]:
     block_values, block_bytes = gguf.GGML_QUANT_SIZES[qt]
     blocks = rng.integers(0, 256, (shape[0] * shape[1] // block_values, block_bytes), dtype=np.uint8)
     for at in f16_at:
@@ -2108,6 +2214,11 @@ np.concatenate(expected).tofile(out + "/expected.f32")
             ("iq4_nl", GgmlType::Quant(QuantFormat::IQ4_NL), [2, 96]),
             ("q4_k", GgmlType::Quant(QuantFormat::Q4_K), [2, 512]),
             ("q6_k", GgmlType::Quant(QuantFormat::Q6_K), [3, 256]),
+            ("q5_1", GgmlType::Quant(QuantFormat::Q5_1), [3, 64]),
+            ("q5_k", GgmlType::Quant(QuantFormat::Q5_K), [2, 512]),
+            ("q3_k", GgmlType::Quant(QuantFormat::Q3_K), [3, 256]),
+            ("q2_k", GgmlType::Quant(QuantFormat::Q2_K), [2, 512]),
+            ("iq4_xs", GgmlType::Quant(QuantFormat::IQ4_XS), [3, 256]),
         ] {
             let info = f.tensor_info(name).unwrap();
             assert_eq!(info.ggml_type, ty, "{name}");
@@ -2117,6 +2228,21 @@ np.concatenate(expected).tofile(out + "/expected.f32")
             at += t.numel();
             for (i, (x, w)) in t.data().iter().zip(want).enumerate() {
                 assert_eq!(x.to_bits(), w.to_bits(), "{name}[{i}]: {x} vs {w}");
+            }
+            // A type run as another (Q5_0, IQ4_NL as Q8_0) converts to blocks with the same values.
+            if let GgmlType::Quant(q) = ty {
+                if let Some(to) = q.runs_as().filter(|&to| to != q) {
+                    let blocks = q.transcode(f.raw(name).unwrap().1);
+                    let mut got = vec![0f32; want.len()];
+                    to.dequantize(&blocks, &mut got);
+                    for (i, (x, w)) in got.iter().zip(want).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            w.to_bits(),
+                            "{name} as {to:?}[{i}]: {x} vs {w}"
+                        );
+                    }
+                }
             }
         }
         assert_eq!(at, expected.len());

@@ -6,7 +6,9 @@
 //! that permutation, as transformers does when it reads a GGUF, so one rotary kernel serves both.
 //! With `keep_quantized`, projections of a block type the quantized kernels run (Q4_0/Q4_1/Q8_0:
 //! [`has_kernels`](crate::kernels::quant::QuantFormat::has_kernels)) stay in their blocks for those
-//! kernels; everything else is dequantized to f32.
+//! kernels, and those of a type whose blocks convert exactly into such a type (Q5_0, IQ4_NL: Q8_0,
+//! see [`runs_as`](crate::kernels::quant::QuantFormat::runs_as)) are converted at load;
+//! everything else is dequantized to f32.
 
 use super::gguf::{GgmlType, GgufFile};
 use super::WeightSource;
@@ -152,15 +154,24 @@ impl WeightSource for GgufAsHf {
     fn weight(&self, name: &str) -> Result<Weight> {
         let (gguf, rows) = self.resolve(name)?;
         let (info, bytes) = self.file.shared_bytes(&gguf)?;
-        let format = match info.ggml_type {
-            GgmlType::Quant(f)
-                if f.has_kernels() && self.keep_quantized && info.shape.len() == 2 =>
+        let (stored, format) = match info.ggml_type {
+            GgmlType::Quant(f) if self.keep_quantized && info.shape.len() == 2 => match f.runs_as()
             {
-                f
-            }
+                Some(runs_as) => (f, runs_as),
+                None => return Ok(Weight::F32(self.tensor(name)?)),
+            },
             _ => return Ok(Weight::F32(self.tensor(name)?)),
         };
         let (r, c) = (info.shape[0], info.shape[1]);
+        // Converted block for block (the reader checked that the bytes are whole blocks); the
+        // mapped original is not read again.
+        let bytes = if format == stored {
+            bytes
+        } else {
+            let converted = stored.transcode(bytes.as_slice());
+            bytes.release_mapped_pages();
+            Bytes::Owned(std::sync::Arc::new(converted))
+        };
         let bytes = match rows {
             Rows::AsStored => bytes,
             Rows::Unpermute(heads) => Bytes::Owned(std::sync::Arc::new(unpermute(

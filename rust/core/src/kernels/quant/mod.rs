@@ -71,14 +71,19 @@ use portable::dot_portable;
 mod activations;
 pub mod int8;
 mod iq4_nl;
+mod iq4_xs;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod pack;
 mod portable;
+mod q2_k;
+mod q3_k;
 mod q4_0;
 mod q4_1;
 mod q4_k;
 mod q5_0;
+mod q5_1;
+mod q5_k;
 mod q6_k;
 mod q8_0;
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_bytes: 2 + 2 + 12 + VALUES / 2,
     dequantize,
     packed_kernels: false,
+    transcode: None,
 };
 
 /// Sub-block `s`'s 6-bit scale and minimum from the 12 packed bytes (ggml's

@@ -21,6 +21,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_bytes: VALUES / 2 + VALUES / 4 + VALUES / 16 + 2,
     dequantize,
     packed_kernels: false,
+    transcode: None,
 };
 
 /// Value `v` (0..256) of a super-block's 6-bit `q`, unsigned (0..64). The block is two halves of

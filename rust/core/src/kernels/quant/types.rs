@@ -2,22 +2,27 @@
 //!
 //! Everything the rest of the crate needs to know about a block type (the tag GGUF files store
 //! it under, its name, values and bytes per block, its exact dequantization, whether
-//! [`quant_matmul`](super::quant_matmul) runs it) is one [`BlockFacts`] row, written in the type's
-//! own file (`q4_0.rs`, `q4_1.rs`, `q8_0.rs`) and listed in [`TABLE`]. The GGUF reader, the tensor
+//! [`quant_matmul`](super::quant_matmul) runs it or a type it converts to exactly) is one
+//! [`BlockFacts`] row, written in the type's own file (`q4_0.rs`, `q4_k.rs`, ...) and listed in
+//! [`TABLE`]. The GGUF reader, the tensor
 //! layer and the kernels all read sizes from here; no other place lists them.
 //!
 //! # Adding a block type
 //! 1. A file beside `q4_0.rs` with the block layout, its `dequantize` (bit for bit as ggml's
-//!    reference `dequantize_row_*`) and its [`BlockFacts`], with `packed_kernels: false`.
+//!    reference `dequantize_row_*`) and its [`BlockFacts`], with `packed_kernels: false` and
+//!    `transcode: None`.
 //! 2. A variant of [`QuantFormat`] and its row in [`TABLE`], in the same position.
 //!
 //! Files holding the type then load: tensors of a type the kernels do not run are dequantized to
 //! `f32` at load, as F16 ones are. To run it quantized, a type of 32-value blocks with an `f16`
 //! scale fits the packed kernels (`pack.rs`, `portable.rs` and the per-ISA files, then
 //! `packed_kernels: true`); a type of other block sizes (the K-quants' 256-value super-blocks)
-//! brings dot products of its own, dispatched from `quant_matmul`.
+//! brings dot products of its own, dispatched from `quant_matmul`. A type whose every block is
+//! exactly a block of a type with kernels (same values per block, each value the same `f32`) can
+//! instead name that type and the block converter ([`Transcode`]): loaders convert it at load
+//! ([`QuantFormat::runs_as`], [`QuantFormat::transcode`]), trading memory for the kernels' speed.
 
-use super::{iq4_nl, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0};
+use super::{iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
 
 /// A quantized block type (a GGUF / ggml type). Its facts are its row of `types.rs`'s `TABLE`.
 #[allow(non_camel_case_types)]
@@ -38,6 +43,18 @@ pub enum QuantFormat {
     Q4_K,
     /// 256-value super-blocks of 16 × 16 with 8-bit scales: `w = (d·sc)·(q6 - 32)` (`q6_k.rs`).
     Q6_K,
+    /// `f16 d; f16 m; u8 qh[4]; u8 qs[16]`: `w = q5·d + m` (`q5_1.rs`).
+    Q5_1,
+    /// Q4_K with a fifth bit per value (`q5_k.rs`).
+    Q5_K,
+    /// 256-value super-blocks of 16 × 16 with signed 6-bit scales: `w = (d·sc)·q3` (`q3_k.rs`).
+    Q3_K,
+    /// 256-value super-blocks of 16 × 16 with 4-bit scales and minimums:
+    /// `w = (d·sc)·q2 - dmin·m` (`q2_k.rs`).
+    Q2_K,
+    /// 256-value super-blocks of 8 × 32 with signed 6-bit scales: `w = (d·sc)·CODEBOOK[nibble]`
+    /// (`iq4_xs.rs`).
+    IQ4_XS,
 }
 
 /// What one block type is.
@@ -57,10 +74,22 @@ pub(super) struct BlockFacts {
     /// Whether the packed kernels of 32-value blocks run it (`pack.rs`); if not, loaders keep
     /// it as `f32`.
     pub(super) packed_kernels: bool,
+    /// For a type without kernels of its own: the exact conversion of its blocks into a type
+    /// that has them, applied at load.
+    pub(super) transcode: Option<Transcode>,
+}
+
+/// An exact conversion of one block type into another with the same values per block: every
+/// converted block dequantizes to the same `f32` values as the original.
+pub(super) struct Transcode {
+    /// The type converted to.
+    pub(super) to: QuantFormat,
+    /// One block of the type (`src`) into one block of `to` (`dst`).
+    pub(super) block: fn(src: &[u8], dst: &mut [u8]),
 }
 
 /// Every block type, row `i` describing the variant with discriminant `i`.
-const TABLE: [&BlockFacts; 7] = [
+const TABLE: [&BlockFacts; 12] = [
     &q4_0::FACTS,
     &q4_1::FACTS,
     &q8_0::FACTS,
@@ -68,6 +97,11 @@ const TABLE: [&BlockFacts; 7] = [
     &iq4_nl::FACTS,
     &q4_k::FACTS,
     &q6_k::FACTS,
+    &q5_1::FACTS,
+    &q5_k::FACTS,
+    &q3_k::FACTS,
+    &q2_k::FACTS,
+    &iq4_xs::FACTS,
 ];
 
 impl QuantFormat {
@@ -121,6 +155,47 @@ impl QuantFormat {
         self.facts().packed_kernels
     }
 
+    /// The type whose kernels run this type's weights: itself if it has kernels
+    /// ([`Self::has_kernels`]), else the type its blocks convert to exactly ([`Self::transcode`]:
+    /// Q5_0 and IQ4_NL run as Q8_0), else none (its tensors are dequantized at load).
+    pub fn runs_as(self) -> Option<QuantFormat> {
+        if self.has_kernels() {
+            return Some(self);
+        }
+        self.facts()
+            .transcode
+            .as_ref()
+            .map(|t| t.to)
+            .filter(|to| to.has_kernels())
+    }
+
+    /// Whole blocks `src` as blocks of [`Self::runs_as`], exactly: the result dequantizes to the
+    /// same `f32` values as `src` does (the same values per block, rows keep their places).
+    ///
+    /// # Panics
+    /// If the type runs as no other type, or `src` is not a whole number of blocks (caller bugs).
+    pub fn transcode(self, src: &[u8]) -> Vec<u8> {
+        let t = match (&self.facts().transcode, self.runs_as()) {
+            (Some(t), Some(to)) if to == t.to && to != self => t,
+            _ => panic!("transcode: {} runs as no other type", self.name()),
+        };
+        let bb = self.block_bytes();
+        assert!(
+            src.len().is_multiple_of(bb),
+            "transcode: {} bytes are no whole number of {} blocks",
+            src.len(),
+            self.name()
+        );
+        let mut dst = vec![0u8; src.len() / bb * t.to.block_bytes()];
+        for (s, d) in src
+            .chunks_exact(bb)
+            .zip(dst.chunks_exact_mut(t.to.block_bytes()))
+        {
+            (t.block)(s, d);
+        }
+        dst
+    }
+
     /// Converts whole blocks `src` into `dst`, bit for bit as ggml's reference dequantizer.
     ///
     /// # Panics
@@ -168,6 +243,11 @@ mod tests {
             (QuantFormat::IQ4_NL, 20, 32, 18),
             (QuantFormat::Q4_K, 12, 256, 144),
             (QuantFormat::Q6_K, 14, 256, 210),
+            (QuantFormat::Q5_1, 7, 32, 24),
+            (QuantFormat::Q5_K, 13, 256, 176),
+            (QuantFormat::Q3_K, 11, 256, 110),
+            (QuantFormat::Q2_K, 10, 256, 84),
+            (QuantFormat::IQ4_XS, 23, 256, 136),
         ];
         for (f, id, values, bytes) in want {
             assert_eq!(
@@ -177,6 +257,50 @@ mod tests {
         }
         assert_eq!(QuantFormat::Q4_1.row_bytes(96), 60);
         assert_eq!(QuantFormat::Q8_0.padded_cols(33), 64);
+    }
+
+    /// The kernels run a type as itself, as the type it converts to, or not at all; converted
+    /// random blocks (finite `f16` scales) dequantize to the same `f32` bits as the originals.
+    /// (gguf.rs's cross-check holds both against gguf-py's dequantizers.)
+    #[test]
+    fn runs_as_and_exact_transcodes() {
+        assert_eq!(QuantFormat::Q5_0.runs_as(), Some(QuantFormat::Q8_0));
+        assert_eq!(QuantFormat::IQ4_NL.runs_as(), Some(QuantFormat::Q8_0));
+        for fmt in QuantFormat::all() {
+            let Some(to) = fmt.runs_as() else {
+                assert!(!fmt.has_kernels() && fmt.facts().transcode.is_none());
+                continue;
+            };
+            assert!(to.has_kernels(), "{fmt:?}");
+            if to == fmt {
+                continue;
+            }
+            assert_eq!(to.block_values(), fmt.block_values(), "{fmt:?}");
+            let blocks = 64;
+            let mut src: Vec<u8> = (0..blocks * fmt.block_bytes())
+                .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
+                .collect();
+            for (b, block) in src.chunks_exact_mut(fmt.block_bytes()).enumerate() {
+                // The types converted today (Q5_0, IQ4_NL) keep `f16 d` in their first two bytes.
+                let d = half::f16::from_f32(0.001 * (b as f32 - 20.0));
+                block[..2].copy_from_slice(&d.to_le_bytes());
+            }
+            let converted = fmt.transcode(&src);
+            assert_eq!(converted.len(), blocks * to.block_bytes());
+            let n = blocks * fmt.block_values();
+            let (mut want, mut got) = (vec![0f32; n], vec![0f32; n]);
+            fmt.dequantize(&src, &mut want);
+            to.dequantize(&converted, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "{fmt:?} as {to:?} [{i}]");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "Q4_0 runs as no other type")]
+    fn transcode_rejects_types_run_as_themselves() {
+        QuantFormat::Q4_0.transcode(&[0; 18]);
     }
 
     #[test]
