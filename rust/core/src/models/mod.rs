@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_hf::GgufAsHf;
 use crate::formats::safetensors::SafeTensors;
-use crate::formats::{Int8, WeightSource};
+use crate::formats::{Int8, Interruptible, WeightSource};
 use crate::interrupt::{self, Interrupt};
 use crate::tensor::Linear;
 
@@ -214,6 +214,18 @@ pub fn load(
     dtype: &str,
     threads: usize,
 ) -> Result<Arc<dyn Model>> {
+    load_interruptible(arch, config_json, weight_files, dtype, threads, None)
+}
+
+/// [`load`], stopped with [`Error::Interrupted`] before the next tensor once `interrupt` is raised.
+pub fn load_interruptible(
+    arch: &str,
+    config_json: &str,
+    weight_files: &[PathBuf],
+    dtype: &str,
+    threads: usize,
+    interrupt: Option<&Interrupt>,
+) -> Result<Arc<dyn Model>> {
     let (keep_quantized, int8) = match dtype {
         "auto" => (true, false),
         "f32" => (false, false),
@@ -268,11 +280,16 @@ pub fn load(
         }
         _ => Box::new(SafeTensors::open(weight_files)?),
     };
+    let never = Interrupt::default();
+    let source = Interruptible {
+        source: source.as_ref(),
+        interrupt: interrupt.unwrap_or(&never),
+    };
     // int8 wraps whichever source the file gives.
     if int8 {
-        config.build(&Int8(source.as_ref()), threads)
+        config.build(&Int8(&source), threads)
     } else {
-        config.build(source.as_ref(), threads)
+        config.build(&source, threads)
     }
 }
 
