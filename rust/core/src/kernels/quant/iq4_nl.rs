@@ -23,6 +23,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_bytes: 2 + VALUES / 2,
     dequantize,
     packed_kernels: false,
+    super_block: None,
 };
 
 /// `x[j] = CODEBOOK[qs[j] & 0xF]·d`, `x[j + 16] = CODEBOOK[qs[j] >> 4]·d` (ggml's

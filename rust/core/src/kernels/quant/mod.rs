@@ -81,6 +81,7 @@ mod q4_k;
 mod q5_0;
 mod q6_k;
 mod q8_0;
+mod super_block;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -88,6 +89,8 @@ mod types;
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_super;
 
 pub use int8::{quantize_rows_int8, quantize_rows_int8_from};
 pub use pack::{dequantize_packed, pack_rows, unpack_row};
@@ -176,7 +179,7 @@ pub(crate) fn quant_matmul_with(
     let mut act = SCRATCH.with(Cell::take);
     act.quantize(kernel, x, m, k, parallel && m * k >= PAR_QUANTIZE);
 
-    let rb = fmt.row_bytes(act.k);
+    let rb = fmt.packed_row_bytes(act.k);
     // Rows of w per task: only a matter of load balance and of task overhead, since every task
     // streams its own weight rows once.
     let cols = if parallel {
@@ -228,7 +231,7 @@ pub fn quant_matmul_scalar(
     }
     let mut act = Activations::default();
     act.quantize(Kernel::Portable, x, m, k, false);
-    let rb = fmt.row_bytes(act.k);
+    let rb = fmt.packed_row_bytes(act.k);
     for i in 0..m {
         for j in 0..n {
             y[i * n + j] = dot_portable(fmt, &w[j * rb..(j + 1) * rb], act.row(i));
@@ -238,12 +241,20 @@ pub fn quant_matmul_scalar(
 
 fn check_args(fmt: QuantFormat, x: &[f32], w: &[u8], y: &[f32], m: usize, k: usize, n: usize) {
     assert!(
-        fmt.has_kernels() && fmt.block_values() == QK,
+        fmt.has_kernels() && (fmt.block_values() == QK || fmt.super_block().is_some()),
         "quant_matmul: no kernels for {}",
         fmt.name()
     );
+    // Super-block rows are whole super-blocks (no zero-padded `k` there).
     assert!(
-        x.len() >= m * k && w.len() >= n * fmt.row_bytes(fmt.padded_cols(k)) && y.len() >= m * n,
+        fmt.block_values() == QK || k.is_multiple_of(fmt.block_values()),
+        "quant_matmul: k={k} is not whole {} super-blocks",
+        fmt.name()
+    );
+    assert!(
+        x.len() >= m * k
+            && w.len() >= n * fmt.packed_row_bytes(fmt.padded_cols(k))
+            && y.len() >= m * n,
         "quant_matmul: slices too short for m={m} k={k} n={n} {fmt:?} \
          (x {}, w {} bytes, y {})",
         x.len(),
@@ -266,7 +277,7 @@ unsafe fn product_cols(
     c0: usize,
     n: usize,
 ) {
-    let rb = fmt.row_bytes(act.k);
+    let rb = fmt.packed_row_bytes(act.k);
     let (m, cols) = (act.m, w.len() / rb);
     let x_block = (X_BLOCK_BYTES / act.row_bytes()).max(MR) / MR * MR;
     let w_chunk = (W_CHUNK_BYTES / rb).max(1);
@@ -360,15 +371,25 @@ impl Kernel {
                 }
             }
             // `Avx2` is only chosen when `x86_avx2::available()`; the rows from `Activations::row`
-            // have the lengths `x86_avx2::dot` requires.
+            // have the lengths `x86_avx2::dot` and `x86_super::avx2::dot` require.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86_avx2::dot(fmt, w, rb, xs, y, ldy),
+            Kernel::Avx2 => match fmt.super_block() {
+                Some(sb) => x86_super::avx2::dot(sb, w, rb, xs, y, ldy),
+                None => x86_avx2::dot(fmt, w, rb, xs, y, ldy),
+            },
             // Only chosen when `x86_avx512::available()`; same row contract as the AVX2 kernel.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
-            // Same row contract as the AVX2 kernel; NEON is always there on aarch64.
+            Kernel::Avx512 => match fmt.super_block() {
+                Some(sb) => x86_super::avx512::dot(sb, w, rb, xs, y, ldy),
+                None => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
+            },
+            // Same row contract as the AVX2 kernel; NEON is always there on aarch64. Super-block
+            // types have no NEON kernel yet: the portable one runs them.
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => neon::dot(fmt, w, rb, xs, y, ldy),
+            Kernel::Neon => match fmt.super_block() {
+                Some(_) => Kernel::Portable.dot(fmt, w, rb, xs, y, ldy),
+                None => neon::dot(fmt, w, rb, xs, y, ldy),
+            },
         }
     }
 }

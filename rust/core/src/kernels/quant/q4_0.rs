@@ -16,6 +16,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_bytes: 2 + VALUES / 2,
     dequantize,
     packed_kernels: true,
+    super_block: None,
 };
 
 /// `x[j] = ((qs[j] & 0xF) - 8)·d`, `x[j + 16] = ((qs[j] >> 4) - 8)·d` (ggml's

@@ -15,6 +15,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_bytes: 4 + VALUES / 2,
     dequantize,
     packed_kernels: true,
+    super_block: None,
 };
 
 /// `x[j] = (qs[j] & 0xF)·d + m`, `x[j + 16] = (qs[j] >> 4)·d + m` (ggml's

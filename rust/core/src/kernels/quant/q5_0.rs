@@ -17,6 +17,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_bytes: 2 + 4 + VALUES / 2,
     dequantize,
     packed_kernels: false,
+    super_block: None,
 };
 
 /// Value `v` (0..32) of a block's 5-bit `q`, unsigned (0..32), from its `qh` and `qs`.

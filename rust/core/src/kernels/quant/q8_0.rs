@@ -15,6 +15,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_bytes: 2 + VALUES,
     dequantize,
     packed_kernels: true,
+    super_block: None,
 };
 
 /// `x[j] = qs[j]·d`, `qs` signed (ggml's `dequantize_row_q8_0`).
