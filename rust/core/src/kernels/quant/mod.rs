@@ -1,27 +1,34 @@
-//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0; per-channel int8 stored as Q8_0)
-//! and the matrix products against them, so a model can hold its weights quantized in memory and
+//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, ...; per-channel int8
+//! stored as Q8_0) and the matrix products against them, so a model can hold its weights quantized in memory and
 //! stream them at memory bandwidth.
 //!
 //! # Files
 //! * `types.rs`: [`QuantFormat`] and the one table of what each block type is (ggml tag, name,
 //!   values and bytes per block, exact dequantization); each type's layout and dequantizer in its
-//!   own file (`q4_0.rs`, `q4_1.rs`, `q8_0.rs`). How to add a type: `types.rs`.
+//!   own file (`q4_0.rs`, `q4_1.rs`, `q8_0.rs`, `q4_k.rs`, ...). How to add a type: `types.rs`.
 //! * this file: [`quant_matmul`], its choice of instruction set and its split into tasks;
 //! * `activations.rs`: the rows of `x` quantized to 8-bit blocks, once per call;
 //! * `pack.rs`: the packed weight layout the kernels read ([`pack_rows`], once at load);
+//! * `super_block.rs`: the types of 256-value super-blocks (the K-quants): what each tells the
+//!   kernels, their packed layout, their arithmetic and portable dot product; `x86_super.rs`:
+//!   their AVX2 and AVX-512 kernels (aarch64 runs them with the portable kernel for now);
 //! * `portable.rs`: the dot product in plain Rust, the reference the SIMD paths are tested
 //!   against (and the kernel where there is none); `x86_avx2.rs`, `x86_avx512.rs`, `neon.rs`: the
 //!   dot products per instruction set;
 //! * [`int8`]: per-channel int8 quantization of `f32` weights;
 //! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`.
 //!
-//! The kernels here run the types of 32-value blocks ([`QuantFormat::has_kernels`]); block size
-//! and bytes come from the type everywhere else (row sizes, checks, dequantization, loading).
+//! The kernels run the types of 32-value blocks, and the types of 256-value super-blocks that
+//! describe themselves to `super_block.rs` ([`QuantFormat::has_kernels`]); block size and bytes
+//! come from the type everywhere else (row sizes, checks, dequantization, loading). A packed
+//! super-block is exactly one full group of the 32-value kernels' interleaving (8 sub-blocks of
+//! 32 in the 8 lanes), so the K-quants reuse the activations, the task split and the lane order
+//! below; their per-lane arithmetic is in `super_block.rs`.
 //!
 //! # Method (as llama.cpp and candle do it)
 //! Each call first quantizes every row of `x` into 8-bit blocks of 32: `d = max|x| / 127`,
-//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), keeping `Σq` per block and, for Q4_1,
-//! `s = d·Σq` (ggml's Q8_1). Then every output is a sum over blocks of exact integer dot products
+//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), keeping `Σq` per block (and per half of 16,
+//! for the K-quants' scales and minimums per 16) and, for Q4_1, `s = d·Σq` (ggml's Q8_1). Then every output is a sum over blocks of exact integer dot products
 //! scaled in `f32`:
 //!
 //! * Q8_0 weights: `Σ_b dw·dx · Σ qw·qx`;
