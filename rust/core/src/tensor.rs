@@ -152,7 +152,13 @@ impl QuantMatrix {
     /// From blocks in GGUF order (a mapped file's, or a copy): packs them into an owned buffer
     /// and releases the mapped pages, which are not read again.
     pub fn new(format: QuantFormat, rows: usize, cols: usize, bytes: Bytes) -> Result<Self> {
-        Self::check(format, rows, cols, bytes.as_slice().len())?;
+        Self::check(
+            format,
+            rows,
+            cols,
+            bytes.as_slice().len(),
+            format.row_bytes(cols),
+        )?;
         let packed = pack_rows(format, bytes.as_slice(), cols);
         bytes.release_mapped_pages();
         Ok(QuantMatrix {
@@ -165,7 +171,13 @@ impl QuantMatrix {
 
     /// From rows already packed (rows of packed matrices with the same `cols`, concatenated).
     fn from_packed(format: QuantFormat, rows: usize, cols: usize, packed: Vec<u8>) -> Result<Self> {
-        Self::check(format, rows, cols, packed.len())?;
+        Self::check(
+            format,
+            rows,
+            cols,
+            packed.len(),
+            format.packed_row_bytes(cols),
+        )?;
         Ok(QuantMatrix {
             format,
             rows,
@@ -174,14 +186,21 @@ impl QuantMatrix {
         })
     }
 
-    fn check(format: QuantFormat, rows: usize, cols: usize, len: usize) -> Result<()> {
+    /// `len` bytes are `rows` rows of `cols` values, rows of `row_bytes` (GGUF's or packed).
+    fn check(
+        format: QuantFormat,
+        rows: usize,
+        cols: usize,
+        len: usize,
+        row_bytes: usize,
+    ) -> Result<()> {
         if !format.has_kernels() {
             return Err(Error::Format(format!(
                 "{} weights cannot be run quantized (no kernels for them)",
                 format.name()
             )));
         }
-        if !cols.is_multiple_of(format.block_values()) || len != rows * format.row_bytes(cols) {
+        if !cols.is_multiple_of(format.block_values()) || len != rows * row_bytes {
             return Err(Error::Format(format!(
                 "quantized matrix [{rows}, {cols}] of {format:?} does not match its {len} bytes"
             )));
@@ -197,7 +216,7 @@ impl QuantMatrix {
     /// Row `i` dequantized into `out` (embedding lookups; no allocation, this runs for every
     /// token).
     pub fn row_into(&self, i: usize, out: &mut [f32]) {
-        let rb = self.format.row_bytes(self.cols);
+        let rb = self.format.packed_row_bytes(self.cols);
         dequantize_packed(self.format, &self.data()[i * rb..(i + 1) * rb], out);
     }
 }
@@ -571,7 +590,7 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
                 return Ok(None);
             }
             // (int8 rows may be padded past `k` to whole blocks: `q0.cols`.)
-            let mut data = crate::memory::byte_buffer(n * q0.format.row_bytes(q0.cols));
+            let mut data = crate::memory::byte_buffer(n * q0.format.packed_row_bytes(q0.cols));
             let mut at = 0;
             for p in parts {
                 if let Weight::Quant(q) = &p.weight {
@@ -611,14 +630,15 @@ mod tests {
     }
 
     fn quant_linear(fmt: QuantFormat, n: usize, k: usize, seed: f32) -> Linear {
-        // Arbitrary block bytes with small, finite f16 scales (and Q4_1 minimums).
+        // Arbitrary block bytes with small, finite f16 scales (and Q4_1 / Q4_K minimums).
         let mut bytes: Vec<u8> = (0..n * fmt.row_bytes(k))
             .map(|i| ((i as f32 * 0.73 + seed).cos() * 127.0 + 128.0) as u8)
             .collect();
         for (b, blk) in bytes.chunks_exact_mut(fmt.block_bytes()).enumerate() {
             let d = f16::from_f32(0.01 + 0.001 * (b % 7) as f32);
-            blk[..2].copy_from_slice(&d.to_le_bytes());
-            if fmt == QuantFormat::Q4_1 {
+            let d_at = if fmt == QuantFormat::Q6_K { 208 } else { 0 };
+            blk[d_at..d_at + 2].copy_from_slice(&d.to_le_bytes());
+            if matches!(fmt, QuantFormat::Q4_1 | QuantFormat::Q4_K) {
                 blk[2..4].copy_from_slice(&f16::from_f32(-0.05).to_le_bytes());
             }
         }
@@ -651,10 +671,27 @@ mod tests {
                 quant_linear(QuantFormat::Q4_0, 5, k, 0.8),
             ],
         ];
-        for (case, parts) in sets.into_iter().enumerate() {
-            let want: Vec<Vec<f32>> = parts.iter().map(|p| p.apply(&x, m)).collect();
+        // Super-block types (rows of 256 values; packed rows larger than the file's for Q4_K).
+        let (mk, xk) = (3, 256);
+        let xs: Vec<f32> = (0..mk * xk).map(|i| (i as f32 * 0.11).sin()).collect();
+        let super_sets: Vec<Vec<Linear>> = vec![
+            vec![
+                quant_linear(QuantFormat::Q4_K, 9, xk, 0.4),
+                quant_linear(QuantFormat::Q4_K, 4, xk, 0.5),
+            ],
+            vec![
+                quant_linear(QuantFormat::Q6_K, 3, xk, 0.6),
+                quant_linear(QuantFormat::Q4_K, 5, xk, 0.7),
+            ],
+        ];
+        let cases = sets
+            .into_iter()
+            .map(|p| (p, &x, m))
+            .chain(super_sets.into_iter().map(|p| (p, &xs, mk)));
+        for (case, (parts, x, m)) in cases.enumerate() {
+            let want: Vec<Vec<f32>> = parts.iter().map(|p| p.apply(x, m)).collect();
             let set = LinearSet::new(parts).unwrap();
-            let got = set.split(&set.apply(&x, m), m);
+            let got = set.split(&set.apply(x, m), m);
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {
                 let (gb, wb): (Vec<u32>, Vec<u32>) = (
@@ -785,9 +822,10 @@ mod tests {
     /// the same bytes, so the same products.
     #[test]
     fn int8_from_blocks_equals_int8_from_their_f32() {
-        let (m, n, k) = (3, 11, 96);
-        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).sin()).collect();
+        let (m, n) = (3, 11);
         for fmt in QuantFormat::all().filter(|f| f.has_kernels()) {
+            let k = fmt.padded_cols(96);
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).sin()).collect();
             let blocks = quant_linear(fmt, n, k, 0.9);
             let Weight::Quant(q) = &blocks.weight else {
                 unreachable!()

@@ -31,6 +31,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
         to: QuantFormat::Q8_0,
         block: to_q8_0,
     }),
+    super_block: None,
 };
 
 /// `x[j] = CODEBOOK[qs[j] & 0xF]·d`, `x[j + 16] = CODEBOOK[qs[j] >> 4]·d` (ggml's

@@ -23,6 +23,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
+    super_block: None,
 };
 
 /// Sub-block `s`'s (0..8) scale: low 4 bits from nibble `s % 2` of `scales_l[s / 2]`, top 2 bits

@@ -1,27 +1,34 @@
-//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0; per-channel int8 stored as Q8_0)
-//! and the matrix products against them, so a model can hold its weights quantized in memory and
+//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, ...; per-channel int8
+//! stored as Q8_0) and the matrix products against them, so a model can hold its weights quantized in memory and
 //! stream them at memory bandwidth.
 //!
 //! # Files
 //! * `types.rs`: [`QuantFormat`] and the one table of what each block type is (ggml tag, name,
 //!   values and bytes per block, exact dequantization); each type's layout and dequantizer in its
-//!   own file (`q4_0.rs`, `q4_1.rs`, `q8_0.rs`). How to add a type: `types.rs`.
+//!   own file (`q4_0.rs`, `q4_1.rs`, `q8_0.rs`, `q4_k.rs`, ...). How to add a type: `types.rs`.
 //! * this file: [`quant_matmul`], its choice of instruction set and its split into tasks;
 //! * `activations.rs`: the rows of `x` quantized to 8-bit blocks, once per call;
 //! * `pack.rs`: the packed weight layout the kernels read ([`pack_rows`], once at load);
+//! * `super_block.rs`: the types of 256-value super-blocks (the K-quants): what each tells the
+//!   kernels, their packed layout, their arithmetic and portable dot product; `x86_super.rs`:
+//!   their AVX2 and AVX-512 kernels (aarch64 runs them with the portable kernel for now);
 //! * `portable.rs`: the dot product in plain Rust, the reference the SIMD paths are tested
 //!   against (and the kernel where there is none); `x86_avx2.rs`, `x86_avx512.rs`, `neon.rs`: the
 //!   dot products per instruction set;
 //! * [`int8`]: per-channel int8 quantization of `f32` weights;
 //! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`.
 //!
-//! The kernels here run the types of 32-value blocks ([`QuantFormat::has_kernels`]); block size
-//! and bytes come from the type everywhere else (row sizes, checks, dequantization, loading).
+//! The kernels run the types of 32-value blocks, and the types of 256-value super-blocks that
+//! describe themselves to `super_block.rs` ([`QuantFormat::has_kernels`]); block size and bytes
+//! come from the type everywhere else (row sizes, checks, dequantization, loading). A packed
+//! super-block is exactly one full group of the 32-value kernels' interleaving (8 sub-blocks of
+//! 32 in the 8 lanes), so the K-quants reuse the activations, the task split and the lane order
+//! below; their per-lane arithmetic is in `super_block.rs`.
 //!
 //! # Method (as llama.cpp and candle do it)
 //! Each call first quantizes every row of `x` into 8-bit blocks of 32: `d = max|x| / 127`,
-//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), keeping `Σq` per block and, for Q4_1,
-//! `s = d·Σq` (ggml's Q8_1). Then every output is a sum over blocks of exact integer dot products
+//! `q = round(x / d)` (ggml's `quantize_row_q8_0`), keeping `Σq` per block (and per half of 16,
+//! for the K-quants' scales and minimums per 16) and, for Q4_1, `s = d·Σq` (ggml's Q8_1). Then every output is a sum over blocks of exact integer dot products
 //! scaled in `f32`:
 //!
 //! * Q8_0 weights: `Σ_b dw·dx · Σ qw·qx`;
@@ -86,6 +93,7 @@ mod q5_1;
 mod q5_k;
 mod q6_k;
 mod q8_0;
+mod super_block;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -93,6 +101,8 @@ mod types;
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86_super;
 
 pub use int8::{quantize_rows_int8, quantize_rows_int8_from};
 pub use pack::{dequantize_packed, pack_rows, unpack_row};
@@ -181,7 +191,7 @@ pub(crate) fn quant_matmul_with(
     let mut act = SCRATCH.with(Cell::take);
     act.quantize(kernel, x, m, k, parallel && m * k >= PAR_QUANTIZE);
 
-    let rb = fmt.row_bytes(act.k);
+    let rb = fmt.packed_row_bytes(act.k);
     // Rows of w per task: only a matter of load balance and of task overhead, since every task
     // streams its own weight rows once.
     let cols = if parallel {
@@ -233,7 +243,7 @@ pub fn quant_matmul_scalar(
     }
     let mut act = Activations::default();
     act.quantize(Kernel::Portable, x, m, k, false);
-    let rb = fmt.row_bytes(act.k);
+    let rb = fmt.packed_row_bytes(act.k);
     for i in 0..m {
         for j in 0..n {
             y[i * n + j] = dot_portable(fmt, &w[j * rb..(j + 1) * rb], act.row(i));
@@ -243,12 +253,20 @@ pub fn quant_matmul_scalar(
 
 fn check_args(fmt: QuantFormat, x: &[f32], w: &[u8], y: &[f32], m: usize, k: usize, n: usize) {
     assert!(
-        fmt.has_kernels() && fmt.block_values() == QK,
+        fmt.has_kernels() && (fmt.block_values() == QK || fmt.super_block().is_some()),
         "quant_matmul: no kernels for {}",
         fmt.name()
     );
+    // Super-block rows are whole super-blocks (no zero-padded `k` there).
     assert!(
-        x.len() >= m * k && w.len() >= n * fmt.row_bytes(fmt.padded_cols(k)) && y.len() >= m * n,
+        fmt.block_values() == QK || k.is_multiple_of(fmt.block_values()),
+        "quant_matmul: k={k} is not whole {} super-blocks",
+        fmt.name()
+    );
+    assert!(
+        x.len() >= m * k
+            && w.len() >= n * fmt.packed_row_bytes(fmt.padded_cols(k))
+            && y.len() >= m * n,
         "quant_matmul: slices too short for m={m} k={k} n={n} {fmt:?} \
          (x {}, w {} bytes, y {})",
         x.len(),
@@ -271,7 +289,7 @@ unsafe fn product_cols(
     c0: usize,
     n: usize,
 ) {
-    let rb = fmt.row_bytes(act.k);
+    let rb = fmt.packed_row_bytes(act.k);
     let (m, cols) = (act.m, w.len() / rb);
     let x_block = (X_BLOCK_BYTES / act.row_bytes()).max(MR) / MR * MR;
     let w_chunk = (W_CHUNK_BYTES / rb).max(1);
@@ -365,15 +383,25 @@ impl Kernel {
                 }
             }
             // `Avx2` is only chosen when `x86_avx2::available()`; the rows from `Activations::row`
-            // have the lengths `x86_avx2::dot` requires.
+            // have the lengths `x86_avx2::dot` and `x86_super::avx2::dot` require.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86_avx2::dot(fmt, w, rb, xs, y, ldy),
+            Kernel::Avx2 => match fmt.super_block() {
+                Some(sb) => x86_super::avx2::dot(sb, w, rb, xs, y, ldy),
+                None => x86_avx2::dot(fmt, w, rb, xs, y, ldy),
+            },
             // Only chosen when `x86_avx512::available()`; same row contract as the AVX2 kernel.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
-            // Same row contract as the AVX2 kernel; NEON is always there on aarch64.
+            Kernel::Avx512 => match fmt.super_block() {
+                Some(sb) => x86_super::avx512::dot(sb, w, rb, xs, y, ldy),
+                None => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
+            },
+            // Same row contract as the AVX2 kernel; NEON is always there on aarch64. Super-block
+            // types have no NEON kernel yet: the portable one runs them.
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => neon::dot(fmt, w, rb, xs, y, ldy),
+            Kernel::Neon => match fmt.super_block() {
+                Some(_) => Kernel::Portable.dot(fmt, w, rb, xs, y, ldy),
+                None => neon::dot(fmt, w, rb, xs, y, ldy),
+            },
         }
     }
 }

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::{QuantFormat, LANES, QK};
+use super::{super_block, QuantFormat, LANES, QK};
 
 /// Bytes of a block's header: `d`, and for Q4_1 also `m`.
 pub(super) const fn head_bytes(fmt: QuantFormat) -> usize {
@@ -67,7 +67,8 @@ fn pack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
 
 /// One packed row (`src`) back into GGUF blocks (`dst`, the same length): the inverse of
 /// [`pack_row`]. Also takes any whole groups of a row (a span starting at a multiple of 8 blocks
-/// and ending at a group's end).
+/// and ending at a group's end). Types of 32-value blocks only: super-block types are read back
+/// by [`dequantize_packed`].
 pub fn unpack_row(fmt: QuantFormat, src: &[u8], dst: &mut [u8]) {
     move_bytes(fmt, src, dst, false)
 }
@@ -79,6 +80,9 @@ const MAX_BLOCK_BYTES: usize = 4 + QK;
 /// One packed row (`src`, whole blocks of `fmt`) dequantized into `dst`, a group at a time
 /// through a buffer on the stack: embedding lookups of a packed matrix, which run for every token.
 pub fn dequantize_packed(fmt: QuantFormat, src: &[u8], dst: &mut [f32]) {
+    if let Some(sb) = fmt.super_block() {
+        return super_block::dequantize_packed(sb, src, dst);
+    }
     let (bb, bv) = (fmt.block_bytes(), fmt.block_values());
     assert!(bb <= MAX_BLOCK_BYTES, "{fmt:?} blocks are not packed");
     let mut blocks = [0u8; LANES * MAX_BLOCK_BYTES];
@@ -124,23 +128,30 @@ fn move_bytes(fmt: QuantFormat, src: &[u8], dst: &mut [u8], pack: bool) {
     }
 }
 
-/// Rows of GGUF blocks (each `fmt.row_bytes(k)` bytes, `k` a multiple of 32) in the packed
-/// layout the kernels read, in a buffer for weights (huge pages where the OS allows).
+/// Rows of GGUF blocks (each `fmt.row_bytes(k)` bytes, `k` a multiple of the block size) in the
+/// packed layout the kernels read (rows of `fmt.packed_row_bytes(k)` bytes: super-block types'
+/// differ, see `super_block.rs`), in a buffer for weights (huge pages where the OS allows).
 ///
 /// # Panics
 /// If `fmt` has no kernels ([`QuantFormat::has_kernels`]), or `w` is not a whole number of rows.
 pub fn pack_rows(fmt: QuantFormat, w: &[u8], k: usize) -> Vec<u8> {
-    let rb = fmt.row_bytes(k);
+    let (rb, pb) = (fmt.row_bytes(k), fmt.packed_row_bytes(k));
     assert!(
-        fmt.has_kernels() && k.is_multiple_of(QK) && (rb == 0 || w.len().is_multiple_of(rb)),
+        fmt.has_kernels()
+            && k.is_multiple_of(fmt.block_values())
+            && (rb == 0 || w.len().is_multiple_of(rb)),
         "pack_rows: {} bytes are not rows of {k} {fmt:?} values",
         w.len()
     );
-    let mut out = crate::memory::byte_buffer(w.len());
+    let rows = w.len().checked_div(rb).unwrap_or(0);
+    let mut out = crate::memory::byte_buffer(rows * pb);
     if rb > 0 {
-        out.par_chunks_mut(rb)
+        out.par_chunks_mut(pb)
             .zip(w.par_chunks(rb))
-            .for_each(|(dst, src)| pack_row(fmt, src, dst));
+            .for_each(|(dst, src)| match fmt.super_block() {
+                Some(sb) => super_block::pack_row(sb, fmt.block_bytes(), src, dst),
+                None => pack_row(fmt, src, dst),
+            });
     }
     out
 }
@@ -165,11 +176,16 @@ mod tests {
     use super::*;
     use crate::kernels::testutil::random;
 
+    /// The types of this layout (super-block types have `super_block.rs`'s).
+    fn block32_formats() -> impl Iterator<Item = QuantFormat> {
+        QuantFormat::all().filter(|f| f.has_kernels() && f.super_block().is_none())
+    }
+
     /// Packing is a permutation of each row's bytes (plus Q8_0's offset) that unpacking undoes,
     /// for full groups, short last groups, and rows of one block.
     #[test]
     fn pack_then_unpack_is_the_identity() {
-        for fmt in QuantFormat::all().filter(|f| f.has_kernels()) {
+        for fmt in block32_formats() {
             for k in [32, 96, 256, 288, 576] {
                 let n = 3;
                 let w: Vec<u8> = random(n * fmt.row_bytes(k), k as u64)
@@ -190,7 +206,7 @@ mod tests {
     /// The packer puts byte `j` of block `l` where [`packed_offset`] says (Q8_0 values flipped).
     #[test]
     fn packing_follows_packed_offset() {
-        for fmt in QuantFormat::all().filter(|f| f.has_kernels()) {
+        for fmt in block32_formats() {
             let bb = fmt.block_bytes();
             let nb = 11; // a full group and a short one
             let w: Vec<u8> = (0..nb * bb).map(|i| (i * 7 % 251) as u8).collect();
@@ -219,7 +235,7 @@ mod tests {
     /// The offsets of a group cover its bytes exactly once.
     #[test]
     fn packed_offsets_are_a_permutation() {
-        for fmt in QuantFormat::all().filter(|f| f.has_kernels()) {
+        for fmt in block32_formats() {
             let bb = fmt.block_bytes();
             for t in 1..=LANES {
                 let mut seen = vec![false; t * bb];

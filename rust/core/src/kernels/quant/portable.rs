@@ -5,12 +5,15 @@
 use half::f16;
 
 use super::activations::{x_index, XRow};
-use super::{pack, QuantFormat, LANES, QK};
+use super::{pack, super_block, QuantFormat, LANES, QK};
 
 /// One output of the product: packed weight row `w` (whole blocks of `fmt`) times one quantized
 /// row of `x`, in the fixed arithmetic of the module docs. The reference for the SIMD kernels, and
 /// the kernel itself where there is no SIMD one (`mul_add` is one instruction on aarch64).
 pub(super) fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
+    if let Some(sb) = fmt.super_block() {
+        return super_block::dot_portable(sb, w, x);
+    }
     let bb = fmt.block_bytes();
     let mut acc = [0.0f32; LANES];
     let mut mins = [0.0f32; LANES];
@@ -84,7 +87,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 
 /// The AVX2 kernel's horizontal sum order: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
 #[inline]
-fn hsum(a: &[f32; LANES]) -> f32 {
+pub(super) fn hsum(a: &[f32; LANES]) -> f32 {
     let s = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
     (s[0] + s[2]) + (s[1] + s[3])
 }

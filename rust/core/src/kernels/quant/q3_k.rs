@@ -22,6 +22,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
+    super_block: None,
 };
 
 /// Sub-block `s`'s (0..16) scale from the 12 packed bytes: its low 4 bits are the low nibble of

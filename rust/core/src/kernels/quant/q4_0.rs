@@ -17,6 +17,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: true,
     transcode: None,
+    super_block: None,
 };
 
 /// `x[j] = ((qs[j] & 0xF) - 8)·d`, `x[j + 16] = ((qs[j] >> 4) - 8)·d` (ggml's

@@ -16,6 +16,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: true,
     transcode: None,
+    super_block: None,
 };
 
 /// `x[j] = (qs[j] & 0xF)·d + m`, `x[j + 16] = (qs[j] >> 4)·d + m` (ggml's

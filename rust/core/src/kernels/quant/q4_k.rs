@@ -7,6 +7,7 @@
 
 use half::f16;
 
+use super::super_block::{Parts, SuperBlock, Values};
 use super::types::{BlockFacts, QuantFormat};
 
 /// Values per super-block (ggml's `QK_K`).
@@ -23,6 +24,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
+    super_block: Some(&SUPER),
 };
 
 /// Sub-block `s`'s 6-bit scale and minimum from the 12 packed bytes (ggml's
@@ -60,6 +62,30 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
             for (x, q) in ys.iter_mut().zip(bytes) {
                 *x = dl * ((q >> shift) & 0x0F) as f32 - ml;
             }
+        }
+    }
+}
+
+/// For the super-block kernels: `w = (d·sc)·q - dmin·m` per sub-block of 32, `q` a nibble.
+const SUPER: SuperBlock = SuperBlock {
+    scale_values: SUB,
+    mins: true,
+    values: Values::U4,
+    offset: 0,
+    split,
+};
+
+/// One super-block's `d`, `dmin`, 6-bit scales and minimums, and nibbles, as they are.
+fn split(b: &[u8], p: &mut Parts) {
+    p.d = f16::from_le_bytes([b[0], b[1]]);
+    p.dmin = f16::from_le_bytes([b[2], b[3]]);
+    let (scales, qs) = (&b[4..16], &b[16..FACTS.block_bytes]);
+    for s in 0..VALUES / SUB {
+        let (sc, m) = scale_min(scales, s);
+        (p.sc[s], p.m[s]) = (sc as i8, m);
+        let bytes = &qs[SUB * (s / 2)..][..SUB];
+        for (u, q) in p.u[SUB * s..][..SUB].iter_mut().zip(bytes) {
+            *u = (q >> (4 * (s % 2))) & 0x0F;
         }
     }
 }

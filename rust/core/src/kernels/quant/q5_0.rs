@@ -24,6 +24,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
         to: QuantFormat::Q8_0,
         block: to_q8_0,
     }),
+    super_block: None,
 };
 
 /// Value `v` (0..32) of a block's 5-bit `q`, unsigned (0..32), from its `qh` and `qs`.

@@ -18,6 +18,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
+    super_block: None,
 };
 
 /// `x[v] = d·q[v] + m`, the product rounded to `f32` before the sum (ggml's

@@ -24,6 +24,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
+    super_block: None,
 };
 
 /// `x = (d·sc)·q - dmin·m`, the two products rounded to `f32` first, then the product with `q`,

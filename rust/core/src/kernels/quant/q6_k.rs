@@ -6,6 +6,7 @@
 
 use half::f16;
 
+use super::super_block::{Parts, SuperBlock, Values};
 use super::types::{BlockFacts, QuantFormat};
 
 /// Values per super-block (ggml's `QK_K`).
@@ -22,6 +23,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
+    super_block: Some(&SUPER),
 };
 
 /// Value `v` (0..256) of a super-block's 6-bit `q`, unsigned (0..64). The block is two halves of
@@ -49,5 +51,27 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
             let scale = d * (scales[v / SUB] as i8) as f32;
             *x = scale * (value(ql, qh, v) as i32 - 32) as f32;
         }
+    }
+}
+
+/// For the super-block kernels: `w = (d·sc)·(q - 32)` per 16 values, `q` 6 bits.
+const SUPER: SuperBlock = SuperBlock {
+    scale_values: SUB,
+    mins: false,
+    values: Values::U6,
+    offset: 32,
+    split,
+};
+
+/// One super-block's `d`, 8-bit scales and 6-bit values, as they are.
+fn split(b: &[u8], p: &mut Parts) {
+    let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
+    p.d = f16::from_le_bytes([b[208], b[209]]);
+    p.dmin = f16::ZERO;
+    for (sc, &s) in p.sc.iter_mut().zip(scales) {
+        *sc = s as i8;
+    }
+    for (v, u) in p.u.iter_mut().enumerate() {
+        *u = value(ql, qh, v);
     }
 }

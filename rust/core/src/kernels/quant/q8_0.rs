@@ -16,6 +16,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: true,
     transcode: None,
+    super_block: None,
 };
 
 /// `x[j] = qs[j]·d`, `qs` signed (ggml's `dequantize_row_q8_0`).

@@ -8,32 +8,50 @@ fn formats() -> impl Iterator<Item = QuantFormat> {
     QuantFormat::all().filter(|f| f.has_kernels())
 }
 
-/// The kernels' arithmetic is that of 32-value blocks (`check_args` refuses any other size).
+/// The kernels run 32-value blocks and super-blocks of 256 described by a `SuperBlock`
+/// (`check_args` refuses anything else).
 #[test]
-fn kernel_types_have_32_value_blocks() {
+fn kernel_types_have_32_value_blocks_or_super_blocks() {
     for fmt in formats() {
-        assert_eq!(fmt.block_values(), QK, "{fmt:?}");
+        match fmt.super_block() {
+            None => assert_eq!(fmt.block_values(), QK, "{fmt:?}"),
+            Some(_) => assert_eq!(fmt.block_values(), super_block::VALUES, "{fmt:?}"),
+        }
     }
+    for fmt in [QuantFormat::Q4_K, QuantFormat::Q6_K] {
+        assert!(fmt.has_kernels(), "{fmt:?}");
+    }
+}
+
+/// Sets the little-endian `f16` at byte `at` of `b`.
+fn set_f16(b: &mut [u8], at: usize, v: f32) {
+    b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
 }
 
 /// `n` rows of random blocks: every byte of `qs` random (all nibbles, Q8_0 values -128..=127
 /// included), scales of realistic size (Q4_0 `d` of either sign, Q4_1 `m` negative as the
-/// quantizer makes it for centred weights).
+/// quantizer makes it for centred weights; the K-quants' integer scales and minimums random,
+/// their `d` sized for weights of about ±0.1, Q6_K's of either sign and down to `f16`
+/// subnormals as in real files).
 fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
     let bytes = random(n * fmt.row_bytes(k), seed);
     let mut w: Vec<u8> = bytes.iter().map(|v| ((v + 1.0) * 128.0) as u8).collect();
     let scales = random(2 * n * k / QK, seed + 1);
     for (b, blk) in w.chunks_exact_mut(fmt.block_bytes()).enumerate() {
         let (r0, r1) = (scales[2 * b], scales[2 * b + 1]);
-        let (d, m) = match fmt {
-            QuantFormat::Q4_0 => (0.02 * r0, 0.0),
-            QuantFormat::Q4_1 => (0.01 * (1.5 + r0), -0.08 * (1.5 + r1)),
-            QuantFormat::Q8_0 => (0.002 * r0, 0.0),
-            _ => unreachable!("{fmt:?} has no packed kernels"),
-        };
-        blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        if fmt == QuantFormat::Q4_1 {
-            blk[2..4].copy_from_slice(&f16::from_f32(m).to_le_bytes());
+        match fmt {
+            QuantFormat::Q4_0 => set_f16(blk, 0, 0.02 * r0),
+            QuantFormat::Q4_1 => {
+                set_f16(blk, 0, 0.01 * (1.5 + r0));
+                set_f16(blk, 2, -0.08 * (1.5 + r1));
+            }
+            QuantFormat::Q8_0 => set_f16(blk, 0, 0.002 * r0),
+            QuantFormat::Q4_K => {
+                set_f16(blk, 0, 2e-4 * (1.5 + r0));
+                set_f16(blk, 2, 1e-3 * (1.5 + r1));
+            }
+            QuantFormat::Q6_K => set_f16(blk, 208, 3e-5 * r0),
+            _ => unreachable!("{fmt:?} has no kernels"),
         }
     }
     w
@@ -98,7 +116,7 @@ const MS: [usize; 3] = [1, 3, 8];
 fn quant_matmul_matches_scalar_bitwise() {
     report_skipped();
     for fmt in formats() {
-        for k in KS {
+        for k in KS.map(|k| fmt.padded_cols(k)) {
             for n in NS {
                 let w = random_weights(fmt, n, k, (k * 1000 + n) as u64);
                 for m in MS {
@@ -131,7 +149,8 @@ fn quant_matmul_matches_scalar_bitwise() {
 /// the scalar reference, which are those of `x` explicitly zero-padded to the blocks.
 #[test]
 fn ragged_k_is_the_zero_padded_product() {
-    for fmt in formats() {
+    // (Super-block rows are whole super-blocks: no padding.)
+    for fmt in formats().filter(|f| f.block_values() == QK) {
         for (m, k, n) in [(1, 1, 5), (3, 48, 7), (2, 33, 9), (5, 100, 33)] {
             let kp = fmt.padded_cols(k);
             let w = random_weights(fmt, n, kp, (k * 31 + n) as u64);
@@ -182,6 +201,7 @@ fn quant_matmul_bitwise_independent_of_m_and_threads() {
     for fmt in formats() {
         for isa in cpu::supported_isas() {
             for &(k, n) in &[(576, 1031), (96, 50), (2048, 97)] {
+                let k = fmt.padded_cols(k);
                 let m = 7;
                 let x = activations(m, k, 5);
                 let w = random_weights(fmt, n, k, 6);
@@ -258,6 +278,7 @@ fn quant_matmul_accuracy_vs_f32() {
         let (mut worst_norm, mut sum_norm, mut count) = (0.0f64, 0.0f64, 0usize);
         let mut worst_y = 0.0f64;
         for &(m, k, n) in &[(3, 576, 192), (2, 1536, 577), (8, 96, 33)] {
+            let k = fmt.padded_cols(k);
             let w = random_weights(fmt, n, k, 41);
             let wf = dequantize(fmt, &w, n, k);
             let x = activations(m, k, 42);
@@ -401,6 +422,77 @@ fn extreme_values_do_not_saturate() {
     }
 }
 
+/// The largest integers the super-block kernels meet, with `x = ±1` (all `q = ±127`): Q6_K
+/// values 0 (`-32`) and 63 under scales -128 and 127 (`maddubs` pairs of `2·63·127`, `|isum|`
+/// near `2^24`), Q4_K nibbles 15 with scales and minimums 63.
+#[test]
+fn super_block_extremes_do_not_saturate() {
+    let k = 512;
+    let mut cases = Vec::new();
+    for (low, high, scale) in [
+        (0x00u8, 0x00u8, 0x80u8),
+        (0xFF, 0xFF, 0x7F),
+        (0xFF, 0x00, 0x80),
+    ] {
+        let mut blk = [low; 210];
+        blk[128..192].fill(high);
+        blk[192..208].fill(scale);
+        set_f16(&mut blk, 208, 1.0);
+        cases.push((QuantFormat::Q6_K, blk.to_vec()));
+    }
+    for (byte, scales) in [(0xFFu8, 0xFFu8), (0x00, 0xFF), (0xFF, 0x3F)] {
+        let mut blk = [byte; 144];
+        blk[4..16].fill(scales);
+        set_f16(&mut blk, 0, 1.0);
+        set_f16(&mut blk, 2, 0.5);
+        cases.push((QuantFormat::Q4_K, blk.to_vec()));
+    }
+    for isa in cpu::supported_isas() {
+        for sign in [1.0f32, -1.0] {
+            let x = vec![sign; k];
+            for (fmt, blk) in &cases {
+                let w = blk.repeat(k / fmt.block_values());
+                let want: f32 = dequantize(*fmt, &w, 1, k).iter().map(|v| v * sign).sum();
+                let got = run(isa, 1, *fmt, &x, &w, 1, k, 1)[0];
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs(),
+                    "{fmt:?} {isa:?} x = {sign}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+/// Packed super-block rows read back (`dequantize_packed`: embedding lookups, int8's source)
+/// give the bits of the type's own dequantizer, on realistic blocks and on blocks of random
+/// bytes (any scale, `f16` infinities and NaNs included).
+#[test]
+fn super_blocks_dequantize_packed_as_the_type() {
+    for fmt in formats().filter(|f| f.super_block().is_some()) {
+        let (n, k) = (6, 1024);
+        let noise: Vec<u8> = random(n * fmt.row_bytes(k), 77)
+            .iter()
+            .map(|v| ((v + 1.0) * 128.0) as u8)
+            .collect();
+        for w in [random_weights(fmt, n, k, 71), noise] {
+            let want = dequantize(fmt, &w, n, k);
+            let packed = pack_rows(fmt, &w, k);
+            let pb = fmt.packed_row_bytes(k);
+            assert_eq!(packed.len(), n * pb, "{fmt:?}");
+            let mut got = vec![0.0; n * k];
+            for (row, out) in packed.chunks_exact(pb).zip(got.chunks_exact_mut(k)) {
+                dequantize_packed(fmt, row, out);
+            }
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{fmt:?} value {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
+
 /// Empty shapes, zero rows of x, and NaN/inf in x (NaN outputs for that row only).
 #[test]
 fn edge_cases() {
@@ -409,11 +501,12 @@ fn edge_cases() {
             let mut y = vec![1.0; 6];
             quant_matmul_with(isa, fmt, &[], &[], &mut y, 2, 0, 3);
             assert_eq!(y, vec![0.0; 6]);
-            let w3 = random_weights(fmt, 3, 32, 1);
-            quant_matmul_with(isa, fmt, &[], &pack_rows(fmt, &w3, 32), &mut y, 0, 32, 3);
-            quant_matmul_with(isa, fmt, &[0.0; 64], &[], &mut y, 2, 32, 0);
+            let kb = fmt.block_values();
+            let w3 = random_weights(fmt, 3, kb, 1);
+            quant_matmul_with(isa, fmt, &[], &pack_rows(fmt, &w3, kb), &mut y, 0, kb, 3);
+            quant_matmul_with(isa, fmt, &vec![0.0; 2 * kb], &[], &mut y, 2, kb, 0);
 
-            let (m, k, n) = (3, 96, 5);
+            let (m, k, n) = (3, fmt.padded_cols(96), 5);
             let w = random_weights(fmt, n, k, 51);
             let mut x = vec![0.0; m * k];
             x[k + 40] = f32::NAN;
@@ -472,21 +565,32 @@ fn int8_rows_have_one_scale_and_half_step_error() {
 }
 
 /// `cargo test --release -p fasttx-core quant -- --ignored --nocapture`
+///
+/// Every type at the same shapes (`k` a multiple of 256, so that the K-quants run them too).
 #[test]
 #[ignore]
 fn bench_quant_matmul() {
     use std::time::Instant;
-    // (1, 576, 256) stays in L2 (compute speed); n = 49152 streams ~30 MB from memory.
+    // (1, 1536, 256) stays in L2 (compute speed); n = 16384 streams 14-28 MB (from a large L3),
+    // k = 4096 with it 38-73 MB (from memory).
     let shapes = [
-        (1, 576, 256),
+        (1, 1536, 256),
         (1, 4608, 32),
-        (1, 576, 1536),
-        (1, 576, 49152),
-        (8, 576, 1536),
-        (128, 576, 1536),
+        (1, 1536, 1536),
+        (1, 1536, 16384),
+        (1, 4096, 16384),
+        (8, 1536, 1536),
+        (128, 1536, 1536),
     ];
-    for fmt in [QuantFormat::Q8_0, QuantFormat::Q4_1, QuantFormat::Q4_0] {
-        for &(m, k, n) in &shapes {
+    let fmts = [
+        QuantFormat::Q8_0,
+        QuantFormat::Q4_1,
+        QuantFormat::Q4_0,
+        QuantFormat::Q4_K,
+        QuantFormat::Q6_K,
+    ];
+    for &(m, k, n) in &shapes {
+        for fmt in fmts {
             let w = pack_rows(fmt, &random_weights(fmt, n, k, 61), k);
             let x = activations(m, k, 62);
             let mut y = vec![0.0; m * n];

@@ -10,18 +10,26 @@
 //! # Adding a block type
 //! 1. A file beside `q4_0.rs` with the block layout, its `dequantize` (bit for bit as ggml's
 //!    reference `dequantize_row_*`) and its [`BlockFacts`], with `packed_kernels: false` and
-//!    `transcode: None`.
+//!    `transcode: None`, `super_block: None`.
 //! 2. A variant of [`QuantFormat`] and its row in [`TABLE`], in the same position.
 //!
 //! Files holding the type then load: tensors of a type the kernels do not run are dequantized to
-//! `f32` at load, as F16 ones are. To run it quantized, a type of 32-value blocks with an `f16`
-//! scale fits the packed kernels (`pack.rs`, `portable.rs` and the per-ISA files, then
-//! `packed_kernels: true`); a type of other block sizes (the K-quants' 256-value super-blocks)
-//! brings dot products of its own, dispatched from `quant_matmul`. A type whose every block is
-//! exactly a block of a type with kernels (same values per block, each value the same `f32`) can
-//! instead name that type and the block converter ([`Transcode`]): loaders convert it at load
-//! ([`QuantFormat::runs_as`], [`QuantFormat::transcode`]), trading memory for the kernels' speed.
+//! `f32` at load, as F16 ones are. To run it quantized:
+//! * a type of 256-value super-blocks (a K-quant, IQ4_XS) gives a
+//!   [`SuperBlock`](super::super_block::SuperBlock) in its file: which scales, minimums and
+//!   offset it has, how its values are stored for the kernels, and `split`, its GGUF bytes as
+//!   those integers; `super_block: Some(&...)` in its facts. Packing, packed dequantization and
+//!   the kernels of every instruction set follow (`super_block.rs` says which value kinds exist);
+//!   the tests in `tests.rs` then cover it once `tests.rs`'s `random_weights` knows where its
+//!   `f16` scales are;
+//! * a type of 32-value blocks with an `f16` scale fits the packed kernels (`pack.rs`,
+//!   `portable.rs` and the per-ISA files, then `packed_kernels: true`);
+//! * a type whose every block is exactly a block of a type with kernels (same values per block,
+//!   each value the same `f32`) can instead name that type and the block converter
+//!   ([`Transcode`]): loaders convert it at load ([`QuantFormat::runs_as`],
+//!   [`QuantFormat::transcode`]), trading memory for the kernels' speed.
 
+use super::super_block::SuperBlock;
 use super::{iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0};
 
 /// A quantized block type (a GGUF / ggml type). Its facts are its row of `types.rs`'s `TABLE`.
@@ -71,12 +79,14 @@ pub(super) struct BlockFacts {
     /// Whole blocks to `f32` (`dst.len() / block_values` blocks in `src`, checked by the caller,
     /// [`QuantFormat::dequantize`]).
     pub(super) dequantize: fn(&[u8], &mut [f32]),
-    /// Whether the packed kernels of 32-value blocks run it (`pack.rs`); if not, loaders keep
-    /// it as `f32`.
+    /// Whether the packed kernels of 32-value blocks run it (`pack.rs`).
     pub(super) packed_kernels: bool,
     /// For a type without kernels of its own: the exact conversion of its blocks into a type
     /// that has them, applied at load.
     pub(super) transcode: Option<Transcode>,
+    /// For a type of 256-value super-blocks, what the super-block kernels need to run it
+    /// (`super_block.rs`). A type with neither kernel is kept as `f32` by loaders.
+    pub(super) super_block: Option<&'static SuperBlock>,
 }
 
 /// An exact conversion of one block type into another with the same values per block: every
@@ -152,7 +162,26 @@ impl QuantFormat {
     /// Whether [`quant_matmul`](super::quant_matmul) runs this type (otherwise its tensors are
     /// dequantized at load).
     pub const fn has_kernels(self) -> bool {
-        self.facts().packed_kernels
+        self.facts().packed_kernels || self.facts().super_block.is_some()
+    }
+
+    /// How the super-block kernels run this type, if it is one of theirs.
+    pub(crate) const fn super_block(self) -> Option<&'static SuperBlock> {
+        self.facts().super_block
+    }
+
+    /// Bytes of one block in the kernels' packed layout ([`pack_rows`](super::pack_rows)): a
+    /// GGUF block's, except for super-block types whose scales the packing unpacks.
+    pub const fn packed_block_bytes(self) -> usize {
+        match self.super_block() {
+            Some(sb) => sb.packed_bytes(),
+            None => self.block_bytes(),
+        }
+    }
+
+    /// Bytes of one packed row of `k` values (`k` a multiple of [`Self::block_values`]).
+    pub const fn packed_row_bytes(self, k: usize) -> usize {
+        k / self.block_values() * self.packed_block_bytes()
     }
 
     /// The type whose kernels run this type's weights: itself if it has kernels

@@ -1,0 +1,423 @@
+//! AVX2 and AVX-512 dot products of packed super-block rows (`super_block.rs`) against 1..=4 rows
+//! of 8-bit activations, in exactly the arithmetic of `super_block::dot_portable` (x86_64 only).
+//!
+//! A packed super-block is one full group of the module's interleaving, so its 8 sub-blocks sit
+//! in the 8 lanes and the integer steps are those of the 32-value kernels (`x86_avx2.rs`,
+//! `x86_avx512.rs`), kept apart for the two halves of each sub-block: `Sa` (pieces 0..4) and
+//! `Sb` (pieces 4..8). AVX2: `maddubs` pairs in `i16`, then `madd` into the lanes: 4-bit values
+//! give pairs of at most `2·15·127`, so a half's 4 pieces add up in `i16`; 6-bit ones (`2·63·127`
+//! per pair) two pieces at a time (with one scale per 32 values, 4-bit values take all 8
+//! pieces at once: `8·2·15·127 < 2^15`). AVX-512: `vpdpbusd` on pieces `(0,1)`, `(2,3)` for `Sa` and
+//! `(4,5)`, `(6,7)` for `Sb` (exact in `i32`), the two 256-bit halves of each added. Then, on 8
+//! lanes, the integer combination with the offset, scales and minimums (exact in `i32`) and the
+//! `f32` steps of the portable kernel.
+//!
+//! The type's shape (minimums or not, scales per 16 or 32, 4- or 6-bit values) is a set of const
+//! generics, so every combination is compiled and a new type of an existing shape needs no code
+//! here.
+//!
+//! # Safety
+//! Compiled with `#[target_feature]`: callers must have checked `x86_avx2::available()` (and
+//! `x86_avx512::available()` for `avx512`).
+
+use std::arch::x86_64::*;
+
+use super::super_block::{Layout, SuperBlock, Values, VALUES};
+use super::x86_avx2::{hsum, PREFETCH_BYTES};
+use super::{XRow, LANES};
+
+/// Raw pointers to one quantized row of `x` (see `super::XRow`).
+#[derive(Clone, Copy)]
+struct XPtr {
+    qs: *const i8,
+    d: *const f32,
+    sum: *const i32,
+    half: *const i32,
+}
+
+impl XPtr {
+    /// Row `x`, checked to hold `ns` super-blocks.
+    fn new(x: &XRow<'_>, ns: usize) -> XPtr {
+        assert!(
+            x.qs.len() >= ns * VALUES
+                && x.d.len() >= ns * LANES
+                && x.sum.len() >= ns * LANES
+                && x.half.len() >= 2 * ns * LANES,
+            "x row shorter than {ns} super-blocks"
+        );
+        XPtr {
+            qs: x.qs.as_ptr(),
+            d: x.d.as_ptr(),
+            sum: x.sum.as_ptr(),
+            half: x.half.as_ptr(),
+        }
+    }
+}
+
+/// The row loops of one instruction set around its `group::<MINS, PER16, U6, R>` (in scope
+/// where this is expanded, with this file's imports). Generates:
+///
+/// * `dot(sb, w, rb, xs, y, ldy)`: `y[r·ldy + j] = w_j · xs[r]` for every packed row `w_j` of
+///   `w` (rows of `rb` bytes, whole super-blocks of type `sb`) and each of the 1..=4 rows of `xs`.
+///   Safety: the CPU has `$features`; `y` is valid for those writes; each `xs[r]` is a row from
+///   `super::Activations` for `rb`'s number of values;
+/// * `rows` / `dot_rows`: the dispatch onto the const generics, then the loop over weight rows.
+macro_rules! super_row_kernels {
+    ($features:literal) => {
+        /// See `x86_super::super_row_kernels`.
+        ///
+        /// # Safety
+        /// See `x86_super::super_row_kernels`.
+        pub(in crate::kernels::quant) unsafe fn dot(
+            sb: &SuperBlock,
+            w: &[u8],
+            rb: usize,
+            xs: &[XRow<'_>],
+            y: *mut f32,
+            ldy: usize,
+        ) {
+            let args = (sb.offset, w, rb, xs, y, ldy);
+            match (sb.mins, sb.scale_values == 16, sb.values) {
+                (false, false, Values::U4) => rows::<false, false, false>(args),
+                (false, false, Values::U6) => rows::<false, false, true>(args),
+                (false, true, Values::U4) => rows::<false, true, false>(args),
+                (false, true, Values::U6) => rows::<false, true, true>(args),
+                (true, false, Values::U4) => rows::<true, false, false>(args),
+                (true, false, Values::U6) => rows::<true, false, true>(args),
+                (true, true, Values::U4) => rows::<true, true, false>(args),
+                (true, true, Values::U6) => rows::<true, true, true>(args),
+            }
+        }
+
+        /// # Safety
+        /// As `dot`.
+        unsafe fn rows<const MINS: bool, const PER16: bool, const U6: bool>(
+            args: (i32, &[u8], usize, &[XRow<'_>], *mut f32, usize),
+        ) {
+            match args.3.len() {
+                1 => dot_rows::<MINS, PER16, U6, 1>(args),
+                2 => dot_rows::<MINS, PER16, U6, 2>(args),
+                3 => dot_rows::<MINS, PER16, U6, 3>(args),
+                4 => dot_rows::<MINS, PER16, U6, 4>(args),
+                r => unreachable!("{r} rows of x at once"),
+            }
+        }
+
+        /// # Safety
+        /// As `dot`, with `R` rows of `x`.
+        #[target_feature(enable = $features)]
+        unsafe fn dot_rows<const MINS: bool, const PER16: bool, const U6: bool, const R: usize>(
+            (offset, w, rb, xs, y, ldy): (i32, &[u8], usize, &[XRow<'_>], *mut f32, usize),
+        ) {
+            let lay = const { Layout::new(MINS, PER16, U6) };
+            let ns = rb / lay.bytes;
+            let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], ns));
+            // `o·X` as a shift: the offsets are 0 or powers of two (`super_block` tests it).
+            let offset = Offset {
+                any: offset != 0,
+                shift: _mm_cvtsi32_si128(offset.trailing_zeros() as i32),
+            };
+            for (j, wj) in w.chunks_exact(rb).enumerate() {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut mins = [_mm256_setzero_ps(); R];
+                for s in 0..ns {
+                    let b = wj.as_ptr().add(s * lay.bytes);
+                    group::<MINS, PER16, U6, R>(b, s, offset, &x, &mut acc, &mut mins);
+                }
+                for r in 0..R {
+                    let lanes = if MINS {
+                        _mm256_sub_ps(acc[r], mins[r])
+                    } else {
+                        acc[r]
+                    };
+                    *y.add(r * ldy + j) = hsum(lanes);
+                }
+            }
+        }
+    };
+}
+
+/// The type's offset `o` as the kernels apply it: `o·X = X << shift` when `any`.
+#[derive(Clone, Copy)]
+struct Offset {
+    any: bool,
+    shift: __m128i,
+}
+
+/// A packed super-block's header, one value per lane (sub-block): `d` and `dmin` broadcast, the
+/// scales and minimums of each lane's halves `a` (values 0..16) and `b` (16..32).
+struct Head {
+    d: __m256,
+    dmin: __m256,
+    sc_a: __m256i,
+    sc_b: __m256i,
+    m_a: __m256i,
+    m_b: __m256i,
+}
+
+/// The header of the packed super-block at `w`.
+///
+/// # Safety
+/// `w` valid for the header; the CPU has AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn head<const MINS: bool, const PER16: bool, const U6: bool>(w: *const u8) -> Head {
+    let lay = const { Layout::new(MINS, PER16, U6) };
+    let half_float =
+        |at: usize| _mm256_cvtph_ps(_mm_set1_epi16(w.add(at).cast::<i16>().read_unaligned()));
+    let bytes8 = |at: usize| _mm_loadl_epi64(w.add(at).cast());
+    let sc_a = _mm256_cvtepi8_epi32(bytes8(lay.sc));
+    let sc_b = if PER16 {
+        _mm256_cvtepi8_epi32(bytes8(lay.sc + LANES))
+    } else {
+        sc_a
+    };
+    let (m_a, m_b) = if MINS {
+        let m_a = _mm256_cvtepu8_epi32(bytes8(lay.m));
+        if PER16 {
+            (m_a, _mm256_cvtepu8_epi32(bytes8(lay.m + LANES)))
+        } else {
+            (m_a, m_a)
+        }
+    } else {
+        (_mm256_setzero_si256(), _mm256_setzero_si256())
+    };
+    Head {
+        d: half_float(0),
+        dmin: if MINS {
+            half_float(lay.dmin)
+        } else {
+            _mm256_setzero_ps()
+        },
+        sc_a,
+        sc_b,
+        m_a,
+        m_b,
+    }
+}
+
+/// Super-block `s` of one row of `x` after its integer sums: with scales per 16, `sa` and `sb`
+/// per lane (halves `a` and `b`), `isum = sc_a·(sa - o·Xa) + sc_b·(sb - o·Xb)` and
+/// `msum = m_a·Xa + m_b·Xb`; with scales per 32, `sa` is the whole `Sa + Sb` (`sb` unused) and the
+/// same integers come out of `sc·(sa - o·X)` and `m·X`. Then `acc = fma(d·dx, isum, acc)` and
+/// `mins = fma(dmin·dx, msum, mins)`.
+///
+/// # Safety
+/// `x` holds super-block `s`; the CPU has AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish<const MINS: bool, const PER16: bool>(
+    sa: __m256i,
+    sb: __m256i,
+    s: usize,
+    offset: Offset,
+    h: &Head,
+    x: &XPtr,
+    acc: &mut __m256,
+    mins: &mut __m256,
+) {
+    let load = |p: *const i32| _mm256_loadu_si256(p.cast());
+    let minus_offset = |v: __m256i, xs: __m256i| {
+        if offset.any {
+            _mm256_sub_epi32(v, _mm256_sll_epi32(xs, offset.shift))
+        } else {
+            v
+        }
+    };
+    let (isum, msum) = if PER16 {
+        let xa = load(x.half.add(2 * LANES * s));
+        let xb = load(x.half.add(2 * LANES * s + LANES));
+        let isum = _mm256_add_epi32(
+            _mm256_mullo_epi32(h.sc_a, minus_offset(sa, xa)),
+            _mm256_mullo_epi32(h.sc_b, minus_offset(sb, xb)),
+        );
+        let msum = if MINS {
+            _mm256_add_epi32(_mm256_mullo_epi32(h.m_a, xa), _mm256_mullo_epi32(h.m_b, xb))
+        } else {
+            _mm256_setzero_si256()
+        };
+        (isum, msum)
+    } else {
+        let xsum = load(x.sum.add(LANES * s));
+        let isum = _mm256_mullo_epi32(h.sc_a, minus_offset(sa, xsum));
+        let msum = if MINS {
+            _mm256_mullo_epi32(h.m_a, xsum)
+        } else {
+            _mm256_setzero_si256()
+        };
+        (isum, msum)
+    };
+    let dx = _mm256_loadu_ps(x.d.add(LANES * s));
+    *acc = _mm256_fmadd_ps(_mm256_mul_ps(h.d, dx), _mm256_cvtepi32_ps(isum), *acc);
+    if MINS {
+        *mins = _mm256_fmadd_ps(_mm256_mul_ps(h.dmin, dx), _mm256_cvtepi32_ps(msum), *mins);
+    }
+}
+
+/// Prefetches the weights [`PREFETCH_BYTES`] ahead of the `bytes` at `w` (as the 32-value
+/// kernels do; the address may lie past the slice, and prefetching never faults).
+#[inline(always)]
+unsafe fn prefetch(w: *const u8, bytes: usize) {
+    for off in (0..bytes).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + PREFETCH_BYTES).cast());
+    }
+}
+
+/// The AVX2 kernel.
+pub(super) mod avx2 {
+    use super::*;
+
+    super_row_kernels!("avx2,fma,f16c");
+
+    /// The packed super-block at `w` (super-block `s` of the row) against `R` rows of `x`.
+    ///
+    /// # Safety
+    /// `w` valid for the super-block; each row holds super-block `s`; the CPU has AVX2, FMA
+    /// and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn group<const MINS: bool, const PER16: bool, const U6: bool, const R: usize>(
+        w: *const u8,
+        s: usize,
+        offset: Offset,
+        x: &[XPtr; R],
+        acc: &mut [__m256; R],
+        mins: &mut [__m256; R],
+    ) {
+        let lay = const { Layout::new(MINS, PER16, U6) };
+        prefetch(w, lay.bytes);
+        let h = head::<MINS, PER16, U6>(w);
+        let low = _mm256_set1_epi8(0x0F);
+        let n: [__m256i; 4] =
+            std::array::from_fn(|p| _mm256_loadu_si256(w.add(lay.values + 32 * p).cast()));
+        // Value piece c: low nibbles of vector c (c < 4), high nibbles of vector c - 4.
+        let mut u: [__m256i; 8] = std::array::from_fn(|c| {
+            if c < 4 {
+                _mm256_and_si256(n[c], low)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16::<4>(n[c - 4]), low)
+            }
+        });
+        if U6 {
+            // Nibble vector p's top bits: plane vector p % 2, field 2·(p / 2) + (c >= 4),
+            // each moved to bits 4-5.
+            let top = _mm256_set1_epi8(0x30);
+            let plane: [__m256i; 2] =
+                std::array::from_fn(|i| _mm256_loadu_si256(w.add(lay.plane + 32 * i).cast()));
+            for (c, uc) in u.iter_mut().enumerate() {
+                let (p, high) = (c % 4, c / 4);
+                let hv = plane[p % 2];
+                let bits = match 2 * (p / 2) + high {
+                    0 => _mm256_slli_epi16::<4>(hv),
+                    1 => _mm256_slli_epi16::<2>(hv),
+                    2 => hv,
+                    _ => _mm256_srli_epi16::<2>(hv),
+                };
+                *uc = _mm256_or_si256(*uc, _mm256_and_si256(bits, top));
+            }
+        }
+        let ones = _mm256_set1_epi16(1);
+        for r in 0..R {
+            let xg = x[r].qs.add(s * VALUES);
+            let p: [__m256i; 8] = std::array::from_fn(|c| {
+                _mm256_maddubs_epi16(u[c], _mm256_loadu_si256(xg.add(32 * c).cast()))
+            });
+            // Pairs of pieces summed in i16, then into the lanes (the module docs' bounds: 4-bit
+            // values take all of a half's pieces, or all 8 with one scale per 32, at once).
+            let pairs: [__m256i; 4] =
+                std::array::from_fn(|i| _mm256_add_epi16(p[2 * i], p[2 * i + 1]));
+            let lanes = |a: __m256i, b: __m256i| {
+                if U6 {
+                    _mm256_add_epi32(_mm256_madd_epi16(a, ones), _mm256_madd_epi16(b, ones))
+                } else {
+                    _mm256_madd_epi16(_mm256_add_epi16(a, b), ones)
+                }
+            };
+            let (sa, sb) = if PER16 {
+                (lanes(pairs[0], pairs[1]), lanes(pairs[2], pairs[3]))
+            } else if U6 {
+                let all = _mm256_add_epi32(lanes(pairs[0], pairs[1]), lanes(pairs[2], pairs[3]));
+                (all, all)
+            } else {
+                let all = _mm256_add_epi16(
+                    _mm256_add_epi16(pairs[0], pairs[1]),
+                    _mm256_add_epi16(pairs[2], pairs[3]),
+                );
+                let all = _mm256_madd_epi16(all, ones);
+                (all, all)
+            };
+            finish::<MINS, PER16>(sa, sb, s, offset, &h, &x[r], &mut acc[r], &mut mins[r]);
+        }
+    }
+}
+
+/// The AVX-512 (VNNI) kernel.
+pub(super) mod avx512 {
+    use super::*;
+
+    super_row_kernels!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+
+    /// As `avx2::group`, two pieces per register.
+    ///
+    /// # Safety
+    /// As `avx2::group`, with this kernel's CPU features.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn group<const MINS: bool, const PER16: bool, const U6: bool, const R: usize>(
+        w: *const u8,
+        s: usize,
+        offset: Offset,
+        x: &[XPtr; R],
+        acc: &mut [__m256; R],
+        mins: &mut [__m256; R],
+    ) {
+        let lay = const { Layout::new(MINS, PER16, U6) };
+        prefetch(w, lay.bytes);
+        let h = head::<MINS, PER16, U6>(w);
+        let low = _mm512_set1_epi8(0x0F);
+        let (w01, w23) = (
+            _mm512_loadu_si512(w.add(lay.values).cast()),
+            _mm512_loadu_si512(w.add(lay.values + 64).cast()),
+        );
+        // In the order of the x registers they meet: pieces (0,1), (2,3), (4,5), (6,7).
+        let mut v = [
+            _mm512_and_si512(w01, low),
+            _mm512_and_si512(w23, low),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(w01), low),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(w23), low),
+        ];
+        if U6 {
+            // Plane byte k: bits 0-1 for w01's low nibble, 2-3 its high one, 4-5 and 6-7 w23's.
+            let top = _mm512_set1_epi8(0x30);
+            let plane = _mm512_loadu_si512(w.add(lay.plane).cast());
+            let bits = [
+                _mm512_slli_epi16::<4>(plane),
+                plane,
+                _mm512_slli_epi16::<2>(plane),
+                _mm512_srli_epi16::<2>(plane),
+            ];
+            for (vi, b) in v.iter_mut().zip(bits) {
+                *vi = _mm512_or_si512(*vi, _mm512_and_si512(b, top));
+            }
+        }
+        for r in 0..R {
+            let xg = x[r].qs.add(s * VALUES);
+            let xv = |i: usize| _mm512_loadu_si512(xg.add(64 * i).cast());
+            let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], xv(0));
+            let a = _mm512_dpbusd_epi32(a, v[1], xv(1));
+            let b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[2], xv(2));
+            let b = _mm512_dpbusd_epi32(b, v[3], xv(3));
+            let fold = |z: __m512i| {
+                _mm256_add_epi32(_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z))
+            };
+            let (sa, sb) = if PER16 {
+                (fold(a), fold(b))
+            } else {
+                let all = fold(_mm512_add_epi32(a, b));
+                (all, all)
+            };
+            finish::<MINS, PER16>(sa, sb, s, offset, &h, &x[r], &mut acc[r], &mut mins[r]);
+        }
+    }
+}
