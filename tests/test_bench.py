@@ -22,6 +22,7 @@ from fasttx.bench import (
     report,
     runner,
     schedule,
+    qwen_coder,
     smollm2,
     stats,
     t5,
@@ -267,6 +268,45 @@ def test_parse_smollm2_defaults():
     assert args.thread_counts == list(range(1, machine.default_threads() + 1))  # 1 up to the physical cores
 
 
+def test_parse_qwen_coder_defaults():
+    args = bench.parse_args(["qwen2.5-coder"])
+    assert args.runtimes == ["fasttx-auto", "fasttx-int8", "fasttx-f32", "pytorch", "llama.cpp"]
+    assert args.workloads == ["greedy_b1", "prompt512_b1"]
+    assert (args.new_tokens, args.out, args.gguf) == (128, "BENCHMARKS-qwen2.5-coder.json", None)
+
+
+def test_qwen_coder_skipped_with_advice_when_the_file_is_absent(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FASTTX_HOME", str(tmp_path))
+    args = bench.parse_args(["qwen2.5-coder", "--threads", "1"])
+    with pytest.raises(SystemExit) as exc:
+        qwen_coder.BENCHMARK.prepare(args, list(args.runtimes), {})
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "python scripts/fetch_models.py" in out and str(tmp_path) in out
+    # A --gguf that does not exist is an error, not a skip.
+    args = bench.parse_args(["qwen2.5-coder", "--gguf", str(tmp_path / "no.gguf")])
+    with pytest.raises(SystemExit, match="no such GGUF file"):
+        qwen_coder.BENCHMARK.prepare(args, list(args.runtimes), {})
+
+
+def test_qwen_coder_long_prompt_is_512_tokens_with_the_template_intact():
+    class Tokenizer:  # one id per character
+        def encode(self, text, add_special_tokens=False):
+            return Namespace(ids=[ord(c) for c in text])
+
+    class Model:
+        tokenizer = Tokenizer()
+
+        def chat_prompt(self, messages):
+            return "<s>user\n" + messages[0]["content"] + "</s>\n<s>assistant\n"
+
+    ids = qwen_coder.long_prompt_ids(Model())
+    text = "".join(map(chr, ids))
+    assert len(ids) == qwen_coder.LONG_PROMPT_TOKENS
+    assert text.startswith("<s>user\n" + qwen_coder.LONG_PROMPT_REQUEST + "Note 1. ")
+    assert text.endswith("</s>\n<s>assistant\n")
+
+
 def test_parse_worker_takes_its_one_thread_count():
     args = bench.parse_args(["t5", "--worker", "fasttx", "--threads", "2", "--model-dir", "/m/t5"])
     assert (args.worker, args.threads) == ("fasttx", 2)
@@ -276,17 +316,19 @@ def test_parse_worker_takes_its_one_thread_count():
 def test_parse_all_runs_every_benchmark(tmp_path):
     args = bench.parse_args(["all", "--threads", "2", "--repeats", "3", "--out-dir", str(tmp_path),
                              "--gguf", "/m/smol.gguf"])
-    assert [name for name, _ in args.plan] == ["t5", "smollm2"]
-    (_, t5_args), (_, smol_args) = args.plan
+    assert [name for name, _ in args.plan] == ["t5", "smollm2", "qwen2.5-coder"]
+    (_, t5_args), (_, smol_args), (_, qwen_args) = args.plan
     assert (t5_args.thread_counts, t5_args.repeats, t5_args.out) == ([1, 2], 3, str(tmp_path / "t5.json"))
     assert t5_args.workloads == ["greedy_b1", "beam4_b1", "greedy_b8"]
     assert (smol_args.thread_counts, smol_args.repeats, smol_args.out) == ([1, 2], 3, str(tmp_path / "smollm2.json"))
     assert smol_args.gguf == "/m/smol.gguf"
     assert smol_args.llama_cpp_no_repack is False
+    assert qwen_args.out == str(tmp_path / "qwen2.5-coder.json")
+    assert qwen_args.gguf is None  # --gguf names SmolLM2's file; Qwen's is found in $FASTTX_HOME
     for a in (t5_args, smol_args):
         assert (a.bandwidth_mb, a.no_chart) == (1536, False)
     args = bench.parse_args(["all", "--llama-cpp-no-repack", "--threads-list", "1,4", "--bandwidth-mb", "0", "--no-chart"])
-    assert args.plan[1][1].llama_cpp_no_repack is True
+    assert args.plan[1][1].llama_cpp_no_repack is True and args.plan[2][1].llama_cpp_no_repack is True
     assert all(a.thread_counts == [1, 4] and a.bandwidth_mb == 0 and a.no_chart for _, a in args.plan)
 
 
@@ -305,7 +347,7 @@ def test_cli_routes_bench_to_the_package():
     proc = subprocess.run([sys.executable, "-m", "fasttx", "bench", "--help"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "{t5,smollm2,all}" in proc.stdout
+    assert "{t5,smollm2,qwen2.5-coder,all}" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "fasttx", "bench", "t5", "--workloads", "nope"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "unknown workload 'nope'" in proc.stderr

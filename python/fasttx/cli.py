@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.set_defaults(func=cmd_chat)
 
-    b = sub.add_parser("bench", help="benchmarks against reference runtimes: fasttx bench {t5,smollm2,all} (see BENCHMARKS.md)")
+    b = sub.add_parser("bench", help="benchmarks against reference runtimes: fasttx bench {t5,smollm2,qwen2.5-coder,all} (see BENCHMARKS.md)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
     return parser

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import smollm2, t5
+from . import qwen_coder, smollm2, t5
 from .benchmark import add_report_arguments, add_thread_arguments
 
 # name -> Benchmark (add_arguments, finish_args, run)
-BENCHMARKS = {"t5": t5.BENCHMARK, "smollm2": smollm2.BENCHMARK}
+BENCHMARKS = {"t5": t5.BENCHMARK, "smollm2": smollm2.BENCHMARK, "qwen2.5-coder": qwen_coder.BENCHMARK}
 
 
 def _first_line(doc: Optional[str]) -> str:
@@ -42,7 +42,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     a.add_argument("--model-dir", type=Path, default=None, help="t5: where the random model is built once")
     a.add_argument("--gguf", default=None, help="smollm2: the GGUF file (default: fasttx's default model)")
     a.add_argument("--llama-cpp-no-repack", action="store_true",
-                   help="smollm2: load llama.cpp with weight repacking off (see fasttx bench smollm2 --help)")
+                   help="smollm2, qwen2.5-coder: load llama.cpp with weight repacking off "
+                        "(see fasttx bench smollm2 --help)")
     add_report_arguments(a)
     subparsers["all"] = a
     return parser, subparsers
@@ -75,7 +76,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             sub_argv += ["--model-dir", str(args.model_dir)]
         if name == "smollm2" and args.gguf is not None:
             sub_argv += ["--gguf", str(args.gguf)]
-        if name == "smollm2" and args.llama_cpp_no_repack:
+        if name in ("smollm2", "qwen2.5-coder") and args.llama_cpp_no_repack:
             sub_argv += ["--llama-cpp-no-repack"]
         sub_args = subparsers[name].parse_args(sub_argv)
         args.plan.append((name, bench.finish_args(sub_args, subparsers[name])))

@@ -139,13 +139,17 @@ def sha256(path: Path) -> str:
 
 
 class SmolFasttxRuntime(FasttxRuntime):
+    messages = MESSAGES  # the conversation each runtime renders its own way (a subclass may change it)
+
     def ready_info(self) -> dict:
-        text = self.model.chat_prompt(MESSAGES)
+        text = self.model.chat_prompt(self.messages)
         return {**super().ready_info(),
                 "prompt_ids": self.model.tokenizer.encode(text, add_special_tokens=False).ids}
 
 
 class PytorchRuntime(TorchRuntime):
+    messages = MESSAGES
+
     def __init__(self, gguf: Path, threads: int):
         super().__init__(threads)
         from transformers import AutoModelForCausalLM
@@ -168,7 +172,7 @@ class PytorchRuntime(TorchRuntime):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(self.gguf.parent), gguf_file=self.gguf.name)
-        text = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+        text = tok.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=False)
         return {"prompt_ids": tok(text, add_special_tokens=False).input_ids}
 
     def first_new_column(self, input_ids) -> int:
@@ -176,11 +180,14 @@ class PytorchRuntime(TorchRuntime):
 
 
 class LlamaCppRuntime:
+    messages = MESSAGES
+    n_ctx = LLAMA_N_CTX
+
     def __init__(self, gguf: Path, threads: int, no_repack: bool = False):
         import llama_cpp
 
         kwargs = dict(model_path=str(gguf), n_threads=threads, n_threads_batch=threads,
-                      n_ctx=LLAMA_N_CTX, verbose=False)
+                      n_ctx=self.n_ctx, verbose=False)
         if not no_repack:
             self.llm = llama_cpp.Llama(**kwargs)
             return
@@ -223,7 +230,7 @@ class LlamaCppRuntime:
 
         fmt = Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()),
                                   bos_token=text(llm.token_bos()), add_generation_prompt=True)
-        prompt = fmt(messages=MESSAGES).prompt
+        prompt = fmt(messages=self.messages).prompt
         return {"prompt_ids": llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)}
 
     def prepare(self, ids):
@@ -326,16 +333,20 @@ class SmolLM2Benchmark(Benchmark):
                             "AMX kernels may be the cause: rerun with --llama-cpp-no-repack")
         return super().check_agreement(results, workloads, warnings)
 
+    # The fasttx runtime that keeps the file's quantized weights, as llama.cpp does.
+    native_runtime = "fasttx-q4_1"
+
     def extra_checks(self, results, workloads):
-        """The two Q4_1 runtimes compute the same way (4-bit weights times 8-bit activations):
-        how many leading tokens of fasttx-q4_1 equal llama.cpp's."""
+        """The native runtime and llama.cpp compute the same way (quantized weights times 8-bit
+        activations): how many leading tokens of the native runtime equal llama.cpp's."""
         out = {}
         for wl in workloads:
-            a = results.get("fasttx-q4_1", {}).get(wl, {}).get("sequences")
+            a = results.get(self.native_runtime, {}).get(wl, {}).get("sequences")
             b = results.get("llama.cpp", {}).get(wl, {}).get("sequences")
             if a and b:
                 out[wl] = [[leading_matches(x, y), len(y)] for x, y in zip(a, b)]
-        return {"fasttx_q4_1_vs_llama_cpp_leading_tokens": out} if out else {}
+        key = self.native_runtime.replace("-", "_") + "_vs_llama_cpp_leading_tokens"
+        return {key: out} if out else {}
 
     def report_fields(self, args, pool):
         gguf = Path(args.gguf)
