@@ -25,8 +25,10 @@ pub(super) fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
             // Lanes past a short group add 0·0, as the SIMD kernels' masked loads make them.
             let (isum, dw, mw) = if l < t {
                 let mut isum = block_isum(fmt, group, t, l, xg);
-                if fmt == QuantFormat::Q4_0 {
-                    isum -= 8 * x.sum[b];
+                match fmt {
+                    QuantFormat::Q4_0 => isum -= 8 * x.sum[b],
+                    QuantFormat::Q5_0 => isum -= 16 * x.sum[b],
+                    _ => {}
                 }
                 let dw = f16_at(group, pack::packed_offset(fmt, t, l, 0));
                 let mw = match fmt {
@@ -51,8 +53,9 @@ pub(super) fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
 }
 
 /// Block `l`'s integer dot product in a packed group of `t` blocks (`group`) against the
-/// group's quantized `x` (`xg`): the nibbles (Q4_0 without its `- 8`) or Q8_0's signed `q`, times
-/// the activations, summed exactly. Walks the group's pieces as the SIMD kernels load them.
+/// group's quantized `x` (`xg`): the nibbles (Q4_0 without its `- 8`), Q5_0's 5-bit `q` (without
+/// its `- 16`) or Q8_0's signed `q`, times the activations, summed exactly. Walks the group's
+/// pieces as the SIMD kernels load them.
 fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> i32 {
     let values = &group[pack::head_bytes(fmt) * t..];
     let x = |v: usize| xg[x_index(l, v)] as i32;
@@ -65,12 +68,23 @@ fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> 
                 }
             }
         }
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 => {
+            // Q5_0's fifth bit of value v, as 16 or 0 (none for the 4-bit types).
+            let masks = &group[pack::q5_0_masks_at(t)..];
+            let fifth = |v: usize| {
+                if fmt == QuantFormat::Q5_0 {
+                    let bit = pack::fifth_bit_index(t, l, v);
+                    (((masks[bit / 8] >> (bit % 8)) & 1) as i32) << 4
+                } else {
+                    0
+                }
+            };
             // Byte j of a block holds value j (low nibble) and value j + 16 (high nibble).
             for c in 0..QK / 8 {
                 for (j, &byte) in values[4 * (c * t + l)..][..4].iter().enumerate() {
-                    isum += (byte & 0x0F) as i32 * x(4 * c + j);
-                    isum += (byte >> 4) as i32 * x(QK / 2 + 4 * c + j);
+                    let (lo, hi) = (4 * c + j, QK / 2 + 4 * c + j);
+                    isum += ((byte & 0x0F) as i32 | fifth(lo)) * x(lo);
+                    isum += ((byte >> 4) as i32 | fifth(hi)) * x(hi);
                 }
             }
         }

@@ -3,12 +3,12 @@
 //! `qs`: values `j` and `j + 16`), its fifth bit as bit `v` of the little-endian `u32` `qh`.
 //! llama.cpp's fallback for Q4_K tensors whose rows are not whole 256-value super-blocks.
 //!
-//! Every block is exactly a Q8_0 block (same `d`, `q - 16` as int8), so loaders run Q5_0 weights
-//! as Q8_0 ([`to_q8_0`]): 34 bytes per 32 values instead of 22, for the native kernels.
+//! The packed kernels run it in its own 22 bytes per block (`pack.rs`: the nibbles as Q4_0's, the
+//! fifth bits as one mask per register of nibbles; the products `Σq·x - 16·Σx`).
 
 use half::f16;
 
-use super::types::{BlockFacts, QuantFormat, Transcode};
+use super::types::{BlockFacts, QuantFormat};
 
 const VALUES: usize = 32;
 
@@ -19,11 +19,8 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_values: VALUES,
     block_bytes: 2 + 4 + VALUES / 2,
     dequantize,
-    packed_kernels: false,
-    transcode: Some(Transcode {
-        to: QuantFormat::Q8_0,
-        block: to_q8_0,
-    }),
+    packed_kernels: true,
+    transcode: None,
     super_block: None,
 };
 
@@ -49,15 +46,5 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
         for (v, x) in y.iter_mut().enumerate() {
             *x = (value(qh, &b[6..], v) as i32 - 16) as f32 * d;
         }
-    }
-}
-
-/// The block as Q8_0's `f16 d; i8 qs[32]`: the same `d` bytes, `qs[v] = q[v] - 16` (in -16..16).
-/// Q8_0's `qs[v]·d` is then this block's `(q[v] - 16)·d`, the same operation on the same operands.
-fn to_q8_0(src: &[u8], dst: &mut [u8]) {
-    dst[..2].copy_from_slice(&src[..2]);
-    let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]);
-    for (v, q) in dst[2..2 + VALUES].iter_mut().enumerate() {
-        *q = (value(qh, &src[6..], v) as i8 - 16) as u8;
     }
 }

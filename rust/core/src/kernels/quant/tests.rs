@@ -29,7 +29,7 @@ fn set_f16(b: &mut [u8], at: usize, v: f32) {
 }
 
 /// `n` rows of random blocks: every byte of `qs` random (all nibbles, Q8_0 values -128..=127
-/// included), scales of realistic size (Q4_0 `d` of either sign, Q4_1 `m` negative as the
+/// included, every Q5_0 fifth bit), scales of realistic size (Q4_0 `d` of either sign, Q4_1 `m` negative as the
 /// quantizer makes it for centred weights; the K-quants' integer scales and minimums random,
 /// their `d` sized for weights of about ±0.1, Q6_K's of either sign and down to `f16`
 /// subnormals as in real files).
@@ -46,6 +46,7 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
                 set_f16(blk, 2, -0.08 * (1.5 + r1));
             }
             QuantFormat::Q8_0 => set_f16(blk, 0, 0.002 * r0),
+            QuantFormat::Q5_0 => set_f16(blk, 0, 0.01 * r0),
             QuantFormat::Q4_K => {
                 set_f16(blk, 0, 2e-4 * (1.5 + r0));
                 set_f16(blk, 2, 1e-3 * (1.5 + r1));
@@ -385,11 +386,35 @@ fn known_nibbles() {
         // And the reference dequantizer agrees on the meaning of those bytes.
         let wf = dequantize(QuantFormat::Q8_0, &w, 1, k);
         assert_eq!(wf, vals);
+
+        // Q5_0, d = 0.5: Q4_0's nibbles, and qh = 0xA5A5_0F3C, so value j has fifth bit
+        // bit j of qh: q = nibble + 16·bit, element (q - 16)·0.5. Three blocks: a row ending in
+        // a short group.
+        let k5 = 96;
+        let x5: Vec<f32> = (0..k5).map(|p| x[p % k]).collect();
+        let qh: u32 = 0xA5A5_0F3C;
+        let mut w = Vec::new();
+        for _ in 0..k5 / QK {
+            w.extend_from_slice(&f16::from_f32(0.5).to_le_bytes());
+            w.extend_from_slice(&qh.to_le_bytes());
+            w.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        }
+        let want: f32 = (0..k5)
+            .map(|p| {
+                let j = p % QK;
+                let nibble = if j < 16 { j } else { 15 - (j - 16) } as f32;
+                let q = nibble + 16.0 * ((qh >> j) & 1) as f32;
+                0.5 * (q - 16.0) * x5[p]
+            })
+            .sum();
+        let got = run(isa, 1, QuantFormat::Q5_0, &x5, &w, 1, k5, 1);
+        assert_eq!(got[0], want, "Q5_0 {isa:?}");
     }
 }
 
 /// The largest products the integer steps meet: Q8_0 weights of -128 against activations of
-/// ±127 (pair sums of ±32512 in `maddubs`, just inside i16), and 15-nibbles.
+/// ±127 (pair sums of ±32512 in `maddubs`, just inside i16), 15-nibbles, and Q5_0's 31 and 0
+/// (`-16`; four pieces of `2·31·127` pair sums in one `i16`).
 #[test]
 fn extreme_values_do_not_saturate() {
     let k = 64;
@@ -403,6 +428,8 @@ fn extreme_values_do_not_saturate() {
                 (QuantFormat::Q4_0, 0xFF),
                 (QuantFormat::Q4_0, 0x00),
                 (QuantFormat::Q4_1, 0xFF),
+                (QuantFormat::Q5_0, 0xFF),
+                (QuantFormat::Q5_0, 0x00),
             ] {
                 let mut w = vec![byte; fmt.row_bytes(k)];
                 for blk in w.chunks_exact_mut(fmt.block_bytes()) {
@@ -463,31 +490,37 @@ fn super_block_extremes_do_not_saturate() {
     }
 }
 
-/// Packed super-block rows read back (`dequantize_packed`: embedding lookups, int8's source)
-/// give the bits of the type's own dequantizer, on realistic blocks and on blocks of random
-/// bytes (any scale, `f16` infinities and NaNs included).
+/// Packed rows read back (`dequantize_packed`: embedding lookups, int8's source) give the bits
+/// of the type's own dequantizer, on realistic blocks and on blocks of random bytes (any scale,
+/// `f16` infinities and NaNs included), rows of 32 blocks (whole groups) and of 28 (Qwen2.5's
+/// 896 values: a short last group).
 #[test]
-fn super_blocks_dequantize_packed_as_the_type() {
-    for fmt in formats().filter(|f| f.super_block().is_some()) {
-        let (n, k) = (6, 1024);
-        let noise: Vec<u8> = random(n * fmt.row_bytes(k), 77)
-            .iter()
-            .map(|v| ((v + 1.0) * 128.0) as u8)
-            .collect();
-        for w in [random_weights(fmt, n, k, 71), noise] {
-            let want = dequantize(fmt, &w, n, k);
-            let packed = pack_rows(fmt, &w, k);
-            let pb = fmt.packed_row_bytes(k);
-            assert_eq!(packed.len(), n * pb, "{fmt:?}");
-            let mut got = vec![0.0; n * k];
-            for (row, out) in packed.chunks_exact(pb).zip(got.chunks_exact_mut(k)) {
-                dequantize_packed(fmt, row, out);
-            }
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                    "{fmt:?} value {i}: {g} vs {w}"
-                );
+fn packed_rows_dequantize_as_the_type() {
+    for fmt in formats() {
+        for k in [1024usize, 896]
+            .into_iter()
+            .filter(|k| k.is_multiple_of(fmt.block_values()))
+        {
+            let n = 6;
+            let noise: Vec<u8> = random(n * fmt.row_bytes(k), 77)
+                .iter()
+                .map(|v| ((v + 1.0) * 128.0) as u8)
+                .collect();
+            for w in [random_weights(fmt, n, k, 71), noise] {
+                let want = dequantize(fmt, &w, n, k);
+                let packed = pack_rows(fmt, &w, k);
+                let pb = fmt.packed_row_bytes(k);
+                assert_eq!(packed.len(), n * pb, "{fmt:?}");
+                let mut got = vec![0.0; n * k];
+                for (row, out) in packed.chunks_exact(pb).zip(got.chunks_exact_mut(k)) {
+                    dequantize_packed(fmt, row, out);
+                }
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                        "{fmt:?} k={k} value {i}: {g} vs {w}"
+                    );
+                }
             }
         }
     }
@@ -586,6 +619,7 @@ fn bench_quant_matmul() {
         QuantFormat::Q8_0,
         QuantFormat::Q4_1,
         QuantFormat::Q4_0,
+        QuantFormat::Q5_0,
         QuantFormat::Q4_K,
         QuantFormat::Q6_K,
     ];

@@ -186,7 +186,7 @@ impl QuantFormat {
 
     /// The type whose kernels run this type's weights: itself if it has kernels
     /// ([`Self::has_kernels`]), else the type its blocks convert to exactly ([`Self::transcode`]:
-    /// Q5_0 and IQ4_NL run as Q8_0), else none (its tensors are dequantized at load).
+    /// IQ4_NL runs as Q8_0), else none (its tensors are dequantized at load).
     pub fn runs_as(self) -> Option<QuantFormat> {
         if self.has_kernels() {
             return Some(self);
@@ -293,7 +293,7 @@ mod tests {
     /// (gguf.rs's cross-check holds both against gguf-py's dequantizers.)
     #[test]
     fn runs_as_and_exact_transcodes() {
-        assert_eq!(QuantFormat::Q5_0.runs_as(), Some(QuantFormat::Q8_0));
+        assert_eq!(QuantFormat::Q5_0.runs_as(), Some(QuantFormat::Q5_0));
         assert_eq!(QuantFormat::IQ4_NL.runs_as(), Some(QuantFormat::Q8_0));
         for fmt in QuantFormat::all() {
             let Some(to) = fmt.runs_as() else {
@@ -310,7 +310,7 @@ mod tests {
                 .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
                 .collect();
             for (b, block) in src.chunks_exact_mut(fmt.block_bytes()).enumerate() {
-                // The types converted today (Q5_0, IQ4_NL) keep `f16 d` in their first two bytes.
+                // The type converted today (IQ4_NL) keeps `f16 d` in their first two bytes.
                 let d = half::f16::from_f32(0.001 * (b as f32 - 20.0));
                 block[..2].copy_from_slice(&d.to_le_bytes());
             }

@@ -6,7 +6,9 @@
 //! adds adjacent pairs into `i16`; `madd` with ones adds those pairs into the 32-bit lanes, so
 //! after all pieces lane `l` holds block `l`'s whole integer dot product. Nibbles go in as they
 //! are; their pair sums (at most `2·15·127 = 3810`) can be added up across the 8 pieces in `i16`
-//! (at most 30480) before one `madd`. Q8_0 weights (stored `q + 128`) go in as `|q|` with `q`'s
+//! (at most 30480) before one `madd`. Q5_0's 5-bit values (nibbles with their fifth bits
+//! expanded from the group's masks, `bytes_from_bits_32` as llama.cpp does it) make pair sums up to
+//! `2·31·127 = 7874`: four pieces per `i16` sum, two `madd`s. Q8_0 weights (stored `q + 128`) go in as `|q|` with `q`'s
 //! sign moved onto `x` (`sign_epi8`), as llama.cpp does: pair sums up to `2·128·127 = 32512`, so
 //! each piece gets its own `madd`.
 //!
@@ -34,12 +36,14 @@ pub(super) const PREFETCH_BYTES: usize = 4096;
 pub(super) const Q4_0: u8 = QuantFormat::Q4_0 as u8;
 pub(super) const Q4_1: u8 = QuantFormat::Q4_1 as u8;
 pub(super) const Q8_0: u8 = QuantFormat::Q8_0 as u8;
+pub(super) const Q5_0: u8 = QuantFormat::Q5_0 as u8;
 
 /// The format a const-generic tag stands for.
 const fn format(f: u8) -> QuantFormat {
     match f {
         Q4_0 => QuantFormat::Q4_0,
         Q4_1 => QuantFormat::Q4_1,
+        Q5_0 => QuantFormat::Q5_0,
         _ => QuantFormat::Q8_0,
     }
 }
@@ -118,6 +122,7 @@ macro_rules! packed_row_kernels {
                 QuantFormat::Q4_0 => rows!(Q4_0),
                 QuantFormat::Q4_1 => rows!(Q4_1),
                 QuantFormat::Q8_0 => rows!(Q8_0),
+                QuantFormat::Q5_0 => rows!(Q5_0),
                 _ => unreachable!("{fmt:?} has no packed kernels"),
             }
         }
@@ -160,7 +165,15 @@ macro_rules! packed_row_kernels {
             for b0 in (0..full).step_by(LANES) {
                 group::<F, R, true>(w.add(b0 * bb), b0, LANES, x, &mut acc, &mut mins);
             }
-            if full < nb {
+            if full < nb && F == Q5_0 {
+                // Its masks are narrower in a short group: expanded once to a full group.
+                let t = nb - full;
+                let g = super::pack::q5_0_full_group(
+                    std::slice::from_raw_parts(w.add(full * bb), t * bb),
+                    t,
+                );
+                group::<F, R, true>(g.as_ptr(), full, LANES, x, &mut acc, &mut mins);
+            } else if full < nb {
                 group::<F, R, false>(w.add(full * bb), full, nb - full, x, &mut acc, &mut mins);
             }
             std::array::from_fn(|r| {
@@ -192,6 +205,7 @@ pub(super) unsafe fn quantize_row(x: &[f32], out: XRowMut<'_>) {
 ///
 /// # Safety
 /// `w` valid for `t` blocks; each row holds the group's 8 blocks; the CPU has AVX2, FMA and F16C.
+/// Q5_0 groups are full (`dot_row` expands a short one).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
@@ -202,6 +216,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     acc: &mut [__m256; R],
     mins: &mut [__m256; R],
 ) {
+    debug_assert!(FULL || F != Q5_0, "short Q5_0 groups are expanded first");
     let t = if FULL { LANES } else { t };
     // Software prefetch of the weights PREFETCH_BYTES ahead (past the row end into the next
     // rows of the task: the hardware prefetcher alone left a single thread at ~7 GB/s where it
@@ -249,27 +264,41 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         // Nibbles: low ones are values 4c..4c+4 (x piece c), high ones 16+4c.. (x piece c + 4).
         let low = _mm256_set1_epi8(0x0F);
         let p: [__m256i; 4] = std::array::from_fn(piece);
+        // Q5_0's masks: one per register of nibbles, in the order of `nib`.
+        let masks = data.add(16 * LANES);
         let nib: [__m256i; 8] = std::array::from_fn(|c| {
-            if c < 4 {
+            let n = if c < 4 {
                 _mm256_and_si256(p[c], low)
             } else {
                 _mm256_and_si256(_mm256_srli_epi16::<4>(p[c - 4]), low)
+            };
+            if F == Q5_0 {
+                let bits = std::ptr::read_unaligned(masks.add(4 * c).cast::<u32>());
+                _mm256_or_si256(n, fifth_bits(bits))
+            } else {
+                n
             }
         });
         std::array::from_fn(|r| {
             let xg = x[r].qs.add(b0 * QK);
-            let mut pairs = _mm256_setzero_si256();
+            let mut pairs = [_mm256_setzero_si256(); 2];
             for (c, n) in nib.iter().enumerate() {
                 let xc = _mm256_loadu_si256(xg.add(32 * c).cast());
-                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*n, xc));
+                // Q5_0 adds its pieces into two i16 sums (4·7874 fits), nibbles into one.
+                let h = if F == Q5_0 { c / 4 } else { 0 };
+                pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(*n, xc));
             }
-            let sum = _mm256_madd_epi16(pairs, ones);
-            if F == Q4_0 {
+            let mut sum = _mm256_madd_epi16(pairs[0], ones);
+            if F == Q5_0 {
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs[1], ones));
+            }
+            let xsum = || _mm256_loadu_si256(x[r].sum.add(b0).cast());
+            match F {
                 // Σ(nibble - 8)·x = Σ nibble·x - 8·Σx.
-                let xsum = _mm256_loadu_si256(x[r].sum.add(b0).cast());
-                _mm256_sub_epi32(sum, _mm256_slli_epi32::<3>(xsum))
-            } else {
-                sum
+                Q4_0 => _mm256_sub_epi32(sum, _mm256_slli_epi32::<3>(xsum())),
+                // Σ(q - 16)·x = Σ q·x - 16·Σx.
+                Q5_0 => _mm256_sub_epi32(sum, _mm256_slli_epi32::<4>(xsum())),
+                _ => sum,
             }
         })
     };
@@ -280,6 +309,24 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
             mins[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x[r].s.add(b0)), mins[r]);
         }
     }
+}
+
+/// Byte `i` of the result is 0x10 where bit `i` of `bits` is set, else 0: a Q5_0 mask as the
+/// fifth bits of a register of nibbles (llama.cpp's `bytes_from_bits_32`: each byte gets the
+/// mask byte holding its bit, every other bit set, and compares equal to all ones).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fifth_bits(bits: u32) -> __m256i {
+    let spread = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
 /// The `t` (8 when `FULL`) consecutive `f16` at `p` as 8 `f32` lanes, zero past `t`.

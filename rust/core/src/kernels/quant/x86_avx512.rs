@@ -7,7 +7,8 @@
 //! four products summed into each `i32` lane, exact) advances 8 blocks by 8 values at once; after
 //! the group's 4 registers, the two halves added give each block's integer dot product. Q8_0
 //! weights are stored `q + 128`, already unsigned: `Σ(q + 128)·x - 128·Σx` takes the offset back
-//! out, exactly. Everything after the integer sums is the AVX2 code on 8 lanes.
+//! out, exactly. Q5_0's fifth bits come as one 64-bit mask per register (its two pieces' masks
+//! are adjacent in the packed group): a masked byte add of 16 onto the nibbles. Everything after the integer sums is the AVX2 code on 8 lanes.
 //!
 //! # Safety
 //! Everything here is compiled with AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C enabled; callers
@@ -15,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86_avx2::{self as avx2, block_bytes, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q8_0};
+use super::x86_avx2::{self as avx2, block_bytes, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q5_0, Q8_0};
 use super::{QuantFormat, XRow, LANES, QK};
 
 /// Whether this CPU can run this file's code.
@@ -43,6 +44,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     acc: &mut [__m256; R],
     mins: &mut [__m256; R],
 ) {
+    debug_assert!(FULL || F != Q5_0, "short Q5_0 groups are expanded first");
     let t = if FULL { LANES } else { t };
     for off in (0..t * const { block_bytes(F) }).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + avx2::PREFETCH_BYTES).cast());
@@ -79,12 +81,23 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     } else {
         let low = _mm512_set1_epi8(0x0F);
         let (p01, p23) = (pieces(0), pieces(2));
-        [
+        let nib = [
             _mm512_and_si512(p01, low),
             _mm512_and_si512(p23, low),
             _mm512_and_si512(_mm512_srli_epi16::<4>(p01), low),
             _mm512_and_si512(_mm512_srli_epi16::<4>(p23), low),
-        ]
+        ];
+        if F == Q5_0 {
+            // Register i's fifth bits: masks 2i and 2i + 1 of the (full) group, one u64.
+            let masks = data.add(16 * LANES).cast::<u64>();
+            let sixteen = _mm512_set1_epi8(0x10);
+            std::array::from_fn(|i| {
+                let k: __mmask64 = std::ptr::read_unaligned(masks.add(i));
+                _mm512_mask_add_epi8(nib[i], k, nib[i], sixteen)
+            })
+        } else {
+            nib
+        }
     };
     for r in 0..R {
         let xg = x[r].qs.add(b0 * QK);
@@ -100,12 +113,13 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
             _mm512_extracti64x4_epi64::<1>(ab),
         );
         if F != Q4_1 {
-            // Q4_0: Σ(nibble - 8)·x = Σ nibble·x - 8·Σx; Q8_0: Σ(q + 128)·x - 128·Σx.
+            // Q4_0: Σ(nibble - 8)·x = Σ nibble·x - 8·Σx; Q5_0: Σ(q - 16)·x = Σ q·x - 16·Σx;
+            // Q8_0: Σ(q + 128)·x - 128·Σx.
             let xsum = _mm256_loadu_si256(x[r].sum.add(b0).cast());
-            let offset = if F == Q4_0 {
-                _mm256_slli_epi32::<3>(xsum)
-            } else {
-                _mm256_slli_epi32::<7>(xsum)
+            let offset = match F {
+                Q4_0 => _mm256_slli_epi32::<3>(xsum),
+                Q5_0 => _mm256_slli_epi32::<4>(xsum),
+                _ => _mm256_slli_epi32::<7>(xsum),
             };
             isum = _mm256_sub_epi32(isum, offset);
         }
