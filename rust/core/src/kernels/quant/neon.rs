@@ -6,7 +6,9 @@
 //! `vpadalq_s16` adds adjacent products into `i32` lanes, two per block; one `vpaddq_s32` at the
 //! end of a group folds them into one exact sum per block. (`sdot` would do it in one
 //! instruction, but its Rust intrinsic is not stable yet.) Nibbles go in as they are (0..15);
-//! Q8_0 bytes, stored `q + 128`, are flipped back to `q` first. The `f32` steps then run on two
+//! Q8_0 bytes, stored `q + 128`, are flipped back to `q` first; Q5_0's nibbles get their fifth
+//! bits from the group's masks (`vtstq_u8` against each byte's bit), a short group expanded to a
+//! full one first (`pack::q5_0_full_group`). The `f32` steps then run on two
 //! 4-lane halves of the 8 lanes, the same operations lane by lane as on x86 (`vfmaq_f32` is a
 //! fused multiply-add).
 //!
@@ -59,7 +61,14 @@ unsafe fn dot_row(fmt: QuantFormat, w: &[u8], nb: usize, x: &XRow<'_>) -> f32 {
     let zero = vdupq_n_f32(0.0);
     let (mut acc, mut mins) = ([zero; 2], [zero; 2]);
     for (b0, t) in super::pack::groups(nb) {
-        let group = w[b0 * bb..(b0 + t) * bb].as_ptr();
+        let expanded;
+        let (group, t) = if fmt == QuantFormat::Q5_0 && t < LANES {
+            // Its masks are narrower in a short group: expanded once to a full group.
+            expanded = super::pack::q5_0_full_group(&w[b0 * bb..(b0 + t) * bb], t);
+            (expanded.as_ptr(), LANES)
+        } else {
+            (w[b0 * bb..(b0 + t) * bb].as_ptr(), t)
+        };
         let isum = group_sums(fmt, group.add(head * t), t, x.qs.as_ptr().add(b0 * QK));
         let dw = scales(group, t);
         let mw = if fmt == QuantFormat::Q4_1 {
@@ -69,12 +78,13 @@ unsafe fn dot_row(fmt: QuantFormat, w: &[u8], nb: usize, x: &XRow<'_>) -> f32 {
         };
         for h in 0..2 {
             let mut s = isum[h];
-            if fmt == QuantFormat::Q4_0 {
+            let xsum = || vld1q_s32(x.sum.as_ptr().add(b0 + 4 * h));
+            match fmt {
                 // Σ(nibble - 8)·x = Σ nibble·x - 8·Σx.
-                s = vsubq_s32(
-                    s,
-                    vshlq_n_s32::<3>(vld1q_s32(x.sum.as_ptr().add(b0 + 4 * h))),
-                );
+                QuantFormat::Q4_0 => s = vsubq_s32(s, vshlq_n_s32::<3>(xsum())),
+                // Σ(q - 16)·x = Σ q·x - 16·Σx.
+                QuantFormat::Q5_0 => s = vsubq_s32(s, vshlq_n_s32::<4>(xsum())),
+                _ => {}
             }
             let scale = vmulq_f32(dw[h], vld1q_f32(x.d.as_ptr().add(b0 + 4 * h)));
             acc[h] = vfmaq_f32(acc[h], scale, vcvtq_f32_s32(s));
@@ -111,7 +121,8 @@ unsafe fn scales(p: *const u8, t: usize) -> [float32x4_t; 2] {
 /// group's `x` (`xg`, 8 pieces of 32 bytes), as two halves of 4 lanes.
 ///
 /// # Safety
-/// `values` valid for the group's value bytes (pieces of `4·t` bytes); `xg` for 256 bytes.
+/// `values` valid for the group's value bytes (pieces of `4·t` bytes, and for Q5_0, a full group,
+/// its masks); `xg` for 256 bytes.
 #[inline]
 unsafe fn group_sums(
     fmt: QuantFormat,
@@ -139,8 +150,16 @@ unsafe fn group_sums(
             if fmt == QuantFormat::Q8_0 {
                 add(vreinterpretq_s8_u8(veorq_u8(bytes, vdupq_n_u8(0x80))), h, c);
             } else {
-                add(vreinterpretq_s8_u8(vandq_u8(bytes, vdupq_n_u8(0x0F))), h, c);
-                add(vreinterpretq_s8_u8(vshrq_n_u8::<4>(bytes)), h, c + QK / 8);
+                let (mut low, mut high) =
+                    (vandq_u8(bytes, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(bytes));
+                if fmt == QuantFormat::Q5_0 {
+                    // Mask m (a u32 after the 128 nibble bytes), bits 16h.. for this half.
+                    let masks = values.add(16 * LANES + 2 * h);
+                    low = vorrq_u8(low, fifth_bits(masks.add(4 * c)));
+                    high = vorrq_u8(high, fifth_bits(masks.add(4 * (c + QK / 8))));
+                }
+                add(vreinterpretq_s8_u8(low), h, c);
+                add(vreinterpretq_s8_u8(high), h, c + QK / 8);
             }
         }
     }
@@ -148,6 +167,18 @@ unsafe fn group_sums(
         vpaddq_s32(pairs[0][0], pairs[0][1]),
         vpaddq_s32(pairs[1][0], pairs[1][1]),
     ]
+}
+
+/// Byte `i` of the result is 0x10 where bit `i` of the 16 bits at `p` is set, else 0: a half of a
+/// Q5_0 mask as the fifth bits of 16 nibbles.
+///
+/// # Safety
+/// `p` valid for 2 bytes.
+#[inline]
+unsafe fn fifth_bits(p: *const u8) -> uint8x16_t {
+    const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    let bytes = vcombine_u8(vdup_n_u8(*p), vdup_n_u8(*p.add(1)));
+    vandq_u8(vtstq_u8(bytes, vld1q_u8(BIT.as_ptr())), vdupq_n_u8(0x10))
 }
 
 /// `lanes` (0..=4) 4-byte lanes at `p`, the rest zero bytes (Q8_0 zero bytes flip to -128, met
