@@ -1,8 +1,8 @@
 //! Weight storage. A [`Tensor`] is an f32 array that either borrows a memory-mapped file (when the
 //! stored dtype is already f32 and suitably aligned: no copy, pages loaded on first touch) or owns a
 //! converted copy (f16/bf16 upcast, or a layout the kernels need). A [`QuantMatrix`] keeps blocks of
-//! a quantized type ([`QuantFormat`]: GGUF's Q4_0, Q4_1, Q8_0 (which Q5_0 and IQ4_NL blocks convert
-//! to exactly at load), or int8 rows) repacked into the layout the quantized kernels stream
+//! a quantized type ([`QuantFormat`]: GGUF's Q4_0, Q4_1, Q5_0, Q8_0 (which IQ4_NL blocks convert to
+//! exactly at load), or int8 rows) repacked into the layout the quantized kernels stream
 //! ([`pack_rows`]). Both are cheap to clone (shared storage), which is how a tied head shares the
 //! embedding.
 

@@ -2229,7 +2229,7 @@ np.concatenate(expected).tofile(out + "/expected.f32")
             for (i, (x, w)) in t.data().iter().zip(want).enumerate() {
                 assert_eq!(x.to_bits(), w.to_bits(), "{name}[{i}]: {x} vs {w}");
             }
-            // A type run as another (Q5_0, IQ4_NL as Q8_0) converts to blocks with the same values.
+            // A type run as another (IQ4_NL as Q8_0) converts to blocks with the same values.
             if let GgmlType::Quant(q) = ty {
                 if let Some(to) = q.runs_as().filter(|&to| to != q) {
                     let blocks = q.transcode(f.raw(name).unwrap().1);

@@ -4,9 +4,9 @@
 //! llama.cpp's converter permutes the rows of Llama's q/k projections per head (ggml rotates
 //! adjacent pairs; transformers rotates dimension `i` with `i + head_dim/2`); this source undoes
 //! that permutation, as transformers does when it reads a GGUF, so one rotary kernel serves both.
-//! With `keep_quantized`, projections of a block type the quantized kernels run (Q4_0/Q4_1/Q8_0:
-//! [`has_kernels`](crate::kernels::quant::QuantFormat::has_kernels)) stay in their blocks for those
-//! kernels, and those of a type whose blocks convert exactly into such a type (Q5_0, IQ4_NL: Q8_0,
+//! With `keep_quantized`, projections of a block type the quantized kernels run (Q4_0/Q4_1/Q5_0/Q8_0,
+//! ...: [`has_kernels`](crate::kernels::quant::QuantFormat::has_kernels)) stay in their blocks for
+//! those kernels, and those of a type whose blocks convert exactly into such a type (IQ4_NL: Q8_0,
 //! see [`runs_as`](crate::kernels::quant::QuantFormat::runs_as)) are converted at load;
 //! everything else is dequantized to f32.
 

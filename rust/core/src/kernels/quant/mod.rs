@@ -1,4 +1,4 @@
-//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, ...; per-channel int8
+//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, ...; per-channel int8
 //! stored as Q8_0) and the matrix products against them, so a model can hold its weights quantized in memory and
 //! stream them at memory bandwidth.
 //!
@@ -34,7 +34,8 @@
 //! * Q8_0 weights: `Σ_b dw·dx · Σ qw·qx`;
 //! * Q4_0 weights (`w = (nibble - 8)·dw`): `Σ_b dw·dx · (Σ nibble·qx - 8·Σqx)`, the bracket
 //!   an exact integer: multiplying unsigned nibbles saves the sign handling signed weights need;
-//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`.
+//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`;
+//! * Q5_0 weights (`w = (q - 16)·dw`, `q` in 0..32): `Σ_b dw·dx · (Σ q·qx - 16·Σqx)`, as Q4_0.
 //!
 //! Unlike ggml, the activation scales `d` and `s` stay in `f32` (ggml rounds them to `f16`): they
 //! live only for one call, and it avoids an extra rounding for free.
@@ -49,7 +50,7 @@
 //! kernels compute-bound below memory bandwidth.
 //!
 //! # Fixed arithmetic, shared by every path
-//! Each block's dot product is one exact `i32` (`isum`, with Q4_0's `-8·Σqx` and Q8_0's offset
+//! Each block's dot product is one exact `i32` (`isum`, with Q4_0's `-8·Σqx`, Q5_0's `-16·Σqx` and Q8_0's offset
 //! taken out in integers). Block `8g + l` of a row goes to lane `l` of an 8-lane `f32`
 //! accumulator, `acc = fma(dw·dx, isum, acc)`, group after group; Q4_1 also keeps
 //! `mins = fma(mw, s, mins)` per lane. Lanes past the end of a short last group add `0·0`. The

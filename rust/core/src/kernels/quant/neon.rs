@@ -7,8 +7,8 @@
 //! end of a group folds them into one exact sum per block. (`sdot` would do it in one
 //! instruction, but its Rust intrinsic is not stable yet.) Nibbles go in as they are (0..15);
 //! Q8_0 bytes, stored `q + 128`, are flipped back to `q` first; Q5_0's nibbles get their fifth
-//! bits from the group's masks (`vtstq_u8` against each byte's bit), a short group expanded to a
-//! full one first (`pack::q5_0_full_group`). The `f32` steps then run on two
+//! bits from the same lanes of its `qh` piece (a table lookup spreads each lane's `qh` byte onto
+//! the lane's bytes, `vtstq_u8` tests each byte's bit). The `f32` steps then run on two
 //! 4-lane halves of the 8 lanes, the same operations lane by lane as on x86 (`vfmaq_f32` is a
 //! fused multiply-add).
 //!
@@ -61,14 +61,7 @@ unsafe fn dot_row(fmt: QuantFormat, w: &[u8], nb: usize, x: &XRow<'_>) -> f32 {
     let zero = vdupq_n_f32(0.0);
     let (mut acc, mut mins) = ([zero; 2], [zero; 2]);
     for (b0, t) in super::pack::groups(nb) {
-        let expanded;
-        let (group, t) = if fmt == QuantFormat::Q5_0 && t < LANES {
-            // Its masks are narrower in a short group: expanded once to a full group.
-            expanded = super::pack::q5_0_full_group(&w[b0 * bb..(b0 + t) * bb], t);
-            (expanded.as_ptr(), LANES)
-        } else {
-            (w[b0 * bb..(b0 + t) * bb].as_ptr(), t)
-        };
+        let group = w[b0 * bb..(b0 + t) * bb].as_ptr();
         let isum = group_sums(fmt, group.add(head * t), t, x.qs.as_ptr().add(b0 * QK));
         let dw = scales(group, t);
         let mw = if fmt == QuantFormat::Q4_1 {
@@ -121,8 +114,7 @@ unsafe fn scales(p: *const u8, t: usize) -> [float32x4_t; 2] {
 /// group's `x` (`xg`, 8 pieces of 32 bytes), as two halves of 4 lanes.
 ///
 /// # Safety
-/// `values` valid for the group's value bytes (pieces of `4·t` bytes, and for Q5_0, a full group,
-/// its masks); `xg` for 256 bytes.
+/// `values` valid for the group's value bytes (pieces of `4·t` bytes); `xg` for 256 bytes.
 #[inline]
 unsafe fn group_sums(
     fmt: QuantFormat,
@@ -142,21 +134,22 @@ unsafe fn group_sums(
     } else {
         QK / 8
     };
+    // Q5_0's nibble pieces follow its `qh` piece.
+    let first = if fmt == QuantFormat::Q5_0 { 1 } else { 0 };
     for c in 0..pieces {
         for h in 0..2 {
             // Half `h` of piece `c`: blocks 4h..4h+4, of which only those below t exist.
             let lanes = t.saturating_sub(4 * h).min(4);
-            let bytes = piece_half(values.add(4 * (c * t + 4 * h)), lanes);
+            let bytes = piece_half(values.add(4 * ((first + c) * t + 4 * h)), lanes);
             if fmt == QuantFormat::Q8_0 {
                 add(vreinterpretq_s8_u8(veorq_u8(bytes, vdupq_n_u8(0x80))), h, c);
             } else {
-                let (mut low, mut high) =
-                    (vandq_u8(bytes, vdupq_n_u8(0x0F)), vshrq_n_u8::<4>(bytes));
+                let mut low = vandq_u8(bytes, vdupq_n_u8(0x0F));
+                let mut high = vshrq_n_u8::<4>(bytes);
                 if fmt == QuantFormat::Q5_0 {
-                    // Mask m (a u32 after the 128 nibble bytes), bits 16h.. for this half.
-                    let masks = values.add(16 * LANES + 2 * h);
-                    low = vorrq_u8(low, fifth_bits(masks.add(4 * c)));
-                    high = vorrq_u8(high, fifth_bits(masks.add(4 * (c + QK / 8))));
+                    let qh = piece_half(values.add(16 * h), lanes);
+                    low = vorrq_u8(low, fifth_bits(qh, c));
+                    high = vorrq_u8(high, fifth_bits(qh, c + QK / 8));
                 }
                 add(vreinterpretq_s8_u8(low), h, c);
                 add(vreinterpretq_s8_u8(high), h, c + QK / 8);
@@ -169,16 +162,19 @@ unsafe fn group_sums(
     ]
 }
 
-/// Byte `i` of the result is 0x10 where bit `i` of the 16 bits at `p` is set, else 0: a half of a
-/// Q5_0 mask as the fifth bits of 16 nibbles.
-///
-/// # Safety
-/// `p` valid for 2 bytes.
+/// The fifth bits of the nibbles of values `4c..4c+4` of 4 blocks (lane `l` byte `j`: value
+/// `4c + j` of block `l`), as 0x10 or 0 per byte, from the blocks' `qh` (`qh`, lane `l`): each
+/// byte gets byte `c / 2` of its lane, then the test of its bit `4·(c % 2) + j`.
 #[inline]
-unsafe fn fifth_bits(p: *const u8) -> uint8x16_t {
-    const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
-    let bytes = vcombine_u8(vdup_n_u8(*p), vdup_n_u8(*p.add(1)));
-    vandq_u8(vtstq_u8(bytes, vld1q_u8(BIT.as_ptr())), vdupq_n_u8(0x10))
+unsafe fn fifth_bits(qh: uint8x16_t, c: usize) -> uint8x16_t {
+    let b = (c / 2) as u8;
+    let spread: [u8; 16] = std::array::from_fn(|i| (i / 4 * 4) as u8 + b);
+    let bit: [u8; 16] = std::array::from_fn(|i| 1 << (4 * (c % 2) + i % 4));
+    let set = vtstq_u8(
+        vqtbl1q_u8(qh, vld1q_u8(spread.as_ptr())),
+        vld1q_u8(bit.as_ptr()),
+    );
+    vandq_u8(set, vdupq_n_u8(0x10))
 }
 
 /// `lanes` (0..=4) 4-byte lanes at `p`, the rest zero bytes (Q8_0 zero bytes flip to -128, met

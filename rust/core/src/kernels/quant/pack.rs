@@ -7,22 +7,22 @@
 //! 1. the `t` scales `d` (`f16`), then for Q4_1 the `t` minimums `m` (`f16`): one contiguous load
 //!    per group instead of one strided read per block;
 //! 2. the blocks' value bytes in pieces of `4·t` bytes: piece `c` is bytes `4c..4c+4` of block 0,
-//!    of block 1, ..., of block `t-1` (4 pieces for the 16 nibble bytes of Q4_0/Q4_1/Q5_0, 8 for
-//!    the 32 bytes of Q8_0);
-//! 3. for Q5_0, the fifth bits of its values: 8 masks of `4·t` bits, one per register of nibbles
-//!    the kernels make (`[piece 0 low, .., piece 3 low, piece 0 high, .., piece 3 high]`), bit
-//!    `4l + j` of a piece's mask being the fifth bit of the value whose nibble is at byte `j` of
-//!    lane `l`; the masks follow each other as one little-endian bit string of `32·t` bits
-//!    ([`fifth_bit_index`]). In a full group they are 8 `u32`, one per 32-byte register of
-//!    nibbles (two per 64-bit AVX-512 mask); a short group's are expanded to a full group's by
-//!    [`q5_0_full_group`] (once per row, in the SIMD kernels).
+//!    of block 1, ..., of block `t-1` (4 pieces for the 16 nibble bytes of Q4_0/Q4_1, 8 for the
+//!    32 bytes of Q8_0; for Q5_0, 5: its fifth bits `qh`, then its 16 nibble bytes).
 //!
 //! So in a full group piece `c` is one 32-byte vector whose 32-bit lane `l` holds block `l`'s
 //! values `4c..4c+4` (Q8_0), or in its low nibbles values `4c..4c+4` and in its high nibbles
 //! values `16+4c..16+4c+4` (GGUF's Q4 byte `j` holds values `j` and `j + 16`). Q8_0 bytes are stored
 //! as `q + 128` (`q` XOR 0x80): the unsigned form `vpdpbusd` multiplies; the kernels take the
-//! offset back out exactly. Q5_0's `q` (0..32) is multiplied unsigned too, its `- 16` taken out as
-//! `16·Σx`.
+//! offset back out exactly.
+//!
+//! Q5_0's first piece holds in lane `l` block `l`'s `qh` (bit `v` = the fifth bit of value `v`),
+//! so the fifth bits of the nibbles in lane `l` of any register of nibbles are in the same lane
+//! of that piece: a kernel spreads them onto the nibble bytes lane by lane (a byte shuffle and a
+//! bit test), and a short group's lanes load as any other piece's. (Masks laid out per register
+//! of nibbles would save the shuffle, but a short last group, every row of the 896-wide matrices
+//! of Qwen2.5-0.5B, would have narrower masks to widen: measured 37 ns a row, twice the row's
+//! own product.)
 
 use rayon::prelude::*;
 
@@ -37,33 +37,7 @@ pub(super) const fn head_bytes(fmt: QuantFormat) -> usize {
     }
 }
 
-/// Where a block's value bytes (nibbles, or Q8_0's bytes) start in its GGUF encoding: after the
-/// header, and for Q5_0 after its 4 bytes of fifth bits (`qh`).
-pub(super) const fn gguf_values_at(fmt: QuantFormat) -> usize {
-    match fmt {
-        QuantFormat::Q5_0 => 6,
-        _ => head_bytes(fmt),
-    }
-}
-
-/// Bytes per block of Q5_0.
-const Q5_0_BYTES: usize = 22;
-/// Where a Q5_0 group of `t` blocks keeps its fifth-bit masks: after the scales and nibbles.
-pub(super) const fn q5_0_masks_at(t: usize) -> usize {
-    18 * t
-}
-
-/// Bit of a Q5_0 group's masks (of `t` blocks) holding the fifth bit of value `v` (0..32) of
-/// block `l`: mask `v / 4` (values `4m..4m+4` are nibbles of piece `m`, low for `m < 4` and high
-/// for the values `16 + ..` of masks 4..8), lane `l`, byte `v % 4`. So nibble `m` of a block's
-/// GGUF `qh` (its bits `4m..4m+4`) is nibble `t·m + l` of the masks.
-#[inline]
-pub(super) fn fifth_bit_index(t: usize, l: usize, v: usize) -> usize {
-    4 * t * (v / 4) + 4 * l + v % 4
-}
-
-/// Where byte `j` of block `l`'s GGUF encoding lives in a packed group of `t` blocks (not for
-/// Q5_0's `qh` bytes, whose bits go to [`fifth_bit_index`]).
+/// Where byte `j` of block `l`'s GGUF encoding lives in a packed group of `t` blocks.
 #[inline]
 pub(super) fn packed_offset(fmt: QuantFormat, t: usize, l: usize, j: usize) -> usize {
     let head = head_bytes(fmt);
@@ -72,9 +46,7 @@ pub(super) fn packed_offset(fmt: QuantFormat, t: usize, l: usize, j: usize) -> u
     } else if j < head {
         2 * t + 2 * l + (j - 2)
     } else {
-        let at = gguf_values_at(fmt);
-        assert!(j >= at, "byte {j} of a {fmt:?} block is fifth bits");
-        let i = j - at;
+        let i = j - head;
         head * t + (i / 4) * 4 * t + 4 * l + i % 4
     }
 }
@@ -132,13 +104,12 @@ pub fn dequantize_packed(fmt: QuantFormat, src: &[u8], dst: &mut [f32]) {
 /// Every byte of a row between its GGUF place and its packed place ([`packed_offset`], written
 /// out here for speed: this runs over every weight at load), in the direction `pack` says: the
 /// `f16` scales 2 bytes at a time, the values 4 at a time (a piece's share of one block),
-/// flipping Q8_0's offset on the way; then Q5_0's fifth bits ([`move_fifth_bits`]).
+/// flipping Q8_0's offset on the way.
 fn move_bytes(fmt: QuantFormat, src: &[u8], dst: &mut [u8], pack: bool) {
     let bb = fmt.block_bytes();
     let head = head_bytes(fmt);
-    let values = gguf_values_at(fmt);
     let flip = u32::from_ne_bytes([value_flip(fmt); 4]);
-    let pieces = (bb - values) / 4;
+    let pieces = (bb - head) / 4;
     for (b0, t) in groups(src.len() / bb) {
         let (s, d) = (
             &src[b0 * bb..(b0 + t) * bb],
@@ -159,62 +130,10 @@ fn move_bytes(fmt: QuantFormat, src: &[u8], dst: &mut [u8], pack: bool) {
                 copy(l * bb + 2, 2 * t + 2 * l, 2, 0);
             }
             for c in 0..pieces {
-                copy(l * bb + values + 4 * c, head * t + 4 * (c * t + l), 4, flip);
+                copy(l * bb + head + 4 * c, head * t + 4 * (c * t + l), 4, flip);
             }
         }
-        if fmt == QuantFormat::Q5_0 {
-            move_fifth_bits(s, d, t, pack);
-        }
     }
-}
-
-/// Q5_0's fifth bits of a group of `t` blocks between their GGUF place (`qh`: bytes 2..6 of each
-/// block, bit `v` for value `v`) and the group's masks ([`fifth_bit_index`]): nibble `m` of block
-/// `l`'s `qh` is nibble `t·m + l` of the masks.
-fn move_fifth_bits(src: &[u8], dst: &mut [u8], t: usize, pack: bool) {
-    let masks = q5_0_masks_at(t);
-    for l in 0..t {
-        let qh_at = l * Q5_0_BYTES + 2;
-        if pack {
-            let qh = u32::from_le_bytes(src[qh_at..qh_at + 4].try_into().unwrap());
-            for m in 0..8 {
-                let (at, shift) = (masks + (t * m + l) / 2, 4 * ((t * m + l) % 2));
-                let nibble = ((qh >> (4 * m)) & 0xF) as u8;
-                dst[at] = (dst[at] & !(0xF << shift)) | (nibble << shift);
-            }
-        } else {
-            let mut qh = 0u32;
-            for m in 0..8 {
-                let (at, shift) = (masks + (t * m + l) / 2, 4 * ((t * m + l) % 2));
-                qh |= (((src[at] >> shift) & 0xF) as u32) << (4 * m);
-            }
-            dst[qh_at..qh_at + 4].copy_from_slice(&qh.to_le_bytes());
-        }
-    }
-}
-
-/// A packed Q5_0 group of `t` blocks (`src`, `22·t` bytes) as the full group of 8 blocks that the
-/// SIMD kernels read, the blocks past `t` zero (`d = 0`, every value 0): the masks of a short group
-/// are `4·t` bits wide, a full group's 32. Runs once per row (its short last group), so it is
-/// written for speed: a few copies and 8 shifts.
-pub(super) fn q5_0_full_group(src: &[u8], t: usize) -> [u8; LANES * Q5_0_BYTES] {
-    debug_assert!(t <= LANES && src.len() == t * Q5_0_BYTES);
-    let mut g = [0u8; LANES * Q5_0_BYTES];
-    g[..2 * t].copy_from_slice(&src[..2 * t]);
-    for c in 0..4 {
-        g[2 * LANES + 4 * LANES * c..][..4 * t].copy_from_slice(&src[2 * t + 4 * t * c..][..4 * t]);
-    }
-    // The bit string of the masks, with room for an 8-byte read at any mask's start.
-    let mut bits = [0u8; 4 * LANES + 8];
-    bits[..4 * t].copy_from_slice(&src[q5_0_masks_at(t)..][..4 * t]);
-    let width = 4 * t;
-    for m in 0..8 {
-        let at = width * m;
-        let word = u64::from_le_bytes(bits[at / 8..at / 8 + 8].try_into().unwrap()) >> (at % 8);
-        let mask = (word & ((1u64 << width) - 1)) as u32;
-        g[q5_0_masks_at(LANES) + 4 * m..][..4].copy_from_slice(&mask.to_le_bytes());
-    }
-    g
 }
 
 /// Rows of GGUF blocks (each `fmt.row_bytes(k)` bytes, `k` a multiple of the block size) in the
@@ -250,19 +169,18 @@ pub fn pack_rows(fmt: QuantFormat, w: &[u8], k: usize) -> Vec<u8> {
 /// signed `q`.
 #[cfg(test)]
 pub(super) fn packed_value(fmt: QuantFormat, group: &[u8], t: usize, l: usize, v: usize) -> i32 {
-    let at = gguf_values_at(fmt);
+    let head = head_bytes(fmt);
     match fmt {
-        QuantFormat::Q8_0 => group[packed_offset(fmt, t, l, at + v)] as i32 - 128,
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 => {
-            let byte = group[packed_offset(fmt, t, l, at + v % (QK / 2))];
-            let nibble = (if v < QK / 2 { byte & 0x0F } else { byte >> 4 }) as i32;
-            if fmt == QuantFormat::Q5_0 {
-                let bit = fifth_bit_index(t, l, v);
-                let fifth = (group[q5_0_masks_at(t) + bit / 8] >> (bit % 8)) & 1;
-                nibble | (fifth as i32) << 4
-            } else {
-                nibble
-            }
+        QuantFormat::Q8_0 => group[packed_offset(fmt, t, l, head + v)] as i32 - 128,
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+            let byte = group[packed_offset(fmt, t, l, head + v % (QK / 2))];
+            (if v < QK / 2 { byte & 0x0F } else { byte >> 4 }) as i32
+        }
+        QuantFormat::Q5_0 => {
+            let byte = group[packed_offset(fmt, t, l, head + 4 + v % (QK / 2))];
+            let nibble = if v < QK / 2 { byte & 0x0F } else { byte >> 4 };
+            let qh = group[packed_offset(fmt, t, l, head + v / 8)];
+            (nibble | ((qh >> (v % 8)) & 1) << 4) as i32
         }
         _ => unreachable!("{fmt:?} has no packed layout"),
     }
@@ -300,14 +218,8 @@ mod tests {
         }
     }
 
-    /// The bytes of a block that [`packed_offset`] places: all but Q5_0's fifth bits.
-    fn placed_bytes(fmt: QuantFormat) -> impl Iterator<Item = usize> {
-        let qh = if fmt == QuantFormat::Q5_0 { 2..6 } else { 0..0 };
-        (0..fmt.block_bytes()).filter(move |j| !qh.contains(j))
-    }
-
     /// The packer puts byte `j` of block `l` where [`packed_offset`] says (Q8_0 values flipped),
-    /// and `packed_value` reads every value back (Q5_0's fifth bits included).
+    /// and `packed_value` reads back the values the type's own dequantizer sees.
     #[test]
     fn packing_follows_packed_offset() {
         for fmt in block32_formats() {
@@ -333,7 +245,7 @@ mod tests {
                         let got = packed_value(fmt, &p[b0 * bb..], t, l, v) - offset;
                         assert_eq!(got, want as i32, "{fmt:?} block {} value {v}", b0 + l);
                     }
-                    for j in placed_bytes(fmt) {
+                    for j in 0..bb {
                         let flip = if j >= head_bytes(fmt) {
                             value_flip(fmt)
                         } else {
@@ -352,48 +264,22 @@ mod tests {
         }
     }
 
-    /// The offsets of a group (and Q5_0's fifth-bit indices) cover its bytes exactly once.
+    /// The offsets of a group cover its bytes exactly once.
     #[test]
     fn packed_offsets_are_a_permutation() {
         for fmt in block32_formats() {
             let bb = fmt.block_bytes();
             for t in 1..=LANES {
-                let mut seen = vec![false; 8 * t * bb];
-                let mut mark = |bit: usize| {
-                    assert!(!seen[bit], "{fmt:?} t={t}: bit {bit} twice");
-                    seen[bit] = true;
-                };
+                let mut seen = vec![false; t * bb];
                 for l in 0..t {
-                    for j in placed_bytes(fmt) {
+                    for j in 0..bb {
                         let at = packed_offset(fmt, t, l, j);
-                        (0..8).for_each(|i| mark(8 * at + i));
-                    }
-                    if fmt == QuantFormat::Q5_0 {
-                        for v in 0..QK {
-                            mark(8 * q5_0_masks_at(t) + fifth_bit_index(t, l, v));
-                        }
+                        assert!(!seen[at], "{fmt:?} t={t}: offset {at} twice");
+                        seen[at] = true;
                     }
                 }
                 assert!(seen.iter().all(|&s| s), "{fmt:?} t={t}");
             }
-        }
-    }
-
-    /// A short Q5_0 group expanded for the SIMD kernels is the packed full group of its blocks
-    /// followed by zero blocks.
-    #[test]
-    fn q5_0_full_group_is_the_zero_padded_group() {
-        let fmt = QuantFormat::Q5_0;
-        for t in 1..=LANES {
-            let w: Vec<u8> = random(t * Q5_0_BYTES, t as u64)
-                .iter()
-                .map(|v| ((v + 1.0) * 127.9) as u8)
-                .collect();
-            let mut padded = w.clone();
-            padded.resize(LANES * Q5_0_BYTES, 0);
-            let want = pack_rows(fmt, &padded, LANES * QK);
-            let got = q5_0_full_group(&pack_rows(fmt, &w, t * QK), t);
-            assert_eq!(got.as_slice(), want.as_slice(), "t={t}");
         }
     }
 

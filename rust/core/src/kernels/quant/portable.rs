@@ -69,19 +69,19 @@ fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> 
             }
         }
         QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 => {
-            // Q5_0's fifth bit of value v, as 16 or 0 (none for the 4-bit types).
-            let masks = &group[pack::q5_0_masks_at(t)..];
-            let fifth = |v: usize| {
-                if fmt == QuantFormat::Q5_0 {
-                    let bit = pack::fifth_bit_index(t, l, v);
-                    (((masks[bit / 8] >> (bit % 8)) & 1) as i32) << 4
-                } else {
-                    0
-                }
+            // Q5_0's first piece holds each block's fifth bits (`qh`: bit v for value v), its
+            // nibbles follow; the 4-bit types have no fifth bits.
+            let (qh, nibbles) = match fmt {
+                QuantFormat::Q5_0 => (
+                    u32::from_le_bytes(values[4 * l..4 * l + 4].try_into().unwrap()),
+                    &values[4 * t..],
+                ),
+                _ => (0, values),
             };
+            let fifth = |v: usize| (((qh >> v) & 1) as i32) << 4;
             // Byte j of a block holds value j (low nibble) and value j + 16 (high nibble).
             for c in 0..QK / 8 {
-                for (j, &byte) in values[4 * (c * t + l)..][..4].iter().enumerate() {
+                for (j, &byte) in nibbles[4 * (c * t + l)..][..4].iter().enumerate() {
                     let (lo, hi) = (4 * c + j, QK / 2 + 4 * c + j);
                     isum += ((byte & 0x0F) as i32 | fifth(lo)) * x(lo);
                     isum += ((byte >> 4) as i32 | fifth(hi)) * x(hi);

@@ -7,7 +7,7 @@
 //! after all pieces lane `l` holds block `l`'s whole integer dot product. Nibbles go in as they
 //! are; their pair sums (at most `2·15·127 = 3810`) can be added up across the 8 pieces in `i16`
 //! (at most 30480) before one `madd`. Q5_0's 5-bit values (nibbles with their fifth bits
-//! expanded from the group's masks, `bytes_from_bits_32` as llama.cpp does it) make pair sums up to
+//! spread from the `qh` piece onto the bytes of each lane: a shuffle and a bit test) make pair sums up to
 //! `2·31·127 = 7874`: four pieces per `i16` sum, two `madd`s. Q8_0 weights (stored `q + 128`) go in as `|q|` with `q`'s
 //! sign moved onto `x` (`sign_epi8`), as llama.cpp does: pair sums up to `2·128·127 = 32512`, so
 //! each piece gets its own `madd`.
@@ -165,15 +165,7 @@ macro_rules! packed_row_kernels {
             for b0 in (0..full).step_by(LANES) {
                 group::<F, R, true>(w.add(b0 * bb), b0, LANES, x, &mut acc, &mut mins);
             }
-            if full < nb && F == Q5_0 {
-                // Its masks are narrower in a short group: expanded once to a full group.
-                let t = nb - full;
-                let g = super::pack::q5_0_full_group(
-                    std::slice::from_raw_parts(w.add(full * bb), t * bb),
-                    t,
-                );
-                group::<F, R, true>(g.as_ptr(), full, LANES, x, &mut acc, &mut mins);
-            } else if full < nb {
+            if full < nb {
                 group::<F, R, false>(w.add(full * bb), full, nb - full, x, &mut acc, &mut mins);
             }
             std::array::from_fn(|r| {
@@ -205,7 +197,6 @@ pub(super) unsafe fn quantize_row(x: &[f32], out: XRowMut<'_>) {
 ///
 /// # Safety
 /// `w` valid for `t` blocks; each row holds the group's 8 blocks; the CPU has AVX2, FMA and F16C.
-/// Q5_0 groups are full (`dot_row` expands a short one).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
@@ -216,7 +207,6 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     acc: &mut [__m256; R],
     mins: &mut [__m256; R],
 ) {
-    debug_assert!(FULL || F != Q5_0, "short Q5_0 groups are expanded first");
     let t = if FULL { LANES } else { t };
     // Software prefetch of the weights PREFETCH_BYTES ahead (past the row end into the next
     // rows of the task: the hardware prefetcher alone left a single thread at ~7 GB/s where it
@@ -263,9 +253,14 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     } else {
         // Nibbles: low ones are values 4c..4c+4 (x piece c), high ones 16+4c.. (x piece c + 4).
         let low = _mm256_set1_epi8(0x0F);
-        let p: [__m256i; 4] = std::array::from_fn(piece);
-        // Q5_0's masks: one per register of nibbles, in the order of `nib`.
-        let masks = data.add(16 * LANES);
+        // Q5_0's nibble pieces follow its `qh` piece.
+        let first = if F == Q5_0 { 1 } else { 0 };
+        let p: [__m256i; 4] = std::array::from_fn(|c| piece(first + c));
+        let qh = if F == Q5_0 {
+            piece(0)
+        } else {
+            _mm256_setzero_si256()
+        };
         let nib: [__m256i; 8] = std::array::from_fn(|c| {
             let n = if c < 4 {
                 _mm256_and_si256(p[c], low)
@@ -273,8 +268,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
                 _mm256_and_si256(_mm256_srli_epi16::<4>(p[c - 4]), low)
             };
             if F == Q5_0 {
-                let bits = std::ptr::read_unaligned(masks.add(4 * c).cast::<u32>());
-                _mm256_or_si256(n, fifth_bits(bits))
+                _mm256_or_si256(n, fifth_bits(qh, c))
             } else {
                 n
             }
@@ -311,22 +305,31 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     }
 }
 
-/// Byte `i` of the result is 0x10 where bit `i` of `bits` is set, else 0: a Q5_0 mask as the
-/// fifth bits of a register of nibbles (llama.cpp's `bytes_from_bits_32`: each byte gets the
-/// mask byte holding its bit, every other bit set, and compares equal to all ones).
+/// The fifth bits of register `c` of a Q5_0 group's nibbles (values `4c..4c+4` of each block:
+/// lane `l` byte `j` is value `4c + j` of block `l`), as 0x10 or 0 per byte, from the group's `qh`
+/// piece (lane `l` = block `l`'s `qh`): each byte gets byte `c / 2` of its lane's `qh`, then the
+/// test of its bit `4·(c % 2) + j`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn fifth_bits(bits: u32) -> __m256i {
-    let spread = _mm256_set_epi64x(
-        0x0303_0303_0303_0303,
-        0x0202_0202_0202_0202,
-        0x0101_0101_0101_0101,
-        0,
+pub(super) unsafe fn fifth_bits(qh: __m256i, c: usize) -> __m256i {
+    let b = (c / 2) as i32 * 0x0101_0101;
+    let spread = _mm256_setr_epi32(
+        b,
+        b + 0x0404_0404,
+        b + 0x0808_0808,
+        b + 0x0C0C_0C0C,
+        b,
+        b + 0x0404_0404,
+        b + 0x0808_0808,
+        b + 0x0C0C_0C0C,
     );
-    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), spread);
-    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
-    let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1));
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    let bit = _mm256_set1_epi32(if c % 2 == 0 {
+        0x0804_0201
+    } else {
+        0x8040_2010u32 as i32
+    });
+    let bytes = _mm256_and_si256(_mm256_shuffle_epi8(qh, spread), bit);
+    _mm256_and_si256(_mm256_cmpeq_epi8(bytes, bit), _mm256_set1_epi8(0x10))
 }
 
 /// The `t` (8 when `FULL`) consecutive `f16` at `p` as 8 `f32` lanes, zero past `t`.

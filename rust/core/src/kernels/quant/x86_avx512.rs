@@ -7,8 +7,9 @@
 //! four products summed into each `i32` lane, exact) advances 8 blocks by 8 values at once; after
 //! the group's 4 registers, the two halves added give each block's integer dot product. Q8_0
 //! weights are stored `q + 128`, already unsigned: `Σ(q + 128)·x - 128·Σx` takes the offset back
-//! out, exactly. Q5_0's fifth bits come as one 64-bit mask per register (its two pieces' masks
-//! are adjacent in the packed group): a masked byte add of 16 onto the nibbles. Everything after the integer sums is the AVX2 code on 8 lanes.
+//! out, exactly. Q5_0's fifth bits come from its `qh` piece, in both halves of a register, as a
+//! 64-bit mask per register of nibbles (a byte shuffle and `vptestmb`), then a masked byte add of
+//! 16 onto the nibbles. Everything after the integer sums is the AVX2 code on 8 lanes.
 //!
 //! # Safety
 //! Everything here is compiled with AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C enabled; callers
@@ -44,7 +45,6 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     acc: &mut [__m256; R],
     mins: &mut [__m256; R],
 ) {
-    debug_assert!(FULL || F != Q5_0, "short Q5_0 groups are expanded first");
     let t = if FULL { LANES } else { t };
     for off in (0..t * const { block_bytes(F) }).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + avx2::PREFETCH_BYTES).cast());
@@ -80,7 +80,9 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         std::array::from_fn(|i| pieces(2 * i))
     } else {
         let low = _mm512_set1_epi8(0x0F);
-        let (p01, p23) = (pieces(0), pieces(2));
+        // Q5_0's nibble pieces follow its `qh` piece.
+        let first = if F == Q5_0 { 1 } else { 0 };
+        let (p01, p23) = (pieces(first), pieces(first + 2));
         let nib = [
             _mm512_and_si512(p01, low),
             _mm512_and_si512(p23, low),
@@ -88,11 +90,26 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
             _mm512_and_si512(_mm512_srli_epi16::<4>(p23), low),
         ];
         if F == Q5_0 {
-            // Register i's fifth bits: masks 2i and 2i + 1 of the (full) group, one u64.
-            let masks = data.add(16 * LANES).cast::<u64>();
+            // Lane l of the `qh` piece (block l's fifth bits) in both halves: register i holds
+            // nibble registers 2i' and 2i' + 1 of the AVX2 kernel, whose bits are the low and the
+            // high nibble of byte i of each lane (i = 0, 1: low nibbles of pieces (0, 1), (2, 3);
+            // 2, 3: their high nibbles).
+            let qh = if FULL {
+                _mm256_loadu_si256(data.cast())
+            } else {
+                _mm256_maskz_loadu_epi32(lanes, data.cast())
+            };
+            let qh = _mm512_broadcast_i64x4(qh);
+            let bit = _mm512_inserti64x4::<1>(
+                _mm512_set1_epi32(0x0804_0201),
+                _mm256_set1_epi32(0x8040_2010u32 as i32),
+            );
             let sixteen = _mm512_set1_epi8(0x10);
             std::array::from_fn(|i| {
-                let k: __mmask64 = std::ptr::read_unaligned(masks.add(i));
+                let b = i as i32 * 0x0101_0101;
+                let spread =
+                    _mm512_set4_epi32(b + 0x0C0C_0C0C, b + 0x0808_0808, b + 0x0404_0404, b);
+                let k = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, spread), bit);
                 _mm512_mask_add_epi8(nib[i], k, nib[i], sixteen)
             })
         } else {
