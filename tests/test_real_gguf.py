@@ -12,8 +12,9 @@ scripts/make_real_gguf_fixtures.py):
 * greedy decoding follows llama.cpp's. Where llama.cpp's own two best logits are within
   ``NEAR_TIE`` of each other, a different but equally valid summation order (llama.cpp's batched
   and single-token kernels among them) may pick the other one; only there may fasttx differ, and a
-  failure names the step and llama.cpp's gap there. Measured: free-running, dtype="auto" (Q4_K
-  and Q6_K by their own kernels, Q5_0 converted to Q8_0) follows llama.cpp for 41 of the 48 tokens
+  failure names the step and llama.cpp's gap there. Measured: free-running, dtype="auto" (Q4_K,
+  Q6_K and Q5_0 by their own kernels; Q5_0 gives the bits it gave converted to Q8_0, the same
+  integer sums) follows llama.cpp for 41 of the 48 tokens
   (then a near-tie, gap 0.025; the same with Q4_K/Q6_K/Q5_0 dequantized to f32), dtype="f32" for
   13 (a near-tie, gap 0.012); fed llama.cpp's tokens, fasttx's argmax equals llama.cpp's at every
   step but those two (auto: but step 41 only).
