@@ -18,7 +18,7 @@ fn kernel_types_have_32_value_blocks_or_super_blocks() {
             Some(_) => assert_eq!(fmt.block_values(), super_block::VALUES, "{fmt:?}"),
         }
     }
-    for fmt in [QuantFormat::Q4_K, QuantFormat::Q6_K] {
+    for fmt in [QuantFormat::Q4_K, QuantFormat::Q6_K, QuantFormat::Q5_K] {
         assert!(fmt.has_kernels(), "{fmt:?}");
     }
 }
@@ -51,6 +51,10 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
                 set_f16(blk, 2, 1e-3 * (1.5 + r1));
             }
             QuantFormat::Q6_K => set_f16(blk, 208, 3e-5 * r0),
+            QuantFormat::Q5_K => {
+                set_f16(blk, 0, 1e-4 * (1.5 + r0));
+                set_f16(blk, 2, 1e-3 * (1.5 + r1));
+            }
             _ => unreachable!("{fmt:?} has no kernels"),
         }
     }
@@ -424,7 +428,7 @@ fn extreme_values_do_not_saturate() {
 
 /// The largest integers the super-block kernels meet, with `x = ±1` (all `q = ±127`): Q6_K
 /// values 0 (`-32`) and 63 under scales -128 and 127 (`maddubs` pairs of `2·63·127`, `|isum|`
-/// near `2^24`), Q4_K nibbles 15 with scales and minimums 63.
+/// near `2^24`), Q4_K nibbles 15 with scales and minimums 63, Q5_K's 31 likewise.
 #[test]
 fn super_block_extremes_do_not_saturate() {
     let k = 512;
@@ -446,6 +450,13 @@ fn super_block_extremes_do_not_saturate() {
         set_f16(&mut blk, 0, 1.0);
         set_f16(&mut blk, 2, 0.5);
         cases.push((QuantFormat::Q4_K, blk.to_vec()));
+    }
+    for (bits, scales) in [(0xFFu8, 0xFFu8), (0x00, 0xFF), (0xFF, 0x3F)] {
+        let mut blk = [bits; 176];
+        blk[4..16].fill(scales);
+        set_f16(&mut blk, 0, 1.0);
+        set_f16(&mut blk, 2, 0.5);
+        cases.push((QuantFormat::Q5_K, blk.to_vec()));
     }
     for isa in cpu::supported_isas() {
         for sign in [1.0f32, -1.0] {
@@ -588,6 +599,7 @@ fn bench_quant_matmul() {
         QuantFormat::Q4_0,
         QuantFormat::Q4_K,
         QuantFormat::Q6_K,
+        QuantFormat::Q5_K,
     ];
     for &(m, k, n) in &shapes {
         for fmt in fmts {
