@@ -18,7 +18,12 @@ fn kernel_types_have_32_value_blocks_or_super_blocks() {
             Some(_) => assert_eq!(fmt.block_values(), super_block::VALUES, "{fmt:?}"),
         }
     }
-    for fmt in [QuantFormat::Q4_K, QuantFormat::Q6_K, QuantFormat::Q5_K] {
+    for fmt in [
+        QuantFormat::Q4_K,
+        QuantFormat::Q6_K,
+        QuantFormat::Q5_K,
+        QuantFormat::Q3_K,
+    ] {
         assert!(fmt.has_kernels(), "{fmt:?}");
     }
 }
@@ -31,8 +36,8 @@ fn set_f16(b: &mut [u8], at: usize, v: f32) {
 /// `n` rows of random blocks: every byte of `qs` random (all nibbles, Q8_0 values -128..=127
 /// included), scales of realistic size (Q4_0 `d` of either sign, Q4_1 `m` negative as the
 /// quantizer makes it for centred weights; the K-quants' integer scales and minimums random,
-/// their `d` sized for weights of about ±0.1, Q6_K's of either sign and down to `f16`
-/// subnormals as in real files).
+/// their `d` sized for weights of about ±0.1; Q6_K's and Q3_K's of either sign, Q6_K's down to
+/// `f16` subnormals as in real files).
 fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
     let bytes = random(n * fmt.row_bytes(k), seed);
     let mut w: Vec<u8> = bytes.iter().map(|v| ((v + 1.0) * 128.0) as u8).collect();
@@ -55,6 +60,7 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
                 set_f16(blk, 0, 1e-4 * (1.5 + r0));
                 set_f16(blk, 2, 1e-3 * (1.5 + r1));
             }
+            QuantFormat::Q3_K => set_f16(blk, 108, 1e-3 * r0),
             _ => unreachable!("{fmt:?} has no kernels"),
         }
     }
@@ -428,7 +434,8 @@ fn extreme_values_do_not_saturate() {
 
 /// The largest integers the super-block kernels meet, with `x = ±1` (all `q = ±127`): Q6_K
 /// values 0 (`-32`) and 63 under scales -128 and 127 (`maddubs` pairs of `2·63·127`, `|isum|`
-/// near `2^24`), Q4_K nibbles 15 with scales and minimums 63, Q5_K's 31 likewise.
+/// near `2^24`), Q4_K nibbles 15 with scales and minimums 63, Q5_K's 31 likewise, Q3_K values
+/// -4 and 3 under scales -32 and 31.
 #[test]
 fn super_block_extremes_do_not_saturate() {
     let k = 512;
@@ -457,6 +464,14 @@ fn super_block_extremes_do_not_saturate() {
         set_f16(&mut blk, 0, 1.0);
         set_f16(&mut blk, 2, 0.5);
         cases.push((QuantFormat::Q5_K, blk.to_vec()));
+    }
+    // Q3_K scale bytes 0x00: every scale -32; 0xFF: 31. Values: hmask 0 with qs 0 is -4,
+    // hmask and qs 0xFF is 3.
+    for (values, scales) in [(0x00u8, 0x00u8), (0xFF, 0xFF), (0x00, 0xFF), (0xFF, 0x00)] {
+        let mut blk = [values; 110];
+        blk[96..108].fill(scales);
+        set_f16(&mut blk, 108, 1.0);
+        cases.push((QuantFormat::Q3_K, blk.to_vec()));
     }
     for isa in cpu::supported_isas() {
         for sign in [1.0f32, -1.0] {
@@ -600,6 +615,7 @@ fn bench_quant_matmul() {
         QuantFormat::Q4_K,
         QuantFormat::Q6_K,
         QuantFormat::Q5_K,
+        QuantFormat::Q3_K,
     ];
     for &(m, k, n) in &shapes {
         for fmt in fmts {
