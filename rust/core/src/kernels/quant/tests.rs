@@ -23,6 +23,7 @@ fn kernel_types_have_32_value_blocks_or_super_blocks() {
         QuantFormat::Q6_K,
         QuantFormat::Q5_K,
         QuantFormat::Q3_K,
+        QuantFormat::Q2_K,
     ] {
         assert!(fmt.has_kernels(), "{fmt:?}");
     }
@@ -61,6 +62,10 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
                 set_f16(blk, 2, 1e-3 * (1.5 + r1));
             }
             QuantFormat::Q3_K => set_f16(blk, 108, 1e-3 * r0),
+            QuantFormat::Q2_K => {
+                set_f16(blk, 80, 2e-3 * (1.5 + r0));
+                set_f16(blk, 82, 3e-3 * (1.5 + r1));
+            }
             _ => unreachable!("{fmt:?} has no kernels"),
         }
     }
@@ -435,7 +440,7 @@ fn extreme_values_do_not_saturate() {
 /// The largest integers the super-block kernels meet, with `x = ±1` (all `q = ±127`): Q6_K
 /// values 0 (`-32`) and 63 under scales -128 and 127 (`maddubs` pairs of `2·63·127`, `|isum|`
 /// near `2^24`), Q4_K nibbles 15 with scales and minimums 63, Q5_K's 31 likewise, Q3_K values
-/// -4 and 3 under scales -32 and 31.
+/// -4 and 3 under scales -32 and 31, Q2_K values 3 with scales and minimums 15.
 #[test]
 fn super_block_extremes_do_not_saturate() {
     let k = 512;
@@ -472,6 +477,13 @@ fn super_block_extremes_do_not_saturate() {
         blk[96..108].fill(scales);
         set_f16(&mut blk, 108, 1.0);
         cases.push((QuantFormat::Q3_K, blk.to_vec()));
+    }
+    for (values, scales) in [(0xFFu8, 0xFFu8), (0x00, 0xFF), (0xFF, 0x0F)] {
+        let mut blk = [values; 84];
+        blk[..16].fill(scales);
+        set_f16(&mut blk, 80, 1.0);
+        set_f16(&mut blk, 82, 0.5);
+        cases.push((QuantFormat::Q2_K, blk.to_vec()));
     }
     for isa in cpu::supported_isas() {
         for sign in [1.0f32, -1.0] {
@@ -616,6 +628,7 @@ fn bench_quant_matmul() {
         QuantFormat::Q6_K,
         QuantFormat::Q5_K,
         QuantFormat::Q3_K,
+        QuantFormat::Q2_K,
     ];
     for &(m, k, n) in &shapes {
         for fmt in fmts {
