@@ -9,7 +9,7 @@
 //! * this file: [`quant_matmul`], its choice of instruction set and its split into tasks;
 //! * `activations.rs`: the rows of `x` quantized to 8-bit blocks, once per call;
 //! * `pack.rs`: the packed weight layout the kernels read ([`pack_rows`], once at load);
-//! * `super_block.rs`: the types of 256-value super-blocks (the K-quants): what each tells the
+//! * `super_block.rs`: the types of 256-value super-blocks (the K-quants, IQ4_XS): what each tells the
 //!   kernels, their packed layout, their arithmetic and portable dot product; `x86_super.rs`:
 //!   their AVX2 and AVX-512 kernels (aarch64 runs them with the portable kernel for now);
 //! * `portable.rs`: the dot product in plain Rust, the reference the SIMD paths are tested
@@ -18,8 +18,10 @@
 //! * [`int8`]: per-channel int8 quantization of `f32` weights;
 //! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`.
 //!
-//! The kernels run the types of 32-value blocks, and the types of 256-value super-blocks that
-//! describe themselves to `super_block.rs` ([`QuantFormat::has_kernels`]); block size and bytes
+//! The kernels run the types of 32-value blocks (Q4_0, Q4_1, Q8_0), and the types of 256-value
+//! super-blocks that describe themselves to `super_block.rs` (Q4_K, Q5_K, Q6_K, Q3_K, Q2_K,
+//! IQ4_XS; [`QuantFormat::has_kernels`]); Q5_0 and IQ4_NL run as Q8_0, converted exactly at load
+//! ([`QuantFormat::runs_as`]); Q5_1 is dequantized to `f32` at load. Block size and bytes
 //! come from the type everywhere else (row sizes, checks, dequantization, loading). A packed
 //! super-block is exactly one full group of the 32-value kernels' interleaving (8 sub-blocks of
 //! 32 in the 8 lanes), so the K-quants reuse the activations, the task split and the lane order

@@ -24,6 +24,7 @@ fn kernel_types_have_32_value_blocks_or_super_blocks() {
         QuantFormat::Q5_K,
         QuantFormat::Q3_K,
         QuantFormat::Q2_K,
+        QuantFormat::IQ4_XS,
     ] {
         assert!(fmt.has_kernels(), "{fmt:?}");
     }
@@ -37,8 +38,8 @@ fn set_f16(b: &mut [u8], at: usize, v: f32) {
 /// `n` rows of random blocks: every byte of `qs` random (all nibbles, Q8_0 values -128..=127
 /// included), scales of realistic size (Q4_0 `d` of either sign, Q4_1 `m` negative as the
 /// quantizer makes it for centred weights; the K-quants' integer scales and minimums random,
-/// their `d` sized for weights of about ±0.1; Q6_K's and Q3_K's of either sign, Q6_K's down to
-/// `f16` subnormals as in real files).
+/// their `d` sized for weights of about ±0.1; Q6_K's, Q3_K's and IQ4_XS's of either sign, Q6_K's
+/// and IQ4_XS's down to `f16` subnormals as in real files).
 fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
     let bytes = random(n * fmt.row_bytes(k), seed);
     let mut w: Vec<u8> = bytes.iter().map(|v| ((v + 1.0) * 128.0) as u8).collect();
@@ -62,6 +63,7 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
                 set_f16(blk, 2, 1e-3 * (1.5 + r1));
             }
             QuantFormat::Q3_K => set_f16(blk, 108, 1e-3 * r0),
+            QuantFormat::IQ4_XS => set_f16(blk, 0, 3e-5 * r0),
             QuantFormat::Q2_K => {
                 set_f16(blk, 80, 2e-3 * (1.5 + r0));
                 set_f16(blk, 82, 3e-3 * (1.5 + r1));
@@ -440,7 +442,8 @@ fn extreme_values_do_not_saturate() {
 /// The largest integers the super-block kernels meet, with `x = ±1` (all `q = ±127`): Q6_K
 /// values 0 (`-32`) and 63 under scales -128 and 127 (`maddubs` pairs of `2·63·127`, `|isum|`
 /// near `2^24`), Q4_K nibbles 15 with scales and minimums 63, Q5_K's 31 likewise, Q3_K values
-/// -4 and 3 under scales -32 and 31, Q2_K values 3 with scales and minimums 15.
+/// -4 and 3 under scales -32 and 31, Q2_K values 3 with scales and minimums 15, IQ4_XS codebook
+/// values -127 and 113 under scales -32 and 31 (`|isum|` up to `32·127·127·32`, near `2^24`).
 #[test]
 fn super_block_extremes_do_not_saturate() {
     let k = 512;
@@ -484,6 +487,12 @@ fn super_block_extremes_do_not_saturate() {
         set_f16(&mut blk, 80, 1.0);
         set_f16(&mut blk, 82, 0.5);
         cases.push((QuantFormat::Q2_K, blk.to_vec()));
+    }
+    for (values, scales) in [(0x00u8, 0x00u8), (0xFF, 0xFF), (0x00, 0xFF), (0xFF, 0x00)] {
+        let mut blk = [values; 136];
+        blk[2..8].fill(scales);
+        set_f16(&mut blk, 0, 1.0);
+        cases.push((QuantFormat::IQ4_XS, blk.to_vec()));
     }
     for isa in cpu::supported_isas() {
         for sign in [1.0f32, -1.0] {
@@ -629,6 +638,7 @@ fn bench_quant_matmul() {
         QuantFormat::Q5_K,
         QuantFormat::Q3_K,
         QuantFormat::Q2_K,
+        QuantFormat::IQ4_XS,
     ];
     for &(m, k, n) in &shapes {
         for fmt in fmts {
