@@ -52,6 +52,10 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
                 set_f16(blk, 0, 0.01 * (1.5 + r0));
                 set_f16(blk, 2, -0.08 * (1.5 + r1));
             }
+            QuantFormat::Q5_1 => {
+                set_f16(blk, 0, 0.005 * (1.5 + r0));
+                set_f16(blk, 2, -0.08 * (1.5 + r1));
+            }
             QuantFormat::Q8_0 => set_f16(blk, 0, 0.002 * r0),
             QuantFormat::Q4_K => {
                 set_f16(blk, 0, 2e-4 * (1.5 + r0));
@@ -406,7 +410,8 @@ fn known_nibbles() {
 }
 
 /// The largest products the integer steps meet: Q8_0 weights of -128 against activations of
-/// ±127 (pair sums of ±32512 in `maddubs`, just inside i16), and 15-nibbles.
+/// ±127 (pair sums of ±32512 in `maddubs`, just inside i16), 15-nibbles, and Q5_1's 31s (four
+/// pieces of pair sums `2·31·127` in one `i16`).
 #[test]
 fn extreme_values_do_not_saturate() {
     let k = 64;
@@ -420,11 +425,12 @@ fn extreme_values_do_not_saturate() {
                 (QuantFormat::Q4_0, 0xFF),
                 (QuantFormat::Q4_0, 0x00),
                 (QuantFormat::Q4_1, 0xFF),
+                (QuantFormat::Q5_1, 0xFF),
             ] {
                 let mut w = vec![byte; fmt.row_bytes(k)];
                 for blk in w.chunks_exact_mut(fmt.block_bytes()) {
                     blk[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
-                    if fmt == QuantFormat::Q4_1 {
+                    if matches!(fmt, QuantFormat::Q4_1 | QuantFormat::Q5_1) {
                         blk[2..4].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
                     }
                 }
@@ -632,6 +638,7 @@ fn bench_quant_matmul() {
     let fmts = [
         QuantFormat::Q8_0,
         QuantFormat::Q4_1,
+        QuantFormat::Q5_1,
         QuantFormat::Q4_0,
         QuantFormat::Q4_K,
         QuantFormat::Q6_K,
