@@ -1,4 +1,4 @@
-//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, ...; per-channel int8
+//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0, Q5_1, the K-quants, ...; per-channel int8
 //! stored as Q8_0) and the matrix products against them, so a model can hold its weights quantized in memory and
 //! stream them at memory bandwidth.
 //!
