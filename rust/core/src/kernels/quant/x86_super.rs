@@ -127,7 +127,7 @@ macro_rules! super_row_kernels {
             let ns = rb / lay.bytes;
             let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], ns));
             // `o·X` as a shift: the offsets are 0 or powers of two (`super_block` tests it).
-            let offset = Offset {
+            let offset = TypeConsts {
                 any: sb.offset != 0,
                 shift: _mm_cvtsi32_si128(sb.offset.trailing_zeros() as i32),
                 codebook: match sb.values {
@@ -155,10 +155,10 @@ macro_rules! super_row_kernels {
     };
 }
 
-/// The type's offset `o` as the kernels apply it: `o·X = X << shift` when `any`; and for
-/// [`Values::Codebook`] types, the 16 signed table values.
+/// What a type adds to the integer steps: its offset `o` as the kernels apply it
+/// (`o·X = X << shift` when `any`) and, for [`Values::Codebook`] types, the 16 signed table values.
 #[derive(Clone, Copy)]
-struct Offset {
+struct TypeConsts {
     any: bool,
     shift: __m128i,
     codebook: __m128i,
@@ -231,7 +231,7 @@ unsafe fn finish<const MINS: bool, const PER16: bool>(
     sa: __m256i,
     sb: __m256i,
     s: usize,
-    offset: Offset,
+    offset: TypeConsts,
     h: &Head,
     x: &XPtr,
     acc: &mut __m256,
@@ -306,7 +306,7 @@ pub(super) mod avx2 {
     >(
         w: *const u8,
         s: usize,
-        offset: Offset,
+        offset: TypeConsts,
         x: &[XPtr; R],
         acc: &mut [__m256; R],
         mins: &mut [__m256; R],
@@ -352,7 +352,7 @@ pub(super) mod avx2 {
             let table = _mm256_broadcastsi128_si256(offset.codebook);
             let c: [__m256i; 8] = std::array::from_fn(|i| _mm256_shuffle_epi8(table, u[i]));
             let mag: [__m256i; 8] = std::array::from_fn(|i| _mm256_abs_epi8(c[i]));
-            let no_offset = Offset {
+            let no_offset = TypeConsts {
                 any: false,
                 ..offset
             };
@@ -433,7 +433,7 @@ pub(super) mod avx512 {
     >(
         w: *const u8,
         s: usize,
-        offset: Offset,
+        offset: TypeConsts,
         x: &[XPtr; R],
         acc: &mut [__m256; R],
         mins: &mut [__m256; R],
