@@ -30,7 +30,9 @@ pub(super) fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
                 }
                 let dw = f16_at(group, pack::packed_offset(fmt, t, l, 0));
                 let mw = match fmt {
-                    QuantFormat::Q4_1 => f16_at(group, pack::packed_offset(fmt, t, l, 2)),
+                    QuantFormat::Q4_1 | QuantFormat::Q5_1 => {
+                        f16_at(group, pack::packed_offset(fmt, t, l, 2))
+                    }
                     _ => 0.0,
                 };
                 (isum, dw, mw)
@@ -38,20 +40,29 @@ pub(super) fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
                 (0, 0.0, 0.0)
             };
             acc[l] = (dw * x.d[b]).mul_add(isum as f32, acc[l]);
-            if fmt == QuantFormat::Q4_1 {
+            if has_mins(fmt) {
                 mins[l] = mw.mul_add(x.s[b], mins[l]);
             }
         }
     }
-    let lanes: [f32; LANES] = std::array::from_fn(|l| match fmt {
-        QuantFormat::Q4_1 => acc[l] + mins[l],
-        _ => acc[l],
+    let lanes: [f32; LANES] = std::array::from_fn(|l| {
+        if has_mins(fmt) {
+            acc[l] + mins[l]
+        } else {
+            acc[l]
+        }
     });
     hsum(&lanes)
 }
 
+/// Whether the type adds a minimum per block (`w = q·d + m`: Q4_1, Q5_1).
+fn has_mins(fmt: QuantFormat) -> bool {
+    matches!(fmt, QuantFormat::Q4_1 | QuantFormat::Q5_1)
+}
+
 /// Block `l`'s integer dot product in a packed group of `t` blocks (`group`) against the
-/// group's quantized `x` (`xg`): the nibbles (Q4_0 without its `- 8`) or Q8_0's signed `q`, times
+/// group's quantized `x` (`xg`): the nibbles (Q4_0 without its `- 8`; with Q5_1's fifth bit) or
+/// Q8_0's signed `q`, times
 /// the activations, summed exactly. Walks the group's pieces as the SIMD kernels load them.
 fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> i32 {
     let values = &group[pack::head_bytes(fmt) * t..];
@@ -65,12 +76,21 @@ fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> 
                 }
             }
         }
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_1 => {
+            // Q5_1: piece 0 is `qh`, bit v the fifth bit of value v; the nibbles follow.
+            let (high, nibbles) = if fmt == QuantFormat::Q5_1 {
+                let qh = &values[4 * l..][..4];
+                (u32::from_le_bytes(qh.try_into().unwrap()), &values[4 * t..])
+            } else {
+                (0, values)
+            };
+            let fifth = |v: usize| (((high >> v) & 1) << 4) as i32;
             // Byte j of a block holds value j (low nibble) and value j + 16 (high nibble).
             for c in 0..QK / 8 {
-                for (j, &byte) in values[4 * (c * t + l)..][..4].iter().enumerate() {
-                    isum += (byte & 0x0F) as i32 * x(4 * c + j);
-                    isum += (byte >> 4) as i32 * x(QK / 2 + 4 * c + j);
+                for (j, &byte) in nibbles[4 * (c * t + l)..][..4].iter().enumerate() {
+                    let (lo, hi) = (4 * c + j, QK / 2 + 4 * c + j);
+                    isum += ((byte & 0x0F) as i32 | fifth(lo)) * x(lo);
+                    isum += ((byte >> 4) as i32 | fifth(hi)) * x(hi);
                 }
             }
         }

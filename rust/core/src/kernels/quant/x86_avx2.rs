@@ -8,7 +8,8 @@
 //! are; their pair sums (at most `2·15·127 = 3810`) can be added up across the 8 pieces in `i16`
 //! (at most 30480) before one `madd`. Q8_0 weights (stored `q + 128`) go in as `|q|` with `q`'s
 //! sign moved onto `x` (`sign_epi8`), as llama.cpp does: pair sums up to `2·128·127 = 32512`, so
-//! each piece gets its own `madd`.
+//! each piece gets its own `madd`. Q5_1's values (nibbles with a fifth bit from its `qh` piece,
+//! spread to bytes by `pshufb` and a compare) pair up to `2·31·127`: 4 pieces per `i16` sum.
 //!
 //! # Safety
 //! Everything here is compiled with `#[target_feature(enable = "avx2,fma,f16c")]`; callers must
@@ -34,12 +35,19 @@ pub(super) const PREFETCH_BYTES: usize = 4096;
 pub(super) const Q4_0: u8 = QuantFormat::Q4_0 as u8;
 pub(super) const Q4_1: u8 = QuantFormat::Q4_1 as u8;
 pub(super) const Q8_0: u8 = QuantFormat::Q8_0 as u8;
+pub(super) const Q5_1: u8 = QuantFormat::Q5_1 as u8;
+
+/// Whether the format tagged `f` adds a minimum per block (`w = q·d + m`).
+pub(super) const fn has_mins(f: u8) -> bool {
+    f == Q4_1 || f == Q5_1
+}
 
 /// The format a const-generic tag stands for.
 const fn format(f: u8) -> QuantFormat {
     match f {
         Q4_0 => QuantFormat::Q4_0,
         Q4_1 => QuantFormat::Q4_1,
+        Q5_1 => QuantFormat::Q5_1,
         _ => QuantFormat::Q8_0,
     }
 }
@@ -118,6 +126,7 @@ macro_rules! packed_row_kernels {
                 QuantFormat::Q4_0 => rows!(Q4_0),
                 QuantFormat::Q4_1 => rows!(Q4_1),
                 QuantFormat::Q8_0 => rows!(Q8_0),
+                QuantFormat::Q5_1 => rows!(Q5_1),
                 _ => unreachable!("{fmt:?} has no packed kernels"),
             }
         }
@@ -164,7 +173,7 @@ macro_rules! packed_row_kernels {
                 group::<F, R, false>(w.add(full * bb), full, nb - full, x, &mut acc, &mut mins);
             }
             std::array::from_fn(|r| {
-                hsum(if F == Q4_1 {
+                hsum(if has_mins(F) {
                     _mm256_add_ps(acc[r], mins[r])
                 } else {
                     acc[r]
@@ -188,7 +197,7 @@ pub(super) unsafe fn quantize_row(x: &[f32], out: XRowMut<'_>) {
 
 /// The packed group of `t` blocks at `w` (blocks `b0..b0 + t` of the row; `t = 8` when `FULL`)
 /// against `R` rows: lane `l` of `acc[r]` += `dw·dx · isum` of block `b0 + l` (and of `mins[r]`
-/// += `mw·s` for Q4_1); lanes past `t` add `0·0`.
+/// += `mw·s` for Q4_1 and Q5_1); lanes past `t` add `0·0`.
 ///
 /// # Safety
 /// `w` valid for `t` blocks; each row holds the group's 8 blocks; the CPU has AVX2, FMA and F16C.
@@ -211,7 +220,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + PREFETCH_BYTES).cast());
     }
     let dw = half_floats::<FULL>(w, t);
-    let mw = if F == Q4_1 {
+    let mw = if has_mins(F) {
         half_floats::<FULL>(w.add(2 * t), t)
     } else {
         _mm256_setzero_ps()
@@ -247,23 +256,43 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         })
     } else {
         // Nibbles: low ones are values 4c..4c+4 (x piece c), high ones 16+4c.. (x piece c + 4).
+        // Q5_1's follow its `qh` piece.
+        let first = if F == Q5_1 { 1 } else { 0 };
         let low = _mm256_set1_epi8(0x0F);
-        let p: [__m256i; 4] = std::array::from_fn(piece);
-        let nib: [__m256i; 8] = std::array::from_fn(|c| {
+        let p: [__m256i; 4] = std::array::from_fn(|c| piece(first + c));
+        let mut nib: [__m256i; 8] = std::array::from_fn(|c| {
             if c < 4 {
                 _mm256_and_si256(p[c], low)
             } else {
                 _mm256_and_si256(_mm256_srli_epi16::<4>(p[c - 4]), low)
             }
         });
+        if F == Q5_1 {
+            let qh = piece(0);
+            for (c, n) in nib.iter_mut().enumerate() {
+                *n = _mm256_or_si256(*n, fifth_bits(qh, c));
+            }
+        }
         std::array::from_fn(|r| {
             let xg = x[r].qs.add(b0 * QK);
-            let mut pairs = _mm256_setzero_si256();
-            for (c, n) in nib.iter().enumerate() {
-                let xc = _mm256_loadu_si256(xg.add(32 * c).cast());
-                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*n, xc));
-            }
-            let sum = _mm256_madd_epi16(pairs, ones);
+            let p: [__m256i; 8] = std::array::from_fn(|c| {
+                _mm256_maddubs_epi16(nib[c], _mm256_loadu_si256(xg.add(32 * c).cast()))
+            });
+            let quarter = |c: usize| {
+                _mm256_add_epi16(
+                    _mm256_add_epi16(p[c], p[c + 1]),
+                    _mm256_add_epi16(p[c + 2], p[c + 3]),
+                )
+            };
+            let sum = if F == Q5_1 {
+                // Pairs up to 2·31·127: four pieces per i16 sum.
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(quarter(0), ones),
+                    _mm256_madd_epi16(quarter(4), ones),
+                )
+            } else {
+                _mm256_madd_epi16(_mm256_add_epi16(quarter(0), quarter(4)), ones)
+            };
             if F == Q4_0 {
                 // Σ(nibble - 8)·x = Σ nibble·x - 8·Σx.
                 let xsum = _mm256_loadu_si256(x[r].sum.add(b0).cast());
@@ -276,10 +305,36 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     for r in 0..R {
         let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x[r].d.add(b0)));
         acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isums[r]), acc[r]);
-        if F == Q4_1 {
+        if has_mins(F) {
             mins[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x[r].s.add(b0)), mins[r]);
         }
     }
+}
+
+/// Q5_1's fifth bits for x piece `c` (values `4c..4c+4` of each block): byte `j` of lane `l` is
+/// `0x10` where bit `4c + j` of block `l`'s `qh` (lane `l` of `qh`) is set, else 0. `pshufb`
+/// copies the byte holding those bits into the lane's 4 bytes, each byte tests its own bit.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn fifth_bits(qh: __m256i, c: usize) -> __m256i {
+    let byte = |i: i32| (4 * i + (c / 2) as i32) * 0x0101_0101;
+    let copy = _mm256_setr_epi32(
+        byte(0),
+        byte(1),
+        byte(2),
+        byte(3),
+        byte(0),
+        byte(1),
+        byte(2),
+        byte(3),
+    );
+    let s = 4 * (c % 2) as u32;
+    let bits = _mm256_set1_epi32(i32::from_le_bytes([1 << s, 2 << s, 4 << s, 8 << s]));
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, copy), bits), bits);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
 /// The `t` (8 when `FULL`) consecutive `f16` at `p` as 8 `f32` lanes, zero past `t`.
