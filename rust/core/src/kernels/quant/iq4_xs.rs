@@ -7,6 +7,7 @@
 use half::f16;
 
 use super::iq4_nl::CODEBOOK;
+use super::super_block::{Parts, SuperBlock, Values};
 use super::types::{BlockFacts, QuantFormat};
 
 /// Values per super-block (ggml's `QK_K`).
@@ -23,7 +24,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
-    super_block: None,
+    super_block: Some(&SUPER),
 };
 
 /// Sub-block `s`'s (0..8) scale: low 4 bits from nibble `s % 2` of `scales_l[s / 2]`, top 2 bits
@@ -52,6 +53,31 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
                 *l = dl * CODEBOOK[(q & 0x0F) as usize] as f32;
                 *h = dl * CODEBOOK[(q >> 4) as usize] as f32;
             }
+        }
+    }
+}
+
+/// For the super-block kernels: `w = (d·sc)·CODEBOOK[i]` per sub-block of 32, the nibble `i`
+/// mapped through the codebook by the kernels ([`Values::Codebook`]).
+const SUPER: SuperBlock = SuperBlock {
+    scale_values: SUB,
+    mins: false,
+    values: Values::Codebook(&CODEBOOK),
+    offset: 128,
+    split,
+};
+
+/// One super-block's `d`, signed scales and codebook indices, as they are.
+fn split(b: &[u8], p: &mut Parts) {
+    p.d = f16::from_le_bytes([b[0], b[1]]);
+    p.dmin = f16::ZERO;
+    let scales_h = u16::from_le_bytes([b[2], b[3]]);
+    let (scales_l, qs) = (&b[4..8], &b[8..FACTS.block_bytes]);
+    for s in 0..VALUES / SUB {
+        p.sc[s] = scale(scales_h, scales_l, s);
+        let (lo, hi) = p.u[SUB * s..][..SUB].split_at_mut(SUB / 2);
+        for ((q, l), h) in qs[16 * s..][..16].iter().zip(lo).zip(hi) {
+            (*l, *h) = (q & 0x0F, q >> 4);
         }
     }
 }

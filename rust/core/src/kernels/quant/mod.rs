@@ -1,4 +1,4 @@
-//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, ...; per-channel int8
+//! Quantized weights: the block types (GGUF's Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, the K-quants, ...; per-channel int8
 //! stored as Q8_0) and the matrix products against them, so a model can hold its weights quantized in memory and
 //! stream them at memory bandwidth.
 //!
@@ -9,7 +9,7 @@
 //! * this file: [`quant_matmul`], its choice of instruction set and its split into tasks;
 //! * `activations.rs`: the rows of `x` quantized to 8-bit blocks, once per call;
 //! * `pack.rs`: the packed weight layout the kernels read ([`pack_rows`], once at load);
-//! * `super_block.rs`: the types of 256-value super-blocks (the K-quants): what each tells the
+//! * `super_block.rs`: the types of 256-value super-blocks (the K-quants, IQ4_XS): what each tells the
 //!   kernels, their packed layout, their arithmetic and portable dot product; `x86_super.rs`:
 //!   their AVX2 and AVX-512 kernels (aarch64 runs them with the portable kernel for now);
 //! * `portable.rs`: the dot product in plain Rust, the reference the SIMD paths are tested
@@ -18,8 +18,10 @@
 //! * [`int8`]: per-channel int8 quantization of `f32` weights;
 //! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`.
 //!
-//! The kernels run the types of 32-value blocks, and the types of 256-value super-blocks that
-//! describe themselves to `super_block.rs` ([`QuantFormat::has_kernels`]); block size and bytes
+//! The kernels run the types of 32-value blocks (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1), and the types of
+//! 256-value super-blocks that describe themselves to `super_block.rs` (Q4_K, Q5_K, Q6_K, Q3_K,
+//! Q2_K, IQ4_XS; [`QuantFormat::has_kernels`]); IQ4_NL runs as Q8_0, converted exactly at load
+//! ([`QuantFormat::runs_as`]). Block size and bytes
 //! come from the type everywhere else (row sizes, checks, dequantization, loading). A packed
 //! super-block is exactly one full group of the 32-value kernels' interleaving (8 sub-blocks of
 //! 32 in the 8 lanes), so the K-quants reuse the activations, the task split and the lane order
@@ -28,14 +30,16 @@
 //! # Method (as llama.cpp and candle do it)
 //! Each call first quantizes every row of `x` into 8-bit blocks of 32: `d = max|x| / 127`,
 //! `q = round(x / d)` (ggml's `quantize_row_q8_0`), keeping `Σq` per block (and per half of 16,
-//! for the K-quants' scales and minimums per 16) and, for Q4_1, `s = d·Σq` (ggml's Q8_1). Then every output is a sum over blocks of exact integer dot products
+//! for the K-quants' scales and minimums per 16) and, for Q4_1 and Q5_1, `s = d·Σq` (ggml's Q8_1). Then every output is a sum over blocks of exact integer dot products
 //! scaled in `f32`:
 //!
 //! * Q8_0 weights: `Σ_b dw·dx · Σ qw·qx`;
 //! * Q4_0 weights (`w = (nibble - 8)·dw`): `Σ_b dw·dx · (Σ nibble·qx - 8·Σqx)`, the bracket
 //!   an exact integer: multiplying unsigned nibbles saves the sign handling signed weights need;
-//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`;
-//! * Q5_0 weights (`w = (q - 16)·dw`, `q` in 0..32): `Σ_b dw·dx · (Σ q·qx - 16·Σqx)`, as Q4_0.
+//! * Q4_1 weights (`w = nibble·dw + mw`): `Σ_b dw·dx · Σ nibble·qx + mw·s`; Q5_1 likewise with
+//!   5-bit values (the nibble and a bit of `qh`);
+//! * Q5_0 weights (`w = (q - 16)·dw`, `q` the nibble and a bit of `qh`): `Σ_b dw·dx · (Σ q·qx -
+//!   16·Σqx)`, as Q4_0.
 //!
 //! Unlike ggml, the activation scales `d` and `s` stay in `f32` (ggml rounds them to `f16`): they
 //! live only for one call, and it avoids an extra rounding for free.
@@ -52,9 +56,9 @@
 //! # Fixed arithmetic, shared by every path
 //! Each block's dot product is one exact `i32` (`isum`, with Q4_0's `-8·Σqx`, Q5_0's `-16·Σqx` and Q8_0's offset
 //! taken out in integers). Block `8g + l` of a row goes to lane `l` of an 8-lane `f32`
-//! accumulator, `acc = fma(dw·dx, isum, acc)`, group after group; Q4_1 also keeps
+//! accumulator, `acc = fma(dw·dx, isum, acc)`, group after group; Q4_1 and Q5_1 also keep
 //! `mins = fma(mw, s, mins)` per lane. Lanes past the end of a short last group add `0·0`. The
-//! lanes (`acc + mins` for Q4_1) are summed in the order `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
+//! lanes (`acc + mins` for Q4_1 and Q5_1) are summed in the order `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
 //!
 //! The integers are exact on every path, and the `f32` operations are the same sequence, so the
 //! AVX-512, AVX2, NEON and portable kernels give the same bits; none depends on the thread count, on the
@@ -397,10 +401,11 @@ impl Kernel {
                 None => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
             },
             // Same row contract as the AVX2 kernel; NEON is always there on aarch64. Super-block
-            // types have no NEON kernel yet: the portable one runs them.
+            // types and Q5_1 have no NEON kernel yet: the portable one runs them.
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => match fmt.super_block() {
                 Some(_) => Kernel::Portable.dot(fmt, w, rb, xs, y, ldy),
+                None if fmt == QuantFormat::Q5_1 => Kernel::Portable.dot(fmt, w, rb, xs, y, ldy),
                 None => neon::dot(fmt, w, rb, xs, y, ldy),
             },
         }

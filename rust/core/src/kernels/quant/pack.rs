@@ -4,25 +4,18 @@
 //! A packed row has the size and place of the GGUF row. Inside it, the blocks go in groups of 8
 //! (a row's last group may be shorter: `t` blocks); a group of `t` blocks holds
 //!
-//! 1. the `t` scales `d` (`f16`), then for Q4_1 the `t` minimums `m` (`f16`): one contiguous load
-//!    per group instead of one strided read per block;
+//! 1. the `t` scales `d` (`f16`), then for Q4_1 and Q5_1 the `t` minimums `m` (`f16`): one
+//!    contiguous load per group instead of one strided read per block;
 //! 2. the blocks' value bytes in pieces of `4·t` bytes: piece `c` is bytes `4c..4c+4` of block 0,
 //!    of block 1, ..., of block `t-1` (4 pieces for the 16 nibble bytes of Q4_0/Q4_1, 8 for the
-//!    32 bytes of Q8_0; for Q5_0, 5: its fifth bits `qh`, then its 16 nibble bytes).
+//!    32 bytes of Q8_0; for Q5_0 and Q5_1 first its `u32 qh`, one piece, then its 4 nibble
+//!    pieces).
 //!
 //! So in a full group piece `c` is one 32-byte vector whose 32-bit lane `l` holds block `l`'s
 //! values `4c..4c+4` (Q8_0), or in its low nibbles values `4c..4c+4` and in its high nibbles
 //! values `16+4c..16+4c+4` (GGUF's Q4 byte `j` holds values `j` and `j + 16`). Q8_0 bytes are stored
 //! as `q + 128` (`q` XOR 0x80): the unsigned form `vpdpbusd` multiplies; the kernels take the
 //! offset back out exactly.
-//!
-//! Q5_0's first piece holds in lane `l` block `l`'s `qh` (bit `v` = the fifth bit of value `v`),
-//! so the fifth bits of the nibbles in lane `l` of any register of nibbles are in the same lane
-//! of that piece: a kernel spreads them onto the nibble bytes lane by lane (a byte shuffle and a
-//! bit test), and a short group's lanes load as any other piece's. (Masks laid out per register
-//! of nibbles would save the shuffle, but a short last group, every row of the 896-wide matrices
-//! of Qwen2.5-0.5B, would have narrower masks to widen: measured 37 ns a row, twice the row's
-//! own product.)
 
 use rayon::prelude::*;
 
@@ -31,7 +24,7 @@ use super::{super_block, QuantFormat, LANES, QK};
 /// Bytes of a block's header: `d`, and for Q4_1 also `m`.
 pub(super) const fn head_bytes(fmt: QuantFormat) -> usize {
     match fmt {
-        QuantFormat::Q4_1 => 4,
+        QuantFormat::Q4_1 | QuantFormat::Q5_1 => 4,
         QuantFormat::Q4_0 | QuantFormat::Q8_0 | QuantFormat::Q5_0 => 2,
         _ => panic!("no packed layout for this block type"),
     }
@@ -165,8 +158,7 @@ pub fn pack_rows(fmt: QuantFormat, w: &[u8], k: usize) -> Vec<u8> {
 }
 
 /// Value `v` (0..32) of block `l` in a packed group of `t` blocks, as the integer the kernels
-/// multiply: the nibble (Q4_0 without its `- 8`), Q5_0's 5-bit `q` (without its `- 16`) or Q8_0's
-/// signed `q`.
+/// multiply: the nibble (Q4_0 without its `- 8`) or Q8_0's signed `q`.
 #[cfg(test)]
 pub(super) fn packed_value(fmt: QuantFormat, group: &[u8], t: usize, l: usize, v: usize) -> i32 {
     let head = head_bytes(fmt);
@@ -176,11 +168,11 @@ pub(super) fn packed_value(fmt: QuantFormat, group: &[u8], t: usize, l: usize, v
             let byte = group[packed_offset(fmt, t, l, head + v % (QK / 2))];
             (if v < QK / 2 { byte & 0x0F } else { byte >> 4 }) as i32
         }
-        QuantFormat::Q5_0 => {
-            let byte = group[packed_offset(fmt, t, l, head + 4 + v % (QK / 2))];
-            let nibble = if v < QK / 2 { byte & 0x0F } else { byte >> 4 };
-            let qh = group[packed_offset(fmt, t, l, head + v / 8)];
-            (nibble | ((qh >> (v % 8)) & 1) << 4) as i32
+        QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
+            let qh: [u8; 4] = std::array::from_fn(|j| group[packed_offset(fmt, t, l, head + j)]);
+            let qs: [u8; 16] =
+                std::array::from_fn(|j| group[packed_offset(fmt, t, l, head + 4 + j)]);
+            super::q5_0::value(u32::from_le_bytes(qh), &qs, v) as i32
         }
         _ => unreachable!("{fmt:?} has no packed layout"),
     }
@@ -229,8 +221,8 @@ mod tests {
             let p = pack_rows(fmt, &w, nb * QK);
             for (b0, t) in groups(nb) {
                 for l in 0..t {
-                    // The block with d = 1 (and Q4_1's m = 0): its values are the integers the
-                    // kernels multiply, less the offsets they take out.
+                    // The block with d = 1 (and a minimum m = 0): its values are the integers
+                    // the kernels multiply, less the offsets they take out.
                     let mut block = w[(b0 + l) * bb..][..bb].to_vec();
                     block[..head_bytes(fmt)].fill(0);
                     block[1] = 0x3C;
@@ -284,7 +276,7 @@ mod tests {
     }
 
     /// In a full group, 32-bit lane `l` of piece `c` is block `l`'s bytes `4c..4c+4` (the kernels'
-    /// one-load-per-piece view), and `packed_value` reads the GGUF values back.
+    /// one-load-per-piece view), and `packed_value` reads the GGUF values back (Q4_1, Q5_1).
     #[test]
     fn full_group_lanes_hold_one_block_each() {
         let fmt = QuantFormat::Q4_1;
@@ -302,6 +294,20 @@ mod tests {
                 let byte = w[l * bb + 4 + v % 16];
                 let want = if v < 16 { byte & 15 } else { byte >> 4 };
                 assert_eq!(packed_value(fmt, &p, LANES, l, v), want as i32);
+            }
+        }
+        // Q5_1: piece 0 is each block's `qh`, the nibbles follow; values as the GGUF block's.
+        let fmt = QuantFormat::Q5_1;
+        let bb = fmt.block_bytes();
+        let w: Vec<u8> = (0..LANES * bb).map(|i| (i * 13 % 251) as u8).collect();
+        let p = pack_rows(fmt, &w, LANES * QK);
+        for l in 0..LANES {
+            let b = &w[l * bb..(l + 1) * bb];
+            assert_eq!(&p[4 * LANES + 4 * l..][..4], &b[4..8], "qh of block {l}");
+            let qh = u32::from_le_bytes(b[4..8].try_into().unwrap());
+            for v in 0..QK {
+                let want = super::super::q5_0::value(qh, &b[8..], v);
+                assert_eq!(packed_value(fmt, &p, LANES, l, v), want as i32, "{l} {v}");
             }
         }
     }

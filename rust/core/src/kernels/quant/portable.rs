@@ -32,7 +32,9 @@ pub(super) fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
                 }
                 let dw = f16_at(group, pack::packed_offset(fmt, t, l, 0));
                 let mw = match fmt {
-                    QuantFormat::Q4_1 => f16_at(group, pack::packed_offset(fmt, t, l, 2)),
+                    QuantFormat::Q4_1 | QuantFormat::Q5_1 => {
+                        f16_at(group, pack::packed_offset(fmt, t, l, 2))
+                    }
                     _ => 0.0,
                 };
                 (isum, dw, mw)
@@ -40,22 +42,36 @@ pub(super) fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
                 (0, 0.0, 0.0)
             };
             acc[l] = (dw * x.d[b]).mul_add(isum as f32, acc[l]);
-            if fmt == QuantFormat::Q4_1 {
+            if has_mins(fmt) {
                 mins[l] = mw.mul_add(x.s[b], mins[l]);
             }
         }
     }
-    let lanes: [f32; LANES] = std::array::from_fn(|l| match fmt {
-        QuantFormat::Q4_1 => acc[l] + mins[l],
-        _ => acc[l],
+    let lanes: [f32; LANES] = std::array::from_fn(|l| {
+        if has_mins(fmt) {
+            acc[l] + mins[l]
+        } else {
+            acc[l]
+        }
     });
     hsum(&lanes)
 }
 
+/// Whether the type's values have a fifth bit (`qh`, the group's first piece: Q5_0, Q5_1).
+fn has_qh(fmt: QuantFormat) -> bool {
+    matches!(fmt, QuantFormat::Q5_0 | QuantFormat::Q5_1)
+}
+
+/// Whether the type adds a minimum per block (`w = q·d + m`: Q4_1, Q5_1).
+fn has_mins(fmt: QuantFormat) -> bool {
+    matches!(fmt, QuantFormat::Q4_1 | QuantFormat::Q5_1)
+}
+
 /// Block `l`'s integer dot product in a packed group of `t` blocks (`group`) against the
-/// group's quantized `x` (`xg`): the nibbles (Q4_0 without its `- 8`), Q5_0's 5-bit `q` (without
-/// its `- 16`) or Q8_0's signed `q`, times the activations, summed exactly. Walks the group's
-/// pieces as the SIMD kernels load them.
+/// group's quantized `x` (`xg`): the nibbles (Q4_0 without its `- 8`; with Q5_1's and Q5_0's fifth bit, Q5_0 without
+/// its `- 16`) or
+/// Q8_0's signed `q`, times
+/// the activations, summed exactly. Walks the group's pieces as the SIMD kernels load them.
 fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> i32 {
     let values = &group[pack::head_bytes(fmt) * t..];
     let x = |v: usize| xg[x_index(l, v)] as i32;
@@ -68,17 +84,15 @@ fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> 
                 }
             }
         }
-        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 => {
-            // Q5_0's first piece holds each block's fifth bits (`qh`: bit v for value v), its
-            // nibbles follow; the 4-bit types have no fifth bits.
-            let (qh, nibbles) = match fmt {
-                QuantFormat::Q5_0 => (
-                    u32::from_le_bytes(values[4 * l..4 * l + 4].try_into().unwrap()),
-                    &values[4 * t..],
-                ),
-                _ => (0, values),
+        QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
+            // Q5_0, Q5_1: piece 0 is `qh`, bit v the fifth bit of value v; the nibbles follow.
+            let (high, nibbles) = if has_qh(fmt) {
+                let qh = &values[4 * l..][..4];
+                (u32::from_le_bytes(qh.try_into().unwrap()), &values[4 * t..])
+            } else {
+                (0, values)
             };
-            let fifth = |v: usize| (((qh >> v) & 1) as i32) << 4;
+            let fifth = |v: usize| (((high >> v) & 1) << 4) as i32;
             // Byte j of a block holds value j (low nibble) and value j + 16 (high nibble).
             for c in 0..QK / 8 {
                 for (j, &byte) in nibbles[4 * (c * t + l)..][..4].iter().enumerate() {

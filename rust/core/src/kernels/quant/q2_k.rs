@@ -6,6 +6,7 @@
 
 use half::f16;
 
+use super::super_block::{Parts, SuperBlock, Values};
 use super::types::{BlockFacts, QuantFormat};
 
 /// Values per super-block (ggml's `QK_K`).
@@ -22,7 +23,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
-    super_block: None,
+    super_block: Some(&SUPER),
 };
 
 /// `x = (d·sc)·q - dmin·m`, the two products rounded to `f32` first, then the product with `q`,
@@ -41,5 +42,28 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
             let q = (qs[32 * (v / 128) + v % 32] >> (2 * ((v / 32) % 4))) & 0x03;
             *x = dl * q as f32 - ml;
         }
+    }
+}
+
+/// For the super-block kernels: `w = (d·sc)·q - dmin·m` per 16 values, `q` 2 bits (a 4-bit kind
+/// whose top bits are clear).
+const SUPER: SuperBlock = SuperBlock {
+    scale_values: SUB,
+    mins: true,
+    values: Values::U4,
+    offset: 0,
+    split,
+};
+
+/// One super-block's `d`, `dmin`, 4-bit scales and minimums, and 2-bit values, as they are.
+fn split(b: &[u8], p: &mut Parts) {
+    let (scales, qs) = (&b[..16], &b[16..80]);
+    p.d = f16::from_le_bytes([b[80], b[81]]);
+    p.dmin = f16::from_le_bytes([b[82], b[83]]);
+    for (s, &sm) in scales.iter().enumerate() {
+        (p.sc[s], p.m[s]) = ((sm & 0x0F) as i8, sm >> 4);
+    }
+    for (v, u) in p.u.iter_mut().enumerate() {
+        *u = (qs[32 * (v / 128) + v % 32] >> (2 * ((v / 32) % 4))) & 0x03;
     }
 }

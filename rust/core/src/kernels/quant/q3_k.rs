@@ -6,6 +6,7 @@
 
 use half::f16;
 
+use super::super_block::{Parts, SuperBlock, Values};
 use super::types::{BlockFacts, QuantFormat};
 
 /// Values per super-block (ggml's `QK_K`).
@@ -22,7 +23,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
-    super_block: None,
+    super_block: Some(&SUPER),
 };
 
 /// Sub-block `s`'s (0..16) scale from the 12 packed bytes: its low 4 bits are the low nibble of
@@ -56,5 +57,27 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
             let dl = d * scale(scales, v / SUB) as f32;
             *x = dl * value(hmask, qs, v) as f32;
         }
+    }
+}
+
+/// For the super-block kernels: `w = (d·sc)·(u - 4)` per 16 values, `u = q + 4` in 0..8.
+const SUPER: SuperBlock = SuperBlock {
+    scale_values: SUB,
+    mins: false,
+    values: Values::U4,
+    offset: 4,
+    split,
+};
+
+/// One super-block's `d`, signed scales and values made unsigned (`q + 4`).
+fn split(b: &[u8], p: &mut Parts) {
+    let (hmask, qs, scales) = (&b[..32], &b[32..96], &b[96..108]);
+    p.d = f16::from_le_bytes([b[108], b[109]]);
+    p.dmin = f16::ZERO;
+    for (s, sc) in p.sc.iter_mut().enumerate() {
+        *sc = scale(scales, s);
+    }
+    for (v, u) in p.u.iter_mut().enumerate() {
+        *u = (value(hmask, qs, v) + 4) as u8;
     }
 }

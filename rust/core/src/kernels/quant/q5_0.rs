@@ -3,8 +3,8 @@
 //! `qs`: values `j` and `j + 16`), its fifth bit as bit `v` of the little-endian `u32` `qh`.
 //! llama.cpp's fallback for Q4_K tensors whose rows are not whole 256-value super-blocks.
 //!
-//! The packed kernels run it in its own 22 bytes per block (`pack.rs`: the nibbles as Q4_0's, the
-//! fifth bits as one mask per register of nibbles; the products `Σq·x - 16·Σx`).
+//! The packed kernels run it in its own 22 bytes per block (`pack.rs`: its `qh` as a piece before
+//! the nibbles, as Q5_1's; the products `Σq·x - 16·Σx`).
 
 use half::f16;
 

@@ -1,6 +1,9 @@
 //! Q5_1 (ggml's `block_q5_1`): 32 values in 24 bytes, `f16 d; f16 m; u8 qh[4]; u8 qs[16]`, each
 //! value `w = q·d + m` with the 5-bit unsigned `q` split as Q5_0's ([`q5_0::value`]).
 //! llama.cpp's fallback for Q5_K tensors whose rows are not whole 256-value super-blocks.
+//!
+//! The packed kernels run it as Q4_1 with a fifth bit: `qh` is one more 4-byte piece of the
+//! packed layout (`pack.rs`), from which the kernels set bit 4 of each nibble.
 
 use half::f16;
 
@@ -16,7 +19,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     block_values: VALUES,
     block_bytes: 2 + 2 + 4 + VALUES / 2,
     dequantize,
-    packed_kernels: false,
+    packed_kernels: true,
     transcode: None,
     super_block: None,
 };

@@ -8,6 +8,7 @@
 use half::f16;
 
 use super::q4_k;
+use super::super_block::{Parts, SuperBlock, Values};
 use super::types::{BlockFacts, QuantFormat};
 
 /// Values per super-block (ggml's `QK_K`).
@@ -24,7 +25,7 @@ pub(super) const FACTS: BlockFacts = BlockFacts {
     dequantize,
     packed_kernels: false,
     transcode: None,
-    super_block: None,
+    super_block: Some(&SUPER),
 };
 
 /// `x = (d·sc)·q - dmin·m`, the two products rounded to `f32` first, then the product with `q`,
@@ -46,6 +47,32 @@ fn dequantize(src: &[u8], dst: &mut [f32]) {
                 let q = ((l >> shift) & 0x0F) | (((h >> s) & 1) << 4);
                 *x = dl * q as f32 - ml;
             }
+        }
+    }
+}
+
+/// For the super-block kernels: `w = (d·sc)·q - dmin·m` per sub-block of 32, `q` 5 bits (a 6-bit
+/// kind whose top bit is always clear).
+const SUPER: SuperBlock = SuperBlock {
+    scale_values: SUB,
+    mins: true,
+    values: Values::U6,
+    offset: 0,
+    split,
+};
+
+/// One super-block's `d`, `dmin`, 6-bit scales and minimums, and 5-bit values, as they are.
+fn split(b: &[u8], p: &mut Parts) {
+    p.d = f16::from_le_bytes([b[0], b[1]]);
+    p.dmin = f16::from_le_bytes([b[2], b[3]]);
+    let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..FACTS.block_bytes]);
+    for s in 0..VALUES / SUB {
+        let (sc, m) = q4_k::scale_min(scales, s);
+        (p.sc[s], p.m[s]) = (sc as i8, m);
+        let low = &qs[SUB * (s / 2)..][..SUB];
+        let shift = 4 * (s % 2);
+        for ((u, l), h) in p.u[SUB * s..][..SUB].iter_mut().zip(low).zip(qh) {
+            *u = ((l >> shift) & 0x0F) | (((h >> s) & 1) << 4);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Types of 256-value super-blocks (the K-quants) in the quantized kernels: what such a type tells
+//! Types of 256-value super-blocks (the K-quants, IQ4_XS) in the quantized kernels: what such a type tells
 //! the kernels ([`SuperBlock`]), the packed layout the kernels read, its dequantization, and the
 //! portable dot product (the reference of the SIMD kernels in `x86_super.rs`).
 //!
@@ -8,12 +8,22 @@
 //! integers `u`: `w = (d·sc)·(u - o) - dmin·m` for a fixed offset `o`. Its [`SuperBlock`] says
 //! which of those it has and gives `split`, the exact conversion of one GGUF super-block into
 //! those integers ([`Parts`]). The packing, the dequantization of packed rows and every kernel
-//! come from that description; a type whose values fit [`Values::U4`] or [`Values::U6`] needs
-//! nothing else (Q5_K: `U6` with minimums per 32; Q3_K: `U4` with `o = 4`, scales per 16; Q2_K:
-//! `U4` with minimums per 16; each a `SuperBlock` and its `split` in the type's file). A
-//! codebook type (IQ4_XS) needs one more [`Values`] kind: nibble indices mapped through a table
-//! (`pshufb` / `vqtbl1q`) to `codebook + 128` with `o = 128`; `vpdpbusd` takes such bytes as they
-//! are, while AVX2's `maddubs` would saturate on them and needs Q8_0's sign trick instead.
+//! come from that description, so a type of an existing [`Values`] kind needs nothing else. The
+//! types run this way (each a `SuperBlock` and its `split` in the type's file):
+//!
+//! | type   | values                   | `o`   | scales (`sc`)      | minimums (`m`) |
+//! |--------|--------------------------|-------|--------------------|----------------|
+//! | Q4_K   | `U4`                     | 0     | per 32, 0..64      | per 32, 0..64  |
+//! | Q5_K   | `U6` (5 bits used)       | 0     | per 32, 0..64      | per 32, 0..64  |
+//! | Q6_K   | `U6`                     | 32    | per 16, -128..128  | none           |
+//! | Q3_K   | `U4` (`q + 4`, 3 bits)   | 4     | per 16, -32..32    | none           |
+//! | Q2_K   | `U4` (2 bits used)       | 0     | per 16, 0..16      | per 16, 0..16  |
+//! | IQ4_XS | `Codebook` (IQ4_NL's)    | 128   | per 32, -32..32    | none           |
+//!
+//! [`Values::Codebook`] stores nibble indices; the kernels map them through the table
+//! (`pshufb`) to `codebook + 128`, which is `u` with `o = 128`: `vpdpbusd` takes such bytes as
+//! they are, while AVX2's `maddubs` would saturate on them and multiplies the signed codebook
+//! values with Q8_0's sign trick instead (the same integers: `Σ c·x = Σ u·x - 128·Σx`).
 //!
 //! # Packed layout
 //! A packed super-block is one full group of the module's interleaving (`pack.rs`): the 256
@@ -29,10 +39,13 @@
 //!    ones (Q4_0's order: low nibbles are the first half of a sub-block, high ones the second);
 //!    [`Values::U6`]: those low 4 bits, then a 64-byte plane of the top 2 bits: plane byte `k`
 //!    serves nibble byte `k` (bits 0-1 its low value, 2-3 its high value) and nibble byte
-//!    `64 + k` (bits 4-5, 6-7), so one 64-byte load serves two 64-byte loads of nibbles.
+//!    `64 + k` (bits 4-5, 6-7), so one 64-byte load serves two 64-byte loads of nibbles;
+//!    [`Values::Codebook`]: the indices, as `U4`.
 //!
-//! Q4_K packs into 148 bytes per super-block (144 in the file: its 6-bit scales unpacked to
-//! bytes), Q6_K into 210 (as in the file).
+//! Packed bytes per super-block (in the file): Q4_K 148 (144: its 6-bit scales unpacked to
+//! bytes), Q5_K 212 (176), Q6_K 210 (210), Q3_K 146 (110), Q2_K 164 (84), IQ4_XS 138 (136). Q3_K
+//! and Q2_K give up part of their size for the 4-bit layout (still a fifth of `f32`'s 1024):
+//! their 3- and 2-bit values would need kinds of their own to stream fewer bytes.
 //!
 //! # Arithmetic
 //! Lane `l` (sub-block `l`) of a super-block, against the 8-bit block `l` of `x` (scale `dx`,
@@ -40,7 +53,7 @@
 //! halves:
 //!
 //! * `isum = sc_a·(Sa - o·Xa) + sc_b·(Sb - o·Xb)` and `msum = m_a·Xa + m_b·Xb`, exact `i32`
-//!   (`|isum| < 2^24`); with one scale per 32 values `sc_a = sc_b` and `m_a = m_b` (the kernels
+//!   (`|isum| < 2^24`, so exact in `f32` too: IQ4_XS comes closest, `32·127·127·32`); with one scale per 32 values `sc_a = sc_b` and `m_a = m_b` (the kernels
 //!   may then factor them out: the integers are the same);
 //! * `acc = fma(d·dx, isum, acc)` and, with minimums, `mins = fma(dmin·dx, msum, mins)`, in `f32`,
 //!   super-block after super-block;
@@ -65,6 +78,11 @@ pub(super) enum Values {
     U4,
     /// 6 bits (0..64): the low 4 bits as [`Values::U4`], then a 64-byte plane of the top 2.
     U6,
+    /// 4-bit indices `i` into a table of 16 signed values, stored as [`Values::U4`]; the kernels
+    /// take `u = table[i] + 128` (0..256) with the offset `o = 128`, so `u - o` is the table's
+    /// value. Only without minimums and with one scale per 32 values (what IQ4_XS is, and all
+    /// the SIMD kernels instantiate).
+    Codebook(&'static [i8; 16]),
 }
 
 /// What a type of 256-value super-blocks is to the kernels (see the module docs).
@@ -232,16 +250,17 @@ impl Head {
     }
 }
 
-/// Value `i` (0..32) of sub-block `l` of a packed super-block `b`: the unsigned `u`.
+/// Value `i` (0..32) of sub-block `l` of a packed super-block `b`: the unsigned `u` (for a
+/// codebook, the table's value + 128).
 #[inline]
 fn packed_u(sb: &SuperBlock, lay: &Layout, b: &[u8], l: usize, i: usize) -> i32 {
     let (byte, shift, plane, pshift) = value_place(l, i);
     let low = (b[lay.values + byte] >> shift) & 0x0F;
-    let high = match sb.values {
-        Values::U4 => 0,
-        Values::U6 => (b[lay.plane + plane] >> pshift) & 0x03,
-    };
-    (low | (high << 4)) as i32
+    match sb.values {
+        Values::U4 => low as i32,
+        Values::U6 => (low | (((b[lay.plane + plane] >> pshift) & 0x03) << 4)) as i32,
+        Values::Codebook(table) => table[low as usize] as i32 + 128,
+    }
 }
 
 /// A packed row (`src`, whole super-blocks) dequantized into `dst`: `(d·sc)·(u - o)`, minus
@@ -318,6 +337,10 @@ mod tests {
                 "{fmt:?}"
             );
             assert!(fmt.has_kernels(), "{fmt:?}");
+            if let Values::Codebook(_) = sb.values {
+                assert!(!sb.mins && sb.scale_values == 32, "{fmt:?}");
+                assert_eq!(sb.offset, 128, "{fmt:?}");
+            }
         }
     }
 

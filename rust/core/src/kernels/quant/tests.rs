@@ -18,7 +18,14 @@ fn kernel_types_have_32_value_blocks_or_super_blocks() {
             Some(_) => assert_eq!(fmt.block_values(), super_block::VALUES, "{fmt:?}"),
         }
     }
-    for fmt in [QuantFormat::Q4_K, QuantFormat::Q6_K] {
+    for fmt in [
+        QuantFormat::Q4_K,
+        QuantFormat::Q6_K,
+        QuantFormat::Q5_K,
+        QuantFormat::Q3_K,
+        QuantFormat::Q2_K,
+        QuantFormat::IQ4_XS,
+    ] {
         assert!(fmt.has_kernels(), "{fmt:?}");
     }
 }
@@ -31,8 +38,8 @@ fn set_f16(b: &mut [u8], at: usize, v: f32) {
 /// `n` rows of random blocks: every byte of `qs` random (all nibbles, Q8_0 values -128..=127
 /// included, every Q5_0 fifth bit), scales of realistic size (Q4_0 `d` of either sign, Q4_1 `m` negative as the
 /// quantizer makes it for centred weights; the K-quants' integer scales and minimums random,
-/// their `d` sized for weights of about ±0.1, Q6_K's of either sign and down to `f16`
-/// subnormals as in real files).
+/// their `d` sized for weights of about ±0.1; Q6_K's, Q3_K's and IQ4_XS's of either sign, Q6_K's
+/// and IQ4_XS's down to `f16` subnormals as in real files).
 fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
     let bytes = random(n * fmt.row_bytes(k), seed);
     let mut w: Vec<u8> = bytes.iter().map(|v| ((v + 1.0) * 128.0) as u8).collect();
@@ -45,6 +52,10 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
                 set_f16(blk, 0, 0.01 * (1.5 + r0));
                 set_f16(blk, 2, -0.08 * (1.5 + r1));
             }
+            QuantFormat::Q5_1 => {
+                set_f16(blk, 0, 0.005 * (1.5 + r0));
+                set_f16(blk, 2, -0.08 * (1.5 + r1));
+            }
             QuantFormat::Q8_0 => set_f16(blk, 0, 0.002 * r0),
             QuantFormat::Q5_0 => set_f16(blk, 0, 0.01 * r0),
             QuantFormat::Q4_K => {
@@ -52,6 +63,16 @@ fn random_weights(fmt: QuantFormat, n: usize, k: usize, seed: u64) -> Vec<u8> {
                 set_f16(blk, 2, 1e-3 * (1.5 + r1));
             }
             QuantFormat::Q6_K => set_f16(blk, 208, 3e-5 * r0),
+            QuantFormat::Q5_K => {
+                set_f16(blk, 0, 1e-4 * (1.5 + r0));
+                set_f16(blk, 2, 1e-3 * (1.5 + r1));
+            }
+            QuantFormat::Q3_K => set_f16(blk, 108, 1e-3 * r0),
+            QuantFormat::IQ4_XS => set_f16(blk, 0, 3e-5 * r0),
+            QuantFormat::Q2_K => {
+                set_f16(blk, 80, 2e-3 * (1.5 + r0));
+                set_f16(blk, 82, 3e-3 * (1.5 + r1));
+            }
             _ => unreachable!("{fmt:?} has no kernels"),
         }
     }
@@ -413,8 +434,8 @@ fn known_nibbles() {
 }
 
 /// The largest products the integer steps meet: Q8_0 weights of -128 against activations of
-/// ±127 (pair sums of ±32512 in `maddubs`, just inside i16), 15-nibbles, and Q5_0's 31 and 0
-/// (`-16`; four pieces of `2·31·127` pair sums in one `i16`).
+/// ±127 (pair sums of ±32512 in `maddubs`, just inside i16), 15-nibbles, and Q5_1's and Q5_0's
+/// 31s (four pieces of pair sums `2·31·127` in one `i16`), Q5_0's 0s (`-16`).
 #[test]
 fn extreme_values_do_not_saturate() {
     let k = 64;
@@ -428,13 +449,14 @@ fn extreme_values_do_not_saturate() {
                 (QuantFormat::Q4_0, 0xFF),
                 (QuantFormat::Q4_0, 0x00),
                 (QuantFormat::Q4_1, 0xFF),
+                (QuantFormat::Q5_1, 0xFF),
                 (QuantFormat::Q5_0, 0xFF),
                 (QuantFormat::Q5_0, 0x00),
             ] {
                 let mut w = vec![byte; fmt.row_bytes(k)];
                 for blk in w.chunks_exact_mut(fmt.block_bytes()) {
                     blk[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
-                    if fmt == QuantFormat::Q4_1 {
+                    if matches!(fmt, QuantFormat::Q4_1 | QuantFormat::Q5_1) {
                         blk[2..4].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
                     }
                 }
@@ -451,7 +473,9 @@ fn extreme_values_do_not_saturate() {
 
 /// The largest integers the super-block kernels meet, with `x = ±1` (all `q = ±127`): Q6_K
 /// values 0 (`-32`) and 63 under scales -128 and 127 (`maddubs` pairs of `2·63·127`, `|isum|`
-/// near `2^24`), Q4_K nibbles 15 with scales and minimums 63.
+/// near `2^24`), Q4_K nibbles 15 with scales and minimums 63, Q5_K's 31 likewise, Q3_K values
+/// -4 and 3 under scales -32 and 31, Q2_K values 3 with scales and minimums 15, IQ4_XS codebook
+/// values -127 and 113 under scales -32 and 31 (`|isum|` up to `32·127·127·32`, near `2^24`).
 #[test]
 fn super_block_extremes_do_not_saturate() {
     let k = 512;
@@ -473,6 +497,34 @@ fn super_block_extremes_do_not_saturate() {
         set_f16(&mut blk, 0, 1.0);
         set_f16(&mut blk, 2, 0.5);
         cases.push((QuantFormat::Q4_K, blk.to_vec()));
+    }
+    for (bits, scales) in [(0xFFu8, 0xFFu8), (0x00, 0xFF), (0xFF, 0x3F)] {
+        let mut blk = [bits; 176];
+        blk[4..16].fill(scales);
+        set_f16(&mut blk, 0, 1.0);
+        set_f16(&mut blk, 2, 0.5);
+        cases.push((QuantFormat::Q5_K, blk.to_vec()));
+    }
+    // Q3_K scale bytes 0x00: every scale -32; 0xFF: 31. Values: hmask 0 with qs 0 is -4,
+    // hmask and qs 0xFF is 3.
+    for (values, scales) in [(0x00u8, 0x00u8), (0xFF, 0xFF), (0x00, 0xFF), (0xFF, 0x00)] {
+        let mut blk = [values; 110];
+        blk[96..108].fill(scales);
+        set_f16(&mut blk, 108, 1.0);
+        cases.push((QuantFormat::Q3_K, blk.to_vec()));
+    }
+    for (values, scales) in [(0xFFu8, 0xFFu8), (0x00, 0xFF), (0xFF, 0x0F)] {
+        let mut blk = [values; 84];
+        blk[..16].fill(scales);
+        set_f16(&mut blk, 80, 1.0);
+        set_f16(&mut blk, 82, 0.5);
+        cases.push((QuantFormat::Q2_K, blk.to_vec()));
+    }
+    for (values, scales) in [(0x00u8, 0x00u8), (0xFF, 0xFF), (0x00, 0xFF), (0xFF, 0x00)] {
+        let mut blk = [values; 136];
+        blk[2..8].fill(scales);
+        set_f16(&mut blk, 0, 1.0);
+        cases.push((QuantFormat::IQ4_XS, blk.to_vec()));
     }
     for isa in cpu::supported_isas() {
         for sign in [1.0f32, -1.0] {
@@ -618,10 +670,15 @@ fn bench_quant_matmul() {
     let fmts = [
         QuantFormat::Q8_0,
         QuantFormat::Q4_1,
+        QuantFormat::Q5_1,
         QuantFormat::Q4_0,
         QuantFormat::Q5_0,
         QuantFormat::Q4_K,
         QuantFormat::Q6_K,
+        QuantFormat::Q5_K,
+        QuantFormat::Q3_K,
+        QuantFormat::Q2_K,
+        QuantFormat::IQ4_XS,
     ];
     for &(m, k, n) in &shapes {
         for fmt in fmts {

@@ -14,7 +14,9 @@
 //! 2. A variant of [`QuantFormat`] and its row in [`TABLE`], in the same position.
 //!
 //! Files holding the type then load: tensors of a type the kernels do not run are dequantized to
-//! `f32` at load, as F16 ones are. To run it quantized:
+//! `f32` at load, as F16 ones are. Every type of [`TABLE`] runs quantized today: Q4_0, Q4_1, Q8_0,
+//! Q5_0 and Q5_1 on the packed 32-value kernels, Q4_K, Q5_K, Q6_K, Q3_K, Q2_K and IQ4_XS on the
+//! super-block kernels, IQ4_NL as Q8_0. To run a new type quantized:
 //! * a type of 256-value super-blocks (a K-quant, IQ4_XS) gives a
 //!   [`SuperBlock`](super::super_block::SuperBlock) in its file: which scales, minimums and
 //!   offset it has, how its values are stored for the kernels, and `split`, its GGUF bytes as

@@ -6,11 +6,10 @@
 //! adds adjacent pairs into `i16`; `madd` with ones adds those pairs into the 32-bit lanes, so
 //! after all pieces lane `l` holds block `l`'s whole integer dot product. Nibbles go in as they
 //! are; their pair sums (at most `2·15·127 = 3810`) can be added up across the 8 pieces in `i16`
-//! (at most 30480) before one `madd`. Q5_0's 5-bit values (nibbles with their fifth bits
-//! spread from the `qh` piece onto the bytes of each lane: a shuffle and a bit test) make pair sums up to
-//! `2·31·127 = 7874`: four pieces per `i16` sum, two `madd`s. Q8_0 weights (stored `q + 128`) go in as `|q|` with `q`'s
+//! (at most 30480) before one `madd`. Q8_0 weights (stored `q + 128`) go in as `|q|` with `q`'s
 //! sign moved onto `x` (`sign_epi8`), as llama.cpp does: pair sums up to `2·128·127 = 32512`, so
-//! each piece gets its own `madd`.
+//! each piece gets its own `madd`. Q5_1's and Q5_0's values (nibbles with a fifth bit from the `qh` piece,
+//! spread to bytes by `pshufb` and a compare) pair up to `2·31·127`: 4 pieces per `i16` sum.
 //!
 //! # Safety
 //! Everything here is compiled with `#[target_feature(enable = "avx2,fma,f16c")]`; callers must
@@ -36,13 +35,25 @@ pub(super) const PREFETCH_BYTES: usize = 4096;
 pub(super) const Q4_0: u8 = QuantFormat::Q4_0 as u8;
 pub(super) const Q4_1: u8 = QuantFormat::Q4_1 as u8;
 pub(super) const Q8_0: u8 = QuantFormat::Q8_0 as u8;
+pub(super) const Q5_1: u8 = QuantFormat::Q5_1 as u8;
 pub(super) const Q5_0: u8 = QuantFormat::Q5_0 as u8;
+
+/// Whether the format tagged `f` has a fifth bit per value (its `qh` piece first).
+pub(super) const fn has_qh(f: u8) -> bool {
+    f == Q5_0 || f == Q5_1
+}
+
+/// Whether the format tagged `f` adds a minimum per block (`w = q·d + m`).
+pub(super) const fn has_mins(f: u8) -> bool {
+    f == Q4_1 || f == Q5_1
+}
 
 /// The format a const-generic tag stands for.
 const fn format(f: u8) -> QuantFormat {
     match f {
         Q4_0 => QuantFormat::Q4_0,
         Q4_1 => QuantFormat::Q4_1,
+        Q5_1 => QuantFormat::Q5_1,
         Q5_0 => QuantFormat::Q5_0,
         _ => QuantFormat::Q8_0,
     }
@@ -122,6 +133,7 @@ macro_rules! packed_row_kernels {
                 QuantFormat::Q4_0 => rows!(Q4_0),
                 QuantFormat::Q4_1 => rows!(Q4_1),
                 QuantFormat::Q8_0 => rows!(Q8_0),
+                QuantFormat::Q5_1 => rows!(Q5_1),
                 QuantFormat::Q5_0 => rows!(Q5_0),
                 _ => unreachable!("{fmt:?} has no packed kernels"),
             }
@@ -169,7 +181,7 @@ macro_rules! packed_row_kernels {
                 group::<F, R, false>(w.add(full * bb), full, nb - full, x, &mut acc, &mut mins);
             }
             std::array::from_fn(|r| {
-                hsum(if F == Q4_1 {
+                hsum(if has_mins(F) {
                     _mm256_add_ps(acc[r], mins[r])
                 } else {
                     acc[r]
@@ -193,7 +205,7 @@ pub(super) unsafe fn quantize_row(x: &[f32], out: XRowMut<'_>) {
 
 /// The packed group of `t` blocks at `w` (blocks `b0..b0 + t` of the row; `t = 8` when `FULL`)
 /// against `R` rows: lane `l` of `acc[r]` += `dw·dx · isum` of block `b0 + l` (and of `mins[r]`
-/// += `mw·s` for Q4_1); lanes past `t` add `0·0`.
+/// += `mw·s` for Q4_1 and Q5_1); lanes past `t` add `0·0`.
 ///
 /// # Safety
 /// `w` valid for `t` blocks; each row holds the group's 8 blocks; the CPU has AVX2, FMA and F16C.
@@ -216,7 +228,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + PREFETCH_BYTES).cast());
     }
     let dw = half_floats::<FULL>(w, t);
-    let mw = if F == Q4_1 {
+    let mw = if has_mins(F) {
         half_floats::<FULL>(w.add(2 * t), t)
     } else {
         _mm256_setzero_ps()
@@ -252,40 +264,43 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         })
     } else {
         // Nibbles: low ones are values 4c..4c+4 (x piece c), high ones 16+4c.. (x piece c + 4).
+        // Q5_1's and Q5_0's follow their `qh` piece.
+        let first = if has_qh(F) { 1 } else { 0 };
         let low = _mm256_set1_epi8(0x0F);
-        // Q5_0's nibble pieces follow its `qh` piece.
-        let first = if F == Q5_0 { 1 } else { 0 };
         let p: [__m256i; 4] = std::array::from_fn(|c| piece(first + c));
-        let qh = if F == Q5_0 {
-            piece(0)
-        } else {
-            _mm256_setzero_si256()
-        };
-        let nib: [__m256i; 8] = std::array::from_fn(|c| {
-            let n = if c < 4 {
+        let mut nib: [__m256i; 8] = std::array::from_fn(|c| {
+            if c < 4 {
                 _mm256_and_si256(p[c], low)
             } else {
                 _mm256_and_si256(_mm256_srli_epi16::<4>(p[c - 4]), low)
-            };
-            if F == Q5_0 {
-                _mm256_or_si256(n, fifth_bits(qh, c))
-            } else {
-                n
             }
         });
+        if has_qh(F) {
+            let qh = piece(0);
+            for (c, n) in nib.iter_mut().enumerate() {
+                *n = _mm256_or_si256(*n, fifth_bits(qh, c));
+            }
+        }
         std::array::from_fn(|r| {
             let xg = x[r].qs.add(b0 * QK);
-            let mut pairs = [_mm256_setzero_si256(); 2];
-            for (c, n) in nib.iter().enumerate() {
-                let xc = _mm256_loadu_si256(xg.add(32 * c).cast());
-                // Q5_0 adds its pieces into two i16 sums (4·7874 fits), nibbles into one.
-                let h = if F == Q5_0 { c / 4 } else { 0 };
-                pairs[h] = _mm256_add_epi16(pairs[h], _mm256_maddubs_epi16(*n, xc));
-            }
-            let mut sum = _mm256_madd_epi16(pairs[0], ones);
-            if F == Q5_0 {
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs[1], ones));
-            }
+            let p: [__m256i; 8] = std::array::from_fn(|c| {
+                _mm256_maddubs_epi16(nib[c], _mm256_loadu_si256(xg.add(32 * c).cast()))
+            });
+            let quarter = |c: usize| {
+                _mm256_add_epi16(
+                    _mm256_add_epi16(p[c], p[c + 1]),
+                    _mm256_add_epi16(p[c + 2], p[c + 3]),
+                )
+            };
+            let sum = if has_qh(F) {
+                // Pairs up to 2·31·127: four pieces per i16 sum.
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(quarter(0), ones),
+                    _mm256_madd_epi16(quarter(4), ones),
+                )
+            } else {
+                _mm256_madd_epi16(_mm256_add_epi16(quarter(0), quarter(4)), ones)
+            };
             let xsum = || _mm256_loadu_si256(x[r].sum.add(b0).cast());
             match F {
                 // Σ(nibble - 8)·x = Σ nibble·x - 8·Σx.
@@ -299,37 +314,36 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     for r in 0..R {
         let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x[r].d.add(b0)));
         acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isums[r]), acc[r]);
-        if F == Q4_1 {
+        if has_mins(F) {
             mins[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x[r].s.add(b0)), mins[r]);
         }
     }
 }
 
-/// The fifth bits of register `c` of a Q5_0 group's nibbles (values `4c..4c+4` of each block:
-/// lane `l` byte `j` is value `4c + j` of block `l`), as 0x10 or 0 per byte, from the group's `qh`
-/// piece (lane `l` = block `l`'s `qh`): each byte gets byte `c / 2` of its lane's `qh`, then the
-/// test of its bit `4·(c % 2) + j`.
+/// Q5_1's and Q5_0's fifth bits for x piece `c` (values `4c..4c+4` of each block): byte `j` of lane `l` is
+/// `0x10` where bit `4c + j` of block `l`'s `qh` (lane `l` of `qh`) is set, else 0. `pshufb`
+/// copies the byte holding those bits into the lane's 4 bytes, each byte tests its own bit.
+///
+/// # Safety
+/// The CPU has AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn fifth_bits(qh: __m256i, c: usize) -> __m256i {
-    let b = (c / 2) as i32 * 0x0101_0101;
-    let spread = _mm256_setr_epi32(
-        b,
-        b + 0x0404_0404,
-        b + 0x0808_0808,
-        b + 0x0C0C_0C0C,
-        b,
-        b + 0x0404_0404,
-        b + 0x0808_0808,
-        b + 0x0C0C_0C0C,
+    let byte = |i: i32| (4 * i + (c / 2) as i32) * 0x0101_0101;
+    let copy = _mm256_setr_epi32(
+        byte(0),
+        byte(1),
+        byte(2),
+        byte(3),
+        byte(0),
+        byte(1),
+        byte(2),
+        byte(3),
     );
-    let bit = _mm256_set1_epi32(if c % 2 == 0 {
-        0x0804_0201
-    } else {
-        0x8040_2010u32 as i32
-    });
-    let bytes = _mm256_and_si256(_mm256_shuffle_epi8(qh, spread), bit);
-    _mm256_and_si256(_mm256_cmpeq_epi8(bytes, bit), _mm256_set1_epi8(0x10))
+    let s = 4 * (c % 2) as u32;
+    let bits = _mm256_set1_epi32(i32::from_le_bytes([1 << s, 2 << s, 4 << s, 8 << s]));
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(qh, copy), bits), bits);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
 /// The `t` (8 when `FULL`) consecutive `f16` at `p` as 8 `f32` lanes, zero past `t`.

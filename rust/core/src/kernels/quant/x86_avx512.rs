@@ -7,9 +7,9 @@
 //! four products summed into each `i32` lane, exact) advances 8 blocks by 8 values at once; after
 //! the group's 4 registers, the two halves added give each block's integer dot product. Q8_0
 //! weights are stored `q + 128`, already unsigned: `Σ(q + 128)·x - 128·Σx` takes the offset back
-//! out, exactly. Q5_0's fifth bits come from its `qh` piece, in both halves of a register, as a
-//! 64-bit mask per register of nibbles (a byte shuffle and `vptestmb`), then a masked byte add of
-//! 16 onto the nibbles. Everything after the integer sums is the AVX2 code on 8 lanes.
+//! out, exactly. Q5_1's and Q5_0's fifth bits: `vpshufb` copies each block's `qh` byte to its value bytes,
+//! `vptestmb` picks the set bits, a masked add puts 16 on those values. Everything after the
+//! integer sums is the AVX2 code on 8 lanes.
 //!
 //! # Safety
 //! Everything here is compiled with AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C enabled; callers
@@ -17,7 +17,10 @@
 
 use std::arch::x86_64::*;
 
-use super::x86_avx2::{self as avx2, block_bytes, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q5_0, Q8_0};
+use super::x86_avx2::{
+    self as avx2, block_bytes, has_mins, has_qh, head_bytes, hsum, XPtr, Q4_0, Q4_1, Q5_0, Q5_1,
+    Q8_0,
+};
 use super::{QuantFormat, XRow, LANES, QK};
 
 /// Whether this CPU can run this file's code.
@@ -58,7 +61,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         }
     };
     let dw = halves(w);
-    let mw = if F == Q4_1 {
+    let mw = if has_mins(F) {
         halves(w.add(2 * t))
     } else {
         _mm256_setzero_ps()
@@ -75,47 +78,46 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         }
     };
     // Weight registers in the order of the x registers they meet: x pieces (0,1), (2,3), (4,5),
-    // (6,7). Nibbles: a byte of piece c holds value 4c+i (low) and 16+4c+i (high).
-    let v: [__m512i; 4] = if F == Q8_0 {
+    // (6,7). Nibbles: a byte of piece c holds value 4c+i (low) and 16+4c+i (high); Q5_1's and
+    // Q5_0's follow their `qh` piece.
+    let mut v: [__m512i; 4] = if F == Q8_0 {
         std::array::from_fn(|i| pieces(2 * i))
     } else {
+        let first = if has_qh(F) { 1 } else { 0 };
         let low = _mm512_set1_epi8(0x0F);
-        // Q5_0's nibble pieces follow its `qh` piece.
-        let first = if F == Q5_0 { 1 } else { 0 };
         let (p01, p23) = (pieces(first), pieces(first + 2));
-        let nib = [
+        [
             _mm512_and_si512(p01, low),
             _mm512_and_si512(p23, low),
             _mm512_and_si512(_mm512_srli_epi16::<4>(p01), low),
             _mm512_and_si512(_mm512_srli_epi16::<4>(p23), low),
-        ];
-        if F == Q5_0 {
-            // Lane l of the `qh` piece (block l's fifth bits) in both halves: register i holds
-            // nibble registers 2i' and 2i' + 1 of the AVX2 kernel, whose bits are the low and the
-            // high nibble of byte i of each lane (i = 0, 1: low nibbles of pieces (0, 1), (2, 3);
-            // 2, 3: their high nibbles).
-            let qh = if FULL {
-                _mm256_loadu_si256(data.cast())
-            } else {
-                _mm256_maskz_loadu_epi32(lanes, data.cast())
-            };
-            let qh = _mm512_broadcast_i64x4(qh);
-            let bit = _mm512_inserti64x4::<1>(
-                _mm512_set1_epi32(0x0804_0201),
-                _mm256_set1_epi32(0x8040_2010u32 as i32),
-            );
-            let sixteen = _mm512_set1_epi8(0x10);
-            std::array::from_fn(|i| {
-                let b = i as i32 * 0x0101_0101;
-                let spread =
-                    _mm512_set4_epi32(b + 0x0C0C_0C0C, b + 0x0808_0808, b + 0x0404_0404, b);
-                let k = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, spread), bit);
-                _mm512_mask_add_epi8(nib[i], k, nib[i], sixteen)
-            })
-        } else {
-            nib
-        }
+        ]
     };
+    if has_qh(F) {
+        // Register i holds x pieces 2i (low half) and 2i + 1 (high half): values 8i..8i+8 of
+        // each block, whose fifth bits are byte i of its `qh` (low nibble, then high nibble).
+        let qh = if FULL {
+            _mm256_loadu_si256(data.cast())
+        } else {
+            _mm256_maskz_loadu_epi32(lanes, data.cast())
+        };
+        let qh = _mm512_broadcast_i64x4(qh);
+        let bits = _mm512_inserti64x4::<1>(
+            _mm512_set1_epi32(0x0804_0201),
+            _mm256_set1_epi32(0x8040_2010_u32 as i32),
+        );
+        let sixteen = _mm512_set1_epi8(16);
+        for (i, vi) in v.iter_mut().enumerate() {
+            let copy = _mm512_set4_epi32(
+                (12 + i as i32) * 0x0101_0101,
+                (8 + i as i32) * 0x0101_0101,
+                (4 + i as i32) * 0x0101_0101,
+                i as i32 * 0x0101_0101,
+            );
+            let set = _mm512_test_epi8_mask(_mm512_shuffle_epi8(qh, copy), bits);
+            *vi = _mm512_mask_add_epi8(*vi, set, *vi, sixteen);
+        }
+    }
     for r in 0..R {
         let xg = x[r].qs.add(b0 * QK);
         let xv = |i: usize| _mm512_loadu_si512(xg.add(64 * i).cast());
@@ -129,7 +131,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
             _mm512_castsi512_si256(ab),
             _mm512_extracti64x4_epi64::<1>(ab),
         );
-        if F != Q4_1 {
+        if F == Q4_0 || F == Q5_0 || F == Q8_0 {
             // Q4_0: Σ(nibble - 8)·x = Σ nibble·x - 8·Σx; Q5_0: Σ(q - 16)·x = Σ q·x - 16·Σx;
             // Q8_0: Σ(q + 128)·x - 128·Σx.
             let xsum = _mm256_loadu_si256(x[r].sum.add(b0).cast());
@@ -142,7 +144,7 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         }
         let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x[r].d.add(b0)));
         acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r]);
-        if F == Q4_1 {
+        if has_mins(F) {
             mins[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x[r].s.add(b0)), mins[r]);
         }
     }

@@ -8,13 +8,17 @@
 //! give pairs of at most `2·15·127`, so a half's 4 pieces add up in `i16`; 6-bit ones (`2·63·127`
 //! per pair) two pieces at a time (with one scale per 32 values, 4-bit values take all 8
 //! pieces at once: `8·2·15·127 < 2^15`). AVX-512: `vpdpbusd` on pieces `(0,1)`, `(2,3)` for `Sa` and
-//! `(4,5)`, `(6,7)` for `Sb` (exact in `i32`), the two 256-bit halves of each added. Then, on 8
+//! `(4,5)`, `(6,7)` for `Sb` (exact in `i32`), the two 256-bit halves of each added. Codebook
+//! values (IQ4_XS): `pshufb` maps the nibbles through the table; AVX-512 multiplies
+//! `u = c + 128` and takes `128·X` out with the other offsets, AVX2 multiplies `|c|` by `x`
+//! with `c`'s sign (pairs up to `2·127·127`, a `madd` per piece) and so has no offset to take
+//! out: the same integers. Then, on 8
 //! lanes, the integer combination with the offset, scales and minimums (exact in `i32`) and the
 //! `f32` steps of the portable kernel.
 //!
-//! The type's shape (minimums or not, scales per 16 or 32, 4- or 6-bit values) is a set of const
-//! generics, so every combination is compiled and a new type of an existing shape needs no code
-//! here.
+//! The type's shape (minimums or not, scales per 16 or 32, 4- or 6-bit values, a codebook) is a
+//! set of const generics, so every combination is compiled (codebooks only without minimums and
+//! with scales per 32) and a new type of an existing shape needs no code here.
 //!
 //! # Safety
 //! Compiled with `#[target_feature]`: callers must have checked `x86_avx2::available()` (and
@@ -76,29 +80,33 @@ macro_rules! super_row_kernels {
             y: *mut f32,
             ldy: usize,
         ) {
-            let args = (sb.offset, w, rb, xs, y, ldy);
+            let args = (sb, w, rb, xs, y, ldy);
             match (sb.mins, sb.scale_values == 16, sb.values) {
-                (false, false, Values::U4) => rows::<false, false, false>(args),
-                (false, false, Values::U6) => rows::<false, false, true>(args),
-                (false, true, Values::U4) => rows::<false, true, false>(args),
-                (false, true, Values::U6) => rows::<false, true, true>(args),
-                (true, false, Values::U4) => rows::<true, false, false>(args),
-                (true, false, Values::U6) => rows::<true, false, true>(args),
-                (true, true, Values::U4) => rows::<true, true, false>(args),
-                (true, true, Values::U6) => rows::<true, true, true>(args),
+                (false, false, Values::U4) => rows::<false, false, false, false>(args),
+                (false, false, Values::U6) => rows::<false, false, true, false>(args),
+                (false, true, Values::U4) => rows::<false, true, false, false>(args),
+                (false, true, Values::U6) => rows::<false, true, true, false>(args),
+                (true, false, Values::U4) => rows::<true, false, false, false>(args),
+                (true, false, Values::U6) => rows::<true, false, true, false>(args),
+                (true, true, Values::U4) => rows::<true, true, false, false>(args),
+                (true, true, Values::U6) => rows::<true, true, true, false>(args),
+                (false, false, Values::Codebook(_)) => rows::<false, false, false, true>(args),
+                (_, _, Values::Codebook(_)) => {
+                    unreachable!("codebook values come without minimums, one scale per 32")
+                }
             }
         }
 
         /// # Safety
         /// As `dot`.
-        unsafe fn rows<const MINS: bool, const PER16: bool, const U6: bool>(
-            args: (i32, &[u8], usize, &[XRow<'_>], *mut f32, usize),
+        unsafe fn rows<const MINS: bool, const PER16: bool, const U6: bool, const CB: bool>(
+            args: (&SuperBlock, &[u8], usize, &[XRow<'_>], *mut f32, usize),
         ) {
             match args.3.len() {
-                1 => dot_rows::<MINS, PER16, U6, 1>(args),
-                2 => dot_rows::<MINS, PER16, U6, 2>(args),
-                3 => dot_rows::<MINS, PER16, U6, 3>(args),
-                4 => dot_rows::<MINS, PER16, U6, 4>(args),
+                1 => dot_rows::<MINS, PER16, U6, CB, 1>(args),
+                2 => dot_rows::<MINS, PER16, U6, CB, 2>(args),
+                3 => dot_rows::<MINS, PER16, U6, CB, 3>(args),
+                4 => dot_rows::<MINS, PER16, U6, CB, 4>(args),
                 r => unreachable!("{r} rows of x at once"),
             }
         }
@@ -106,23 +114,33 @@ macro_rules! super_row_kernels {
         /// # Safety
         /// As `dot`, with `R` rows of `x`.
         #[target_feature(enable = $features)]
-        unsafe fn dot_rows<const MINS: bool, const PER16: bool, const U6: bool, const R: usize>(
-            (offset, w, rb, xs, y, ldy): (i32, &[u8], usize, &[XRow<'_>], *mut f32, usize),
+        unsafe fn dot_rows<
+            const MINS: bool,
+            const PER16: bool,
+            const U6: bool,
+            const CB: bool,
+            const R: usize,
+        >(
+            (sb, w, rb, xs, y, ldy): (&SuperBlock, &[u8], usize, &[XRow<'_>], *mut f32, usize),
         ) {
             let lay = const { Layout::new(MINS, PER16, U6) };
             let ns = rb / lay.bytes;
             let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], ns));
             // `o·X` as a shift: the offsets are 0 or powers of two (`super_block` tests it).
-            let offset = Offset {
-                any: offset != 0,
-                shift: _mm_cvtsi32_si128(offset.trailing_zeros() as i32),
+            let offset = TypeConsts {
+                any: sb.offset != 0,
+                shift: _mm_cvtsi32_si128(sb.offset.trailing_zeros() as i32),
+                codebook: match sb.values {
+                    Values::Codebook(table) => _mm_loadu_si128(table.as_ptr().cast()),
+                    _ => _mm_setzero_si128(),
+                },
             };
             for (j, wj) in w.chunks_exact(rb).enumerate() {
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut mins = [_mm256_setzero_ps(); R];
                 for s in 0..ns {
                     let b = wj.as_ptr().add(s * lay.bytes);
-                    group::<MINS, PER16, U6, R>(b, s, offset, &x, &mut acc, &mut mins);
+                    group::<MINS, PER16, U6, CB, R>(b, s, offset, &x, &mut acc, &mut mins);
                 }
                 for r in 0..R {
                     let lanes = if MINS {
@@ -137,11 +155,13 @@ macro_rules! super_row_kernels {
     };
 }
 
-/// The type's offset `o` as the kernels apply it: `o·X = X << shift` when `any`.
+/// What a type adds to the integer steps: its offset `o` as the kernels apply it
+/// (`o·X = X << shift` when `any`) and, for [`Values::Codebook`] types, the 16 signed table values.
 #[derive(Clone, Copy)]
-struct Offset {
+struct TypeConsts {
     any: bool,
     shift: __m128i,
+    codebook: __m128i,
 }
 
 /// A packed super-block's header, one value per lane (sub-block): `d` and `dmin` broadcast, the
@@ -211,7 +231,7 @@ unsafe fn finish<const MINS: bool, const PER16: bool>(
     sa: __m256i,
     sb: __m256i,
     s: usize,
-    offset: Offset,
+    offset: TypeConsts,
     h: &Head,
     x: &XPtr,
     acc: &mut __m256,
@@ -277,10 +297,16 @@ pub(super) mod avx2 {
     /// and F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn group<const MINS: bool, const PER16: bool, const U6: bool, const R: usize>(
+    unsafe fn group<
+        const MINS: bool,
+        const PER16: bool,
+        const U6: bool,
+        const CB: bool,
+        const R: usize,
+    >(
         w: *const u8,
         s: usize,
-        offset: Offset,
+        offset: TypeConsts,
         x: &[XPtr; R],
         acc: &mut [__m256; R],
         mins: &mut [__m256; R],
@@ -318,6 +344,40 @@ pub(super) mod avx2 {
             }
         }
         let ones = _mm256_set1_epi16(1);
+        if CB {
+            // Codebook values `c` (signed) by `pshufb` on the nibbles; `maddubs` would saturate on
+            // `c + 128` (pairs up to `2·255·127`), so `|c|` against `x` with `c`'s sign (Q8_0's
+            // trick in `x86_avx2.rs`): pairs up to `2·127·127`, each piece its own `madd`. That
+            // sums `c·x`, which is `u·x - 128·x`: the offset is already out.
+            let table = _mm256_broadcastsi128_si256(offset.codebook);
+            let c: [__m256i; 8] = std::array::from_fn(|i| _mm256_shuffle_epi8(table, u[i]));
+            let mag: [__m256i; 8] = std::array::from_fn(|i| _mm256_abs_epi8(c[i]));
+            let no_offset = TypeConsts {
+                any: false,
+                ..offset
+            };
+            for r in 0..R {
+                let xg = x[r].qs.add(s * VALUES);
+                let p: [__m256i; 8] = std::array::from_fn(|i| {
+                    let xi = _mm256_sign_epi8(_mm256_loadu_si256(xg.add(32 * i).cast()), c[i]);
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(mag[i], xi), ones)
+                });
+                let half = |h: usize| {
+                    _mm256_add_epi32(
+                        _mm256_add_epi32(p[4 * h], p[4 * h + 1]),
+                        _mm256_add_epi32(p[4 * h + 2], p[4 * h + 3]),
+                    )
+                };
+                let (sa, sb) = if PER16 {
+                    (half(0), half(1))
+                } else {
+                    let all = _mm256_add_epi32(half(0), half(1));
+                    (all, all)
+                };
+                finish::<MINS, PER16>(sa, sb, s, no_offset, &h, &x[r], &mut acc[r], &mut mins[r]);
+            }
+            return;
+        }
         for r in 0..R {
             let xg = x[r].qs.add(s * VALUES);
             let p: [__m256i; 8] = std::array::from_fn(|c| {
@@ -364,10 +424,16 @@ pub(super) mod avx512 {
     /// As `avx2::group`, with this kernel's CPU features.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn group<const MINS: bool, const PER16: bool, const U6: bool, const R: usize>(
+    unsafe fn group<
+        const MINS: bool,
+        const PER16: bool,
+        const U6: bool,
+        const CB: bool,
+        const R: usize,
+    >(
         w: *const u8,
         s: usize,
-        offset: Offset,
+        offset: TypeConsts,
         x: &[XPtr; R],
         acc: &mut [__m256; R],
         mins: &mut [__m256; R],
@@ -399,6 +465,15 @@ pub(super) mod avx512 {
             ];
             for (vi, b) in v.iter_mut().zip(bits) {
                 *vi = _mm512_or_si512(*vi, _mm512_and_si512(b, top));
+            }
+        }
+        if CB {
+            // `u = c + 128` (`c`'s bits with the top one flipped) by `vpshufb` on the nibbles:
+            // unsigned bytes as `vpdpbusd` takes them; `finish` takes `128·X` back out.
+            let table =
+                _mm512_broadcast_i32x4(_mm_xor_si128(offset.codebook, _mm_set1_epi8(i8::MIN)));
+            for vi in v.iter_mut() {
+                *vi = _mm512_shuffle_epi8(table, *vi);
             }
         }
         for r in 0..R {
