@@ -7,8 +7,9 @@
 //! end of a group folds them into one exact sum per block. (`sdot` would do it in one
 //! instruction, but its Rust intrinsic is not stable yet.) Nibbles go in as they are (0..15);
 //! Q8_0 bytes, stored `q + 128`, are flipped back to `q` first; Q5_0's nibbles get their fifth
-//! bits from the same lanes of its `qh` piece (a table lookup spreads each lane's `qh` byte onto
-//! the lane's bytes, `vtstq_u8` tests each byte's bit). The `f32` steps then run on two
+//! bits from a full group's masks (`vtstq_u8` of each byte's bit), or in a short group from the
+//! same lanes of its `qh` piece (a table lookup spreads each lane's `qh` byte onto the lane's
+//! bytes first). The `f32` steps then run on two
 //! 4-lane halves of the 8 lanes, the same operations lane by lane as on x86 (`vfmaq_f32` is a
 //! fused multiply-add).
 //!
@@ -146,7 +147,12 @@ unsafe fn group_sums(
             } else {
                 let mut low = vandq_u8(bytes, vdupq_n_u8(0x0F));
                 let mut high = vshrq_n_u8::<4>(bytes);
-                if fmt == QuantFormat::Q5_0 {
+                if fmt == QuantFormat::Q5_0 && t == LANES {
+                    // A full group holds masks (`pack.rs`): half h of mask c is its bytes 2h, 2h+1.
+                    let masks = values.add(2 * h);
+                    low = vorrq_u8(low, mask_bits(masks.add(4 * c)));
+                    high = vorrq_u8(high, mask_bits(masks.add(4 * (c + QK / 8))));
+                } else if fmt == QuantFormat::Q5_0 {
                     let qh = piece_half(values.add(16 * h), lanes);
                     low = vorrq_u8(low, fifth_bits(qh, c));
                     high = vorrq_u8(high, fifth_bits(qh, c + QK / 8));
@@ -162,7 +168,19 @@ unsafe fn group_sums(
     ]
 }
 
-/// The fifth bits of the nibbles of values `4c..4c+4` of 4 blocks (lane `l` byte `j`: value
+/// Byte `i` of the result is 0x10 where bit `i` of the 16 bits at `p` is set, else 0: half of a
+/// full group's mask as the fifth bits of 16 nibbles.
+///
+/// # Safety
+/// `p` valid for 2 bytes.
+#[inline]
+unsafe fn mask_bits(p: *const u8) -> uint8x16_t {
+    const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    let bytes = vcombine_u8(vdup_n_u8(*p), vdup_n_u8(*p.add(1)));
+    vandq_u8(vtstq_u8(bytes, vld1q_u8(BIT.as_ptr())), vdupq_n_u8(0x10))
+}
+
+/// The fifth bits, in a short group, of the nibbles of values `4c..4c+4` of 4 blocks (lane `l` byte `j`: value
 /// `4c + j` of block `l`), as 0x10 or 0 per byte, from the blocks' `qh` (`qh`, lane `l`): each
 /// byte gets byte `c / 2` of its lane, then the test of its bit `4·(c % 2) + j`.
 #[inline]

@@ -11,6 +11,14 @@
 //!    32 bytes of Q8_0; for Q5_0 and Q5_1 first its `u32 qh`, one piece, then its 4 nibble
 //!    pieces).
 //!
+//! In a full group, that `qh` piece is stored transposed by nibbles ([`qh_masks`]): as 8 masks,
+//! one per register of nibbles the kernels make (values `4c..4c+4` of each block: the low nibbles
+//! of piece `c`, then for `c = 4..8` the high nibbles of piece `c - 4`), bit `4l + j` of mask `c`
+//! being the fifth bit of value `4c + j` of block `l`. The AVX-512 kernel then loads two masks
+//! as the `k` mask of a masked add, the AVX2 one spreads a mask to bytes as llama.cpp does: no
+//! per-lane byte shuffle and bit test. A short last group keeps the blocks' `qh` in its lanes
+//! (any short group's lanes load as any other piece's), which the kernels spread lane by lane.
+//!
 //! So in a full group piece `c` is one 32-byte vector whose 32-bit lane `l` holds block `l`'s
 //! values `4c..4c+4` (Q8_0), or in its low nibbles values `4c..4c+4` and in its high nibbles
 //! values `16+4c..16+4c+4` (GGUF's Q4 byte `j` holds values `j` and `j + 16`). Q8_0 bytes are stored
@@ -94,10 +102,27 @@ pub fn dequantize_packed(fmt: QuantFormat, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Whether the type's values have a fifth bit in a `qh` piece (Q5_0, Q5_1).
+pub(super) const fn has_qh(fmt: QuantFormat) -> bool {
+    matches!(fmt, QuantFormat::Q5_0 | QuantFormat::Q5_1)
+}
+
+/// A full group's `qh` piece (8 little-endian `u32`: block `l`'s `qh`) as its 8 masks (mask `c`:
+/// nibble `l` = nibble `c` of block `l`'s `qh`), or back: the transpose of an 8×8 matrix of
+/// nibbles, its own inverse.
+pub(super) fn qh_masks(piece: &mut [u8]) {
+    let words: [u32; LANES] =
+        std::array::from_fn(|a| u32::from_le_bytes(piece[4 * a..4 * a + 4].try_into().unwrap()));
+    for b in 0..LANES {
+        let t = (0..LANES).fold(0u32, |t, a| t | ((words[a] >> (4 * b)) & 0xF) << (4 * a));
+        piece[4 * b..4 * b + 4].copy_from_slice(&t.to_le_bytes());
+    }
+}
+
 /// Every byte of a row between its GGUF place and its packed place ([`packed_offset`], written
 /// out here for speed: this runs over every weight at load), in the direction `pack` says: the
 /// `f16` scales 2 bytes at a time, the values 4 at a time (a piece's share of one block),
-/// flipping Q8_0's offset on the way.
+/// flipping Q8_0's offset on the way; a full group's `qh` piece transposed ([`qh_masks`]).
 fn move_bytes(fmt: QuantFormat, src: &[u8], dst: &mut [u8], pack: bool) {
     let bb = fmt.block_bytes();
     let head = head_bytes(fmt);
@@ -124,6 +149,23 @@ fn move_bytes(fmt: QuantFormat, src: &[u8], dst: &mut [u8], pack: bool) {
             }
             for c in 0..pieces {
                 copy(l * bb + head + 4 * c, head * t + 4 * (c * t + l), 4, flip);
+            }
+        }
+        if has_qh(fmt) && t == LANES {
+            let masks = head * LANES;
+            if pack {
+                qh_masks(&mut d[masks..masks + 4 * LANES]);
+            } else {
+                // The masks were copied out as if they were the blocks' `qh`: gather, transpose,
+                // put back.
+                let mut piece = [0u8; 4 * LANES];
+                for (l, q) in piece.chunks_exact_mut(4).enumerate() {
+                    q.copy_from_slice(&d[l * bb + head..][..4]);
+                }
+                qh_masks(&mut piece);
+                for (l, q) in piece.chunks_exact(4).enumerate() {
+                    d[l * bb + head..][..4].copy_from_slice(q);
+                }
             }
         }
     }
@@ -169,7 +211,17 @@ pub(super) fn packed_value(fmt: QuantFormat, group: &[u8], t: usize, l: usize, v
             (if v < QK / 2 { byte & 0x0F } else { byte >> 4 }) as i32
         }
         QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
-            let qh: [u8; 4] = std::array::from_fn(|j| group[packed_offset(fmt, t, l, head + j)]);
+            let mut qh: [u8; 4] =
+                std::array::from_fn(|j| group[packed_offset(fmt, t, l, head + j)]);
+            if t == LANES {
+                // Masks: bit 4l + j of mask c is bit 4c + j of block l's qh.
+                let mask = |c: usize| {
+                    u32::from_le_bytes(group[head * LANES + 4 * c..][..4].try_into().unwrap())
+                };
+                let word =
+                    (0..LANES).fold(0u32, |q, c| q | ((mask(c) >> (4 * l)) & 0xF) << (4 * c));
+                qh = word.to_le_bytes();
+            }
             let qs: [u8; 16] =
                 std::array::from_fn(|j| group[packed_offset(fmt, t, l, head + 4 + j)]);
             super::q5_0::value(u32::from_le_bytes(qh), &qs, v) as i32
@@ -237,7 +289,10 @@ mod tests {
                         let got = packed_value(fmt, &p[b0 * bb..], t, l, v) - offset;
                         assert_eq!(got, want as i32, "{fmt:?} block {} value {v}", b0 + l);
                     }
-                    for j in 0..bb {
+                    // A full group's `qh` bytes are transposed into masks: checked through
+                    // `packed_value` above and in `full_group_lanes_hold_one_block_each`.
+                    let qh = head_bytes(fmt)..head_bytes(fmt) + 4;
+                    for j in (0..bb).filter(|j| !(has_qh(fmt) && t == LANES && qh.contains(j))) {
                         let flip = if j >= head_bytes(fmt) {
                             value_flip(fmt)
                         } else {
@@ -303,8 +358,16 @@ mod tests {
         let p = pack_rows(fmt, &w, LANES * QK);
         for l in 0..LANES {
             let b = &w[l * bb..(l + 1) * bb];
-            assert_eq!(&p[4 * LANES + 4 * l..][..4], &b[4..8], "qh of block {l}");
             let qh = u32::from_le_bytes(b[4..8].try_into().unwrap());
+            // Mask c (after the scales and minimums), nibble l: nibble c of the block's qh.
+            for c in 0..LANES {
+                let mask = u32::from_le_bytes(p[4 * LANES + 4 * c..][..4].try_into().unwrap());
+                assert_eq!(
+                    (mask >> (4 * l)) & 0xF,
+                    (qh >> (4 * c)) & 0xF,
+                    "block {l} mask {c}"
+                );
+            }
             for v in 0..QK {
                 let want = super::super::q5_0::value(qh, &b[8..], v);
                 assert_eq!(packed_value(fmt, &p, LANES, l, v), want as i32, "{l} {v}");

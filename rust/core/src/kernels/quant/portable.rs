@@ -57,11 +57,6 @@ pub(super) fn dot_portable(fmt: QuantFormat, w: &[u8], x: XRow<'_>) -> f32 {
     hsum(&lanes)
 }
 
-/// Whether the type's values have a fifth bit (`qh`, the group's first piece: Q5_0, Q5_1).
-fn has_qh(fmt: QuantFormat) -> bool {
-    matches!(fmt, QuantFormat::Q5_0 | QuantFormat::Q5_1)
-}
-
 /// Whether the type adds a minimum per block (`w = q·d + m`: Q4_1, Q5_1).
 fn has_mins(fmt: QuantFormat) -> bool {
     matches!(fmt, QuantFormat::Q4_1 | QuantFormat::Q5_1)
@@ -86,9 +81,15 @@ fn block_isum(fmt: QuantFormat, group: &[u8], t: usize, l: usize, xg: &[i8]) -> 
         }
         QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
             // Q5_0, Q5_1: piece 0 is `qh`, bit v the fifth bit of value v; the nibbles follow.
-            let (high, nibbles) = if has_qh(fmt) {
-                let qh = &values[4 * l..][..4];
-                (u32::from_le_bytes(qh.try_into().unwrap()), &values[4 * t..])
+            let (high, nibbles) = if pack::has_qh(fmt) {
+                let word = |i: usize| u32::from_le_bytes(values[4 * i..][..4].try_into().unwrap());
+                let qh = if t == LANES {
+                    // A full group's masks: nibble l of mask c is nibble c of block l's qh.
+                    (0..LANES).fold(0, |q, c| q | ((word(c) >> (4 * l)) & 0xF) << (4 * c))
+                } else {
+                    word(l)
+                };
+                (qh, &values[4 * t..])
             } else {
                 (0, values)
             };

@@ -278,7 +278,13 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         if has_qh(F) {
             let qh = piece(0);
             for (c, n) in nib.iter_mut().enumerate() {
-                *n = _mm256_or_si256(*n, fifth_bits(qh, c));
+                // A full group holds masks (`pack.rs`), a short one the blocks' `qh`.
+                let fifth = if FULL {
+                    mask_bits(data.add(4 * c))
+                } else {
+                    fifth_bits(qh, c)
+                };
+                *n = _mm256_or_si256(*n, fifth);
             }
         }
         std::array::from_fn(|r| {
@@ -320,7 +326,30 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     }
 }
 
-/// Q5_1's and Q5_0's fifth bits for x piece `c` (values `4c..4c+4` of each block): byte `j` of lane `l` is
+/// The fifth bits of register `c` of a full Q5_0/Q5_1 group's nibbles from its mask `c` (the
+/// `u32` at `mask`, bit `i` for byte `i`), as 0x10 or 0 per byte: llama.cpp's `bytes_from_bits_32`
+/// (each byte gets the mask byte holding its bit, every other bit set, and compares equal to all
+/// ones).
+///
+/// # Safety
+/// `mask` valid for 4 bytes; the CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mask_bits(mask: *const u8) -> __m256i {
+    let spread = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let word = std::ptr::read_unaligned(mask.cast::<i32>());
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(word), spread);
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Q5_1's and Q5_0's fifth bits, in a short group, for x piece `c` (values `4c..4c+4` of each block): byte `j` of lane `l` is
 /// `0x10` where bit `4c + j` of block `l`'s `qh` (lane `l` of `qh`) is set, else 0. `pshufb`
 /// copies the byte holding those bits into the lane's 4 bytes, each byte tests its own bit.
 ///

@@ -7,8 +7,9 @@
 //! four products summed into each `i32` lane, exact) advances 8 blocks by 8 values at once; after
 //! the group's 4 registers, the two halves added give each block's integer dot product. Q8_0
 //! weights are stored `q + 128`, already unsigned: `Σ(q + 128)·x - 128·Σx` takes the offset back
-//! out, exactly. Q5_1's and Q5_0's fifth bits: `vpshufb` copies each block's `qh` byte to its value bytes,
-//! `vptestmb` picks the set bits, a masked add puts 16 on those values. Everything after the
+//! out, exactly. Q5_1's and Q5_0's fifth bits: a full group's masks are the `k` masks of a masked
+//! add of 16 onto the nibbles; in a short group `vpshufb` copies each block's `qh` byte to its
+//! value bytes and `vptestmb` picks the set bits. Everything after the
 //! integer sums is the AVX2 code on 8 lanes.
 //!
 //! # Safety
@@ -93,15 +94,20 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
             _mm512_and_si512(_mm512_srli_epi16::<4>(p23), low),
         ]
     };
-    if has_qh(F) {
-        // Register i holds x pieces 2i (low half) and 2i + 1 (high half): values 8i..8i+8 of
-        // each block, whose fifth bits are byte i of its `qh` (low nibble, then high nibble).
-        let qh = if FULL {
-            _mm256_loadu_si256(data.cast())
-        } else {
-            _mm256_maskz_loadu_epi32(lanes, data.cast())
-        };
-        let qh = _mm512_broadcast_i64x4(qh);
+    if has_qh(F) && FULL {
+        // A full group holds 8 masks (`pack.rs`), mask c for x piece c: register i's fifth bits
+        // are masks 2i and 2i + 1, one u64.
+        let masks = data.cast::<u64>();
+        let sixteen = _mm512_set1_epi8(16);
+        for (i, vi) in v.iter_mut().enumerate() {
+            let set: __mmask64 = std::ptr::read_unaligned(masks.add(i));
+            *vi = _mm512_mask_add_epi8(*vi, set, *vi, sixteen);
+        }
+    } else if has_qh(F) {
+        // A short group holds the blocks' `qh`. Register i holds x pieces 2i (low half) and
+        // 2i + 1 (high half): values 8i..8i+8 of each block, whose fifth bits are byte i of its
+        // `qh` (low nibble, then high nibble).
+        let qh = _mm512_broadcast_i64x4(_mm256_maskz_loadu_epi32(lanes, data.cast()));
         let bits = _mm512_inserti64x4::<1>(
             _mm512_set1_epi32(0x0804_0201),
             _mm256_set1_epi32(0x8040_2010_u32 as i32),
