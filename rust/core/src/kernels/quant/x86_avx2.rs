@@ -8,8 +8,9 @@
 //! are; their pair sums (at most `2·15·127 = 3810`) can be added up across the 8 pieces in `i16`
 //! (at most 30480) before one `madd`. Q8_0 weights (stored `q + 128`) go in as `|q|` with `q`'s
 //! sign moved onto `x` (`sign_epi8`), as llama.cpp does: pair sums up to `2·128·127 = 32512`, so
-//! each piece gets its own `madd`. Q5_1's and Q5_0's values (nibbles with a fifth bit from the `qh` piece,
-//! spread to bytes by `pshufb` and a compare) pair up to `2·31·127`: 4 pieces per `i16` sum.
+//! each piece gets its own `madd`. Q5_1's and Q5_0's values (nibbles with a fifth bit from a full group's
+//! masks or a short group's `qh` piece, spread to bytes by `pshufb` and a compare) pair up to
+//! `2·31·127`: 4 pieces per `i16` sum.
 //!
 //! # Safety
 //! Everything here is compiled with `#[target_feature(enable = "avx2,fma,f16c")]`; callers must
