@@ -18,6 +18,9 @@
 //! as the `k` mask of a masked add, the AVX2 one spreads a mask to bytes as llama.cpp does: no
 //! per-lane byte shuffle and bit test. A short last group keeps the blocks' `qh` in its lanes
 //! (any short group's lanes load as any other piece's), which the kernels spread lane by lane.
+//! (Measured on one Sapphire Rapids thread: the masks took Q5_0 from 31 to 41 GMAC/s at a
+//! decode shape streamed from memory; widening a short group's narrower masks instead cost
+//! 37 ns a row on the 896-value rows of Qwen2.5-0.5B, about the row's whole product.)
 //!
 //! So in a full group piece `c` is one 32-byte vector whose 32-bit lane `l` holds block `l`'s
 //! values `4c..4c+4` (Q8_0), or in its low nibbles values `4c..4c+4` and in its high nibbles
