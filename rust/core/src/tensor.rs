@@ -3,7 +3,7 @@
 //! converted copy (f16/bf16 upcast, or a layout the kernels need). A [`QuantMatrix`] keeps blocks of
 //! a quantized type ([`QuantFormat`]: GGUF's Q4_0, Q4_1, Q5_0, Q8_0 (which IQ4_NL blocks convert to
 //! exactly at load), or int8 rows) repacked into the layout the quantized kernels stream
-//! ([`pack_rows`]). Both are cheap to clone (shared storage), which is how a tied head shares the
+//! ([`pack_rows`](crate::kernels::quant::pack_rows)). Both are cheap to clone (shared storage), which is how a tied head shares the
 //! embedding.
 
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use crate::error::{Error, Result};
 use crate::interrupt::{self, Interrupt};
 use crate::kernels::matmul::{matmul_nt, row_block};
 use crate::kernels::quant::{
-    dequantize_packed, int8, pack_rows, quant_matmul, quantize_rows_int8, quantize_rows_int8_from,
-    QuantFormat,
+    dequantize_packed, int8, pack_rows_then, quant_matmul, quantize_rows_int8,
+    quantize_rows_int8_from, QuantFormat,
 };
 
 #[derive(Clone)]
@@ -159,7 +159,14 @@ impl QuantMatrix {
             bytes.as_slice().len(),
             format.row_bytes(cols),
         )?;
-        let packed = pack_rows(format, bytes.as_slice(), cols);
+        // Mapped pages are dropped chunk by chunk as they are packed (they are not read again),
+        // then the pages the chunks' edges shared.
+        let mapped = matches!(bytes, Bytes::Mapped { .. });
+        let packed = pack_rows_then(format, bytes.as_slice(), cols, &|chunk| {
+            if mapped {
+                crate::memory::release_mapped(chunk)
+            }
+        });
         bytes.release_mapped_pages();
         Ok(QuantMatrix {
             format,

@@ -110,7 +110,7 @@ mod x86_avx512;
 mod x86_super;
 
 pub use int8::{quantize_rows_int8, quantize_rows_int8_from};
-pub use pack::{dequantize_packed, pack_rows, unpack_row};
+pub use pack::{dequantize_packed, pack_rows, pack_rows_then, unpack_row};
 pub use types::QuantFormat;
 
 /// Values per block of the types the kernels run, and of the 8-bit blocks `x` is quantized to.

@@ -181,6 +181,22 @@ fn move_bytes(fmt: QuantFormat, src: &[u8], dst: &mut [u8], pack: bool) {
 /// # Panics
 /// If `fmt` has no kernels ([`QuantFormat::has_kernels`]), or `w` is not a whole number of rows.
 pub fn pack_rows(fmt: QuantFormat, w: &[u8], k: usize) -> Vec<u8> {
+    pack_rows_then(fmt, w, k, &|_| {})
+}
+
+/// Source bytes packed between two calls of [`pack_rows_then`]'s `done` (a few MB: the source's
+/// pages can then be dropped while the rest is packed).
+const PACK_CHUNK_BYTES: usize = 8 << 20;
+
+/// [`pack_rows`], a chunk of whole rows at a time, calling `done` with each chunk of `w` once it
+/// is packed: a loader releases the mapped file pages there, so that a large matrix never has
+/// both its file pages and its packed copy resident.
+pub fn pack_rows_then(
+    fmt: QuantFormat,
+    w: &[u8],
+    k: usize,
+    done: &(dyn Fn(&[u8]) + Sync),
+) -> Vec<u8> {
     let (rb, pb) = (fmt.row_bytes(k), fmt.packed_row_bytes(k));
     assert!(
         fmt.has_kernels()
@@ -192,12 +208,19 @@ pub fn pack_rows(fmt: QuantFormat, w: &[u8], k: usize) -> Vec<u8> {
     let rows = w.len().checked_div(rb).unwrap_or(0);
     let mut out = crate::memory::byte_buffer(rows * pb);
     if rb > 0 {
-        out.par_chunks_mut(pb)
-            .zip(w.par_chunks(rb))
-            .for_each(|(dst, src)| match fmt.super_block() {
-                Some(sb) => super_block::pack_row(sb, fmt.block_bytes(), src, dst),
-                None => pack_row(fmt, src, dst),
-            });
+        let chunk_rows = (PACK_CHUNK_BYTES / rb).max(1);
+        for (dst, src) in out
+            .chunks_mut(chunk_rows * pb)
+            .zip(w.chunks(chunk_rows * rb))
+        {
+            dst.par_chunks_mut(pb)
+                .zip(src.par_chunks(rb))
+                .for_each(|(dst, src)| match fmt.super_block() {
+                    Some(sb) => super_block::pack_row(sb, fmt.block_bytes(), src, dst),
+                    None => pack_row(fmt, src, dst),
+                });
+            done(src);
+        }
     }
     out
 }
