@@ -13,6 +13,10 @@
 //! 4-lane halves of the 8 lanes, the same operations lane by lane as on x86 (`vfmaq_f32` is a
 //! fused multiply-add).
 //!
+//! Tested like every path: `tests.rs` compares it bit for bit with the portable kernel, which on
+//! an x86 machine runs under qemu-aarch64 (README, "Development"; correctness only: an emulator
+//! says nothing of speed).
+//!
 //! # Safety
 //! NEON is part of every aarch64 target Rust supports; the functions here are `unsafe` only for
 //! their raw pointers.
