@@ -86,6 +86,8 @@ mod iq4_nl;
 mod iq4_xs;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_super;
 mod pack;
 mod portable;
 mod q2_k;
@@ -400,12 +402,10 @@ impl Kernel {
                 Some(sb) => x86_super::avx512::dot(sb, w, rb, xs, y, ldy),
                 None => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
             },
-            // Same row contract as the AVX2 kernel; NEON is always there on aarch64. Super-block
-            // types and Q5_1 have no NEON kernel yet: the portable one runs them.
+            // Same row contract as the AVX2 kernel; NEON is always there on aarch64.
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => match fmt.super_block() {
-                Some(_) => Kernel::Portable.dot(fmt, w, rb, xs, y, ldy),
-                None if fmt == QuantFormat::Q5_1 => Kernel::Portable.dot(fmt, w, rb, xs, y, ldy),
+                Some(sb) => neon_super::dot(sb, w, rb, xs, y, ldy),
                 None => neon::dot(fmt, w, rb, xs, y, ldy),
             },
         }
