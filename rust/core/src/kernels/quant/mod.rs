@@ -11,12 +11,13 @@
 //! * `pack.rs`: the packed weight layout the kernels read ([`pack_rows`], once at load);
 //! * `super_block.rs`: the types of 256-value super-blocks (the K-quants, IQ4_XS): what each tells the
 //!   kernels, their packed layout, their arithmetic and portable dot product; `x86_super.rs`:
-//!   their AVX2 and AVX-512 kernels (aarch64 runs them with the portable kernel for now);
+//!   their AVX2 and AVX-512 kernels, `neon_super.rs` their NEON kernel;
 //! * `portable.rs`: the dot product in plain Rust, the reference the SIMD paths are tested
 //!   against (and the kernel where there is none); `x86_avx2.rs`, `x86_avx512.rs`, `neon.rs`: the
 //!   dot products per instruction set;
 //! * [`int8`]: per-channel int8 quantization of `f32` weights;
-//! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`.
+//! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`
+//!   (the NEON ones too, under qemu-aarch64 on an x86 machine: README, "Development").
 //!
 //! The kernels run the types of 32-value blocks (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1), and the types of
 //! 256-value super-blocks that describe themselves to `super_block.rs` (Q4_K, Q5_K, Q6_K, Q3_K,
