@@ -11,12 +11,13 @@
 //! * `pack.rs`: the packed weight layout the kernels read ([`pack_rows`], once at load);
 //! * `super_block.rs`: the types of 256-value super-blocks (the K-quants, IQ4_XS): what each tells the
 //!   kernels, their packed layout, their arithmetic and portable dot product; `x86_super.rs`:
-//!   their AVX2 and AVX-512 kernels (aarch64 runs them with the portable kernel for now);
+//!   their AVX2 and AVX-512 kernels, `neon_super.rs` their NEON kernel;
 //! * `portable.rs`: the dot product in plain Rust, the reference the SIMD paths are tested
 //!   against (and the kernel where there is none); `x86_avx2.rs`, `x86_avx512.rs`, `neon.rs`: the
 //!   dot products per instruction set;
 //! * [`int8`]: per-channel int8 quantization of `f32` weights;
-//! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`.
+//! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`
+//!   (the NEON ones too, under qemu-aarch64 on an x86 machine: README, "Development").
 //!
 //! The kernels run the types of 32-value blocks (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1), and the types of
 //! 256-value super-blocks that describe themselves to `super_block.rs` (Q4_K, Q5_K, Q6_K, Q3_K,
@@ -86,6 +87,8 @@ mod iq4_nl;
 mod iq4_xs;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_super;
 mod pack;
 mod portable;
 mod q2_k;
@@ -400,12 +403,10 @@ impl Kernel {
                 Some(sb) => x86_super::avx512::dot(sb, w, rb, xs, y, ldy),
                 None => x86_avx512::dot(fmt, w, rb, xs, y, ldy),
             },
-            // Same row contract as the AVX2 kernel; NEON is always there on aarch64. Super-block
-            // types and Q5_1 have no NEON kernel yet: the portable one runs them.
+            // Same row contract as the AVX2 kernel; NEON is always there on aarch64.
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => match fmt.super_block() {
-                Some(_) => Kernel::Portable.dot(fmt, w, rb, xs, y, ldy),
-                None if fmt == QuantFormat::Q5_1 => Kernel::Portable.dot(fmt, w, rb, xs, y, ldy),
+                Some(sb) => neon_super::dot(sb, w, rb, xs, y, ldy),
                 None => neon::dot(fmt, w, rb, xs, y, ldy),
             },
         }

@@ -6,12 +6,16 @@
 //! `vpadalq_s16` adds adjacent products into `i32` lanes, two per block; one `vpaddq_s32` at the
 //! end of a group folds them into one exact sum per block. (`sdot` would do it in one
 //! instruction, but its Rust intrinsic is not stable yet.) Nibbles go in as they are (0..15);
-//! Q8_0 bytes, stored `q + 128`, are flipped back to `q` first; Q5_0's nibbles get their fifth
+//! Q8_0 bytes, stored `q + 128`, are flipped back to `q` first; Q5_0's and Q5_1's nibbles get their fifth
 //! bits from a full group's masks (`vtstq_u8` of each byte's bit), or in a short group from the
 //! same lanes of its `qh` piece (a table lookup spreads each lane's `qh` byte onto the lane's
 //! bytes first). The `f32` steps then run on two
 //! 4-lane halves of the 8 lanes, the same operations lane by lane as on x86 (`vfmaq_f32` is a
 //! fused multiply-add).
+//!
+//! Tested like every path: `tests.rs` compares it bit for bit with the portable kernel, which on
+//! an x86 machine runs under qemu-aarch64 (README, "Development"; correctness only: an emulator
+//! says nothing of speed).
 //!
 //! # Safety
 //! NEON is part of every aarch64 target Rust supports; the functions here are `unsafe` only for
@@ -59,13 +63,15 @@ pub(super) unsafe fn dot(
 unsafe fn dot_row(fmt: QuantFormat, w: &[u8], nb: usize, x: &XRow<'_>) -> f32 {
     let bb = fmt.block_bytes();
     let head = super::pack::head_bytes(fmt);
+    // Q4_1 and Q5_1 add `mw·s` per block.
+    let mins = matches!(fmt, QuantFormat::Q4_1 | QuantFormat::Q5_1);
     let zero = vdupq_n_f32(0.0);
-    let (mut acc, mut mins) = ([zero; 2], [zero; 2]);
+    let (mut acc, mut mins_acc) = ([zero; 2], [zero; 2]);
     for (b0, t) in super::pack::groups(nb) {
         let group = w[b0 * bb..(b0 + t) * bb].as_ptr();
         let isum = group_sums(fmt, group.add(head * t), t, x.qs.as_ptr().add(b0 * QK));
         let dw = scales(group, t);
-        let mw = if fmt == QuantFormat::Q4_1 {
+        let mw = if mins {
             scales(group.add(2 * t), t)
         } else {
             [zero; 2]
@@ -82,13 +88,17 @@ unsafe fn dot_row(fmt: QuantFormat, w: &[u8], nb: usize, x: &XRow<'_>) -> f32 {
             }
             let scale = vmulq_f32(dw[h], vld1q_f32(x.d.as_ptr().add(b0 + 4 * h)));
             acc[h] = vfmaq_f32(acc[h], scale, vcvtq_f32_s32(s));
-            if fmt == QuantFormat::Q4_1 {
-                mins[h] = vfmaq_f32(mins[h], mw[h], vld1q_f32(x.s.as_ptr().add(b0 + 4 * h)));
+            if mins {
+                mins_acc[h] =
+                    vfmaq_f32(mins_acc[h], mw[h], vld1q_f32(x.s.as_ptr().add(b0 + 4 * h)));
             }
         }
     }
-    let (lo, hi) = if fmt == QuantFormat::Q4_1 {
-        (vaddq_f32(acc[0], mins[0]), vaddq_f32(acc[1], mins[1]))
+    let (lo, hi) = if mins {
+        (
+            vaddq_f32(acc[0], mins_acc[0]),
+            vaddq_f32(acc[1], mins_acc[1]),
+        )
     } else {
         (acc[0], acc[1])
     };
@@ -135,8 +145,9 @@ unsafe fn group_sums(
     } else {
         QK / 8
     };
-    // Q5_0's nibble pieces follow its `qh` piece.
-    let first = if fmt == QuantFormat::Q5_0 { 1 } else { 0 };
+    // Q5_0's and Q5_1's nibble pieces follow their `qh` piece.
+    let qh = super::pack::has_qh(fmt);
+    let first = if qh { 1 } else { 0 };
     for c in 0..pieces {
         for h in 0..2 {
             // Half `h` of piece `c`: blocks 4h..4h+4, of which only those below t exist.
@@ -147,15 +158,15 @@ unsafe fn group_sums(
             } else {
                 let mut low = vandq_u8(bytes, vdupq_n_u8(0x0F));
                 let mut high = vshrq_n_u8::<4>(bytes);
-                if fmt == QuantFormat::Q5_0 && t == LANES {
+                if qh && t == LANES {
                     // A full group holds masks (`pack.rs`): half h of mask c is its bytes 2h, 2h+1.
                     let masks = values.add(2 * h);
                     low = vorrq_u8(low, mask_bits(masks.add(4 * c)));
                     high = vorrq_u8(high, mask_bits(masks.add(4 * (c + QK / 8))));
-                } else if fmt == QuantFormat::Q5_0 {
-                    let qh = piece_half(values.add(16 * h), lanes);
-                    low = vorrq_u8(low, fifth_bits(qh, c));
-                    high = vorrq_u8(high, fifth_bits(qh, c + QK / 8));
+                } else if qh {
+                    let lanes_qh = piece_half(values.add(16 * h), lanes);
+                    low = vorrq_u8(low, fifth_bits(lanes_qh, c));
+                    high = vorrq_u8(high, fifth_bits(lanes_qh, c + QK / 8));
                 }
                 add(vreinterpretq_s8_u8(low), h, c);
                 add(vreinterpretq_s8_u8(high), h, c + QK / 8);

@@ -1,6 +1,6 @@
 //! Types of 256-value super-blocks (the K-quants, IQ4_XS) in the quantized kernels: what such a type tells
 //! the kernels ([`SuperBlock`]), the packed layout the kernels read, its dequantization, and the
-//! portable dot product (the reference of the SIMD kernels in `x86_super.rs`).
+//! portable dot product (the reference of the SIMD kernels in `x86_super.rs` and `neon_super.rs`).
 //!
 //! # What a type provides
 //! Every K-quant is, per super-block of 256 values, an `f16` scale `d`, maybe an `f16` `dmin`,
