@@ -24,7 +24,7 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
-use super::super_block::{Layout, SuperBlock, Values, VALUES};
+use super::super_block::{dispatch_shape, Layout, SuperBlock, Values, VALUES};
 use super::{XRow, LANES};
 
 /// Raw pointers to one quantized row of `x` (see `super::XRow`).
@@ -65,20 +65,7 @@ pub(super) unsafe fn dot(
     ldy: usize,
 ) {
     let args = (sb, w, rb, xs, y, ldy);
-    match (sb.mins, sb.scale_values == 16, sb.values) {
-        (false, false, Values::U4) => rows::<false, false, false, false>(args),
-        (false, false, Values::U6) => rows::<false, false, true, false>(args),
-        (false, true, Values::U4) => rows::<false, true, false, false>(args),
-        (false, true, Values::U6) => rows::<false, true, true, false>(args),
-        (true, false, Values::U4) => rows::<true, false, false, false>(args),
-        (true, false, Values::U6) => rows::<true, false, true, false>(args),
-        (true, true, Values::U4) => rows::<true, true, false, false>(args),
-        (true, true, Values::U6) => rows::<true, true, true, false>(args),
-        (false, false, Values::Codebook(_)) => rows::<false, false, false, true>(args),
-        (_, _, Values::Codebook(_)) => {
-            unreachable!("codebook values come without minimums, one scale per 32")
-        }
-    }
+    dispatch_shape!(sb, rows, args)
 }
 
 /// The arguments of [`dot`].

@@ -98,6 +98,30 @@ pub(crate) struct SuperBlock {
     pub(super) split: fn(&[u8], &mut Parts),
 }
 
+/// `$rows::<MINS, PER16, U6, CB>($args)` for the kernel shape the [`SuperBlock`] `$sb` describes
+/// (minimums or not, scales per 16 or 32, 6-bit values, codebook): the SIMD files compile one
+/// kernel per shape as const generics and pick it through this one table.
+macro_rules! dispatch_shape {
+    ($sb:expr, $rows:ident, $args:expr) => {
+        match ($sb.mins, $sb.scale_values == 16, $sb.values) {
+            (false, false, Values::U4) => $rows::<false, false, false, false>($args),
+            (false, false, Values::U6) => $rows::<false, false, true, false>($args),
+            (false, true, Values::U4) => $rows::<false, true, false, false>($args),
+            (false, true, Values::U6) => $rows::<false, true, true, false>($args),
+            (true, false, Values::U4) => $rows::<true, false, false, false>($args),
+            (true, false, Values::U6) => $rows::<true, false, true, false>($args),
+            (true, true, Values::U4) => $rows::<true, true, false, false>($args),
+            (true, true, Values::U6) => $rows::<true, true, true, false>($args),
+            (false, false, Values::Codebook(_)) => $rows::<false, false, false, true>($args),
+            (_, _, Values::Codebook(_)) => {
+                unreachable!("codebook values come without minimums, one scale per 32")
+            }
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) use dispatch_shape;
+
 /// One super-block in integers: `w[v] = (d·sc[g])·(u[v] - o) - dmin·m[g]`,
 /// `g = v / scale_values` (only the first `256 / scale_values` entries of `sc` and `m` count).
 pub(super) struct Parts {
