@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .smollm2 import LlamaCppRuntime, PytorchRuntime, SmolFasttxRuntime, SmolLM2Benchmark, generation_options, sha256
+from .smollm2 import LlamaCppRuntime, PytorchRuntime, SmolFasttxRuntime, SmolLM2Benchmark
 
 GGUF_FILE_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"  # as scripts/fetch_models.py names it
 MESSAGES = [{"role": "user", "content": "Write a short news report about AI"}]
@@ -158,43 +158,19 @@ class QwenCoderBenchmark(SmolLM2Benchmark):
     def workload_inputs(self, workload, pool):
         return [pool["long_ids"] if workload == "prompt512_b1" else pool["ids"]]
 
+    fasttx_runtime = QwenFasttxRuntime
+    pytorch_runtime = QwenPytorchRuntime
+    llama_cpp_runtime = QwenLlamaCppRuntime
+
     def report_fields(self, args, pool):
-        gguf = Path(args.gguf)
-        return {
-            "model": {"gguf": gguf.name, "size_bytes": gguf.stat().st_size, "sha256": sha256(gguf)},
-            "setup": {
-                "messages": MESSAGES, "prompt": pool["text"], "prompt_ids": pool["ids"],
-                "prompt_len": len(pool["ids"]),
-                "long_prompt": {"request": LONG_PROMPT_REQUEST, "document": _DOCUMENT,
-                                "prompt_ids": pool["long_ids"], "prompt_len": len(pool["long_ids"])},
-                "new_tokens": args.new_tokens, "repeats": args.repeats, "thread_counts": args.thread_counts,
-                "workloads": {wl: WORKLOADS[wl] for wl in args.workloads},
-                "generation_options": generation_options(args.new_tokens),
-                "llama_cpp": {"n_ctx": LLAMA_N_CTX, "no_repack": args.llama_cpp_no_repack,
-                              "sampling": "temp=0 (greedy), top_k=1, "
-                              "repeat_penalty=1, KV cache reset before each call, "
-                              "stopped after new_tokens tokens"},
-                "schedule": "for each thread count: persistent worker per runtime; warm-up, then "
-                            "round-robin per repeat and workload with rotating runtime order",
-            },
-        }
+        fields = super().report_fields(args, pool)
+        fields["setup"]["long_prompt"] = {"request": LONG_PROMPT_REQUEST, "document": _DOCUMENT,
+                                          "prompt_ids": pool["long_ids"], "prompt_len": len(pool["long_ids"])}
+        return fields
 
     def print_header(self, args):
         return (f"greedy_b1: chat prompt ({len(MESSAGES)} message); prompt512_b1: a {LONG_PROMPT_TOKENS}-token "
                 f"chat prompt; {args.new_tokens} new tokens greedy, batch 1, {args.repeats} repeats")
-
-    def runtime_class(self, runtime):
-        if runtime in FASTTX_DTYPES:
-            return QwenFasttxRuntime
-        return {"pytorch": QwenPytorchRuntime, "llama.cpp": QwenLlamaCppRuntime}[runtime]
-
-    def make_runtime(self, runtime, args):
-        gguf = Path(args.gguf)
-        if runtime in FASTTX_DTYPES:
-            return QwenFasttxRuntime(gguf, args.threads, FASTTX_DTYPES[runtime])
-        if runtime == "llama.cpp":
-            return QwenLlamaCppRuntime(gguf, args.threads, no_repack=args.llama_cpp_no_repack)
-        return QwenPytorchRuntime(gguf, args.threads)
 
 
 BENCHMARK = QwenCoderBenchmark()

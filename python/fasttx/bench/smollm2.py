@@ -348,18 +348,23 @@ class SmolLM2Benchmark(Benchmark):
         key = self.native_runtime.replace("-", "_") + "_vs_llama_cpp_leading_tokens"
         return {key: out} if out else {}
 
+    # The runtime classes (a benchmark of another GGUF model gives its own, with its conversation).
+    fasttx_runtime = SmolFasttxRuntime
+    pytorch_runtime = PytorchRuntime
+    llama_cpp_runtime = LlamaCppRuntime
+
     def report_fields(self, args, pool):
         gguf = Path(args.gguf)
         return {
             # The file's name, size and hash: where it lies is this machine's business.
             "model": {"gguf": gguf.name, "size_bytes": gguf.stat().st_size, "sha256": sha256(gguf)},
             "setup": {
-                "messages": MESSAGES, "prompt": pool["text"], "prompt_ids": pool["ids"],
+                "messages": self.fasttx_runtime.messages, "prompt": pool["text"], "prompt_ids": pool["ids"],
                 "prompt_len": len(pool["ids"]), "new_tokens": args.new_tokens,
                 "repeats": args.repeats, "thread_counts": args.thread_counts,
                 "workloads": {wl: WORKLOADS[wl] for wl in args.workloads},
                 "generation_options": generation_options(args.new_tokens),
-                "llama_cpp": {"n_ctx": LLAMA_N_CTX, "no_repack": args.llama_cpp_no_repack,
+                "llama_cpp": {"n_ctx": self.llama_cpp_runtime.n_ctx, "no_repack": args.llama_cpp_no_repack,
                               "sampling": "temp=0 (greedy), top_k=1, "
                               "repeat_penalty=1, KV cache reset before each call, "
                               "stopped after new_tokens tokens"},
@@ -373,17 +378,17 @@ class SmolLM2Benchmark(Benchmark):
                 f"batch 1, {args.repeats} repeats")
 
     def runtime_class(self, runtime):
-        if runtime in FASTTX_DTYPES:
-            return SmolFasttxRuntime
-        return {"pytorch": PytorchRuntime, "llama.cpp": LlamaCppRuntime}[runtime]
+        if runtime in self.fasttx_dtypes:
+            return self.fasttx_runtime
+        return {"pytorch": self.pytorch_runtime, "llama.cpp": self.llama_cpp_runtime}[runtime]
 
     def make_runtime(self, runtime, args):
         gguf = Path(args.gguf)
-        if runtime in FASTTX_DTYPES:
-            return SmolFasttxRuntime(gguf, args.threads, FASTTX_DTYPES[runtime])
+        if runtime in self.fasttx_dtypes:
+            return self.fasttx_runtime(gguf, args.threads, self.fasttx_dtypes[runtime])
         if runtime == "llama.cpp":
-            return LlamaCppRuntime(gguf, args.threads, no_repack=args.llama_cpp_no_repack)
-        return PytorchRuntime(gguf, args.threads)
+            return self.llama_cpp_runtime(gguf, args.threads, no_repack=args.llama_cpp_no_repack)
+        return self.pytorch_runtime(gguf, args.threads)
 
 
 BENCHMARK = SmolLM2Benchmark()
