@@ -203,4 +203,7 @@ def test_ctrl_c_interrupts_loading_a_model():
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert latency < LATENCY_LIMIT_S, f"KeyboardInterrupt came {latency:.2f} s after SIGINT (loading takes {load_s:.2f} s)"
+    # The signal came a quarter into the load: a load that only ends would answer after ~3/4 of it.
+    assert latency < min(LATENCY_LIMIT_S, load_s / 2), (
+        f"KeyboardInterrupt came {latency:.2f} s after SIGINT (loading takes {load_s:.2f} s)"
+    )
