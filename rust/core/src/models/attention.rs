@@ -42,6 +42,13 @@ pub struct Attention<'a> {
     /// Query `i` of a step sits at absolute position `q_offset + i` and, if causal, sees keys `0..=q_offset + i`.
     pub causal: bool,
     pub q_offset: usize,
+    /// Sliding-window attention (Mistral, Gemma's local layers): query position `q` sees only the
+    /// keys `j` with `q - j < window`, as transformers' `sliding_window_overlay` (`kv_idx > q_idx -
+    /// window`). Positions are cache positions, left padding included, as in transformers.
+    pub window: Option<usize>,
+    /// Gemma 2's attention logit soft-capping: `cap * tanh(s / cap)` on the scaled scores, before
+    /// the bias and the mask.
+    pub softcap: Option<f32>,
     pub bias: Option<Bias<'a>>,
     /// Once raised, the remaining (query, head) pairs are skipped: one call over a long input can
     /// take seconds, longer than Ctrl-C may wait. The output is then incomplete, and the caller's
@@ -86,18 +93,24 @@ impl Attention<'_> {
                 let mask = kv
                     .mask
                     .map(|(m, stride)| &m[kv_row * stride..kv_row * stride + visible]);
+                // Keys before the window's start are masked like padding (transformers adds the
+                // dtype's minimum to them too).
+                let first = self.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
                 let qh = &q[t * width + h * hd..][..hd];
                 let base = kv_row * kv.row_stride + (h / group) * kv.head_stride;
                 // Taken out of the cell (not borrowed), so a nested use could never double-borrow.
                 let mut scores = SCORES.with(Cell::take);
                 scores.clear();
                 scores.extend((0..visible).map(|j| {
-                    if mask.is_some_and(|m| m[j] == 0) {
+                    if j < first || mask.is_some_and(|m| m[j] == 0) {
                         // transformers adds the dtype's minimum: a fully masked row stays finite.
                         return f32::MIN;
                     }
                     let kj = &kv.k[base + j * kv.pos_stride..][..hd];
-                    let s = vector::dot(qh, kj) * self.scale;
+                    let mut s = vector::dot(qh, kj) * self.scale;
+                    if let Some(cap) = self.softcap {
+                        s = (s / cap).tanh() * cap;
+                    }
                     match self.bias {
                         Some(b) => s + b(h, qpos, j),
                         None => s,
@@ -112,5 +125,80 @@ impl Attention<'_> {
                 }
                 SCORES.with(|c| c.set(scores));
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row, one head of size 1, keys `k` and values `v` at positions 0..len: the output of
+    /// each query of `q` (positions 0..n, causal).
+    fn attend(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        window: Option<usize>,
+        softcap: Option<f32>,
+    ) -> Vec<f32> {
+        let attn = Attention {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+            scale: 0.5,
+            causal: true,
+            q_offset: 0,
+            window,
+            softcap,
+            bias: None,
+            interrupt: None,
+        };
+        let kv = KeyValues {
+            k,
+            v,
+            row_stride: k.len(),
+            head_stride: k.len(),
+            pos_stride: 1,
+            len: k.len(),
+            mask: None,
+            row_map: None,
+        };
+        let mut out = vec![0.0; q.len()];
+        attn.run(q, 1, q.len(), &kv, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_window_hides_the_keys_it_has_passed() {
+        let (q, k, v) = (
+            [1.0, 2.0, 3.0, 4.0],
+            [0.5, -1.0, 2.0, 1.5],
+            [10.0, 20.0, 30.0, 40.0],
+        );
+        // A window of 1: every query sees only its own position.
+        assert_eq!(attend(&q, &k, &v, Some(1), None), v);
+        // A window of 2: query 3 sees keys 2 and 3 only: softmax over 0.5 * q * k.
+        let (s2, s3) = (0.5f32 * 4.0 * 2.0, 0.5f32 * 4.0 * 1.5);
+        let p2 = 1.0 / (1.0 + (s3 - s2).exp());
+        let want = p2 * 30.0 + (1.0 - p2) * 40.0;
+        let got = attend(&q, &k, &v, Some(2), None)[3];
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // A window longer than the sequence changes nothing.
+        assert_eq!(
+            attend(&q, &k, &v, Some(9), None),
+            attend(&q, &k, &v, None, None)
+        );
+    }
+
+    #[test]
+    fn softcapping_squashes_the_scaled_scores() {
+        let (q, k, v) = ([3.0, 3.0], [4.0, -2.0], [1.0, 5.0]);
+        let cap = 2.0f32;
+        let capped = |s: f32| cap * (s / cap).tanh();
+        let (s0, s1) = (capped(0.5 * 3.0 * 4.0), capped(0.5 * 3.0 * -2.0));
+        let p0 = 1.0 / (1.0 + (s1 - s0).exp());
+        let want = p0 * 1.0 + (1.0 - p0) * 5.0;
+        let got = attend(&q, &k, &v, None, Some(cap))[1];
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     }
 }

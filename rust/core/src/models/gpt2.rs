@@ -402,6 +402,8 @@ impl DecoderStack for Gpt2Weights {
                 scale,
                 causal: true,
                 q_offset: cache.len(),
+                window: None,
+                softcap: None,
                 bias: None,
                 interrupt: input.interrupt,
             };

@@ -432,6 +432,8 @@ impl DecoderStack for LlamaWeights {
             scale: 1.0 / (hd as f32).sqrt(),
             causal: true,
             q_offset: cache.len(),
+            window: None,
+            softcap: None,
             bias: None,
             interrupt: input.interrupt,
         };

@@ -544,6 +544,8 @@ impl T5Weights {
             scale: 1.0,
             causal,
             q_offset,
+            window: None,
+            softcap: None,
             bias: None,
             interrupt,
         }
