@@ -362,7 +362,7 @@ class SmolLM2Benchmark(Benchmark):
                 "messages": self.fasttx_runtime.messages, "prompt": pool["text"], "prompt_ids": pool["ids"],
                 "prompt_len": len(pool["ids"]), "new_tokens": args.new_tokens,
                 "repeats": args.repeats, "thread_counts": args.thread_counts,
-                "workloads": {wl: WORKLOADS[wl] for wl in args.workloads},
+                "workloads": {wl: self.workloads[wl] for wl in args.workloads},
                 "generation_options": generation_options(args.new_tokens),
                 "llama_cpp": {"n_ctx": self.llama_cpp_runtime.n_ctx, "no_repack": args.llama_cpp_no_repack,
                               "sampling": "temp=0 (greedy), top_k=1, "

@@ -769,10 +769,19 @@ mod tests {
             .collect();
         for (b, blk) in bytes.chunks_exact_mut(fmt.block_bytes()).enumerate() {
             let d = f16::from_f32(0.01 + 0.001 * (b % 7) as f32);
-            let d_at = if fmt == QuantFormat::Q6_K { 208 } else { 0 };
+            // Where each layout keeps its f16 scale (and minimum), so no random bytes act as one.
+            let (d_at, min_at) = match fmt {
+                QuantFormat::Q6_K => (208, None),
+                QuantFormat::Q3_K => (108, None),
+                QuantFormat::Q2_K => (80, Some(82)),
+                QuantFormat::Q4_1 | QuantFormat::Q5_1 | QuantFormat::Q4_K | QuantFormat::Q5_K => {
+                    (0, Some(2))
+                }
+                _ => (0, None),
+            };
             blk[d_at..d_at + 2].copy_from_slice(&d.to_le_bytes());
-            if matches!(fmt, QuantFormat::Q4_1 | QuantFormat::Q4_K) {
-                blk[2..4].copy_from_slice(&f16::from_f32(-0.05).to_le_bytes());
+            if let Some(at) = min_at {
+                blk[at..at + 2].copy_from_slice(&f16::from_f32(-0.05).to_le_bytes());
             }
         }
         let q = QuantMatrix::new(fmt, n, k, Bytes::Owned(Arc::new(bytes))).unwrap();
