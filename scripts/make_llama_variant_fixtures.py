@@ -33,7 +33,7 @@ Models (knobs varied so that wrong code fails):
   pass, on the largest position of the batch: results of a batch depend on its company here,
   in transformers as in fasttx, so the cases are recorded without the row-alone check).
 * ``qwen3_gguf/``      llama.cpp ``qwen3`` GGUF (F16 2-D weights, F32 norms incl. attn_q_norm /
-  attn_k_norm): hidden 64, 2 heads / 1 KV head, head_dim 128 (transformers' GGUF loader takes
+  attn_k_norm): hidden 64, ffn 64, 2 heads / 1 KV head, head_dim 128 (transformers' GGUF loader takes
   Qwen3's class default 128: it does not read attention.key_length), 2 layers, untied.
 * ``phi3_gguf/``       llama.cpp ``phi3`` GGUF (F16): fused attn_qkv and ffn_up ([gate | up]),
   hidden 64, 4 heads / 2 KV heads, 2 layers, full rotary, no rope factor tensors (transformers'
@@ -153,7 +153,7 @@ def model_specs():
 
 GGUF_SPECS = {
     "qwen3_gguf": dict(arch="qwen3", seed=27000, cls=Qwen3ForCausalLM, config=lambda: Qwen3Config(
-        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=320, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, head_dim=128, max_position_embeddings=128, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
         bos_token_id=1, eos_token_id=2, pad_token_id=0)),
