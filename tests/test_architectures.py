@@ -20,6 +20,9 @@ EXPECTED = {
     "mistral": (False, None),
     "qwen2": (False, "qwen2"),
     "gpt2": (False, None),
+    "qwen3": (False, "qwen3"),
+    "smollm3": (False, None),
+    "phi3": (False, "phi3"),
 }
 
 

@@ -78,6 +78,12 @@ impl GgufAsHf {
             "mlp.gate_proj" => ("ffn_gate", Rows::AsStored),
             "mlp.up_proj" => ("ffn_up", Rows::AsStored),
             "mlp.down_proj" => ("ffn_down", Rows::AsStored),
+            // Qwen3's per-head norms.
+            "self_attn.q_norm" => ("attn_q_norm", Rows::AsStored),
+            "self_attn.k_norm" => ("attn_k_norm", Rows::AsStored),
+            // Phi-3's fused projections (llama.cpp keeps them fused; its ffn_up is [gate | up]).
+            "self_attn.qkv_proj" => ("attn_qkv", Rows::AsStored),
+            "mlp.gate_up_proj" => ("ffn_up", Rows::AsStored),
             _ => return None,
         };
         Some((format!("blk.{layer}.{gguf}.{suffix}"), rows))

@@ -172,3 +172,62 @@ pub fn llama_family(file: &GgufFile, gguf: &GgufArchitecture) -> Result<Value> {
     }
     Ok(Value::Object(config))
 }
+
+/// llama.cpp's "phi3": the Llama layout's keys, except that `rope.dimension_count` is the number of
+/// rotating dimensions (Phi-4-mini rotates 3/4 of each head), not the head size; and LongRoPE
+/// models carry their factors as the tensors `rope_factors_short` / `rope_factors_long`, with
+/// `rope.scaling.original_context_length` and `rope.scaling.attn_factor`. (transformers' GGUF
+/// loader reads neither: it would rotate whole heads without the factors.)
+pub fn phi3(file: &GgufFile, gguf: &GgufArchitecture) -> Result<Value> {
+    use crate::formats::WeightSource;
+
+    let keys = Keys {
+        file,
+        arch: gguf.name,
+    };
+    let mut config = llama_family(file, gguf)?;
+    let (hidden, heads) = (
+        keys.required_int("embedding_length")?,
+        keys.required_int("attention.head_count")?,
+    );
+    let head_dim = match keys.arch_int("attention.key_length")? {
+        Some(v) => v.as_u64(),
+        None => hidden
+            .as_u64()
+            .zip(heads.as_u64())
+            .and_then(|(h, n)| h.checked_div(n)),
+    }
+    .unwrap_or(0);
+    config["head_dim"] = json!(head_dim);
+    if let Some(rotary) = keys
+        .arch_int("rope.dimension_count")?
+        .and_then(|v| v.as_u64())
+    {
+        if rotary != head_dim && head_dim > 0 {
+            config["partial_rotary_factor"] = json!(rotary as f64 / head_dim as f64);
+        }
+    }
+    let (short, long) = ("rope_factors_short.weight", "rope_factors_long.weight");
+    if file.contains(short) || file.contains(long) {
+        let original = keys
+            .arch_int("rope.scaling.original_context_length")?
+            .ok_or_else(|| {
+                format_err!(
+                    "{}: GGUF has LongRoPE factors but no {}",
+                    file.path().display(),
+                    keys.arch_key("rope.scaling.original_context_length")
+                )
+            })?;
+        let mut scaling = json!({
+            "rope_type": "longrope",
+            "short_factor": file.tensor(short)?.data(),
+            "long_factor": file.tensor(long)?.data(),
+        });
+        if let Some(f) = keys.arch_float("rope.scaling.attn_factor")? {
+            scaling["attention_factor"] = f;
+        }
+        config["rope_scaling"] = scaling;
+        config["original_max_position_embeddings"] = original;
+    }
+    Ok(config)
+}

@@ -1,9 +1,14 @@
-//! The Llama family: Llama 2/3, SmolLM2, TinyLlama, Mistral (inside its window) and Qwen2.
+//! The Llama family's decoder: Llama 2/3, SmolLM2/3, TinyLlama, Mistral, Qwen2/3 and Phi-3.
 //!
 //! Mirrors `transformers/models/llama/modeling_llama.py`: pre-norm blocks with RMSNorm; attention
 //! with rotary positions (`rotate_half`), grouped-query heads (`num_key_value_heads`), scaled by
 //! `1/sqrt(head_dim)`; SwiGLU feed-forward `down(silu(gate x) * up x)`; a final norm and the head
 //! (the embedding when `tie_word_embeddings`). Qwen2 is the same with biases on q, k and v.
+//!
+//! The variants differ only in options of this one block, set by their own files (qwen3.rs,
+//! smollm3.rs, mistral.rs, phi3.rs): per-head q/k RMSNorm before the rotation (Qwen3), layers
+//! without rotary embeddings (SmolLM3), a sliding window per layer (Mistral, Qwen2/3, SmolLM3),
+//! partial rotary and LongRoPE (Phi-3), and fused `qkv_proj` / `gate_up_proj` weights (Phi-3).
 
 use std::sync::Arc;
 
@@ -46,6 +51,18 @@ pub struct LlamaConfig {
     /// A bias on the output projection (Llama with `attention_bias`).
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// Qwen3: an RMSNorm over each head of q and of k (`q_norm` / `k_norm`, `[head_dim]`), before
+    /// the rotation.
+    pub qk_norm: bool,
+    /// The leading dimensions of each head that rotate (`head_dim` unless Phi-3's
+    /// `partial_rotary_factor` says less).
+    pub rotary_dim: usize,
+    /// Per layer: its attention's sliding window (`None`: it sees every earlier position).
+    pub layer_windows: Vec<Option<usize>>,
+    /// Per layer: whether it rotates q and k (SmolLM3's `no_rope_layers` turns some off).
+    pub layer_rope: Vec<bool>,
+    /// Phi-3: q, k, v stored as one `qkv_proj` and gate, up as one `gate_up_proj`.
+    pub fused_projections: bool,
 }
 
 /// What one `model_type` of the family leaves unsaid in config.json: its transformers config
@@ -62,8 +79,19 @@ pub struct LlamaDefaults {
     pub num_key_value_heads: Option<usize>,
     pub max_position_embeddings: usize,
     pub rope_theta: f64,
+    /// `None`: `hidden_size / num_attention_heads`.
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    pub tie_word_embeddings: bool,
     /// Biases on q, k and v always, none on o, whatever `attention_bias` says (Qwen2).
     pub fixed_qkv_bias: bool,
+    /// A config class with its own top-level `original_max_position_embeddings` (Phi-3's,
+    /// default 4096), which transformers puts into LongRoPE's parameters over theirs.
+    pub original_max_position_embeddings: Option<usize>,
+    /// `partial_rotary_factor` honoured (Phi-3); elsewhere a value other than 1 is refused.
+    pub partial_rotary: bool,
+    /// Old rope type names the config class renames (Phi-3: `su` and `yarn` mean `longrope`).
+    pub rope_type_aliases: &'static [(&'static str, &'static str)],
 }
 
 impl LlamaConfig {
@@ -80,7 +108,13 @@ impl LlamaConfig {
             num_key_value_heads: kv,
             max_position_embeddings: max_pos,
             rope_theta: theta,
+            head_dim: class_head_dim,
+            rms_norm_eps: eps,
+            tie_word_embeddings: tied,
             fixed_qkv_bias,
+            original_max_position_embeddings: class_original,
+            partial_rotary,
+            rope_type_aliases,
         } = *defaults;
         let hidden_size = positive(
             "hidden_size",
@@ -103,7 +137,9 @@ impl LlamaConfig {
         }
         let head_dim = positive(
             "head_dim",
-            get_usize(&v, "head_dim")?.unwrap_or(hidden_size / num_attention_heads),
+            get_usize(&v, "head_dim")?
+                .or(class_head_dim)
+                .unwrap_or(hidden_size / num_attention_heads),
         )?;
         if head_dim % 2 != 0 {
             return Err(format_err!(
@@ -131,11 +167,49 @@ impl LlamaConfig {
         }
         .or(get_f64(&v, "rope_theta")?)
         .unwrap_or(theta);
-        let rope_scaling = match (v.get("rope_scaling").filter(|s| s.is_object()), params) {
-            (Some(s), _) => parse_rope_scaling("rope_scaling", s)?,
-            (None, Some(p)) => parse_rope_scaling("rope_parameters", p)?,
-            (None, None) => RopeScaling::None,
+        let max_position_embeddings = positive(
+            "max_position_embeddings",
+            get_usize(&v, "max_position_embeddings")?.unwrap_or(max_pos),
+        )?;
+        // `partial_rotary_factor` at the top level or among the rope parameters (transformers
+        // moves the former into the latter).
+        let (section, scaling) = match (v.get("rope_scaling").filter(|s| s.is_object()), params) {
+            (Some(s), _) => ("rope_scaling", Some(s)),
+            (None, Some(p)) => ("rope_parameters", Some(p)),
+            (None, None) => ("rope_parameters", None),
         };
+        let factor = match scaling {
+            Some(s) => get_f64(s, "partial_rotary_factor")?,
+            None => None,
+        }
+        .or(get_f64(&v, "partial_rotary_factor")?)
+        .unwrap_or(1.0);
+        if factor != 1.0 && !partial_rotary {
+            return Err(format_err!(
+                "config.json: partial_rotary_factor ({factor}) is not supported for {arch} (fasttx rotates whole heads there)"
+            ));
+        }
+        // transformers: int(head_dim * partial_rotary_factor).
+        let rotary_dim = (head_dim as f64 * factor) as usize;
+        if !(factor > 0.0 && factor <= 1.0) || rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
+            return Err(format_err!(
+                "config.json: partial_rotary_factor ({factor}) must leave an even, nonzero number of rotating dimensions of head_dim ({head_dim}), got {rotary_dim}"
+            ));
+        }
+        let context = RopeContext {
+            max_position_embeddings,
+            original_max_position_embeddings: get_usize(&v, "original_max_position_embeddings")?
+                .or(class_original),
+            rope_type_aliases,
+        };
+        let rope_scaling = match scaling {
+            Some(s) => parse_rope_scaling(section, s, &context)?,
+            None => RopeScaling::None,
+        };
+        let layers = positive(
+            "num_hidden_layers",
+            get_usize(&v, "num_hidden_layers")?.unwrap_or(layers),
+        )?;
         let cfg = LlamaConfig {
             vocab_size: positive("vocab_size", get_usize(&v, "vocab_size")?.unwrap_or(vocab))?,
             hidden_size,
@@ -143,36 +217,48 @@ impl LlamaConfig {
                 "intermediate_size",
                 get_usize(&v, "intermediate_size")?.unwrap_or(inter),
             )?,
-            num_hidden_layers: positive(
-                "num_hidden_layers",
-                get_usize(&v, "num_hidden_layers")?.unwrap_or(layers),
-            )?,
+            num_hidden_layers: layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: epsilon("rms_norm_eps", get_f64(&v, "rms_norm_eps")?.unwrap_or(1e-6))?,
+            rms_norm_eps: epsilon("rms_norm_eps", get_f64(&v, "rms_norm_eps")?.unwrap_or(eps))?,
             rope_theta: positive_real("rope_theta", rope_theta)?,
             rope_scaling,
-            max_position_embeddings: positive(
-                "max_position_embeddings",
-                get_usize(&v, "max_position_embeddings")?.unwrap_or(max_pos),
-            )?,
-            tie_word_embeddings: get_bool(&v, "tie_word_embeddings")?.unwrap_or(false),
+            max_position_embeddings,
+            tie_word_embeddings: get_bool(&v, "tie_word_embeddings")?.unwrap_or(tied),
             qkv_bias: fixed_qkv_bias || attention_bias,
             o_bias: !fixed_qkv_bias && attention_bias,
             mlp_bias: get_bool(&v, "mlp_bias")?.unwrap_or(false),
+            qk_norm: false,
+            rotary_dim,
+            layer_windows: vec![None; layers],
+            layer_rope: vec![true; layers],
+            fused_projections: false,
         };
         Ok(cfg)
     }
 }
 
+/// What a rope scaling section may need from the rest of the config.
+struct RopeContext {
+    max_position_embeddings: usize,
+    /// A top-level `original_max_position_embeddings` (the config's, else its class default).
+    original_max_position_embeddings: Option<usize>,
+    rope_type_aliases: &'static [(&'static str, &'static str)],
+}
+
 /// `rope_scaling` (or transformers 5.x's `rope_parameters`, named by `section`).
-fn parse_rope_scaling(section: &str, s: &Value) -> Result<RopeScaling> {
+fn parse_rope_scaling(section: &str, s: &Value, context: &RopeContext) -> Result<RopeScaling> {
     let kind = s
         .get("rope_type")
         .or_else(|| s.get("type"))
         .and_then(Value::as_str)
         .unwrap_or("default");
+    let kind = context
+        .rope_type_aliases
+        .iter()
+        .find(|(old, _)| *old == kind)
+        .map_or(kind, |(_, new)| new);
     // A positive number under `section` (frequencies are divided by these).
     let real = |key: &str, default: Option<f64>| -> Result<f32> {
         let name = format!("{section}.{key}");
@@ -208,10 +294,103 @@ fn parse_rope_scaling(section: &str, s: &Value) -> Result<RopeScaling> {
                 original_max_position: original as f32,
             })
         }
+        "longrope" => parse_longrope(section, s, context),
         other => Err(format_err!(
-            "config.json: rope scaling '{other}' is not supported (fasttx supports default, linear and llama3)"
+            "config.json: {section}.rope_type '{other}' is not supported (fasttx supports default, linear, llama3 and longrope)"
         )),
     }
+}
+
+/// LongRoPE as transformers' `_compute_longrope_parameters` reads it: the original context from
+/// the top level first, then the section, then `max_position_embeddings`; `factor` defaulting to
+/// `max_position_embeddings / original`; `attention_factor` defaulting to
+/// `sqrt(1 + ln(factor) / ln(original))` (1 when `factor <= 1`).
+fn parse_longrope(section: &str, s: &Value, context: &RopeContext) -> Result<RopeScaling> {
+    let key = |k: &str| format!("{section}.{k}");
+    let original = match context.original_max_position_embeddings {
+        Some(n) => positive("original_max_position_embeddings", n)?,
+        None => positive(
+            &key("original_max_position_embeddings"),
+            get_usize(s, "original_max_position_embeddings")?
+                .unwrap_or(context.max_position_embeddings),
+        )?,
+    };
+    let factors = |name: &str| -> Result<Vec<f32>> {
+        let list = s.get(name).and_then(Value::as_array).ok_or_else(|| {
+            format_err!(
+                "config.json: longrope needs {} (a list of numbers)",
+                key(name)
+            )
+        })?;
+        list.iter()
+            .map(|x| {
+                x.as_f64()
+                    .ok_or_else(|| {
+                        format_err!("config.json: {} must hold numbers, got {x}", key(name))
+                    })
+                    .and_then(|f| positive_real(&key(name), f))
+                    .map(|f| f as f32)
+            })
+            .collect()
+    };
+    let factor = match get_f64(s, "factor")? {
+        Some(f) => positive_real(&key("factor"), f)?,
+        None => context.max_position_embeddings as f64 / original as f64,
+    };
+    let attention_factor = match get_f64(s, "attention_factor")? {
+        Some(f) => positive_real(&key("attention_factor"), f)?,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(RopeScaling::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position: original,
+        attention_factor: attention_factor as f32,
+    })
+}
+
+/// Per-layer sliding windows from transformers' `layer_types` (`sliding_attention` layers get
+/// `window`), checked: one known type per layer, and a window for every sliding layer.
+pub fn windows_from_layer_types(
+    v: &Value,
+    layers: usize,
+    window: Option<usize>,
+    default_types: impl Fn(usize) -> bool,
+) -> Result<Vec<Option<usize>>> {
+    let types: Vec<bool> = match v.get("layer_types").filter(|t| !t.is_null()) {
+        None => (0..layers).map(default_types).collect(),
+        Some(t) => {
+            let list = t
+                .as_array()
+                .ok_or_else(|| format_err!("config.json: layer_types must be a list, got {t}"))?;
+            if list.len() != layers {
+                return Err(format_err!(
+                    "config.json: layer_types has {} entries for {layers} layers",
+                    list.len()
+                ));
+            }
+            list.iter()
+                .map(|x| match x.as_str() {
+                    Some("full_attention") => Ok(false),
+                    Some("sliding_attention") => Ok(true),
+                    _ => Err(format_err!(
+                        "config.json: layer_types entry {x} is not supported (full_attention or sliding_attention)"
+                    )),
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    types
+        .into_iter()
+        .map(|sliding| match (sliding, window) {
+            (false, _) => Ok(None),
+            (true, Some(w)) => Ok(Some(positive("sliding_window", w)?)),
+            (true, None) => Err(format_err!(
+                "config.json: layer_types has sliding_attention layers but sliding_window is not set"
+            )),
+        })
+        .collect()
 }
 
 impl ModelConfig for LlamaConfig {
@@ -226,8 +405,12 @@ impl ModelConfig for LlamaConfig {
 
 struct Layer {
     attn_norm: Tensor,
-    /// `[q | k | v]`, one product.
+    /// `[q | k | v]`, one product (Phi-3: one fused projection, split after the product).
     qkv: LinearSet,
+    /// Qwen3's per-head norms of q and k.
+    qk_norm: Option<(Tensor, Tensor)>,
+    window: Option<usize>,
+    rope: bool,
     o: Linear,
     mlp_norm: Tensor,
     /// `[gate | up]`, one product.
@@ -308,19 +491,56 @@ impl LlamaModel {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
+                let (qkv, gate_up) = if cfg.fused_projections {
+                    // One product each: the split below (and `gated_into`'s halves) follow
+                    // transformers' `qkv[..., :q]` and `chunk(2)`.
+                    let qkv_out = q_out + 2 * kv_out;
+                    (
+                        vec![linear(
+                            w,
+                            &format!("{p}.self_attn.qkv_proj"),
+                            qkv_out,
+                            d,
+                            cfg.qkv_bias,
+                        )?],
+                        vec![linear(
+                            w,
+                            &format!("{p}.mlp.gate_up_proj"),
+                            2 * ff,
+                            d,
+                            cfg.mlp_bias,
+                        )?],
+                    )
+                } else {
+                    (
+                        vec![
+                            linear(w, &format!("{p}.self_attn.q_proj"), q_out, d, cfg.qkv_bias)?,
+                            linear(w, &format!("{p}.self_attn.k_proj"), kv_out, d, cfg.qkv_bias)?,
+                            linear(w, &format!("{p}.self_attn.v_proj"), kv_out, d, cfg.qkv_bias)?,
+                        ],
+                        vec![
+                            linear(w, &format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
+                            linear(w, &format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
+                        ],
+                    )
+                };
+                let qk_norm = if cfg.qk_norm {
+                    Some((
+                        tensor(w, &format!("{p}.self_attn.q_norm.weight"), &[hd])?,
+                        tensor(w, &format!("{p}.self_attn.k_norm.weight"), &[hd])?,
+                    ))
+                } else {
+                    None
+                };
                 Ok(Layer {
                     attn_norm: tensor(w, &format!("{p}.input_layernorm.weight"), &[d])?,
-                    qkv: LinearSet::new(vec![
-                        linear(w, &format!("{p}.self_attn.q_proj"), q_out, d, cfg.qkv_bias)?,
-                        linear(w, &format!("{p}.self_attn.k_proj"), kv_out, d, cfg.qkv_bias)?,
-                        linear(w, &format!("{p}.self_attn.v_proj"), kv_out, d, cfg.qkv_bias)?,
-                    ])?,
+                    qkv: LinearSet::new(qkv)?,
+                    qk_norm,
+                    window: cfg.layer_windows[i],
+                    rope: cfg.layer_rope[i],
                     o: linear(w, &format!("{p}.self_attn.o_proj"), d, q_out, cfg.o_bias)?,
                     mlp_norm: tensor(w, &format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                    gate_up: LinearSet::new(vec![
-                        linear(w, &format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
-                        linear(w, &format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
-                    ])?,
+                    gate_up: LinearSet::new(gate_up)?,
                     down: linear(w, &format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
                 })
             })
@@ -328,7 +548,7 @@ impl LlamaModel {
         let weights = LlamaWeights {
             eps: cfg.rms_norm_eps as f32,
             norm: tensor(w, "model.norm.weight", &[d])?,
-            rope: Rope::new(hd, cfg.rope_theta, &cfg.rope_scaling)?,
+            rope: Rope::partial(hd, cfg.rotary_dim, cfg.rope_theta, &cfg.rope_scaling)?,
             embed,
             layers,
             lm_head,
@@ -391,6 +611,8 @@ struct Scratch {
     gate_up: Vec<f32>,
     g: Vec<f32>,
     angles: RopeAngles,
+    /// A fused `[q | k | v]` product before its split; the input of a per-head norm.
+    fused: Vec<f32>,
 }
 
 impl DecoderStack for LlamaWeights {
@@ -426,7 +648,7 @@ impl DecoderStack for LlamaWeights {
         for &t in input.tokens {
             w.embed.extend_with_row(t as usize, &mut h);
         }
-        let attn = Attention {
+        let mut attn = Attention {
             heads,
             kv_heads,
             head_dim: hd,
@@ -446,9 +668,27 @@ impl DecoderStack for LlamaWeights {
             // Checked before each sublayer: a long prefill spends a fraction of a second in each.
             input.check_interrupt()?;
             rms_norm(&h, layer.attn_norm.data(), w.eps, &mut b.x);
-            b.project_qkv(&layer.qkv, m, input.interrupt)?;
-            w.rope.apply_angles(&mut b.q, heads, &s.angles);
-            w.rope.apply_angles(&mut b.k, kv_heads, &s.angles);
+            if cfg.fused_projections {
+                layer
+                    .qkv
+                    .forward_checked(&b.x, m, &mut s.fused, input.interrupt)?;
+                split_qkv(&s.fused, [heads * hd, kv_heads * hd], b);
+            } else {
+                b.project_qkv(&layer.qkv, m, input.interrupt)?;
+            }
+            if let Some((q_norm, k_norm)) = &layer.qk_norm {
+                // transformers' Qwen3RMSNorm over each head_dim slice.
+                for (x, weight) in [(&mut b.q, q_norm), (&mut b.k, k_norm)] {
+                    s.fused.clear();
+                    s.fused.extend_from_slice(x);
+                    rms_norm(&s.fused, weight.data(), w.eps, x);
+                }
+            }
+            if layer.rope {
+                w.rope.apply_angles(&mut b.q, heads, &s.angles);
+                w.rope.apply_angles(&mut b.k, kv_heads, &s.angles);
+            }
+            attn.window = layer.window;
             cache.write(li, &b.k, &b.v);
             attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
             layer
@@ -476,5 +716,19 @@ impl DecoderStack for LlamaWeights {
         w.lm_head
             .forward_checked(&b.x, count, &mut logits, input.interrupt)?;
         Ok(logits)
+    }
+}
+
+/// Splits a fused `[m, q | k | v]` product into `b.q`, `b.k`, `b.v` (`widths`: q's and k's; v is as
+/// wide as k).
+fn split_qkv(fused: &[f32], [q_w, kv_w]: [usize; 2], b: &mut StepBuffers) {
+    let total = q_w + 2 * kv_w;
+    b.q.clear();
+    b.k.clear();
+    b.v.clear();
+    for row in fused.chunks_exact(total) {
+        b.q.extend_from_slice(&row[..q_w]);
+        b.k.extend_from_slice(&row[q_w..q_w + kv_w]);
+        b.v.extend_from_slice(&row[q_w + kv_w..]);
     }
 }

@@ -17,9 +17,13 @@ pub mod gguf_config;
 pub mod gpt2;
 pub mod kv_cache;
 pub mod llama;
+pub mod mistral;
+pub mod phi3;
+pub mod qwen3;
 pub mod registry;
 pub mod rope;
 mod session;
+pub mod smollm3;
 pub mod t5;
 
 use std::path::PathBuf;

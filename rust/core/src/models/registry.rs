@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use super::llama::{LlamaConfig, LlamaDefaults};
-use super::{gguf_config, gpt2, t5, Model};
+use super::{gguf_config, gpt2, mistral, phi3, qwen3, smollm3, t5, Model};
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::WeightSource;
@@ -46,7 +46,7 @@ pub struct Architecture {
 }
 
 /// transformers' `LlamaConfig()` defaults; Mistral and Qwen2 differ where their entries say.
-const LLAMA_DEFAULTS: LlamaDefaults = LlamaDefaults {
+pub(crate) const LLAMA_DEFAULTS: LlamaDefaults = LlamaDefaults {
     vocab_size: 32000,
     hidden_size: 4096,
     intermediate_size: 11008,
@@ -55,7 +55,13 @@ const LLAMA_DEFAULTS: LlamaDefaults = LlamaDefaults {
     num_key_value_heads: None,
     max_position_embeddings: 2048,
     rope_theta: 10000.0,
+    head_dim: None,
+    rms_norm_eps: 1e-6,
+    tie_word_embeddings: false,
     fixed_qkv_bias: false,
+    original_max_position_embeddings: None,
+    partial_rotary: false,
+    rope_type_aliases: &[],
 };
 
 pub static ARCHITECTURES: &[Architecture] = &[
@@ -85,15 +91,7 @@ pub static ARCHITECTURES: &[Architecture] = &[
         model_type: "mistral",
         encoder_decoder: false,
         gguf: None,
-        config: |arch, json| {
-            let defaults = LlamaDefaults {
-                intermediate_size: 14336,
-                num_key_value_heads: Some(8),
-                max_position_embeddings: 4096 * 32,
-                ..LLAMA_DEFAULTS
-            };
-            Ok(Box::new(LlamaConfig::from_json(arch, json, &defaults)?))
-        },
+        config: mistral::config,
     },
     Architecture {
         model_type: "qwen2",
@@ -112,7 +110,10 @@ pub static ARCHITECTURES: &[Architecture] = &[
                 fixed_qkv_bias: true,
                 ..LLAMA_DEFAULTS
             };
-            Ok(Box::new(LlamaConfig::from_json(arch, json, &defaults)?))
+            let mut cfg = LlamaConfig::from_json(arch, json, &defaults)?;
+            let v = crate::models::config_checks::parse_object(json)?;
+            cfg.layer_windows = qwen3::qwen_layer_windows(&v, cfg.num_hidden_layers)?;
+            Ok(Box::new(cfg))
         },
     },
     Architecture {
@@ -120,6 +121,32 @@ pub static ARCHITECTURES: &[Architecture] = &[
         encoder_decoder: false,
         gguf: None,
         config: |_, json| Ok(Box::new(gpt2::Gpt2Config::from_json(json)?)),
+    },
+    Architecture {
+        model_type: "qwen3",
+        encoder_decoder: false,
+        gguf: Some(GgufArchitecture {
+            name: "qwen3",
+            permuted_qk: false,
+            config: gguf_config::llama_family,
+        }),
+        config: qwen3::config,
+    },
+    Architecture {
+        model_type: "smollm3",
+        encoder_decoder: false,
+        gguf: None,
+        config: smollm3::config,
+    },
+    Architecture {
+        model_type: "phi3",
+        encoder_decoder: false,
+        gguf: Some(GgufArchitecture {
+            name: "phi3",
+            permuted_qk: false,
+            config: gguf_config::phi3,
+        }),
+        config: phi3::config,
     },
 ];
 
