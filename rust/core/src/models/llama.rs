@@ -273,10 +273,7 @@ fn parse_rope_scaling(section: &str, s: &Value, context: &RopeContext) -> Result
             factor: real("factor", None)?,
         }),
         "llama3" => {
-            let original = positive(
-                &format!("{section}.original_max_position_embeddings"),
-                get_usize(s, "original_max_position_embeddings")?.unwrap_or(8192),
-            )?;
+            let original = original_context(section, s, context)?;
             let (low, high) = (
                 real("low_freq_factor", Some(1.0))?,
                 real("high_freq_factor", Some(4.0))?,
@@ -301,20 +298,27 @@ fn parse_rope_scaling(section: &str, s: &Value, context: &RopeContext) -> Result
     }
 }
 
+/// The pretraining context of a llama3 or longrope scaling, as transformers'
+/// `standardize_rope_params` settles it: a top-level `original_max_position_embeddings` first
+/// (Phi-3 saves it there), then the section's, then `max_position_embeddings`.
+fn original_context(section: &str, s: &Value, context: &RopeContext) -> Result<usize> {
+    match context.original_max_position_embeddings {
+        Some(n) => positive("original_max_position_embeddings", n),
+        None => positive(
+            &format!("{section}.original_max_position_embeddings"),
+            get_usize(s, "original_max_position_embeddings")?
+                .unwrap_or(context.max_position_embeddings),
+        ),
+    }
+}
+
 /// LongRoPE as transformers' `_compute_longrope_parameters` reads it: the original context from
 /// the top level first, then the section, then `max_position_embeddings`; `factor` defaulting to
 /// `max_position_embeddings / original`; `attention_factor` defaulting to
 /// `sqrt(1 + ln(factor) / ln(original))` (1 when `factor <= 1`).
 fn parse_longrope(section: &str, s: &Value, context: &RopeContext) -> Result<RopeScaling> {
     let key = |k: &str| format!("{section}.{k}");
-    let original = match context.original_max_position_embeddings {
-        Some(n) => positive("original_max_position_embeddings", n)?,
-        None => positive(
-            &key("original_max_position_embeddings"),
-            get_usize(s, "original_max_position_embeddings")?
-                .unwrap_or(context.max_position_embeddings),
-        )?,
-    };
+    let original = original_context(section, s, context)?;
     let factors = |name: &str| -> Result<Vec<f32>> {
         let list = s.get(name).and_then(Value::as_array).ok_or_else(|| {
             format_err!(
