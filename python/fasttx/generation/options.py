@@ -40,6 +40,35 @@ HF_DEFAULTS: dict[str, Any] = {
 
 GENERATION_KEYS = frozenset(HF_DEFAULTS)
 
+# GenerationConfig keys that change what transformers' generate() returns and that fasttx does not
+# implement, with the values that switch each off (transformers' defaults). A generation config
+# setting one otherwise is reported when the model loads (`ignored_generation_keys`): fasttx then
+# generates as if it were off.
+UNSUPPORTED_KEYS: dict[str, tuple] = {
+    "typical_p": (1.0,),
+    "epsilon_cutoff": (0.0,),
+    "eta_cutoff": (0.0,),
+    "top_h": (),
+    "encoder_repetition_penalty": (1.0,),
+    "encoder_no_repeat_ngram_size": (0,),
+    "exponential_decay_length_penalty": (),
+    "suppress_tokens": (),
+    "begin_suppress_tokens": (),
+    "sequence_bias": (),
+    "guidance_scale": (1.0,),
+    "remove_invalid_values": (False,),
+    "token_healing": (False,),
+    "watermarking_config": (),
+    "max_time": (),
+    "stop_strings": (),
+    "penalty_alpha": (),
+    "dola_layers": (),
+    "diversity_penalty": (0.0,),
+    "num_beam_groups": (1,),
+    "constraints": (),
+    "force_words_ids": (),
+}
+
 # The smallest normal float32 (numpy's finfo(float32).tiny): the least temperature sampling takes.
 FLOAT32_TINY = 1.1754943508222875e-38
 
@@ -88,6 +117,16 @@ class GenerationOptions:
             if max_positions:
                 total = min(total, max_positions)
         return max(0, total - prompt_len)
+
+
+def ignored_generation_keys(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a generation config (``generation_config.json``, or ``config.json``'s
+    generation keys) that would change transformers' output and that fasttx does not implement."""
+    return {
+        k: v
+        for k, v in source.items()
+        if k in UNSUPPORTED_KEYS and v is not None and v not in UNSUPPORTED_KEYS[k] and v != []
+    }
 
 
 def _is_int(v: Any) -> bool:
@@ -171,16 +210,9 @@ def _bad_words(v: Any, eos: Sequence[int], vocab_size: int) -> Optional[list[lis
     if any(not _is_int(t) or int(t) < 0 for seq in v for t in seq):
         raise ValueError(f"Each list in `bad_words_ids` has to be a list of positive integers, but is {v!r}.")
     seqs = [[int(t) for t in seq] for seq in v]
-    # transformers drops single-token bans of an EOS id, then refuses what is left if it is empty
-    # (an empty `sequence_bias`) or holds an empty sequence.
+    # transformers drops single-token bans of an EOS id (even if nothing is left) before checking
+    # the ids against the vocabulary; an empty sequence bans nothing.
     kept = [s for s in seqs if not (len(s) == 1 and s[0] in eos)]
-    if not kept:
-        raise ValueError(
-            f"`bad_words_ids` {v!r} bans only EOS tokens ({list(eos)}), which transformers ignores as "
-            "bans and then refuses as an empty `sequence_bias`"
-        )
-    if any(len(s) == 0 for s in kept):
-        raise ValueError(f"Each list in `bad_words_ids` has to be non-empty, but is {v!r}.")
     outside = [t for s in kept for t in s if t >= vocab_size]
     if outside:
         raise ValueError(

@@ -72,7 +72,7 @@ def suppress_eos_until(min_len: int, prompt_len: int, eos: Sequence[int]) -> Pro
 def bad_words(bad_words_ids: Sequence[Sequence[int]], eos: Sequence[int]) -> Processor:
     """transformers' ``NoBadWordsLogitsProcessor``: a one-token ban is always -inf; a longer one
     bans its last token when the row's history ends with the rest of it. Single-token bans of an
-    EOS id are dropped (min/max length rules own EOS); duplicates count once."""
+    EOS id are dropped (min/max length rules own EOS), as are empty ones; duplicates count once."""
     single: set[int] = set()
     # prefix length -> {prefix: last tokens banned after it}
     by_prefix: dict[int, dict[tuple[int, ...], list[int]]] = {}
@@ -80,7 +80,7 @@ def bad_words(bad_words_ids: Sequence[Sequence[int]], eos: Sequence[int]) -> Pro
         if len(seq) == 1:
             if seq[0] not in eos:
                 single.add(seq[0])
-        else:
+        elif seq:  # an empty sequence bans nothing (transformers accepts and skips it)
             last = by_prefix.setdefault(len(seq) - 1, {}).setdefault(tuple(seq[:-1]), [])
             if seq[-1] not in last:
                 last.append(seq[-1])
