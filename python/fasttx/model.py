@@ -135,7 +135,9 @@ class Model:
         A long list runs in batches of ``batch_size`` prompts, sorted by length so that prompts of
         similar length share a batch (less padding); a prompt's result does not depend on its
         batch. ``progress``: a progress bar on stderr (tqdm); by default shown when there are
-        several batches and stderr is a terminal."""
+        several batches and stderr is a terminal. ``tgt_lang`` (translation models): the target
+        language's token, forced as the first generated token (``__de__``, ``deu_Latn``,
+        ``de_DE``, or the bare code), or put before the source for Marian's ``>>de<<``."""
         return self._generate_text(
             prompts, options, add_special_tokens=True, batch_size=batch_size, progress=progress
         )
