@@ -27,12 +27,13 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-repeat-ngram-size", type=int)
     g.add_argument("--eos-token-id", type=int, action="append")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--tgt-lang", help='translation models: target language code ("de", "de_DE", "deu_Latn", ...)')
 
 
 _OPTION_NAMES = [
     "max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "early_stopping",
     "num_return_sequences", "do_sample", "temperature", "top_k", "top_p", "min_p", "seed",
-    "repetition_penalty", "no_repeat_ngram_size", "eos_token_id", "stop",
+    "repetition_penalty", "no_repeat_ngram_size", "eos_token_id", "stop", "tgt_lang",
 ]  # fmt: skip
 
 

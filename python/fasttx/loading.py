@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ._native import GgufArray, ModelFormatError, NativeModel, architectures, gguf_config, gguf_metadata
-from .generation.options import GENERATION_KEYS
+from .generation.options import GENERATION_KEYS, ignored_generation_keys
 
 DTYPES = ("auto", "f32", "int8")
 
@@ -176,6 +176,18 @@ def generation_defaults(directory: Path, config: dict[str, Any]) -> dict[str, An
     else the generation keys of ``config.json``."""
     gen_path = directory / "generation_config.json"
     source = _read_json(gen_path) if gen_path.is_file() else config
+    ignored = ignored_generation_keys(source)
+    if ignored:
+        import warnings
+
+        where = gen_path if gen_path.is_file() else directory / "config.json"
+        warnings.warn(
+            f"{where}: fasttx does not implement the generation setting(s) "
+            f"{', '.join(f'{k}={v!r}' for k, v in ignored.items())}; generate() runs without them, "
+            "so its output can differ from transformers'",
+            UserWarning,
+            stacklevel=3,
+        )
     defaults = {k: v for k, v in source.items() if k in GENERATION_KEYS and v is not None}
     for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
         if key not in defaults and config.get(key) is not None:

@@ -9,6 +9,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from .generation import search
+from .generation.languages import LanguageTokens
 from .generation.options import GenerationOptions, resolve
 from .text import TextAssembler, clean_up_tokenization, cut_at_stop
 
@@ -65,6 +66,7 @@ class Model:
         self.generation_config = generation_config
         self.path = path
         self._clean_up_spaces = _tokenizer_setting(path, "clean_up_tokenization_spaces", False)
+        self._languages: Optional[LanguageTokens] = None  # built on the first tgt_lang
 
     def __repr__(self) -> str:
         return f"fasttx.Model(arch={self.arch!r}, path={str(self.path)!r}, threads={self.threads})"
@@ -133,7 +135,9 @@ class Model:
         A long list runs in batches of ``batch_size`` prompts, sorted by length so that prompts of
         similar length share a batch (less padding); a prompt's result does not depend on its
         batch. ``progress``: a progress bar on stderr (tqdm); by default shown when there are
-        several batches and stderr is a terminal."""
+        several batches and stderr is a terminal. ``tgt_lang`` (translation models): the target
+        language's token, forced as the first generated token (``__de__``, ``deu_Latn``,
+        ``de_DE``, or the bare code), or put before the source for Marian's ``>>de<<``."""
         return self._generate_text(
             prompts, options, add_special_tokens=True, batch_size=batch_size, progress=progress
         )
@@ -205,8 +209,9 @@ class Model:
             raise ValueError("prompts must be a string or a list of strings")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        options, source_prefix = self._target_language(options)
         opts = self._options(options)
-        encoded = self._encode(prompt_list, add_special_tokens)
+        encoded = [source_prefix + e for e in self._encode(prompt_list, add_special_tokens)]
         # Longest first (stable): similar lengths share a batch, and the slowest batch comes first,
         # so the progress bar's estimate errs on the safe side.
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -233,10 +238,12 @@ class Model:
     def _stream_text(self, prompt: str, options: dict, *, add_special_tokens: bool) -> Iterator[str]:
         if not isinstance(prompt, str):
             raise ValueError("stream takes one prompt string")
+        options, source_prefix = self._target_language(options)
         opts = self._options(options)
         if opts.num_return_sequences != 1:
             raise ValueError("stream returns one sequence: num_return_sequences must be 1")
-        ids, mask = _as_batch(self._encode([prompt], add_special_tokens), None, "prompt", pad_left=False)
+        encoded = [source_prefix + self._encode([prompt], add_special_tokens)[0]]
+        ids, mask = _as_batch(encoded, None, "prompt", pad_left=False)
 
         def pieces() -> Iterator[str]:
             if opts.num_beams > 1:  # the best hypothesis is known only at the end
@@ -258,6 +265,30 @@ class Model:
                 yield tail
 
         return pieces()
+
+    def _target_language(self, options: dict) -> tuple[dict, list[int]]:
+        """The text API's ``tgt_lang``: ``options`` with the language token as
+        ``forced_bos_token_id`` (mBART, M2M100, NLLB), or the token ids to put before each source
+        (Marian's ``>>xx<<``, which selects the language from the source)."""
+        if options.get("tgt_lang") is None:
+            return {k: v for k, v in options.items() if k != "tgt_lang"}, []
+        options = dict(options)
+        code = options.pop("tgt_lang")
+        if not self.is_encoder_decoder:
+            raise ValueError(f"tgt_lang is for translation (encoder-decoder) models; {self.arch} is decoder-only")
+        if self._languages is None:
+            self._languages = LanguageTokens(self._require_tokenizer())
+        lang = self._languages.lookup(code)
+        if lang.in_source:
+            return options, [lang.id]
+        given = options.get("forced_bos_token_id")
+        if given is not None and given != lang.id:
+            raise ValueError(
+                f"tgt_lang={code!r} (token {lang.token!r}, id {lang.id}) contradicts "
+                f"forced_bos_token_id={given!r}: pass one of them"
+            )
+        options["forced_bos_token_id"] = lang.id
+        return options, []
 
     def _options(self, options: dict) -> GenerationOptions:
         return resolve(options, self.generation_config, self.vocab_size)

@@ -30,11 +30,44 @@ HF_DEFAULTS: dict[str, Any] = {
     "pad_token_id": None,
     "bos_token_id": None,
     "decoder_start_token_id": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "bad_words_ids": None,
+    "renormalize_logits": False,
     "seed": None,
     "stop": None,
 }
 
 GENERATION_KEYS = frozenset(HF_DEFAULTS)
+
+# GenerationConfig keys that change what transformers' generate() returns and that fasttx does not
+# implement, with the values that switch each off (transformers' defaults). A generation config
+# setting one otherwise is reported when the model loads (`ignored_generation_keys`): fasttx then
+# generates as if it were off.
+UNSUPPORTED_KEYS: dict[str, tuple] = {
+    "typical_p": (1.0,),
+    "epsilon_cutoff": (0.0,),
+    "eta_cutoff": (0.0,),
+    "top_h": (),
+    "encoder_repetition_penalty": (1.0,),
+    "encoder_no_repeat_ngram_size": (0,),
+    "exponential_decay_length_penalty": (),
+    "suppress_tokens": (),
+    "begin_suppress_tokens": (),
+    "sequence_bias": (),
+    "guidance_scale": (1.0,),
+    "remove_invalid_values": (False,),
+    "token_healing": (False,),
+    "watermarking_config": (),
+    "max_time": (),
+    "stop_strings": (),
+    "penalty_alpha": (),
+    "dola_layers": (),
+    "diversity_penalty": (0.0,),
+    "num_beam_groups": (1,),
+    "constraints": (),
+    "force_words_ids": (),
+}
 
 # The smallest normal float32 (numpy's finfo(float32).tiny): the least temperature sampling takes.
 FLOAT32_TINY = 1.1754943508222875e-38
@@ -63,9 +96,14 @@ class GenerationOptions:
     pad_token_id: Optional[int] = None
     bos_token_id: Optional[int] = None
     decoder_start_token_id: Optional[int] = None
+    forced_bos_token_id: Optional[int] = None
+    forced_eos_token_id: Optional[list[int]] = None  # None: off (an empty list is refused)
+    bad_words_ids: Optional[list[list[int]]] = None  # as given (EOS-only bans are dropped by `build`)
+    renormalize_logits: bool = False
     seed: Optional[int] = None
     stop: list[str] = field(default_factory=list)
-    # max_length is transformers' untouched default (20): it then means 20 *new* tokens.
+    # Neither the call nor the generation config set max_length: transformers' default 20 then
+    # means 20 *new* tokens (its `has_default_max_length`).
     default_max_length: bool = False
 
     def new_token_budget(self, prompt_len: int, max_positions: Optional[int] = None) -> int:
@@ -79,6 +117,16 @@ class GenerationOptions:
             if max_positions:
                 total = min(total, max_positions)
         return max(0, total - prompt_len)
+
+
+def ignored_generation_keys(source: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a generation config (``generation_config.json``, or ``config.json``'s
+    generation keys) that would change transformers' output and that fasttx does not implement."""
+    return {
+        k: v
+        for k, v in source.items()
+        if k in UNSUPPORTED_KEYS and v is not None and v not in UNSUPPORTED_KEYS[k] and v != []
+    }
 
 
 def _is_int(v: Any) -> bool:
@@ -139,6 +187,41 @@ def _token_list(name: str, v: Any) -> list[int]:
     return [int(t) for t in items]
 
 
+def _forced_eos(v: Any) -> Optional[list[int]]:
+    """``forced_eos_token_id``: None (off), an id or a list of ids. transformers'
+    ``ForcedEOSTokenLogitsProcessor`` refuses negative ids, and an empty list (a float tensor)."""
+    if v is None:
+        return None
+    items = [v] if _is_int(v) else v
+    if not isinstance(items, (list, tuple)) or not items or not all(_is_int(t) and int(t) >= 0 for t in items):
+        raise ValueError(f"`forced_eos_token_id` has to be a token id or a non-empty list of them (>= 0), got {v!r}")
+    return [int(t) for t in items]
+
+
+def _bad_words(v: Any, eos: Sequence[int], vocab_size: int) -> Optional[list[list[int]]]:
+    """``bad_words_ids`` checked as transformers' ``NoBadWordsLogitsProcessor`` checks it (when
+    ``generate`` builds it, i.e. before any token is generated), same conditions, same messages."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) == 0:
+        raise ValueError(f"`bad_words_ids` has to be a non-empty list, but is {v!r}.")
+    if any(not isinstance(seq, list) for seq in v):
+        raise ValueError(f"`bad_words_ids` has to be a list of lists, but is {v!r}.")
+    if any(not _is_int(t) or int(t) < 0 for seq in v for t in seq):
+        raise ValueError(f"Each list in `bad_words_ids` has to be a list of positive integers, but is {v!r}.")
+    seqs = [[int(t) for t in seq] for seq in v]
+    # transformers drops single-token bans of an EOS id (even if nothing is left) before checking
+    # the ids against the vocabulary; an empty sequence bans nothing.
+    kept = [s for s in seqs if not (len(s) == 1 and s[0] in eos)]
+    outside = [t for s in kept for t in s if t >= vocab_size]
+    if outside:
+        raise ValueError(
+            f"The model vocabulary size is {vocab_size}, but the following tokens were being biased "
+            f"(bad_words_ids): {outside}"
+        )
+    return seqs
+
+
 def resolve(
     user: Mapping[str, Any],
     model_defaults: Mapping[str, Any],
@@ -157,7 +240,7 @@ def resolve(
 
     o = GenerationOptions()
     o.max_length = _int("max_length", merged["max_length"], 0)
-    o.default_max_length = "max_length" not in user and o.max_length == HF_DEFAULTS["max_length"]
+    o.default_max_length = "max_length" not in user and model_defaults.get("max_length") is None
     o.max_new_tokens = _int("max_new_tokens", merged["max_new_tokens"], 0, allow_none=True)
     o.min_length = _int("min_length", merged["min_length"] or 0, 0)
     o.min_new_tokens = _int("min_new_tokens", merged["min_new_tokens"], 0, allow_none=True)
@@ -195,6 +278,12 @@ def resolve(
         if isinstance(v, (list, tuple)):  # some configs list several; transformers uses the first
             v = v[0] if v else None
         setattr(o, name, _int(name, v, 0, allow_none=True))
+    o.forced_bos_token_id = _int("forced_bos_token_id", merged["forced_bos_token_id"], 0, allow_none=True)
+    o.forced_eos_token_id = _forced_eos(merged["forced_eos_token_id"])
+    o.bad_words_ids = _bad_words(merged["bad_words_ids"], o.eos_token_id, vocab_size)
+    if not isinstance(merged["renormalize_logits"], bool):
+        raise ValueError(f"renormalize_logits must be True or False, got {merged['renormalize_logits']!r}")
+    o.renormalize_logits = merged["renormalize_logits"]
     o.seed = _int("seed", merged["seed"], 0, allow_none=True)
     stop = merged["stop"]
     if stop is None:
@@ -212,10 +301,13 @@ def resolve(
         bad = [t for t in o.eos_token_id if t >= vocab_size]
         if bad:
             raise ValueError(f"{name} {bad[0]} is outside the vocabulary of {vocab_size}")
-    for name in ("pad_token_id", "decoder_start_token_id"):
+    for name in ("pad_token_id", "decoder_start_token_id", "forced_bos_token_id"):
         v = getattr(o, name)
         if v is not None and v >= vocab_size:
             raise ValueError(f"{name} {v} is outside the vocabulary of {vocab_size}")
+    bad = [t for t in o.forced_eos_token_id or [] if t >= vocab_size]
+    if bad:
+        raise ValueError(f"forced_eos_token_id {bad[0]} is outside the vocabulary of {vocab_size}")
     if o.num_beams > 1:
         if o.num_return_sequences > o.num_beams:
             raise ValueError(

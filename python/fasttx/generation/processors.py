@@ -69,15 +69,65 @@ def suppress_eos_until(min_len: int, prompt_len: int, eos: Sequence[int]) -> Pro
     return apply
 
 
-def build(opts: GenerationOptions, prompt_len: int, padding: Sequence[int]) -> list[Processor]:
+def bad_words(bad_words_ids: Sequence[Sequence[int]], eos: Sequence[int]) -> Processor:
+    """transformers' ``NoBadWordsLogitsProcessor``: a one-token ban is always -inf; a longer one
+    bans its last token when the row's history ends with the rest of it. Single-token bans of an
+    EOS id are dropped (min/max length rules own EOS), as are empty ones; duplicates count once."""
+    single: set[int] = set()
+    # prefix length -> {prefix: last tokens banned after it}
+    by_prefix: dict[int, dict[tuple[int, ...], list[int]]] = {}
+    for seq in bad_words_ids:
+        if len(seq) == 1:
+            if seq[0] not in eos:
+                single.add(seq[0])
+        elif seq:  # an empty sequence bans nothing (transformers accepts and skips it)
+            last = by_prefix.setdefault(len(seq) - 1, {}).setdefault(tuple(seq[:-1]), [])
+            if seq[-1] not in last:
+                last.append(seq[-1])
+    always = np.fromiter(sorted(single), dtype=np.int64)
+
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
+        for row, ids in zip(scores, history):
+            row[always] = NEG_INF
+            for n, table in by_prefix.items():
+                if n <= len(ids):  # transformers skips prefixes longer than the history
+                    banned = table.get(tuple(ids[len(ids) - n :]))
+                    if banned:
+                        row[banned] = NEG_INF
+
+    return apply
+
+
+def force_token_at(length: int, tokens: Sequence[int]) -> Processor:
+    """Rows whose history holds ``length`` tokens may only continue with ``tokens``: every other
+    score becomes -inf and theirs 0 (transformers' ``ForcedBOSTokenLogitsProcessor`` with
+    ``length`` 1, and ``ForcedEOSTokenLogitsProcessor`` with ``max_length - 1``). The length is
+    the whole history (decoder start token, or the padded prompt), as transformers counts it."""
+    idx = list(tokens)
+
+    def apply(scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
+        for row, ids in zip(scores, history):
+            if len(ids) == length:
+                row[:] = NEG_INF
+                row[idx] = 0.0
+
+    return apply
+
+
+def build(
+    opts: GenerationOptions, prompt_len: int, padding: Sequence[int], max_length: Optional[int] = None
+) -> list[Processor]:
     """The processor list transformers' ``_get_logits_processor`` would build for these options,
     up to sampling's warpers (see ``warpers``); ``padding[row]`` is the left padding of each
-    generated sequence's prompt."""
+    generated sequence's prompt; ``max_length`` (prompt plus new-token budget: transformers'
+    final ``generation_config.max_length``) places the forced EOS."""
     procs: list[Processor] = []
     if opts.repetition_penalty != 1.0:
         procs.append(repetition_penalty(opts.repetition_penalty, padding))
     if opts.no_repeat_ngram_size > 0:
         procs.append(no_repeat_ngram(opts.no_repeat_ngram_size))
+    if opts.bad_words_ids is not None:
+        procs.append(bad_words(opts.bad_words_ids, opts.eos_token_id))
     if opts.eos_token_id:
         # MinLengthLogitsProcessor counts the whole sequence; MinNewTokensLength only new tokens.
         # Given min_new_tokens, transformers' _prepare_generated_length replaces min_length by
@@ -87,7 +137,22 @@ def build(opts: GenerationOptions, prompt_len: int, padding: Sequence[int]) -> l
             procs.append(suppress_eos_until(opts.min_length, 0, opts.eos_token_id))
         if opts.min_new_tokens:
             procs.append(suppress_eos_until(opts.min_new_tokens, prompt_len, opts.eos_token_id))
+    if opts.forced_bos_token_id is not None:
+        procs.append(force_token_at(1, [opts.forced_bos_token_id]))
+    if opts.forced_eos_token_id is not None:
+        if max_length is None:
+            raise ValueError("forced_eos_token_id needs the generation's max_length")
+        procs.append(force_token_at(max_length - 1, opts.forced_eos_token_id))
     return procs
+
+
+def renormalize(scores: np.ndarray) -> np.ndarray:
+    """transformers' ``LogitNormalization`` (``renormalize_logits=True``, the last processor): a
+    float32 log-softmax of each row. Only beam search needs it: it changes the scores hypotheses
+    accumulate, while greedy's argmax and sampling's draw are the same without it."""
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):  # banned tokens (-inf) stay -inf
+        return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32, copy=False)
 
 
 class Warpers(NamedTuple):

@@ -138,7 +138,7 @@ def sample_or_greedy(
     (stop strings)."""
     rows = len(prompt.history)
     # Sampling's warpers run natively in `sample_tokens`; the other processors here.
-    procs = processors.build(opts, prompt.prompt_len, prompt.padding())
+    procs = processors.build(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget)
     eos = set(opts.eos_token_id)
     active = list(range(rows))  # session row i decodes original row active[i]
     tokens, mask = prompt.first_tokens, prompt.first_mask
@@ -198,7 +198,7 @@ def beam_search(
     max_length = p0 + budget
     lp = opts.length_penalty
     es = opts.early_stopping
-    procs = processors.build(opts, p0, prompt.padding())
+    procs = processors.build(opts, p0, prompt.padding(), max_length)
     warpers = processors.warpers(opts, beam=True) if opts.do_sample else None
 
     if budget == 0:
@@ -241,6 +241,8 @@ def beam_search(
             # running score is added.
             check_temperature(log_probs, opts.temperature, step)
             log_probs = native_model.warp_rows(np.ascontiguousarray(log_probs, dtype=np.float32), *warpers)
+        if opts.renormalize_logits:
+            log_probs = processors.renormalize(log_probs)
         scores = (log_probs.reshape(batch, K, vocab) + running_scores[:, :, None]).reshape(batch, K * vocab)
         scores = np.ascontiguousarray(scores, dtype=np.float32)
         if opts.do_sample:
