@@ -20,6 +20,8 @@ EXPECTED = {
     "mistral": (False, None),
     "qwen2": (False, "qwen2"),
     "gpt2": (False, None),
+    "gemma2": (False, "gemma2"),
+    "gemma3_text": (False, "gemma3"),
 }
 
 
