@@ -103,7 +103,7 @@ SPECS = {
 
 # GGUF: (architecture, base HF spec, quantization, tied)
 GGUF_SPECS = {
-    "gemma2_gguf_f16": dict(seed=15000, arch="gemma2", qtype=gguf.GGMLQuantizationType.F16, tied=True,
+    "gemma2_gguf_f16": dict(seed=15100, arch="gemma2", qtype=gguf.GGMLQuantizationType.F16, tied=True, eos_rate=0.12,
                             config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                         query_pre_attn_scalar=16, sliding_window=6,
@@ -388,7 +388,7 @@ def make_gguf(name: str, versions: dict) -> dict:
     model = new_model(spec["arch"], GGUF_VOCAB, spec["tied"], spec["config"]).eval()
     mdf.untie_if_needed(model, spec["tied"])
     shape(model, gen, spec["tied"])
-    calibrate(model, [1], gen)
+    calibrate(model, [1], gen, spec.get("eos_rate", SHAPE["eos_rate"]))
     stored = write_gguf(out / mdf.GGUF_FILE, model, tok, spec)
 
     tok_hf = AutoTokenizer.from_pretrained(str(out), gguf_file=mdf.GGUF_FILE)
