@@ -23,6 +23,8 @@ EXPECTED = {
     "qwen3": (False, "qwen3"),
     "smollm3": (False, None),
     "phi3": (False, "phi3"),
+    "gemma2": (False, "gemma2"),
+    "gemma3_text": (False, "gemma3"),
 }
 
 

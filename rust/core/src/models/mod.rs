@@ -13,6 +13,7 @@ pub mod attention;
 mod config_checks;
 mod decoder;
 mod encoder_decoder;
+pub mod gemma;
 pub mod gguf_config;
 pub mod gpt2;
 pub mod kv_cache;
