@@ -129,6 +129,8 @@ class NativeSession:
     @property
     def cache_bytes_per_position(self) -> int:
         """Bytes of self-attention cache one row takes per position."""
+    def reserve(self, positions: int) -> None:
+        """Makes room for ``positions`` positions per row in the self-attention cache at once."""
     def step(
         self,
         tokens: npt.NDArray[np.int64],

@@ -327,8 +327,18 @@ class Model:
                 )
         session = self._native.start(ids, mask)
         self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts)
+        # The cache's room for every position the request may reach, at once: it then never grows
+        # by copying (and doubling) mid-generation; untouched room costs no memory.
+        session.reserve(self._reachable_positions(prompt_len, budget))
         prompt = self._decoder_prompt(ids, mask, opts, copies)
         return session, prompt, budget
+
+    def _reachable_positions(self, prompt_len: int, budget: int) -> int:
+        """Decoder positions a request may fill: its prompt and budget, up to the model's positions."""
+        positions = prompt_len + budget
+        if self.max_positions is not None:
+            positions = min(positions, max(self.max_positions, prompt_len + 1))
+        return positions
 
     def _check_memory(self, session, inputs: int, copies: int, prompt_len: int, budget: int, opts) -> None:
         """Refuses a request whose rows (inputs x beams or sequences) need more memory for their KV
@@ -337,9 +347,7 @@ class Model:
         machine = _physical_memory()
         if machine is None:
             return
-        positions = prompt_len + budget
-        if self.max_positions is not None:
-            positions = min(positions, max(self.max_positions, prompt_len + 1))
+        positions = self._reachable_positions(prompt_len, budget)
         rows = inputs * copies
         per_row = positions * (session.cache_bytes_per_position + TOKEN_BYTES) + LOGIT_COPIES * self.vocab_size * 4
         needed = rows * per_row

@@ -64,6 +64,34 @@ pub fn try_alloc<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>> {
     Ok(v)
 }
 
+/// Number types whose all-zero bytes are the value zero (their `Default`).
+///
+/// # Safety
+/// Implementors must be plain numbers: every bit pattern valid, zero bytes meaning zero.
+pub unsafe trait Zeroed: Copy + Default {}
+// SAFETY: IEEE 754 +0.0 is all zero bits; integers likewise.
+unsafe impl Zeroed for f32 {}
+// SAFETY: as above.
+unsafe impl Zeroed for u8 {}
+
+/// [`try_alloc`] for plain numbers, from zero-filled memory that is not written: large buffers
+/// come from fresh pages the OS maps on first write, so a buffer reserved for a whole generation
+/// (the KV cache of every position a request may reach) costs resident memory only as it fills.
+pub fn try_zeroed<T: Zeroed>(len: usize, what: &str) -> Result<Vec<T>> {
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| out_of_memory::<T>(len, what))?;
+    if layout.size() == 0 {
+        return Ok(vec![T::default(); len]);
+    }
+    // SAFETY: the layout has a nonzero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if ptr.is_null() {
+        return Err(out_of_memory::<T>(len, what));
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `len` values of `T` (what a
+    // Vec of capacity `len` frees), and zero bytes are `len` valid values (`Zeroed`).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 /// Fails as [`try_alloc`] would for `len` values of `T`, without keeping (or touching) the memory:
 /// for a buffer that code which cannot fail is about to allocate.
 pub fn check_alloc<T>(len: usize, what: &str) -> Result<()> {

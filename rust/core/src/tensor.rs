@@ -6,6 +6,8 @@
 //! ([`pack_rows`](crate::kernels::quant::pack_rows)). Both are cheap to clone (shared storage), which is how a tied head shares the
 //! embedding.
 
+use std::cell::Cell;
+use std::fs::File;
 use std::sync::Arc;
 
 use memmap2::Mmap;
@@ -118,6 +120,8 @@ pub enum Bytes {
         map: Arc<Mmap>,
         offset: usize,
         len: usize,
+        /// The file `map` maps, for [`Bytes::read_into`] (`None`: read through the mapping).
+        file: Option<Arc<File>>,
     },
     Owned(Arc<Vec<u8>>),
 }
@@ -125,9 +129,33 @@ pub enum Bytes {
 impl Bytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
-            Bytes::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            Bytes::Mapped {
+                map, offset, len, ..
+            } => &map[*offset..*offset + *len],
             Bytes::Owned(v) => v,
         }
+    }
+
+    /// Copies the `out.len()` bytes at `at` into `out`. A mapped file's bytes are read from the
+    /// file, not through the mapping: a page fault on a file mapping maps the neighbouring pages
+    /// too (Linux's fault-around, which `MADV_RANDOM` does not turn off), so every embedding
+    /// lookup through the mapping would add ~100 KiB to the process's resident set, tens of MB
+    /// over a long prompt; a positional read adds nothing. Should the read fail, the mapping
+    /// gives the same bytes.
+    pub fn read_into(&self, at: usize, out: &mut [u8]) {
+        #[cfg(unix)]
+        if let Bytes::Mapped {
+            offset,
+            file: Some(file),
+            ..
+        } = self
+        {
+            use std::os::unix::fs::FileExt;
+            if file.read_exact_at(out, (offset + at) as u64).is_ok() {
+                return;
+            }
+        }
+        out.copy_from_slice(&self.as_slice()[at..at + out.len()]);
     }
 
     /// As [`Tensor::release_mapped_pages`], for quantized blocks copied elsewhere at load.
@@ -228,11 +256,98 @@ impl QuantMatrix {
     }
 }
 
-/// The weight of a projection or an embedding: f32, or quantized blocks run natively.
+thread_local! {
+    /// Each thread's buffer for the stored bytes of one looked-up row (a lookup per token should
+    /// not allocate).
+    static ROW_BYTES: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// A `[rows, cols]` matrix of blocks of `format` in the file's own block order, most often a view
+/// of the mapped file: what a quantized tensor is until a projection needs it packed
+/// ([`Linear::new`] packs it). Read row by row it is an embedding table that costs no copy and
+/// whose rows are paged in only when looked up: an untied token embedding (a fifth of a small
+/// model's file) never becomes wholly resident.
+#[derive(Clone)]
+pub struct QuantRows {
+    /// The type the blocks are stored in (packing may convert it: [`QuantFormat::runs_as`]).
+    pub format: QuantFormat,
+    pub rows: usize,
+    pub cols: usize,
+    bytes: Bytes,
+}
+
+impl QuantRows {
+    pub fn new(format: QuantFormat, rows: usize, cols: usize, bytes: Bytes) -> Result<Self> {
+        if !cols.is_multiple_of(format.block_values())
+            || bytes.as_slice().len() != rows * format.row_bytes(cols)
+        {
+            return Err(Error::Format(format!(
+                "quantized matrix [{rows}, {cols}] of {format:?} does not match its {} bytes",
+                bytes.as_slice().len()
+            )));
+        }
+        Ok(QuantRows {
+            format,
+            rows,
+            cols,
+            bytes,
+        })
+    }
+
+    /// Row `i` dequantized into `out` (`cols` values): the lookup reads that row's blocks only
+    /// (from the file: [`Bytes::read_into`]).
+    pub fn row_into(&self, i: usize, out: &mut [f32]) {
+        let rb = self.format.row_bytes(self.cols);
+        let mut row = ROW_BYTES.with(Cell::take);
+        row.resize(rb, 0);
+        self.bytes.read_into(i * rb, &mut row);
+        self.format.dequantize(&row, out);
+        ROW_BYTES.with(|c| c.set(row));
+    }
+
+    /// The blocks in the kernels' layout, converted first where the stored type runs as another
+    /// (IQ4_NL as Q8_0, exactly). The mapped pages are released as they are copied.
+    pub fn pack(&self) -> Result<QuantMatrix> {
+        let runs_as = self.format.runs_as().ok_or_else(|| {
+            Error::Format(format!(
+                "{} weights cannot be run quantized (no kernels for them)",
+                self.format.name()
+            ))
+        })?;
+        let bytes = if runs_as == self.format {
+            self.bytes.clone()
+        } else {
+            let converted = self.format.transcode(self.bytes.as_slice());
+            self.bytes.release_mapped_pages();
+            Bytes::Owned(Arc::new(converted))
+        };
+        QuantMatrix::new(runs_as, self.rows, self.cols, bytes)
+    }
+}
+
+/// The weight of a projection or an embedding: f32, quantized blocks packed for the kernels, or
+/// quantized blocks as stored (a table for lookups; a projection packs them).
 #[derive(Clone)]
 pub enum Weight {
     F32(Tensor),
     Quant(QuantMatrix),
+    Table(QuantRows),
+}
+
+/// A projection's matrix, in a form the products run on.
+#[derive(Clone)]
+enum Matrix {
+    F32(Tensor),
+    Quant(QuantMatrix),
+}
+
+impl From<Matrix> for Weight {
+    fn from(m: Matrix) -> Self {
+        match m {
+            Matrix::F32(t) => Weight::F32(t),
+            Matrix::Quant(q) => Weight::Quant(q),
+        }
+    }
 }
 
 impl From<Tensor> for Weight {
@@ -246,6 +361,7 @@ impl Weight {
         match self {
             Weight::F32(t) => t.shape().to_vec(),
             Weight::Quant(q) => vec![q.rows, q.cols],
+            Weight::Table(t) => vec![t.rows, t.cols],
         }
     }
 
@@ -268,13 +384,18 @@ impl Weight {
                 out.resize(start + q.cols, 0.0);
                 q.row_into(i, &mut out[start..]);
             }
+            Weight::Table(t) => {
+                let start = out.len();
+                out.resize(start + t.cols, 0.0);
+                t.row_into(i, &mut out[start..]);
+            }
         }
     }
 }
 
 /// A linear projection `y = x · Wᵀ (+ b)` with `W` stored `[out_features, in_features]`.
 pub struct Linear {
-    weight: Weight,
+    weight: Matrix,
     out_features: usize,
     in_features: usize,
     bias: Option<Vec<f32>>,
@@ -298,6 +419,11 @@ impl Linear {
                 )));
             }
         }
+        let weight = match weight {
+            Weight::F32(t) => Matrix::F32(t),
+            Weight::Quant(q) => Matrix::Quant(q),
+            Weight::Table(t) => Matrix::Quant(t.pack()?),
+        };
         Ok(Linear {
             out_features: shape[0],
             in_features: shape[1],
@@ -310,17 +436,17 @@ impl Linear {
         self.out_features
     }
 
-    /// The weight matrix (shared storage: cloning it is cheap).
-    pub fn weight(&self) -> &Weight {
-        &self.weight
+    /// The weight matrix (shared storage: the clone is cheap).
+    pub fn weight(&self) -> Weight {
+        self.weight.clone().into()
     }
 
     /// Bytes of the weight matrix as stored (f32, or quantized blocks) plus the bias: what one
     /// product streams.
     pub fn weight_bytes(&self) -> usize {
         let matrix = match &self.weight {
-            Weight::F32(t) => 4 * t.numel(),
-            Weight::Quant(q) => q.data().len(),
+            Matrix::F32(t) => 4 * t.numel(),
+            Matrix::Quant(q) => q.data().len(),
         };
         matrix + 4 * self.bias.as_ref().map_or(0, Vec::len)
     }
@@ -335,12 +461,12 @@ impl Linear {
     pub fn into_int8(self) -> Result<Linear> {
         let (n, k) = (self.out_features, self.in_features);
         let bytes = match &self.weight {
-            Weight::F32(t) => {
+            Matrix::F32(t) => {
                 let bytes = quantize_rows_int8(t.data(), n, k);
                 t.release_mapped_pages();
                 bytes
             }
-            Weight::Quant(q) => quantize_rows_int8_from(n, k, |i, row| q.row_into(i, row)),
+            Matrix::Quant(q) => quantize_rows_int8_from(n, k, |i, row| q.row_into(i, row)),
         };
         let q = QuantMatrix::new(
             int8::FORMAT,
@@ -349,7 +475,7 @@ impl Linear {
             Bytes::Owned(Arc::new(bytes)),
         )?;
         Ok(Linear {
-            weight: Weight::Quant(q),
+            weight: Matrix::Quant(q),
             ..self
         })
     }
@@ -358,9 +484,9 @@ impl Linear {
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.out_features, self.in_features);
         match &self.weight {
-            Weight::F32(w) => matmul_nt(x, w.data(), y, m, k, n),
+            Matrix::F32(w) => matmul_nt(x, w.data(), y, m, k, n),
             // (int8 rows may be padded past `k` to whole blocks: the kernel pads `x` to match.)
-            Weight::Quant(q) => quant_matmul(q.format, x, q.data(), y, m, k, n),
+            Matrix::Quant(q) => quant_matmul(q.format, x, q.data(), y, m, k, n),
         }
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(n).take(m) {
@@ -576,14 +702,14 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
     let k = parts[0].in_features;
     let n: usize = parts.iter().map(|p| p.out_features).sum();
     let weight = match &parts[0].weight {
-        Weight::F32(_) => {
-            if parts.iter().any(|p| !matches!(p.weight, Weight::F32(_))) {
+        Matrix::F32(_) => {
+            if parts.iter().any(|p| !matches!(p.weight, Matrix::F32(_))) {
                 return Ok(None);
             }
             let mut data = crate::memory::weight_buffer(n * k);
             let mut at = 0;
             for p in parts {
-                if let Weight::F32(t) = &p.weight {
+                if let Matrix::F32(t) = &p.weight {
                     data[at..at + t.numel()].copy_from_slice(t.data());
                     at += t.numel();
                     t.release_mapped_pages();
@@ -591,8 +717,8 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
             }
             Weight::F32(Tensor::from_vec(vec![n, k], data)?)
         }
-        Weight::Quant(q0) => {
-            let same = |p: &Linear| matches!(&p.weight, Weight::Quant(q) if q.format == q0.format && q.cols == q0.cols);
+        Matrix::Quant(q0) => {
+            let same = |p: &Linear| matches!(&p.weight, Matrix::Quant(q) if q.format == q0.format && q.cols == q0.cols);
             if !parts.iter().all(same) {
                 return Ok(None);
             }
@@ -600,7 +726,7 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
             let mut data = crate::memory::byte_buffer(n * q0.format.packed_row_bytes(q0.cols));
             let mut at = 0;
             for p in parts {
-                if let Weight::Quant(q) = &p.weight {
+                if let Matrix::Quant(q) = &p.weight {
                     data[at..at + q.data().len()].copy_from_slice(q.data());
                     at += q.data().len();
                 }
@@ -788,7 +914,7 @@ mod tests {
                 }
                 .into_int8()
                 .unwrap();
-                assert!(matches!(q.weight, Weight::Quant(_)));
+                assert!(matches!(q.weight, Matrix::Quant(_)));
                 let got = q.apply(&x, m);
                 // |w| <= 1 so the weight step is <= 1/127; activations are 8-bit per block too.
                 let bound = 2.0 * k as f32 / 127.0 * 0.5 + 1e-3;
@@ -834,7 +960,7 @@ mod tests {
             let k = fmt.padded_cols(96);
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.13).sin()).collect();
             let blocks = quant_linear(fmt, n, k, 0.9);
-            let Weight::Quant(q) = &blocks.weight else {
+            let Matrix::Quant(q) = &blocks.weight else {
                 unreachable!()
             };
             let mut f = vec![0.0; n * k];
@@ -843,7 +969,7 @@ mod tests {
             }
             let dense = Linear::new(Tensor::from_vec(vec![n, k], f).unwrap(), None).unwrap();
             let (a, b) = (blocks.into_int8().unwrap(), dense.into_int8().unwrap());
-            let (Weight::Quant(qa), Weight::Quant(qb)) = (&a.weight, &b.weight) else {
+            let (Matrix::Quant(qa), Matrix::Quant(qb)) = (&a.weight, &b.weight) else {
                 panic!("{fmt:?}: not quantized")
             };
             assert_eq!(qa.data(), qb.data(), "{fmt:?}");

@@ -279,6 +279,12 @@ impl NativeSession {
             .map_err(|_| PyRuntimeError::new_err("session is unusable"))
     }
 
+    /// Makes room for `positions` positions per row in the self-attention cache at once (a
+    /// generation that knows its length; the room costs memory only as it fills).
+    fn reserve(&self, py: Python<'_>, positions: usize) -> PyResult<()> {
+        run_native(py, || self.with(|s| s.reserve(positions)))
+    }
+
     /// Feeds `tokens` `[rows, n]` (with an optional padding `mask` and `positions`); returns float32
     /// logits `[rows, vocab]` (`last_only`) or `[rows, n, vocab]`, as log-probabilities when
     /// `log_softmax` is set.

@@ -463,6 +463,9 @@ impl TensorInfo {
 pub struct GgufFile {
     path: PathBuf,
     map: Arc<Mmap>,
+    /// The open file behind `map`: embedding tables read their rows from it
+    /// ([`crate::tensor::Bytes::read_into`]). `None` for a file built in memory.
+    file: Option<Arc<File>>,
     header: Header,
 }
 
@@ -494,6 +497,7 @@ impl GgufFile {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let header = parse(&map).map_err(|msg| format_err!("{}: {msg}", path.display()))?;
         Ok(GgufFile {
+            file: Some(Arc::new(file)),
             path: path.to_path_buf(),
             map: Arc::new(map),
             header,
@@ -593,6 +597,7 @@ impl GgufFile {
                 map: self.map.clone(),
                 offset,
                 len: info.byte_len,
+                file: self.file.clone(),
             },
         ))
     }
@@ -1251,6 +1256,7 @@ mod tests {
         Ok(GgufFile {
             path: PathBuf::from("<memory>"),
             map: Arc::new(map.make_read_only().unwrap()),
+            file: None,
             header,
         })
     }

@@ -14,7 +14,7 @@ use super::gguf::{GgmlType, GgufFile};
 use super::WeightSource;
 use crate::error::Result;
 use crate::format_err;
-use crate::tensor::{Bytes, QuantMatrix, Tensor, Weight};
+use crate::tensor::{Bytes, QuantRows, Tensor, Weight};
 
 pub struct GgufAsHf {
     file: GgufFile,
@@ -154,34 +154,26 @@ impl WeightSource for GgufAsHf {
     fn weight(&self, name: &str) -> Result<Weight> {
         let (gguf, rows) = self.resolve(name)?;
         let (info, bytes) = self.file.shared_bytes(&gguf)?;
-        let (stored, format) = match info.ggml_type {
-            GgmlType::Quant(f) if self.keep_quantized && info.shape.len() == 2 => match f.runs_as()
+        let stored = match info.ggml_type {
+            GgmlType::Quant(f)
+                if self.keep_quantized && info.shape.len() == 2 && f.runs_as().is_some() =>
             {
-                Some(runs_as) => (f, runs_as),
-                None => return Ok(Weight::F32(self.tensor(name)?)),
-            },
+                f
+            }
             _ => return Ok(Weight::F32(self.tensor(name)?)),
         };
         let (r, c) = (info.shape[0], info.shape[1]);
-        // Converted block for block (the reader checked that the bytes are whole blocks); the
-        // mapped original is not read again.
-        let bytes = if format == stored {
-            bytes
-        } else {
-            let converted = stored.transcode(bytes.as_slice());
-            bytes.release_mapped_pages();
-            Bytes::Owned(std::sync::Arc::new(converted))
-        };
+        // Kept as stored, in the mapping: a projection packs (and converts) it when it is built,
+        // an embedding table is read row by row from the file.
         let bytes = match rows {
             Rows::AsStored => bytes,
-            Rows::Unpermute(heads) => Bytes::Owned(std::sync::Arc::new(unpermute(
-                bytes.as_slice(),
-                r,
-                heads,
-                &self.describe(&gguf),
-            )?)),
+            Rows::Unpermute(heads) => {
+                let rows = unpermute(bytes.as_slice(), r, heads, &self.describe(&gguf))?;
+                bytes.release_mapped_pages();
+                Bytes::Owned(std::sync::Arc::new(rows))
+            }
         };
-        Ok(Weight::Quant(QuantMatrix::new(format, r, c, bytes)?))
+        Ok(Weight::Table(QuantRows::new(stored, r, c, bytes)?))
     }
 }
 

@@ -40,6 +40,34 @@ pub(crate) trait DecoderStack: Send + Sync + 'static {
     ) -> Result<Vec<f32>>;
 }
 
+/// Positions per pass of a long prompt's prefill (see `DecoderSession::step`): enough rows for the
+/// products to run at full speed, few enough that a step's activations stay a few MB.
+const PREFILL_CHUNK: usize = 128;
+
+/// The step `input` split into consecutive runs of at most `chunk` positions of every row:
+/// `(tokens, mask, position ids, positions per row)` of each, `[rows, n]` row-major like a step.
+fn chunks<'a>(
+    input: &'a StepInput,
+    positions: &'a [u32],
+    chunk: usize,
+) -> impl Iterator<Item = (Vec<u32>, Option<Vec<u8>>, Vec<u32>, usize)> + 'a {
+    let (n, rows) = (input.n, input.tokens.len() / input.n);
+    (0..n).step_by(chunk).map(move |from| {
+        let to = (from + chunk).min(n);
+        let columns = |r: usize| r * n + from..r * n + to;
+        let tokens = (0..rows)
+            .flat_map(|r| input.tokens[columns(r)].to_vec())
+            .collect();
+        let mask = input
+            .mask
+            .map(|m| (0..rows).flat_map(|r| m[columns(r)].to_vec()).collect());
+        let positions = (0..rows)
+            .flat_map(|r| positions[columns(r)].to_vec())
+            .collect();
+        (tokens, mask, positions, to - from)
+    })
+}
+
 pub(crate) struct DecoderSession<S: DecoderStack> {
     model: Arc<S>,
     cache: KvCache,
@@ -75,6 +103,10 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         self.cache.bytes_per_position()
     }
 
+    fn reserve(&mut self, positions: usize) -> Result<()> {
+        self.cache.reserve_total(positions)
+    }
+
     fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
         let model = self.model.clone();
         input.validate(self.rows(), model.vocab_size())?;
@@ -82,11 +114,39 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         let positions = step_positions(input, &mut real_tokens);
         model.check_positions(&positions)?;
         prepare_step(&mut self.cache, input, want, model.vocab_size())?;
+        let start = self.cache.len();
         let (cache, step, scratch) = (&mut self.cache, &mut self.step, &mut self.scratch);
-        *out = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
-            model.forward(input, &positions, last_only, cache, step, scratch)
-        })?;
-        // Only a step that ran to the end advances the rows (an interrupted one never happened).
+        let done = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
+            if !last_only || input.n <= PREFILL_CHUNK {
+                return model.forward(input, &positions, last_only, cache, step, scratch);
+            }
+            // A long prompt whose last logits alone are wanted goes through in chunks of
+            // positions, each attending to the cache the earlier ones filled: the activations
+            // (the feed-forward's hidden layer above all) are then sized by the chunk, not the
+            // prompt. Every position computes what it would in one pass (the products and the
+            // attention compute each row alone), so the logits are the same bits.
+            let mut logits = Vec::new();
+            for (tokens, mask, positions, n) in chunks(input, &positions, PREFILL_CHUNK) {
+                let chunk = StepInput {
+                    tokens: &tokens,
+                    n,
+                    mask: mask.as_deref(),
+                    positions: None,
+                    interrupt: input.interrupt,
+                };
+                logits = model.forward(&chunk, &positions, true, cache, step, scratch)?;
+            }
+            Ok(logits)
+        });
+        match done {
+            Ok(logits) => *out = logits,
+            Err(e) => {
+                // Only a step that ran to the end advances the rows (an interrupted one never
+                // happened), its earlier chunks included.
+                self.cache.truncate(start);
+                return Err(e);
+            }
+        }
         self.real_tokens = real_tokens;
         Ok(())
     }

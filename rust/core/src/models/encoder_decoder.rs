@@ -147,6 +147,10 @@ impl<S: EncoderDecoderStack> Session for EncoderDecoderSession<S> {
         self.cache.bytes_per_position()
     }
 
+    fn reserve(&mut self, positions: usize) -> Result<()> {
+        self.cache.reserve_total(positions)
+    }
+
     fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()> {
         let model = self.model.clone();
         input.validate(self.rows(), model.vocab_size())?;

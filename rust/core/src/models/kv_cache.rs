@@ -9,7 +9,7 @@
 //! fallibly: a request beyond the machine's memory is an [`Error::OutOfMemory`], not an abort.
 
 use super::attention::KeyValues;
-use crate::error::{try_alloc, Error, Result};
+use crate::error::{try_zeroed, Error, Result};
 
 pub struct KvCache {
     rows: usize,
@@ -68,6 +68,23 @@ impl KvCache {
             self.grow(needed.max(self.capacity.saturating_mul(2)).max(16))?;
         }
         Ok(())
+    }
+
+    /// Makes room for `positions` positions per row in all, exactly: a generation whose length is
+    /// known reserves it once instead of growing by doubling (a copy of the cache each time, and
+    /// up to twice the room it needs). Unwritten room costs no resident memory ([`try_zeroed`]).
+    pub fn reserve_total(&mut self, positions: usize) -> Result<()> {
+        if positions > self.capacity {
+            self.grow(positions)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the positions from `len` on (committed by the chunks of a step that was then
+    /// interrupted: the step never happened).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        self.pending = 0;
     }
 
     /// Opens a step of `n` new positions with their mask (`[rows, n]`, `None` = all real tokens).
@@ -133,13 +150,18 @@ impl KvCache {
         if identity {
             return Ok(());
         }
-        let cap = self.capacity;
-        let block = self.kv_heads * cap * self.head_dim;
+        let (cap, hd, filled) = (self.capacity, self.head_dim, self.len * self.head_dim);
+        let block = self.kv_heads * cap * hd;
         let values = source.len().saturating_mul(block);
+        // Only the positions written so far are copied: the room after them stays untouched
+        // (no resident memory) in the new buffers too.
         let gather = |old: &[f32]| -> Result<Vec<f32>> {
-            let mut new = try_alloc(values, "the reordered KV cache")?;
+            let mut new = try_zeroed(values, "the reordered KV cache")?;
             for (dst, &s) in new.chunks_exact_mut(block.max(1)).zip(source) {
-                dst.copy_from_slice(&old[s * block..(s + 1) * block]);
+                for head in 0..self.kv_heads {
+                    let at = head * cap * hd;
+                    dst[at..at + filled].copy_from_slice(&old[s * block + at..][..filled]);
+                }
             }
             Ok(new)
         };
@@ -149,7 +171,7 @@ impl KvCache {
             .iter()
             .map(|(k, v)| Ok((gather(k)?, gather(v)?)))
             .collect::<Result<Vec<_>>>()?;
-        let mut mask = try_alloc(source.len().saturating_mul(cap), "the KV cache mask")?;
+        let mut mask = try_zeroed(source.len().saturating_mul(cap), "the KV cache mask")?;
         for (dst, &s) in mask.chunks_exact_mut(cap.max(1)).zip(source) {
             dst.copy_from_slice(&self.mask[s * cap..(s + 1) * cap]);
         }
@@ -161,17 +183,18 @@ impl KvCache {
 
     /// Reallocates every layer for `capacity` positions; on failure the cache is unchanged.
     fn grow(&mut self, capacity: usize) -> Result<()> {
-        let (old_cap, hd) = (self.capacity, self.head_dim);
+        let (old_cap, hd, filled) = (self.capacity, self.head_dim, self.len * self.head_dim);
         let heads_rows = self.rows * self.kv_heads;
         let values = heads_rows
             .checked_mul(capacity)
             .and_then(|v| v.checked_mul(hd))
             .unwrap_or(usize::MAX);
         let copy = |old: &[f32]| -> Result<Vec<f32>> {
-            let mut new = try_alloc(values, "the KV cache")?;
+            let mut new = try_zeroed(values, "the KV cache")?;
             for hr in 0..heads_rows {
-                new[hr * capacity * hd..][..old_cap * hd]
-                    .copy_from_slice(&old[hr * old_cap * hd..][..old_cap * hd]);
+                // The positions written so far; the room after them stays untouched.
+                new[hr * capacity * hd..][..filled]
+                    .copy_from_slice(&old[hr * old_cap * hd..][..filled]);
             }
             Ok(new)
         };
@@ -180,7 +203,7 @@ impl KvCache {
             .iter()
             .map(|(k, v)| Ok((copy(k)?, copy(v)?)))
             .collect::<Result<Vec<_>>>()?;
-        let mut mask = try_alloc(self.rows.saturating_mul(capacity), "the KV cache mask")?;
+        let mut mask = try_zeroed(self.rows.saturating_mul(capacity), "the KV cache mask")?;
         for r in 0..self.rows {
             mask[r * capacity..][..old_cap].copy_from_slice(&self.mask[r * old_cap..][..old_cap]);
         }
@@ -244,6 +267,35 @@ mod tests {
             step(&mut cache, 1, &[0, 1]);
         }
         assert_eq!(cache.len(), 25);
+        check(&cache, &[0, 1]);
+    }
+
+    #[test]
+    fn a_reserved_generation_never_grows() {
+        let mut cache = KvCache::new(1, 2, 3, 4);
+        cache.reserve_total(30).unwrap();
+        step(&mut cache, 5, &[0, 1]);
+        for _ in 0..25 {
+            step(&mut cache, 1, &[0, 1]);
+        }
+        assert_eq!((cache.len(), cache.capacity), (30, 30));
+        check(&cache, &[0, 1]);
+        // Reserving less than it holds changes nothing.
+        cache.reserve_total(10).unwrap();
+        assert_eq!(cache.capacity, 30);
+        check(&cache, &[0, 1]);
+    }
+
+    #[test]
+    fn truncated_positions_are_forgotten_and_rewritten() {
+        let mut cache = KvCache::new(1, 2, 3, 4);
+        step(&mut cache, 6, &[0, 1]);
+        // The chunks of an interrupted step: committed, then taken back.
+        step(&mut cache, 3, &[5, 5]);
+        cache.truncate(6);
+        assert_eq!(cache.len(), 6);
+        step(&mut cache, 2, &[0, 1]);
+        assert_eq!(cache.len(), 8);
         check(&cache, &[0, 1]);
     }
 

@@ -296,11 +296,12 @@ impl LlamaModel {
         } else {
             linear(w, "lm_head", cfg.vocab_size, d, false)?
         };
-        // int8 with a tied head: the lookups read the head's int8 rows, so the f32 table (a small
-        // model's largest tensor: 113 MB beside SmolLM2's 143 MB of int8) is not kept as well.
-        // (Rows padded to whole blocks would give lookups of the padded width: those keep f32.)
-        let embed = if tied && w.int8() && d.is_multiple_of(QuantFormat::Q8_0.block_values()) {
-            lm_head.weight().clone()
+        // A tied head's lookups read the head's own rows (quantized: its packed copy, so the file's
+        // table is not paged in again beside it). int8 included: the f32 table (a small model's
+        // largest tensor: 113 MB beside SmolLM2's 143 MB of int8) is then not kept as well; rows
+        // padded to whole int8 blocks would give lookups of the padded width, so those keep f32.
+        let embed = if tied && (!w.int8() || d.is_multiple_of(QuantFormat::Q8_0.block_values())) {
+            lm_head.weight()
         } else {
             embed
         };

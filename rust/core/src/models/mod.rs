@@ -198,6 +198,9 @@ pub trait Session: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Makes room for `positions` positions per row in the self-attention cache (a generation
+    /// that knows its length reserves it once; the room costs memory only as it fills).
+    fn reserve(&mut self, positions: usize) -> Result<()>;
     /// Feeds one step of new tokens and writes the logits asked for into `out`.
     fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()>;
     /// Row `i` of the session afterwards continues old row `source[i]`; rows may repeat or vanish.
