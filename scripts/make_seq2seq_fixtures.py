@@ -132,7 +132,7 @@ SPECS = {
             pad_token_id=229, eos_token_id=0, decoder_start_token_id=229, bos_token_id=None,
             tie_word_embeddings=True,
         ),
-        start=229, eos=0, pad=229,
+        start=229, eos=0, pad=229, eos_scale=1.2,
     ),
     "m2m100": dict(
         seed=4400,
@@ -146,7 +146,7 @@ SPECS = {
             pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
             tie_word_embeddings=True,
         ),
-        start=2, eos=2, pad=1,
+        start=2, eos=2, pad=1, eos_scale=1.1,
     ),
 }
 
@@ -300,7 +300,8 @@ def generate_cases(checker: Checked, pools: Pools, eos: int):
     o = {"max_new_tokens": 16}
     rows, r = pick(checker, pools, "single", o)
     add("greedy_single", rows, o, r)
-    o = {"max_new_tokens": 20}
+    # A random model tends to repeat itself: the penalty makes the tokens vary.
+    o = {"max_new_tokens": 20, "repetition_penalty": 1.5}
     rows, r = pick(checker, pools, "ragged3", o, prefer=lambda r: eos_somewhere(r, o))
     add("greedy_ragged3", rows, o, r)
     o = {"max_new_tokens": 12, "min_new_tokens": 6}
@@ -313,7 +314,7 @@ def generate_cases(checker: Checked, pools: Pools, eos: int):
     rows, r = pick(checker, pools, "single", o, prefer=lambda r: eos_somewhere(r, o))
     add("beam3", rows, o, r)
     o = {"num_beams": 4, "num_return_sequences": 2, "length_penalty": 0.6, "early_stopping": True,
-         "max_new_tokens": 12}
+         "max_new_tokens": 12, "repetition_penalty": 1.5}
     rows, r = pick(checker, pools, "ragged2", o, prefer=lambda r: eos_somewhere(r, o))
     add("beam4_nrs2_ragged2", rows, o, r)
     o = {"num_beams": 2, "max_new_tokens": 10, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2}

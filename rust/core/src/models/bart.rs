@@ -677,6 +677,8 @@ impl BartModel {
 }
 
 impl Model for BartModel {
+    // The model's vocabulary is the decoder's (its logits); the encoder's may be larger (Marian).
+    #[allow(clippy::misnamed_getters)]
     fn vocab_size(&self) -> usize {
         self.inner.cfg.decoder_vocab_size
     }
@@ -845,6 +847,7 @@ struct Scratch {
 impl EncoderDecoderStack for BartWeights {
     type Scratch = Scratch;
 
+    #[allow(clippy::misnamed_getters)] // the decoder's vocabulary, as for `Model`
     fn vocab_size(&self) -> usize {
         self.cfg.decoder_vocab_size
     }
