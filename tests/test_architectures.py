@@ -20,6 +20,10 @@ EXPECTED = {
     "mistral": (False, None),
     "qwen2": (False, "qwen2"),
     "gpt2": (False, None),
+    "bart": (True, None),
+    "mbart": (True, None),
+    "marian": (True, None),
+    "m2m_100": (True, None),
 }
 
 
@@ -37,6 +41,9 @@ def test_architectures_lists_each_model_type_once():
         ("qwen2", "max_position_embeddings"),
         ("gpt2", "n_positions"),
         ("gpt2_scaled", "n_positions"),
+        ("bart", "max_position_embeddings"),
+        ("marian", "max_position_embeddings"),
+        ("m2m100", "max_position_embeddings"),
     ],
 )
 def test_max_positions_is_the_configs(load_fixture_model, name, key):
