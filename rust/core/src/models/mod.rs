@@ -10,6 +10,7 @@
 //! are [`decoder`] (decoder-only) and [`encoder_decoder`], over the pieces in [`session`].
 
 pub mod attention;
+pub mod bart;
 mod config_checks;
 mod decoder;
 mod encoder_decoder;

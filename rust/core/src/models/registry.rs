@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::gemma::{GemmaConfig, GemmaVersion};
 use super::llama::{LlamaConfig, LlamaDefaults};
-use super::{gguf_config, gpt2, mistral, phi3, qwen3, smollm3, t5, Model};
+use super::{bart, gguf_config, gpt2, mistral, phi3, qwen3, smollm3, t5, Model};
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::WeightSource;
@@ -179,6 +179,32 @@ pub static ARCHITECTURES: &[Architecture] = &[
                 json,
             )?))
         },
+    },
+    // The BART family (models/bart.rs): one layer stack, the model type choosing its variant.
+    Architecture {
+        model_type: "bart",
+        encoder_decoder: true,
+        gguf: None,
+        config: |arch, json| Ok(Box::new(bart::BartConfig::from_json(arch, json)?)),
+    },
+    Architecture {
+        model_type: "mbart",
+        encoder_decoder: true,
+        gguf: None,
+        config: |arch, json| Ok(Box::new(bart::BartConfig::from_json(arch, json)?)),
+    },
+    Architecture {
+        model_type: "marian",
+        encoder_decoder: true,
+        gguf: None,
+        config: |arch, json| Ok(Box::new(bart::BartConfig::from_json(arch, json)?)),
+    },
+    Architecture {
+        // M2M100 and NLLB (whose checkpoints are `m2m_100` models).
+        model_type: "m2m_100",
+        encoder_decoder: true,
+        gguf: None,
+        config: |arch, json| Ok(Box::new(bart::BartConfig::from_json(arch, json)?)),
     },
 ];
 
