@@ -21,15 +21,16 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::attention::Attention;
+use super::checkpoint::{linear, tensor};
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, positive_real, product,
 };
-use super::decoder::{DecoderSession, DecoderStack};
+use super::decoder::{DecoderModel, DecoderStack};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::rope::{Rope, RopeAngles, RopeScaling};
 use super::session::StepBuffers;
-use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
+use super::{add, gated_into, projection, Model, StepInput};
 use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
@@ -38,7 +39,7 @@ use crate::kernels::{
     activation::{gelu_erf, gelu_tanh},
     norm::rms_norm,
 };
-use crate::tensor::{Linear, LinearSet, Tensor, Weight};
+use crate::tensor::{Linear, LinearSet, Weight};
 use crate::threading::build_pool;
 
 /// llama.cpp's converters store every Gemma norm weight as `1 + w` (the factor it multiplies
@@ -370,7 +371,8 @@ impl ModelConfig for GemmaConfig {
     }
 
     fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(GemmaModel::load(self.clone(), weights, threads)?))
+        let weights = GemmaWeights::load(self.clone(), weights, threads)?;
+        Ok(Arc::new(DecoderModel::new(weights)))
     }
 }
 
@@ -407,41 +409,17 @@ struct GemmaWeights {
     pool: rayon::ThreadPool,
 }
 
-pub struct GemmaModel {
-    inner: Arc<GemmaWeights>,
-}
-
 /// A Gemma RMSNorm's factor `1 + w`, computed in f32 as transformers does per step (here once).
 fn norm(w: &dyn WeightSource, name: &str, dim: usize) -> Result<Vec<f32>> {
-    let t: Tensor = w.tensor(name)?.expect_shape(name, &[dim])?;
-    Ok(t.data().iter().map(|x| 1.0 + x).collect())
+    Ok(tensor(w, name, &[dim])?
+        .data()
+        .iter()
+        .map(|x| 1.0 + x)
+        .collect())
 }
 
-fn linear(
-    w: &dyn WeightSource,
-    prefix: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-) -> Result<Linear> {
-    let name = format!("{prefix}.weight");
-    let weight = w.weight(&name)?.expect_shape(&name, &[out, inp])?;
-    let bias = if bias {
-        let bname = format!("{prefix}.bias");
-        Some(
-            w.tensor(&bname)?
-                .expect_shape(&bname, &[out])?
-                .data()
-                .to_vec(),
-        )
-    } else {
-        None
-    };
-    projection(w, Linear::new(weight, bias)?)
-}
-
-impl GemmaModel {
-    pub fn load(cfg: GemmaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+impl GemmaWeights {
+    fn load(cfg: GemmaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out, ff) = (
             cfg.num_attention_heads * hd,
@@ -516,7 +494,7 @@ impl GemmaModel {
                 &cfg.local_rope.scaling,
             )?);
         }
-        let weights = GemmaWeights {
+        Ok(GemmaWeights {
             eps: cfg.rms_norm_eps as f32,
             embed_scale: (d as f64).sqrt() as f32,
             norm: norm(w, "model.norm.weight", d)?,
@@ -526,54 +504,7 @@ impl GemmaModel {
             lm_head,
             pool: build_pool(threads)?,
             cfg,
-        };
-        Ok(GemmaModel {
-            inner: Arc::new(weights),
         })
-    }
-}
-
-impl Model for GemmaModel {
-    fn vocab_size(&self) -> usize {
-        self.inner.cfg.vocab_size
-    }
-
-    fn is_encoder_decoder(&self) -> bool {
-        false
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.inner.cfg.max_position_embeddings)
-    }
-
-    fn decode_weight_bytes(&self) -> usize {
-        let w = &self.inner;
-        let layers: usize = w
-            .layers
-            .iter()
-            .map(|l| {
-                l.qkv.weight_bytes()
-                    + l.o.weight_bytes()
-                    + l.gate_up.weight_bytes()
-                    + l.down.weight_bytes()
-            })
-            .sum();
-        layers + w.lm_head.weight_bytes()
-    }
-
-    fn pool(&self) -> &rayon::ThreadPool {
-        &self.inner.pool
-    }
-
-    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        let cfg = &self.inner.cfg;
-        let cache = KvCache::new(
-            cfg.num_hidden_layers,
-            input.batch,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        Ok(Box::new(DecoderSession::new(self.inner.clone(), cache)))
     }
 }
 
@@ -604,6 +535,29 @@ impl DecoderStack for GemmaWeights {
 
     fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv.weight_bytes()
+                    + l.o.weight_bytes()
+                    + l.gate_up.weight_bytes()
+                    + l.down.weight_bytes()
+            })
+            .sum();
+        layers + self.lm_head.weight_bytes()
+    }
+
+    fn cache_shape(&self) -> (usize, usize, usize) {
+        let cfg = &self.cfg;
+        (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
     }
 
     fn forward(

@@ -15,15 +15,16 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::attention::Attention;
+use super::checkpoint::{linear, tensor};
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, positive_real, product,
 };
-use super::decoder::{DecoderSession, DecoderStack};
+use super::decoder::{DecoderModel, DecoderStack};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::rope::{Rope, RopeAngles, RopeScaling};
 use super::session::StepBuffers;
-use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
+use super::{add, gated_into, projection, Model, StepInput};
 use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
@@ -403,7 +404,8 @@ impl ModelConfig for LlamaConfig {
     }
 
     fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(LlamaModel::load(self.clone(), weights, threads)?))
+        let weights = LlamaWeights::load(self.clone(), weights, threads)?;
+        Ok(Arc::new(DecoderModel::new(weights)))
     }
 }
 
@@ -433,37 +435,8 @@ struct LlamaWeights {
     pool: rayon::ThreadPool,
 }
 
-pub struct LlamaModel {
-    inner: Arc<LlamaWeights>,
-}
-
-fn tensor(w: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<Tensor> {
-    w.tensor(name)?.expect_shape(name, shape)
-}
-
-fn linear(
-    w: &dyn WeightSource,
-    prefix: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-) -> Result<Linear> {
-    let name = format!("{prefix}.weight");
-    let weight = w.weight(&name)?.expect_shape(&name, &[out, inp])?;
-    let bias = if bias {
-        Some(
-            tensor(w, &format!("{prefix}.bias"), &[out])?
-                .data()
-                .to_vec(),
-        )
-    } else {
-        None
-    };
-    projection(w, Linear::new(weight, bias)?)
-}
-
-impl LlamaModel {
-    pub fn load(cfg: LlamaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+impl LlamaWeights {
+    fn load(cfg: LlamaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out, ff) = (
             cfg.num_attention_heads * hd,
@@ -549,7 +522,7 @@ impl LlamaModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let weights = LlamaWeights {
+        Ok(LlamaWeights {
             eps: cfg.rms_norm_eps as f32,
             norm: tensor(w, "model.norm.weight", &[d])?,
             rope: Rope::partial(hd, cfg.rotary_dim, cfg.rope_theta, &cfg.rope_scaling)?,
@@ -558,54 +531,7 @@ impl LlamaModel {
             lm_head,
             pool: build_pool(threads)?,
             cfg,
-        };
-        Ok(LlamaModel {
-            inner: Arc::new(weights),
         })
-    }
-}
-
-impl Model for LlamaModel {
-    fn vocab_size(&self) -> usize {
-        self.inner.cfg.vocab_size
-    }
-
-    fn is_encoder_decoder(&self) -> bool {
-        false
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.inner.cfg.max_position_embeddings)
-    }
-
-    fn decode_weight_bytes(&self) -> usize {
-        let w = &self.inner;
-        let layers: usize = w
-            .layers
-            .iter()
-            .map(|l| {
-                l.qkv.weight_bytes()
-                    + l.o.weight_bytes()
-                    + l.gate_up.weight_bytes()
-                    + l.down.weight_bytes()
-            })
-            .sum();
-        layers + w.lm_head.weight_bytes()
-    }
-
-    fn pool(&self) -> &rayon::ThreadPool {
-        &self.inner.pool
-    }
-
-    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        let cfg = &self.inner.cfg;
-        let cache = KvCache::new(
-            cfg.num_hidden_layers,
-            input.batch,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        Ok(Box::new(DecoderSession::new(self.inner.clone(), cache)))
     }
 }
 
@@ -628,6 +554,29 @@ impl DecoderStack for LlamaWeights {
 
     fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv.weight_bytes()
+                    + l.o.weight_bytes()
+                    + l.gate_up.weight_bytes()
+                    + l.down.weight_bytes()
+            })
+            .sum();
+        layers + self.lm_head.weight_bytes()
+    }
+
+    fn cache_shape(&self) -> (usize, usize, usize) {
+        let cfg = &self.cfg;
+        (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
     }
 
     fn forward(

@@ -11,6 +11,7 @@
 
 pub mod attention;
 pub mod bart;
+mod checkpoint;
 mod config_checks;
 mod decoder;
 mod encoder_decoder;
