@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -44,10 +43,23 @@ def load_fixture_model():
     return get
 
 
-def cached_loader(path_of: Callable[[str], Path]):
-    """`get(name, dtype="f32")`: the fixture model at `path_of(name)`, loaded once per dtype
-    (threads=2: the parallel paths). Parity suites load with dtype="f32": transformers' reference
-    ran in float32 (GGUF weights dequantized to float32)."""
+def fixture_model_path(name: str, gguf_models=()) -> Path:
+    """What fasttx.load takes for fixture `name`: its model.gguf when it is one of `gguf_models`,
+    else its directory."""
+    return FIXTURES / name / "model.gguf" if name in gguf_models else FIXTURES / name
+
+
+def assert_fixtures_present(models: list[str], gguf_models=()) -> None:
+    """A parity suite's fixtures must all be there: a missing one fails, it is not skipped."""
+    for name in models:
+        assert (FIXTURES / name / "expected.json").is_file(), name
+        assert fixture_model_path(name, gguf_models).exists(), name
+
+
+def cached_loader(gguf_models=()):
+    """`get(name, dtype="f32")`: the fixture model `name` (see `fixture_model_path`), loaded once
+    per dtype (threads=2: the parallel paths). Parity suites load with dtype="f32": transformers'
+    reference ran in float32 (GGUF weights dequantized to float32)."""
     import fasttx
 
     cache: dict = {}
@@ -55,7 +67,7 @@ def cached_loader(path_of: Callable[[str], Path]):
     def get(name: str, dtype: str = "f32"):
         key = (name, dtype)
         if key not in cache:
-            cache[key] = fasttx.load(path_of(name), dtype=dtype, threads=2)
+            cache[key] = fasttx.load(fixture_model_path(name, gguf_models), dtype=dtype, threads=2)
         return cache[key]
 
     return get

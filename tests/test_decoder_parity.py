@@ -20,6 +20,7 @@ from conftest import (
     cached_loader,
     expected,
     expected_logits,
+    fixture_model_path,
     fixture_models,
     parity_cases,
 )
@@ -48,14 +49,10 @@ NATIVE_LOGITS_ATOL = {
 }
 
 
-def model_path(name: str):
-    return FIXTURES / name / "model.gguf" if name in GGUF_MODELS else FIXTURES / name
-
-
 @pytest.fixture(scope="session")
 def load_decoder():
     """Each fixture model loaded once per session per dtype."""
-    return cached_loader(model_path)
+    return cached_loader(GGUF_MODELS)
 
 
 def _cases(kind: str, batched_only: bool = False, models=None):
@@ -124,7 +121,7 @@ def test_thread_count_does_not_change_results(model_name="llama_gqa"):
     case = expected(model_name)["logits"][0]
     outs = []
     for threads in (1, 2, 3):
-        model = fasttx.load(model_path(model_name), dtype="f32", threads=threads)
+        model = fasttx.load(fixture_model_path(model_name, GGUF_MODELS), dtype="f32", threads=threads)
         assert model.threads == threads
         outs.append(model.logits(np.array(case["input_ids"]), attention_mask=np.array(case["attention_mask"])))
     np.testing.assert_array_equal(outs[0], outs[1])

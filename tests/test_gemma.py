@@ -20,6 +20,7 @@ import pytest
 from conftest import (
     FIXTURES,
     assert_each_row_alone_matches_its_batch,
+    assert_fixtures_present,
     cached_loader,
     expected,
     expected_logits,
@@ -31,13 +32,9 @@ GGUF_MODELS = ["gemma2_gguf_f16", "gemma3_gguf_q8_0"]
 MODELS = HF_MODELS + GGUF_MODELS
 
 
-def model_path(name: str):
-    return FIXTURES / name / "model.gguf" if name in GGUF_MODELS else FIXTURES / name
-
-
 @pytest.fixture(scope="module")
 def load():
-    return cached_loader(model_path)
+    return cached_loader(GGUF_MODELS)
 
 
 def _cases(kind: str, batched_only: bool = False):
@@ -45,9 +42,7 @@ def _cases(kind: str, batched_only: bool = False):
 
 
 def test_fixtures_present():
-    for name in MODELS:
-        assert (FIXTURES / name / "expected.json").is_file(), name
-        assert model_path(name).exists(), name
+    assert_fixtures_present(MODELS, GGUF_MODELS)
 
 
 @pytest.mark.parametrize("model_name,case", _cases("logits"))

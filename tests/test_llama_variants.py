@@ -18,6 +18,7 @@ import fasttx
 from conftest import (
     FIXTURES,
     assert_each_row_alone_matches_its_batch,
+    assert_fixtures_present,
     cached_loader,
     expected,
     expected_logits,
@@ -33,13 +34,9 @@ COMPANY_DEPENDENT = {"phi3_longrope"}
 WINDOWED = {"qwen3_window", "smollm3", "mistral_window"}
 
 
-def model_path(name: str):
-    return FIXTURES / name / "model.gguf" if name in GGUF_MODELS else FIXTURES / name
-
-
 @pytest.fixture(scope="module")
 def load():
-    return cached_loader(model_path)
+    return cached_loader(GGUF_MODELS)
 
 
 def cases(kind: str, batched_only: bool = False, models=MODELS):
@@ -47,9 +44,7 @@ def cases(kind: str, batched_only: bool = False, models=MODELS):
 
 
 def test_fixtures_present():
-    for name in MODELS:
-        assert (FIXTURES / name / "expected.json").is_file(), name
-        assert model_path(name).exists(), name
+    assert_fixtures_present(MODELS, GGUF_MODELS)
 
 
 @pytest.mark.parametrize("name,case", cases("logits"))
