@@ -9,6 +9,7 @@ folder on ``sys.path``, so they import it directly. Import it after setting torc
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import shutil
@@ -17,7 +18,9 @@ from typing import Callable
 
 import gguf
 import numpy as np
+import tokenizers
 import torch
+import transformers
 from tokenizers import Tokenizer
 from transformers import LogitsProcessor
 
@@ -88,6 +91,17 @@ def fresh_fixture_dir(name: str) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     return out
+
+
+def fixture_size(name: str) -> int:
+    """Bytes of tests/fixtures/<name> (each fixture directory is kept under 500 KB)."""
+    return sum(p.stat().st_size for p in (FIXTURES / name).iterdir())
+
+
+def reference_versions() -> dict:
+    """The reference libraries' versions a GGUF-making script records in its expected.json."""
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "gguf": importlib.metadata.version("gguf")}
 
 
 def write_json(path: Path, obj) -> None:

@@ -112,7 +112,6 @@ names = all models)
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import math
 import os
 import sys
@@ -129,7 +128,6 @@ torch.use_deterministic_algorithms(True)
 
 import gguf  # noqa: E402
 import safetensors  # noqa: E402
-import tokenizers  # noqa: E402
 import transformers  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -168,6 +166,7 @@ from fixturelib import (  # noqa: E402
     pad_left,
     pad_right,
     pick,
+    reference_versions,
     rows_for,
     strip_private,
     write_expected,
@@ -1081,8 +1080,7 @@ def make_gguf(name: str, versions: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "tokenizers": tokenizers.__version__, "gguf": importlib.metadata.version("gguf")}
+    versions = reference_versions()
     names = argv or ALL_MODELS
     unknown = set(names) - set(ALL_MODELS)
     if unknown:

@@ -17,25 +17,22 @@ the file states and llama.cpp reads.
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
-import tokenizers
 import torch
-import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_decoder_fixtures as mdf  # noqa: E402
 from fixturelib import (  # noqa: E402
-    FIXTURES, JITTER_EPS, JITTER_RUNS, PROMPTS, Checked, Jitter, add_gguf_tensor, add_gguf_tokenizer, close_gguf,
-    eos_ids_in_effect, fresh_fixture_dir, gguf_tensor_name, gguf_writer, greedy_min_margin, to_api_sequences,
-    write_json,
+    JITTER_EPS, JITTER_RUNS, PROMPTS, Checked, Jitter, add_gguf_tensor, add_gguf_tokenizer, close_gguf,
+    eos_ids_in_effect, fixture_size, fresh_fixture_dir, gguf_tensor_name, gguf_writer, greedy_min_margin,
+    reference_versions, to_api_sequences, write_json,
 )
 
 torch.set_num_threads(1)
@@ -383,8 +380,7 @@ def make_gguf(name: str, versions: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "tokenizers": tokenizers.__version__, "gguf": importlib.metadata.version("gguf")}
+    versions = reference_versions()
     names = argv or ALL
     unknown = set(names) - set(ALL)
     if unknown:
@@ -399,7 +395,7 @@ def main(argv: list[str]) -> int:
             m = c["_margin"]
             print(f"  {c['name']:28s} margin {'-' if m is None else f'{m:.4f}'}  "
                   f"lens {[len(q) for q in c.get('sequences', [])]}")
-        size = sum(p.stat().st_size for p in (FIXTURES / n).iterdir())
+        size = fixture_size(n)
         print(f"  size {size} bytes")
     return 0
 

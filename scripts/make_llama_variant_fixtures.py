@@ -45,7 +45,6 @@ Usage:  /path/to/refvenv/python scripts/make_llama_variant_fixtures.py [name ...
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import math
 import sys
 from pathlib import Path
@@ -57,8 +56,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_decoder_fixtures as mdf  # noqa: E402  (sets torch threads / determinism)
 
 import gguf  # noqa: E402
-import tokenizers  # noqa: E402
-import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -74,9 +71,8 @@ from transformers import (  # noqa: E402
 )
 
 from fixturelib import (  # noqa: E402
-    FIXTURES, Checked, add_gguf_tensor, add_gguf_tokenizer, close_gguf, fresh_fixture_dir, gguf_tensor_name,
-    gguf_writer,
-    n_eos_finished, pick, strip_private, write_expected,
+    Checked, add_gguf_tensor, add_gguf_tokenizer, close_gguf, fixture_size, fresh_fixture_dir, gguf_tensor_name,
+    gguf_writer, n_eos_finished, pick, reference_versions, strip_private, write_expected,
 )
 
 SHAPE = dict(emb_std=1.0, q_scale=3.0, out_scale=2.0, ln_jitter=0.25, bias_std=0.5, head_std=1.0,
@@ -382,8 +378,7 @@ def logits_cases_batch_only(pools, m32, m64, pad):
 
 
 def main(argv):
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "tokenizers": tokenizers.__version__, "gguf": importlib.metadata.version("gguf")}
+    versions = reference_versions()
     specs = model_specs()
     names = argv or [*specs, *GGUF_SPECS]
     for n in names:
@@ -394,7 +389,7 @@ def main(argv):
         else:
             raise SystemExit(f"unknown fixture {n}")
     for n in names:
-        size = sum(p.stat().st_size for p in (FIXTURES / n).iterdir())
+        size = fixture_size(n)
         print(f"  {n}: {size / 1024:.0f} KiB")
     return 0
 
