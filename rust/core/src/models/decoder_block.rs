@@ -14,59 +14,28 @@ use crate::formats::WeightSource;
 use crate::interrupt::Interrupt;
 use crate::tensor::{Linear, LinearSet};
 
-/// `{prefix}.q_proj`, `k_proj`, `v_proj` stacked as `[q | k | v]` (one product), or Phi-3's one
-/// fused `{prefix}.qkv_proj` (`fused`); `widths`: q's and k's outputs (v is as wide as k).
-pub(crate) fn qkv_projections(
+/// The projections `{prefix}.{name}` of `parts` (`(name, outputs)`) stacked for one product, or,
+/// with `fused` (Phi-3's `qkv_proj`, `gate_up_proj`), the one projection `{prefix}.{fused}` that
+/// holds them all in that order.
+pub(crate) fn stacked_projections(
     w: &dyn WeightSource,
     prefix: &str,
     d: usize,
-    [q_out, kv_out]: [usize; 2],
+    parts: &[(&str, usize)],
+    fused: Option<&str>,
     bias: bool,
-    fused: bool,
 ) -> Result<LinearSet> {
-    let parts = if fused {
-        vec![linear(
-            w,
-            &format!("{prefix}.qkv_proj"),
-            q_out + 2 * kv_out,
-            d,
-            bias,
-        )?]
-    } else {
-        vec![
-            linear(w, &format!("{prefix}.q_proj"), q_out, d, bias)?,
-            linear(w, &format!("{prefix}.k_proj"), kv_out, d, bias)?,
-            linear(w, &format!("{prefix}.v_proj"), kv_out, d, bias)?,
-        ]
+    let linears = match fused {
+        Some(name) => {
+            let out = parts.iter().map(|(_, out)| out).sum();
+            vec![linear(w, &format!("{prefix}.{name}"), out, d, bias)?]
+        }
+        None => parts
+            .iter()
+            .map(|(name, out)| linear(w, &format!("{prefix}.{name}"), *out, d, bias))
+            .collect::<Result<_>>()?,
     };
-    LinearSet::new(parts)
-}
-
-/// `{prefix}.gate_proj` and `up_proj` stacked as `[gate | up]` (one product), or Phi-3's one fused
-/// `{prefix}.gate_up_proj` (`fused`, whose halves `gated_into` takes as transformers' `chunk(2)`).
-pub(crate) fn gate_up_projections(
-    w: &dyn WeightSource,
-    prefix: &str,
-    d: usize,
-    ff: usize,
-    bias: bool,
-    fused: bool,
-) -> Result<LinearSet> {
-    let parts = if fused {
-        vec![linear(
-            w,
-            &format!("{prefix}.gate_up_proj"),
-            2 * ff,
-            d,
-            bias,
-        )?]
-    } else {
-        vec![
-            linear(w, &format!("{prefix}.gate_proj"), ff, d, bias)?,
-            linear(w, &format!("{prefix}.up_proj"), ff, d, bias)?,
-        ]
-    };
-    LinearSet::new(parts)
+    LinearSet::new(linears)
 }
 
 /// The RMSNorms over each head of q and of k before the rotation (Qwen3, Gemma 3).
@@ -78,8 +47,9 @@ pub(crate) struct QkNorm {
 }
 
 pub(crate) struct SelfAttention {
-    /// See [`qkv_projections`].
+    /// `[q | k | v]` (see [`stacked_projections`]).
     pub qkv: LinearSet,
+    /// `qkv` is one fused projection, split after the product.
     pub fused: bool,
     pub qk_norm: Option<QkNorm>,
     pub o: Linear,
@@ -131,7 +101,8 @@ impl SelfAttention {
 }
 
 pub(crate) struct GatedMlp {
-    /// See [`gate_up_projections`].
+    /// `[gate | up]` (see [`stacked_projections`]); a fused one's halves are transformers'
+    /// `chunk(2)`, as `gated_into` takes them.
     pub gate_up: LinearSet,
     pub down: Linear,
 }

@@ -26,9 +26,7 @@ use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, positive_real, product,
 };
 use super::decoder::{DecoderModel, DecoderStack};
-use super::decoder_block::{
-    gate_up_projections, qkv_projections, GatedMlp, MlpScratch, QkNorm, SelfAttention,
-};
+use super::decoder_block::{stacked_projections, GatedMlp, MlpScratch, QkNorm, SelfAttention};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::rope::{Rope, RopeAngles, RopeScaling};
@@ -447,13 +445,13 @@ impl GemmaWeights {
                 Ok(Layer {
                     input_norm: norm(w, &format!("{p}.input_layernorm.weight"), d)?,
                     attn: SelfAttention {
-                        qkv: qkv_projections(
+                        qkv: stacked_projections(
                             w,
                             &format!("{p}.self_attn"),
                             d,
-                            [q_out, kv_out],
+                            &[("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)],
+                            None,
                             bias,
-                            false,
                         )?,
                         fused: false,
                         qk_norm: if gemma3 {
@@ -475,7 +473,14 @@ impl GemmaWeights {
                     )?,
                     pre_ff_norm: norm(w, &format!("{p}.pre_feedforward_layernorm.weight"), d)?,
                     mlp: GatedMlp {
-                        gate_up: gate_up_projections(w, &format!("{p}.mlp"), d, ff, false, false)?,
+                        gate_up: stacked_projections(
+                            w,
+                            &format!("{p}.mlp"),
+                            d,
+                            &[("gate_proj", ff), ("up_proj", ff)],
+                            None,
+                            false,
+                        )?,
                         down: linear(w, &format!("{p}.mlp.down_proj"), d, ff, false)?,
                     },
                     post_ff_norm: norm(w, &format!("{p}.post_feedforward_layernorm.weight"), d)?,

@@ -20,9 +20,7 @@ use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, positive_real, product,
 };
 use super::decoder::{DecoderModel, DecoderStack};
-use super::decoder_block::{
-    gate_up_projections, qkv_projections, GatedMlp, MlpScratch, QkNorm, SelfAttention,
-};
+use super::decoder_block::{stacked_projections, GatedMlp, MlpScratch, QkNorm, SelfAttention};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::rope::{Rope, RopeAngles, RopeScaling};
@@ -466,16 +464,22 @@ impl LlamaWeights {
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 let fused = cfg.fused_projections;
-                let qkv = qkv_projections(
+                let qkv = stacked_projections(
                     w,
                     &format!("{p}.self_attn"),
                     d,
-                    [q_out, kv_out],
+                    &[("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)],
+                    fused.then_some("qkv_proj"),
                     cfg.qkv_bias,
-                    fused,
                 )?;
-                let gate_up =
-                    gate_up_projections(w, &format!("{p}.mlp"), d, ff, cfg.mlp_bias, fused)?;
+                let gate_up = stacked_projections(
+                    w,
+                    &format!("{p}.mlp"),
+                    d,
+                    &[("gate_proj", ff), ("up_proj", ff)],
+                    fused.then_some("gate_up_proj"),
+                    cfg.mlp_bias,
+                )?;
                 let qk_norm = if cfg.qk_norm {
                     let factors = |name: &str| -> Result<Vec<f32>> {
                         Ok(tensor(w, &format!("{p}.self_attn.{name}.weight"), &[hd])?
