@@ -1,4 +1,5 @@
-"""What the fixture scripts share: where fixtures go and how they are written, running
+"""What the fixture scripts share: where fixtures go and how they are written (GGUF files
+included), running
 transformers' ``generate`` for a case and checking that its decisions are robust (``Checked``),
 and the candidate prompts cases are picked from (``Pools``, ``pick``).
 
@@ -8,13 +9,18 @@ folder on ``sys.path``, so they import it directly. Import it after setting torc
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Callable
 
+import gguf
 import numpy as np
+import tokenizers
 import torch
+import transformers
 from tokenizers import Tokenizer
 from transformers import LogitsProcessor
 
@@ -78,6 +84,26 @@ TEXT_PROMPT_SETS = [
 # ---------------------------------------------------------------------------
 
 
+def fresh_fixture_dir(name: str) -> Path:
+    """tests/fixtures/<name>, emptied: a fixture is always written whole, never over an old one."""
+    out = FIXTURES / name
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def fixture_size(name: str) -> int:
+    """Bytes of tests/fixtures/<name> (each fixture directory is kept under 500 KB)."""
+    return sum(p.stat().st_size for p in (FIXTURES / name).iterdir())
+
+
+def reference_versions() -> dict:
+    """The reference libraries' versions a GGUF-making script records in its expected.json."""
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "gguf": importlib.metadata.version("gguf")}
+
+
 def write_json(path: Path, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
@@ -105,6 +131,84 @@ def write_expected(path: Path, obj: dict) -> None:
 def strip_private(d: dict) -> dict:
     """A case without its ``_``-prefixed statistics (printed, not recorded)."""
     return {k: v for k, v in d.items() if not k.startswith("_")}
+
+
+# ---------------------------------------------------------------------------
+# GGUF files as llama.cpp's converters write them (the calls' order is the files' key order)
+# ---------------------------------------------------------------------------
+
+# transformers' names of the tensors outside the layers, and llama.cpp's.
+GGUF_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def gguf_tensor_name(hf: str, layer_names: dict[str, str]) -> str:
+    """llama.cpp's name of transformers' tensor `hf`: `layer_names` maps the part after
+    `model.layers.<i>.` (an architecture's own table)."""
+    if hf in GGUF_NAMES:
+        return GGUF_NAMES[hf]
+    parts = hf.split(".")
+    assert parts[:2] == ["model", "layers"], hf
+    return f"blk.{parts[2]}." + layer_names[".".join(parts[3:])]
+
+
+def gguf_writer(path: Path, arch: str, cfg) -> gguf.GGUFWriter:
+    """A writer of a GGUF file of llama.cpp architecture `arch`, with the name and the sizes every
+    decoder's metadata starts with (from the transformers config `cfg`)."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-random-{arch}")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    return w
+
+
+def add_gguf_tokenizer(w: gguf.GGUFWriter, tok: Tokenizer, bos: int, eos: int, pad: int) -> int:
+    """The BPE tokenizer `tok` as llama.cpp's `gpt2` tokenizer keys hold it (added special tokens
+    CONTROL, merges as "a b" strings), its BOS added; returns the number of tokens."""
+    tj = json.loads(tok.to_str())
+    tokens = [None] * len(tj["model"]["vocab"])
+    for t, i in tj["model"]["vocab"].items():
+        tokens[i] = t
+    for added in tj["added_tokens"]:
+        tokens[added["id"]] = added["content"]
+    assert None not in tokens
+    specials = {a["content"] for a in tj["added_tokens"] if a["special"]}
+    types = [gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eos)
+    w.add_pad_token_id(pad)
+    w.add_add_bos_token(True)
+    return len(tokens)
+
+
+def add_gguf_tensor(w: gguf.GGUFWriter, name: str, a: np.ndarray, qtype) -> gguf.GGMLQuantizationType:
+    """Adds `a`: a vector (norm weights) in F32, as llama.cpp's converters keep them; a matrix in
+    `qtype`. Returns the type stored."""
+    if a.ndim == 1:
+        w.add_tensor(name, a.astype(np.float32))
+        return gguf.GGMLQuantizationType.F32
+    w.add_tensor(name, gguf.quants.quantize(a, qtype), raw_dtype=qtype)
+    return qtype
+
+
+def close_gguf(w: gguf.GGUFWriter) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 # ---------------------------------------------------------------------------

@@ -112,11 +112,8 @@ names = all models)
 from __future__ import annotations
 
 import copy
-import importlib.metadata
-import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -131,7 +128,6 @@ torch.use_deterministic_algorithms(True)
 
 import gguf  # noqa: E402
 import safetensors  # noqa: E402
-import tokenizers  # noqa: E402
 import transformers  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -158,12 +154,19 @@ from fixturelib import (  # noqa: E402
     TRAINING_LINES,
     Checked,
     Pools,
+    add_gguf_tensor,
+    add_gguf_tokenizer,
+    close_gguf,
     eos_ids_in_effect,
+    fresh_fixture_dir,
     gen_cfg_value,
+    gguf_tensor_name,
+    gguf_writer,
     n_eos_finished,
     pad_left,
     pad_right,
     pick,
+    reference_versions,
     rows_for,
     strip_private,
     write_expected,
@@ -595,11 +598,6 @@ def llama_permute(w: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarr
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-GGUF_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
 GGUF_LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
@@ -620,50 +618,21 @@ FILE_TYPES = {
 
 
 def gguf_name(hf: str) -> str:
-    if hf in GGUF_NAMES:
-        return GGUF_NAMES[hf]
-    parts = hf.split(".")
-    assert parts[:2] == ["model", "layers"], hf
-    return f"blk.{parts[2]}." + GGUF_LAYER_NAMES[".".join(parts[3:])]
+    return gguf_tensor_name(hf, GGUF_LAYER_NAMES)
 
 
 def write_gguf(path: Path, model: LlamaForCausalLM, tok: Tokenizer, qtype, tied: bool) -> dict:
     cfg = model.config
-    tj = json.loads(tok.to_str())
-    vocab = tj["model"]["vocab"]
-    tokens = [None] * len(vocab)
-    for t, i in vocab.items():
-        tokens[i] = t
-    for added in tj["added_tokens"]:
-        tokens[added["id"]] = added["content"]
-    assert None not in tokens and len(tokens) == cfg.vocab_size
-    specials = {a["content"] for a in tj["added_tokens"] if a["special"]}
-    types = [gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny-random-llama")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
+    w = gguf_writer(path, "llama", cfg)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(FILE_TYPES[qtype])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(GGUF_BASE["bos_token_id"])
-    w.add_eos_token_id(GGUF_BASE["eos_token_id"])
-    w.add_pad_token_id(GGUF_BASE["pad_token_id"])
-    w.add_add_bos_token(True)
+    n_tokens = add_gguf_tokenizer(w, tok, bos=GGUF_BASE["bos_token_id"], eos=GGUF_BASE["eos_token_id"],
+                                  pad=GGUF_BASE["pad_token_id"])
+    assert n_tokens == cfg.vocab_size
 
     stored = {}
     for hf, t in model.state_dict().items():
@@ -675,17 +644,8 @@ def write_gguf(path: Path, model: LlamaForCausalLM, tok: Tokenizer, qtype, tied:
         elif hf.endswith("k_proj.weight"):
             a = llama_permute(a, cfg.num_attention_heads, cfg.num_key_value_heads)
         name = gguf_name(hf)
-        if a.ndim == 1:
-            w.add_tensor(name, a.astype(np.float32))
-            stored[name] = gguf.GGMLQuantizationType.F32
-        else:
-            q = gguf.quants.quantize(a, qtype)
-            w.add_tensor(name, q, raw_dtype=qtype)
-            stored[name] = qtype
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        stored[name] = add_gguf_tensor(w, name, a, qtype)
+    close_gguf(w)
     return stored
 
 
@@ -1073,10 +1033,7 @@ def finish(name, out, m32, tok_hf, tok, pools, pad, versions, extra=None):
 
 def make_hf(name: str, versions: dict) -> dict:
     spec = SPECS[name]
-    out = FIXTURES / name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_fixture_dir(name)
     tok = build_tokenizer(spec["tokenizer"], spec["vocab"])
     write_tokenizer(out, tok, spec["tokenizer"])
     build_model(name, out)
@@ -1100,10 +1057,7 @@ def make_hf(name: str, versions: dict) -> dict:
 
 
 def make_gguf(name: str, versions: dict) -> dict:
-    out = FIXTURES / name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_fixture_dir(name)
     tok = build_tokenizer(GGUF_SHAPE["tokenizer"], GGUF_SHAPE["vocab"])
     base = build_gguf(name, out, tok)
 
@@ -1126,8 +1080,7 @@ def make_gguf(name: str, versions: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "tokenizers": tokenizers.__version__, "gguf": importlib.metadata.version("gguf")}
+    versions = reference_versions()
     names = argv or ALL_MODELS
     unknown = set(names) - set(ALL_MODELS)
     if unknown:

@@ -17,26 +17,22 @@ the file states and llama.cpp reads.
 
 from __future__ import annotations
 
-import copy
-import importlib.metadata
 import math
-import shutil
 import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
-import tokenizers
 import torch
-import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_decoder_fixtures as mdf  # noqa: E402
 from fixturelib import (  # noqa: E402
-    FIXTURES, JITTER_EPS, JITTER_RUNS, PROMPTS, Checked, Jitter, eos_ids_in_effect, greedy_min_margin,
-    to_api_sequences, write_json,
+    JITTER_EPS, JITTER_RUNS, PROMPTS, Checked, Jitter, add_gguf_tensor, add_gguf_tokenizer, close_gguf,
+    eos_ids_in_effect, fixture_size, fresh_fixture_dir, gguf_tensor_name, gguf_writer, greedy_min_margin,
+    reference_versions, to_api_sequences, write_json,
 )
 
 torch.set_num_threads(1)
@@ -265,10 +261,7 @@ def check_runtime(name: str, m32, cfg: dict) -> None:
 
 def make_hf(name: str, versions: dict) -> dict:
     spec = SPECS[name]
-    out = FIXTURES / name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_fixture_dir(name)
     tok = mdf.build_tokenizer("gemma", spec["vocab"])
     mdf.write_tokenizer(out, tok, "gemma")
     build_hf(name, out)
@@ -284,11 +277,6 @@ def make_hf(name: str, versions: dict) -> dict:
     return mdf.finish(name, out, m32, tok_hf, tok, pools, 0, versions)
 
 
-GGUF_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
 GGUF_LAYER_NAMES = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
@@ -307,33 +295,13 @@ GGUF_LAYER_NAMES = {
 
 
 def gguf_name(hf: str) -> str:
-    if hf in GGUF_NAMES:
-        return GGUF_NAMES[hf]
-    parts = hf.split(".")
-    return f"blk.{parts[2]}." + GGUF_LAYER_NAMES[".".join(parts[3:])]
+    return gguf_tensor_name(hf, GGUF_LAYER_NAMES)
 
 
 def write_gguf(path: Path, model, tok, spec: dict) -> dict:
     cfg = model.config
     arch = spec["arch"]
-    tj = __import__("json").loads(tok.to_str())
-    tokens = [None] * len(tj["model"]["vocab"])
-    for t, i in tj["model"]["vocab"].items():
-        tokens[i] = t
-    for added in tj["added_tokens"]:
-        tokens[added["id"]] = added["content"]
-    specials = {a["content"] for a in tj["added_tokens"] if a["special"]}
-    types = [gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
-
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(f"tiny-random-{arch}")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
+    w = gguf_writer(path, arch, cfg)
     w.add_key_length(cfg.head_dim)
     w.add_value_length(cfg.head_dim)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
@@ -346,15 +314,7 @@ def write_gguf(path: Path, model, tok, spec: dict) -> dict:
         w.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"])
     w.add_file_type(mdf.FILE_TYPES[spec["qtype"]])
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(2)
-    w.add_eos_token_id(1)
-    w.add_pad_token_id(0)
-    w.add_add_bos_token(True)
+    add_gguf_tokenizer(w, tok, bos=2, eos=1, pad=0)
     stored = {}
     for hf, t in model.state_dict().items():
         if hf == "lm_head.weight" and spec["tied"]:
@@ -363,25 +323,14 @@ def write_gguf(path: Path, model, tok, spec: dict) -> dict:
         name = gguf_name(hf)
         if name.endswith("norm.weight"):
             a = a + np.float32(1.0)  # llama.cpp's Gemma converters store 1 + w
-        if a.ndim == 1:
-            w.add_tensor(name, a.astype(np.float32))
-            stored[name] = gguf.GGMLQuantizationType.F32
-        else:
-            w.add_tensor(name, gguf.quants.quantize(a, spec["qtype"]), raw_dtype=spec["qtype"])
-            stored[name] = spec["qtype"]
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        stored[name] = add_gguf_tensor(w, name, a, spec["qtype"])
+    close_gguf(w)
     return stored
 
 
 def make_gguf(name: str, versions: dict) -> dict:
     spec = GGUF_SPECS[name]
-    out = FIXTURES / name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_fixture_dir(name)
     tok = mdf.build_tokenizer("gemma", GGUF_VOCAB)
     torch.manual_seed(spec["seed"])
     gen = torch.Generator().manual_seed(spec["seed"] + 1)
@@ -431,8 +380,7 @@ def make_gguf(name: str, versions: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "tokenizers": tokenizers.__version__, "gguf": importlib.metadata.version("gguf")}
+    versions = reference_versions()
     names = argv or ALL
     unknown = set(names) - set(ALL)
     if unknown:
@@ -447,7 +395,7 @@ def main(argv: list[str]) -> int:
             m = c["_margin"]
             print(f"  {c['name']:28s} margin {'-' if m is None else f'{m:.4f}'}  "
                   f"lens {[len(q) for q in c.get('sequences', [])]}")
-        size = sum(p.stat().st_size for p in (FIXTURES / n).iterdir())
+        size = fixture_size(n)
         print(f"  size {size} bytes")
     return 0
 

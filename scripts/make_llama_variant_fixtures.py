@@ -45,10 +45,7 @@ Usage:  /path/to/refvenv/python scripts/make_llama_variant_fixtures.py [name ...
 from __future__ import annotations
 
 import copy
-import importlib.metadata
-import json
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -59,8 +56,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_decoder_fixtures as mdf  # noqa: E402  (sets torch threads / determinism)
 
 import gguf  # noqa: E402
-import tokenizers  # noqa: E402
-import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -75,7 +70,10 @@ from transformers import (  # noqa: E402
     SmolLM3ForCausalLM,
 )
 
-from fixturelib import FIXTURES, Checked, n_eos_finished, pick, strip_private, write_expected, write_json  # noqa: E402
+from fixturelib import (  # noqa: E402
+    Checked, add_gguf_tensor, add_gguf_tokenizer, close_gguf, fixture_size, fresh_fixture_dir, gguf_tensor_name,
+    gguf_writer, n_eos_finished, pick, reference_versions, strip_private, write_expected,
+)
 
 SHAPE = dict(emb_std=1.0, q_scale=3.0, out_scale=2.0, ln_jitter=0.25, bias_std=0.5, head_std=1.0,
              eos_rate=0.06, logit_max=20.0)
@@ -201,10 +199,7 @@ def check_variant_config(name, spec, m32):
 
 
 def make_hf(name, spec, versions):
-    out = FIXTURES / name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_fixture_dir(name)
     tok = mdf.build_tokenizer(spec["tokenizer"], spec["vocab"])
     mdf.write_tokenizer(out, tok, spec["tokenizer"])
     model = spec["cls"](spec["config"]).eval()
@@ -250,31 +245,13 @@ LAYER_NAMES = {
 
 
 def gguf_name(hf):
-    if hf in mdf.GGUF_NAMES:
-        return mdf.GGUF_NAMES[hf]
-    parts = hf.split(".")
-    return f"blk.{parts[2]}." + LAYER_NAMES[".".join(parts[3:])]
+    return gguf_tensor_name(hf, LAYER_NAMES)
 
 
 def write_gguf(path, arch, model, tok):
     cfg = model.config
-    tj = json.loads(tok.to_str())
-    tokens = [None] * len(tj["model"]["vocab"])
-    for t, i in tj["model"]["vocab"].items():
-        tokens[i] = t
-    for a in tj["added_tokens"]:
-        tokens[a["id"]] = a["content"]
-    specials = {a["content"] for a in tj["added_tokens"] if a["special"]}
-    merges = [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(f"tiny-random-{arch}")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
+    w = gguf_writer(path, arch, cfg)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_rope_dimension_count(hd)
@@ -283,32 +260,14 @@ def write_gguf(path, arch, model, tok):
         w.add_value_length(hd)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(0)
-    w.add_add_bos_token(True)
+    add_gguf_tokenizer(w, tok, bos=1, eos=2, pad=0)
     for hf, t in model.state_dict().items():
-        a = t.detach().float().numpy()
-        if a.ndim == 1:
-            w.add_tensor(gguf_name(hf), a.astype(np.float32))
-        else:
-            w.add_tensor(gguf_name(hf), a.astype(np.float16), raw_dtype=gguf.GGMLQuantizationType.F16)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        add_gguf_tensor(w, gguf_name(hf), t.detach().float().numpy(), gguf.GGMLQuantizationType.F16)
+    close_gguf(w)
 
 
 def make_gguf(name, spec, versions):
-    out = FIXTURES / name
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_fixture_dir(name)
     tok = mdf.build_tokenizer("llama", 320)
     model = spec["cls"](spec["config"]()).eval()
     shape_and_calibrate(model, dict(seed=spec["seed"], vocab=320, eos=[2], tied=False), "llama")
@@ -419,8 +378,7 @@ def logits_cases_batch_only(pools, m32, m64, pad):
 
 
 def main(argv):
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "tokenizers": tokenizers.__version__, "gguf": importlib.metadata.version("gguf")}
+    versions = reference_versions()
     specs = model_specs()
     names = argv or [*specs, *GGUF_SPECS]
     for n in names:
@@ -431,7 +389,7 @@ def main(argv):
         else:
             raise SystemExit(f"unknown fixture {n}")
     for n in names:
-        size = sum(p.stat().st_size for p in (FIXTURES / n).iterdir())
+        size = fixture_size(n)
         print(f"  {n}: {size / 1024:.0f} KiB")
     return 0
 

@@ -13,7 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, expected, expected_logits, fixture_models
+from conftest import (
+    FIXTURES,
+    assert_each_row_alone_matches_its_batch,
+    assert_stream_concatenates_to_texts,
+    cached_loader,
+    expected,
+    expected_logits,
+    fixture_model_path,
+    fixture_models,
+    parity_cases,
+)
 
 HF_MODELS = ["llama_gqa", "llama_untied", "qwen2", "gpt2", "gpt2_scaled"]
 GGUF_MODELS = ["llama_gguf_f16", "llama_gguf_q8_0", "llama_gguf_q4_0", "llama_gguf_q4_1"]
@@ -39,33 +49,14 @@ NATIVE_LOGITS_ATOL = {
 }
 
 
-def model_path(name: str):
-    return FIXTURES / name / "model.gguf" if name in GGUF_MODELS else FIXTURES / name
-
-
 @pytest.fixture(scope="session")
 def load_decoder():
-    """Each fixture model loaded once per session per dtype (threads=2: the parallel paths)."""
-    import fasttx
-
-    cache: dict = {}
-
-    def get(name: str, dtype: str = "f32"):
-        key = (name, dtype)
-        if key not in cache:
-            cache[key] = fasttx.load(model_path(name), dtype=dtype, threads=2)
-        return cache[key]
-
-    return get
+    """Each fixture model loaded once per session per dtype."""
+    return cached_loader(GGUF_MODELS)
 
 
 def _cases(kind: str, batched_only: bool = False, models=None):
-    return [
-        pytest.param(model, case, id=f"{model}-{case['name']}")
-        for model in (PRESENT if models is None else [m for m in models if m in PRESENT])
-        for case in expected(model)[kind]
-        if not batched_only or len(case["input_ids"]) > 1
-    ]
+    return parity_cases(PRESENT if models is None else [m for m in models if m in PRESENT], kind, batched_only)
 
 
 def test_fixtures_present():
@@ -98,10 +89,7 @@ def test_generate_ids_match_transformers(load_decoder, model_name, case):
 def test_each_row_alone_matches_its_batch_result(load_decoder, model_name, case):
     """Left padding must not change results: every prompt generated alone gives the
     transformers result recorded for it inside the (left-padded) batch."""
-    model = load_decoder(model_name)
-    n = case["options"].get("num_return_sequences", 1)
-    for i, ids in enumerate(case["input_ids"]):
-        assert model.generate_ids([ids], **case["options"]) == case["sequences"][i * n : (i + 1) * n]
+    assert_each_row_alone_matches_its_batch(load_decoder(model_name), case)
 
 
 @pytest.mark.parametrize("model_name,case", _cases("text"))
@@ -114,11 +102,7 @@ def test_text_generation_matches_transformers(load_decoder, model_name, case):
 
 @pytest.mark.parametrize("model_name,case", _cases("text"))
 def test_stream_concatenates_to_generate(load_decoder, model_name, case):
-    model = load_decoder(model_name)
-    for prompt, text in zip(case["prompts"], case["texts"]):
-        pieces = list(model.stream(prompt, **case["options"]))
-        assert "".join(pieces) == text
-        assert all(pieces)
+    assert_stream_concatenates_to_texts(load_decoder(model_name), case)
 
 
 @pytest.mark.parametrize("model_name,case", _cases("logits", models=GGUF_MODELS))
@@ -137,7 +121,7 @@ def test_thread_count_does_not_change_results(model_name="llama_gqa"):
     case = expected(model_name)["logits"][0]
     outs = []
     for threads in (1, 2, 3):
-        model = fasttx.load(model_path(model_name), dtype="f32", threads=threads)
+        model = fasttx.load(fixture_model_path(model_name, GGUF_MODELS), dtype="f32", threads=threads)
         assert model.threads == threads
         outs.append(model.logits(np.array(case["input_ids"]), attention_mask=np.array(case["attention_mask"])))
     np.testing.assert_array_equal(outs[0], outs[1])

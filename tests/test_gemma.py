@@ -17,44 +17,32 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, expected, expected_logits
+from conftest import (
+    FIXTURES,
+    assert_each_row_alone_matches_its_batch,
+    assert_fixtures_present,
+    cached_loader,
+    expected,
+    expected_logits,
+    parity_cases,
+)
 
 HF_MODELS = ["gemma2_softcap", "gemma2_nocap", "gemma3_hub", "gemma3_nested"]
 GGUF_MODELS = ["gemma2_gguf_f16", "gemma3_gguf_q8_0"]
 MODELS = HF_MODELS + GGUF_MODELS
 
 
-def model_path(name: str):
-    return FIXTURES / name / "model.gguf" if name in GGUF_MODELS else FIXTURES / name
-
-
 @pytest.fixture(scope="module")
 def load():
-    import fasttx
-
-    cache: dict = {}
-
-    def get(name: str):
-        if name not in cache:
-            cache[name] = fasttx.load(model_path(name), dtype="f32", threads=2)
-        return cache[name]
-
-    return get
+    return cached_loader(GGUF_MODELS)
 
 
 def _cases(kind: str, batched_only: bool = False):
-    return [
-        pytest.param(model, case, id=f"{model}-{case['name']}")
-        for model in MODELS
-        for case in expected(model)[kind]
-        if not batched_only or len(case["input_ids"]) > 1
-    ]
+    return parity_cases(MODELS, kind, batched_only)
 
 
 def test_fixtures_present():
-    for name in MODELS:
-        assert (FIXTURES / name / "expected.json").is_file(), name
-        assert model_path(name).exists(), name
+    assert_fixtures_present(MODELS, GGUF_MODELS)
 
 
 @pytest.mark.parametrize("model_name,case", _cases("logits"))
@@ -78,10 +66,7 @@ def test_generate_ids_match_transformers(load, model_name, case):
 
 @pytest.mark.parametrize("model_name,case", _cases("generate", batched_only=True))
 def test_each_row_alone_matches_its_batch_result(load, model_name, case):
-    model = load(model_name)
-    n = case["options"].get("num_return_sequences", 1)
-    for i, ids in enumerate(case["input_ids"]):
-        assert model.generate_ids([ids], **case["options"]) == case["sequences"][i * n : (i + 1) * n]
+    assert_each_row_alone_matches_its_batch(load(model_name), case)
 
 
 @pytest.mark.parametrize("model_name,case", _cases("text"))

@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 
 import fasttx
-from conftest import FIXTURES, expected, expected_logits
+from conftest import (
+    FIXTURES,
+    assert_each_row_alone_matches_its_batch,
+    assert_fixtures_present,
+    cached_loader,
+    expected,
+    expected_logits,
+    parity_cases,
+)
 
 HF_MODELS = ["qwen3_window", "qwen3_tied", "smollm3", "mistral_window", "phi3_partial", "phi3_longrope"]
 GGUF_MODELS = ["qwen3_gguf", "phi3_gguf"]
@@ -26,37 +34,17 @@ COMPANY_DEPENDENT = {"phi3_longrope"}
 WINDOWED = {"qwen3_window", "smollm3", "mistral_window"}
 
 
-def model_path(name: str):
-    return FIXTURES / name / "model.gguf" if name in GGUF_MODELS else FIXTURES / name
-
-
 @pytest.fixture(scope="module")
 def load():
-    cache: dict = {}
-
-    def get(name: str):
-        if name not in cache:
-            cache[name] = fasttx.load(model_path(name), dtype="f32", threads=2)
-        return cache[name]
-
-    return get
+    return cached_loader(GGUF_MODELS)
 
 
 def cases(kind: str, batched_only: bool = False, models=MODELS):
-    # (A missing fixture fails test_fixtures_present rather than the collection.)
-    return [
-        pytest.param(m, c, id=f"{m}-{c['name']}")
-        for m in models
-        if (FIXTURES / m / "expected.json").is_file()
-        for c in expected(m)[kind]
-        if not batched_only or len(c.get("input_ids", c.get("prompts"))) > 1
-    ]
+    return parity_cases(models, kind, batched_only)
 
 
 def test_fixtures_present():
-    for name in MODELS:
-        assert (FIXTURES / name / "expected.json").is_file(), name
-        assert model_path(name).exists(), name
+    assert_fixtures_present(MODELS, GGUF_MODELS)
 
 
 @pytest.mark.parametrize("name,case", cases("logits"))
@@ -82,10 +70,7 @@ def test_generate_ids_match_transformers(load, name, case):
     "name,case", cases("generate", batched_only=True, models=[m for m in MODELS if m not in COMPANY_DEPENDENT])
 )
 def test_each_row_alone_matches_its_batch_result(load, name, case):
-    model = load(name)
-    n = case["options"].get("num_return_sequences", 1)
-    for i, ids in enumerate(case["input_ids"]):
-        assert model.generate_ids([ids], **case["options"]) == case["sequences"][i * n : (i + 1) * n]
+    assert_each_row_alone_matches_its_batch(load(name), case)
 
 
 @pytest.mark.parametrize("name,case", cases("text"))

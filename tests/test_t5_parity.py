@@ -6,18 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import expected, expected_logits, fixture_models
+from conftest import (
+    assert_each_row_alone_matches_its_batch,
+    assert_stream_concatenates_to_texts,
+    expected,
+    expected_logits,
+    fixture_models,
+    parity_cases,
+)
 
 T5_MODELS = fixture_models("t5")
 
 
 def _cases(kind: str, batched_only: bool = False):
-    return [
-        pytest.param(model, case, id=f"{model}-{case['name']}")
-        for model in T5_MODELS
-        for case in expected(model)[kind]
-        if not batched_only or len(case["input_ids"]) > 1
-    ]
+    return parity_cases(T5_MODELS, kind, batched_only)
 
 
 def test_fixtures_present():
@@ -49,10 +51,7 @@ def test_generate_ids_match_transformers(load_fixture_model, model_name, case):
 def test_each_row_alone_matches_its_batch_result(load_fixture_model, model_name, case):
     """Batch composition must not change results: every input generated alone gives the
     transformers result recorded for it inside the batch."""
-    model = load_fixture_model(model_name)
-    n = case["options"].get("num_return_sequences", 1)
-    for i, ids in enumerate(case["input_ids"]):
-        assert model.generate_ids([ids], **case["options"]) == case["sequences"][i * n : (i + 1) * n]
+    assert_each_row_alone_matches_its_batch(load_fixture_model(model_name), case)
 
 
 @pytest.mark.parametrize("model_name,case", _cases("text"))
@@ -65,11 +64,7 @@ def test_text_generation_matches_transformers(load_fixture_model, model_name, ca
 
 @pytest.mark.parametrize("model_name,case", _cases("text"))
 def test_stream_concatenates_to_generate(load_fixture_model, model_name, case):
-    model = load_fixture_model(model_name)
-    for prompt, text in zip(case["prompts"], case["texts"]):
-        pieces = list(model.stream(prompt, **case["options"]))
-        assert "".join(pieces) == text
-        assert all(pieces)
+    assert_stream_concatenates_to_texts(load_fixture_model(model_name), case)
 
 
 def test_thread_count_does_not_change_results(model_name="t5_v1_1"):

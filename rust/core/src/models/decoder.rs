@@ -1,13 +1,13 @@
 //! The session of every decoder-only model. An architecture supplies its layer stack (a
 //! [`DecoderStack`]: embedding, blocks, head, and the step buffers only it needs); this file keeps
-//! what they all share: the self-attention cache, each row's position count, the step buffers,
-//! `step` and `reorder`.
+//! what they all share: the [`Model`] they are (from what the stack says about itself), the
+//! self-attention cache, each row's position count, the step buffers, `step` and `reorder`.
 
 use std::sync::Arc;
 
 use super::kv_cache::KvCache;
 use super::session::{check_reorder, logits_on, prepare_step, step_positions, StepBuffers};
-use super::{Session, StepInput, Want};
+use super::{Model, Session, StepInput, TokenBatch, Want};
 use crate::error::Result;
 
 /// One decoder-only architecture's weights, as a session drives them.
@@ -19,6 +19,20 @@ pub(crate) trait DecoderStack: Send + Sync + 'static {
 
     /// The threads every step runs on.
     fn pool(&self) -> &rayon::ThreadPool;
+
+    /// [`Model::max_positions`]: the positions the model was made for.
+    fn max_positions(&self) -> usize;
+
+    /// [`Model::max_positions_is_hard`].
+    fn max_positions_is_hard(&self) -> bool {
+        false
+    }
+
+    /// [`Model::decode_weight_bytes`]: the blocks' projections and the head, as stored.
+    fn decode_weight_bytes(&self) -> usize;
+
+    /// The self-attention cache's shape: `(layers, key/value heads, head_dim)`.
+    fn cache_shape(&self) -> (usize, usize, usize);
 
     /// Refuses a step whose position ids the model cannot embed (a learned position table ends);
     /// checked before the session changes.
@@ -38,6 +52,47 @@ pub(crate) trait DecoderStack: Send + Sync + 'static {
         step: &mut StepBuffers,
         scratch: &mut Self::Scratch,
     ) -> Result<Vec<f32>>;
+}
+
+/// Every decoder-only architecture as a [`Model`]: its stack, shared with the sessions it starts.
+pub(crate) struct DecoderModel<S: DecoderStack>(Arc<S>);
+
+impl<S: DecoderStack> DecoderModel<S> {
+    pub fn new(stack: S) -> Self {
+        DecoderModel(Arc::new(stack))
+    }
+}
+
+impl<S: DecoderStack> Model for DecoderModel<S> {
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+
+    fn is_encoder_decoder(&self) -> bool {
+        false
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.0.max_positions())
+    }
+
+    fn max_positions_is_hard(&self) -> bool {
+        self.0.max_positions_is_hard()
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        self.0.decode_weight_bytes()
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        self.0.pool()
+    }
+
+    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
+        let (layers, kv_heads, head_dim) = self.0.cache_shape();
+        let cache = KvCache::new(layers, input.batch, kv_heads, head_dim);
+        Ok(Box::new(DecoderSession::new(self.0.clone(), cache)))
+    }
 }
 
 /// Positions per pass of a long prompt's prefill (see `DecoderSession::step`): enough rows for the

@@ -21,15 +21,17 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::attention::Attention;
+use super::checkpoint::{linear, tensor};
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, positive_real, product,
 };
-use super::decoder::{DecoderSession, DecoderStack};
+use super::decoder::{DecoderModel, DecoderStack};
+use super::decoder_block::{stacked_projections, GatedMlp, MlpScratch, QkNorm, SelfAttention};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::rope::{Rope, RopeAngles, RopeScaling};
 use super::session::StepBuffers;
-use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
+use super::{add, projection, Model, StepInput};
 use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
@@ -38,7 +40,7 @@ use crate::kernels::{
     activation::{gelu_erf, gelu_tanh},
     norm::rms_norm,
 };
-use crate::tensor::{Linear, LinearSet, Tensor, Weight};
+use crate::tensor::{Linear, Weight};
 use crate::threading::build_pool;
 
 /// llama.cpp's converters store every Gemma norm weight as `1 + w` (the factor it multiplies
@@ -370,25 +372,18 @@ impl ModelConfig for GemmaConfig {
     }
 
     fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(GemmaModel::load(self.clone(), weights, threads)?))
+        let weights = GemmaWeights::load(self.clone(), weights, threads)?;
+        Ok(Arc::new(DecoderModel::new(weights)))
     }
 }
 
 struct Layer {
     input_norm: Vec<f32>,
-    /// `[q | k | v]`, one product.
-    qkv: LinearSet,
-    /// Gemma 3's per-head query and key norms.
-    qk_norms: Option<(Vec<f32>, Vec<f32>)>,
-    o: Linear,
+    attn: SelfAttention,
     post_attention_norm: Vec<f32>,
     pre_ff_norm: Vec<f32>,
-    /// `[gate | up]`, one product.
-    gate_up: LinearSet,
-    down: Linear,
+    mlp: GatedMlp,
     post_ff_norm: Vec<f32>,
-    /// The window of a sliding layer.
-    window: Option<usize>,
     /// Index into [`GemmaWeights::ropes`].
     rope: usize,
 }
@@ -407,41 +402,17 @@ struct GemmaWeights {
     pool: rayon::ThreadPool,
 }
 
-pub struct GemmaModel {
-    inner: Arc<GemmaWeights>,
-}
-
 /// A Gemma RMSNorm's factor `1 + w`, computed in f32 as transformers does per step (here once).
 fn norm(w: &dyn WeightSource, name: &str, dim: usize) -> Result<Vec<f32>> {
-    let t: Tensor = w.tensor(name)?.expect_shape(name, &[dim])?;
-    Ok(t.data().iter().map(|x| 1.0 + x).collect())
+    Ok(tensor(w, name, &[dim])?
+        .data()
+        .iter()
+        .map(|x| 1.0 + x)
+        .collect())
 }
 
-fn linear(
-    w: &dyn WeightSource,
-    prefix: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-) -> Result<Linear> {
-    let name = format!("{prefix}.weight");
-    let weight = w.weight(&name)?.expect_shape(&name, &[out, inp])?;
-    let bias = if bias {
-        let bname = format!("{prefix}.bias");
-        Some(
-            w.tensor(&bname)?
-                .expect_shape(&bname, &[out])?
-                .data()
-                .to_vec(),
-        )
-    } else {
-        None
-    };
-    projection(w, Linear::new(weight, bias)?)
-}
-
-impl GemmaModel {
-    pub fn load(cfg: GemmaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+impl GemmaWeights {
+    fn load(cfg: GemmaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out, ff) = (
             cfg.num_attention_heads * hd,
@@ -473,33 +444,46 @@ impl GemmaModel {
                 let sliding = cfg.sliding[i];
                 Ok(Layer {
                     input_norm: norm(w, &format!("{p}.input_layernorm.weight"), d)?,
-                    qkv: LinearSet::new(vec![
-                        linear(w, &format!("{p}.self_attn.q_proj"), q_out, d, bias)?,
-                        linear(w, &format!("{p}.self_attn.k_proj"), kv_out, d, bias)?,
-                        linear(w, &format!("{p}.self_attn.v_proj"), kv_out, d, bias)?,
-                    ])?,
-                    qk_norms: if gemma3 {
-                        Some((
-                            norm(w, &format!("{p}.self_attn.q_norm.weight"), hd)?,
-                            norm(w, &format!("{p}.self_attn.k_norm.weight"), hd)?,
-                        ))
-                    } else {
-                        None
+                    attn: SelfAttention {
+                        qkv: stacked_projections(
+                            w,
+                            &format!("{p}.self_attn"),
+                            d,
+                            &[("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)],
+                            None,
+                            bias,
+                        )?,
+                        fused: false,
+                        qk_norm: if gemma3 {
+                            Some(QkNorm {
+                                q: norm(w, &format!("{p}.self_attn.q_norm.weight"), hd)?,
+                                k: norm(w, &format!("{p}.self_attn.k_norm.weight"), hd)?,
+                                eps: cfg.rms_norm_eps as f32,
+                            })
+                        } else {
+                            None
+                        },
+                        o: linear(w, &format!("{p}.self_attn.o_proj"), d, q_out, bias)?,
+                        window: if sliding { cfg.sliding_window } else { None },
                     },
-                    o: linear(w, &format!("{p}.self_attn.o_proj"), d, q_out, bias)?,
                     post_attention_norm: norm(
                         w,
                         &format!("{p}.post_attention_layernorm.weight"),
                         d,
                     )?,
                     pre_ff_norm: norm(w, &format!("{p}.pre_feedforward_layernorm.weight"), d)?,
-                    gate_up: LinearSet::new(vec![
-                        linear(w, &format!("{p}.mlp.gate_proj"), ff, d, false)?,
-                        linear(w, &format!("{p}.mlp.up_proj"), ff, d, false)?,
-                    ])?,
-                    down: linear(w, &format!("{p}.mlp.down_proj"), d, ff, false)?,
+                    mlp: GatedMlp {
+                        gate_up: stacked_projections(
+                            w,
+                            &format!("{p}.mlp"),
+                            d,
+                            &[("gate_proj", ff), ("up_proj", ff)],
+                            None,
+                            false,
+                        )?,
+                        down: linear(w, &format!("{p}.mlp.down_proj"), d, ff, false)?,
+                    },
                     post_ff_norm: norm(w, &format!("{p}.post_feedforward_layernorm.weight"), d)?,
-                    window: if sliding { cfg.sliding_window } else { None },
                     rope: usize::from(gemma3 && sliding),
                 })
             })
@@ -516,7 +500,7 @@ impl GemmaModel {
                 &cfg.local_rope.scaling,
             )?);
         }
-        let weights = GemmaWeights {
+        Ok(GemmaWeights {
             eps: cfg.rms_norm_eps as f32,
             embed_scale: (d as f64).sqrt() as f32,
             norm: norm(w, "model.norm.weight", d)?,
@@ -526,73 +510,16 @@ impl GemmaModel {
             lm_head,
             pool: build_pool(threads)?,
             cfg,
-        };
-        Ok(GemmaModel {
-            inner: Arc::new(weights),
         })
-    }
-}
-
-impl Model for GemmaModel {
-    fn vocab_size(&self) -> usize {
-        self.inner.cfg.vocab_size
-    }
-
-    fn is_encoder_decoder(&self) -> bool {
-        false
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.inner.cfg.max_position_embeddings)
-    }
-
-    fn decode_weight_bytes(&self) -> usize {
-        let w = &self.inner;
-        let layers: usize = w
-            .layers
-            .iter()
-            .map(|l| {
-                l.qkv.weight_bytes()
-                    + l.o.weight_bytes()
-                    + l.gate_up.weight_bytes()
-                    + l.down.weight_bytes()
-            })
-            .sum();
-        layers + w.lm_head.weight_bytes()
-    }
-
-    fn pool(&self) -> &rayon::ThreadPool {
-        &self.inner.pool
-    }
-
-    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        let cfg = &self.inner.cfg;
-        let cache = KvCache::new(
-            cfg.num_hidden_layers,
-            input.batch,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        Ok(Box::new(DecoderSession::new(self.inner.clone(), cache)))
     }
 }
 
 /// Gemma's step buffers beside the shared ones.
 #[derive(Default)]
 struct Scratch {
-    gate_up: Vec<f32>,
-    g: Vec<f32>,
-    /// A normalised copy (q/k norms write here, then swap).
-    normed: Vec<f32>,
+    mlp: MlpScratch,
     /// The rotary angles of each of [`GemmaWeights::ropes`].
     angles: Vec<RopeAngles>,
-}
-
-/// `x ← rms_norm(x) * factor` over rows of `factor.len()`, through `tmp`.
-fn norm_in_place(x: &mut Vec<f32>, factor: &[f32], eps: f32, tmp: &mut Vec<f32>) {
-    tmp.resize(x.len(), 0.0);
-    rms_norm(x, factor, eps, tmp);
-    std::mem::swap(x, tmp);
 }
 
 impl DecoderStack for GemmaWeights {
@@ -604,6 +531,24 @@ impl DecoderStack for GemmaWeights {
 
     fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.attn.weight_bytes() + l.mlp.weight_bytes())
+            .sum();
+        layers + self.lm_head.weight_bytes()
+    }
+
+    fn cache_shape(&self) -> (usize, usize, usize) {
+        let cfg = &self.cfg;
+        (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
     }
 
     fn forward(
@@ -650,41 +595,23 @@ impl DecoderStack for GemmaWeights {
         }
         b.x.resize(m * d, 0.0);
         b.ctx.resize(m * heads * hd, 0.0);
+        let act: fn(&mut [f32]) = match cfg.hidden_activation {
+            GemmaActivation::GeluTanh => gelu_tanh,
+            GemmaActivation::GeluErf => gelu_erf,
+        };
         for (li, layer) in w.layers.iter().enumerate() {
             input.check_interrupt()?;
             rms_norm(&h, &layer.input_norm, w.eps, &mut b.x);
-            b.project_qkv(&layer.qkv, m, input.interrupt)?;
-            if let Some((qn, kn)) = &layer.qk_norms {
-                norm_in_place(&mut b.q, qn, w.eps, &mut s.normed);
-                norm_in_place(&mut b.k, kn, w.eps, &mut s.normed);
-            }
-            let (rope, angles) = (&w.ropes[layer.rope], &s.angles[layer.rope]);
-            rope.apply_angles(&mut b.q, heads, angles);
-            rope.apply_angles(&mut b.k, kv_heads, angles);
-            cache.write(li, &b.k, &b.v);
-            let attn = Attention {
-                window: layer.window,
-                ..base
-            };
-            attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            layer
-                .o
-                .forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            let rope = (&w.ropes[layer.rope], &s.angles[layer.rope]);
+            layer.attn.forward(&base, Some(rope), li, n, cache, b)?;
             rms_norm(&b.proj, &layer.post_attention_norm, w.eps, &mut b.x);
             add(&mut h, &b.x);
 
             input.check_interrupt()?;
             rms_norm(&h, &layer.pre_ff_norm, w.eps, &mut b.x);
             layer
-                .gate_up
-                .forward_checked(&b.x, m, &mut s.gate_up, input.interrupt)?;
-            match cfg.hidden_activation {
-                GemmaActivation::GeluTanh => gated_into(&s.gate_up, m, gelu_tanh, &mut s.g),
-                GemmaActivation::GeluErf => gated_into(&s.gate_up, m, gelu_erf, &mut s.g),
-            }
-            layer
-                .down
-                .forward_checked(&s.g, m, &mut b.proj, input.interrupt)?;
+                .mlp
+                .forward(&b.x, m, act, &mut s.mlp, &mut b.proj, input.interrupt)?;
             rms_norm(&b.proj, &layer.post_ff_norm, w.eps, &mut b.x);
             add(&mut h, &b.x);
         }

@@ -7,14 +7,15 @@
 use std::sync::Arc;
 
 use super::attention::Attention;
+use super::checkpoint::tensor;
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive,
 };
-use super::decoder::{DecoderSession, DecoderStack};
+use super::decoder::{DecoderModel, DecoderStack};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::session::StepBuffers;
-use super::{add, projection, Model, Session, StepInput, TokenBatch};
+use super::{add, projection, Model, StepInput};
 use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::WeightSource;
@@ -138,7 +139,8 @@ impl ModelConfig for Gpt2Config {
     }
 
     fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(Gpt2Model::load(self.clone(), weights, threads)?))
+        let weights = Gpt2Weights::load(self.clone(), weights, threads)?;
+        Ok(Arc::new(DecoderModel::new(weights)))
     }
 }
 
@@ -169,10 +171,6 @@ struct Gpt2Weights {
     pool: rayon::ThreadPool,
 }
 
-pub struct Gpt2Model {
-    inner: Arc<Gpt2Weights>,
-}
-
 /// Reads a `Conv1D` (`weight [in, out]`, `bias [out]`) as `[out, in]` projections, split along the
 /// output into `parts` equal pieces (3 for `c_attn`).
 fn conv1d(
@@ -182,10 +180,8 @@ fn conv1d(
     out: usize,
     parts: usize,
 ) -> Result<Vec<Linear>> {
-    let name = format!("{prefix}.weight");
-    let weight = w.tensor(&name)?.expect_shape(&name, &[inp, out])?;
-    let bname = format!("{prefix}.bias");
-    let bias = w.tensor(&bname)?.expect_shape(&bname, &[out])?;
+    let weight = tensor(w, &format!("{prefix}.weight"), &[inp, out])?;
+    let bias = tensor(w, &format!("{prefix}.bias"), &[out])?;
     let (wd, bd) = (weight.data(), bias.data());
     let part = out / parts;
     let linears = (0..parts)
@@ -208,8 +204,8 @@ fn conv1d(
     Ok(linears)
 }
 
-impl Gpt2Model {
-    pub fn load(cfg: Gpt2Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+impl Gpt2Weights {
+    fn load(cfg: Gpt2Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         // Checkpoints saved from GPT2LMHeadModel prefix names with "transformer."; the original ones do not.
         let p = if w.contains("transformer.wte.weight") {
             "transformer."
@@ -217,10 +213,7 @@ impl Gpt2Model {
             ""
         };
         let (d, inner) = (cfg.n_embd, cfg.inner());
-        let t = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let full = format!("{p}{name}");
-            w.tensor(&full)?.expect_shape(&full, shape)
-        };
+        let t = |name: &str, shape: &[usize]| tensor(w, &format!("{p}{name}"), shape);
         let norm = |name: &str| -> Result<Norm> {
             Ok(Norm {
                 weight: t(&format!("{name}.weight"), &[d])?,
@@ -240,7 +233,7 @@ impl Gpt2Model {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let weights = Gpt2Weights {
+        Ok(Gpt2Weights {
             act: cfg.act()?,
             eps: cfg.layer_norm_epsilon as f32,
             wte: t("wte.weight", &[cfg.vocab_size, d])?,
@@ -252,8 +245,7 @@ impl Gpt2Model {
                 w,
                 Linear::new(
                     if w.contains("lm_head.weight") {
-                        w.tensor("lm_head.weight")?
-                            .expect_shape("lm_head.weight", &[cfg.vocab_size, d])?
+                        tensor(w, "lm_head.weight", &[cfg.vocab_size, d])?
                     } else {
                         t("wte.weight", &[cfg.vocab_size, d])?
                     },
@@ -263,59 +255,7 @@ impl Gpt2Model {
             blocks,
             pool: build_pool(threads)?,
             cfg,
-        };
-        Ok(Gpt2Model {
-            inner: Arc::new(weights),
         })
-    }
-}
-
-impl Model for Gpt2Model {
-    fn vocab_size(&self) -> usize {
-        self.inner.cfg.vocab_size
-    }
-
-    fn is_encoder_decoder(&self) -> bool {
-        false
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.inner.cfg.n_positions)
-    }
-
-    fn max_positions_is_hard(&self) -> bool {
-        true
-    }
-
-    fn decode_weight_bytes(&self) -> usize {
-        let w = &self.inner;
-        let layers: usize = w
-            .blocks
-            .iter()
-            .map(|b| {
-                b.qkv.weight_bytes()
-                    + [&b.attn_proj, &b.fc, &b.mlp_proj]
-                        .iter()
-                        .map(|l| l.weight_bytes())
-                        .sum::<usize>()
-            })
-            .sum();
-        layers + w.lm_head.weight_bytes()
-    }
-
-    fn pool(&self) -> &rayon::ThreadPool {
-        &self.inner.pool
-    }
-
-    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        let cfg = &self.inner.cfg;
-        let cache = KvCache::new(
-            cfg.n_layer,
-            input.batch,
-            cfg.n_head,
-            cfg.n_embd / cfg.n_head,
-        );
-        Ok(Box::new(DecoderSession::new(self.inner.clone(), cache)))
     }
 }
 
@@ -344,6 +284,34 @@ impl DecoderStack for Gpt2Weights {
 
     fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    fn max_positions(&self) -> usize {
+        self.cfg.n_positions
+    }
+
+    fn max_positions_is_hard(&self) -> bool {
+        true
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.qkv.weight_bytes()
+                    + [&b.attn_proj, &b.fc, &b.mlp_proj]
+                        .iter()
+                        .map(|l| l.weight_bytes())
+                        .sum::<usize>()
+            })
+            .sum();
+        layers + self.lm_head.weight_bytes()
+    }
+
+    fn cache_shape(&self) -> (usize, usize, usize) {
+        let cfg = &self.cfg;
+        (cfg.n_layer, cfg.n_head, cfg.n_embd / cfg.n_head)
     }
 
     fn check_positions(&self, positions: &[u32]) -> Result<()> {

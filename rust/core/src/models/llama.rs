@@ -15,21 +15,23 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::attention::Attention;
+use super::checkpoint::{linear, tensor};
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, positive_real, product,
 };
-use super::decoder::{DecoderSession, DecoderStack};
+use super::decoder::{DecoderModel, DecoderStack};
+use super::decoder_block::{stacked_projections, GatedMlp, MlpScratch, QkNorm, SelfAttention};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::rope::{Rope, RopeAngles, RopeScaling};
 use super::session::StepBuffers;
-use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
+use super::{add, projection, Model, StepInput};
 use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
 use crate::kernels::quant::QuantFormat;
 use crate::kernels::{activation::silu, norm::rms_norm};
-use crate::tensor::{Linear, LinearSet, Tensor, Weight};
+use crate::tensor::{Linear, Tensor, Weight};
 use crate::threading::build_pool;
 
 #[derive(Clone, Debug)]
@@ -403,23 +405,18 @@ impl ModelConfig for LlamaConfig {
     }
 
     fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(LlamaModel::load(self.clone(), weights, threads)?))
+        let weights = LlamaWeights::load(self.clone(), weights, threads)?;
+        Ok(Arc::new(DecoderModel::new(weights)))
     }
 }
 
 struct Layer {
     attn_norm: Tensor,
-    /// `[q | k | v]`, one product (Phi-3: one fused projection, split after the product).
-    qkv: LinearSet,
-    /// Qwen3's per-head norms of q and k.
-    qk_norm: Option<(Tensor, Tensor)>,
-    window: Option<usize>,
+    attn: SelfAttention,
+    /// Whether q and k rotate here (SmolLM3's no-rope layers do not).
     rope: bool,
-    o: Linear,
     mlp_norm: Tensor,
-    /// `[gate | up]`, one product.
-    gate_up: LinearSet,
-    down: Linear,
+    mlp: GatedMlp,
 }
 
 struct LlamaWeights {
@@ -433,37 +430,8 @@ struct LlamaWeights {
     pool: rayon::ThreadPool,
 }
 
-pub struct LlamaModel {
-    inner: Arc<LlamaWeights>,
-}
-
-fn tensor(w: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<Tensor> {
-    w.tensor(name)?.expect_shape(name, shape)
-}
-
-fn linear(
-    w: &dyn WeightSource,
-    prefix: &str,
-    out: usize,
-    inp: usize,
-    bias: bool,
-) -> Result<Linear> {
-    let name = format!("{prefix}.weight");
-    let weight = w.weight(&name)?.expect_shape(&name, &[out, inp])?;
-    let bias = if bias {
-        Some(
-            tensor(w, &format!("{prefix}.bias"), &[out])?
-                .data()
-                .to_vec(),
-        )
-    } else {
-        None
-    };
-    projection(w, Linear::new(weight, bias)?)
-}
-
-impl LlamaModel {
-    pub fn load(cfg: LlamaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+impl LlamaWeights {
+    fn load(cfg: LlamaConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out, ff) = (
             cfg.num_attention_heads * hd,
@@ -495,61 +463,56 @@ impl LlamaModel {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let p = format!("model.layers.{i}");
-                let (qkv, gate_up) = if cfg.fused_projections {
-                    // One product each: the split below (and `gated_into`'s halves) follow
-                    // transformers' `qkv[..., :q]` and `chunk(2)`.
-                    let qkv_out = q_out + 2 * kv_out;
-                    (
-                        vec![linear(
-                            w,
-                            &format!("{p}.self_attn.qkv_proj"),
-                            qkv_out,
-                            d,
-                            cfg.qkv_bias,
-                        )?],
-                        vec![linear(
-                            w,
-                            &format!("{p}.mlp.gate_up_proj"),
-                            2 * ff,
-                            d,
-                            cfg.mlp_bias,
-                        )?],
-                    )
-                } else {
-                    (
-                        vec![
-                            linear(w, &format!("{p}.self_attn.q_proj"), q_out, d, cfg.qkv_bias)?,
-                            linear(w, &format!("{p}.self_attn.k_proj"), kv_out, d, cfg.qkv_bias)?,
-                            linear(w, &format!("{p}.self_attn.v_proj"), kv_out, d, cfg.qkv_bias)?,
-                        ],
-                        vec![
-                            linear(w, &format!("{p}.mlp.gate_proj"), ff, d, cfg.mlp_bias)?,
-                            linear(w, &format!("{p}.mlp.up_proj"), ff, d, cfg.mlp_bias)?,
-                        ],
-                    )
-                };
+                let fused = cfg.fused_projections;
+                let qkv = stacked_projections(
+                    w,
+                    &format!("{p}.self_attn"),
+                    d,
+                    &[("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)],
+                    fused.then_some("qkv_proj"),
+                    cfg.qkv_bias,
+                )?;
+                let gate_up = stacked_projections(
+                    w,
+                    &format!("{p}.mlp"),
+                    d,
+                    &[("gate_proj", ff), ("up_proj", ff)],
+                    fused.then_some("gate_up_proj"),
+                    cfg.mlp_bias,
+                )?;
                 let qk_norm = if cfg.qk_norm {
-                    Some((
-                        tensor(w, &format!("{p}.self_attn.q_norm.weight"), &[hd])?,
-                        tensor(w, &format!("{p}.self_attn.k_norm.weight"), &[hd])?,
-                    ))
+                    let factors = |name: &str| -> Result<Vec<f32>> {
+                        Ok(tensor(w, &format!("{p}.self_attn.{name}.weight"), &[hd])?
+                            .data()
+                            .to_vec())
+                    };
+                    Some(QkNorm {
+                        q: factors("q_norm")?,
+                        k: factors("k_norm")?,
+                        eps: cfg.rms_norm_eps as f32,
+                    })
                 } else {
                     None
                 };
                 Ok(Layer {
                     attn_norm: tensor(w, &format!("{p}.input_layernorm.weight"), &[d])?,
-                    qkv: LinearSet::new(qkv)?,
-                    qk_norm,
-                    window: cfg.layer_windows[i],
+                    attn: SelfAttention {
+                        qkv,
+                        fused,
+                        qk_norm,
+                        o: linear(w, &format!("{p}.self_attn.o_proj"), d, q_out, cfg.o_bias)?,
+                        window: cfg.layer_windows[i],
+                    },
                     rope: cfg.layer_rope[i],
-                    o: linear(w, &format!("{p}.self_attn.o_proj"), d, q_out, cfg.o_bias)?,
                     mlp_norm: tensor(w, &format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                    gate_up: LinearSet::new(gate_up)?,
-                    down: linear(w, &format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
+                    mlp: GatedMlp {
+                        gate_up,
+                        down: linear(w, &format!("{p}.mlp.down_proj"), d, ff, cfg.mlp_bias)?,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let weights = LlamaWeights {
+        Ok(LlamaWeights {
             eps: cfg.rms_norm_eps as f32,
             norm: tensor(w, "model.norm.weight", &[d])?,
             rope: Rope::partial(hd, cfg.rotary_dim, cfg.rope_theta, &cfg.rope_scaling)?,
@@ -558,65 +521,15 @@ impl LlamaModel {
             lm_head,
             pool: build_pool(threads)?,
             cfg,
-        };
-        Ok(LlamaModel {
-            inner: Arc::new(weights),
         })
-    }
-}
-
-impl Model for LlamaModel {
-    fn vocab_size(&self) -> usize {
-        self.inner.cfg.vocab_size
-    }
-
-    fn is_encoder_decoder(&self) -> bool {
-        false
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.inner.cfg.max_position_embeddings)
-    }
-
-    fn decode_weight_bytes(&self) -> usize {
-        let w = &self.inner;
-        let layers: usize = w
-            .layers
-            .iter()
-            .map(|l| {
-                l.qkv.weight_bytes()
-                    + l.o.weight_bytes()
-                    + l.gate_up.weight_bytes()
-                    + l.down.weight_bytes()
-            })
-            .sum();
-        layers + w.lm_head.weight_bytes()
-    }
-
-    fn pool(&self) -> &rayon::ThreadPool {
-        &self.inner.pool
-    }
-
-    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        let cfg = &self.inner.cfg;
-        let cache = KvCache::new(
-            cfg.num_hidden_layers,
-            input.batch,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        Ok(Box::new(DecoderSession::new(self.inner.clone(), cache)))
     }
 }
 
 /// Llama's step buffers beside the shared ones: the feed-forward's and the rotary angles.
 #[derive(Default)]
 struct Scratch {
-    gate_up: Vec<f32>,
-    g: Vec<f32>,
+    mlp: MlpScratch,
     angles: RopeAngles,
-    /// A fused `[q | k | v]` product before its split; the input of a per-head norm.
-    fused: Vec<f32>,
 }
 
 impl DecoderStack for LlamaWeights {
@@ -628,6 +541,24 @@ impl DecoderStack for LlamaWeights {
 
     fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.attn.weight_bytes() + l.mlp.weight_bytes())
+            .sum();
+        layers + self.lm_head.weight_bytes()
+    }
+
+    fn cache_shape(&self) -> (usize, usize, usize) {
+        let cfg = &self.cfg;
+        (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
     }
 
     fn forward(
@@ -652,7 +583,7 @@ impl DecoderStack for LlamaWeights {
         for &t in input.tokens {
             w.embed.extend_with_row(t as usize, &mut h);
         }
-        let mut attn = Attention {
+        let attn = Attention {
             heads,
             kv_heads,
             head_dim: hd,
@@ -672,43 +603,15 @@ impl DecoderStack for LlamaWeights {
             // Checked before each sublayer: a long prefill spends a fraction of a second in each.
             input.check_interrupt()?;
             rms_norm(&h, layer.attn_norm.data(), w.eps, &mut b.x);
-            if cfg.fused_projections {
-                layer
-                    .qkv
-                    .forward_checked(&b.x, m, &mut s.fused, input.interrupt)?;
-                split_qkv(&s.fused, [heads * hd, kv_heads * hd], b);
-            } else {
-                b.project_qkv(&layer.qkv, m, input.interrupt)?;
-            }
-            if let Some((q_norm, k_norm)) = &layer.qk_norm {
-                // transformers' Qwen3RMSNorm over each head_dim slice.
-                for (x, weight) in [(&mut b.q, q_norm), (&mut b.k, k_norm)] {
-                    s.fused.clear();
-                    s.fused.extend_from_slice(x);
-                    rms_norm(&s.fused, weight.data(), w.eps, x);
-                }
-            }
-            if layer.rope {
-                w.rope.apply_angles(&mut b.q, heads, &s.angles);
-                w.rope.apply_angles(&mut b.k, kv_heads, &s.angles);
-            }
-            attn.window = layer.window;
-            cache.write(li, &b.k, &b.v);
-            attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            layer
-                .o
-                .forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            let rope = layer.rope.then_some((&w.rope, &s.angles));
+            layer.attn.forward(&attn, rope, li, n, cache, b)?;
             add(&mut h, &b.proj);
 
             input.check_interrupt()?;
             rms_norm(&h, layer.mlp_norm.data(), w.eps, &mut b.x);
             layer
-                .gate_up
-                .forward_checked(&b.x, m, &mut s.gate_up, input.interrupt)?;
-            gated_into(&s.gate_up, m, silu, &mut s.g);
-            layer
-                .down
-                .forward_checked(&s.g, m, &mut b.proj, input.interrupt)?;
+                .mlp
+                .forward(&b.x, m, silu, &mut s.mlp, &mut b.proj, input.interrupt)?;
             add(&mut h, &b.proj);
         }
         cache.commit();
@@ -720,19 +623,5 @@ impl DecoderStack for LlamaWeights {
         w.lm_head
             .forward_checked(&b.x, count, &mut logits, input.interrupt)?;
         Ok(logits)
-    }
-}
-
-/// Splits a fused `[m, q | k | v]` product into `b.q`, `b.k`, `b.v` (`widths`: q's and k's; v is as
-/// wide as k).
-fn split_qkv(fused: &[f32], [q_w, kv_w]: [usize; 2], b: &mut StepBuffers) {
-    let total = q_w + 2 * kv_w;
-    b.q.clear();
-    b.k.clear();
-    b.v.clear();
-    for row in fused.chunks_exact(total) {
-        b.q.extend_from_slice(&row[..q_w]);
-        b.k.extend_from_slice(&row[q_w..q_w + kv_w]);
-        b.v.extend_from_slice(&row[q_w + kv_w..]);
     }
 }

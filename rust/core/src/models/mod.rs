@@ -11,8 +11,10 @@
 
 pub mod attention;
 pub mod bart;
+mod checkpoint;
 mod config_checks;
 mod decoder;
+mod decoder_block;
 mod encoder_decoder;
 pub mod gemma;
 pub mod gguf_config;

@@ -7,6 +7,7 @@ use super::{StepInput, Want};
 use crate::decoding::log_softmax_rows;
 use crate::error::{check_alloc, Error, Result};
 use crate::interrupt::Interrupt;
+use crate::kernels::norm::rms_norm;
 use crate::tensor::LinearSet;
 
 /// Buffers of a decoding step that every decoder needs, kept by its session so that the per-token
@@ -41,6 +42,39 @@ impl StepBuffers {
         qkv.forward_checked(&self.x, m, &mut self.qkv, interrupt)?;
         qkv.split_into(&self.qkv, m, &mut [&mut self.q, &mut self.k, &mut self.v]);
         Ok(())
+    }
+
+    /// [`StepBuffers::project_qkv`] for one fused `[q | k | v]` projection (Phi-3's `qkv_proj`),
+    /// split after the product as transformers' `qkv[..., :q]` does; `widths`: q's and k's (v is
+    /// as wide as k).
+    pub fn project_fused_qkv(
+        &mut self,
+        qkv: &LinearSet,
+        [q_w, kv_w]: [usize; 2],
+        m: usize,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<()> {
+        qkv.forward_checked(&self.x, m, &mut self.qkv, interrupt)?;
+        self.q.clear();
+        self.k.clear();
+        self.v.clear();
+        for row in self.qkv.chunks_exact(q_w + 2 * kv_w) {
+            self.q.extend_from_slice(&row[..q_w]);
+            self.k.extend_from_slice(&row[q_w..q_w + kv_w]);
+            self.v.extend_from_slice(&row[q_w + kv_w..]);
+        }
+        Ok(())
+    }
+
+    /// `q` and `k` ← their RMSNorm over each head (`q_norm`, `k_norm`: the factors, `[head_dim]`),
+    /// as Qwen3 and Gemma 3 normalise them before the rotation.
+    pub fn norm_qk_heads(&mut self, q_norm: &[f32], k_norm: &[f32], eps: f32) {
+        for (x, factor) in [(&mut self.q, q_norm), (&mut self.k, k_norm)] {
+            // `qkv` is free once split: the norm reads its copy of `x` from there.
+            self.qkv.clear();
+            self.qkv.extend_from_slice(x);
+            rms_norm(&self.qkv, factor, eps, x);
+        }
     }
 
     /// The rows of the final hidden state `h: [rows, n, d]` that get logits (each row's last

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use super::attention::{Attention, KeyValues};
+use super::checkpoint::{self, tensor};
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, product,
 };
@@ -247,11 +248,11 @@ impl SelfAttention {
         let (d, inner) = (cfg.d_model, cfg.inner_dim());
         Ok(SelfAttention {
             qkv: LinearSet::new(vec![
-                linear(w, &format!("{prefix}.q.weight"), inner, d)?,
-                linear(w, &format!("{prefix}.k.weight"), inner, d)?,
-                linear(w, &format!("{prefix}.v.weight"), inner, d)?,
+                linear(w, &format!("{prefix}.q"), inner, d)?,
+                linear(w, &format!("{prefix}.k"), inner, d)?,
+                linear(w, &format!("{prefix}.v"), inner, d)?,
             ])?,
-            o: linear(w, &format!("{prefix}.o.weight"), d, inner)?,
+            o: linear(w, &format!("{prefix}.o"), d, inner)?,
         })
     }
 
@@ -280,12 +281,12 @@ impl CrossAttention {
     fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
         let (d, inner) = (cfg.d_model, cfg.inner_dim());
         Ok(CrossAttention {
-            q: linear(w, &format!("{prefix}.q.weight"), inner, d)?,
+            q: linear(w, &format!("{prefix}.q"), inner, d)?,
             kv: LinearSet::new(vec![
-                linear(w, &format!("{prefix}.k.weight"), inner, d)?,
-                linear(w, &format!("{prefix}.v.weight"), inner, d)?,
+                linear(w, &format!("{prefix}.k"), inner, d)?,
+                linear(w, &format!("{prefix}.v"), inner, d)?,
             ])?,
-            o: linear(w, &format!("{prefix}.o.weight"), d, inner)?,
+            o: linear(w, &format!("{prefix}.o"), d, inner)?,
         })
     }
 }
@@ -304,16 +305,16 @@ impl FeedForward {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let wi = if gated {
             vec![
-                linear(w, &format!("{prefix}.wi_0.weight"), ff, d)?,
-                linear(w, &format!("{prefix}.wi_1.weight"), ff, d)?,
+                linear(w, &format!("{prefix}.wi_0"), ff, d)?,
+                linear(w, &format!("{prefix}.wi_1"), ff, d)?,
             ]
         } else {
-            vec![linear(w, &format!("{prefix}.wi.weight"), ff, d)?]
+            vec![linear(w, &format!("{prefix}.wi"), ff, d)?]
         };
         Ok(FeedForward {
             wi: LinearSet::new(wi)?,
             gated,
-            wo: linear(w, &format!("{prefix}.wo.weight"), d, ff)?,
+            wo: linear(w, &format!("{prefix}.wo"), d, ff)?,
             act,
         })
     }
@@ -389,15 +390,9 @@ pub struct T5Model {
     inner: Arc<T5Weights>,
 }
 
-fn linear(w: &dyn WeightSource, name: &str, out: usize, inp: usize) -> Result<Linear> {
-    projection(
-        w,
-        Linear::new(w.tensor(name)?.expect_shape(name, &[out, inp])?, None)?,
-    )
-}
-
-fn vector(w: &dyn WeightSource, name: &str, len: usize) -> Result<Tensor> {
-    w.tensor(name)?.expect_shape(name, &[len])
+/// A projection without bias (T5 has none).
+fn linear(w: &dyn WeightSource, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
+    checkpoint::linear(w, prefix, out, inp, false)
 }
 
 impl T5Model {
@@ -411,13 +406,11 @@ impl T5Model {
         .into_iter()
         .find(|n| w.contains(n))
         .ok_or_else(|| format_err!("the weights hold no token embedding ('shared.weight')"))?;
-        let embed = w
-            .tensor(embed_name)?
-            .expect_shape(embed_name, &[vocab, d])?;
+        let embed = tensor(w, embed_name, &[vocab, d])?;
         // transformers 5.x writes `tie_word_embeddings: true` even for untied checkpoints and then
         // keeps a stored `lm_head.weight` that differs from the embedding: a stored head wins.
         let lm_head = if w.contains("lm_head.weight") {
-            linear(w, "lm_head.weight", vocab, d)?
+            linear(w, "lm_head", vocab, d)?
         } else {
             projection(w, Linear::new(embed.clone(), None)?)?
         };
@@ -429,9 +422,9 @@ impl T5Model {
             .map(|i| {
                 let p = format!("encoder.block.{i}.layer");
                 Ok(EncoderLayer {
-                    attn_norm: vector(w, &format!("{p}.0.layer_norm.weight"), d)?,
+                    attn_norm: tensor(w, &format!("{p}.0.layer_norm.weight"), &[d])?,
                     attn: SelfAttention::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
-                    ff_norm: vector(w, &format!("{p}.1.layer_norm.weight"), d)?,
+                    ff_norm: tensor(w, &format!("{p}.1.layer_norm.weight"), &[d])?,
                     ff: FeedForward::load(w, &format!("{p}.1.DenseReluDense"), &cfg)?,
                 })
             })
@@ -440,27 +433,23 @@ impl T5Model {
             .map(|i| {
                 let p = format!("decoder.block.{i}.layer");
                 Ok(DecoderLayer {
-                    self_norm: vector(w, &format!("{p}.0.layer_norm.weight"), d)?,
+                    self_norm: tensor(w, &format!("{p}.0.layer_norm.weight"), &[d])?,
                     self_attn: SelfAttention::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
-                    cross_norm: vector(w, &format!("{p}.1.layer_norm.weight"), d)?,
+                    cross_norm: tensor(w, &format!("{p}.1.layer_norm.weight"), &[d])?,
                     cross_attn: CrossAttention::load(w, &format!("{p}.1.EncDecAttention"), &cfg)?,
-                    ff_norm: vector(w, &format!("{p}.2.layer_norm.weight"), d)?,
+                    ff_norm: tensor(w, &format!("{p}.2.layer_norm.weight"), &[d])?,
                     ff: FeedForward::load(w, &format!("{p}.2.DenseReluDense"), &cfg)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let heads = cfg.num_heads;
         // Both stacks have a first layer: the config's layer counts are positive.
-        let encoder_bias = w
-            .tensor(&bias_name("encoder"))?
-            .expect_shape(&bias_name("encoder"), &[nb, heads])?;
-        let decoder_bias = w
-            .tensor(&bias_name("decoder"))?
-            .expect_shape(&bias_name("decoder"), &[nb, heads])?;
+        let encoder_bias = tensor(w, &bias_name("encoder"), &[nb, heads])?;
+        let decoder_bias = tensor(w, &bias_name("decoder"), &[nb, heads])?;
         let weights = T5Weights {
             eps: cfg.layer_norm_epsilon as f32,
-            encoder_norm: vector(w, "encoder.final_layer_norm.weight", d)?,
-            decoder_norm: vector(w, "decoder.final_layer_norm.weight", d)?,
+            encoder_norm: tensor(w, "encoder.final_layer_norm.weight", &[d])?,
+            decoder_norm: tensor(w, "decoder.final_layer_norm.weight", &[d])?,
             output_scale: cfg.scales_decoder_output().then(|| (d as f32).powf(-0.5)),
             embed,
             encoder,
