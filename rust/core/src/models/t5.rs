@@ -15,11 +15,11 @@ use super::checkpoint::{self, tensor};
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, product,
 };
-use super::encoder_decoder::{self, EncoderDecoderStack, EncoderMemory};
+use super::encoder_decoder::{EncoderDecoderModel, EncoderDecoderStack, EncoderMemory};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::session::StepBuffers;
-use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
+use super::{add, gated_into, projection, Model, StepInput, TokenBatch};
 use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
@@ -202,7 +202,8 @@ impl ModelConfig for T5Config {
     }
 
     fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(T5Model::load(self.clone(), weights, threads)?))
+        let weights = T5Weights::load(self.clone(), weights, threads)?;
+        Ok(Arc::new(EncoderDecoderModel::new(weights)))
     }
 }
 
@@ -386,17 +387,13 @@ struct T5Weights {
     pool: rayon::ThreadPool,
 }
 
-pub struct T5Model {
-    inner: Arc<T5Weights>,
-}
-
 /// A projection without bias (T5 has none).
 fn linear(w: &dyn WeightSource, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
     checkpoint::linear(w, prefix, out, inp, false)
 }
 
-impl T5Model {
-    pub fn load(cfg: T5Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+impl T5Weights {
+    fn load(cfg: T5Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         let (d, vocab) = (cfg.d_model, cfg.vocab_size);
         let embed_name = [
             "shared.weight",
@@ -446,7 +443,7 @@ impl T5Model {
         // Both stacks have a first layer: the config's layer counts are positive.
         let encoder_bias = tensor(w, &bias_name("encoder"), &[nb, heads])?;
         let decoder_bias = tensor(w, &bias_name("decoder"), &[nb, heads])?;
-        let weights = T5Weights {
+        Ok(T5Weights {
             eps: cfg.layer_norm_epsilon as f32,
             encoder_norm: tensor(w, "encoder.final_layer_norm.weight", &[d])?,
             decoder_norm: tensor(w, "decoder.final_layer_norm.weight", &[d])?,
@@ -459,18 +456,9 @@ impl T5Model {
             lm_head,
             pool: build_pool(threads)?,
             cfg,
-        };
-        Ok(T5Model {
-            inner: Arc::new(weights),
         })
     }
 
-    pub fn config(&self) -> &T5Config {
-        &self.inner.cfg
-    }
-}
-
-impl T5Weights {
     fn embed(&self, ids: &[u32]) -> Vec<f32> {
         let d = self.cfg.d_model;
         let mut h = Vec::with_capacity(ids.len() * d);
@@ -541,42 +529,6 @@ impl T5Weights {
     }
 }
 
-impl Model for T5Model {
-    fn vocab_size(&self) -> usize {
-        self.inner.cfg.vocab_size
-    }
-
-    fn is_encoder_decoder(&self) -> bool {
-        true
-    }
-
-    fn decode_weight_bytes(&self) -> usize {
-        // Cross-attention keys and values are computed once per input, not per step.
-        let w = &self.inner;
-        let layers: usize = w
-            .decoder
-            .iter()
-            .map(|l| {
-                l.self_attn.qkv.weight_bytes()
-                    + l.self_attn.o.weight_bytes()
-                    + l.cross_attn.q.weight_bytes()
-                    + l.cross_attn.o.weight_bytes()
-                    + l.ff.wi.weight_bytes()
-                    + l.ff.wo.weight_bytes()
-            })
-            .sum();
-        layers + w.lm_head.weight_bytes()
-    }
-
-    fn pool(&self) -> &rayon::ThreadPool {
-        &self.inner.pool
-    }
-
-    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        encoder_decoder::start(&self.inner, input)
-    }
-}
-
 /// T5's step buffers beside the shared ones: the feed-forward's and the position bias table.
 #[derive(Default)]
 struct Scratch {
@@ -593,6 +545,22 @@ impl EncoderDecoderStack for T5Weights {
 
     fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .decoder
+            .iter()
+            .map(|l| {
+                l.self_attn.qkv.weight_bytes()
+                    + l.self_attn.o.weight_bytes()
+                    + l.cross_attn.q.weight_bytes()
+                    + l.cross_attn.o.weight_bytes()
+                    + l.ff.wi.weight_bytes()
+                    + l.ff.wo.weight_bytes()
+            })
+            .sum();
+        layers + self.lm_head.weight_bytes()
     }
 
     fn decoder_attention(&self) -> (usize, usize, usize) {
@@ -636,22 +604,8 @@ impl EncoderDecoderStack for T5Weights {
         Ok(self.norm(&h, &self.encoder_norm))
     }
 
-    fn cross_key_values(
-        &self,
-        encoded: &[f32],
-        m: usize,
-        interrupt: Option<&Interrupt>,
-    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        let mut y = Vec::new();
-        self.decoder
-            .iter()
-            .map(|layer| {
-                let kv = &layer.cross_attn.kv;
-                kv.forward_checked(encoded, m, &mut y, interrupt)?;
-                let [k, v]: [Vec<f32>; 2] = kv.split(&y, m).try_into().expect("k, v");
-                Ok((k, v))
-            })
-            .collect()
+    fn cross_key_value_projection(&self, layer: usize) -> &LinearSet {
+        &self.decoder[layer].cross_attn.kv
     }
 
     /// The decoder over one step's tokens (positions are the cache's own: T5 has no position ids).
