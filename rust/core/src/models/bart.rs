@@ -18,10 +18,11 @@
 
 use std::sync::Arc;
 
-use super::attention::{Attention, KeyValues};
+use super::attention::Attention;
 use super::checkpoint;
 use super::config_checks::{get_bool, get_str, get_usize, parse_object, positive, product};
 use super::encoder_decoder::{EncoderDecoderModel, EncoderDecoderStack, EncoderMemory};
+use super::encoder_decoder_block::{CrossAttention, SelfAttention};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::session::StepBuffers;
@@ -348,19 +349,6 @@ impl Norm {
     }
 }
 
-struct SelfAttention {
-    /// `[q | k | v]`, stacked into one product.
-    qkv: LinearSet,
-    out: Linear,
-}
-
-struct CrossAttention {
-    q: Linear,
-    /// `[k | v]` of the encoder output, computed once per input.
-    kv: LinearSet,
-    out: Linear,
-}
-
 struct FeedForward {
     fc1: Linear,
     fc2: Linear,
@@ -504,7 +492,7 @@ impl Reader<'_> {
                 self.linear(&format!("{p}.k_proj"), d, d)?,
                 self.linear(&format!("{p}.v_proj"), d, d)?,
             ])?,
-            out: self.linear(&format!("{p}.out_proj"), d, d)?,
+            o: self.linear(&format!("{p}.out_proj"), d, d)?,
         })
     }
 
@@ -515,7 +503,7 @@ impl Reader<'_> {
                 self.linear(&format!("{p}.k_proj"), d, d)?,
                 self.linear(&format!("{p}.v_proj"), d, d)?,
             ])?,
-            out: self.linear(&format!("{p}.out_proj"), d, d)?,
+            o: self.linear(&format!("{p}.out_proj"), d, d)?,
         })
     }
 
@@ -807,17 +795,10 @@ impl EncoderDecoderStack for BartWeights {
             .decoder
             .iter()
             .map(|l| {
-                l.self_attn.qkv.weight_bytes()
-                    + [
-                        &l.self_attn.out,
-                        &l.cross_attn.q,
-                        &l.cross_attn.out,
-                        &l.ff.fc1,
-                        &l.ff.fc2,
-                    ]
-                    .iter()
-                    .map(|p| p.weight_bytes())
-                    .sum::<usize>()
+                l.self_attn.weight_bytes()
+                    + l.cross_attn.step_weight_bytes()
+                    + l.ff.fc1.weight_bytes()
+                    + l.ff.fc2.weight_bytes()
             })
             .sum();
         layers + self.lm_head.weight_bytes()
@@ -845,32 +826,9 @@ impl EncoderDecoderStack for BartWeights {
             // Checked before each sublayer: a long input spends a fraction of a second in each.
             input.check_interrupt()?;
             self.sublayer_input(&h, &layer.self_norm, &mut x);
-            let mut qkv = Vec::new();
             layer
                 .self_attn
-                .qkv
-                .forward_checked(&x, m, &mut qkv, interrupt)?;
-            let [q, k, v]: [Vec<f32>; 3] = layer
-                .self_attn
-                .qkv
-                .split(&qkv, m)
-                .try_into()
-                .expect("q, k, v");
-            let kv = KeyValues {
-                k: &k,
-                v: &v,
-                row_stride: l * d,
-                head_stride: d / heads,
-                pos_stride: d,
-                len: l,
-                mask: Some((&input.mask, l)),
-                row_map: None,
-            };
-            attn.run(&q, b, l, &kv, &mut ctx);
-            layer
-                .self_attn
-                .out
-                .forward_checked(&ctx, m, &mut out, interrupt)?;
+                .encode(&attn, &x, input, &mut ctx, &mut out)?;
             self.sublayer_output(&mut h, &out, &layer.self_norm, &mut x);
 
             input.check_interrupt()?;
@@ -917,19 +875,12 @@ impl EncoderDecoderStack for BartWeights {
             // Checked before each sublayer, as in the encoder.
             input.check_interrupt()?;
             self.sublayer_input(&h, &layer.self_norm, &mut b.x);
-            b.project_qkv(&layer.self_attn.qkv, m, input.interrupt)?;
-            cache.write(li, &b.k, &b.v);
-            self_attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            let o = &layer.self_attn.out;
-            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            layer.self_attn.step(&self_attn, li, n, cache, b)?;
             self.sublayer_output(&mut h, &b.proj, &layer.self_norm, &mut b.x);
 
             input.check_interrupt()?;
             self.sublayer_input(&h, &layer.cross_norm, &mut b.x);
-            let (q, o) = (&layer.cross_attn.q, &layer.cross_attn.out);
-            q.forward_checked(&b.x, m, &mut b.q, input.interrupt)?;
-            cross_attn.run(&b.q, rows, n, &memory.key_values(li), &mut b.ctx);
-            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            layer.cross_attn.step(&cross_attn, memory, li, rows, n, b)?;
             self.sublayer_output(&mut h, &b.proj, &layer.cross_norm, &mut b.x);
 
             input.check_interrupt()?;

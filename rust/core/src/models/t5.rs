@@ -10,12 +10,13 @@
 
 use std::sync::Arc;
 
-use super::attention::{Attention, KeyValues};
+use super::attention::Attention;
 use super::checkpoint::{self, tensor};
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, product,
 };
 use super::encoder_decoder::{EncoderDecoderModel, EncoderDecoderStack, EncoderMemory};
+use super::encoder_decoder_block::{CrossAttention, SelfAttention};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::session::StepBuffers;
@@ -238,58 +239,31 @@ pub fn relative_position_bucket(
     bucket as usize
 }
 
-/// Self-attention projections, `[q | k | v]` stacked into one product.
-struct SelfAttention {
-    qkv: LinearSet,
-    o: Linear,
+/// `{prefix}.q`, `.k`, `.v` and `.o`.
+fn self_attention(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<SelfAttention> {
+    let (d, inner) = (cfg.d_model, cfg.inner_dim());
+    Ok(SelfAttention {
+        qkv: LinearSet::new(vec![
+            linear(w, &format!("{prefix}.q"), inner, d)?,
+            linear(w, &format!("{prefix}.k"), inner, d)?,
+            linear(w, &format!("{prefix}.v"), inner, d)?,
+        ])?,
+        o: linear(w, &format!("{prefix}.o"), d, inner)?,
+    })
 }
 
-impl SelfAttention {
-    fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
-        let (d, inner) = (cfg.d_model, cfg.inner_dim());
-        Ok(SelfAttention {
-            qkv: LinearSet::new(vec![
-                linear(w, &format!("{prefix}.q"), inner, d)?,
-                linear(w, &format!("{prefix}.k"), inner, d)?,
-                linear(w, &format!("{prefix}.v"), inner, d)?,
-            ])?,
-            o: linear(w, &format!("{prefix}.o"), d, inner)?,
-        })
-    }
-
-    /// `(q, k, v)`, each `[m, inner]`, unless interrupted.
-    fn project(
-        &self,
-        x: &[f32],
-        m: usize,
-        interrupt: Option<&Interrupt>,
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let mut y = Vec::new();
-        self.qkv.forward_checked(x, m, &mut y, interrupt)?;
-        let [q, k, v]: [Vec<f32>; 3] = self.qkv.split(&y, m).try_into().expect("q, k, v");
-        Ok((q, k, v))
-    }
-}
-
-/// Cross-attention projections: queries from the decoder, `[k | v]` of the encoder output stacked.
-struct CrossAttention {
-    q: Linear,
-    kv: LinearSet,
-    o: Linear,
-}
-
-impl CrossAttention {
-    fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
-        let (d, inner) = (cfg.d_model, cfg.inner_dim());
-        Ok(CrossAttention {
-            q: linear(w, &format!("{prefix}.q"), inner, d)?,
-            kv: LinearSet::new(vec![
-                linear(w, &format!("{prefix}.k"), inner, d)?,
-                linear(w, &format!("{prefix}.v"), inner, d)?,
-            ])?,
-            o: linear(w, &format!("{prefix}.o"), d, inner)?,
-        })
-    }
+/// `{prefix}.q`, `.k`, `.v` and `.o`: queries from the decoder, keys and values of the encoder
+/// output.
+fn cross_attention(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<CrossAttention> {
+    let (d, inner) = (cfg.d_model, cfg.inner_dim());
+    Ok(CrossAttention {
+        q: linear(w, &format!("{prefix}.q"), inner, d)?,
+        kv: LinearSet::new(vec![
+            linear(w, &format!("{prefix}.k"), inner, d)?,
+            linear(w, &format!("{prefix}.v"), inner, d)?,
+        ])?,
+        o: linear(w, &format!("{prefix}.o"), d, inner)?,
+    })
 }
 
 struct FeedForward {
@@ -420,7 +394,7 @@ impl T5Weights {
                 let p = format!("encoder.block.{i}.layer");
                 Ok(EncoderLayer {
                     attn_norm: tensor(w, &format!("{p}.0.layer_norm.weight"), &[d])?,
-                    attn: SelfAttention::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
+                    attn: self_attention(w, &format!("{p}.0.SelfAttention"), &cfg)?,
                     ff_norm: tensor(w, &format!("{p}.1.layer_norm.weight"), &[d])?,
                     ff: FeedForward::load(w, &format!("{p}.1.DenseReluDense"), &cfg)?,
                 })
@@ -431,9 +405,9 @@ impl T5Weights {
                 let p = format!("decoder.block.{i}.layer");
                 Ok(DecoderLayer {
                     self_norm: tensor(w, &format!("{p}.0.layer_norm.weight"), &[d])?,
-                    self_attn: SelfAttention::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
+                    self_attn: self_attention(w, &format!("{p}.0.SelfAttention"), &cfg)?,
                     cross_norm: tensor(w, &format!("{p}.1.layer_norm.weight"), &[d])?,
-                    cross_attn: CrossAttention::load(w, &format!("{p}.1.EncDecAttention"), &cfg)?,
+                    cross_attn: cross_attention(w, &format!("{p}.1.EncDecAttention"), &cfg)?,
                     ff_norm: tensor(w, &format!("{p}.2.layer_norm.weight"), &[d])?,
                     ff: FeedForward::load(w, &format!("{p}.2.DenseReluDense"), &cfg)?,
                 })
@@ -552,10 +526,8 @@ impl EncoderDecoderStack for T5Weights {
             .decoder
             .iter()
             .map(|l| {
-                l.self_attn.qkv.weight_bytes()
-                    + l.self_attn.o.weight_bytes()
-                    + l.cross_attn.q.weight_bytes()
-                    + l.cross_attn.o.weight_bytes()
+                l.self_attn.weight_bytes()
+                    + l.cross_attn.step_weight_bytes()
                     + l.ff.wi.weight_bytes()
                     + l.ff.wo.weight_bytes()
             })
@@ -583,19 +555,7 @@ impl EncoderDecoderStack for T5Weights {
             // Checked before each sublayer: a long input spends a fraction of a second in each.
             input.check_interrupt()?;
             let x = self.norm(&h, &layer.attn_norm);
-            let (q, k, v) = layer.attn.project(&x, m, interrupt)?;
-            let kv = KeyValues {
-                k: &k,
-                v: &v,
-                row_stride: l * inner,
-                head_stride: self.cfg.d_kv,
-                pos_stride: inner,
-                len: l,
-                mask: Some((&input.mask, l)),
-                row_map: None,
-            };
-            attn.run(&q, b, l, &kv, &mut ctx);
-            layer.attn.o.forward_checked(&ctx, m, &mut out, interrupt)?;
+            layer.attn.encode(&attn, &x, input, &mut ctx, &mut out)?;
             add(&mut h, &out);
             input.check_interrupt()?;
             let x = self.norm(&h, &layer.ff_norm);
@@ -645,19 +605,12 @@ impl EncoderDecoderStack for T5Weights {
             // Checked before each sublayer, as in the encoder.
             input.check_interrupt()?;
             rms_norm(&h, layer.self_norm.data(), w.eps, &mut b.x);
-            b.project_qkv(&layer.self_attn.qkv, m, input.interrupt)?;
-            cache.write(li, &b.k, &b.v);
-            self_attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            let o = &layer.self_attn.o;
-            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            layer.self_attn.step(&self_attn, li, n, cache, b)?;
             add(&mut h, &b.proj);
 
             input.check_interrupt()?;
             rms_norm(&h, layer.cross_norm.data(), w.eps, &mut b.x);
-            let (q, o) = (&layer.cross_attn.q, &layer.cross_attn.o);
-            q.forward_checked(&b.x, m, &mut b.q, input.interrupt)?;
-            cross_attn.run(&b.q, rows, n, &memory.key_values(li), &mut b.ctx);
-            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            layer.cross_attn.step(&cross_attn, memory, li, rows, n, b)?;
             add(&mut h, &b.proj);
 
             input.check_interrupt()?;
