@@ -18,13 +18,15 @@
 
 use std::sync::Arc;
 
-use super::attention::{Attention, KeyValues};
+use super::attention::Attention;
+use super::checkpoint;
 use super::config_checks::{get_bool, get_str, get_usize, parse_object, positive, product};
-use super::encoder_decoder::{self, EncoderDecoderStack, EncoderMemory};
+use super::encoder_decoder::{EncoderDecoderModel, EncoderDecoderStack, EncoderMemory};
+use super::encoder_decoder_block::{CrossAttention, SelfAttention};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::session::StepBuffers;
-use super::{add, projection, Model, Session, StepInput, TokenBatch};
+use super::{add, projection, Model, StepInput, TokenBatch};
 use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::WeightSource;
@@ -329,7 +331,8 @@ impl ModelConfig for BartConfig {
     }
 
     fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(BartModel::load(self.clone(), weights, threads)?))
+        let weights = BartWeights::load(self.clone(), weights, threads)?;
+        Ok(Arc::new(EncoderDecoderModel::new(weights)))
     }
 }
 
@@ -344,19 +347,6 @@ impl Norm {
         out.resize(x.len(), 0.0);
         layer_norm(x, self.weight.data(), self.bias.data(), LAYER_NORM_EPS, out);
     }
-}
-
-struct SelfAttention {
-    /// `[q | k | v]`, stacked into one product.
-    qkv: LinearSet,
-    out: Linear,
-}
-
-struct CrossAttention {
-    q: Linear,
-    /// `[k | v]` of the encoder output, computed once per input.
-    kv: LinearSet,
-    out: Linear,
 }
 
 struct FeedForward {
@@ -463,10 +453,6 @@ struct BartWeights {
     pool: rayon::ThreadPool,
 }
 
-pub struct BartModel {
-    inner: Arc<BartWeights>,
-}
-
 /// Reads tensors under the checkpoint's prefix (`model.` for `*ForConditionalGeneration`, none
 /// for a bare `*Model`); the head and `final_logits_bias` sit outside it.
 struct Reader<'a> {
@@ -484,14 +470,12 @@ impl Reader<'_> {
     }
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let full = self.name(name);
-        self.w.tensor(&full)?.expect_shape(&full, shape)
+        checkpoint::tensor(self.w, &self.name(name), shape)
     }
 
+    /// Every projection of the family has a bias.
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        let weight = self.tensor(&format!("{name}.weight"), &[out, inp])?;
-        let bias = self.tensor(&format!("{name}.bias"), &[out])?;
-        projection(self.w, Linear::new(weight, Some(bias.data().to_vec()))?)
+        checkpoint::linear(self.w, &self.name(name), out, inp, true)
     }
 
     fn norm(&self, name: &str, d: usize) -> Result<Norm> {
@@ -508,7 +492,7 @@ impl Reader<'_> {
                 self.linear(&format!("{p}.k_proj"), d, d)?,
                 self.linear(&format!("{p}.v_proj"), d, d)?,
             ])?,
-            out: self.linear(&format!("{p}.out_proj"), d, d)?,
+            o: self.linear(&format!("{p}.out_proj"), d, d)?,
         })
     }
 
@@ -519,7 +503,7 @@ impl Reader<'_> {
                 self.linear(&format!("{p}.k_proj"), d, d)?,
                 self.linear(&format!("{p}.v_proj"), d, d)?,
             ])?,
-            out: self.linear(&format!("{p}.out_proj"), d, d)?,
+            o: self.linear(&format!("{p}.out_proj"), d, d)?,
         })
     }
 
@@ -547,8 +531,8 @@ impl Reader<'_> {
     }
 }
 
-impl BartModel {
-    pub fn load(cfg: BartConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+impl BartWeights {
+    fn load(cfg: BartConfig, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         let prefix = if ["shared.weight", "encoder.embed_tokens.weight"]
             .iter()
             .any(|n| w.contains(&format!("model.{n}")))
@@ -575,8 +559,7 @@ impl BartModel {
             r.first_of(&["decoder.embed_tokens.weight"], dec_vocab, d)?
         };
         let lm_head = if w.contains("lm_head.weight") {
-            w.tensor("lm_head.weight")?
-                .expect_shape("lm_head.weight", &[dec_vocab, d])?
+            checkpoint::tensor(w, "lm_head.weight", &[dec_vocab, d])?
         } else if cfg.tie_word_embeddings {
             decoder_tokens.clone()
         } else {
@@ -585,9 +568,7 @@ impl BartModel {
             ));
         };
         let logits_bias = if family.logits_bias() && w.contains("final_logits_bias") {
-            let t = w
-                .tensor("final_logits_bias")?
-                .expect_shape("final_logits_bias", &[1, dec_vocab])?;
+            let t = checkpoint::tensor(w, "final_logits_bias", &[1, dec_vocab])?;
             t.data().to_vec()
         } else {
             // transformers initialises a missing buffer to zeros.
@@ -644,7 +625,7 @@ impl BartModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let weights = BartWeights {
+        Ok(BartWeights {
             act: cfg.act()?,
             scale: cfg.embed_scale(),
             pre_norm: family.pre_norm(),
@@ -665,69 +646,9 @@ impl BartModel {
             lm_head,
             pool: build_pool(threads)?,
             cfg,
-        };
-        Ok(BartModel {
-            inner: Arc::new(weights),
         })
     }
 
-    pub fn config(&self) -> &BartConfig {
-        &self.inner.cfg
-    }
-}
-
-impl Model for BartModel {
-    // The model's vocabulary is the decoder's (its logits); the encoder's may be larger (Marian).
-    #[allow(clippy::misnamed_getters)]
-    fn vocab_size(&self) -> usize {
-        self.inner.cfg.decoder_vocab_size
-    }
-
-    fn is_encoder_decoder(&self) -> bool {
-        true
-    }
-
-    fn max_positions(&self) -> Option<usize> {
-        Some(self.inner.cfg.max_position_embeddings)
-    }
-
-    fn max_positions_is_hard(&self) -> bool {
-        self.inner.cfg.positions_are_bounded()
-    }
-
-    fn decode_weight_bytes(&self) -> usize {
-        // Cross-attention keys and values are computed once per input, not per step.
-        let w = &self.inner;
-        let layers: usize = w
-            .decoder
-            .iter()
-            .map(|l| {
-                l.self_attn.qkv.weight_bytes()
-                    + [
-                        &l.self_attn.out,
-                        &l.cross_attn.q,
-                        &l.cross_attn.out,
-                        &l.ff.fc1,
-                        &l.ff.fc2,
-                    ]
-                    .iter()
-                    .map(|p| p.weight_bytes())
-                    .sum::<usize>()
-            })
-            .sum();
-        layers + w.lm_head.weight_bytes()
-    }
-
-    fn pool(&self) -> &rayon::ThreadPool {
-        &self.inner.pool
-    }
-
-    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        encoder_decoder::start(&self.inner, input)
-    }
-}
-
-impl BartWeights {
     fn attention<'a>(
         &self,
         heads: usize,
@@ -847,7 +768,8 @@ struct Scratch {
 impl EncoderDecoderStack for BartWeights {
     type Scratch = Scratch;
 
-    #[allow(clippy::misnamed_getters)] // the decoder's vocabulary, as for `Model`
+    // The model's vocabulary is the decoder's (its logits); the encoder's may be larger (Marian).
+    #[allow(clippy::misnamed_getters)]
     fn vocab_size(&self) -> usize {
         self.cfg.decoder_vocab_size
     }
@@ -858,6 +780,28 @@ impl EncoderDecoderStack for BartWeights {
 
     fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.cfg.max_position_embeddings)
+    }
+
+    fn max_positions_is_hard(&self) -> bool {
+        self.cfg.positions_are_bounded()
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .decoder
+            .iter()
+            .map(|l| {
+                l.self_attn.weight_bytes()
+                    + l.cross_attn.step_weight_bytes()
+                    + l.ff.fc1.weight_bytes()
+                    + l.ff.fc2.weight_bytes()
+            })
+            .sum();
+        layers + self.lm_head.weight_bytes()
     }
 
     fn decoder_attention(&self) -> (usize, usize, usize) {
@@ -882,32 +826,9 @@ impl EncoderDecoderStack for BartWeights {
             // Checked before each sublayer: a long input spends a fraction of a second in each.
             input.check_interrupt()?;
             self.sublayer_input(&h, &layer.self_norm, &mut x);
-            let mut qkv = Vec::new();
             layer
                 .self_attn
-                .qkv
-                .forward_checked(&x, m, &mut qkv, interrupt)?;
-            let [q, k, v]: [Vec<f32>; 3] = layer
-                .self_attn
-                .qkv
-                .split(&qkv, m)
-                .try_into()
-                .expect("q, k, v");
-            let kv = KeyValues {
-                k: &k,
-                v: &v,
-                row_stride: l * d,
-                head_stride: d / heads,
-                pos_stride: d,
-                len: l,
-                mask: Some((&input.mask, l)),
-                row_map: None,
-            };
-            attn.run(&q, b, l, &kv, &mut ctx);
-            layer
-                .self_attn
-                .out
-                .forward_checked(&ctx, m, &mut out, interrupt)?;
+                .encode(&attn, &x, input, &mut ctx, &mut out)?;
             self.sublayer_output(&mut h, &out, &layer.self_norm, &mut x);
 
             input.check_interrupt()?;
@@ -922,22 +843,8 @@ impl EncoderDecoderStack for BartWeights {
         Ok(h)
     }
 
-    fn cross_key_values(
-        &self,
-        encoded: &[f32],
-        m: usize,
-        interrupt: Option<&Interrupt>,
-    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        let mut y = Vec::new();
-        self.decoder
-            .iter()
-            .map(|layer| {
-                let kv = &layer.cross_attn.kv;
-                kv.forward_checked(encoded, m, &mut y, interrupt)?;
-                let [k, v]: [Vec<f32>; 2] = kv.split(&y, m).try_into().expect("k, v");
-                Ok((k, v))
-            })
-            .collect()
+    fn cross_key_value_projection(&self, layer: usize) -> &LinearSet {
+        &self.decoder[layer].cross_attn.kv
     }
 
     /// The decoder over one step's tokens, at the cache's positions (as transformers numbers
@@ -968,19 +875,12 @@ impl EncoderDecoderStack for BartWeights {
             // Checked before each sublayer, as in the encoder.
             input.check_interrupt()?;
             self.sublayer_input(&h, &layer.self_norm, &mut b.x);
-            b.project_qkv(&layer.self_attn.qkv, m, input.interrupt)?;
-            cache.write(li, &b.k, &b.v);
-            self_attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            let o = &layer.self_attn.out;
-            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            layer.self_attn.step(&self_attn, li, n, cache, b)?;
             self.sublayer_output(&mut h, &b.proj, &layer.self_norm, &mut b.x);
 
             input.check_interrupt()?;
             self.sublayer_input(&h, &layer.cross_norm, &mut b.x);
-            let (q, o) = (&layer.cross_attn.q, &layer.cross_attn.out);
-            q.forward_checked(&b.x, m, &mut b.q, input.interrupt)?;
-            cross_attn.run(&b.q, rows, n, &memory.key_values(li), &mut b.ctx);
-            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            layer.cross_attn.step(&cross_attn, memory, li, rows, n, b)?;
             self.sublayer_output(&mut h, &b.proj, &layer.cross_norm, &mut b.x);
 
             input.check_interrupt()?;

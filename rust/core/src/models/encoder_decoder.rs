@@ -1,17 +1,19 @@
 //! The session of every encoder-decoder model. An architecture supplies its encoder, the
-//! cross-attention keys/values of its decoder layers and its decoder step (an
-//! [`EncoderDecoderStack`]); this file keeps what they all share: running the encoder once per
-//! input at `start`, the cross-attention memory that beams of one input share, the decoder's
-//! self-attention cache, the step buffers, `step` and `reorder`.
+//! cross-attention projections of its decoder layers and its decoder step (an
+//! [`EncoderDecoderStack`]); this file keeps what they all share: the [`Model`] they are (from
+//! what the stack says about itself), running the encoder once per input at `start`, the
+//! cross-attention memory that beams of one input share, the decoder's self-attention cache, the
+//! step buffers, `step` and `reorder`.
 
 use std::sync::Arc;
 
 use super::attention::KeyValues;
 use super::kv_cache::KvCache;
 use super::session::{check_reorder, logits_on, prepare_step, StepBuffers};
-use super::{Session, StepInput, TokenBatch, Want};
+use super::{Model, Session, StepInput, TokenBatch, Want};
 use crate::error::{Error, Result};
 use crate::interrupt::Interrupt;
+use crate::tensor::LinearSet;
 
 /// One encoder-decoder architecture's weights, as a session drives them.
 pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
@@ -30,21 +32,30 @@ pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
     /// The threads the encoder and every step run on.
     fn pool(&self) -> &rayon::ThreadPool;
 
-    /// `(layers, heads, head_dim)` of the decoder's attention (self- and cross-).
+    /// [`Model::max_positions`]: `None` where positions never run out (T5's relative buckets).
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+
+    /// [`Model::max_positions_is_hard`].
+    fn max_positions_is_hard(&self) -> bool {
+        false
+    }
+
+    /// [`Model::decode_weight_bytes`]: the decoder's projections and the head, as stored. Not the
+    /// cross-attention keys and values: those are computed once per input, not per step.
+    fn decode_weight_bytes(&self) -> usize;
+
+    /// `(layers, heads, head_dim)` of the decoder's attention (self- and cross-): the shape of the
+    /// self-attention cache and of the cross-attention memory.
     fn decoder_attention(&self) -> (usize, usize, usize);
 
     /// The encoder over the batch: `[batch * len, d_model]`, as the decoder's cross-attention
     /// reads it. Checks `input`'s interrupt between layers.
     fn encode(&self, input: &TokenBatch) -> Result<Vec<f32>>;
 
-    /// Each decoder layer's cross-attention keys and values of `encoded` (`m` positions), each
-    /// `[m, heads * head_dim]`. Stops when `interrupt` is raised.
-    fn cross_key_values(
-        &self,
-        encoded: &[f32],
-        m: usize,
-        interrupt: Option<&Interrupt>,
-    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>>;
+    /// Decoder layer `layer`'s cross-attention key and value projections, stacked `[k | v]`.
+    fn cross_key_value_projection(&self, layer: usize) -> &LinearSet;
 
     /// Runs the decoder over one step's tokens, writing their self-attention keys and values into
     /// `cache` and reading `memory`; returns the logits of each row's last token (`last_only`) or
@@ -59,6 +70,46 @@ pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
         step: &mut StepBuffers,
         scratch: &mut Self::Scratch,
     ) -> Result<Vec<f32>>;
+}
+
+/// Every encoder-decoder architecture as a [`Model`]: its stack, shared with the sessions it
+/// starts.
+pub(crate) struct EncoderDecoderModel<S: EncoderDecoderStack>(Arc<S>);
+
+impl<S: EncoderDecoderStack> EncoderDecoderModel<S> {
+    pub fn new(stack: S) -> Self {
+        EncoderDecoderModel(Arc::new(stack))
+    }
+}
+
+impl<S: EncoderDecoderStack> Model for EncoderDecoderModel<S> {
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+
+    fn is_encoder_decoder(&self) -> bool {
+        true
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        self.0.max_positions()
+    }
+
+    fn max_positions_is_hard(&self) -> bool {
+        self.0.max_positions_is_hard()
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        self.0.decode_weight_bytes()
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        self.0.pool()
+    }
+
+    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
+        start(&self.0, input)
+    }
 }
 
 /// What a session keeps of its encoder inputs: per decoder layer the cross-attention keys and
@@ -92,11 +143,28 @@ impl EncoderMemory {
     }
 }
 
+/// Each decoder layer's cross-attention keys and values of `encoded` (`m` positions), each
+/// `[m, heads * head_dim]`. Stops when `interrupt` is raised.
+fn cross_key_values<S: EncoderDecoderStack>(
+    model: &S,
+    encoded: &[f32],
+    m: usize,
+    interrupt: Option<&Interrupt>,
+) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    let (layers, _, _) = model.decoder_attention();
+    let mut y = Vec::new();
+    (0..layers)
+        .map(|layer| {
+            let kv = model.cross_key_value_projection(layer);
+            kv.forward_checked(encoded, m, &mut y, interrupt)?;
+            let [k, v]: [Vec<f32>; 2] = kv.split(&y, m).try_into().expect("k, v");
+            Ok((k, v))
+        })
+        .collect()
+}
+
 /// Runs the encoder over `input` and opens a decoding session with one decoder row per input.
-pub(crate) fn start<S: EncoderDecoderStack>(
-    model: &Arc<S>,
-    input: &TokenBatch,
-) -> Result<Box<dyn Session>> {
+fn start<S: EncoderDecoderStack>(model: &Arc<S>, input: &TokenBatch) -> Result<Box<dyn Session>> {
     input.check_vocab("input_ids", model.encoder_vocab_size())?;
     if input.len == 0 {
         return Err(Error::InvalidInput(
@@ -107,7 +175,7 @@ pub(crate) fn start<S: EncoderDecoderStack>(
     let m = input.batch * input.len;
     let cross = model.pool().install(|| {
         let encoded = model.encode(input)?;
-        model.cross_key_values(&encoded, m, input.interrupt.as_deref())
+        cross_key_values(model.as_ref(), &encoded, m, input.interrupt.as_deref())
     })?;
     debug_assert!(cross.iter().all(|(k, _)| k.len() == m * heads * head_dim));
     Ok(Box::new(EncoderDecoderSession {

@@ -16,6 +16,7 @@ mod config_checks;
 mod decoder;
 mod decoder_block;
 mod encoder_decoder;
+mod encoder_decoder_block;
 pub mod gemma;
 pub mod gguf_config;
 pub mod gpt2;

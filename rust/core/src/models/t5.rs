@@ -10,16 +10,17 @@
 
 use std::sync::Arc;
 
-use super::attention::{Attention, KeyValues};
+use super::attention::Attention;
 use super::checkpoint::{self, tensor};
 use super::config_checks::{
     epsilon, get_bool, get_f64, get_str, get_usize, parse_object, positive, product,
 };
-use super::encoder_decoder::{self, EncoderDecoderStack, EncoderMemory};
+use super::encoder_decoder::{EncoderDecoderModel, EncoderDecoderStack, EncoderMemory};
+use super::encoder_decoder_block::{CrossAttention, SelfAttention};
 use super::kv_cache::KvCache;
 use super::registry::ModelConfig;
 use super::session::StepBuffers;
-use super::{add, gated_into, projection, Model, Session, StepInput, TokenBatch};
+use super::{add, gated_into, projection, Model, StepInput, TokenBatch};
 use crate::error::Result;
 use crate::format_err;
 use crate::formats::WeightSource;
@@ -202,7 +203,8 @@ impl ModelConfig for T5Config {
     }
 
     fn build(&self, weights: &dyn WeightSource, threads: usize) -> Result<Arc<dyn Model>> {
-        Ok(Arc::new(T5Model::load(self.clone(), weights, threads)?))
+        let weights = T5Weights::load(self.clone(), weights, threads)?;
+        Ok(Arc::new(EncoderDecoderModel::new(weights)))
     }
 }
 
@@ -237,58 +239,31 @@ pub fn relative_position_bucket(
     bucket as usize
 }
 
-/// Self-attention projections, `[q | k | v]` stacked into one product.
-struct SelfAttention {
-    qkv: LinearSet,
-    o: Linear,
+/// `{prefix}.q`, `.k`, `.v` and `.o`.
+fn self_attention(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<SelfAttention> {
+    let (d, inner) = (cfg.d_model, cfg.inner_dim());
+    Ok(SelfAttention {
+        qkv: LinearSet::new(vec![
+            linear(w, &format!("{prefix}.q"), inner, d)?,
+            linear(w, &format!("{prefix}.k"), inner, d)?,
+            linear(w, &format!("{prefix}.v"), inner, d)?,
+        ])?,
+        o: linear(w, &format!("{prefix}.o"), d, inner)?,
+    })
 }
 
-impl SelfAttention {
-    fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
-        let (d, inner) = (cfg.d_model, cfg.inner_dim());
-        Ok(SelfAttention {
-            qkv: LinearSet::new(vec![
-                linear(w, &format!("{prefix}.q"), inner, d)?,
-                linear(w, &format!("{prefix}.k"), inner, d)?,
-                linear(w, &format!("{prefix}.v"), inner, d)?,
-            ])?,
-            o: linear(w, &format!("{prefix}.o"), d, inner)?,
-        })
-    }
-
-    /// `(q, k, v)`, each `[m, inner]`, unless interrupted.
-    fn project(
-        &self,
-        x: &[f32],
-        m: usize,
-        interrupt: Option<&Interrupt>,
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let mut y = Vec::new();
-        self.qkv.forward_checked(x, m, &mut y, interrupt)?;
-        let [q, k, v]: [Vec<f32>; 3] = self.qkv.split(&y, m).try_into().expect("q, k, v");
-        Ok((q, k, v))
-    }
-}
-
-/// Cross-attention projections: queries from the decoder, `[k | v]` of the encoder output stacked.
-struct CrossAttention {
-    q: Linear,
-    kv: LinearSet,
-    o: Linear,
-}
-
-impl CrossAttention {
-    fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self> {
-        let (d, inner) = (cfg.d_model, cfg.inner_dim());
-        Ok(CrossAttention {
-            q: linear(w, &format!("{prefix}.q"), inner, d)?,
-            kv: LinearSet::new(vec![
-                linear(w, &format!("{prefix}.k"), inner, d)?,
-                linear(w, &format!("{prefix}.v"), inner, d)?,
-            ])?,
-            o: linear(w, &format!("{prefix}.o"), d, inner)?,
-        })
-    }
+/// `{prefix}.q`, `.k`, `.v` and `.o`: queries from the decoder, keys and values of the encoder
+/// output.
+fn cross_attention(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<CrossAttention> {
+    let (d, inner) = (cfg.d_model, cfg.inner_dim());
+    Ok(CrossAttention {
+        q: linear(w, &format!("{prefix}.q"), inner, d)?,
+        kv: LinearSet::new(vec![
+            linear(w, &format!("{prefix}.k"), inner, d)?,
+            linear(w, &format!("{prefix}.v"), inner, d)?,
+        ])?,
+        o: linear(w, &format!("{prefix}.o"), d, inner)?,
+    })
 }
 
 struct FeedForward {
@@ -386,17 +361,13 @@ struct T5Weights {
     pool: rayon::ThreadPool,
 }
 
-pub struct T5Model {
-    inner: Arc<T5Weights>,
-}
-
 /// A projection without bias (T5 has none).
 fn linear(w: &dyn WeightSource, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
     checkpoint::linear(w, prefix, out, inp, false)
 }
 
-impl T5Model {
-    pub fn load(cfg: T5Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
+impl T5Weights {
+    fn load(cfg: T5Config, w: &dyn WeightSource, threads: usize) -> Result<Self> {
         let (d, vocab) = (cfg.d_model, cfg.vocab_size);
         let embed_name = [
             "shared.weight",
@@ -423,7 +394,7 @@ impl T5Model {
                 let p = format!("encoder.block.{i}.layer");
                 Ok(EncoderLayer {
                     attn_norm: tensor(w, &format!("{p}.0.layer_norm.weight"), &[d])?,
-                    attn: SelfAttention::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
+                    attn: self_attention(w, &format!("{p}.0.SelfAttention"), &cfg)?,
                     ff_norm: tensor(w, &format!("{p}.1.layer_norm.weight"), &[d])?,
                     ff: FeedForward::load(w, &format!("{p}.1.DenseReluDense"), &cfg)?,
                 })
@@ -434,9 +405,9 @@ impl T5Model {
                 let p = format!("decoder.block.{i}.layer");
                 Ok(DecoderLayer {
                     self_norm: tensor(w, &format!("{p}.0.layer_norm.weight"), &[d])?,
-                    self_attn: SelfAttention::load(w, &format!("{p}.0.SelfAttention"), &cfg)?,
+                    self_attn: self_attention(w, &format!("{p}.0.SelfAttention"), &cfg)?,
                     cross_norm: tensor(w, &format!("{p}.1.layer_norm.weight"), &[d])?,
-                    cross_attn: CrossAttention::load(w, &format!("{p}.1.EncDecAttention"), &cfg)?,
+                    cross_attn: cross_attention(w, &format!("{p}.1.EncDecAttention"), &cfg)?,
                     ff_norm: tensor(w, &format!("{p}.2.layer_norm.weight"), &[d])?,
                     ff: FeedForward::load(w, &format!("{p}.2.DenseReluDense"), &cfg)?,
                 })
@@ -446,7 +417,7 @@ impl T5Model {
         // Both stacks have a first layer: the config's layer counts are positive.
         let encoder_bias = tensor(w, &bias_name("encoder"), &[nb, heads])?;
         let decoder_bias = tensor(w, &bias_name("decoder"), &[nb, heads])?;
-        let weights = T5Weights {
+        Ok(T5Weights {
             eps: cfg.layer_norm_epsilon as f32,
             encoder_norm: tensor(w, "encoder.final_layer_norm.weight", &[d])?,
             decoder_norm: tensor(w, "decoder.final_layer_norm.weight", &[d])?,
@@ -459,18 +430,9 @@ impl T5Model {
             lm_head,
             pool: build_pool(threads)?,
             cfg,
-        };
-        Ok(T5Model {
-            inner: Arc::new(weights),
         })
     }
 
-    pub fn config(&self) -> &T5Config {
-        &self.inner.cfg
-    }
-}
-
-impl T5Weights {
     fn embed(&self, ids: &[u32]) -> Vec<f32> {
         let d = self.cfg.d_model;
         let mut h = Vec::with_capacity(ids.len() * d);
@@ -541,42 +503,6 @@ impl T5Weights {
     }
 }
 
-impl Model for T5Model {
-    fn vocab_size(&self) -> usize {
-        self.inner.cfg.vocab_size
-    }
-
-    fn is_encoder_decoder(&self) -> bool {
-        true
-    }
-
-    fn decode_weight_bytes(&self) -> usize {
-        // Cross-attention keys and values are computed once per input, not per step.
-        let w = &self.inner;
-        let layers: usize = w
-            .decoder
-            .iter()
-            .map(|l| {
-                l.self_attn.qkv.weight_bytes()
-                    + l.self_attn.o.weight_bytes()
-                    + l.cross_attn.q.weight_bytes()
-                    + l.cross_attn.o.weight_bytes()
-                    + l.ff.wi.weight_bytes()
-                    + l.ff.wo.weight_bytes()
-            })
-            .sum();
-        layers + w.lm_head.weight_bytes()
-    }
-
-    fn pool(&self) -> &rayon::ThreadPool {
-        &self.inner.pool
-    }
-
-    fn start(&self, input: &TokenBatch) -> Result<Box<dyn Session>> {
-        encoder_decoder::start(&self.inner, input)
-    }
-}
-
 /// T5's step buffers beside the shared ones: the feed-forward's and the position bias table.
 #[derive(Default)]
 struct Scratch {
@@ -593,6 +519,20 @@ impl EncoderDecoderStack for T5Weights {
 
     fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
+    }
+
+    fn decode_weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .decoder
+            .iter()
+            .map(|l| {
+                l.self_attn.weight_bytes()
+                    + l.cross_attn.step_weight_bytes()
+                    + l.ff.wi.weight_bytes()
+                    + l.ff.wo.weight_bytes()
+            })
+            .sum();
+        layers + self.lm_head.weight_bytes()
     }
 
     fn decoder_attention(&self) -> (usize, usize, usize) {
@@ -615,19 +555,7 @@ impl EncoderDecoderStack for T5Weights {
             // Checked before each sublayer: a long input spends a fraction of a second in each.
             input.check_interrupt()?;
             let x = self.norm(&h, &layer.attn_norm);
-            let (q, k, v) = layer.attn.project(&x, m, interrupt)?;
-            let kv = KeyValues {
-                k: &k,
-                v: &v,
-                row_stride: l * inner,
-                head_stride: self.cfg.d_kv,
-                pos_stride: inner,
-                len: l,
-                mask: Some((&input.mask, l)),
-                row_map: None,
-            };
-            attn.run(&q, b, l, &kv, &mut ctx);
-            layer.attn.o.forward_checked(&ctx, m, &mut out, interrupt)?;
+            layer.attn.encode(&attn, &x, input, &mut ctx, &mut out)?;
             add(&mut h, &out);
             input.check_interrupt()?;
             let x = self.norm(&h, &layer.ff_norm);
@@ -636,22 +564,8 @@ impl EncoderDecoderStack for T5Weights {
         Ok(self.norm(&h, &self.encoder_norm))
     }
 
-    fn cross_key_values(
-        &self,
-        encoded: &[f32],
-        m: usize,
-        interrupt: Option<&Interrupt>,
-    ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        let mut y = Vec::new();
-        self.decoder
-            .iter()
-            .map(|layer| {
-                let kv = &layer.cross_attn.kv;
-                kv.forward_checked(encoded, m, &mut y, interrupt)?;
-                let [k, v]: [Vec<f32>; 2] = kv.split(&y, m).try_into().expect("k, v");
-                Ok((k, v))
-            })
-            .collect()
+    fn cross_key_value_projection(&self, layer: usize) -> &LinearSet {
+        &self.decoder[layer].cross_attn.kv
     }
 
     /// The decoder over one step's tokens (positions are the cache's own: T5 has no position ids).
@@ -691,19 +605,12 @@ impl EncoderDecoderStack for T5Weights {
             // Checked before each sublayer, as in the encoder.
             input.check_interrupt()?;
             rms_norm(&h, layer.self_norm.data(), w.eps, &mut b.x);
-            b.project_qkv(&layer.self_attn.qkv, m, input.interrupt)?;
-            cache.write(li, &b.k, &b.v);
-            self_attn.run(&b.q, rows, n, &cache.view(li), &mut b.ctx);
-            let o = &layer.self_attn.o;
-            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            layer.self_attn.step(&self_attn, li, n, cache, b)?;
             add(&mut h, &b.proj);
 
             input.check_interrupt()?;
             rms_norm(&h, layer.cross_norm.data(), w.eps, &mut b.x);
-            let (q, o) = (&layer.cross_attn.q, &layer.cross_attn.o);
-            q.forward_checked(&b.x, m, &mut b.q, input.interrupt)?;
-            cross_attn.run(&b.q, rows, n, &memory.key_values(li), &mut b.ctx);
-            o.forward_checked(&b.ctx, m, &mut b.proj, input.interrupt)?;
+            layer.cross_attn.step(&cross_attn, memory, li, rows, n, b)?;
             add(&mut h, &b.proj);
 
             input.check_interrupt()?;
