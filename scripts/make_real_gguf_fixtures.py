@@ -5,6 +5,11 @@ for tests/test_real_gguf.py.
     pip install torch transformers accelerate gguf llama-cpp-python   # used: see "versions" in the output
     python scripts/make_real_gguf_fixtures.py [--gguf PATH]
 
+With ``--model gemma3``, the same for Gemma 3 270M Q4_K_M into
+tests/fixtures/real/gemma-3-270m-q4_k_m.json (tokenizer cases with Gemma's specials and
+whitespace runs; the file has no chat template, so the greedy prompt is Gemma's user turn format,
+tokenized by transformers and checked against llama.cpp's own tokenization).
+
 Writes tests/fixtures/real/qwen2.5-coder-0.5b-q4_k_m.json:
 
 * ``tokenizer_cases``: transformers' ids (``AutoTokenizer.from_pretrained(dir, gguf_file=name)``,
@@ -170,10 +175,105 @@ def llama_cpp_greedy(gguf: Path, prompt_ids: list[int]) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ Gemma 3 270M
+
+GEMMA = next(m for m in MODELS if m.key == "gemma3")
+GEMMA_OUT = ROOT / "tests" / "fixtures" / "real" / "gemma-3-270m-q4_k_m.json"
+
+# The file carries no chat template (transformers has none to apply either): Gemma's turn format,
+# as Gemma 3's own template renders a user turn with the generation prompt.
+GEMMA_TURN = "<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n"
+GEMMA_GREEDY_CONTENT = "Write a short news report about AI"
+
+GEMMA_TOKENIZER_STRINGS = TOKENIZER_STRINGS + [
+    # Gemma's specials and turn markers inside text, whitespace runs (stored as real spaces in the
+    # file), a literal "▁"
+    "<start_of_turn>user\nHi there!<end_of_turn>\n<start_of_turn>model\n",
+    "<bos><eos><pad><mask><unk> <start_of_image><end_of_turn >",
+    "  two leading spaces", "a\n\n\nb", "x" * 40 + "  \t\t" + " " * 33 + "end",
+    "\u2581already\u2581spelled \u2581\u2581",
+]
+
+
+def gemma_main(gguf: Path) -> None:
+    import llama_cpp
+    import tokenizers
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    global TOKENIZER_STRINGS
+    TOKENIZER_STRINGS = GEMMA_TOKENIZER_STRINGS
+    cases = tokenizer_cases(tok)  # add_special_tokens=True: <bos> first
+    prompt = GEMMA_TURN.format(content=GEMMA_GREEDY_CONTENT)
+    ids = tok(prompt).input_ids
+    llm = llama_cpp.Llama(model_path=str(gguf), n_threads=LLAMA_THREADS, n_ctx=512, verbose=False)
+    own = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+    if own != ids:
+        raise SystemExit(f"llama.cpp tokenizes the prompt differently:\n{own}\nvs transformers'\n{ids}")
+    del llm
+    greedy = greedy_steps(gguf, ids)
+    greedy["transformers_argmax"] = transformers_argmax(gguf, ids, greedy["new_tokens"])
+    record = {
+        "model": {"file": GEMMA.file_name, "size_bytes": GEMMA.size, "sha256": GEMMA.sha256},
+        "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+                     "llama_cpp_python": llama_cpp.__version__},
+        "tokenizer_cases": cases,
+        "chat_prompt": {"text": prompt, "ids": ids},
+        "llama_cpp_greedy": greedy,
+    }
+    GEMMA_OUT.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {GEMMA_OUT.relative_to(ROOT)}")
+    print(greedy["text"])
+    print("smallest top-2 gaps:", sorted((g, i) for i, g in enumerate(greedy["top2_gap"]))[:5])
+
+
+def transformers_argmax(gguf: Path, prompt_ids: list[int], tokens: list[int]) -> list[int]:
+    """transformers' float32 model of the file (GGUF loader: weights dequantized) fed llama.cpp's
+    path: its argmax at each step. Where it differs from llama.cpp's token, llama.cpp's own
+    arithmetic (activations quantized to 8 bits per block) decided, not the model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + tokens])).logits[0]
+    n = len(prompt_ids)
+    return logits[n - 1 : n - 1 + len(tokens)].argmax(-1).tolist()
+
+
+def greedy_steps(gguf: Path, prompt_ids: list[int]) -> dict:
+    """llama_cpp_greedy's argmax path for a prompt given as ids (no template check)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(gguf), n_threads=LLAMA_THREADS, n_threads_batch=LLAMA_THREADS,
+                          n_ctx=512, verbose=False)
+    llm.eval(prompt_ids)
+    n_vocab = llm.n_vocab()
+    tokens, top2_ids, top2_values, gaps = [], [], [], []
+    for _ in range(GREEDY_NEW_TOKENS):
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).copy()
+        order = np.argsort(-logits, kind="stable")[:2]
+        tokens.append(int(order[0]))
+        top2_ids.append([int(i) for i in order])
+        top2_values.append([float(logits[i]) for i in order])
+        gaps.append(float(logits[order[0]] - logits[order[1]]))
+        llm.eval([int(order[0])])
+    return {"n_threads": LLAMA_THREADS, "prompt_ids": prompt_ids, "new_tokens": tokens,
+            "text": llm.detokenize(tokens).decode("utf-8", "replace"), "top2_ids": top2_ids,
+            "top2_logits": top2_values, "top2_gap": gaps}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gguf", type=Path, default=None, help=f"the Qwen file (default: $FASTTX_HOME/{QWEN.file_name})")
+    p.add_argument("--model", choices=["qwen2.5-coder", "gemma3"], default="qwen2.5-coder")
     args = p.parse_args()
+    if args.model == "gemma3":
+        gguf = (args.gguf or default_home() / GEMMA.file_name).expanduser().resolve()
+        if not gguf.is_file():
+            raise SystemExit(f"{gguf} not found: python scripts/fetch_models.py --only gemma3")
+        return gemma_main(gguf)
     gguf = (args.gguf or default_home() / QWEN.file_name).expanduser().resolve()
     if not gguf.is_file():
         raise SystemExit(f"{gguf} not found: python scripts/fetch_models.py --only qwen2.5-coder")

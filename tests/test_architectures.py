@@ -23,6 +23,12 @@ EXPECTED = {
     "qwen3": (False, "qwen3"),
     "smollm3": (False, None),
     "phi3": (False, "phi3"),
+    "gemma2": (False, "gemma2"),
+    "gemma3_text": (False, "gemma3"),
+    "bart": (True, None),
+    "mbart": (True, None),
+    "marian": (True, None),
+    "m2m_100": (True, None),
 }
 
 
@@ -40,6 +46,9 @@ def test_architectures_lists_each_model_type_once():
         ("qwen2", "max_position_embeddings"),
         ("gpt2", "n_positions"),
         ("gpt2_scaled", "n_positions"),
+        ("bart", "max_position_embeddings"),
+        ("marian", "max_position_embeddings"),
+        ("m2m100", "max_position_embeddings"),
     ],
 )
 def test_max_positions_is_the_configs(load_fixture_model, name, key):

@@ -228,7 +228,6 @@ def _tiny_meta() -> dict:
         (lambda m: m.pop("tokenizer.ggml.model"), "tokenizer.ggml.model is missing"),
         (lambda m: m.update({"tokenizer.ggml.model": "t5"}), "'t5' is not supported"),
         (lambda m: m.update({"tokenizer.ggml.model": "bert"}), "'bert' is not supported"),
-        (lambda m: m.update({"general.architecture": "gemma2"}), "gemma2"),
         (lambda m: m.pop("tokenizer.ggml.tokens"), "tokenizer.ggml.tokens"),
         (lambda m: m.update({"tokenizer.ggml.tokens": []}), "tokenizer.ggml.tokens"),
         (lambda m: m.update({"tokenizer.ggml.token_type": [1, 2]}), "token_type has 2 entries"),

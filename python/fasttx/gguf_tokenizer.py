@@ -17,6 +17,11 @@ What transformers (5.x) builds, and so what is reproduced here:
   tokens), a ``Metaspace`` pre-tokenizer that prepends "▁" to the first word only, and merges taken
   from the file or, as usual for these files, derived from the token scores. ``add_space_prefix`` is
   not consulted: transformers always prepends.
+* ``llama`` files of Gemma's architectures (``gemma``, ``gemma2``, ``gemma3``): Gemma's tokenizer
+  (transformers' ``GemmaTokenizer``): no prefix space, spaces written "▁" by a normalizer, a
+  ``Split(" ")`` pre-tokenizer, no ``Strip`` in the decoder. The file spells its whitespace-run
+  tokens with real spaces, which are re-spelled "▁..." first, and the merges are derived with the
+  tokens' file positions as their scores (Gemma's scores do not follow its merge order).
 * Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added
   tokens, then the named special tokens (bos/eos/unk/pad) are added if still missing; the
   post-processor adds BOS/EOS as ``add_bos_token``/``add_eos_token`` say (``llama`` files without
@@ -53,10 +58,8 @@ _USER_DEFINED = 4
 
 SUPPORTED_TOKENIZER_MODELS = ("gpt2", "llama")
 
-# Architectures whose SentencePiece vocabularies transformers builds differently from Llama's.
-# Gemma files need re-spelled whitespace tokens and position-ordered merges: not reproduced, so
-# refused rather than tokenized slightly wrong.
-_UNSUPPORTED_SPM_ARCHS = ("gemma", "gemma2", "gemma3")
+# Architectures whose SentencePiece vocabularies transformers builds as Gemma's (see _gemma).
+_GEMMA_ARCHS = ("gemma", "gemma2", "gemma3")
 
 # Split regexes of the byte-level families transformers recognises by `tokenizer.ggml.pre`. These
 # are data: they must be character-for-character those transformers uses, or words split differently.
@@ -154,13 +157,11 @@ def _tokenizer_model(meta: Mapping[str, Any]) -> str:
             f"(supported: {', '.join(SUPPORTED_TOKENIZER_MODELS)}); "
             "put the model's tokenizer.json next to the .gguf file to use it instead"
         )
-    arch = meta.get("general.architecture")
-    if kind == "llama" and arch in _UNSUPPORTED_SPM_ARCHS:
-        raise ModelFormatError(
-            f"the SentencePiece tokenizer of a GGUF {arch!r} model is not supported; "
-            "put the model's tokenizer.json next to the .gguf file"
-        )
     return kind
+
+
+def _is_gemma(meta: Mapping[str, Any], kind: str) -> bool:
+    return kind == "llama" and meta.get("general.architecture") in _GEMMA_ARCHS
 
 
 def _tokens(meta: Mapping[str, Any]) -> list[str]:
@@ -346,6 +347,29 @@ def _sentencepiece(meta: Mapping[str, Any], tokens: list[str]) -> tuple[Tokenize
     return tok, ["<s>", "</s>", "<unk>"]
 
 
+def _gemma_spelling(tokens: Sequence[str]) -> list[str]:
+    """Gemma files store a token of spaces only as real spaces; its vocabulary (and transformers)
+    spell them "▁"."""
+    return ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
+
+
+def _gemma(meta: Mapping[str, Any], tokens: list[str]) -> tuple[Tokenizer, list[str]]:
+    """Gemma's SentencePiece BPE as transformers' ``GemmaTokenizer`` builds it from the file (its
+    vocabulary re-spelled by the caller); returns the tokenizer and the class's default special
+    tokens."""
+    vocab = {token: index for index, token in enumerate(tokens)}
+    merges = _merges_from_file(meta)
+    if merges is None:
+        # Best first by file position: Gemma's scores do not follow its merge order.
+        merges = _merges_from_scores(tokens, [-float(i) for i in range(len(tokens))])
+    bpe = models.BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token="<unk>", byte_fallback=True, dropout=None)
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tok, ["<unk>", "<bos>", "<eos>", "<pad>", "<mask>"]
+
+
 def _add_tokens_like_transformers(
     tok: Tokenizer,
     tokens: Sequence[str],
@@ -436,6 +460,11 @@ def _build(metadata: Mapping[str, Any]) -> Tokenizer:
     named = _special_token_strings(metadata, tokens)
     if kind == "gpt2":
         tok, class_defaults = _byte_level(metadata, tokens)
+    elif _is_gemma(metadata, kind):
+        # The vocabulary is re-spelled, the added tokens below are not (transformers adds the
+        # file's user-defined whitespace tokens only if their file spelling is in the vocabulary:
+        # it is not, so they stay ordinary vocabulary entries).
+        tok, class_defaults = _gemma(metadata, _gemma_spelling(tokens))
     else:
         tok, class_defaults = _sentencepiece(metadata, tokens)
     _add_tokens_like_transformers(tok, tokens, types, class_defaults, named, byte_level=kind == "gpt2")

@@ -14,6 +14,7 @@ use super::gguf::{GgmlType, GgufFile};
 use super::WeightSource;
 use crate::error::Result;
 use crate::format_err;
+use crate::models::gemma::GGUF_NORMS_PLUS_ONE;
 use crate::tensor::{Bytes, QuantRows, Tensor, Weight};
 
 pub struct GgufAsHf {
@@ -23,6 +24,9 @@ pub struct GgufAsHf {
     n_head: usize,
     n_kv_head: usize,
     keep_quantized: bool,
+    /// Gemma's layout: its own norm names, and norm weights stored as `1 + w`
+    /// ([`crate::models::gemma::GGUF_NORMS_PLUS_ONE`]).
+    gemma: bool,
 }
 
 /// How the rows of a tensor must be reordered to reach transformers' layout.
@@ -43,7 +47,11 @@ impl GgufAsHf {
         n_kv_head: usize,
         keep_quantized: bool,
     ) -> Self {
+        let gemma = file
+            .architecture()
+            .is_some_and(|a| GGUF_NORMS_PLUS_ONE.contains(&a));
         GgufAsHf {
+            gemma,
             file,
             permuted_qk,
             n_head,
@@ -66,6 +74,11 @@ impl GgufAsHf {
         let rest = hf.strip_prefix("model.layers.")?;
         let (layer, leaf) = rest.split_once('.')?;
         let (module, suffix) = leaf.rsplit_once('.')?; // suffix: weight | bias
+        if self.gemma {
+            if let Some(gguf) = gemma_norm(module) {
+                return Some((format!("blk.{layer}.{gguf}.{suffix}"), Rows::AsStored));
+            }
+        }
         let (gguf, rows) = match module {
             "input_layernorm" => ("attn_norm", Rows::AsStored),
             "post_attention_layernorm" => ("ffn_norm", Rows::AsStored),
@@ -104,6 +117,19 @@ impl GgufAsHf {
     }
 }
 
+/// The GGUF name of a Gemma layer's norm (Gemma's `post_attention_layernorm` follows the
+/// attention, where Llama's of the same name precedes the feed-forward).
+fn gemma_norm(module: &str) -> Option<&'static str> {
+    Some(match module {
+        "post_attention_layernorm" => "post_attention_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        _ => return None,
+    })
+}
+
 /// transformers row `r` of a permuted projection comes from GGUF row `source_row(r)`.
 fn source_row(r: usize, rows: usize, heads: usize) -> usize {
     let hd = rows / heads;
@@ -140,6 +166,11 @@ impl WeightSource for GgufAsHf {
     fn tensor(&self, name: &str) -> Result<Tensor> {
         let (gguf, rows) = self.resolve(name)?;
         let t = self.file.tensor(&gguf)?;
+        if self.gemma && gguf.ends_with("norm.weight") {
+            // Back to transformers' `w`, as its GGUF loader does (`weights - 1`, in f32).
+            let data = t.data().iter().map(|x| x - 1.0).collect();
+            return Tensor::from_vec(t.shape().to_vec(), data);
+        }
         match rows {
             Rows::AsStored => Ok(t),
             Rows::Unpermute(heads) => {

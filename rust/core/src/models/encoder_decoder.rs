@@ -18,7 +18,14 @@ pub(crate) trait EncoderDecoderStack: Send + Sync + 'static {
     /// Step buffers beyond [`StepBuffers`] (the feed-forward's, a position bias table, ...).
     type Scratch: Default + Send;
 
+    /// The decoder's vocabulary: its token ids and the logits.
     fn vocab_size(&self) -> usize;
+
+    /// The encoder's vocabulary, where it differs from the decoder's (Marian with separate
+    /// source and target embeddings).
+    fn encoder_vocab_size(&self) -> usize {
+        self.vocab_size()
+    }
 
     /// The threads the encoder and every step run on.
     fn pool(&self) -> &rayon::ThreadPool;
@@ -90,7 +97,7 @@ pub(crate) fn start<S: EncoderDecoderStack>(
     model: &Arc<S>,
     input: &TokenBatch,
 ) -> Result<Box<dyn Session>> {
-    input.check_vocab("input_ids", model.vocab_size())?;
+    input.check_vocab("input_ids", model.encoder_vocab_size())?;
     if input.len == 0 {
         return Err(Error::InvalidInput(
             "input_ids are empty: the encoder needs at least one token".into(),

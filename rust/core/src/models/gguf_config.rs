@@ -231,3 +231,81 @@ pub fn phi3(file: &GgufFile, gguf: &GgufArchitecture) -> Result<Value> {
     }
     Ok(config)
 }
+
+/// Gemma 2 and Gemma 3 (llama.cpp's "gemma2" and "gemma3"): the Llama layout's keys, and what
+/// llama.cpp reads beside them. transformers' GGUF loader maps only the sliding window of these;
+/// the rest it leaves at its class defaults, which are the values of the released models where
+/// llama.cpp agrees with them, so the file's own values are taken here, as llama.cpp takes them:
+///
+/// * the attention scale: llama.cpp's `1/sqrt(head_dim)`, except for the 27B models
+///   (Gemma 2: 46 blocks; Gemma 3: 62), scaled by `hidden/heads`: as `query_pre_attn_scalar`;
+/// * Gemma 2's `attn_logit_softcapping` / `final_logit_softcapping` (defaults 50 / 30, as in
+///   both);
+/// * Gemma 3's local rotary base (`rope.freq_base_swa`, else 10000 in both), its global rotary
+///   scaling (`rope.scaling.*`), and a `attention.sliding_window_pattern` (a period, or one flag
+///   per layer) where a file gives one (else every 6th layer is global, in both).
+pub fn gemma_family(file: &GgufFile, gguf: &GgufArchitecture) -> Result<Value> {
+    let mut config = llama_family(file, gguf)?;
+    let keys = Keys {
+        file,
+        arch: gguf.name,
+    };
+    let gemma2 = gguf.name == "gemma2";
+    let big = if gemma2 { 46 } else { 62 };
+    let per_head = |c: &Value| -> Option<u64> {
+        let (h, n) = (
+            c["hidden_size"].as_u64()?,
+            c["num_attention_heads"].as_u64()?,
+        );
+        (n > 0).then(|| h / n)
+    };
+    let scalar = if config["num_hidden_layers"].as_u64() == Some(big) {
+        per_head(&config).map(|v| json!(v))
+    } else {
+        Some(config["head_dim"].clone())
+    };
+    let mut set = |k: &str, v: Value| {
+        config[k] = v;
+    };
+    if let Some(scalar) = scalar {
+        set("query_pre_attn_scalar", scalar);
+    }
+    if let Some(w) = keys.arch_int("attention.sliding_window")? {
+        set("sliding_window", w);
+    }
+    if let Some(cap) = keys.float(&keys.arch_key("attn_logit_softcapping"))? {
+        if gemma2 {
+            set("attn_logit_softcapping", cap);
+        }
+    }
+    if let Some(cap) = keys.float(&keys.arch_key("final_logit_softcapping"))? {
+        set("final_logit_softcapping", cap);
+    }
+    if !gemma2 {
+        if let Some(base) = keys.arch_float("rope.freq_base_swa")? {
+            set("rope_local_base_freq", base);
+        }
+        let pattern_key = keys.arch_key("attention.sliding_window_pattern");
+        match file.get(&pattern_key) {
+            None => {}
+            Some(MetaValue::Array(flags)) => {
+                let types = (0..flags.len())
+                    .map(|i| match flags.get(i).and_then(MetaValue::as_bool) {
+                        Some(true) => Ok(json!("sliding_attention")),
+                        Some(false) => Ok(json!("full_attention")),
+                        None => Err(format_err!(
+                            "{}: GGUF metadata {pattern_key} must hold booleans",
+                            file.path().display()
+                        )),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                set("layer_types", Value::Array(types));
+            }
+            Some(_) => {
+                let period = keys.int(&pattern_key)?;
+                set("sliding_window_pattern", period.unwrap_or(Value::Null));
+            }
+        }
+    }
+    Ok(config)
+}

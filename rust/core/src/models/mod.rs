@@ -10,9 +10,11 @@
 //! are [`decoder`] (decoder-only) and [`encoder_decoder`], over the pieces in [`session`].
 
 pub mod attention;
+pub mod bart;
 mod config_checks;
 mod decoder;
 mod encoder_decoder;
+pub mod gemma;
 pub mod gguf_config;
 pub mod gpt2;
 pub mod kv_cache;

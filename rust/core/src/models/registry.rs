@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
+use super::gemma::{GemmaConfig, GemmaVersion};
 use super::llama::{LlamaConfig, LlamaDefaults};
-use super::{gguf_config, gpt2, mistral, phi3, qwen3, smollm3, t5, Model};
+use super::{bart, gguf_config, gpt2, mistral, phi3, qwen3, smollm3, t5, Model};
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::WeightSource;
@@ -147,6 +148,63 @@ pub static ARCHITECTURES: &[Architecture] = &[
             config: gguf_config::phi3,
         }),
         config: phi3::config,
+    },
+    Architecture {
+        model_type: "gemma2",
+        encoder_decoder: false,
+        gguf: Some(GgufArchitecture {
+            name: "gemma2",
+            permuted_qk: false,
+            config: gguf_config::gemma_family,
+        }),
+        config: |_, json| {
+            Ok(Box::new(GemmaConfig::from_json(
+                GemmaVersion::Gemma2,
+                json,
+            )?))
+        },
+    },
+    Architecture {
+        // Gemma 3's text model (`Gemma3ForCausalLM`); llama.cpp's "gemma3" files hold only it.
+        model_type: "gemma3_text",
+        encoder_decoder: false,
+        gguf: Some(GgufArchitecture {
+            name: "gemma3",
+            permuted_qk: false,
+            config: gguf_config::gemma_family,
+        }),
+        config: |_, json| {
+            Ok(Box::new(GemmaConfig::from_json(
+                GemmaVersion::Gemma3,
+                json,
+            )?))
+        },
+    },
+    // The BART family (models/bart.rs): one layer stack, the model type choosing its variant.
+    Architecture {
+        model_type: "bart",
+        encoder_decoder: true,
+        gguf: None,
+        config: |arch, json| Ok(Box::new(bart::BartConfig::from_json(arch, json)?)),
+    },
+    Architecture {
+        model_type: "mbart",
+        encoder_decoder: true,
+        gguf: None,
+        config: |arch, json| Ok(Box::new(bart::BartConfig::from_json(arch, json)?)),
+    },
+    Architecture {
+        model_type: "marian",
+        encoder_decoder: true,
+        gguf: None,
+        config: |arch, json| Ok(Box::new(bart::BartConfig::from_json(arch, json)?)),
+    },
+    Architecture {
+        // M2M100 and NLLB (whose checkpoints are `m2m_100` models).
+        model_type: "m2m_100",
+        encoder_decoder: true,
+        gguf: None,
+        config: |arch, json| Ok(Box::new(bart::BartConfig::from_json(arch, json)?)),
     },
 ];
 
