@@ -106,7 +106,7 @@ def fasttx_scores(model, case: dict, scores: np.ndarray) -> np.ndarray:
     if opts.do_sample:
         scores = np.asarray(model._native.warp_rows(np.ascontiguousarray(scores), *processors.warpers(opts, beam=beam)))
     if beam and opts.renormalize_logits:
-        scores = processors.renormalize(scores, model._native)
+        scores = processors.renormalize(scores)
     return scores
 
 

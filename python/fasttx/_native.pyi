@@ -83,9 +83,6 @@ class NativeModel:
     ) -> npt.NDArray[np.float32]:
         """``scores`` after the warpers of ``sample_rows``: removed tokens are -inf (beam sampling
         warps its log-probabilities with it)."""
-    def log_softmax_rows(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The log-softmax of each row of ``scores`` [rows, vocab] (``renormalize_logits``); -inf
-        entries stay -inf."""
 
 def memory_bandwidth(threads: int, megabytes: int = 1024) -> float:
     """The machine's memory read bandwidth in GB/s (best of parallel reads of a buffer)."""

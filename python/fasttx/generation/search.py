@@ -242,7 +242,7 @@ def beam_search(
             check_temperature(log_probs, opts.temperature, step)
             log_probs = native_model.warp_rows(np.ascontiguousarray(log_probs, dtype=np.float32), *warpers)
         if opts.renormalize_logits:
-            log_probs = processors.renormalize(log_probs, native_model)
+            log_probs = processors.renormalize(log_probs)
         scores = (log_probs.reshape(batch, K, vocab) + running_scores[:, :, None]).reshape(batch, K * vocab)
         scores = np.ascontiguousarray(scores, dtype=np.float32)
         if opts.do_sample:

@@ -208,27 +208,6 @@ impl NativeModel {
         data.into_pyarray(py).reshape([rows, width])
     }
 
-    /// The log-softmax of each row of `scores` `[rows, vocab]` (transformers' `LogitNormalization`,
-    /// `renormalize_logits`); `-inf` entries stay `-inf`; runs on this model's threads.
-    fn log_softmax_rows<'py>(
-        &self,
-        py: Python<'py>,
-        scores: PyReadonlyArray2<'py, f32>,
-    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let (rows, width) = scores.as_array().dim();
-        let mut data = scores_vec(&scores);
-        if width > 0 {
-            let model = self.model.clone();
-            data = run_native(py, move || {
-                model
-                    .pool()
-                    .install(|| fasttx_core::decoding::log_softmax_rows(&mut data, width));
-                Ok::<_, Error>(data)
-            })?;
-        }
-        data.into_pyarray(py).reshape([rows, width])
-    }
-
     /// Starts a session over `input_ids` `[batch, len]` (encoder input for encoder-decoder models).
     #[pyo3(signature = (input_ids, attention_mask=None))]
     fn start(
