@@ -18,11 +18,14 @@ from fasttx.bench import (
     bandwidth,
     benchmark,
     charts,
+    decoders,
     machine,
+    marian,
     report,
     runner,
     schedule,
     qwen_coder,
+    random_model,
     smollm2,
     stats,
     t5,
@@ -307,6 +310,89 @@ def test_qwen_coder_long_prompt_is_512_tokens_with_the_template_intact():
     assert text.endswith("</s>\n<s>assistant\n")
 
 
+def test_parse_marian_defaults():
+    args = bench.parse_args(["marian", "--threads", "2"])
+    assert args.benchmark == "marian"
+    assert args.runtimes == ["fasttx", "fasttx-int8", "pytorch", "ctranslate2", "ctranslate2-int8"]
+    assert args.workloads == ["beam4_b1", "greedy_b32"]
+    assert (args.new_tokens, args.out, args.thread_counts) == (64, "BENCHMARKS-marian.json", [1, 2])
+    assert args.model_dir.is_absolute() and args.model_dir.name == "opus-mt-en-de-random"
+    assert [marian.BENCHMARK.options(wl, 64)["num_beams"] for wl in args.workloads] == [4, 1]
+    assert all(marian.BENCHMARK.options(wl, 64)["min_new_tokens"] == 64 for wl in args.workloads)
+
+
+@pytest.mark.parametrize("name, model_dir", [("qwen3", "qwen3-0.6b-random"), ("gemma3", "gemma-3-270m-random")])
+def test_parse_decoder_shape_defaults(name, model_dir):
+    args = bench.parse_args([name, "--threads-list", "1,2", "--repeats", "2"])
+    assert args.benchmark == name
+    assert (args.runtimes, args.workloads) == (["fasttx", "pytorch"], ["greedy_b1", "prompt512_b1"])
+    assert (args.new_tokens, args.repeats, args.out) == (128, 2, f"BENCHMARKS-{name}.json")
+    assert args.model_dir.name == model_dir
+
+
+def test_marian_inputs_and_converter_vocabulary():
+    pool = marian.make_inputs()
+    assert len(pool) == 32 and {len(row) for row in pool} == {marian.SOURCE_LEN}
+    assert all(row[-1] == marian.EOS and marian.EOS not in row[:-1] for row in pool)  # as MarianTokenizer ends a source
+    assert all(marian.UNK not in row and marian.PAD not in row for row in pool)
+    assert marian.BENCHMARK.workload_inputs("beam4_b1", pool) == pool[:1]
+    assert marian.BENCHMARK.workload_inputs("greedy_b32", pool) == pool
+    tok = marian.vocab_tokenizer(marian.VOCAB_SIZE)
+    vocab = tok.get_vocab()
+    assert len(vocab) == marian.VOCAB_SIZE
+    assert (vocab["</s>"], vocab["<unk>"], vocab["<pad>"], vocab["tok2"]) == (0, 1, marian.VOCAB_SIZE - 1, 2)
+    assert (tok.eos_token, tok.unk_token, tok.pad_token) == ("</s>", "<unk>", "<pad>")
+    assert tok.convert_ids_to_tokens([0, 5]) == ["</s>", "tok5"]
+    # T5's stand-in keeps the ids it always had.
+    assert t5.vocab_tokenizer(32128).convert_ids_to_tokens([0, 1, 2, 3]) == ["<pad>", "</s>", "<unk>", "tok3"]
+    # The generation defaults every runtime applies are opus-mt-en-de's.
+    assert marian.GENERATION_CONFIG["bad_words_ids"] == [[marian.PAD]] and marian.GENERATION_CONFIG["renormalize_logits"]
+
+
+def test_decoder_prompts():
+    pool = decoders.QWEN3.inputs(None)
+    assert [len(pool[wl]) for wl in ("greedy_b1", "prompt512_b1")] == [32, 512]
+    assert all(decoders.PROMPT_ID_RANGE[0] <= i < decoders.PROMPT_ID_RANGE[1] for ids in pool.values() for i in ids)
+    assert decoders.QWEN3.workload_inputs("prompt512_b1", pool) == [pool["prompt512_b1"]]
+    assert decoders.GEMMA3.inputs(None) == pool  # the same prompts for both shapes
+    layers = decoders.GEMMA3_CONFIG["layer_types"]
+    assert [i for i, t in enumerate(layers) if t == "full_attention"] == [5, 11, 17]  # gemma-3-270m's pattern 6
+
+
+@pytest.mark.parametrize("bench_module, name", [(marian, "marian"), (decoders, "qwen3"), (decoders, "gemma3")])
+def test_random_model_skipped_with_advice_without_torch(bench_module, name, tmp_path, monkeypatch):
+    """Without torch and transformers the random model cannot be built: the run stops with the
+    packages to install (or --model-dir with a model built earlier), before any worker starts."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    b = bench.BENCHMARKS[name]
+    args = bench.parse_args([name, "--threads", "1", "--model-dir", str(tmp_path / "m")])
+    with pytest.raises(SystemExit, match="pip install torch transformers.*--model-dir"):
+        b.prepare(args, list(args.runtimes), {})
+    assert not (tmp_path / "m").exists()
+
+
+def test_marian_ctranslate2_skipped_when_not_importable(tmp_path, monkeypatch, capsys):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"")
+    (model_dir / random_model.STAMP).write_text(json.dumps(marian.RECIPE))  # a model built earlier
+    assert random_model.recipe_matches(model_dir, marian.RECIPE)
+    assert not random_model.recipe_matches(model_dir, {**marian.RECIPE, "seed": 1})  # another recipe: rebuilt
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)
+    args = bench.parse_args(["marian", "--threads", "1", "--model-dir", str(model_dir)])
+    skipped: dict = {}
+    assert marian.BENCHMARK.prepare(args, list(args.runtimes), skipped) == ["fasttx", "fasttx-int8", "pytorch"]
+    assert set(skipped) == {"ctranslate2", "ctranslate2-int8"}
+    assert skipped["ctranslate2"].startswith("import ctranslate2 failed")
+    assert "SKIP ctranslate2-int8: import ctranslate2 failed" in capsys.readouterr().out
+
+
+def test_sharded_random_model_counts_as_built(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    (tmp_path / random_model.STAMP).write_text(json.dumps({"v": 1}))
+    assert random_model.recipe_matches(tmp_path, {"v": 1})
+
+
 def test_parse_worker_takes_its_one_thread_count():
     args = bench.parse_args(["t5", "--worker", "fasttx", "--threads", "2", "--model-dir", "/m/t5"])
     assert (args.worker, args.threads) == ("fasttx", 2)
@@ -316,8 +402,8 @@ def test_parse_worker_takes_its_one_thread_count():
 def test_parse_all_runs_every_benchmark(tmp_path):
     args = bench.parse_args(["all", "--threads", "2", "--repeats", "3", "--out-dir", str(tmp_path),
                              "--gguf", "/m/smol.gguf"])
-    assert [name for name, _ in args.plan] == ["t5", "smollm2", "qwen2.5-coder"]
-    (_, t5_args), (_, smol_args), (_, qwen_args) = args.plan
+    assert [name for name, _ in args.plan] == ["t5", "smollm2", "qwen2.5-coder", "marian", "qwen3", "gemma3"]
+    (_, t5_args), (_, smol_args), (_, qwen_args), *_ = args.plan
     assert (t5_args.thread_counts, t5_args.repeats, t5_args.out) == ([1, 2], 3, str(tmp_path / "t5.json"))
     assert t5_args.workloads == ["greedy_b1", "beam4_b1", "greedy_b8"]
     assert (smol_args.thread_counts, smol_args.repeats, smol_args.out) == ([1, 2], 3, str(tmp_path / "smollm2.json"))
@@ -336,7 +422,9 @@ def test_parse_all_runs_every_benchmark(tmp_path):
                                   ["bert"], ["scaling"], ["t5", "--bandwidth-mb", "-1"], ["all", "--bandwidth-mb", "-1"],
                                   ["t5", "--threads-list", "0,2"], ["t5", "--threads-list", "two"],
                                   ["smollm2", "--threads", "2", "--threads-list", "1,2"], ["smollm2", "--threads", "0"],
-                                  ["t5", "--repeats", "-1"], ["t5", "--new-tokens", "0"]])
+                                  ["t5", "--repeats", "-1"], ["t5", "--new-tokens", "0"],
+                                  ["marian", "--workloads", "greedy_b8"], ["qwen3", "--runtimes", "llama.cpp"],
+                                  ["gemma3", "--workloads", "beam4_b1"]])
 def test_parse_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.parse_args(argv)
@@ -347,7 +435,7 @@ def test_cli_routes_bench_to_the_package():
     proc = subprocess.run([sys.executable, "-m", "fasttx", "bench", "--help"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "{t5,smollm2,qwen2.5-coder,all}" in proc.stdout
+    assert "{t5,smollm2,qwen2.5-coder,marian,qwen3,gemma3,all}" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "fasttx", "bench", "t5", "--workloads", "nope"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "unknown workload 'nope'" in proc.stderr
@@ -394,6 +482,12 @@ def test_worker_commands():
     args = Namespace(model_dir=Path("/m/t5"), gguf=Path("/m/s.gguf"), llama_cpp_no_repack=False)
     cmd = workers.worker_command(t5.BENCHMARK, "fasttx", args, 2)
     assert cmd == [sys.executable, "-m", "fasttx.bench", "t5", "--worker", "fasttx", "--threads", "2",
+                   "--model-dir", "/m/t5"]
+    cmd = workers.worker_command(marian.BENCHMARK, "pytorch", args, 2)
+    assert cmd[3:] == [str(workers.PACKAGE_ROOT / "fasttx"), "marian", "--worker", "pytorch", "--threads", "2",
+                       "--model-dir", "/m/t5"]
+    cmd = workers.worker_command(decoders.GEMMA3, "fasttx", args, 1)
+    assert cmd == [sys.executable, "-m", "fasttx.bench", "gemma3", "--worker", "fasttx", "--threads", "1",
                    "--model-dir", "/m/t5"]
     cmd = workers.worker_command(smollm2.BENCHMARK, "llama.cpp", args, 1)
     assert cmd[:2] == [sys.executable, "-c"] and cmd[2] == workers._STUB_BOOTSTRAP

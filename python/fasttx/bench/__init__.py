@@ -3,6 +3,8 @@
     fasttx bench t5      [--threads N | --threads-list 1,2,4] [--repeats R] [--out FILE] [...]   # T5 (t5-small shape)
     fasttx bench smollm2 [--threads N | --threads-list 1,2,4] [--repeats R] [--out FILE] [...]   # SmolLM2-135M-Instruct
     fasttx bench qwen2.5-coder [...]                                   # Qwen2.5-Coder-0.5B-Instruct Q4_K_M
+    fasttx bench marian [...]                                          # Marian (opus-mt-en-de shape)
+    fasttx bench qwen3 [...] / fasttx bench gemma3 [...]               # decoder shapes in float32
     fasttx bench all     [--threads N] [--repeats R] [--out-dir DIR]                             # all, one after the other
 
 Every runtime (fasttx and the references: PyTorch, CTranslate2, llama.cpp) runs at every thread
@@ -19,7 +21,9 @@ The modules, one concern each:
 
 - ``cli``: the parser and the dispatch; ``benchmark``: what a benchmark defines, and the options
   every one shares; ``t5``, ``smollm2``: the benchmarks (model, workloads, runtimes),
-  ``qwen_coder`` the SmolLM2 one on the real Qwen2.5-Coder Q4_K_M file;
+  ``qwen_coder`` the SmolLM2 one on the real Qwen2.5-Coder Q4_K_M file; ``marian`` the T5 one on
+  the opus-mt-en-de shape; ``decoders`` the Qwen3 and Gemma 3 shapes; ``random_model``: building
+  (and converting for CTranslate2) the random-weight models these benchmarks of a shape use;
   ``runtimes``: the fasttx and PyTorch runtime wrappers both use.
 - ``runner``: a whole run (the thread sweep, then the report); ``workers``: starting the worker
   processes; ``protocol``: the JSON-lines protocol, both ends; ``schedule``: warm-up and

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import qwen_coder, smollm2, t5
+from . import decoders, marian, qwen_coder, smollm2, t5
 from .benchmark import add_report_arguments, add_thread_arguments
 
 # name -> Benchmark (add_arguments, finish_args, run)
-BENCHMARKS = {"t5": t5.BENCHMARK, "smollm2": smollm2.BENCHMARK, "qwen2.5-coder": qwen_coder.BENCHMARK}
+BENCHMARKS = {"t5": t5.BENCHMARK, "smollm2": smollm2.BENCHMARK, "qwen2.5-coder": qwen_coder.BENCHMARK,
+              "marian": marian.BENCHMARK, "qwen3": decoders.QWEN3, "gemma3": decoders.GEMMA3}
 
 
 def _first_line(doc: Optional[str]) -> str:

@@ -39,12 +39,10 @@ What it does
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import traceback
 from pathlib import Path
 
-from .benchmark import Benchmark
+from .random_model import RandomModelBenchmark, VocabOnlyTokenizer, convert_ct2_once
 from .runtimes import FasttxRuntime, TorchRuntime
 
 # ---------------------------------------------------------------------------
@@ -122,93 +120,23 @@ def make_inputs() -> list[list[int]]:
     return ids.tolist()
 
 
-def workload_inputs(name: str, pool: list[list[int]]) -> list[list[int]]:
-    batch, _ = WORKLOADS[name]
-    return pool[:batch]
-
-
 # ---------------------------------------------------------------------------
-# Model preparation (parent process, cached on disk)
+# Model preparation (parent process, cached on disk; see ``random_model``)
 # ---------------------------------------------------------------------------
 
 
-def _recipe_matches(model_dir: Path) -> bool:
-    stamp = model_dir / "bench_recipe.json"
-    return (
-        (model_dir / "model.safetensors").is_file()
-        and stamp.is_file()
-        and json.loads(stamp.read_text()) == RECIPE
-    )
+def make_model():
+    """The random t5-small-shaped model (float32, seeded)."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
 
-
-def build_hf_model(model_dir: Path) -> None:
-    """Build and save the random t5-small-shaped model unless a matching cache exists."""
-    if _recipe_matches(model_dir):
-        return
-    try:
-        import torch
-        from transformers import T5Config, T5ForConditionalGeneration
-    except ImportError as exc:
-        raise SystemExit(
-            f"fasttx bench t5: building the benchmark model in {model_dir} needs torch and "
-            f"transformers ({exc}); install them (pip install torch transformers) or pass "
-            "--model-dir with a model built earlier"
-        ) from exc
-
-    print(f"building random t5-small-shaped model in {model_dir} ...", flush=True)
     torch.manual_seed(MODEL_SEED)
-    config = T5Config(decoder_start_token_id=0)
-    model = T5ForConditionalGeneration(config).eval().to(torch.float32)
-    # Build in a temporary sibling and rename: an interrupted run never leaves a
-    # half-written directory that a later run would take for a valid cache.
-    tmp = Path(tempfile.mkdtemp(prefix=model_dir.name + ".tmp", dir=model_dir.parent))
-    model.save_pretrained(tmp)
-    (tmp / "bench_recipe.json").write_text(json.dumps(RECIPE))
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)
+    return T5ForConditionalGeneration(T5Config(decoder_start_token_id=0)).eval().to(torch.float32)
 
 
-class _VocabOnlyTokenizer:
-    """The part of a T5 tokenizer CTranslate2's converter reads.
-
-    The benchmark model has no trained tokenizer (the runtimes get token ids), but the
-    converter insists on one to name the vocabulary.  Synthetic names keep the id ->
-    token mapping one-to-one; the special tokens keep T5's ids (pad 0, eos 1, unk 2).
-    """
-
-    pad_token, eos_token, unk_token = "<pad>", "</s>", "<unk>"
-
-    def __init__(self, vocab_size: int):
-        self.tokens = [self.pad_token, self.eos_token, self.unk_token]
-        self.tokens += [f"tok{i}" for i in range(3, vocab_size)]
-
-    def get_vocab(self) -> dict:
-        return {token: i for i, token in enumerate(self.tokens)}
-
-    def convert_ids_to_tokens(self, ids):
-        return self.tokens[ids] if isinstance(ids, int) else [self.tokens[i] for i in ids]
-
-
-def convert_ct2(model_dir: Path, ct2_dir: Path) -> None:
-    """Convert the HF directory to CTranslate2 (float32) unless already done."""
-    stamp = ct2_dir / "bench_recipe.json"
-    if (ct2_dir / "model.bin").is_file() and stamp.is_file():
-        if json.loads(stamp.read_text()) == RECIPE:
-            return
-    import ctranslate2.converters
-    from transformers import AutoConfig
-
-    vocab_size = AutoConfig.from_pretrained(model_dir).vocab_size
-
-    class Converter(ctranslate2.converters.TransformersConverter):
-        def load_tokenizer(self, *args, **kwargs):
-            return _VocabOnlyTokenizer(vocab_size)
-
-    print(f"converting to CTranslate2 float32 in {ct2_dir} ...", flush=True)
-    # quantization=None keeps the stored dtype (float32).
-    Converter(str(model_dir)).convert(str(ct2_dir), quantization=None, force=True)
-    stamp.write_text(json.dumps(RECIPE))
+def vocab_tokenizer(vocab_size: int) -> VocabOnlyTokenizer:
+    """CTranslate2's stand-in tokenizer: T5's special tokens at their ids (pad 0, eos 1, unk 2)."""
+    return VocabOnlyTokenizer(vocab_size, {0: "<pad>", 1: "</s>", 2: "<unk>"}, {"pad": 0, "eos": 1, "unk": 2})
 
 
 def ct2_dir_for(model_dir: Path) -> Path:
@@ -233,11 +161,14 @@ class FasttxInt8Runtime(FasttxRuntime):
 
 
 class PytorchRuntime(TorchRuntime):
+    model_class = "T5ForConditionalGeneration"  # the transformers class that loads the directory
+
     def __init__(self, model_dir: Path, ct2_dir: Path, threads: int):
         super().__init__(threads)
-        from transformers import T5ForConditionalGeneration
+        import transformers
 
-        self.model = T5ForConditionalGeneration.from_pretrained(str(model_dir), dtype=self.torch.float32).eval()
+        model_class = getattr(transformers, self.model_class)
+        self.model = model_class.from_pretrained(str(model_dir), dtype=self.torch.float32).eval()
 
     def first_new_column(self, input_ids) -> int:
         return 1  # column 0 is the decoder start token, not a generated one
@@ -321,7 +252,7 @@ RUNTIME_CLASSES = {
 # ---------------------------------------------------------------------------
 
 
-class T5Benchmark(Benchmark):
+class T5Benchmark(RandomModelBenchmark):
     name = "t5"
     runtimes = RUNTIMES
     labels = RUNTIME_LABELS
@@ -340,18 +271,22 @@ class T5Benchmark(Benchmark):
     bandwidth_note = ("T5 uses the decode tokens/s (the encoder and first step taken out); "
                       "beam4_b1 reads the weights once per step for its 4 beams")
 
-    def add_model_arguments(self, p):
-        p.add_argument("--model-dir", type=Path, default=Path(DEFAULT_MODEL_DIR).expanduser(),
-                       help=f"where the random model is built once (default {DEFAULT_MODEL_DIR})")
+    # What a benchmark of another encoder-decoder shape (``marian``) gives instead.
+    recipe = RECIPE
+    default_model_dir = DEFAULT_MODEL_DIR
+    source_len = SOURCE_LEN
+    input_seed = INPUT_SEED
+    runtime_classes = RUNTIME_CLASSES
 
-    def finish_args(self, args, p):
-        args.model_dir = Path(args.model_dir).expanduser().absolute()
-        return super().finish_args(args, p)
+    def make_model(self):
+        return make_model()
+
+    def vocab_tokenizer(self, vocab_size):
+        return vocab_tokenizer(vocab_size)
 
     def prepare(self, args, runtimes, skipped):
         """Build / convert what the chosen runtimes need; returns the runnable runtimes."""
-        args.model_dir.parent.mkdir(parents=True, exist_ok=True)
-        build_hf_model(args.model_dir)
+        self.build(args)
         runtimes = list(runtimes)
         ct2 = [r for r in runtimes if r.startswith("ctranslate2")]
         if ct2:
@@ -362,7 +297,8 @@ class T5Benchmark(Benchmark):
                 reason = f"import ctranslate2 failed: {exc!r}"
             else:
                 try:
-                    convert_ct2(args.model_dir, ct2_dir_for(args.model_dir))
+                    convert_ct2_once(args.model_dir, ct2_dir_for(args.model_dir), self.recipe,
+                                     self.vocab_tokenizer)
                 except Exception:
                     reason = "conversion failed:\n" + traceback.format_exc()
             if reason is not None:
@@ -372,43 +308,35 @@ class T5Benchmark(Benchmark):
                     runtimes.remove(r)
         return runtimes
 
-    def worker_args(self, args):
-        return ["--model-dir", str(args.model_dir)]
-
-    def model_path(self, args):
-        return str(args.model_dir)
-
     def inputs(self, args):
         return make_inputs()
 
     def workload_inputs(self, workload, pool):
-        return workload_inputs(workload, pool)
+        return pool[: self.workloads[workload]["batch"]]
 
     def options(self, workload, new_tokens):
-        return generation_options(WORKLOADS[workload][1], new_tokens)
+        return generation_options(self.workloads[workload]["num_beams"], new_tokens)
 
     def report_fields(self, args, pool):
         return {
-            # The model's name only: where it was built is this machine's business.
-            "model": {"name": args.model_dir.name, "recipe": RECIPE},
+            "model": self.model_field(args),
             "setup": {
-                "source_len": SOURCE_LEN, "new_tokens": args.new_tokens,
-                "input_seed": INPUT_SEED, "repeats": args.repeats, "thread_counts": args.thread_counts,
-                "workloads": {wl: {"batch": WORKLOADS[wl][0], "num_beams": WORKLOADS[wl][1]}
-                              for wl in args.workloads},
+                "source_len": self.source_len, "new_tokens": args.new_tokens,
+                "input_seed": self.input_seed, "repeats": args.repeats, "thread_counts": args.thread_counts,
+                "workloads": {wl: self.workloads[wl] for wl in args.workloads},
                 "schedule": "for each thread count: persistent worker per runtime; warm-up, then "
                             "round-robin per repeat and workload with rotating runtime order",
             },
         }
 
     def print_header(self, args):
-        return f"{SOURCE_LEN} source tokens, {args.new_tokens} new tokens, {args.repeats} repeats"
+        return f"{self.source_len} source tokens, {args.new_tokens} new tokens, {args.repeats} repeats"
 
     def runtime_class(self, runtime):
-        return RUNTIME_CLASSES[runtime]
+        return self.runtime_classes[runtime]
 
     def make_runtime(self, runtime, args):
-        return RUNTIME_CLASSES[runtime](args.model_dir, ct2_dir_for(args.model_dir), args.threads)
+        return self.runtime_classes[runtime](args.model_dir, ct2_dir_for(args.model_dir), args.threads)
 
 
 BENCHMARK = T5Benchmark()
