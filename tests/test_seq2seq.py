@@ -226,7 +226,7 @@ def int8_model():
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_int8_logits_close_to_transformers(int8_model, name):
-    """Bounds about twice what was measured (re-measured with the regenerated fixtures) on these fixtures, relative to the
+    """Bounds about twice what was measured on these fixtures (as regenerated), relative to the
     largest reference logit: max error 0.039-0.225 (Marian's long case the largest: swish and the
     sqrt(d_model) embedding scale amplify the quantization error), mean 0.0051-0.024. Top-1
     agreement is asked only where the reference top-1/top-2 gap exceeds 0.1 of the scale: these
