@@ -34,7 +34,9 @@ class Model:
 
     - a prompt may hold at most ``max_positions`` tokens; on a model with learned positions
       (GPT-2) the prompt plus ``max_new_tokens`` too (rotary-position models generate past it when
-      asked to, as in transformers);
+      asked to, as in transformers); an encoder-decoder model with a bounded position table (BART,
+      mBART, Marian) takes encoder inputs of at most ``max_positions`` tokens and at most
+      ``max_positions`` new tokens;
     - the rows of a call (inputs x ``num_beams``, or x ``num_return_sequences`` when sampling) times
       the positions they may reach (prompt plus new tokens, up to ``max_positions``) must fit the
       machine's physical memory for their KV cache, token ids and logits;
@@ -356,6 +358,8 @@ class Model:
                     "this model has (learned position embeddings end there): lower max_new_tokens "
                     f"to at most {limit - longest}"
                 )
+        elif self._native.max_positions_is_hard and self.max_positions is not None:
+            self._check_encoder_decoder_positions(ids.shape[1], budget)
         session = self._native.start(ids, mask)
         self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts)
         # The cache's room for every position the request may reach, at once: it then never grows
@@ -363,6 +367,26 @@ class Model:
         session.reserve(self._reachable_positions(prompt_len, budget))
         prompt = self._decoder_prompt(ids, mask, opts, copies)
         return session, prompt, budget
+
+    def _check_encoder_decoder_positions(self, width: int, budget: int) -> None:
+        """Refuses a request that would pass a bounded position table (BART and mBART learn
+        theirs, Marian's sinusoids are a fixed table): an encoder input wider than the table
+        (padding included: these models number the padded columns too), or a new-token budget
+        whose decoder steps would read past it. The decoder reads positions 0..budget-1: the start
+        token, then each new token but the last (never fed back), as in transformers, which stops
+        with an IndexError mid-generation where this refuses up front."""
+        limit = self.max_positions
+        if width > limit:
+            raise ValueError(
+                f"the encoder input of {width} tokens is longer than the {limit} positions this model "
+                "has (max_position_embeddings): shorten the input"
+            )
+        if budget > limit:
+            raise ValueError(
+                f"{budget} new tokens would take the decoder past the {limit} positions this model has "
+                f"(max_position_embeddings; learned or fixed position tables end there): lower "
+                f"max_new_tokens (or max_length) to at most {limit}"
+            )
 
     def _reachable_positions(self, prompt_len: int, budget: int) -> int:
         """Decoder positions a request may fill: its prompt and budget, up to the model's positions."""
