@@ -292,6 +292,19 @@ def test_qwen_coder_skipped_with_advice_when_the_file_is_absent(tmp_path, monkey
         qwen_coder.BENCHMARK.prepare(args, list(args.runtimes), {})
 
 
+def test_qwen_coder_report_describes_both_of_its_workloads(tmp_path):
+    """The report's setup names each workload run, the long prompt's included (it once looked
+    them up in SmolLM2's table and raised KeyError after the run)."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF stand-in")
+    args = bench.parse_args(["qwen2.5-coder", "--gguf", str(gguf), "--threads", "1"])
+    pool = {"text": "a", "ids": [1, 2], "long_ids": [3] * 512}
+    setup = qwen_coder.BENCHMARK.report_fields(args, pool)["setup"]
+    assert set(setup["workloads"]) == {"greedy_b1", "prompt512_b1"}
+    assert setup["long_prompt"]["prompt_len"] == 512
+    assert qwen_coder.BENCHMARK.report_fields(args, pool)["model"]["gguf"] == "model.gguf"
+
+
 def test_qwen_coder_long_prompt_is_512_tokens_with_the_template_intact():
     class Tokenizer:  # one id per character
         def encode(self, text, add_special_tokens=False):
