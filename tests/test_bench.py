@@ -24,8 +24,10 @@ from fasttx.bench import (
     report,
     runner,
     schedule,
+    prompts,
     qwen_coder,
     random_model,
+    runtimes,
     smollm2,
     stats,
     t5,
@@ -167,6 +169,13 @@ def test_threads_table():
     ]
 
 
+def test_thread_scaling_of_every_workload():
+    got = report.thread_scaling(_t5_sweep())
+    assert got["greedy_b1"]["ctranslate2"] == {"tokens_per_s": {"1": 50.0, "2": 25.0}, "ttft_ms": {"1": 42.0, "2": 40.0}}
+    assert got["beam4_b1"]["fasttx"] == {"tokens_per_s": {"2": 30.0}, "ttft_ms": {"2": 55.0}}  # only 2 threads ran
+    assert set(got["beam4_b1"]) == {"fasttx", "ctranslate2"}  # PyTorch has no beam4_b1 figure
+
+
 def test_smollm2_table_with_agreement_column():
     r = _report({2: {
         "fasttx-q4_1": {"greedy_b1": _cell(60.0, 55.0, 62.0, 30.0, decode=64.0)},
@@ -178,12 +187,12 @@ def test_smollm2_table_with_agreement_column():
         "llama.cpp/greedy_b1": {"identical_sequences": 1, "of": 1, "matching_leading_tokens": [128], "of_tokens": [128]},
     }
     assert smollm2.BENCHMARK.table(r).splitlines() == [
-        ("| runtime | best threads | new tokens/s median [min–max] | vs PyTorch best / same thr "
+        ("| runtime | workload | best threads | new tokens/s median [min–max] | vs PyTorch best / same thr "
          "| vs llama.cpp best / same thr | decode tokens/s | TTFT ms | load s | peak RSS MB | tokens = PyTorch fp32 |"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        "| fasttx Q4_1 (native) | 2 | 60.0 [55.0–62.0] | 3.00× / 3.00× | 0.75× / 0.75× | 64.0 | 30.0 | 0.50 | 100 | 37/128 |",
-        "| PyTorch fp32 | 2 | 20.0 [19.0–21.0] | 1.00× / 1.00× | 0.25× / 0.25× | 21.5 | 80.0 | 0.50 | 100 | (reference) |",
-        "| llama.cpp Q4_1 | 2 | 80.0 [79.0–81.0] | 4.00× / 4.00× | 1.00× / 1.00× | – | 25.0 | 0.50 | 100 | 128/128 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| fasttx Q4_1 (native) | greedy_b1 | 2 | 60.0 [55.0–62.0] | 3.00× / 3.00× | 0.75× / 0.75× | 64.0 | 30.0 | 0.50 | 100 | 37/128 |",
+        "| PyTorch fp32 | greedy_b1 | 2 | 20.0 [19.0–21.0] | 1.00× / 1.00× | 0.25× / 0.25× | 21.5 | 80.0 | 0.50 | 100 | (reference) |",
+        "| llama.cpp Q4_1 | greedy_b1 | 2 | 80.0 [79.0–81.0] | 4.00× / 4.00× | 1.00× / 1.00× | – | 25.0 | 0.50 | 100 | 128/128 |",
     ]
 
 
@@ -266,7 +275,7 @@ def test_parse_smollm2_defaults():
     args = bench.parse_args(["smollm2"])
     assert args.benchmark == "smollm2"
     assert args.runtimes == ["fasttx-q4_1", "fasttx-int8", "fasttx-f32", "pytorch", "llama.cpp"]
-    assert args.workloads == ["greedy_b1"]
+    assert args.workloads == ["greedy_b1", "prompt512_b1", "batch8"]
     assert (args.new_tokens, args.repeats, args.out, args.gguf) == (128, 3, "BENCHMARKS-smollm2.json", None)
     assert args.thread_counts == list(range(1, machine.default_threads() + 1))  # 1 up to the physical cores
 
@@ -274,7 +283,7 @@ def test_parse_smollm2_defaults():
 def test_parse_qwen_coder_defaults():
     args = bench.parse_args(["qwen2.5-coder"])
     assert args.runtimes == ["fasttx-auto", "fasttx-int8", "fasttx-f32", "pytorch", "llama.cpp"]
-    assert args.workloads == ["greedy_b1", "prompt512_b1"]
+    assert args.workloads == ["greedy_b1", "prompt512_b1", "batch8"]
     assert (args.new_tokens, args.out, args.gguf) == (128, "BENCHMARKS-qwen2.5-coder.json", None)
 
 
@@ -292,35 +301,79 @@ def test_qwen_coder_skipped_with_advice_when_the_file_is_absent(tmp_path, monkey
         qwen_coder.BENCHMARK.prepare(args, list(args.runtimes), {})
 
 
-def test_qwen_coder_report_describes_both_of_its_workloads(tmp_path):
-    """The report's setup names each workload run, the long prompt's included (it once looked
-    them up in SmolLM2's table and raised KeyError after the run)."""
+def test_qwen_coder_report_describes_its_workloads(tmp_path):
+    """The report's setup names each workload run, with the long prompt and the batch (it once
+    looked them up in SmolLM2's table and raised KeyError after the run)."""
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF stand-in")
     args = bench.parse_args(["qwen2.5-coder", "--gguf", str(gguf), "--threads", "1"])
-    pool = {"text": "a", "ids": [1, 2], "long_ids": [3] * 512}
-    setup = qwen_coder.BENCHMARK.report_fields(args, pool)["setup"]
-    assert set(setup["workloads"]) == {"greedy_b1", "prompt512_b1"}
+    pool = {"text": "a", "ids": [1, 2], "long_ids": [3] * 512, "batch_ids": [[1, 2]] + [[4, 5, 6]] * 7}
+    fields = qwen_coder.BENCHMARK.report_fields(args, pool)
+    setup = fields["setup"]
+    assert set(setup["workloads"]) == {"greedy_b1", "prompt512_b1", "batch8"}
     assert setup["long_prompt"]["prompt_len"] == 512
-    assert qwen_coder.BENCHMARK.report_fields(args, pool)["model"]["gguf"] == "model.gguf"
+    assert setup["batch"]["prompt_lens"] == [2] + [3] * 7
+    assert setup["batch"]["messages"][0] == qwen_coder.MESSAGES  # row 0 is greedy_b1's conversation
+    assert "n_seq_max=8" in setup["llama_cpp"]["batch"]
+    assert fields["model"]["gguf"] == "model.gguf"
 
 
-def test_qwen_coder_long_prompt_is_512_tokens_with_the_template_intact():
-    class Tokenizer:  # one id per character
-        def encode(self, text, add_special_tokens=False):
-            return Namespace(ids=[ord(c) for c in text])
+class _CharTokenizer:  # one id per character
+    def encode(self, text, add_special_tokens=False):
+        return Namespace(ids=[ord(c) for c in text])
 
-    class Model:
-        tokenizer = Tokenizer()
 
-        def chat_prompt(self, messages):
-            return "<s>user\n" + messages[0]["content"] + "</s>\n<s>assistant\n"
+class _CharModel:
+    tokenizer = _CharTokenizer()
 
-    ids = qwen_coder.long_prompt_ids(Model())
+    def chat_prompt(self, messages):
+        return "".join(f"<s>{m['role']}\n{m['content']}</s>\n" for m in messages) + "<s>assistant\n"
+
+
+def test_long_prompt_is_512_tokens_with_the_template_intact():
+    ids = prompts.long_prompt_ids(_CharModel())
     text = "".join(map(chr, ids))
-    assert len(ids) == qwen_coder.LONG_PROMPT_TOKENS
-    assert text.startswith("<s>user\n" + qwen_coder.LONG_PROMPT_REQUEST + "Note 1. ")
+    assert len(ids) == prompts.LONG_PROMPT_TOKENS == 512
+    assert text.startswith("<s>user\n" + prompts.LONG_PROMPT_REQUEST + "Note 1. ")
     assert text.endswith("</s>\n<s>assistant\n")
+    assert len(prompts.long_prompt_ids(_CharModel(), 300)) == 300
+    with pytest.raises(SystemExit, match="cannot build a 20-token prompt"):
+        prompts.long_prompt_ids(_CharModel(), 20)
+
+
+def test_batch_prompts_are_eight_different_chats_the_first_the_benchmarks_own():
+    rows = prompts.batch_prompt_ids(_CharModel(), smollm2.MESSAGES)
+    assert len(rows) == prompts.BATCH == smollm2.WORKLOADS["batch8"]["batch"] == 8
+    assert rows[0] == _CharModel.tokenizer.encode(_CharModel().chat_prompt(smollm2.MESSAGES)).ids
+    assert len({tuple(r) for r in rows}) == 8
+    lengths = [len(r) for r in rows]
+    assert max(lengths) - min(lengths) < 20  # similar lengths: little padding
+
+
+def test_each_chat_benchmark_gives_each_workload_its_prompts():
+    pool = {"ids": [1], "long_ids": [2] * 512, "batch_ids": [[3]] * 8}
+    for b in (smollm2.BENCHMARK, qwen_coder.BENCHMARK):
+        assert b.workload_inputs("greedy_b1", pool) == [[1]]
+        assert b.workload_inputs("prompt512_b1", pool) == [[2] * 512]
+        assert b.workload_inputs("batch8", pool) == [[3]] * 8
+        assert [b.expected_rows(w) for w in b.workloads] == [1, 1, 8]
+        assert b.batch1_workloads() == ["greedy_b1", "prompt512_b1"]  # batch8 gets no % of bandwidth
+
+
+def test_left_padding_of_ragged_rows():
+    assert runtimes.left_padded([[5, 6, 7], [8]]) == ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+    assert runtimes.left_padded([[1, 2]]) == ([[1, 2]], [[1, 1]])
+
+
+def test_batch8_row0_is_checked_against_greedy_b1_and_llama_cpp():
+    b1 = [[1, 2, 3, 4]]
+    results = {
+        "fasttx-q4_1": {"greedy_b1": {"sequences": b1}, "batch8": {"sequences": [[1, 2, 3, 4]] + [[9]] * 7}},
+        "llama.cpp": {"greedy_b1": {"sequences": b1}, "batch8": {"sequences": [[1, 2, 0, 0]] + [[9]] * 7}},
+    }
+    checks = smollm2.BENCHMARK.extra_checks(results, ["greedy_b1", "batch8"])
+    assert checks["batch8_row0_vs_greedy_b1_leading_tokens"] == {"fasttx-q4_1": [4, 4], "llama.cpp": [2, 4]}
+    assert checks["fasttx_q4_1_vs_llama_cpp_leading_tokens"]["batch8"] == [[2, 4]] + [[1, 1]] * 7
 
 
 def test_parse_marian_defaults():
@@ -710,9 +763,9 @@ def test_percent_of_bandwidth_uses_the_decode_rate_when_there_is_one():
     assert bandwidth.percent_of_bandwidth(r, "llama.cpp", "greedy_b1", "1", b1) == pytest.approx(32.0)
     lines = smollm2.BENCHMARK.table(r).splitlines()
     # no PyTorch in this report: one ratio column (vs llama.cpp)
-    assert lines[0].split(" | ")[4:7] == ["decode tokens/s", "% of bandwidth", "TTFT ms"]
-    assert lines[2].split(" | ")[4:6] == ["64.0", "26%"]
-    assert lines[3].split(" | ")[4:6] == ["–", "32%"]
+    assert lines[0].split(" | ")[5:8] == ["decode tokens/s", "% of bandwidth", "TTFT ms"]
+    assert lines[2].split(" | ")[5:7] == ["64.0", "26%"]
+    assert lines[3].split(" | ")[5:7] == ["–", "32%"]
 
 
 def test_bandwidth_column_only_when_measured():
@@ -916,6 +969,14 @@ def test_whole_run_sweeps_threads_and_writes_no_machine_paths(tmp_path, monkeypa
     assert "| vs Other best / same thr |" in printed and "| % of bandwidth |" in printed
     assert "n/a: 0 MB fit in L3 (1 MiB)" in printed
     assert "b1: median new tokens/s by thread count (best in bold)" in printed
+    assert "b2: median new tokens/s by thread count (best in bold)" in printed
+    # Every workload's thread scaling in the JSON too, for every runtime.
+    assert set(r["thread_scaling"]) == {"b1", "b2"}
+    for wl in ("b1", "b2"):
+        for rt in rts:
+            scaling = r["thread_scaling"][wl][rt]
+            assert sorted(scaling["tokens_per_s"]) == sorted(scaling["ttft_ms"]) == ["1", "2"]
+            assert scaling["tokens_per_s"]["2"] == rts[rt]["workloads"][wl]["by_threads"]["2"]["tokens_per_s_median"]
     assert ("Weights read per batch-1 step: FX 2.0 MB, Other 2.0 MB (as FX), other-int8 0.5 MB (as fx-int8) "
             "(fits in the LLC); last-level cache L3 1 MiB") in printed
 

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import FIXTURES
 
-# Longer than two chunks (128 positions each) and not a multiple of one: the last chunk is short.
+# Longer than two chunks (128 rows a pass: 128 positions at batch 1, 42 at batch 3) and not a
+# multiple of one: the last chunk is short.
 LONG = 300
 
 CASES = [
@@ -75,3 +76,25 @@ def test_generation_after_a_long_prompt_matches_token_by_token_feeding(name, dty
         want.append(token)
         logits = session.step(np.array([[token]]), np.array([[1]]))
     assert np.asarray(got)[0].tolist() == want  # generate_ids returns the new tokens of a decoder-only model
+
+
+# Batch 8 x 512 (tests/fixtures/long_prompts, scripts/make_long_prompt_fixtures.py): a prefill
+# chunked by rows (16 positions of each of the 8 rows a pass) against transformers' last logits.
+# The prompts run past the models' max_position_embeddings (rotary positions go on; only the
+# Python layer refuses them), hence the native session.
+BATCH8_ATOL = {("qwen2", "f32"): 1e-4, ("llama_gguf_q4_1", "f32"): 1e-4,
+               # the native Q4_1 kernels' bound of tests/test_decoder_parity.py (8-bit activations)
+               ("llama_gguf_q4_1", "auto"): 1.5}
+
+
+@pytest.mark.parametrize("name,dtype", list(BATCH8_ATOL))
+def test_a_batch_8_prefill_of_512_tokens_matches_transformers(name, dtype):
+    ref = np.load(FIXTURES / "long_prompts" / f"{name}.npz")
+    ids, mask = ref["input_ids"].astype(np.int64), ref["attention_mask"].astype(np.int64)
+    assert ids.shape == (8, 512)
+    model = _model(name, dtype)
+    chunked = model._native.start(ids, mask).step(ids, mask)  # last_only: chunked by rows
+    np.testing.assert_allclose(chunked, ref["logits"], rtol=0, atol=BATCH8_ATOL[(name, dtype)])
+    # And, beyond the reference: the same bits as one unchunked pass.
+    whole = model._native.start(ids, mask).step(ids, mask, last_only=False)[:, -1]
+    assert np.array_equal(chunked, whole), f"max diff {np.abs(chunked - whole).max()}"

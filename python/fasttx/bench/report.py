@@ -122,6 +122,22 @@ def agreement_cell(agreement: dict, runtime: str, workload: str, reference: str)
     return f"{a['identical_sequences']}/{a['of']} sequences"
 
 
+def thread_scaling(report: dict) -> dict:
+    """``{workload: {runtime: {"tokens_per_s": {threads: median}, "ttft_ms": {threads: median}}}}``
+    for every thread count measured (the figures of ``threads_table``, for the JSON report)."""
+    out: dict = {}
+    for wl in report["workloads"]:
+        for rt in report["runtimes"]:
+            cells = {t: summary_at(report, rt, wl, str(t)) for t in report["thread_counts"]}
+            cells = {str(t): s for t, s in cells.items() if s is not None}
+            if cells:
+                out.setdefault(wl, {})[rt] = {
+                    "tokens_per_s": {t: s["tokens_per_s_median"] for t, s in cells.items()},
+                    "ttft_ms": {t: s["ttft_ms_median"] for t, s in cells.items()},
+                }
+    return out
+
+
 def threads_table(report: dict, labels: dict, workload: str) -> str:
     """Median new tokens/s of ``workload`` for each runtime (rows) at each thread count
     (columns), the best in bold."""

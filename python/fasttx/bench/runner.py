@@ -197,6 +197,7 @@ def run(bench, args) -> int:
     }
     references = [rt for rt, _ in bench.ratio_columns]
     report["comparisons"] = reports.comparisons(report, references)
+    report["thread_scaling"] = reports.thread_scaling(report)
     report["percent_of_bandwidth"] = bandwidth.bandwidth_figures(
         report, reports.table_rows(report), bench.batch1_workloads())
 
@@ -239,10 +240,10 @@ def print_report(bench, args, report: dict) -> None:
     print(bench.table(report))
     print()
     print("vs X best / same thr: this row's tokens/s over X's at X's best thread count / at this row's thread count")
-    if len(counts) > 1:
-        for wl in report["workloads"]:
-            print(f"\n{wl}: median new tokens/s by thread count (best in bold)\n")
-            print(reports.threads_table(report, bench.labels, wl))
+    # Every workload's thread scaling, even for a single count (the table then says which).
+    for wl in report["workloads"]:
+        print(f"\n{wl}: median new tokens/s by thread count (best in bold)\n")
+        print(reports.threads_table(report, bench.labels, wl))
     print()
     for line in bandwidth.bandwidth_lines(report, bench.labels, bench.bandwidth_note):
         print(line)

@@ -11,6 +11,15 @@ from __future__ import annotations
 from .bandwidth import decode_weight_bytes
 
 
+def left_padded(ids) -> tuple[list[list[int]], list[list[int]]]:
+    """Rows of different lengths as a decoder-only batch: ``(ids, attention_mask)``, each row
+    left-padded to the longest with id 0 under mask 0 (masked positions are never attended to,
+    so the pad id does not matter); rows of one length come back as they are, mask all ones."""
+    width = max(len(r) for r in ids)
+    return ([[0] * (width - len(r)) + list(r) for r in ids],
+            [[0] * (width - len(r)) + [1] * len(r) for r in ids])
+
+
 class FasttxRuntime:
     def __init__(self, path: str, threads: int, dtype: str):
         import fasttx
@@ -29,10 +38,12 @@ class FasttxRuntime:
     def prepare(self, ids):
         import numpy as np
 
-        return np.asarray(ids, dtype=np.int64)
+        padded, mask = left_padded(ids)
+        return np.asarray(padded, dtype=np.int64), np.asarray(mask, dtype=np.int64)
 
     def generate(self, prepared, options):
-        return self.model.generate_ids(prepared, **options)
+        input_ids, attention_mask = prepared
+        return self.model.generate_ids(input_ids, attention_mask=attention_mask, **options)
 
 
 class TorchRuntime:
@@ -53,8 +64,8 @@ class TorchRuntime:
         return {"torch": torch.__version__, "transformers": transformers.__version__}
 
     def prepare(self, ids):
-        input_ids = self.torch.tensor(ids, dtype=self.torch.long)
-        return input_ids, self.torch.ones_like(input_ids)
+        padded, mask = left_padded(ids)
+        return self.torch.tensor(padded, dtype=self.torch.long), self.torch.tensor(mask, dtype=self.torch.long)
 
     def generate(self, prepared, options):
         input_ids, attention_mask = prepared

@@ -95,9 +95,16 @@ impl<S: DecoderStack> Model for DecoderModel<S> {
     }
 }
 
-/// Positions per pass of a long prompt's prefill (see `DecoderSession::step`): enough rows for the
-/// products to run at full speed, few enough that a step's activations stay a few MB.
-const PREFILL_CHUNK: usize = 128;
+/// Rows (positions x batch rows) per pass of a long prompt's prefill (see `DecoderSession::step`):
+/// enough for the products to run at full speed, few enough that a step's activations (the
+/// feed-forward's hidden layer above all: rows x its width) stay a few MB whatever the batch.
+const PREFILL_ROWS: usize = 128;
+
+/// Positions of every row per prefill pass of a batch of `rows` rows: `PREFILL_ROWS` rows in all
+/// (one position at least, when the batch alone has more rows).
+fn prefill_chunk(rows: usize) -> usize {
+    (PREFILL_ROWS / rows.max(1)).max(1)
+}
 
 /// The step `input` split into consecutive runs of at most `chunk` positions of every row:
 /// `(tokens, mask, position ids, positions per row)` of each, `[rows, n]` row-major like a step.
@@ -170,18 +177,20 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         model.check_positions(&positions)?;
         prepare_step(&mut self.cache, input, want, model.vocab_size())?;
         let start = self.cache.len();
+        let chunk = prefill_chunk(self.cache.rows());
         let (cache, step, scratch) = (&mut self.cache, &mut self.step, &mut self.scratch);
         let done = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
-            if !last_only || input.n <= PREFILL_CHUNK {
+            if !last_only || input.n <= chunk {
                 return model.forward(input, &positions, last_only, cache, step, scratch);
             }
             // A long prompt whose last logits alone are wanted goes through in chunks of
             // positions, each attending to the cache the earlier ones filled: the activations
-            // (the feed-forward's hidden layer above all) are then sized by the chunk, not the
-            // prompt. Every position computes what it would in one pass (the products and the
-            // attention compute each row alone), so the logits are the same bits.
+            // (the feed-forward's hidden layer above all) are then sized by the chunk's rows
+            // (positions x batch rows), not by the prompt or the batch. Every position computes
+            // what it would in one pass (the products and the attention compute each row
+            // alone), so the logits are the same bits.
             let mut logits = Vec::new();
-            for (tokens, mask, positions, n) in chunks(input, &positions, PREFILL_CHUNK) {
+            for (tokens, mask, positions, n) in chunks(input, &positions, chunk) {
                 let chunk = StepInput {
                     tokens: &tokens,
                     n,
@@ -210,5 +219,57 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         check_reorder(source, self.rows())?;
         self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
         self.cache.reorder(source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefill_pass_holds_at_most_the_row_budget_whatever_the_batch() {
+        assert_eq!(prefill_chunk(1), PREFILL_ROWS); // batch 1 as before: 128 positions a pass
+        for rows in [1, 2, 3, 7, 8, 16, 100, 128, 129, 1000] {
+            let chunk = prefill_chunk(rows);
+            assert!(chunk >= 1);
+            assert!(
+                rows * chunk <= PREFILL_ROWS.max(rows),
+                "{rows} rows: {chunk} positions"
+            );
+        }
+    }
+
+    #[test]
+    fn the_chunks_of_a_ragged_batch_8_prompt_of_512_cover_it_once_in_order() {
+        let (rows, n) = (8, 512);
+        let tokens: Vec<u32> = (0..rows * n).map(|i| i as u32).collect();
+        let mask: Vec<u8> = (0..rows * n)
+            .map(|i| u8::from(i % n >= i / n * 40))
+            .collect();
+        let positions: Vec<u32> = (0..rows * n).map(|i| (i % n) as u32).collect();
+        let input = StepInput {
+            tokens: &tokens,
+            n,
+            mask: Some(&mask),
+            positions: None,
+            interrupt: None,
+        };
+        let chunk = prefill_chunk(rows);
+        let mut seen = vec![Vec::new(); rows];
+        for (t, m, p, width) in chunks(&input, &positions, chunk) {
+            assert!(
+                width <= chunk && t.len() == rows * width,
+                "a pass of {} rows",
+                t.len()
+            );
+            assert!(t.len() <= PREFILL_ROWS);
+            assert_eq!((m.unwrap().len(), p.len()), (t.len(), t.len()));
+            for (r, row) in seen.iter_mut().enumerate() {
+                row.extend_from_slice(&t[r * width..(r + 1) * width]);
+            }
+        }
+        for (r, row) in seen.iter().enumerate() {
+            assert_eq!(row[..], tokens[r * n..(r + 1) * n]);
+        }
     }
 }
