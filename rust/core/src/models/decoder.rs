@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::kv_cache::KvCache;
 use super::session::{check_reorder, logits_on, prepare_step, step_positions, StepBuffers};
 use super::{Model, Session, StepInput, TokenBatch, Want};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One decoder-only architecture's weights, as a session drives them.
 pub(crate) trait DecoderStack: Send + Sync + 'static {
@@ -210,5 +210,22 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         check_reorder(source, self.rows())?;
         self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
         self.cache.reorder(source)
+    }
+
+    fn rewind(&mut self, len: usize) -> Result<()> {
+        if len > self.cache.len() {
+            return Err(Error::InvalidInput(format!(
+                "rewind to {len} positions: the session holds only {}",
+                self.cache.len()
+            )));
+        }
+        // The positions taken back stop counting towards each row's position ids (padding never
+        // counted), so the next step numbers its tokens as if they had never been fed.
+        let dropped = self.cache.attended_since(len);
+        for (seen, d) in self.real_tokens.iter_mut().zip(dropped) {
+            *seen -= d;
+        }
+        self.cache.truncate(len);
+        Ok(())
     }
 }
