@@ -358,3 +358,25 @@ def test_smollm2_q4_1_input_grounded_batches():
         assert model.chat([{"role": "user", "content": tasks[0]}], max_new_tokens=64, prompt_lookup_num_tokens=10) == (
             model.chat([{"role": "user", "content": tasks[0]}], max_new_tokens=64)
         )
+
+
+def test_bench_command_parses_and_reports():
+    """``fasttx bench prompt-lookup``: its options, and the table of a (made-up) report."""
+    from fasttx import bench
+    from fasttx.bench import prompt_lookup as plb
+
+    args = bench.parse_args(["prompt-lookup", "--threads-list", "2,1", "--lookup-tokens", "3,10"])
+    assert (args.thread_counts, args.lookup_tokens, args.repeats, args.new_tokens) == ([1, 2], [10, 3], 5, 128)
+    assert args.workloads == ["edit", "open"] and args.out == "BENCHMARKS-prompt-lookup.json"
+    for bad in (["--lookup-tokens", "0"], ["--lookup-tokens", "x"], ["--workloads", "chat"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["prompt-lookup", *bad])
+    # `all` runs the comparisons with other runtimes only.
+    assert "prompt-lookup" not in [name for name, _ in bench.parse_args(["all", "--threads", "1"]).plan]
+    variant = {"decode_tokens_per_s": 50.0, "decode_speedup": 1.25, "tokens_per_s": 40.0,
+               "acceptance_rate": 0.5, "tokens_per_forward": 2.0}  # fmt: skip
+    plain = {"decode_tokens_per_s": 40.0, "decode_speedup": 1.0, "tokens_per_s": 32.0}
+    report = {"results": [{"workload": "edit", "threads": 1, "variants": {"plain": plain, "lookup10": variant}}]}
+    table = plb.markdown(report).splitlines()
+    assert table[2] == "| edit | 1 | plain | 32.0 | 40.0 | 1.00x | - | 1.00 |"
+    assert table[3] == "| edit | 1 | lookup10 | 40.0 | 50.0 | 1.25x | 50% | 2.00 |"
