@@ -406,7 +406,9 @@ class Model:
             return
         positions = self._reachable_positions(prompt_len, budget)
         rows = inputs * copies
-        per_row = positions * (session.cache_bytes_per_position + TOKEN_BYTES) + LOGIT_COPIES * self.vocab_size * 4
+        # Prompt lookup's steps return the logits of every draft position too.
+        logit_rows = LOGIT_COPIES + (opts.prompt_lookup_num_tokens or 0)
+        per_row = positions * (session.cache_bytes_per_position + TOKEN_BYTES) + logit_rows * self.vocab_size * 4
         needed = rows * per_row
         if needed > machine:
             what = "beams" if opts.num_beams > 1 else "sequences"
