@@ -2,7 +2,7 @@
 several per forward pass when a draft copied from the row's own text is accepted.
 
 The reference is transformers' greedy output recorded in the parity fixtures (every decoder-only
-architecture, processors, stop strings, ragged batches): prompt lookup must reproduce it exactly.
+architecture, the encoder-decoder ones, processors, stop strings, ragged batches): prompt lookup must reproduce it exactly.
 Where drafts must be accepted *and* rejected (prompts built to repeat n-grams, the real SmolLM2
 Q4_1 file, batches, sampling) there is no transformers reference for the tokens (transformers
 refuses batches in assisted generation, samples with its own random streams, and runs no native
@@ -32,6 +32,7 @@ HF_MODELS = [
     "gemma3_hub", "gemma3_nested", "qwen3_window", "qwen3_tied", "smollm3", "mistral_window",
     "phi3_partial", "phi3_longrope",
 ]  # fmt: skip
+SEQ2SEQ_MODELS = ["t5_v1_1", "t5_v1_0", "bart", "mbart", "marian", "m2m100"]
 # The architectures the constructed-prompt tests run on (one per attention/position scheme).
 FAMILIES = ["llama_gqa", "qwen2", "gpt2", "gemma2_softcap", "mistral_window", "phi3_partial"]
 LOOKUPS = [dict(prompt_lookup_num_tokens=10), dict(prompt_lookup_num_tokens=3, max_matching_ngram_size=1),
@@ -76,6 +77,41 @@ def _stop_cases() -> list:
 def test_greedy_tokens_equal_transformers(load, name, case, lookup):
     model = load(name)
     assert model.generate_ids(case["input_ids"], **case["options"], **lookup) == case["sequences"]
+
+
+def _seq2seq_greedy_cases() -> list:
+    """Greedy cases of the encoder-decoder fixtures (whose generation config, if any, keeps one
+    beam): transformers looks up the decoder's tokens, start token and output."""
+    cases = []
+    for name in SEQ2SEQ_MODELS:
+        beams = json.loads((FIXTURES / name / "config.json").read_text()).get("num_beams", 1)
+        gen = FIXTURES / name / "generation_config.json"
+        if gen.is_file():
+            beams = json.loads(gen.read_text()).get("num_beams", beams)
+        for case in expected(name)["generate"]:
+            o = case["options"]
+            if o.get("num_beams", beams) == 1 and not o.get("do_sample"):
+                cases.append(pytest.param(name, case, id=f"{name}-{case['name']}"))
+    return cases
+
+
+@pytest.mark.parametrize("name,case", _seq2seq_greedy_cases())
+def test_encoder_decoder_greedy_tokens_equal_transformers(name, case):
+    model = cached_loader()(name)
+    with prompt_lookup.collect_stats() as stats:
+        for lookup in LOOKUPS:
+            assert model.generate_ids(case["input_ids"], **case["options"], **lookup) == case["sequences"]
+    assert stats.tokens > 0
+
+
+def test_encoder_decoder_drafts_were_accepted():
+    with prompt_lookup.collect_stats() as stats:
+        for name in ("bart", "marian"):
+            for case in _seq2seq_greedy_cases():
+                if case.values[0] == name:
+                    cached_loader()(name).generate_ids(case.values[1]["input_ids"], **case.values[1]["options"],
+                                                      prompt_lookup_num_tokens=10)
+    assert 0 < stats.accepted < stats.drafted, stats
 
 
 @pytest.mark.parametrize("case", _processor_cases())
@@ -223,19 +259,16 @@ def test_refusals(load):
     assert model.generate_ids([[5, 6, 7]], prompt_lookup_num_tokens=3, max_matching_ngram_size=0, max_new_tokens=8) == (
         model.generate_ids([[5, 6, 7]], max_new_tokens=8)
     )
-    t5 = fasttx.load(FIXTURES / "t5_v1_1", threads=1)
-    with pytest.raises(ValueError, match="decoder-only models only"):
-        t5.generate_ids([[5, 6, 7, 1]], prompt_lookup_num_tokens=3)
-    # Sessions that cannot take positions back say so (encoder-decoder sessions).
-    session = t5._native.start(np.array([[5, 6, 7, 1]]))
-    session.step(np.array([[0]]))
-    with pytest.raises(ValueError, match="cannot take back positions"):
-        session.rewind(0)
-    # Nor can a decoder-only session rewind past what it holds.
+    # No session rewinds past what it holds.
     session = model._native.start(np.array([[5, 6, 7]]))
     session.step(np.array([[5, 6, 7]]))
     with pytest.raises(ValueError, match="holds only 3"):
         session.rewind(4)
+    t5 = cached_loader()("t5_v1_1")
+    session = t5._native.start(np.array([[5, 6, 7, 1]]))
+    session.step(np.array([[0, 5]]))
+    with pytest.raises(ValueError, match="holds only 2"):
+        session.rewind(3)
 
 
 def test_rewound_positions_are_forgotten():

@@ -294,7 +294,7 @@ class Model:
 
     def _options(self, options: dict) -> GenerationOptions:
         opts = resolve(options, self.generation_config, self.vocab_size)
-        prompt_lookup.check_options(opts, self.is_encoder_decoder)
+        prompt_lookup.check_options(opts)
         return opts
 
     def _encode(self, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:

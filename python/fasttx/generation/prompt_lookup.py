@@ -1,7 +1,8 @@
 """Prompt-lookup decoding (transformers' ``prompt_lookup_num_tokens``): greedy or sampling that
 checks several tokens per forward pass, with the tokens of plain decoding.
 
-Each row's text so far is searched for an earlier occurrence of its last n-gram; the tokens that
+Each row's text so far (for an encoder-decoder model, as in transformers, the decoder's: its
+start token and the tokens generated) is searched for an earlier occurrence of its last n-gram; the tokens that
 followed it there are the row's *draft* (transformers' ``PromptLookupCandidateGenerator``). One
 session step feeds the row's last chosen token and the draft and returns the logits of every
 position; the positions are then decided left to right exactly as plain decoding decides its
@@ -70,11 +71,10 @@ def collect_stats() -> Iterator[LookupStats]:
         _STATS.reset(token)
 
 
-def check_options(opts: GenerationOptions, is_encoder_decoder: bool) -> None:
+def check_options(opts: GenerationOptions) -> None:
     """Refuses or reports what prompt lookup does not do, before any work, as transformers does:
     beam search ignores it (transformers warns and runs plain beam search), several returned
-    sequences are refused (transformers' message). Encoder-decoder models are refused: fasttx's
-    encoder-decoder sessions cannot take back positions."""
+    sequences are refused (transformers' message)."""
     if opts.prompt_lookup_num_tokens is None:
         return
     if opts.num_beams > 1:
@@ -88,11 +88,6 @@ def check_options(opts: GenerationOptions, is_encoder_decoder: bool) -> None:
         raise ValueError(
             "num_return_sequences has to be 1 when doing assisted generate (prompt_lookup_num_tokens), "
             f"but is {opts.num_return_sequences}."
-        )
-    if is_encoder_decoder:
-        raise ValueError(
-            "prompt_lookup_num_tokens is supported for decoder-only models only: the decoding "
-            "sessions of encoder-decoder models cannot take back rejected draft tokens"
         )
 
 

@@ -6,9 +6,11 @@
 use std::sync::Arc;
 
 use super::kv_cache::KvCache;
-use super::session::{check_reorder, logits_on, prepare_step, step_positions, StepBuffers};
+use super::session::{
+    check_reorder, check_rewind, logits_on, prepare_step, step_positions, StepBuffers,
+};
 use super::{Model, Session, StepInput, TokenBatch, Want};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// One decoder-only architecture's weights, as a session drives them.
 pub(crate) trait DecoderStack: Send + Sync + 'static {
@@ -213,12 +215,7 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
     }
 
     fn rewind(&mut self, len: usize) -> Result<()> {
-        if len > self.cache.len() {
-            return Err(Error::InvalidInput(format!(
-                "rewind to {len} positions: the session holds only {}",
-                self.cache.len()
-            )));
-        }
+        check_rewind(len, self.cache.len())?;
         // The positions taken back stop counting towards each row's position ids (padding never
         // counted), so the next step numbers its tokens as if they had never been fed.
         let dropped = self.cache.attended_since(len);

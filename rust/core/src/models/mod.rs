@@ -215,15 +215,8 @@ pub trait Session: Send {
     fn reorder(&mut self, source: &[usize]) -> Result<()>;
     /// Takes back every position from `len` on, as if the steps that fed them had fed only the
     /// positions before it (prompt-lookup decoding drops the draft tokens the model rejected).
-    /// `len` may not exceed [`Session::len`]. Sessions that cannot refuse with an error.
-    fn rewind(&mut self, len: usize) -> Result<()> {
-        let _ = len;
-        Err(Error::InvalidInput(
-            "this model's decoding sessions cannot take back positions (rewind), which \
-             prompt-lookup decoding needs"
-                .into(),
-        ))
-    }
+    /// `len` may not exceed [`Session::len`].
+    fn rewind(&mut self, len: usize) -> Result<()>;
 }
 
 /// Builds the model `arch` (transformers' `model_type`, looked up in [`registry`]) from its
