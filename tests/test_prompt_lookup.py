@@ -2,7 +2,8 @@
 several per forward pass when a draft copied from the row's own text is accepted.
 
 The reference is transformers' greedy output recorded in the parity fixtures (every decoder-only
-architecture, the encoder-decoder ones, processors, stop strings, ragged batches): prompt lookup must reproduce it exactly.
+architecture, the encoder-decoder ones, processors, stop strings, ragged batches): prompt lookup
+must reproduce it exactly.
 Where drafts must be accepted *and* rejected (prompts built to repeat n-grams, the real SmolLM2
 Q4_1 file, batches, sampling) there is no transformers reference for the tokens (transformers
 refuses batches in assisted generation, samples with its own random streams, and runs no native

@@ -75,7 +75,8 @@ class PromptLookupBenchmark:
         add_thread_arguments(p)
         p.add_argument("--repeats", type=int, default=5, help="interleaved rounds per (thread count, workload)")
         p.add_argument("--lookup-tokens", default="10,3", help="prompt_lookup_num_tokens values to time (default 10,3)")
-        p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
+        p.add_argument("--workloads", default=",".join(WORKLOADS),
+                       help="comma-separated subset of " + ",".join(WORKLOADS))
         p.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
                        help=f"new tokens per call (default {NEW_TOKENS}; change only for smoke tests)")
         p.add_argument("--gguf", default=None, help="the GGUF file (default: fasttx's default model)")
@@ -132,7 +133,8 @@ class PromptLookupBenchmark:
                     _, tokens, _ = call(options)
                     reference = tokens if reference is None else reference
                     if tokens != reference:
-                        errors.append(f"ERROR: {workload}, {threads} threads: {name}'s tokens differ from plain greedy's")
+                        errors.append(f"ERROR: {workload}, {threads} threads: {name}'s tokens differ "
+                                      "from plain greedy's")
                     cell["variants"][name] = {"options": options, "seconds": [], "stats": None}
                 first = []
                 for _ in range(args.repeats):

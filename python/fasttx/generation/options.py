@@ -293,7 +293,9 @@ def resolve(
     o.seed = _int("seed", merged["seed"], 0, allow_none=True)
     # transformers refuses both below 1 ("Invalid max_matching_ngram_size or num_output_tokens"),
     # except that it reads a max_matching_ngram_size of 0 as unset (`or 2`).
-    o.prompt_lookup_num_tokens = _int("prompt_lookup_num_tokens", merged["prompt_lookup_num_tokens"], 1, allow_none=True)
+    o.prompt_lookup_num_tokens = _int(
+        "prompt_lookup_num_tokens", merged["prompt_lookup_num_tokens"], 1, allow_none=True
+    )
     ngram = merged["max_matching_ngram_size"]
     o.max_matching_ngram_size = _int("max_matching_ngram_size", None if ngram == 0 else ngram, 1, allow_none=True)
     stop = merged["stop"]

@@ -30,7 +30,7 @@ import contextlib
 import contextvars
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Collection, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def check_options(opts: GenerationOptions) -> None:
         )
 
 
-def find_draft(seq: Sequence[int], num_tokens: int, max_ngram: int, eos: Sequence[int]) -> list[int]:
+def find_draft(seq: Sequence[int], num_tokens: int, max_ngram: int, eos: Collection[int]) -> list[int]:
     """transformers' ``PromptLookupCandidateGenerator.get_candidates`` for one row: for n-gram sizes
     from ``max_ngram`` down to 1, the first earlier occurrence (left to right) of the sequence's
     last n tokens that is followed by at least one token gives up to ``num_tokens`` of those
@@ -128,6 +128,8 @@ def decode(
         raise ValueError("prompt lookup decodes one sequence per input")
     stats = _STATS.get()
     num_tokens = opts.prompt_lookup_num_tokens
+    if num_tokens is None:
+        raise ValueError("prompt lookup decoding needs prompt_lookup_num_tokens")
     max_ngram = opts.max_matching_ngram_size or DEFAULT_MAX_MATCHING_NGRAM_SIZE
     procs = processors.build(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget)
     eos = set(opts.eos_token_id)
