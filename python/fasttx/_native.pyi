@@ -143,3 +143,6 @@ class NativeSession:
         [rows, n]); returns float32 logits [rows, vocab] (``last_only``) or [rows, n, vocab], as
         log-probabilities when ``log_softmax`` is set."""
     def reorder(self, source: Sequence[int]) -> None: ...
+    def rewind(self, length: int) -> None:
+        """Takes back every position from ``length`` on (draft tokens the model rejected), as if
+        the steps had fed only the positions before it."""

@@ -27,6 +27,11 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-repeat-ngram-size", type=int)
     g.add_argument("--eos-token-id", type=int, action="append")
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument(
+        "--prompt-lookup-num-tokens", type=int,
+        help="prompt-lookup decoding: draft tokens copied from the text's earlier n-grams per step (same output)",
+    )  # fmt: skip
+    g.add_argument("--max-matching-ngram-size", type=int, help="prompt lookup: longest n-gram matched (default 2)")
     g.add_argument("--tgt-lang", help='translation models: target language code ("de", "de_DE", "deu_Latn", ...)')
 
 
@@ -34,6 +39,7 @@ _OPTION_NAMES = [
     "max_new_tokens", "min_new_tokens", "num_beams", "length_penalty", "early_stopping",
     "num_return_sequences", "do_sample", "temperature", "top_k", "top_p", "min_p", "seed",
     "repetition_penalty", "no_repeat_ngram_size", "eos_token_id", "stop", "tgt_lang",
+    "prompt_lookup_num_tokens", "max_matching_ngram_size",
 ]  # fmt: skip
 
 

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .generation import search
+from .generation import prompt_lookup, search
 from .generation.languages import LanguageTokens
 from .generation.options import GenerationOptions, resolve
 from .text import TextAssembler, clean_up_tokenization, cut_at_stop
@@ -293,7 +293,9 @@ class Model:
         return options, []
 
     def _options(self, options: dict) -> GenerationOptions:
-        return resolve(options, self.generation_config, self.vocab_size)
+        opts = resolve(options, self.generation_config, self.vocab_size)
+        prompt_lookup.check_options(opts)
+        return opts
 
     def _encode(self, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         tok = self._require_tokenizer()
@@ -404,7 +406,9 @@ class Model:
             return
         positions = self._reachable_positions(prompt_len, budget)
         rows = inputs * copies
-        per_row = positions * (session.cache_bytes_per_position + TOKEN_BYTES) + LOGIT_COPIES * self.vocab_size * 4
+        # Prompt lookup's steps return the logits of every draft position too.
+        logit_rows = LOGIT_COPIES + (opts.prompt_lookup_num_tokens or 0)
+        per_row = positions * (session.cache_bytes_per_position + TOKEN_BYTES) + logit_rows * self.vocab_size * 4
         needed = rows * per_row
         if needed > machine:
             what = "beams" if opts.num_beams > 1 else "sequences"
@@ -444,9 +448,8 @@ class Model:
         n = opts.num_return_sequences
         session, prompt, budget = self._open_session(ids, mask, opts, copies=n)
         sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
-        events = search.sample_or_greedy(
-            self._native, session, prompt, opts, budget, sampler, self._stopper(prompt, opts)
-        )
+        decode = search.sample_or_greedy if opts.prompt_lookup_num_tokens is None else prompt_lookup.decode
+        events = decode(self._native, session, prompt, opts, budget, sampler, self._stopper(prompt, opts))
         return prompt, events
 
     def _generate(

@@ -36,6 +36,8 @@ HF_DEFAULTS: dict[str, Any] = {
     "renormalize_logits": False,
     "seed": None,
     "stop": None,
+    "prompt_lookup_num_tokens": None,
+    "max_matching_ngram_size": None,
 }
 
 GENERATION_KEYS = frozenset(HF_DEFAULTS)
@@ -102,6 +104,10 @@ class GenerationOptions:
     renormalize_logits: bool = False
     seed: Optional[int] = None
     stop: list[str] = field(default_factory=list)
+    # Prompt-lookup decoding (generation/prompt_lookup.py): draft tokens per step (None: off) and
+    # the longest n-gram matched (None: transformers' 2).
+    prompt_lookup_num_tokens: Optional[int] = None
+    max_matching_ngram_size: Optional[int] = None
     # Neither the call nor the generation config set max_length: transformers' default 20 then
     # means 20 *new* tokens (its `has_default_max_length`).
     default_max_length: bool = False
@@ -285,6 +291,13 @@ def resolve(
         raise ValueError(f"renormalize_logits must be True or False, got {merged['renormalize_logits']!r}")
     o.renormalize_logits = merged["renormalize_logits"]
     o.seed = _int("seed", merged["seed"], 0, allow_none=True)
+    # transformers refuses both below 1 ("Invalid max_matching_ngram_size or num_output_tokens"),
+    # except that it reads a max_matching_ngram_size of 0 as unset (`or 2`).
+    o.prompt_lookup_num_tokens = _int(
+        "prompt_lookup_num_tokens", merged["prompt_lookup_num_tokens"], 1, allow_none=True
+    )
+    ngram = merged["max_matching_ngram_size"]
+    o.max_matching_ngram_size = _int("max_matching_ngram_size", None if ngram == 0 else ngram, 1, allow_none=True)
     stop = merged["stop"]
     if stop is None:
         o.stop = []

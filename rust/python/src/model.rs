@@ -341,4 +341,10 @@ impl NativeSession {
     fn reorder(&self, py: Python<'_>, source: Vec<usize>) -> PyResult<()> {
         run_native(py, || self.with(|s| s.reorder(&source)))
     }
+
+    /// Takes back every position from `length` on (draft tokens the model rejected), as if the
+    /// steps had fed only the positions before it.
+    fn rewind(&self, py: Python<'_>, length: usize) -> PyResult<()> {
+        run_native(py, || self.with(|s| s.rewind(length)))
+    }
 }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use super::kv_cache::KvCache;
-use super::session::{check_reorder, logits_on, prepare_step, step_positions, StepBuffers};
+use super::session::{
+    check_reorder, check_rewind, logits_on, prepare_step, step_positions, StepBuffers,
+};
 use super::{Model, Session, StepInput, TokenBatch, Want};
 use crate::error::Result;
 
@@ -219,6 +221,18 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         check_reorder(source, self.rows())?;
         self.real_tokens = source.iter().map(|&s| self.real_tokens[s]).collect();
         self.cache.reorder(source)
+    }
+
+    fn rewind(&mut self, len: usize) -> Result<()> {
+        check_rewind(len, self.cache.len())?;
+        // The positions taken back stop counting towards each row's position ids (padding never
+        // counted), so the next step numbers its tokens as if they had never been fed.
+        let dropped = self.cache.attended_since(len);
+        for (seen, d) in self.real_tokens.iter_mut().zip(dropped) {
+            *seen -= d;
+        }
+        self.cache.truncate(len);
+        Ok(())
     }
 }
 

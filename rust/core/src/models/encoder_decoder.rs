@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::attention::KeyValues;
 use super::kv_cache::KvCache;
-use super::session::{check_reorder, logits_on, prepare_step, StepBuffers};
+use super::session::{check_reorder, check_rewind, logits_on, prepare_step, StepBuffers};
 use super::{Model, Session, StepInput, TokenBatch, Want};
 use crate::error::{Error, Result};
 use crate::interrupt::Interrupt;
@@ -236,5 +236,13 @@ impl<S: EncoderDecoderStack> Session for EncoderDecoderSession<S> {
         let rows = &mut self.memory.row_to_input;
         *rows = source.iter().map(|&s| rows[s]).collect();
         self.cache.reorder(source)
+    }
+
+    fn rewind(&mut self, len: usize) -> Result<()> {
+        // The decoder numbers its positions by the cache's length (no padding on this side), so
+        // the cache is all there is to take back.
+        check_rewind(len, self.cache.len())?;
+        self.cache.truncate(len);
+        Ok(())
     }
 }

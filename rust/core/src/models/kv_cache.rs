@@ -87,6 +87,18 @@ impl KvCache {
         self.pending = 0;
     }
 
+    /// Per row: how many of the committed positions from `from` on may be attended to (real
+    /// tokens, not padding), i.e. what a row's position count loses when they are truncated.
+    pub fn attended_since(&self, from: usize) -> Vec<u32> {
+        let from = from.min(self.len);
+        (0..self.rows)
+            .map(|r| {
+                let row = &self.mask[r * self.capacity..][from..self.len];
+                row.iter().filter(|&&m| m != 0).count() as u32
+            })
+            .collect()
+    }
+
     /// Opens a step of `n` new positions with their mask (`[rows, n]`, `None` = all real tokens).
     ///
     /// # Panics
@@ -297,6 +309,21 @@ mod tests {
         step(&mut cache, 2, &[0, 1]);
         assert_eq!(cache.len(), 8);
         check(&cache, &[0, 1]);
+    }
+
+    #[test]
+    fn attended_since_counts_real_positions_per_row() {
+        let mut cache = KvCache::new(1, 2, 1, 2);
+        // Row 0 left-padded by two positions, row 1 not.
+        cache.begin_step(4, Some(&[0, 0, 1, 1, 1, 1, 1, 1]));
+        cache.write(0, &[0.0; 16], &[0.0; 16]);
+        cache.commit();
+        step(&mut cache, 3, &[0, 1]);
+        assert_eq!(cache.attended_since(0), vec![5, 7]);
+        assert_eq!(cache.attended_since(1), vec![5, 6]);
+        assert_eq!(cache.attended_since(4), vec![3, 3]);
+        assert_eq!(cache.attended_since(7), vec![0, 0]);
+        assert_eq!(cache.attended_since(9), vec![0, 0]);
     }
 
     #[test]

@@ -213,6 +213,10 @@ pub trait Session: Send {
     fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()>;
     /// Row `i` of the session afterwards continues old row `source[i]`; rows may repeat or vanish.
     fn reorder(&mut self, source: &[usize]) -> Result<()>;
+    /// Takes back every position from `len` on, as if the steps that fed them had fed only the
+    /// positions before it (prompt-lookup decoding drops the draft tokens the model rejected).
+    /// `len` may not exceed [`Session::len`].
+    fn rewind(&mut self, len: usize) -> Result<()>;
 }
 
 /// Builds the model `arch` (transformers' `model_type`, looked up in [`registry`]) from its

@@ -136,6 +136,16 @@ pub(crate) fn check_reorder(source: &[usize], rows: usize) -> Result<()> {
     }
 }
 
+/// A rewind may only take back positions the session holds.
+pub(crate) fn check_rewind(len: usize, held: usize) -> Result<()> {
+    if len > held {
+        return Err(Error::InvalidInput(format!(
+            "rewind to {len} positions: the session holds only {held}"
+        )));
+    }
+    Ok(())
+}
+
 /// Before a step's forward pass: grows the cache for the step's `input.n`
 /// positions and checks that its logits (`vocab` per row, or per token) can be allocated, so that a
 /// request too large for the machine is an [`Error::OutOfMemory`] with the session unchanged.
