@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import decoders, marian, qwen_coder, smollm2, t5
+from . import decoders, gemm, marian, qwen_coder, smollm2, t5
 from .benchmark import add_report_arguments, add_thread_arguments
 
 # name -> Benchmark (add_arguments, finish_args, run)
 BENCHMARKS = {"t5": t5.BENCHMARK, "smollm2": smollm2.BENCHMARK, "qwen2.5-coder": qwen_coder.BENCHMARK,
               "marian": marian.BENCHMARK, "qwen3": decoders.QWEN3, "gemma3": decoders.GEMMA3}
+# Kernel benchmarks (no runtimes compared, not part of `all`): name -> the same three entry points.
+KERNEL_BENCHMARKS = {"gemm": gemm.BENCHMARK}
+COMMANDS = {**BENCHMARKS, **KERNEL_BENCHMARKS}
 
 
 def _first_line(doc: Optional[str]) -> str:
@@ -26,10 +29,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         description="Benchmarks of fasttx against reference runtimes, each at every thread count "
                     "from 1 up (see BENCHMARKS.md).",
     )
-    sub = parser.add_subparsers(dest="benchmark", metavar="{" + ",".join([*BENCHMARKS, "all"]) + "}")
+    sub = parser.add_subparsers(dest="benchmark", metavar="{" + ",".join([*COMMANDS, "all"]) + "}")
     sub.required = True
     subparsers = {}
-    for name, bench in BENCHMARKS.items():
+    for name, bench in COMMANDS.items():
         doc = _first_line(sys.modules[type(bench).__module__].__doc__)
         sp = sub.add_parser(name, help=doc, description=doc)
         bench.add_arguments(sp)
@@ -59,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser, subparsers = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.benchmark != "all":
-        return BENCHMARKS[args.benchmark].finish_args(args, subparsers[args.benchmark])
+        return COMMANDS[args.benchmark].finish_args(args, subparsers[args.benchmark])
     if args.bandwidth_mb < 0:
         subparsers["all"].error("--bandwidth-mb must be >= 0")
     args.plan = []
@@ -88,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``fasttx bench ARGS``; returns the exit status."""
     args = parse_args(argv)
     if args.benchmark != "all":
-        return BENCHMARKS[args.benchmark].run(args)
+        return COMMANDS[args.benchmark].run(args)
     status = 0
     for name, sub_args in args.plan:
         print(f"=== fasttx bench {name} ===", flush=True)
