@@ -38,6 +38,20 @@ const X_BLOCK_BYTES: usize = 192 * 1024;
 /// Block widths (rows of `w`) are multiples of this, a multiple of every tile width, so only the
 /// last block of a row has a ragged edge.
 const COL_ALIGN: usize = 24;
+/// Longest `k` a block reduces in one pass. Above it the pieces a tile sweeps (`nr` rows of `w`,
+/// `mr` of `x`) no longer stay in L1 with the `w` group in use, and a block's `x` rows in L2 would
+/// be few, so `w` would come from memory for every few rows: the reduction is cut into slices.
+const K_WHOLE_MAX: usize = 1536;
+/// Target slice of `k` (floats) when it is cut: 4 rows of `w` and 4 of `x` take 16 KiB of L1.
+const K_SLICE: usize = 512;
+/// Rows of `x` a block takes when `k` is cut: each pass over `w` then serves this many rows.
+const SLICED_ROWS: usize = 64;
+/// Columns (rows of `w`) whose partial sums a sliced block carries at once: `SLICED_ROWS ×
+/// SLICED_COLS` outputs of [`MAX_LANES`] floats (192 KiB), with the `x` and `w` slices they
+/// sweep (128 + 96 KiB) within a 512 KiB–1 MiB L2. A multiple of every tile width.
+const SLICED_COLS: usize = 48;
+/// The widest lane count of any tile (AVX-512): floats of partial sum per output.
+const MAX_LANES: usize = 16;
 
 /// Matrix product against a weight stored `[n, k]`: `y[i][j] = Σ_p x[i][p] · w[j][p]`.
 /// Parallel over the current rayon pool; the result is bitwise independent of the thread count
@@ -118,7 +132,79 @@ pub(crate) fn matmul_nt_with(
 /// pieces of whole blocks (see [`crate::tensor::Linear::forward_checked`]) reads `w` no more
 /// often than one call does.
 pub(crate) fn row_block(k: usize) -> usize {
-    (X_BLOCK_BYTES / (4 * k.max(1))).max(4) / 4 * 4
+    if k > K_WHOLE_MAX {
+        SLICED_ROWS
+    } else {
+        (X_BLOCK_BYTES / (4 * k.max(1))).max(4) / 4 * 4
+    }
+}
+
+/// The slices `k` is cut into: `(slice length, count)`, equal lengths that are multiples of
+/// every lane count (so that only the last slice has a ragged end), the last one shorter.
+fn k_slices(k: usize) -> (usize, usize) {
+    if k <= K_WHOLE_MAX {
+        return (k, 1);
+    }
+    let len = k.div_ceil(k.div_ceil(K_SLICE)).next_multiple_of(MAX_LANES);
+    (len, k.div_ceil(len))
+}
+
+/// The part of the reduction over `k` one tile call computes, and where it keeps its partial sums.
+///
+/// A tile reduces `len` elements of rows `ld` apart (its `x` and `w` pointers already at the
+/// slice's start). Unless the slice is the first, it starts from the partial sums in `partial`
+/// (the lane accumulators, unrounded); unless it is the last, it leaves them there instead of
+/// summing them into `y`. The FMAs are the same, in the same order, as in one pass over `k`.
+#[derive(Clone, Copy)]
+pub(crate) struct KSlice {
+    pub(crate) ld: usize,
+    pub(crate) len: usize,
+    pub(crate) first: bool,
+    pub(crate) last: bool,
+    /// Partial sums of output `(r, c)` of the tile at `partial + (r·ldp + c)·MAX_LANES` (the
+    /// first `lanes` floats of it); only read or written when not both `first` and `last`.
+    pub(crate) partial: *mut f32,
+    pub(crate) ldp: usize,
+}
+
+impl KSlice {
+    /// The whole of `k` in one pass.
+    fn whole(k: usize) -> KSlice {
+        KSlice {
+            ld: k,
+            len: k,
+            first: true,
+            last: true,
+            partial: std::ptr::null_mut(),
+            ldp: 0,
+        }
+    }
+
+    /// Where output `(r, c)` of the tile keeps its partial sums.
+    ///
+    /// # Safety
+    /// Only when `partial` is used (see the field), for an output of the tile.
+    #[inline]
+    pub(crate) unsafe fn partial_of(&self, r: usize, c: usize, lanes: usize) -> *mut f32 {
+        debug_assert!(lanes <= MAX_LANES);
+        self.partial.add((r * self.ldp + c) * MAX_LANES)
+    }
+
+    /// The same slice for the 1 × 1 tile of output `(r, c)`.
+    ///
+    /// # Safety
+    /// As [`KSlice::partial_of`] when `partial` is used.
+    #[inline]
+    pub(crate) unsafe fn at(&self, r: usize, c: usize, lanes: usize) -> KSlice {
+        KSlice {
+            partial: if self.first && self.last {
+                self.partial
+            } else {
+                self.partial_of(r, c, lanes)
+            },
+            ..*self
+        }
+    }
 }
 
 /// Tasks per row block: `tasks`, lowered to a multiple of the thread count when there is a single
@@ -137,7 +223,7 @@ struct NtKernel {
     /// Tile width (rows of `w`) to pair with a group of `mr` rows of `x`, indexed by `mr` (1..=4).
     nr: [usize; 5],
     /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract.
-    tile: unsafe fn(usize, usize, bool, *const f32, *const f32, usize, *mut f32, usize),
+    tile: unsafe fn(usize, usize, bool, *const f32, *const f32, &KSlice, *mut f32, usize),
 }
 
 impl NtKernel {
@@ -176,7 +262,57 @@ impl NtKernel {
         k: usize,
         ldy: usize,
     ) {
+        let (slice, slices) = k_slices(k);
+        // Up to 8 rows (decoding) w streams from memory once whatever k is: one pass.
+        if slices == 1 || rows <= 8 {
+            self.columns(x, w, y, rows, cols, &KSlice::whole(k), ldy);
+            return;
+        }
+        // Long k: for each group of columns, every slice of k in turn, each output's partial sums
+        // carried in `partial` from one slice to the next.
+        PARTIAL.with_borrow_mut(|partial| {
+            let ldp = SLICED_COLS;
+            partial.resize(rows * ldp * MAX_LANES, 0.0);
+            let mut j = 0;
+            while j < cols {
+                let width = SLICED_COLS.min(cols - j);
+                for s in 0..slices {
+                    let p = s * slice;
+                    let ks = KSlice {
+                        ld: k,
+                        len: slice.min(k - p),
+                        first: s == 0,
+                        last: s + 1 == slices,
+                        partial: partial.as_mut_ptr(),
+                        ldp,
+                    };
+                    self.columns(x.add(p), w.add(j * k + p), y.add(j), rows, width, &ks, ldy);
+                }
+                j += width;
+            }
+        });
+    }
+
+    /// `y[..rows][..cols]` for the slice `ks` of `k`: for each group of `w` rows (then hot in
+    /// L1), every group of `x` rows. Output `(i, j)` keeps its partial sums at `(i·ldp + j)` of
+    /// `ks.partial`.
+    ///
+    /// # Safety
+    /// As [`NtKernel::block`], for `ks.len` elements of rows `ks.ld` apart; `ks.partial` holds
+    /// `rows × ks.ldp` outputs when used.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn columns(
+        &self,
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        rows: usize,
+        cols: usize,
+        ks: &KSlice,
+        ldy: usize,
+    ) {
         let tile = self.tile;
+        let k = ks.ld;
         // Few rows (decoding): one group, with the widest tile for that many rows. Otherwise groups
         // of 4 (the last group, if shorter, keeps the same width).
         let (mr, nr) = if rows >= 4 {
@@ -187,18 +323,27 @@ impl NtKernel {
         // With at most two groups of x rows, each w row is used about once: it streams from
         // memory, and the tiles prefetch it. (In bigger blocks it is re-read from cache.)
         let stream = rows <= 8;
+        let sliced = !(ks.first && ks.last);
         // For each group of w rows (then hot in L1), every group of x rows.
         let sweep = |j: usize, width: usize| {
             let mut i = 0;
             while i < rows {
                 let h = mr.min(rows - i);
+                let here = if sliced {
+                    KSlice {
+                        partial: ks.partial_of(i, j, MAX_LANES),
+                        ..*ks
+                    }
+                } else {
+                    *ks
+                };
                 tile(
                     h,
                     width,
                     stream,
                     x.add(i * k),
                     w.add(j * k),
-                    k,
+                    &here,
                     y.add(i * ldy + j),
                     ldy,
                 );
@@ -215,6 +360,12 @@ impl NtKernel {
             sweep(j, 1);
         }
     }
+}
+
+thread_local! {
+    /// A thread's partial sums for the blocks it computes with `k` cut into slices (kept between
+    /// calls: at most `SLICED_ROWS × SLICED_COLS` outputs, 192 KiB).
+    static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Raw output pointer shared by the tasks of one product (here and in `quant`), each writing its
@@ -316,6 +467,8 @@ pub fn matmul_nn_scalar(a: &[f32], b: &[f32], y: &mut [f32], m: usize, k: usize,
 /// maps onto whatever vectors the target has (SSE2, NEON). Same lane layout and horizontal-sum
 /// order as the AVX2 tiles, but multiply and add are separate roundings (no FMA).
 mod portable {
+    use super::KSlice;
+
     const LANES: usize = 8;
 
     pub(super) const NT_NR: [usize; 5] = [0, 8, 6, 4, 3];
@@ -323,8 +476,8 @@ mod portable {
     /// Same contract as `x86_avx2::nt_tile`.
     ///
     /// # Safety
-    /// `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart), `y` valid for writes at
-    /// `r·ldy + c` for `r < mr`, `c < nr`.
+    /// `x` valid for `mr` rows and `w` for `nr` rows of `ks.len` reads (rows `ks.ld` apart), `y`
+    /// valid for writes at `r·ldy + c` for `r < mr`, `c < nr`; `ks.partial` as [`KSlice`] says.
     #[allow(clippy::too_many_arguments)] // one flat signature shared by every ISA
     pub(super) unsafe fn nt_tile(
         mr: usize,
@@ -332,22 +485,29 @@ mod portable {
         _stream: bool,
         x: *const f32,
         w: *const f32,
-        k: usize,
+        ks: &KSlice,
         y: *mut f32,
         ldy: usize,
     ) {
         match (mr, nr) {
-            (1, 8) => tile::<1, 8>(x, w, k, y, ldy),
-            (2, 6) => tile::<2, 6>(x, w, k, y, ldy),
-            (3, 4) => tile::<3, 4>(x, w, k, y, ldy),
-            (4, 3) => tile::<4, 3>(x, w, k, y, ldy),
-            (1, 3) => tile::<1, 3>(x, w, k, y, ldy),
-            (2, 3) => tile::<2, 3>(x, w, k, y, ldy),
-            (3, 3) => tile::<3, 3>(x, w, k, y, ldy),
+            (1, 8) => tile::<1, 8>(x, w, ks, y, ldy),
+            (2, 6) => tile::<2, 6>(x, w, ks, y, ldy),
+            (3, 4) => tile::<3, 4>(x, w, ks, y, ldy),
+            (4, 3) => tile::<4, 3>(x, w, ks, y, ldy),
+            (1, 3) => tile::<1, 3>(x, w, ks, y, ldy),
+            (2, 3) => tile::<2, 3>(x, w, ks, y, ldy),
+            (3, 3) => tile::<3, 3>(x, w, ks, y, ldy),
             _ => {
                 for r in 0..mr {
                     for c in 0..nr {
-                        tile::<1, 1>(x.add(r * k), w.add(c * k), k, y.add(r * ldy + c), ldy);
+                        let one = ks.at(r, c, LANES);
+                        tile::<1, 1>(
+                            x.add(r * ks.ld),
+                            w.add(c * ks.ld),
+                            &one,
+                            y.add(r * ldy + c),
+                            ldy,
+                        );
                     }
                 }
             }
@@ -358,14 +518,28 @@ mod portable {
     unsafe fn tile<const MR: usize, const NR: usize>(
         x: *const f32,
         w: *const f32,
-        k: usize,
+        ks: &KSlice,
         y: *mut f32,
         ldy: usize,
     ) {
-        // SAFETY: the caller guarantees MR rows of x and NR rows of w, each k long.
-        let xs: [&[f32]; MR] = std::array::from_fn(|r| std::slice::from_raw_parts(x.add(r * k), k));
-        let ws: [&[f32]; NR] = std::array::from_fn(|c| std::slice::from_raw_parts(w.add(c * k), k));
+        let (ld, k) = (ks.ld, ks.len);
+        // SAFETY: the caller guarantees MR rows of x and NR rows of w, each k long, ld apart.
+        let xs: [&[f32]; MR] =
+            std::array::from_fn(|r| std::slice::from_raw_parts(x.add(r * ld), k));
+        let ws: [&[f32]; NR] =
+            std::array::from_fn(|c| std::slice::from_raw_parts(w.add(c * ld), k));
         let mut acc = [[[0.0f32; LANES]; NR]; MR];
+        if !ks.first {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (c, a) in acc_r.iter_mut().enumerate() {
+                    // SAFETY: partial sums of an output of this tile (`KSlice`).
+                    a.copy_from_slice(std::slice::from_raw_parts(
+                        ks.partial_of(r, c, LANES),
+                        LANES,
+                    ));
+                }
+            }
+        }
         let body = k - k % LANES;
         for p in (0..body).step_by(LANES) {
             for (xr, acc_r) in xs.iter().zip(acc.iter_mut()) {
@@ -387,8 +561,14 @@ mod portable {
         }
         for (r, acc_r) in acc.iter().enumerate() {
             for (c, a) in acc_r.iter().enumerate() {
-                // SAFETY: r < MR, c < NR: inside the caller's y rectangle.
-                *y.add(r * ldy + c) = hsum(a);
+                if ks.last {
+                    // SAFETY: r < MR, c < NR: inside the caller's y rectangle.
+                    *y.add(r * ldy + c) = hsum(a);
+                } else {
+                    // SAFETY: partial sums of an output of this tile (`KSlice`).
+                    std::slice::from_raw_parts_mut(ks.partial_of(r, c, LANES), LANES)
+                        .copy_from_slice(a);
+                }
             }
         }
     }
@@ -427,6 +607,12 @@ mod tests {
         (8, 512, 100),
         (1, 513, 1025),
         (37, 513, 1025),
+        // k above K_WHOLE_MAX with more than 8 rows: k cut into slices (the last one ragged,
+        // a multiple of no lane count), m and n not multiples of the tile or the column group.
+        (9, 1537, 50),
+        (13, 2100, 49),
+        (70, 1601, 101),
+        (66, 4864, 9),
         (3, 0, 5),
         (0, 5, 3),
         (3, 5, 0),
@@ -508,6 +694,71 @@ mod tests {
                     bits(&batch1[5 * n..]),
                     "{isa:?} rows 5..7 as m=2"
                 );
+            }
+        }
+    }
+
+    /// With k cut into slices (more than 8 rows, k > K_WHOLE_MAX), each row still has the bits
+    /// of the one-pass product of that row alone: every m from 1 to 9 and large, 1 and 2 threads.
+    #[test]
+    fn matmul_nt_sliced_k_bitwise_equals_one_pass() {
+        for isa in cpu::supported_isas() {
+            for &(m, k, n) in &[
+                (70, 1537, 53),
+                (21, 2100, 50),
+                (12, 4864, 27),
+                (130, 2048, 7),
+            ] {
+                assert!(k_slices(k).1 > 1);
+                let x = random(m * k, 13);
+                let w = random(n * k, 14);
+                let mut single = vec![0.0; m * n];
+                for i in 0..m {
+                    matmul_nt_with(
+                        isa,
+                        &x[i * k..(i + 1) * k],
+                        &w,
+                        &mut single[i * n..],
+                        1,
+                        k,
+                        n,
+                    );
+                }
+                for threads in [1, 2] {
+                    let mut batch = vec![f32::NAN; m * n];
+                    with_threads(threads, || matmul_nt_with(isa, &x, &w, &mut batch, m, k, n));
+                    for i in 0..m {
+                        assert_eq!(
+                            bits(&batch[i * n..(i + 1) * n]),
+                            bits(&single[i * n..(i + 1) * n]),
+                            "{isa:?} m={m} k={k} n={n} threads={threads} row {i}"
+                        );
+                    }
+                }
+                // Every smaller batch (1..=9 rows: one pass, then slices) from row 1 on.
+                for rows in 1..=9.min(m - 1) {
+                    let mut part = vec![f32::NAN; rows * n];
+                    with_threads(2, || {
+                        matmul_nt_with(isa, &x[k..], &w, &mut part, rows, k, n)
+                    });
+                    assert_eq!(
+                        bits(&part),
+                        bits(&single[n..(rows + 1) * n]),
+                        "{isa:?} k={k} rows={rows}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn k_slices_cover_k_in_lane_multiples() {
+        for k in [1, 512, K_WHOLE_MAX, K_WHOLE_MAX + 1, 2048, 4864, 8191] {
+            let (len, count) = k_slices(k);
+            assert!(len * count >= k && len * (count - 1) < k, "k={k}");
+            if count > 1 {
+                assert_eq!(len % MAX_LANES, 0, "k={k}");
+                assert!(len <= K_SLICE + MAX_LANES, "k={k}");
             }
         }
     }

@@ -14,6 +14,7 @@
 
 use std::arch::x86_64::*;
 
+use super::matmul::KSlice;
 use super::x86_avx2;
 
 const LANES: usize = 16;
@@ -47,8 +48,9 @@ pub(crate) const NT_NR: [usize; 5] = [0, 12, 8, 6, 4];
 /// Same contract as [`x86_avx2::nt_tile`], with 16 lanes per partial sum.
 ///
 /// # Safety
-/// AVX-512F+AVX2+FMA available; `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart),
-/// `y` valid for writes at `r·ldy + c` for `r < mr`, `c < nr`.
+/// AVX-512F+AVX2+FMA available; `x` valid for `mr` rows and `w` for `nr` rows of `ks.len` reads
+/// (rows `ks.ld` apart); `y` valid for writes at `r·ldy + c` for `r < mr`, `c < nr`; `ks.partial`
+/// as [`KSlice`] says.
 #[allow(clippy::too_many_arguments)] // one flat signature shared by every ISA
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(crate) unsafe fn nt_tile(
@@ -57,29 +59,29 @@ pub(crate) unsafe fn nt_tile(
     stream: bool,
     x: *const f32,
     w: *const f32,
-    k: usize,
+    ks: &KSlice,
     y: *mut f32,
     ldy: usize,
 ) {
     match (mr, nr) {
-        (1, 12) => tile::<1, 12>(x, w, k, y, ldy, stream),
-        (2, 8) => tile::<2, 8>(x, w, k, y, ldy, stream),
-        (3, 6) => tile::<3, 6>(x, w, k, y, ldy, stream),
-        (4, 4) => tile::<4, 4>(x, w, k, y, ldy, stream),
-        (1, 6) => tile::<1, 6>(x, w, k, y, ldy, stream),
-        (2, 6) => tile::<2, 6>(x, w, k, y, ldy, stream),
-        (4, 2) => tile::<4, 2>(x, w, k, y, ldy, stream),
-        (4, 3) => tile::<4, 3>(x, w, k, y, ldy, stream),
-        (4, 1) => tile::<4, 1>(x, w, k, y, ldy, stream),
-        (3, 1) => tile::<3, 1>(x, w, k, y, ldy, stream),
-        (2, 1) => tile::<2, 1>(x, w, k, y, ldy, stream),
+        (1, 12) => tile::<1, 12>(x, w, ks, y, ldy, stream),
+        (2, 8) => tile::<2, 8>(x, w, ks, y, ldy, stream),
+        (3, 6) => tile::<3, 6>(x, w, ks, y, ldy, stream),
+        (4, 4) => tile::<4, 4>(x, w, ks, y, ldy, stream),
+        (1, 6) => tile::<1, 6>(x, w, ks, y, ldy, stream),
+        (2, 6) => tile::<2, 6>(x, w, ks, y, ldy, stream),
+        (4, 2) => tile::<4, 2>(x, w, ks, y, ldy, stream),
+        (4, 3) => tile::<4, 3>(x, w, ks, y, ldy, stream),
+        (4, 1) => tile::<4, 1>(x, w, ks, y, ldy, stream),
+        (3, 1) => tile::<3, 1>(x, w, ks, y, ldy, stream),
+        (2, 1) => tile::<2, 1>(x, w, ks, y, ldy, stream),
         _ => {
             for r in 0..mr {
                 for c in 0..nr {
                     tile::<1, 1>(
-                        x.add(r * k),
-                        w.add(c * k),
-                        k,
+                        x.add(r * ks.ld),
+                        w.add(c * ks.ld),
+                        &ks.at(r, c, LANES),
                         y.add(r * ldy + c),
                         ldy,
                         false,
@@ -95,52 +97,68 @@ pub(crate) unsafe fn nt_tile(
 unsafe fn tile<const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const f32,
-    k: usize,
+    ks: &KSlice,
     y: *mut f32,
     ldy: usize,
     stream: bool,
 ) {
+    let (ld, len) = (ks.ld, ks.len);
     // Prefetching pays only where w comes from memory and the tile has several x rows.
     let prefetch = stream && MR >= 2;
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    let body = k - k % LANES;
+    if !ks.first {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (c, a) in acc_r.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(ks.partial_of(r, c, LANES));
+            }
+        }
+    }
+    let body = len - len % LANES;
     let mut p = 0;
     while p < body {
         if prefetch {
             // As in the AVX2 tile: one prefetch per cache line (= one vector here) of each w row.
             for c in 0..NR {
-                let ahead = w.wrapping_add(c * k + p + x86_avx2::NT_PREFETCH);
+                let ahead = w.wrapping_add(c * ld + p + x86_avx2::NT_PREFETCH);
                 _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             }
         }
         let mut wv = [_mm512_setzero_ps(); NR];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(w.add(c * k + p));
+            *v = _mm512_loadu_ps(w.add(c * ld + p));
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm512_loadu_ps(x.add(r * k + p));
+            let xv = _mm512_loadu_ps(x.add(r * ld + p));
             for (a, &wc) in acc_r.iter_mut().zip(&wv) {
                 *a = _mm512_fmadd_ps(xv, wc, *a);
             }
         }
         p += LANES;
     }
-    if p < k {
-        let mask = tail_mask(k - p);
+    if p < len {
+        let mask = tail_mask(len - p);
         let mut wv = [_mm512_setzero_ps(); NR];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_maskz_loadu_ps(mask, w.add(c * k + p));
+            *v = _mm512_maskz_loadu_ps(mask, w.add(c * ld + p));
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm512_maskz_loadu_ps(mask, x.add(r * k + p));
+            let xv = _mm512_maskz_loadu_ps(mask, x.add(r * ld + p));
             for (a, &wc) in acc_r.iter_mut().zip(&wv) {
                 *a = _mm512_fmadd_ps(xv, wc, *a);
             }
         }
     }
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (c, &a) in acc_r.iter().enumerate() {
-            *y.add(r * ldy + c) = hsum(a);
+    if ks.last {
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (c, &a) in acc_r.iter().enumerate() {
+                *y.add(r * ldy + c) = hsum(a);
+            }
+        }
+    } else {
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (c, &a) in acc_r.iter().enumerate() {
+                _mm512_storeu_ps(ks.partial_of(r, c, LANES), a);
+            }
         }
     }
 }
