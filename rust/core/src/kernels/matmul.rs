@@ -13,12 +13,21 @@
 //! Blocks of at most 8 rows (decoding) read each `w` row about once, from memory: there the
 //! multi-row tiles also prefetch `w` ahead (see `x86_avx2::NT_PREFETCH`).
 //!
+//! Blocks of more than 8 rows (prefill, batches) are bound by arithmetic instead, and take three
+//! more steps: the kernel's big tile (6 × 4 on AVX-512: 24 accumulators); a copy of the block's
+//! `x` rows at a stride of an odd number of cache lines (rows `k = 1024·j` apart share L1 sets,
+//! and a tile's rows would evict each other); and for `k > K_WHOLE_MAX`, the reduction cut into
+//! slices of about `K_SLICE`, each output's lane partial sums kept in memory from one slice to the
+//! next ([`KSlice`]), so that a block can take `SLICED_ROWS` rows per pass over `w`.
+//!
 //! # Determinism
 //! Every output `y[i][j]` is computed by one tile with one fixed reduction order: `LANES` partial
 //! sums over `k` (lane `l` takes `k`-indices `≡ l mod LANES`, the ragged end padded with zeros), then
 //! a horizontal sum in a fixed order. That order does not depend on the tile shape, the block, the
 //! thread or `m`, so a row's result has the same bits at any thread count and in any batch. (It does
-//! depend on the instruction set: AVX-512, AVX2 and portable code round differently.)
+//! depend on the instruction set: AVX-512, AVX2 and portable code round differently.) Cutting `k`
+//! into slices keeps it: a slice starts from the previous slice's lane accumulators, stored and
+//! reloaded unrounded, so every lane sees the same FMAs in the same order as in one pass.
 
 use rayon::prelude::*;
 
@@ -33,22 +42,23 @@ const SERIAL_WORK: usize = 32 * 1024;
 const MIN_TASK_WORK: usize = 64 * 1024;
 /// Aim for this many tasks per thread so uneven progress evens out.
 const TASKS_PER_THREAD: usize = 8;
-/// Bytes of `x` rows a block keeps hot (well inside a 512 KiB–1 MiB L2).
-const X_BLOCK_BYTES: usize = 192 * 1024;
+/// Bytes of `x` rows a block keeps in L2 (with the `w` rows it sweeps, inside a 1 MiB L2; on a
+/// 512 KiB one they spill to L3, still read once per group of `w` rows).
+const X_BLOCK_BYTES: usize = 384 * 1024;
 /// Block widths (rows of `w`) are multiples of this, a multiple of every tile width, so only the
 /// last block of a row has a ragged edge.
 const COL_ALIGN: usize = 24;
-/// Longest `k` a block reduces in one pass. Above it the pieces a tile sweeps (`nr` rows of `w`,
-/// `mr` of `x`) no longer stay in L1 with the `w` group in use, and a block's `x` rows in L2 would
-/// be few, so `w` would come from memory for every few rows: the reduction is cut into slices.
-const K_WHOLE_MAX: usize = 1536;
-/// Target slice of `k` (floats) when it is cut: 4 rows of `w` and 4 of `x` take 16 KiB of L1.
-const K_SLICE: usize = 512;
+/// Longest `k` a block of many rows reduces in one pass. Above it a block's `x` rows in L2 would
+/// be few, so `w` would come from memory for every few rows, and a tile's rows of `x` and `w`
+/// would stream from L2: the reduction is cut into slices.
+const K_WHOLE_MAX: usize = 2048;
+/// Target slice of `k` (floats) when it is cut.
+const K_SLICE: usize = 1024;
 /// Rows of `x` a block takes when `k` is cut: each pass over `w` then serves this many rows.
-const SLICED_ROWS: usize = 64;
+const SLICED_ROWS: usize = 96;
 /// Columns (rows of `w`) whose partial sums a sliced block carries at once: `SLICED_ROWS ×
-/// SLICED_COLS` outputs of [`MAX_LANES`] floats (192 KiB), with the `x` and `w` slices they
-/// sweep (128 + 96 KiB) within a 512 KiB–1 MiB L2. A multiple of every tile width.
+/// SLICED_COLS` outputs of [`MAX_LANES`] floats (288 KiB), with the slices of `x` and `w` they
+/// sweep (384 + 192 KiB): within a 1 MiB L2. A multiple of every tile width.
 const SLICED_COLS: usize = 48;
 /// The widest lane count of any tile (AVX-512): floats of partial sum per output.
 const MAX_LANES: usize = 16;
@@ -151,13 +161,15 @@ fn k_slices(k: usize) -> (usize, usize) {
 
 /// The part of the reduction over `k` one tile call computes, and where it keeps its partial sums.
 ///
-/// A tile reduces `len` elements of rows `ld` apart (its `x` and `w` pointers already at the
-/// slice's start). Unless the slice is the first, it starts from the partial sums in `partial`
-/// (the lane accumulators, unrounded); unless it is the last, it leaves them there instead of
-/// summing them into `y`. The FMAs are the same, in the same order, as in one pass over `k`.
+/// A tile reduces `len` elements of rows `ldx` (`x`) and `ld` (`w`) apart, its `x` and `w`
+/// pointers already at the slice's start. Unless the slice is the first, it starts from the
+/// partial sums in `partial` (the lane accumulators, unrounded); unless it is the last, it leaves
+/// them there instead of summing them into `y`. The FMAs are the same, in the same order, as in
+/// one pass over `k`.
 #[derive(Clone, Copy)]
 pub(crate) struct KSlice {
     pub(crate) ld: usize,
+    pub(crate) ldx: usize,
     pub(crate) len: usize,
     pub(crate) first: bool,
     pub(crate) last: bool,
@@ -172,6 +184,7 @@ impl KSlice {
     fn whole(k: usize) -> KSlice {
         KSlice {
             ld: k,
+            ldx: k,
             len: k,
             first: true,
             last: true,
@@ -222,6 +235,8 @@ pub(crate) fn balanced_tasks(tasks: usize, threads: usize, row_blocks: usize) ->
 struct NtKernel {
     /// Tile width (rows of `w`) to pair with a group of `mr` rows of `x`, indexed by `mr` (1..=4).
     nr: [usize; 5],
+    /// Tile (rows of `x`, rows of `w`) for blocks of more than 8 rows.
+    big: (usize, usize),
     /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract.
     tile: unsafe fn(usize, usize, bool, *const f32, *const f32, &KSlice, *mut f32, usize),
 }
@@ -232,15 +247,18 @@ impl NtKernel {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => NtKernel {
                 nr: x86_avx512::NT_NR,
+                big: x86_avx512::NT_BIG,
                 tile: x86_avx512::nt_tile,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => NtKernel {
                 nr: x86_avx2::NT_NR,
+                big: x86_avx2::NT_BIG,
                 tile: x86_avx2::nt_tile,
             },
             _ => NtKernel {
                 nr: portable::NT_NR,
+                big: (4, portable::NT_NR[4]),
                 tile: portable::nt_tile,
             },
         }
@@ -262,17 +280,39 @@ impl NtKernel {
         k: usize,
         ldy: usize,
     ) {
-        let (slice, slices) = k_slices(k);
-        // Up to 8 rows (decoding) w streams from memory once whatever k is: one pass.
-        if slices == 1 || rows <= 8 {
+        // Up to 8 rows (decoding) w streams from memory once, whatever k is: one pass, over x
+        // as it is.
+        if rows <= 8 {
             self.columns(x, w, y, rows, cols, &KSlice::whole(k), ldy);
             return;
         }
-        // Long k: for each group of columns, every slice of k in turn, each output's partial sums
-        // carried in `partial` from one slice to the next.
-        PARTIAL.with_borrow_mut(|partial| {
-            let ldp = SLICED_COLS;
-            partial.resize(rows * ldp * MAX_LANES, 0.0);
+        let (slice, slices) = k_slices(k);
+        SCRATCH.with_borrow_mut(|scratch| {
+            // The block's rows of x, copied at a stride of an odd number of cache lines: rows
+            // `k` apart (k a multiple of 1024, say) would map to the same L1 sets, and the rows
+            // a tile sweeps would evict each other.
+            let ldx = (k.div_ceil(MAX_LANES) | 1) * MAX_LANES;
+            let partials = if slices > 1 {
+                rows * SLICED_COLS * MAX_LANES
+            } else {
+                0
+            };
+            let (xp, partial) = scratch.split(rows * ldx, partials);
+            for r in 0..rows {
+                let row = std::slice::from_raw_parts(x.add(r * k), k);
+                xp[r * ldx..r * ldx + k].copy_from_slice(row);
+            }
+            let xp = xp.as_ptr();
+            if slices == 1 {
+                let ks = KSlice {
+                    ldx,
+                    ..KSlice::whole(k)
+                };
+                self.columns(xp, w, y, rows, cols, &ks, ldy);
+                return;
+            }
+            // Long k: for each group of columns, every slice of k in turn, each output's
+            // partial sums carried in `partial` from one slice to the next.
             let mut j = 0;
             while j < cols {
                 let width = SLICED_COLS.min(cols - j);
@@ -280,13 +320,14 @@ impl NtKernel {
                     let p = s * slice;
                     let ks = KSlice {
                         ld: k,
+                        ldx,
                         len: slice.min(k - p),
                         first: s == 0,
                         last: s + 1 == slices,
                         partial: partial.as_mut_ptr(),
-                        ldp,
+                        ldp: SLICED_COLS,
                     };
-                    self.columns(x.add(p), w.add(j * k + p), y.add(j), rows, width, &ks, ldy);
+                    self.columns(xp.add(p), w.add(j * k + p), y.add(j), rows, width, &ks, ldy);
                 }
                 j += width;
             }
@@ -312,10 +353,11 @@ impl NtKernel {
         ldy: usize,
     ) {
         let tile = self.tile;
-        let k = ks.ld;
-        // Few rows (decoding): one group, with the widest tile for that many rows. Otherwise groups
-        // of 4 (the last group, if shorter, keeps the same width).
-        let (mr, nr) = if rows >= 4 {
+        // Few rows (decoding): one group, with the widest tile for that many rows; up to 8, groups
+        // of 4; more, the kernel's big tile (the last group, if shorter, keeps the same width).
+        let (mr, nr) = if rows > 8 {
+            self.big
+        } else if rows >= 4 {
             (4, self.nr[4])
         } else {
             (rows, self.nr[rows])
@@ -341,8 +383,8 @@ impl NtKernel {
                     h,
                     width,
                     stream,
-                    x.add(i * k),
-                    w.add(j * k),
+                    x.add(i * ks.ldx),
+                    w.add(j * ks.ld),
                     &here,
                     y.add(i * ldy + j),
                     ldy,
@@ -363,9 +405,21 @@ impl NtKernel {
 }
 
 thread_local! {
-    /// A thread's partial sums for the blocks it computes with `k` cut into slices (kept between
-    /// calls: at most `SLICED_ROWS × SLICED_COLS` outputs, 192 KiB).
-    static PARTIAL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A thread's scratch for the blocks of more than 8 rows it computes (kept between calls).
+    static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new(Scratch(Vec::new())) };
+}
+
+/// Scratch memory handed out as 64-byte aligned pieces (each a whole number of cache lines).
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// Two pieces of `a` and `b` floats (multiples of 16), 64-byte aligned.
+    fn split(&mut self, a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
+        debug_assert!(a % MAX_LANES == 0 && b % MAX_LANES == 0);
+        self.0.resize(a + b + MAX_LANES, 0.0);
+        let skip = self.0.as_ptr().align_offset(64).min(MAX_LANES);
+        self.0[skip..skip + a + b].split_at_mut(a)
+    }
 }
 
 /// Raw output pointer shared by the tasks of one product (here and in `quant`), each writing its
@@ -502,7 +556,7 @@ mod portable {
                     for c in 0..nr {
                         let one = ks.at(r, c, LANES);
                         tile::<1, 1>(
-                            x.add(r * ks.ld),
+                            x.add(r * ks.ldx),
                             w.add(c * ks.ld),
                             &one,
                             y.add(r * ldy + c),
@@ -522,10 +576,11 @@ mod portable {
         y: *mut f32,
         ldy: usize,
     ) {
-        let (ld, k) = (ks.ld, ks.len);
-        // SAFETY: the caller guarantees MR rows of x and NR rows of w, each k long, ld apart.
+        let (ld, ldx, k) = (ks.ld, ks.ldx, ks.len);
+        // SAFETY: the caller guarantees MR rows of x (ldx apart) and NR rows of w (ld apart),
+        // each k long.
         let xs: [&[f32]; MR] =
-            std::array::from_fn(|r| std::slice::from_raw_parts(x.add(r * ld), k));
+            std::array::from_fn(|r| std::slice::from_raw_parts(x.add(r * ldx), k));
         let ws: [&[f32]; NR] =
             std::array::from_fn(|c| std::slice::from_raw_parts(w.add(c * ld), k));
         let mut acc = [[[0.0f32; LANES]; NR]; MR];
@@ -609,10 +664,14 @@ mod tests {
         (37, 513, 1025),
         // k above K_WHOLE_MAX with more than 8 rows: k cut into slices (the last one ragged,
         // a multiple of no lane count), m and n not multiples of the tile or the column group.
-        (9, 1537, 50),
+        (9, 2049, 50),
         (13, 2100, 49),
-        (70, 1601, 101),
+        (70, 3001, 101),
         (66, 4864, 9),
+        // More than 8 rows, one pass: every edge of the big tile (6 × 4 on AVX-512).
+        (9, 7, 5),
+        (11, 64, 7),
+        (25, 100, 30),
         (3, 0, 5),
         (0, 5, 3),
         (3, 5, 0),
@@ -699,15 +758,15 @@ mod tests {
     }
 
     /// With k cut into slices (more than 8 rows, k > K_WHOLE_MAX), each row still has the bits
-    /// of the one-pass product of that row alone: every m from 1 to 9 and large, 1 and 2 threads.
+    /// of the one-pass product of that row alone: every m from 1 to 14 and large, 1 and 2 threads.
     #[test]
     fn matmul_nt_sliced_k_bitwise_equals_one_pass() {
         for isa in cpu::supported_isas() {
             for &(m, k, n) in &[
-                (70, 1537, 53),
+                (70, 2049, 53),
                 (21, 2100, 50),
-                (12, 4864, 27),
-                (130, 2048, 7),
+                (17, 4864, 27),
+                (130, 3000, 7),
             ] {
                 assert!(k_slices(k).1 > 1);
                 let x = random(m * k, 13);
@@ -735,8 +794,8 @@ mod tests {
                         );
                     }
                 }
-                // Every smaller batch (1..=9 rows: one pass, then slices) from row 1 on.
-                for rows in 1..=9.min(m - 1) {
+                // Every smaller batch (up to 8 rows one pass, then slices) from row 1 on.
+                for rows in 1..=14.min(m - 1) {
                     let mut part = vec![f32::NAN; rows * n];
                     with_threads(2, || {
                         matmul_nt_with(isa, &x[k..], &w, &mut part, rows, k, n)

@@ -96,6 +96,8 @@ pub(crate) unsafe fn exp(x: __m256) -> __m256 {
 /// `mr·nr` accumulators plus the operands in flight fit the 16 ymm registers
 /// (4×3: 12 accumulators + 3 `w` vectors + 1 `x` vector).
 pub(crate) const NT_NR: [usize; 5] = [0, 8, 6, 4, 3];
+/// The tile of blocks of more than 8 rows (prefill, batches), `x` rows × `w` rows.
+pub(crate) const NT_BIG: (usize, usize) = (4, 3);
 
 /// Software prefetch distance along `w` rows, in floats (4 KiB), used when `stream` is set (decode
 /// shapes, where `w` comes from memory). Measured on Zen 3 for m = 4: without it the 4×3 tile
@@ -146,7 +148,7 @@ pub(crate) unsafe fn nt_tile(
             for r in 0..mr {
                 for c in 0..nr {
                     tile::<1, 1>(
-                        x.add(r * ks.ld),
+                        x.add(r * ks.ldx),
                         w.add(c * ks.ld),
                         &ks.at(r, c, LANES),
                         y.add(r * ldy + c),
@@ -169,17 +171,16 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     ldy: usize,
     stream: bool,
 ) {
-    let (ld, len) = (ks.ld, ks.len);
+    let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
     // Prefetching pays only where w comes from memory and the tile has several x rows.
     let prefetch = stream && MR >= 2;
-    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-    if !ks.first {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            for (c, a) in acc_r.iter_mut().enumerate() {
-                *a = _mm256_loadu_ps(ks.partial_of(r, c, LANES));
-            }
-        }
-    }
+    // Start and finish out of line: loops over `acc` with a runtime index would otherwise keep
+    // the array in memory, its accumulators spilled around the FMAs.
+    let mut acc = if ks.first {
+        [[_mm256_setzero_ps(); NR]; MR]
+    } else {
+        load_partials::<MR, NR>(ks)
+    };
     let body = len - len % LANES;
     let mut p = 0;
     while p < body {
@@ -195,7 +196,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(
             *v = _mm256_loadu_ps(w.add(c * ld + p));
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm256_loadu_ps(x.add(r * ld + p));
+            let xv = _mm256_loadu_ps(x.add(r * ldx + p));
             for (a, &wc) in acc_r.iter_mut().zip(&wv) {
                 *a = _mm256_fmadd_ps(xv, wc, *a);
             }
@@ -209,21 +210,42 @@ unsafe fn tile<const MR: usize, const NR: usize>(
             *v = _mm256_maskload_ps(w.add(c * ld + p), mask);
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm256_maskload_ps(x.add(r * ld + p), mask);
+            let xv = _mm256_maskload_ps(x.add(r * ldx + p), mask);
             for (a, &wc) in acc_r.iter_mut().zip(&wv) {
                 *a = _mm256_fmadd_ps(xv, wc, *a);
             }
         }
     }
-    if ks.last {
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (c, &a) in acc_r.iter().enumerate() {
-                *y.add(r * ldy + c) = hsum(a);
-            }
+    finish::<MR, NR>(acc, ks, y, ldy);
+}
+
+/// The partial sums a tile starts a non-first slice of `k` from.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_partials<const MR: usize, const NR: usize>(ks: &KSlice) -> [[__m256; NR]; MR] {
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    for (r, acc_r) in acc.iter_mut().enumerate() {
+        for (c, a) in acc_r.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(ks.partial_of(r, c, LANES));
         }
-    } else {
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (c, &a) in acc_r.iter().enumerate() {
+    }
+    acc
+}
+
+/// A tile's outputs ([`hsum`] into `y`), or its partial sums when the slice is not the last.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish<const MR: usize, const NR: usize>(
+    acc: [[__m256; NR]; MR],
+    ks: &KSlice,
+    y: *mut f32,
+    ldy: usize,
+) {
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (c, &a) in acc_r.iter().enumerate() {
+            if ks.last {
+                *y.add(r * ldy + c) = hsum(a);
+            } else {
                 _mm256_storeu_ps(ks.partial_of(r, c, LANES), a);
             }
         }
