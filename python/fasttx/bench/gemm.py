@@ -76,9 +76,10 @@ def gflops(m: int, k: int, n: int, seconds: float) -> float:
     return 2.0 * m * k * n / seconds / 1e9
 
 
-def measure_peak(threads: int, sizes=PEAK_SIZES) -> dict:
-    """numpy's float32 ``a @ b`` on ``sizes`` squares with ``threads`` BLAS threads:
+def measure_peak(threads: int) -> dict:
+    """numpy's float32 ``a @ b`` on ``PEAK_SIZES`` squares with ``threads`` BLAS threads:
     ``{"gflops": best, "by_size": {size: GFLOP/s}}``."""
+    sizes = PEAK_SIZES
     env = worker_env()
     for var in BLAS_THREAD_VARIABLES:
         env[var] = str(threads)
@@ -220,7 +221,7 @@ class GemmBenchmark:
             print(f"\n{t} thread{'s' if int(t) > 1 else ''}: sgemm peak {run['peak_gflops']:.1f} GFLOP/s\n")
             print(table(run))
         for t, s in report["summary"].items():
-            print(f"\n{t} threads, {s['rows']}: lowest {s['min_percent_of_peak']:.0f}% of the peak, "
+            print(f"\n{t} thread{'s' if int(t) > 1 else ''}, {s['rows']}: lowest {s['min_percent_of_peak']:.0f}% of the peak, "
                   f"median {s['median_percent_of_peak']:.0f}%")
         print(f"raw numbers: {out}  (total {report['wall_s']:.0f} s)")
         return 0

@@ -415,7 +415,7 @@ struct Scratch(Vec<f32>);
 impl Scratch {
     /// Two pieces of `a` and `b` floats (multiples of 16), 64-byte aligned.
     fn split(&mut self, a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
-        debug_assert!(a % MAX_LANES == 0 && b % MAX_LANES == 0);
+        debug_assert!(a.is_multiple_of(MAX_LANES) && b.is_multiple_of(MAX_LANES));
         self.0.resize(a + b + MAX_LANES, 0.0);
         let skip = self.0.as_ptr().align_offset(64).min(MAX_LANES);
         self.0[skip..skip + a + b].split_at_mut(a)
