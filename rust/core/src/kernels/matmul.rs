@@ -339,8 +339,8 @@ impl NtKernel {
     /// `ks.partial`.
     ///
     /// # Safety
-    /// As [`NtKernel::block`], for `ks.len` elements of rows `ks.ld` apart; `ks.partial` holds
-    /// `rows × ks.ldp` outputs when used.
+    /// As [`NtKernel::block`], for `ks.len` elements of rows `ks.ldx` (`x`) and `ks.ld` (`w`)
+    /// apart; `ks.partial` holds `rows × ks.ldp` outputs when used.
     #[allow(clippy::too_many_arguments)]
     unsafe fn columns(
         &self,
