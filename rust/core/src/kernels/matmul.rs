@@ -42,16 +42,17 @@ const SERIAL_WORK: usize = 32 * 1024;
 const MIN_TASK_WORK: usize = 64 * 1024;
 /// Aim for this many tasks per thread so uneven progress evens out.
 const TASKS_PER_THREAD: usize = 8;
-/// Bytes of `x` rows a block keeps in L2 (with the `w` rows it sweeps, inside a 1 MiB L2; on a
-/// 512 KiB one they spill to L3, still read once per group of `w` rows).
-const X_BLOCK_BYTES: usize = 384 * 1024;
+/// Bytes of `x` rows a block of more than 8 rows takes (with the `w` rows it sweeps, inside a
+/// 1 MiB L2; on a 512 KiB one they spill to L3, still read once per group of `w` rows). The more
+/// rows, the fewer passes over `w`, which comes from L3 or memory.
+const X_BLOCK_BYTES: usize = 768 * 1024;
 /// Block widths (rows of `w`) are multiples of this, a multiple of every tile width, so only the
 /// last block of a row has a ragged edge.
 const COL_ALIGN: usize = 24;
-/// Longest `k` a block of many rows reduces in one pass. Above it a block's `x` rows in L2 would
-/// be few, so `w` would come from memory for every few rows, and a tile's rows of `x` and `w`
-/// would stream from L2: the reduction is cut into slices.
-const K_WHOLE_MAX: usize = 2048;
+/// Longest `k` a block of many rows reduces in one pass. Above it the rows of `x` that fit
+/// [`X_BLOCK_BYTES`] would be so few that `w` would come from memory for every few rows: the
+/// reduction is cut into slices.
+const K_WHOLE_MAX: usize = 6144;
 /// Target slice of `k` (floats) when it is cut.
 const K_SLICE: usize = 1024;
 /// Rows of `x` a block takes when `k` is cut: each pass over `w` then serves this many rows.
@@ -664,7 +665,11 @@ mod tests {
         (37, 513, 1025),
         // k above K_WHOLE_MAX with more than 8 rows: k cut into slices (the last one ragged,
         // a multiple of no lane count), m and n not multiples of the tile or the column group.
-        (9, 2049, 50),
+        (9, 6145, 50),
+        (13, 7000, 9),
+        (70, 6200, 31),
+        (20, 8200, 11),
+        // More than 8 rows, one pass over a long k (x rows copied at a padded stride).
         (13, 2100, 49),
         (70, 3001, 101),
         (66, 4864, 9),
@@ -763,10 +768,10 @@ mod tests {
     fn matmul_nt_sliced_k_bitwise_equals_one_pass() {
         for isa in cpu::supported_isas() {
             for &(m, k, n) in &[
-                (70, 2049, 53),
-                (21, 2100, 50),
-                (17, 4864, 27),
-                (130, 3000, 7),
+                (70, 6145, 53),
+                (21, 7001, 20),
+                (17, 9000, 27),
+                (130, 6200, 7),
             ] {
                 assert!(k_slices(k).1 > 1);
                 let x = random(m * k, 13);
