@@ -227,7 +227,9 @@ unsafe fn hsum4(a: [__m512; 4]) -> __m128 {
     // Within each quarter: l + l+2 (as `movehl`), then l + l+1 (as the final `add_ss`).
     let u = _mm512_add_ps(t, _mm512_permute_ps::<0b11_10_11_10>(t));
     let v = _mm512_add_ps(u, _mm512_permute_ps::<0b01_01_01_01>(u));
-    _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, v))
+    // Lanes 0, 4, 8, 12 to the front (a permute: one cheap instruction, unlike a compress).
+    let front = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castps512_ps128(_mm512_permutexvar_ps(front, v))
 }
 
 // ---------------------------------------------------------------------------------------------
