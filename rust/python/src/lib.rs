@@ -24,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(architectures::gguf_config, m)?)?;
     m.add_function(wrap_pyfunction!(machine::memory_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(machine::instruction_set, m)?)?;
+    m.add_function(wrap_pyfunction!(machine::matmul_rate, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Facts about the machine: `memory_bandwidth`, the core's read-bandwidth probe (for `fasttx
-//! bench`), and `instruction_set`, the SIMD path the kernels take (for tests and reports).
+//! Facts about the machine: `memory_bandwidth`, the core's read-bandwidth probe, and
+//! `matmul_rate`, a timing of the f32 matrix product (both for `fasttx bench`), and
+//! `instruction_set`, the SIMD path the kernels take (for tests and reports).
 
 use pyo3::prelude::*;
 
@@ -20,4 +21,22 @@ pub fn memory_bandwidth(py: Python<'_>, threads: usize, megabytes: usize) -> PyR
 #[pyfunction]
 pub fn instruction_set() -> &'static str {
     fasttx_core::kernels::cpu::isa().name()
+}
+
+/// Timings of fasttx's f32 matrix product `y = x · wᵀ` (`x: [m, k]`, `w: [n, k]`) on fixed
+/// pseudo-random data in a pool of `threads` threads: `(best, median)` seconds of `repeats` runs
+/// after a warm-up (GIL released). For `fasttx bench gemm`.
+#[pyfunction]
+#[pyo3(signature = (m, k, n, threads, repeats = 5))]
+pub fn matmul_rate(
+    py: Python<'_>,
+    m: usize,
+    k: usize,
+    n: usize,
+    threads: usize,
+    repeats: usize,
+) -> PyResult<(f64, f64)> {
+    run_native(py, move || {
+        fasttx_core::bandwidth::matmul_rate(m, k, n, threads, repeats)
+    })
 }

@@ -13,12 +13,21 @@
 //! Blocks of at most 8 rows (decoding) read each `w` row about once, from memory: there the
 //! multi-row tiles also prefetch `w` ahead (see `x86_avx2::NT_PREFETCH`).
 //!
+//! Blocks of more than 8 rows (prefill, batches) are bound by arithmetic instead, and take three
+//! more steps: the kernel's big tile (6 × 4 on AVX-512: 24 accumulators); a copy of the block's
+//! `x` rows at a stride of an odd number of cache lines (rows `k = 1024·j` apart share L1 sets,
+//! and a tile's rows would evict each other); and for `k > K_WHOLE_MAX`, the reduction cut into
+//! slices of about `K_SLICE`, each output's lane partial sums kept in memory from one slice to the
+//! next ([`KSlice`]), so that a block can take `SLICED_ROWS` rows per pass over `w`.
+//!
 //! # Determinism
 //! Every output `y[i][j]` is computed by one tile with one fixed reduction order: `LANES` partial
 //! sums over `k` (lane `l` takes `k`-indices `≡ l mod LANES`, the ragged end padded with zeros), then
 //! a horizontal sum in a fixed order. That order does not depend on the tile shape, the block, the
 //! thread or `m`, so a row's result has the same bits at any thread count and in any batch. (It does
-//! depend on the instruction set: AVX-512, AVX2 and portable code round differently.)
+//! depend on the instruction set: AVX-512, AVX2 and portable code round differently.) Cutting `k`
+//! into slices keeps it: a slice starts from the previous slice's lane accumulators, stored and
+//! reloaded unrounded, so every lane sees the same FMAs in the same order as in one pass.
 
 use rayon::prelude::*;
 
@@ -33,11 +42,27 @@ const SERIAL_WORK: usize = 32 * 1024;
 const MIN_TASK_WORK: usize = 64 * 1024;
 /// Aim for this many tasks per thread so uneven progress evens out.
 const TASKS_PER_THREAD: usize = 8;
-/// Bytes of `x` rows a block keeps hot (well inside a 512 KiB–1 MiB L2).
-const X_BLOCK_BYTES: usize = 192 * 1024;
+/// Bytes of `x` rows a block of more than 8 rows takes (with the `w` rows it sweeps, inside a
+/// 1 MiB L2; on a 512 KiB one they spill to L3, still read once per group of `w` rows). The more
+/// rows, the fewer passes over `w`, which comes from L3 or memory.
+const X_BLOCK_BYTES: usize = 768 * 1024;
 /// Block widths (rows of `w`) are multiples of this, a multiple of every tile width, so only the
 /// last block of a row has a ragged edge.
 const COL_ALIGN: usize = 24;
+/// Longest `k` a block of many rows reduces in one pass. Above it the rows of `x` that fit
+/// [`X_BLOCK_BYTES`] would be so few that `w` would come from memory for every few rows: the
+/// reduction is cut into slices.
+const K_WHOLE_MAX: usize = 6144;
+/// Target slice of `k` (floats) when it is cut.
+const K_SLICE: usize = 1024;
+/// Rows of `x` a block takes when `k` is cut: each pass over `w` then serves this many rows.
+const SLICED_ROWS: usize = 96;
+/// Columns (rows of `w`) whose partial sums a sliced block carries at once: `SLICED_ROWS ×
+/// SLICED_COLS` outputs of [`MAX_LANES`] floats (288 KiB), with the slices of `x` and `w` they
+/// sweep (384 + 192 KiB): within a 1 MiB L2. A multiple of every tile width.
+const SLICED_COLS: usize = 48;
+/// The widest lane count of any tile (AVX-512): floats of partial sum per output.
+const MAX_LANES: usize = 16;
 
 /// Matrix product against a weight stored `[n, k]`: `y[i][j] = Σ_p x[i][p] · w[j][p]`.
 /// Parallel over the current rayon pool; the result is bitwise independent of the thread count
@@ -118,7 +143,82 @@ pub(crate) fn matmul_nt_with(
 /// pieces of whole blocks (see [`crate::tensor::Linear::forward_checked`]) reads `w` no more
 /// often than one call does.
 pub(crate) fn row_block(k: usize) -> usize {
-    (X_BLOCK_BYTES / (4 * k.max(1))).max(4) / 4 * 4
+    if k > K_WHOLE_MAX {
+        SLICED_ROWS
+    } else {
+        (X_BLOCK_BYTES / (4 * k.max(1))).max(4) / 4 * 4
+    }
+}
+
+/// The slices `k` is cut into: `(slice length, count)`, equal lengths that are multiples of
+/// every lane count (so that only the last slice has a ragged end), the last one shorter.
+fn k_slices(k: usize) -> (usize, usize) {
+    if k <= K_WHOLE_MAX {
+        return (k, 1);
+    }
+    let len = k.div_ceil(k.div_ceil(K_SLICE)).next_multiple_of(MAX_LANES);
+    (len, k.div_ceil(len))
+}
+
+/// The part of the reduction over `k` one tile call computes, and where it keeps its partial sums.
+///
+/// A tile reduces `len` elements of rows `ldx` (`x`) and `ld` (`w`) apart, its `x` and `w`
+/// pointers already at the slice's start. Unless the slice is the first, it starts from the
+/// partial sums in `partial` (the lane accumulators, unrounded); unless it is the last, it leaves
+/// them there instead of summing them into `y`. The FMAs are the same, in the same order, as in
+/// one pass over `k`.
+#[derive(Clone, Copy)]
+pub(crate) struct KSlice {
+    pub(crate) ld: usize,
+    pub(crate) ldx: usize,
+    pub(crate) len: usize,
+    pub(crate) first: bool,
+    pub(crate) last: bool,
+    /// Partial sums of output `(r, c)` of the tile at `partial + (r·ldp + c)·MAX_LANES` (the
+    /// first `lanes` floats of it); only read or written when not both `first` and `last`.
+    pub(crate) partial: *mut f32,
+    pub(crate) ldp: usize,
+}
+
+impl KSlice {
+    /// The whole of `k` in one pass.
+    fn whole(k: usize) -> KSlice {
+        KSlice {
+            ld: k,
+            ldx: k,
+            len: k,
+            first: true,
+            last: true,
+            partial: std::ptr::null_mut(),
+            ldp: 0,
+        }
+    }
+
+    /// Where output `(r, c)` of the tile keeps its partial sums.
+    ///
+    /// # Safety
+    /// Only when `partial` is used (see the field), for an output of the tile.
+    #[inline]
+    pub(crate) unsafe fn partial_of(&self, r: usize, c: usize, lanes: usize) -> *mut f32 {
+        debug_assert!(lanes <= MAX_LANES);
+        self.partial.add((r * self.ldp + c) * MAX_LANES)
+    }
+
+    /// The same slice for the 1 × 1 tile of output `(r, c)`.
+    ///
+    /// # Safety
+    /// As [`KSlice::partial_of`] when `partial` is used.
+    #[inline]
+    pub(crate) unsafe fn at(&self, r: usize, c: usize, lanes: usize) -> KSlice {
+        KSlice {
+            partial: if self.first && self.last {
+                self.partial
+            } else {
+                self.partial_of(r, c, lanes)
+            },
+            ..*self
+        }
+    }
 }
 
 /// Tasks per row block: `tasks`, lowered to a multiple of the thread count when there is a single
@@ -136,8 +236,10 @@ pub(crate) fn balanced_tasks(tasks: usize, threads: usize, row_blocks: usize) ->
 struct NtKernel {
     /// Tile width (rows of `w`) to pair with a group of `mr` rows of `x`, indexed by `mr` (1..=4).
     nr: [usize; 5],
+    /// Tile (rows of `x`, rows of `w`) for blocks of more than 8 rows.
+    big: (usize, usize),
     /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract.
-    tile: unsafe fn(usize, usize, bool, *const f32, *const f32, usize, *mut f32, usize),
+    tile: unsafe fn(usize, usize, bool, *const f32, *const f32, &KSlice, *mut f32, usize),
 }
 
 impl NtKernel {
@@ -146,15 +248,18 @@ impl NtKernel {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => NtKernel {
                 nr: x86_avx512::NT_NR,
+                big: x86_avx512::NT_BIG,
                 tile: x86_avx512::nt_tile,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => NtKernel {
                 nr: x86_avx2::NT_NR,
+                big: x86_avx2::NT_BIG,
                 tile: x86_avx2::nt_tile,
             },
             _ => NtKernel {
                 nr: portable::NT_NR,
+                big: (4, portable::NT_NR[4]),
                 tile: portable::nt_tile,
             },
         }
@@ -176,10 +281,84 @@ impl NtKernel {
         k: usize,
         ldy: usize,
     ) {
+        // Up to 8 rows (decoding) w streams from memory once, whatever k is: one pass, over x
+        // as it is.
+        if rows <= 8 {
+            self.columns(x, w, y, rows, cols, &KSlice::whole(k), ldy);
+            return;
+        }
+        let (slice, slices) = k_slices(k);
+        SCRATCH.with_borrow_mut(|scratch| {
+            // The block's rows of x, copied at a stride of an odd number of cache lines: rows
+            // `k` apart (k a multiple of 1024, say) would map to the same L1 sets, and the rows
+            // a tile sweeps would evict each other.
+            let ldx = (k.div_ceil(MAX_LANES) | 1) * MAX_LANES;
+            let partials = if slices > 1 {
+                rows * SLICED_COLS * MAX_LANES
+            } else {
+                0
+            };
+            let (xp, partial) = scratch.split(rows * ldx, partials);
+            for r in 0..rows {
+                let row = std::slice::from_raw_parts(x.add(r * k), k);
+                xp[r * ldx..r * ldx + k].copy_from_slice(row);
+            }
+            let xp = xp.as_ptr();
+            if slices == 1 {
+                let ks = KSlice {
+                    ldx,
+                    ..KSlice::whole(k)
+                };
+                self.columns(xp, w, y, rows, cols, &ks, ldy);
+                return;
+            }
+            // Long k: for each group of columns, every slice of k in turn, each output's
+            // partial sums carried in `partial` from one slice to the next.
+            let mut j = 0;
+            while j < cols {
+                let width = SLICED_COLS.min(cols - j);
+                for s in 0..slices {
+                    let p = s * slice;
+                    let ks = KSlice {
+                        ld: k,
+                        ldx,
+                        len: slice.min(k - p),
+                        first: s == 0,
+                        last: s + 1 == slices,
+                        partial: partial.as_mut_ptr(),
+                        ldp: SLICED_COLS,
+                    };
+                    self.columns(xp.add(p), w.add(j * k + p), y.add(j), rows, width, &ks, ldy);
+                }
+                j += width;
+            }
+        });
+    }
+
+    /// `y[..rows][..cols]` for the slice `ks` of `k`: for each group of `w` rows (then hot in
+    /// L1), every group of `x` rows. Output `(i, j)` keeps its partial sums at `(i·ldp + j)` of
+    /// `ks.partial`.
+    ///
+    /// # Safety
+    /// As [`NtKernel::block`], for `ks.len` elements of rows `ks.ldx` (`x`) and `ks.ld` (`w`)
+    /// apart; `ks.partial` holds `rows × ks.ldp` outputs when used.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn columns(
+        &self,
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        rows: usize,
+        cols: usize,
+        ks: &KSlice,
+        ldy: usize,
+    ) {
         let tile = self.tile;
-        // Few rows (decoding): one group, with the widest tile for that many rows. Otherwise groups
-        // of 4 (the last group, if shorter, keeps the same width).
-        let (mr, nr) = if rows >= 4 {
+        // Few rows (decoding): one group, with the widest tile for that many rows; up to 8, groups
+        // of 4; more, the kernel's big tile (the last group, if shorter, keeps the same width).
+        let (mr, nr) = if rows > 8 {
+            self.big
+        } else if rows >= 4 {
             (4, self.nr[4])
         } else {
             (rows, self.nr[rows])
@@ -187,18 +366,27 @@ impl NtKernel {
         // With at most two groups of x rows, each w row is used about once: it streams from
         // memory, and the tiles prefetch it. (In bigger blocks it is re-read from cache.)
         let stream = rows <= 8;
+        let sliced = !(ks.first && ks.last);
         // For each group of w rows (then hot in L1), every group of x rows.
         let sweep = |j: usize, width: usize| {
             let mut i = 0;
             while i < rows {
                 let h = mr.min(rows - i);
+                let here = if sliced {
+                    KSlice {
+                        partial: ks.partial_of(i, j, MAX_LANES),
+                        ..*ks
+                    }
+                } else {
+                    *ks
+                };
                 tile(
                     h,
                     width,
                     stream,
-                    x.add(i * k),
-                    w.add(j * k),
-                    k,
+                    x.add(i * ks.ldx),
+                    w.add(j * ks.ld),
+                    &here,
                     y.add(i * ldy + j),
                     ldy,
                 );
@@ -214,6 +402,24 @@ impl NtKernel {
         for j in j..cols {
             sweep(j, 1);
         }
+    }
+}
+
+thread_local! {
+    /// A thread's scratch for the blocks of more than 8 rows it computes (kept between calls).
+    static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new(Scratch(Vec::new())) };
+}
+
+/// Scratch memory handed out as 64-byte aligned pieces (each a whole number of cache lines).
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// Two pieces of `a` and `b` floats (multiples of 16), 64-byte aligned.
+    fn split(&mut self, a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
+        debug_assert!(a.is_multiple_of(MAX_LANES) && b.is_multiple_of(MAX_LANES));
+        self.0.resize(a + b + MAX_LANES, 0.0);
+        let skip = self.0.as_ptr().align_offset(64).min(MAX_LANES);
+        self.0[skip..skip + a + b].split_at_mut(a)
     }
 }
 
@@ -316,6 +522,8 @@ pub fn matmul_nn_scalar(a: &[f32], b: &[f32], y: &mut [f32], m: usize, k: usize,
 /// maps onto whatever vectors the target has (SSE2, NEON). Same lane layout and horizontal-sum
 /// order as the AVX2 tiles, but multiply and add are separate roundings (no FMA).
 mod portable {
+    use super::KSlice;
+
     const LANES: usize = 8;
 
     pub(super) const NT_NR: [usize; 5] = [0, 8, 6, 4, 3];
@@ -323,8 +531,8 @@ mod portable {
     /// Same contract as `x86_avx2::nt_tile`.
     ///
     /// # Safety
-    /// `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart), `y` valid for writes at
-    /// `r·ldy + c` for `r < mr`, `c < nr`.
+    /// `x` valid for `mr` rows and `w` for `nr` rows of `ks.len` reads (rows `ks.ld` apart), `y`
+    /// valid for writes at `r·ldy + c` for `r < mr`, `c < nr`; `ks.partial` as [`KSlice`] says.
     #[allow(clippy::too_many_arguments)] // one flat signature shared by every ISA
     pub(super) unsafe fn nt_tile(
         mr: usize,
@@ -332,22 +540,29 @@ mod portable {
         _stream: bool,
         x: *const f32,
         w: *const f32,
-        k: usize,
+        ks: &KSlice,
         y: *mut f32,
         ldy: usize,
     ) {
         match (mr, nr) {
-            (1, 8) => tile::<1, 8>(x, w, k, y, ldy),
-            (2, 6) => tile::<2, 6>(x, w, k, y, ldy),
-            (3, 4) => tile::<3, 4>(x, w, k, y, ldy),
-            (4, 3) => tile::<4, 3>(x, w, k, y, ldy),
-            (1, 3) => tile::<1, 3>(x, w, k, y, ldy),
-            (2, 3) => tile::<2, 3>(x, w, k, y, ldy),
-            (3, 3) => tile::<3, 3>(x, w, k, y, ldy),
+            (1, 8) => tile::<1, 8>(x, w, ks, y, ldy),
+            (2, 6) => tile::<2, 6>(x, w, ks, y, ldy),
+            (3, 4) => tile::<3, 4>(x, w, ks, y, ldy),
+            (4, 3) => tile::<4, 3>(x, w, ks, y, ldy),
+            (1, 3) => tile::<1, 3>(x, w, ks, y, ldy),
+            (2, 3) => tile::<2, 3>(x, w, ks, y, ldy),
+            (3, 3) => tile::<3, 3>(x, w, ks, y, ldy),
             _ => {
                 for r in 0..mr {
                     for c in 0..nr {
-                        tile::<1, 1>(x.add(r * k), w.add(c * k), k, y.add(r * ldy + c), ldy);
+                        let one = ks.at(r, c, LANES);
+                        tile::<1, 1>(
+                            x.add(r * ks.ldx),
+                            w.add(c * ks.ld),
+                            &one,
+                            y.add(r * ldy + c),
+                            ldy,
+                        );
                     }
                 }
             }
@@ -358,14 +573,29 @@ mod portable {
     unsafe fn tile<const MR: usize, const NR: usize>(
         x: *const f32,
         w: *const f32,
-        k: usize,
+        ks: &KSlice,
         y: *mut f32,
         ldy: usize,
     ) {
-        // SAFETY: the caller guarantees MR rows of x and NR rows of w, each k long.
-        let xs: [&[f32]; MR] = std::array::from_fn(|r| std::slice::from_raw_parts(x.add(r * k), k));
-        let ws: [&[f32]; NR] = std::array::from_fn(|c| std::slice::from_raw_parts(w.add(c * k), k));
+        let (ld, ldx, k) = (ks.ld, ks.ldx, ks.len);
+        // SAFETY: the caller guarantees MR rows of x (ldx apart) and NR rows of w (ld apart),
+        // each k long.
+        let xs: [&[f32]; MR] =
+            std::array::from_fn(|r| std::slice::from_raw_parts(x.add(r * ldx), k));
+        let ws: [&[f32]; NR] =
+            std::array::from_fn(|c| std::slice::from_raw_parts(w.add(c * ld), k));
         let mut acc = [[[0.0f32; LANES]; NR]; MR];
+        if !ks.first {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (c, a) in acc_r.iter_mut().enumerate() {
+                    // SAFETY: partial sums of an output of this tile (`KSlice`).
+                    a.copy_from_slice(std::slice::from_raw_parts(
+                        ks.partial_of(r, c, LANES),
+                        LANES,
+                    ));
+                }
+            }
+        }
         let body = k - k % LANES;
         for p in (0..body).step_by(LANES) {
             for (xr, acc_r) in xs.iter().zip(acc.iter_mut()) {
@@ -387,8 +617,14 @@ mod portable {
         }
         for (r, acc_r) in acc.iter().enumerate() {
             for (c, a) in acc_r.iter().enumerate() {
-                // SAFETY: r < MR, c < NR: inside the caller's y rectangle.
-                *y.add(r * ldy + c) = hsum(a);
+                if ks.last {
+                    // SAFETY: r < MR, c < NR: inside the caller's y rectangle.
+                    *y.add(r * ldy + c) = hsum(a);
+                } else {
+                    // SAFETY: partial sums of an output of this tile (`KSlice`).
+                    std::slice::from_raw_parts_mut(ks.partial_of(r, c, LANES), LANES)
+                        .copy_from_slice(a);
+                }
             }
         }
     }
@@ -427,6 +663,20 @@ mod tests {
         (8, 512, 100),
         (1, 513, 1025),
         (37, 513, 1025),
+        // k above K_WHOLE_MAX with more than 8 rows: k cut into slices (the last one ragged,
+        // a multiple of no lane count), m and n not multiples of the tile or the column group.
+        (9, 6145, 50),
+        (13, 7000, 9),
+        (70, 6200, 31),
+        (20, 8200, 11),
+        // More than 8 rows, one pass over a long k (x rows copied at a padded stride).
+        (13, 2100, 49),
+        (70, 3001, 101),
+        (66, 4864, 9),
+        // More than 8 rows, one pass: every edge of the big tile (6 × 4 on AVX-512).
+        (9, 7, 5),
+        (11, 64, 7),
+        (25, 100, 30),
         (3, 0, 5),
         (0, 5, 3),
         (3, 5, 0),
@@ -508,6 +758,71 @@ mod tests {
                     bits(&batch1[5 * n..]),
                     "{isa:?} rows 5..7 as m=2"
                 );
+            }
+        }
+    }
+
+    /// With k cut into slices (more than 8 rows, k > K_WHOLE_MAX), each row still has the bits
+    /// of the one-pass product of that row alone: every m from 1 to 14 and large, 1 and 2 threads.
+    #[test]
+    fn matmul_nt_sliced_k_bitwise_equals_one_pass() {
+        for isa in cpu::supported_isas() {
+            for &(m, k, n) in &[
+                (70, 6145, 53),
+                (21, 7001, 20),
+                (17, 9000, 27),
+                (130, 6200, 7),
+            ] {
+                assert!(k_slices(k).1 > 1);
+                let x = random(m * k, 13);
+                let w = random(n * k, 14);
+                let mut single = vec![0.0; m * n];
+                for i in 0..m {
+                    matmul_nt_with(
+                        isa,
+                        &x[i * k..(i + 1) * k],
+                        &w,
+                        &mut single[i * n..],
+                        1,
+                        k,
+                        n,
+                    );
+                }
+                for threads in [1, 2] {
+                    let mut batch = vec![f32::NAN; m * n];
+                    with_threads(threads, || matmul_nt_with(isa, &x, &w, &mut batch, m, k, n));
+                    for i in 0..m {
+                        assert_eq!(
+                            bits(&batch[i * n..(i + 1) * n]),
+                            bits(&single[i * n..(i + 1) * n]),
+                            "{isa:?} m={m} k={k} n={n} threads={threads} row {i}"
+                        );
+                    }
+                }
+                // Every smaller batch (up to 8 rows one pass, then slices) from row 1 on.
+                for rows in 1..=14.min(m - 1) {
+                    let mut part = vec![f32::NAN; rows * n];
+                    with_threads(2, || {
+                        matmul_nt_with(isa, &x[k..], &w, &mut part, rows, k, n)
+                    });
+                    assert_eq!(
+                        bits(&part),
+                        bits(&single[n..(rows + 1) * n]),
+                        "{isa:?} k={k} rows={rows}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn k_slices_cover_k_in_lane_multiples() {
+        for k in [1, 512, K_WHOLE_MAX, K_WHOLE_MAX + 1, 2048, 4864, 8191] {
+            let (len, count) = k_slices(k);
+            assert!(len * count >= k && len * (count - 1) < k, "k={k}");
+            if count > 1 {
+                assert_eq!(len % MAX_LANES, 0, "k={k}");
+                assert!(len <= K_SLICE + MAX_LANES, "k={k}");
             }
         }
     }

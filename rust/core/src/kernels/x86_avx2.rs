@@ -12,6 +12,8 @@
 
 use std::arch::x86_64::*;
 
+use super::matmul::KSlice;
+
 const LANES: usize = 8;
 
 /// Lane mask with the first `n` (0..=8) lanes set, for `maskload`/`maskstore` of a ragged tail.
@@ -94,6 +96,8 @@ pub(crate) unsafe fn exp(x: __m256) -> __m256 {
 /// `mr·nr` accumulators plus the operands in flight fit the 16 ymm registers
 /// (4×3: 12 accumulators + 3 `w` vectors + 1 `x` vector).
 pub(crate) const NT_NR: [usize; 5] = [0, 8, 6, 4, 3];
+/// The tile of blocks of more than 8 rows (prefill, batches), `x` rows × `w` rows.
+pub(crate) const NT_BIG: (usize, usize) = (4, 3);
 
 /// Software prefetch distance along `w` rows, in floats (4 KiB), used when `stream` is set (decode
 /// shapes, where `w` comes from memory). Measured on Zen 3 for m = 4: without it the 4×3 tile
@@ -101,17 +105,21 @@ pub(crate) const NT_NR: [usize; 5] = [0, 8, 6, 4, 3];
 /// prefill shapes (w re-read from L1/L2) it halved the k = 2048 rate, hence the flag.
 pub(crate) const NT_PREFETCH: usize = 1024;
 
-/// One `mr × nr` tile of `y = x · wᵀ`: `y[r·ldy + c] = dot(x[r·k..], w[c·k..])`.
+/// One `mr × nr` tile of `y = x · wᵀ`: `y[r·ldy + c] = dot(x[r·k..], w[c·k..])`, or one slice of
+/// `k` of it ([`KSlice`]).
 ///
 /// Every output is the same computation whatever the tile shape: eight FMA lanes over `k` (lane `l`
 /// takes elements `8t + l`; the ragged tail is a masked load, i.e. zeros), then [`hsum`]. So a row of
-/// `y` has the same bits whether `x` had 1 row or 100, and wherever the row fell in the tiling.
+/// `y` has the same bits whether `x` had 1 row or 100, and wherever the row fell in the tiling. A
+/// product cut into slices of `k` carries each output's eight partial sums from one slice to the
+/// next through memory, unrounded: the same FMAs in the same order, so the same bits.
 ///
 /// `stream`: `w` is read from memory once (few rows of `x`), so prefetch it ([`NT_PREFETCH`]).
 ///
 /// # Safety
-/// AVX2+FMA available; `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart), `y` valid
-/// for writes at `r·ldy + c` for `r < mr`, `c < nr`.
+/// AVX2+FMA available; `x` valid for `mr` rows and `w` for `nr` rows of `ks.len` reads (rows
+/// `ks.ld` apart); `y` valid for writes at `r·ldy + c` for `r < mr`, `c < nr`; `ks.partial` as
+/// [`KSlice`] says.
 #[allow(clippy::too_many_arguments)] // one flat signature shared by every ISA
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn nt_tile(
@@ -120,29 +128,29 @@ pub(crate) unsafe fn nt_tile(
     stream: bool,
     x: *const f32,
     w: *const f32,
-    k: usize,
+    ks: &KSlice,
     y: *mut f32,
     ldy: usize,
 ) {
     match (mr, nr) {
-        (1, 8) => tile::<1, 8>(x, w, k, y, ldy, stream),
-        (2, 6) => tile::<2, 6>(x, w, k, y, ldy, stream),
-        (3, 4) => tile::<3, 4>(x, w, k, y, ldy, stream),
-        (4, 3) => tile::<4, 3>(x, w, k, y, ldy, stream),
-        (1, 3) => tile::<1, 3>(x, w, k, y, ldy, stream),
-        (2, 3) => tile::<2, 3>(x, w, k, y, ldy, stream),
-        (3, 3) => tile::<3, 3>(x, w, k, y, ldy, stream),
-        (4, 1) => tile::<4, 1>(x, w, k, y, ldy, stream),
-        (3, 1) => tile::<3, 1>(x, w, k, y, ldy, stream),
-        (2, 1) => tile::<2, 1>(x, w, k, y, ldy, stream),
+        (1, 8) => tile::<1, 8>(x, w, ks, y, ldy, stream),
+        (2, 6) => tile::<2, 6>(x, w, ks, y, ldy, stream),
+        (3, 4) => tile::<3, 4>(x, w, ks, y, ldy, stream),
+        (4, 3) => tile::<4, 3>(x, w, ks, y, ldy, stream),
+        (1, 3) => tile::<1, 3>(x, w, ks, y, ldy, stream),
+        (2, 3) => tile::<2, 3>(x, w, ks, y, ldy, stream),
+        (3, 3) => tile::<3, 3>(x, w, ks, y, ldy, stream),
+        (4, 1) => tile::<4, 1>(x, w, ks, y, ldy, stream),
+        (3, 1) => tile::<3, 1>(x, w, ks, y, ldy, stream),
+        (2, 1) => tile::<2, 1>(x, w, ks, y, ldy, stream),
         // Any other shape, one output at a time: the same bits, only slower.
         _ => {
             for r in 0..mr {
                 for c in 0..nr {
                     tile::<1, 1>(
-                        x.add(r * k),
-                        w.add(c * k),
-                        k,
+                        x.add(r * ks.ldx),
+                        w.add(c * ks.ld),
+                        &ks.at(r, c, LANES),
                         y.add(r * ldy + c),
                         ldy,
                         false,
@@ -158,52 +166,88 @@ pub(crate) unsafe fn nt_tile(
 unsafe fn tile<const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const f32,
-    k: usize,
+    ks: &KSlice,
     y: *mut f32,
     ldy: usize,
     stream: bool,
 ) {
+    let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
     // Prefetching pays only where w comes from memory and the tile has several x rows.
     let prefetch = stream && MR >= 2;
-    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-    let body = k - k % LANES;
+    // Start and finish out of line: loops over `acc` with a runtime index would otherwise keep
+    // the array in memory, its accumulators spilled around the FMAs.
+    let mut acc = if ks.first {
+        [[_mm256_setzero_ps(); NR]; MR]
+    } else {
+        load_partials::<MR, NR>(ks)
+    };
+    let body = len - len % LANES;
     let mut p = 0;
     while p < body {
         if prefetch && p % 16 == 0 {
             // One prefetch per cache line of each w row. `wrapping_add`: the address may lie past
             // the end of `w`, which a prefetch tolerates but pointer `add` does not.
             for c in 0..NR {
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * k + p + NT_PREFETCH) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * ld + p + NT_PREFETCH) as *const i8);
             }
         }
         let mut wv = [_mm256_setzero_ps(); NR];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm256_loadu_ps(w.add(c * k + p));
+            *v = _mm256_loadu_ps(w.add(c * ld + p));
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm256_loadu_ps(x.add(r * k + p));
+            let xv = _mm256_loadu_ps(x.add(r * ldx + p));
             for (a, &wc) in acc_r.iter_mut().zip(&wv) {
                 *a = _mm256_fmadd_ps(xv, wc, *a);
             }
         }
         p += LANES;
     }
-    if p < k {
-        let mask = tail_mask(k - p);
+    if p < len {
+        let mask = tail_mask(len - p);
         let mut wv = [_mm256_setzero_ps(); NR];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm256_maskload_ps(w.add(c * k + p), mask);
+            *v = _mm256_maskload_ps(w.add(c * ld + p), mask);
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm256_maskload_ps(x.add(r * k + p), mask);
+            let xv = _mm256_maskload_ps(x.add(r * ldx + p), mask);
             for (a, &wc) in acc_r.iter_mut().zip(&wv) {
                 *a = _mm256_fmadd_ps(xv, wc, *a);
             }
         }
     }
+    finish::<MR, NR>(acc, ks, y, ldy);
+}
+
+/// The partial sums a tile starts a non-first slice of `k` from.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_partials<const MR: usize, const NR: usize>(ks: &KSlice) -> [[__m256; NR]; MR] {
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    for (r, acc_r) in acc.iter_mut().enumerate() {
+        for (c, a) in acc_r.iter_mut().enumerate() {
+            *a = _mm256_loadu_ps(ks.partial_of(r, c, LANES));
+        }
+    }
+    acc
+}
+
+/// A tile's outputs ([`hsum`] into `y`), or its partial sums when the slice is not the last.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish<const MR: usize, const NR: usize>(
+    acc: [[__m256; NR]; MR],
+    ks: &KSlice,
+    y: *mut f32,
+    ldy: usize,
+) {
     for (r, acc_r) in acc.iter().enumerate() {
         for (c, &a) in acc_r.iter().enumerate() {
-            *y.add(r * ldy + c) = hsum(a);
+            if ks.last {
+                *y.add(r * ldy + c) = hsum(a);
+            } else {
+                _mm256_storeu_ps(ks.partial_of(r, c, LANES), a);
+            }
         }
     }
 }

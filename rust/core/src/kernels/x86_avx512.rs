@@ -14,6 +14,7 @@
 
 use std::arch::x86_64::*;
 
+use super::matmul::KSlice;
 use super::x86_avx2;
 
 const LANES: usize = 16;
@@ -39,16 +40,19 @@ unsafe fn hsum(v: __m512) -> f32 {
 // matmul_nt micro-kernels
 
 /// Widest tile (rows of `w`) used with a group of `mr` rows of `x`, indexed by `mr` (1..=4).
-/// 4×4: 16 accumulators + 4 `w` vectors + 1 `x` vector of the 32 zmm registers. (4×6, 31
-/// registers, made the compiler keep accumulators on the stack: store-to-load forwarding in
-/// the FMA chains cost more than the extra `x` loads of the narrower tile.)
+/// 4×4: 16 accumulators + 4 `w` vectors + 1 `x` vector of the 32 zmm registers.
 pub(crate) const NT_NR: [usize; 5] = [0, 12, 8, 6, 4];
+/// The tile of blocks of more than 8 rows (prefill, batches), `x` rows × `w` rows: 24
+/// accumulators + 4 `w` + 1 `x` registers, 10 loads per 24 FMAs (4×4: 8 per 16). It stays in
+/// registers only because the tile's start and end over a slice are out of line (see `tile`).
+pub(crate) const NT_BIG: (usize, usize) = (6, 4);
 
 /// Same contract as [`x86_avx2::nt_tile`], with 16 lanes per partial sum.
 ///
 /// # Safety
-/// AVX-512F+AVX2+FMA available; `x` valid for `mr·k` reads, `w` for `nr·k` reads (rows `k` apart),
-/// `y` valid for writes at `r·ldy + c` for `r < mr`, `c < nr`.
+/// AVX-512F+AVX2+FMA available; `x` valid for `mr` rows and `w` for `nr` rows of `ks.len` reads
+/// (rows `ks.ld` apart); `y` valid for writes at `r·ldy + c` for `r < mr`, `c < nr`; `ks.partial`
+/// as [`KSlice`] says.
 #[allow(clippy::too_many_arguments)] // one flat signature shared by every ISA
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(crate) unsafe fn nt_tile(
@@ -57,29 +61,36 @@ pub(crate) unsafe fn nt_tile(
     stream: bool,
     x: *const f32,
     w: *const f32,
-    k: usize,
+    ks: &KSlice,
     y: *mut f32,
     ldy: usize,
 ) {
     match (mr, nr) {
-        (1, 12) => tile::<1, 12>(x, w, k, y, ldy, stream),
-        (2, 8) => tile::<2, 8>(x, w, k, y, ldy, stream),
-        (3, 6) => tile::<3, 6>(x, w, k, y, ldy, stream),
-        (4, 4) => tile::<4, 4>(x, w, k, y, ldy, stream),
-        (1, 6) => tile::<1, 6>(x, w, k, y, ldy, stream),
-        (2, 6) => tile::<2, 6>(x, w, k, y, ldy, stream),
-        (4, 2) => tile::<4, 2>(x, w, k, y, ldy, stream),
-        (4, 3) => tile::<4, 3>(x, w, k, y, ldy, stream),
-        (4, 1) => tile::<4, 1>(x, w, k, y, ldy, stream),
-        (3, 1) => tile::<3, 1>(x, w, k, y, ldy, stream),
-        (2, 1) => tile::<2, 1>(x, w, k, y, ldy, stream),
+        (1, 12) => tile::<1, 12>(x, w, ks, y, ldy, stream),
+        (2, 8) => tile::<2, 8>(x, w, ks, y, ldy, stream),
+        (3, 6) => tile::<3, 6>(x, w, ks, y, ldy, stream),
+        (4, 4) => tile::<4, 4>(x, w, ks, y, ldy, stream),
+        (1, 6) => tile::<1, 6>(x, w, ks, y, ldy, stream),
+        (2, 6) => tile::<2, 6>(x, w, ks, y, ldy, stream),
+        (4, 2) => tile::<4, 2>(x, w, ks, y, ldy, stream),
+        (4, 3) => tile::<4, 3>(x, w, ks, y, ldy, stream),
+        (6, 4) => tile::<6, 4>(x, w, ks, y, ldy, stream),
+        (5, 4) => tile::<5, 4>(x, w, ks, y, ldy, stream),
+        (3, 4) => tile::<3, 4>(x, w, ks, y, ldy, stream),
+        (2, 4) => tile::<2, 4>(x, w, ks, y, ldy, stream),
+        (1, 4) => tile::<1, 4>(x, w, ks, y, ldy, stream),
+        (6, 1) => tile::<6, 1>(x, w, ks, y, ldy, stream),
+        (5, 1) => tile::<5, 1>(x, w, ks, y, ldy, stream),
+        (4, 1) => tile::<4, 1>(x, w, ks, y, ldy, stream),
+        (3, 1) => tile::<3, 1>(x, w, ks, y, ldy, stream),
+        (2, 1) => tile::<2, 1>(x, w, ks, y, ldy, stream),
         _ => {
             for r in 0..mr {
                 for c in 0..nr {
                     tile::<1, 1>(
-                        x.add(r * k),
-                        w.add(c * k),
-                        k,
+                        x.add(r * ks.ldx),
+                        w.add(c * ks.ld),
+                        &ks.at(r, c, LANES),
                         y.add(r * ldy + c),
                         ldy,
                         false,
@@ -95,54 +106,130 @@ pub(crate) unsafe fn nt_tile(
 unsafe fn tile<const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const f32,
-    k: usize,
+    ks: &KSlice,
     y: *mut f32,
     ldy: usize,
     stream: bool,
 ) {
+    let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
     // Prefetching pays only where w comes from memory and the tile has several x rows.
     let prefetch = stream && MR >= 2;
-    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
-    let body = k - k % LANES;
+    // Start and finish out of line: loops over `acc` with a runtime index would otherwise keep
+    // the array in memory, its accumulators spilled around the FMAs.
+    let mut acc = if ks.first {
+        [[_mm512_setzero_ps(); NR]; MR]
+    } else {
+        load_partials::<MR, NR>(ks)
+    };
+    let body = len - len % LANES;
     let mut p = 0;
     while p < body {
         if prefetch {
             // As in the AVX2 tile: one prefetch per cache line (= one vector here) of each w row.
             for c in 0..NR {
-                let ahead = w.wrapping_add(c * k + p + x86_avx2::NT_PREFETCH);
+                let ahead = w.wrapping_add(c * ld + p + x86_avx2::NT_PREFETCH);
                 _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             }
         }
         let mut wv = [_mm512_setzero_ps(); NR];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(w.add(c * k + p));
+            *v = _mm512_loadu_ps(w.add(c * ld + p));
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm512_loadu_ps(x.add(r * k + p));
+            let xv = _mm512_loadu_ps(x.add(r * ldx + p));
             for (a, &wc) in acc_r.iter_mut().zip(&wv) {
                 *a = _mm512_fmadd_ps(xv, wc, *a);
             }
         }
         p += LANES;
     }
-    if p < k {
-        let mask = tail_mask(k - p);
+    if p < len {
+        let mask = tail_mask(len - p);
         let mut wv = [_mm512_setzero_ps(); NR];
         for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_maskz_loadu_ps(mask, w.add(c * k + p));
+            *v = _mm512_maskz_loadu_ps(mask, w.add(c * ld + p));
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm512_maskz_loadu_ps(mask, x.add(r * k + p));
+            let xv = _mm512_maskz_loadu_ps(mask, x.add(r * ldx + p));
             for (a, &wc) in acc_r.iter_mut().zip(&wv) {
                 *a = _mm512_fmadd_ps(xv, wc, *a);
             }
         }
     }
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (c, &a) in acc_r.iter().enumerate() {
-            *y.add(r * ldy + c) = hsum(a);
+    if ks.last && NR == 4 {
+        // The usual end of a prefill tile, in line (a short loop, unrolled: `acc` stays in
+        // registers).
+        for (r, acc_r) in acc.iter().enumerate() {
+            _mm_storeu_ps(
+                y.add(r * ldy),
+                hsum4([acc_r[0], acc_r[1], acc_r[2], acc_r[3]]),
+            );
+        }
+    } else {
+        finish::<MR, NR>(acc, ks, y, ldy);
+    }
+}
+
+/// The partial sums a tile starts a non-first slice of `k` from.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn load_partials<const MR: usize, const NR: usize>(ks: &KSlice) -> [[__m512; NR]; MR] {
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    for (r, acc_r) in acc.iter_mut().enumerate() {
+        for (c, a) in acc_r.iter_mut().enumerate() {
+            *a = _mm512_loadu_ps(ks.partial_of(r, c, LANES));
         }
     }
+    acc
+}
+
+/// A tile's outputs ([`hsum`] into `y`), or its partial sums when the slice is not the last.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn finish<const MR: usize, const NR: usize>(
+    acc: [[__m512; NR]; MR],
+    ks: &KSlice,
+    y: *mut f32,
+    ldy: usize,
+) {
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (c, &a) in acc_r.iter().enumerate() {
+            if ks.last {
+                *y.add(r * ldy + c) = hsum(a);
+            } else {
+                _mm512_storeu_ps(ks.partial_of(r, c, LANES), a);
+            }
+        }
+    }
+}
+
+/// [`hsum`] of four accumulators at once: the same additions of the same pairs in the same
+/// order (lane `l` + lane `l + 8`, then `+ 4`, `+ 2`, `+ 1`), four accumulators side by side in
+/// each vector, so a third of the instructions.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn hsum4(a: [__m512; 4]) -> __m128 {
+    // 128-bit quarters: [a0.q0, a0.q1, a1.q0, a1.q1] + [a0.q2, a0.q3, a1.q2, a1.q3], i.e.
+    // lanes l + l+8 of a0 and of a1 (and of a2, a3 in the other vector).
+    let s01 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b01_00_01_00>(a[0], a[1]),
+        _mm512_shuffle_f32x4::<0b11_10_11_10>(a[0], a[1]),
+    );
+    let s23 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b01_00_01_00>(a[2], a[3]),
+        _mm512_shuffle_f32x4::<0b11_10_11_10>(a[2], a[3]),
+    );
+    // Lanes l + l+4 of each of the four 8-lane sums, one quarter each: [a0, a1, a2, a3].
+    let t = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(s01, s23),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(s01, s23),
+    );
+    // Within each quarter: l + l+2 (as `movehl`), then l + l+1 (as the final `add_ss`).
+    let u = _mm512_add_ps(t, _mm512_permute_ps::<0b11_10_11_10>(t));
+    let v = _mm512_add_ps(u, _mm512_permute_ps::<0b01_01_01_01>(u));
+    // Lanes 0, 4, 8, 12 to the front (a permute: one cheap instruction, unlike a compress).
+    let front = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_castps512_ps128(_mm512_permutexvar_ps(front, v))
 }
 
 // ---------------------------------------------------------------------------------------------
