@@ -121,9 +121,26 @@ const QK: usize = 32;
 
 /// `f32` lanes of an accumulator (one AVX2 register); also blocks per packed group.
 const LANES: usize = 8;
-/// Rows of `x` computed together against one weight row: each weight group is loaded (and its
-/// nibbles unpacked) once for all of them.
+/// Rows of `x` in a tile: each weight group is loaded (and its nibbles unpacked) once for all of
+/// them.
 const MR: usize = 4;
+
+/// Whether the kernels that have them use tiles of two weight rows (the AVX-512 ones). Always
+/// on; the tests' micro-benchmark turns them off to time the one-column kernels in the same
+/// process.
+#[cfg(not(test))]
+#[inline(always)]
+fn column_pairs() -> bool {
+    true
+}
+
+#[cfg(test)]
+static ONE_COLUMN_TILES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(test)]
+fn column_pairs() -> bool {
+    !ONE_COLUMN_TILES.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// `m·n·k` below which a product runs on the calling thread: rayon's dispatch (a few µs) would
 /// cost more than it saves. Integer products are cheap, so this is higher than for `f32`.

@@ -715,3 +715,60 @@ fn bench_quant_matmul() {
         }
     }
 }
+
+/// The tiles of two weight rows against the one-column kernels, timed interleaved in one process
+/// on the shapes of Qwen2.5-0.5B's MLP (k=896 n=4864: gate and up; k=4864 n=896: down), from one
+/// row (decoding) to 512 (a prompt): GMAC/s (multiply-adds per second), best of the repeats.
+#[test]
+#[ignore]
+fn bench_quant_matmul_tiles() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+    let fmts = [
+        QuantFormat::Q8_0,
+        QuantFormat::Q4_1,
+        QuantFormat::Q5_0,
+        QuantFormat::Q4_K,
+        QuantFormat::Q6_K,
+    ];
+    println!("format  k     n     m   threads  one-column GMAC/s  tiles GMAC/s  tiles/one-column");
+    for fmt in fmts {
+        for (k, n) in [(896, 4864), (4864, 896)] {
+            if k % fmt.block_values() != 0 {
+                continue; // super-blocks of 256 need k = 4864 (19 of them)
+            }
+            let w = pack_rows(fmt, &random_weights(fmt, n, k, 71), k);
+            for m in [1, 4, 8, 32, 128, 512] {
+                let x = activations(m, k, 72);
+                let mut y = vec![0.0; m * n];
+                for threads in [1, 2] {
+                    let mut best = [f64::INFINITY; 2];
+                    with_threads(threads, || {
+                        quant_matmul(fmt, &x, &w, &mut y, m, k, n); // warm-up
+                        let t = Instant::now();
+                        quant_matmul(fmt, &x, &w, &mut y, m, k, n);
+                        // ~0.15 s per variant, at least 3 repeats each, interleaved.
+                        let reps = ((0.075 / t.elapsed().as_secs_f64()) as usize).clamp(3, 2000);
+                        for _ in 0..reps {
+                            for (v, b) in best.iter_mut().enumerate() {
+                                ONE_COLUMN_TILES.store(v == 0, Relaxed);
+                                let t = Instant::now();
+                                quant_matmul(fmt, &x, &w, &mut y, m, k, n);
+                                *b = b.min(t.elapsed().as_secs_f64());
+                            }
+                        }
+                        ONE_COLUMN_TILES.store(false, Relaxed);
+                    });
+                    let gmacs = best.map(|b| (m * n * k) as f64 / b / 1e9);
+                    println!(
+                        "{:<7} {k:<5} {n:<5} {m:<4} {threads:<8} {:>17.1}  {:>12.1}  {:>15.2}",
+                        format!("{fmt:?}"),
+                        gmacs[0],
+                        gmacs[1],
+                        gmacs[1] / gmacs[0]
+                    );
+                }
+            }
+        }
+    }
+}

@@ -102,9 +102,10 @@ impl XPtr {
 ///   of `w` (rows of `rb` bytes, whole blocks) and each of the 1..=4 rows of `xs`. Safety: the CPU
 ///   has `$features`; `y` is valid for those writes; each `xs[r]` holds the blocks of a row of
 ///   `nb = rb / fmt.block_bytes()` blocks padded to whole groups (as `super::Activations` makes);
-/// * `dot_rows::<F, R>`: the loop over weight rows, so that the constants and row pointers are set
-///   up once, not per row (rows are short: 18 blocks for a hidden size of 576);
 /// * `dot_row::<F, R>`: one weight row, group after group, then the lane sum.
+///
+/// and calls the module's own `dot_rows::<F, R>(w, rb, xs, y, ldy)`, the loop over the weight
+/// rows (this file's one at a time, `x86_avx512.rs`'s in tiles of two).
 macro_rules! packed_row_kernels {
     ($features:literal) => {
         /// See `x86_avx2::packed_row_kernels`.
@@ -137,26 +138,6 @@ macro_rules! packed_row_kernels {
                 QuantFormat::Q5_1 => rows!(Q5_1),
                 QuantFormat::Q5_0 => rows!(Q5_0),
                 _ => unreachable!("{fmt:?} has no packed kernels"),
-            }
-        }
-
-        /// # Safety
-        /// As `dot`, with `xs.len() == R`.
-        #[target_feature(enable = $features)]
-        unsafe fn dot_rows<const F: u8, const R: usize>(
-            w: &[u8],
-            rb: usize,
-            xs: &[XRow<'_>],
-            y: *mut f32,
-            ldy: usize,
-        ) {
-            let nb = rb / const { block_bytes(F) };
-            let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
-            for (j, wj) in w.chunks_exact(rb).enumerate() {
-                let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
-                for (r, v) in out.into_iter().enumerate() {
-                    *y.add(r * ldy + j) = v;
-                }
             }
         }
 
@@ -194,6 +175,29 @@ macro_rules! packed_row_kernels {
 pub(super) use packed_row_kernels;
 
 packed_row_kernels!("avx2,fma,f16c");
+
+/// The loop over weight rows, so that the constants and row pointers are set up once, not per
+/// row (rows are short: 18 blocks for a hidden size of 576).
+///
+/// # Safety
+/// As `dot`, with `xs.len() == R`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows<const F: u8, const R: usize>(
+    w: &[u8],
+    rb: usize,
+    xs: &[XRow<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
+    let nb = rb / const { block_bytes(F) };
+    let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
+    for (j, wj) in w.chunks_exact(rb).enumerate() {
+        let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
+        for (r, v) in out.into_iter().enumerate() {
+            *y.add(r * ldy + j) = v;
+        }
+    }
+}
 
 /// `super::quantize_row` compiled with AVX2 (it is always inlined, so this is its vector code).
 ///

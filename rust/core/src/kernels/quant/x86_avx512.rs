@@ -35,20 +35,120 @@ pub(super) fn available() -> bool {
 
 avx2::packed_row_kernels!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
 
-/// As `x86_avx2::group`: the packed group of `t` blocks at `w` (8 when `FULL`) against `R` rows.
+/// The loop over weight rows: in tiles of `R` rows of `x` by two weight rows (the last one
+/// alone when their number is odd), so that each piece of `x` is loaded once for both; one at a
+/// time for a single row of `x` (decoding), which streams the weights from memory and was ~10%
+/// slower in pairs (the micro-benchmark `bench_quant_matmul_tiles`, Q4_1 and Q5_0).
 ///
 /// # Safety
-/// As `x86_avx2::group`, with this file's CPU features.
+/// As `dot`, with `xs.len() == R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_rows<const F: u8, const R: usize>(
+    w: &[u8],
+    rb: usize,
+    xs: &[XRow<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
+    let nb = rb / const { block_bytes(F) };
+    let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
+    let cols = w.len() / rb;
+    let mut j = 0;
+    if R > 1 && super::column_pairs() {
+        while j + 2 <= cols {
+            let w0 = w.as_ptr().add(j * rb);
+            let out = dot_row_pair::<F, R>([w0, w0.add(rb)], nb, &x);
+            for (r, v) in out.into_iter().enumerate() {
+                *y.add(r * ldy + j) = v[0];
+                *y.add(r * ldy + j + 1) = v[1];
+            }
+            j += 2;
+        }
+    }
+    for j in j..cols {
+        let out = dot_row::<F, R>(w.as_ptr().add(j * rb), nb, &x);
+        for (r, v) in out.into_iter().enumerate() {
+            *y.add(r * ldy + j) = v;
+        }
+    }
+}
+
+/// Two packed weight rows of `nb` blocks at `w[0]` and `w[1]` against `R` rows of `x`: per row
+/// of `x` and weight row, the arithmetic of `dot_row`, with both weight rows' `f32` lanes in one
+/// 512-bit register (lanes 0..8 for `w[0]`, 8..16 for `w[1]`).
+///
+/// # Safety
+/// Each `w[i]` valid for `nb` blocks; the rows as `dot` requires; the CPU has this file's
+/// features.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
-    w: *const u8,
-    b0: usize,
-    t: usize,
+unsafe fn dot_row_pair<const F: u8, const R: usize>(
+    w: [*const u8; 2],
+    nb: usize,
     x: &[XPtr; R],
-    acc: &mut [__m256; R],
-    mins: &mut [__m256; R],
-) {
+) -> [[f32; 2]; R] {
+    let bb = const { block_bytes(F) };
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut mins = [_mm512_setzero_ps(); R];
+    let full = nb - nb % LANES;
+    for b0 in (0..full).step_by(LANES) {
+        let wg = w.map(|wi| wi.add(b0 * bb));
+        group_pair::<F, R, true>(wg, b0, LANES, x, &mut acc, &mut mins);
+    }
+    if full < nb {
+        let wg = w.map(|wi| wi.add(full * bb));
+        group_pair::<F, R, false>(wg, full, nb - full, x, &mut acc, &mut mins);
+    }
+    std::array::from_fn(|r| {
+        let v = if has_mins(F) {
+            _mm512_add_ps(acc[r], mins[r])
+        } else {
+            acc[r]
+        };
+        let (lo, hi) = halves_ps(v);
+        [hsum(lo), hsum(hi)]
+    })
+}
+
+/// The two 256-bit halves of `v`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn halves_ps(v: __m512) -> (__m256, __m256) {
+    let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+    (_mm512_castps512_ps256(v), _mm256_castpd_ps(hi))
+}
+
+/// `lo` in lanes 0..8 and `hi` in lanes 8..16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn join_ps(lo: __m256, hi: __m256) -> __m512 {
+    let lo = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
+}
+
+/// `v` in both halves.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn twice_ps(v: __m256) -> __m512 {
+    join_ps(v, v)
+}
+
+/// One packed group's weights, unpacked: its scales `dw` and minimums `mw` (zero without) on 8
+/// lanes, and its values in the order of the `x` registers they meet (pieces (0,1), (2,3), (4,5),
+/// (6,7); lanes `l` and `8 + l` for block `l`, zero past `t` in a short group).
+struct Weights {
+    dw: __m256,
+    mw: __m256,
+    v: [__m512i; 4],
+}
+
+/// The packed group of `t` blocks at `w` (8 when `FULL`), unpacked, and prefetches ahead.
+///
+/// # Safety
+/// `w` valid for `t` blocks; the CPU has this file's features.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn weights<const F: u8, const FULL: bool>(w: *const u8, t: usize) -> Weights {
     let t = if FULL { LANES } else { t };
     for off in (0..t * const { block_bytes(F) }).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + avx2::PREFETCH_BYTES).cast());
@@ -124,6 +224,24 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
             *vi = _mm512_mask_add_epi8(*vi, set, *vi, sixteen);
         }
     }
+    Weights { dw, mw, v }
+}
+
+/// As `x86_avx2::group`: the packed group of `t` blocks at `w` (8 when `FULL`) against `R` rows.
+///
+/// # Safety
+/// As `x86_avx2::group`, with this file's CPU features.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
+    w: *const u8,
+    b0: usize,
+    t: usize,
+    x: &[XPtr; R],
+    acc: &mut [__m256; R],
+    mins: &mut [__m256; R],
+) {
+    let Weights { dw, mw, v } = weights::<F, FULL>(w, t);
     for r in 0..R {
         let xg = x[r].qs.add(b0 * QK);
         let xv = |i: usize| _mm512_loadu_si512(xg.add(64 * i).cast());
@@ -152,6 +270,63 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r]);
         if has_mins(F) {
             mins[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x[r].s.add(b0)), mins[r]);
+        }
+    }
+}
+
+/// The packed groups of `t` blocks at `w[0]` and `w[1]` (blocks `b0..b0 + t` of two weight rows;
+/// 8 when `FULL`) against `R` rows: what two calls of `group` add, in one register per row of
+/// `x` (lanes 0..8 for `w[0]`, 8..16 for `w[1]`), each piece of `x` loaded once for both.
+///
+/// # Safety
+/// As `group`, for both weight rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_pair<const F: u8, const R: usize, const FULL: bool>(
+    w: [*const u8; 2],
+    b0: usize,
+    t: usize,
+    x: &[XPtr; R],
+    acc: &mut [__m512; R],
+    mins: &mut [__m512; R],
+) {
+    let wt = w.map(|wi| weights::<F, FULL>(wi, t));
+    let dw = join_ps(wt[0].dw, wt[1].dw);
+    let mw = join_ps(wt[0].mw, wt[1].mw);
+    for r in 0..R {
+        let xg = x[r].qs.add(b0 * QK);
+        let xv: [__m512i; 4] = std::array::from_fn(|i| _mm512_loadu_si512(xg.add(64 * i).cast()));
+        // The offset taken out (`group`'s, with the same integers) starts both chains, in lanes
+        // 0..8 (zero in 8..16): the fold adds it to each block's sum.
+        let start = if F == Q4_0 || F == Q5_0 || F == Q8_0 {
+            let xsum = _mm256_loadu_si256(x[r].sum.add(b0).cast());
+            let offset = match F {
+                Q4_0 => _mm256_slli_epi32::<3>(xsum),
+                Q5_0 => _mm256_slli_epi32::<4>(xsum),
+                _ => _mm256_slli_epi32::<7>(xsum),
+            };
+            _mm512_inserti64x4::<0>(
+                _mm512_setzero_si512(),
+                _mm256_sub_epi32(_mm256_setzero_si256(), offset),
+            )
+        } else {
+            _mm512_setzero_si512()
+        };
+        // One chain of four per weight row: the tile's 2R chains are independent of each other.
+        let isum = |v: &[__m512i; 4]| {
+            let mut a = start;
+            for (vi, xi) in v.iter().zip(&xv) {
+                a = _mm512_dpbusd_epi32(a, *vi, *xi);
+            }
+            _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a))
+        };
+        let (i0, i1) = (isum(&wt[0].v), isum(&wt[1].v));
+        let isums = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(i0), i1);
+        let scale = _mm512_mul_ps(dw, twice_ps(_mm256_loadu_ps(x[r].d.add(b0))));
+        acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isums), acc[r]);
+        if has_mins(F) {
+            let s = twice_ps(_mm256_loadu_ps(x[r].s.add(b0)));
+            mins[r] = _mm512_fmadd_ps(mw, s, mins[r]);
         }
     }
 }
