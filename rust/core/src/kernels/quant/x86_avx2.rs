@@ -94,12 +94,12 @@ impl XPtr {
 }
 
 /// The row loops shared by this file's kernel and `x86_avx512.rs`, compiled for the CPU
-/// features `$features` around the calling module's own `group::<F, R, FULL>` (which must be in
+/// features `$features` and the numbers of rows of `x` `$rows` (each a tile's height) around the calling module's own `group::<F, R, FULL>` (which must be in
 /// scope there, with `hsum`, `block_bytes`, `XPtr`, `QuantFormat`, `XRow`, `LANES` and the
 /// format constants). Generates:
 ///
 /// * `dot(fmt, w, rb, xs, y, ldy)`: `y[r·ldy + j] = w_j · xs[r]` for every packed weight row `w_j`
-///   of `w` (rows of `rb` bytes, whole blocks) and each of the 1..=4 rows of `xs`. Safety: the CPU
+///   of `w` (rows of `rb` bytes, whole blocks) and each row of `xs` (a number in `$rows`). Safety: the CPU
 ///   has `$features`; `y` is valid for those writes; each `xs[r]` holds the blocks of a row of
 ///   `nb = rb / fmt.block_bytes()` blocks padded to whole groups (as `super::Activations` makes);
 /// * `dot_row::<F, R>`: one weight row, group after group, then the lane sum.
@@ -107,7 +107,7 @@ impl XPtr {
 /// and calls the module's own `dot_rows::<F, R>(w, rb, xs, y, ldy)`, the loop over the weight
 /// rows (this file's one at a time, `x86_avx512.rs`'s in tiles of two).
 macro_rules! packed_row_kernels {
-    ($features:literal) => {
+    ($features:literal, [$($rows:literal),*]) => {
         /// See `x86_avx2::packed_row_kernels`.
         ///
         /// # Safety
@@ -123,10 +123,7 @@ macro_rules! packed_row_kernels {
             macro_rules! rows {
                 ($f:expr) => {
                     match xs.len() {
-                        1 => dot_rows::<$f, 1>(w, rb, xs, y, ldy),
-                        2 => dot_rows::<$f, 2>(w, rb, xs, y, ldy),
-                        3 => dot_rows::<$f, 3>(w, rb, xs, y, ldy),
-                        4 => dot_rows::<$f, 4>(w, rb, xs, y, ldy),
+                        $($rows => dot_rows::<$f, $rows>(w, rb, xs, y, ldy),)*
                         r => unreachable!("{r} rows of x at once"),
                     }
                 };
@@ -174,7 +171,7 @@ macro_rules! packed_row_kernels {
 }
 pub(super) use packed_row_kernels;
 
-packed_row_kernels!("avx2,fma,f16c");
+packed_row_kernels!("avx2,fma,f16c", [1, 2, 3, 4]);
 
 /// The loop over weight rows, so that the constants and row pointers are set up once, not per
 /// row (rows are short: 18 blocks for a hidden size of 576).

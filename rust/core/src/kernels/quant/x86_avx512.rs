@@ -12,6 +12,13 @@
 //! value bytes and `vptestmb` picks the set bits. Everything after the
 //! integer sums is the AVX2 code on 8 lanes.
 //!
+//! # Tiles
+//! With two or more rows of `x`, the weight rows go in pairs (`group_pair`): each row of `x`'s
+//! 4 registers meet both rows' unpacked groups, the offset (Q4_0's `8·Σx`, ...) starts both
+//! `vpdpbusd` chains instead of being subtracted from each sum, and both rows' `f32` steps run
+//! on one 512-bit register (lanes 0..8 the first weight row, 8..16 the second): the same lane
+//! operations as `group`'s, so the same bits. Up to 8 rows of `x` per tile ([`rows_per_tile`]).
+//!
 //! # Safety
 //! Everything here is compiled with AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C enabled; callers
 //! must have checked [`available`].
@@ -33,7 +40,22 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-avx2::packed_row_kernels!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+// Up to 8 rows of `x` (`rows_per_tile`): 8 accumulators, the two weight rows' 8 registers and a
+// row's 4 pieces of `x` fit the 32 registers.
+avx2::packed_row_kernels!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    [1, 2, 3, 4, 5, 6, 7, 8]
+);
+
+/// Rows of `x` per tile for `fmt`: 8, or 4 for the types with minimums (Q4_1, Q5_1), whose
+/// second set of accumulators would not fit the registers with 8.
+pub(super) fn rows_per_tile(fmt: QuantFormat) -> usize {
+    if has_mins(fmt as u8) {
+        4
+    } else {
+        8
+    }
+}
 
 /// The loop over weight rows: in tiles of `R` rows of `x` by two weight rows (the last one
 /// alone when their number is odd), so that each piece of `x` is loaded once for both; one at a
@@ -54,7 +76,7 @@ unsafe fn dot_rows<const F: u8, const R: usize>(
     let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
     let cols = w.len() / rb;
     let mut j = 0;
-    if R > 1 && super::column_pairs() {
+    if R > 1 && super::wide_tiles() {
         while j + 2 <= cols {
             let w0 = w.as_ptr().add(j * rb);
             let out = dot_row_pair::<F, R>([w0, w0.add(rb)], nb, &x);

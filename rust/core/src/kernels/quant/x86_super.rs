@@ -16,6 +16,10 @@
 //! lanes, the integer combination with the offset, scales and minimums (exact in `i32`) and the
 //! `f32` steps of the portable kernel.
 //!
+//! AVX-512 computes tiles of up to 4 rows of `x` by two weight rows (`avx512::tile`): both
+//! rows' super-blocks are unpacked, then each row of `x`'s 4 registers meet both, and each output
+//! goes through `finish` on its own lanes, exactly as alone.
+//!
 //! The type's shape (minimums or not, scales per 16 or 32, 4- or 6-bit values, a codebook) is a
 //! set of const generics, so every combination is compiled (codebooks only without minimums and
 //! with scales per 32) and a new type of an existing shape needs no code here.
@@ -445,7 +449,7 @@ pub(super) mod avx512 {
         let offset = TypeConsts::new(sb);
         let cols = w.len() / rb;
         let mut j = 0;
-        if crate::kernels::quant::column_pairs() {
+        if crate::kernels::quant::wide_tiles() {
             while j + 2 <= cols {
                 let wj = w.as_ptr().add(j * rb);
                 let out = tile::<MINS, PER16, U6, CB, R, 2>([wj, wj.add(rb)], ns, offset, &x);
