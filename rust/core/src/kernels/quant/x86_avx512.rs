@@ -114,11 +114,11 @@ unsafe fn dot_row_pair<const F: u8, const R: usize>(
     let mut mins = [_mm512_setzero_ps(); R];
     let full = nb - nb % LANES;
     for b0 in (0..full).step_by(LANES) {
-        let wg = w.map(|wi| wi.add(b0 * bb));
+        let wg = [w[0].add(b0 * bb), w[1].add(b0 * bb)];
         group_pair::<F, R, true>(wg, b0, LANES, x, &mut acc, &mut mins);
     }
     if full < nb {
-        let wg = w.map(|wi| wi.add(full * bb));
+        let wg = [w[0].add(full * bb), w[1].add(full * bb)];
         group_pair::<F, R, false>(wg, full, nb - full, x, &mut acc, &mut mins);
     }
     std::array::from_fn(|r| {
@@ -312,12 +312,17 @@ unsafe fn group_pair<const F: u8, const R: usize, const FULL: bool>(
     acc: &mut [__m512; R],
     mins: &mut [__m512; R],
 ) {
-    let wt = w.map(|wi| weights::<F, FULL>(wi, t));
+    // No closures on this path (nor `array::map`/`from_fn`): one handed to a generic function
+    // is compiled without this function's CPU features and called, not inlined.
+    let wt = [weights::<F, FULL>(w[0], t), weights::<F, FULL>(w[1], t)];
     let dw = join_ps(wt[0].dw, wt[1].dw);
     let mw = join_ps(wt[0].mw, wt[1].mw);
     for r in 0..R {
         let xg = x[r].qs.add(b0 * QK);
-        let xv: [__m512i; 4] = std::array::from_fn(|i| _mm512_loadu_si512(xg.add(64 * i).cast()));
+        let mut xv = [_mm512_setzero_si512(); 4];
+        for (i, xi) in xv.iter_mut().enumerate() {
+            *xi = _mm512_loadu_si512(xg.add(64 * i).cast());
+        }
         // The offset taken out (`group`'s, with the same integers) starts both chains, in lanes
         // 0..8 (zero in 8..16): the fold adds it to each block's sum.
         let start = if F == Q4_0 || F == Q5_0 || F == Q8_0 {
@@ -335,15 +340,16 @@ unsafe fn group_pair<const F: u8, const R: usize, const FULL: bool>(
             _mm512_setzero_si512()
         };
         // One chain of four per weight row: the tile's 2R chains are independent of each other.
-        let isum = |v: &[__m512i; 4]| {
+        let mut isum = [_mm256_setzero_si256(); 2];
+        for (c, wc) in wt.iter().enumerate() {
             let mut a = start;
-            for (vi, xi) in v.iter().zip(&xv) {
-                a = _mm512_dpbusd_epi32(a, *vi, *xi);
+            for i in 0..4 {
+                a = _mm512_dpbusd_epi32(a, wc.v[i], xv[i]);
             }
-            _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a))
-        };
-        let (i0, i1) = (isum(&wt[0].v), isum(&wt[1].v));
-        let isums = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(i0), i1);
+            isum[c] =
+                _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
+        }
+        let isums = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(isum[0]), isum[1]);
         let scale = _mm512_mul_ps(dw, twice_ps(_mm256_loadu_ps(x[r].d.add(b0))));
         acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isums), acc[r]);
         if has_mins(F) {

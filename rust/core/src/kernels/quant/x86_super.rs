@@ -146,6 +146,7 @@ unsafe fn lanes<const MINS: bool>(acc: __m256, mins: __m256) -> __m256 {
 
 /// A packed super-block's header, one value per lane (sub-block): `d` and `dmin` broadcast, the
 /// scales and minimums of each lane's halves `a` (values 0..16) and `b` (16..32).
+#[derive(Clone, Copy)]
 struct Head {
     d: __m256,
     dmin: __m256,
@@ -492,11 +493,21 @@ pub(super) mod avx512 {
         let bytes = const { Layout::new(MINS, PER16, U6) }.bytes;
         let mut acc = [[_mm256_setzero_ps(); NC]; R];
         let mut mins = [[_mm256_setzero_ps(); NC]; R];
+        let mut ws = w;
         for s in 0..ns {
-            let ws = w.map(|wc| wc.add(s * bytes));
             group::<MINS, PER16, U6, CB, R, NC>(ws, s, offset, x, &mut acc, &mut mins);
+            for wc in ws.iter_mut() {
+                *wc = wc.add(bytes);
+            }
         }
         std::array::from_fn(|r| std::array::from_fn(|c| hsum(lanes::<MINS>(acc[r][c], mins[r][c]))))
+    }
+
+    /// The sum of `z`'s two 256-bit halves.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn fold(z: __m512i) -> __m256i {
+        _mm256_add_epi32(_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z))
     }
 
     /// The packed super-block at `w` unpacked: its values in the order of the `x` registers they
@@ -570,19 +581,24 @@ pub(super) mod avx512 {
         acc: &mut [[__m256; NC]; R],
         mins: &mut [[__m256; NC]; R],
     ) {
+        // No closures on this path (nor `array::map`/`from_fn`): one handed to a generic
+        // function is compiled without this function's CPU features and called, not inlined.
         let bytes = const { Layout::new(MINS, PER16, U6) }.bytes;
-        let h: [Head; NC] = w.map(|wc| {
-            prefetch(wc, bytes);
-            head::<MINS, PER16, U6>(wc)
-        });
-        let v: [[__m512i; 4]; NC] = w.map(|wc| values::<MINS, PER16, U6, CB>(wc, offset));
+        let mut h = [head::<MINS, PER16, U6>(w[0]); NC];
+        let mut v = [[_mm512_setzero_si512(); 4]; NC];
+        for c in 0..NC {
+            prefetch(w[c], bytes);
+            if c > 0 {
+                h[c] = head::<MINS, PER16, U6>(w[c]);
+            }
+            v[c] = values::<MINS, PER16, U6, CB>(w[c], offset);
+        }
         for r in 0..R {
             let xg = x[r].qs.add(s * VALUES);
-            let xv: [__m512i; 4] =
-                std::array::from_fn(|i| _mm512_loadu_si512(xg.add(64 * i).cast()));
-            let fold = |z: __m512i| {
-                _mm256_add_epi32(_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z))
-            };
+            let mut xv = [_mm512_setzero_si512(); 4];
+            for (i, xi) in xv.iter_mut().enumerate() {
+                *xi = _mm512_loadu_si512(xg.add(64 * i).cast());
+            }
             for c in 0..NC {
                 let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[c][0], xv[0]);
                 let a = _mm512_dpbusd_epi32(a, v[c][1], xv[1]);
