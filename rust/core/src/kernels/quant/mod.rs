@@ -75,11 +75,14 @@
 //!
 //! The kernel computes a tile of outputs in registers: up to 8 rows of `x` (4 for the types
 //! with minimums, whose second set of accumulators would not fit, and on every path but
-//! AVX-512's 32-value one: [`Kernel::rows_per_tile`]) by two weight rows (AVX-512; one
-//! elsewhere). Each packed weight group is loaded and unpacked once for all the tile's rows of
-//! `x`, and each piece of `x` once for both weight rows; the offsets taken out in integers
-//! (Q4_0's `8·Σx`, ...) are computed once per row of `x` for both. A row of `x` alone (decoding)
-//! takes the 32-value weights one row at a time, which streams them best.
+//! AVX-512's 32-value one: [`Kernel::rows_per_tile`]) by several weight rows (AVX-512: four for
+//! the 32-value types without minimums, two for the others and the super-blocks, then the rows
+//! left over by two and one; one on AVX2, NEON and the portable path). Each packed weight group
+//! is loaded and unpacked once for all the tile's rows of `x`, and each piece of `x` once for all
+//! its weight rows; the offsets taken out in integers (Q4_0's `8·Σx`, ...) are computed once per
+//! row of `x` for all of them. A row of `x` alone (decoding) takes the 32-value weights one row
+//! at a time, which streams them best. The tile sizes are the fastest of those tried with
+//! `bench_quant_matmul_tiles` (`tests.rs`) on a Zen 4 core; wider ones spill registers.
 //!
 //! The tile changes only which outputs are computed together, never an output's arithmetic: each
 //! output keeps its own lanes and the order above, so its bits are those of

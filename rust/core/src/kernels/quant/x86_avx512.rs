@@ -13,11 +13,12 @@
 //! integer sums is the AVX2 code on 8 lanes.
 //!
 //! # Tiles
-//! With two or more rows of `x`, the weight rows go in pairs (`group_pair`): each row of `x`'s
-//! 4 registers meet both rows' unpacked groups, the offset (Q4_0's `8·Σx`, ...) starts both
-//! `vpdpbusd` chains instead of being subtracted from each sum, and both rows' `f32` steps run
-//! on one 512-bit register (lanes 0..8 the first weight row, 8..16 the second): the same lane
-//! operations as `group`'s, so the same bits. Up to 8 rows of `x` per tile ([`rows_per_tile`]).
+//! With two or more rows of `x`, the weight rows go in pairs (`group_pairs`), two pairs at a
+//! time where the registers allow: each row of `x`'s 4 registers meet every weight row's
+//! unpacked group, the offset (Q4_0's `8·Σx`, ...) starts the `vpdpbusd` chains instead of being
+//! subtracted from each sum, and a pair's `f32` steps run on one 512-bit register (lanes 0..8 the
+//! first weight row, 8..16 the second): the same lane operations as `group`'s, so the same bits.
+//! Up to 8 rows of `x` per tile ([`rows_per_tile`]).
 //!
 //! # Safety
 //! Everything here is compiled with AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C enabled; callers
@@ -40,15 +41,15 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-// Up to 8 rows of `x` (`rows_per_tile`): 8 accumulators, the two weight rows' 8 registers and a
-// row's 4 pieces of `x` fit the 32 registers.
+// Up to 8 rows of `x` (`rows_per_tile`).
 avx2::packed_row_kernels!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     [1, 2, 3, 4, 5, 6, 7, 8]
 );
 
 /// Rows of `x` per tile for `fmt`: 8, or 4 for the types with minimums (Q4_1, Q5_1), whose
-/// second set of accumulators would not fit the registers with 8.
+/// second set of accumulators would not fit the registers with 8. (Tiles of 4 rows by four weight
+/// rows were slower: `bench_quant_matmul_tiles`.)
 pub(super) fn rows_per_tile(fmt: QuantFormat) -> usize {
     if has_mins(fmt as u8) {
         4
@@ -57,10 +58,12 @@ pub(super) fn rows_per_tile(fmt: QuantFormat) -> usize {
     }
 }
 
-/// The loop over weight rows: in tiles of `R` rows of `x` by two weight rows (the last one
-/// alone when their number is odd), so that each piece of `x` is loaded once for both; one at a
-/// time for a single row of `x` (decoding), which streams the weights from memory and was ~10%
-/// slower in pairs (the micro-benchmark `bench_quant_matmul_tiles`, Q4_1 and Q5_0).
+/// The loop over weight rows: in tiles of `R` rows of `x` by four weight rows (two pairs), then
+/// two, then one, so that each piece of `x` is loaded once for all of them; by two for the types
+/// with minimums (Q4_1, Q5_1), whose second set of accumulators does not fit the registers with
+/// four (they were 10-30% slower than with one, `bench_quant_matmul_tiles`). One at a time for a
+/// single row of `x` (decoding), which streams the weights from memory and was ~10% slower in
+/// pairs (Q4_1 and Q5_0).
 ///
 /// # Safety
 /// As `dot`, with `xs.len() == R`.
@@ -77,15 +80,10 @@ unsafe fn dot_rows<const F: u8, const R: usize>(
     let cols = w.len() / rb;
     let mut j = 0;
     if R > 1 && super::wide_tiles() {
-        while j + 2 <= cols {
-            let w0 = w.as_ptr().add(j * rb);
-            let out = dot_row_pair::<F, R>([w0, w0.add(rb)], nb, &x);
-            for (r, v) in out.into_iter().enumerate() {
-                *y.add(r * ldy + j) = v[0];
-                *y.add(r * ldy + j + 1) = v[1];
-            }
-            j += 2;
+        if !has_mins(F) {
+            j = pairs::<F, R, 2>(w, rb, nb, &x, y, ldy, 0);
         }
+        j = pairs::<F, R, 1>(w, rb, nb, &x, y, ldy, j);
     }
     for j in j..cols {
         let out = dot_row::<F, R>(w.as_ptr().add(j * rb), nb, &x);
@@ -95,41 +93,83 @@ unsafe fn dot_rows<const F: u8, const R: usize>(
     }
 }
 
-/// Two packed weight rows of `nb` blocks at `w[0]` and `w[1]` against `R` rows of `x`: per row
-/// of `x` and weight row, the arithmetic of `dot_row`, with both weight rows' `f32` lanes in one
-/// 512-bit register (lanes 0..8 for `w[0]`, 8..16 for `w[1]`).
+/// Weight rows `j0..` of `w` in tiles of `P` pairs, as long as whole tiles remain; returns the
+/// first row left.
 ///
 /// # Safety
-/// Each `w[i]` valid for `nb` blocks; the rows as `dot` requires; the CPU has this file's
+/// As `dot_rows`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn pairs<const F: u8, const R: usize, const P: usize>(
+    w: &[u8],
+    rb: usize,
+    nb: usize,
+    x: &[XPtr; R],
+    y: *mut f32,
+    ldy: usize,
+    j0: usize,
+) -> usize {
+    let cols = w.len() / rb;
+    let mut j = j0;
+    while j + 2 * P <= cols {
+        let mut wp = [[w.as_ptr(); 2]; P];
+        for (p, pair) in wp.iter_mut().enumerate() {
+            let w0 = w.as_ptr().add((j + 2 * p) * rb);
+            *pair = [w0, w0.add(rb)];
+        }
+        let out = dot_row_pairs::<F, R, P>(wp, nb, x);
+        for (r, row) in out.into_iter().enumerate() {
+            for (p, v) in row.into_iter().enumerate() {
+                *y.add(r * ldy + j + 2 * p) = v[0];
+                *y.add(r * ldy + j + 2 * p + 1) = v[1];
+            }
+        }
+        j += 2 * P;
+    }
+    j
+}
+
+/// `P` pairs of packed weight rows of `nb` blocks at `w` against `R` rows of `x`: per row of `x`
+/// and weight row, the arithmetic of `dot_row`, with each pair's `f32` lanes in one 512-bit
+/// register (lanes 0..8 for `w[p][0]`, 8..16 for `w[p][1]`).
+///
+/// # Safety
+/// Each `w[p][i]` valid for `nb` blocks; the rows as `dot` requires; the CPU has this file's
 /// features.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dot_row_pair<const F: u8, const R: usize>(
-    w: [*const u8; 2],
+unsafe fn dot_row_pairs<const F: u8, const R: usize, const P: usize>(
+    w: [[*const u8; 2]; P],
     nb: usize,
     x: &[XPtr; R],
-) -> [[f32; 2]; R] {
+) -> [[[f32; 2]; P]; R] {
     let bb = const { block_bytes(F) };
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut mins = [_mm512_setzero_ps(); R];
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    let mut mins = [[_mm512_setzero_ps(); P]; R];
     let full = nb - nb % LANES;
+    let mut wg = w;
     for b0 in (0..full).step_by(LANES) {
-        let wg = [w[0].add(b0 * bb), w[1].add(b0 * bb)];
-        group_pair::<F, R, true>(wg, b0, LANES, x, &mut acc, &mut mins);
+        group_pairs::<F, R, P, true>(wg, b0, LANES, x, &mut acc, &mut mins);
+        for pair in wg.iter_mut() {
+            *pair = [pair[0].add(LANES * bb), pair[1].add(LANES * bb)];
+        }
     }
     if full < nb {
-        let wg = [w[0].add(full * bb), w[1].add(full * bb)];
-        group_pair::<F, R, false>(wg, full, nb - full, x, &mut acc, &mut mins);
+        group_pairs::<F, R, P, false>(wg, full, nb - full, x, &mut acc, &mut mins);
     }
-    std::array::from_fn(|r| {
-        let v = if has_mins(F) {
-            _mm512_add_ps(acc[r], mins[r])
-        } else {
-            acc[r]
-        };
-        let (lo, hi) = halves_ps(v);
-        [hsum(lo), hsum(hi)]
-    })
+    let mut out = [[[0.0; 2]; P]; R];
+    for r in 0..R {
+        for p in 0..P {
+            let v = if has_mins(F) {
+                _mm512_add_ps(acc[r][p], mins[r][p])
+            } else {
+                acc[r][p]
+            };
+            let (lo, hi) = halves_ps(v);
+            out[r][p] = [hsum(lo), hsum(hi)];
+        }
+    }
+    out
 }
 
 /// The two 256-bit halves of `v`.
@@ -158,6 +198,7 @@ unsafe fn twice_ps(v: __m256) -> __m512 {
 /// One packed group's weights, unpacked: its scales `dw` and minimums `mw` (zero without) on 8
 /// lanes, and its values in the order of the `x` registers they meet (pieces (0,1), (2,3), (4,5),
 /// (6,7); lanes `l` and `8 + l` for block `l`, zero past `t` in a short group).
+#[derive(Clone, Copy)]
 struct Weights {
     dw: __m256,
     mw: __m256,
@@ -296,34 +337,48 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
     }
 }
 
-/// The packed groups of `t` blocks at `w[0]` and `w[1]` (blocks `b0..b0 + t` of two weight rows;
-/// 8 when `FULL`) against `R` rows: what two calls of `group` add, in one register per row of
-/// `x` (lanes 0..8 for `w[0]`, 8..16 for `w[1]`), each piece of `x` loaded once for both.
+/// The packed groups of `t` blocks at each `w[p][0]` and `w[p][1]` (blocks `b0..b0 + t` of `P`
+/// pairs of weight rows; 8 when `FULL`) against `R` rows: what a call of `group` per weight row
+/// adds, in one register per row of `x` and pair (lanes 0..8 for `w[p][0]`, 8..16 for
+/// `w[p][1]`), each piece of `x` loaded once for all.
 ///
 /// # Safety
-/// As `group`, for both weight rows.
+/// As `group`, for every weight row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn group_pair<const F: u8, const R: usize, const FULL: bool>(
-    w: [*const u8; 2],
+unsafe fn group_pairs<const F: u8, const R: usize, const P: usize, const FULL: bool>(
+    w: [[*const u8; 2]; P],
     b0: usize,
     t: usize,
     x: &[XPtr; R],
-    acc: &mut [__m512; R],
-    mins: &mut [__m512; R],
+    acc: &mut [[__m512; P]; R],
+    mins: &mut [[__m512; P]; R],
 ) {
     // No closures on this path (nor `array::map`/`from_fn`): one handed to a generic function
     // is compiled without this function's CPU features and called, not inlined.
-    let wt = [weights::<F, FULL>(w[0], t), weights::<F, FULL>(w[1], t)];
-    let dw = join_ps(wt[0].dw, wt[1].dw);
-    let mw = join_ps(wt[0].mw, wt[1].mw);
+    let zero = Weights {
+        dw: _mm256_setzero_ps(),
+        mw: _mm256_setzero_ps(),
+        v: [_mm512_setzero_si512(); 4],
+    };
+    let mut wt = [[zero; 2]; P];
+    let mut dw = [_mm512_setzero_ps(); P];
+    let mut mw = [_mm512_setzero_ps(); P];
+    for p in 0..P {
+        wt[p] = [
+            weights::<F, FULL>(w[p][0], t),
+            weights::<F, FULL>(w[p][1], t),
+        ];
+        dw[p] = join_ps(wt[p][0].dw, wt[p][1].dw);
+        mw[p] = join_ps(wt[p][0].mw, wt[p][1].mw);
+    }
     for r in 0..R {
         let xg = x[r].qs.add(b0 * QK);
         let mut xv = [_mm512_setzero_si512(); 4];
         for (i, xi) in xv.iter_mut().enumerate() {
             *xi = _mm512_loadu_si512(xg.add(64 * i).cast());
         }
-        // The offset taken out (`group`'s, with the same integers) starts both chains, in lanes
+        // The offset taken out (`group`'s, with the same integers) starts every chain, in lanes
         // 0..8 (zero in 8..16): the fold adds it to each block's sum.
         let start = if F == Q4_0 || F == Q5_0 || F == Q8_0 {
             let xsum = _mm256_loadu_si256(x[r].sum.add(b0).cast());
@@ -339,22 +394,29 @@ unsafe fn group_pair<const F: u8, const R: usize, const FULL: bool>(
         } else {
             _mm512_setzero_si512()
         };
-        // One chain of four per weight row: the tile's 2R chains are independent of each other.
-        let mut isum = [_mm256_setzero_si256(); 2];
-        for (c, wc) in wt.iter().enumerate() {
-            let mut a = start;
-            for i in 0..4 {
-                a = _mm512_dpbusd_epi32(a, wc.v[i], xv[i]);
+        let dx = twice_ps(_mm256_loadu_ps(x[r].d.add(b0)));
+        let s = if has_mins(F) {
+            twice_ps(_mm256_loadu_ps(x[r].s.add(b0)))
+        } else {
+            _mm512_setzero_ps()
+        };
+        for p in 0..P {
+            // One chain of four per weight row: the tile's chains are independent of each other.
+            let mut isum = [_mm256_setzero_si256(); 2];
+            for (c, wc) in wt[p].iter().enumerate() {
+                let mut a = start;
+                for i in 0..4 {
+                    a = _mm512_dpbusd_epi32(a, wc.v[i], xv[i]);
+                }
+                isum[c] =
+                    _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
             }
-            isum[c] =
-                _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
-        }
-        let isums = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(isum[0]), isum[1]);
-        let scale = _mm512_mul_ps(dw, twice_ps(_mm256_loadu_ps(x[r].d.add(b0))));
-        acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isums), acc[r]);
-        if has_mins(F) {
-            let s = twice_ps(_mm256_loadu_ps(x[r].s.add(b0)));
-            mins[r] = _mm512_fmadd_ps(mw, s, mins[r]);
+            let isums = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(isum[0]), isum[1]);
+            let scale = _mm512_mul_ps(dw[p], dx);
+            acc[r][p] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isums), acc[r][p]);
+            if has_mins(F) {
+                mins[r][p] = _mm512_fmadd_ps(mw[p], s, mins[r][p]);
+            }
         }
     }
 }
