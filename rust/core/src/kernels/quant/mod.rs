@@ -147,6 +147,7 @@ const MR: usize = 8;
 /// blocks). Always; the tests' micro-benchmark turns them off to time the narrow ones (one weight
 /// row by up to 4 rows of `x`, the kernels before the tiles) in the same process.
 #[cfg(not(test))]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86 kernels have them
 #[inline(always)]
 fn wide_tiles() -> bool {
     true
@@ -156,6 +157,7 @@ fn wide_tiles() -> bool {
 static NARROW_TILES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[cfg(test)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn wide_tiles() -> bool {
     !NARROW_TILES.load(std::sync::atomic::Ordering::Relaxed)
 }
