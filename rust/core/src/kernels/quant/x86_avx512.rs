@@ -405,8 +405,8 @@ unsafe fn group_pairs<const F: u8, const R: usize, const P: usize, const FULL: b
             let mut isum = [_mm256_setzero_si256(); 2];
             for (c, wc) in wt[p].iter().enumerate() {
                 let mut a = start;
-                for i in 0..4 {
-                    a = _mm512_dpbusd_epi32(a, wc.v[i], xv[i]);
+                for (vi, xi) in wc.v.iter().zip(&xv) {
+                    a = _mm512_dpbusd_epi32(a, *vi, *xi);
                 }
                 isum[c] =
                     _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a));
