@@ -76,8 +76,9 @@
 //! The kernel computes a tile of outputs in registers: up to 8 rows of `x` (4 for the types
 //! with minimums, whose second set of accumulators would not fit, and on every path but
 //! AVX-512's 32-value one: [`Kernel::rows_per_tile`]) by several weight rows (AVX-512: four for
-//! the 32-value types without minimums, two for the others and the super-blocks, then the rows
-//! left over by two and one; one on AVX2, NEON and the portable path). Each packed weight group
+//! the 32-value types without minimums when the tile has more than 4 rows of `x`, two otherwise
+//! and for the super-blocks, then the rows left over by two and one; one on AVX2, NEON and the
+//! portable path). Each packed weight group
 //! is loaded and unpacked once for all the tile's rows of `x`, and each piece of `x` once for all
 //! its weight rows; the offsets taken out in integers (Q4_0's `8·Σx`, ...) are computed once per
 //! row of `x` for all of them. A row of `x` alone (decoding) takes the 32-value weights one row

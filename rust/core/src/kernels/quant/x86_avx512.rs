@@ -59,11 +59,12 @@ pub(super) fn rows_per_tile(fmt: QuantFormat) -> usize {
 }
 
 /// The loop over weight rows: in tiles of `R` rows of `x` by four weight rows (two pairs), then
-/// two, then one, so that each piece of `x` is loaded once for all of them; by two for the types
-/// with minimums (Q4_1, Q5_1), whose second set of accumulators does not fit the registers with
-/// four (they were 10-30% slower than with one, `bench_quant_matmul_tiles`). One at a time for a
-/// single row of `x` (decoding), which streams the weights from memory and was ~10% slower in
-/// pairs (Q4_1 and Q5_0).
+/// two, then one, so that each piece of `x` is loaded once for all of them. The sizes are the
+/// fastest of `bench_quant_matmul_tiles` on a Zen 4 core: four weight rows only with more than 4
+/// rows of `x` (with 4 or fewer, pairs were 10-30% faster) and without minimums (Q4_1's and
+/// Q5_1's second set of accumulators does not fit the registers: 10-30% slower than one at a
+/// time); one at a time for a single row of `x` (decoding), which streams the weights from memory
+/// and was ~10% slower in pairs (Q4_1 and Q5_0).
 ///
 /// # Safety
 /// As `dot`, with `xs.len() == R`.
@@ -80,7 +81,7 @@ unsafe fn dot_rows<const F: u8, const R: usize>(
     let cols = w.len() / rb;
     let mut j = 0;
     if R > 1 && super::wide_tiles() {
-        if !has_mins(F) {
+        if !has_mins(F) && R > 4 {
             j = pairs::<F, R, 2>(w, rb, nb, &x, y, ldy, 0);
         }
         j = pairs::<F, R, 1>(w, rb, nb, &x, y, ldy, j);
