@@ -67,10 +67,28 @@
 //! alone, whatever group of rows it was computed with).
 //!
 //! # Organisation
-//! The outputs are split by weight rows (`n`) into rayon tasks in the current pool. A task walks
-//! its weight rows in chunks that stay in L1; for each chunk it takes the rows of `x` in groups of
-//! up to [`MR`] and computes each weight row against the whole group, so the weights are read from
-//! memory once per call (per block of `x` rows that fits in L2, when `m` is large).
+//! The outputs are split by weight rows (`n`) into rayon tasks in the current pool. A task takes
+//! the rows of `x` in blocks that stay in L2 ([`X_BLOCK_BYTES`]) and its weight rows in chunks
+//! that stay in L1 ([`W_CHUNK_BYTES`]); for each chunk it hands the kernel the block's rows of `x`
+//! [`MR`] at a time, so the weights are read from memory once per call (per block of `x` rows,
+//! when `m` is large) and a group of `x` rows from L2 once per chunk.
+//!
+//! The kernel computes a tile of outputs in registers: up to 8 rows of `x` (4 for the types
+//! with minimums, whose second set of accumulators would not fit, and on every path but
+//! AVX-512's 32-value one: [`Kernel::rows_per_tile`]) by several weight rows (AVX-512: four for
+//! the 32-value types without minimums when the tile has more than 4 rows of `x`, two otherwise
+//! and for the super-blocks, then the rows left over by two and one; one on AVX2, NEON and the
+//! portable path). Each packed weight group
+//! is loaded and unpacked once for all the tile's rows of `x`, and each piece of `x` once for all
+//! its weight rows; the offsets taken out in integers (Q4_0's `8·Σx`, ...) are computed once per
+//! row of `x` for all of them. A row of `x` alone (decoding) takes the 32-value weights one row
+//! at a time, which streams them best. The tile sizes are the fastest of those tried with
+//! `bench_quant_matmul_tiles` (`tests.rs`) on a Zen 4 core; wider ones spill registers.
+//!
+//! The tile changes only which outputs are computed together, never an output's arithmetic: each
+//! output keeps its own lanes and the order above, so its bits are those of
+//! [`quant_matmul_scalar`] whatever the tile, its edges (the last rows of `x`, an odd last weight
+//! row), `m` and the thread count.
 
 use std::cell::Cell;
 
@@ -121,9 +139,29 @@ const QK: usize = 32;
 
 /// `f32` lanes of an accumulator (one AVX2 register); also blocks per packed group.
 const LANES: usize = 8;
-/// Rows of `x` computed together against one weight row: each weight group is loaded (and its
-/// nibbles unpacked) once for all of them.
-const MR: usize = 4;
+/// Rows of `x` that `product_cols` hands the kernels at once; each kernel takes them in tiles of
+/// its own height ([`Kernel::rows_per_tile`]: 8 or 4), each weight group loaded (and its nibbles
+/// unpacked) once for all the rows of a tile.
+const MR: usize = 8;
+
+/// Whether the kernels use their wide tiles (two weight rows; 8 rows of `x` for AVX-512's 32-value
+/// blocks). Always; the tests' micro-benchmark turns them off to time the narrow ones (one weight
+/// row by up to 4 rows of `x`, the kernels before the tiles) in the same process.
+#[cfg(not(test))]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86 kernels have them
+#[inline(always)]
+fn wide_tiles() -> bool {
+    true
+}
+
+#[cfg(test)]
+static NARROW_TILES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(test)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn wide_tiles() -> bool {
+    !NARROW_TILES.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// `m·n·k` below which a product runs on the calling thread: rayon's dispatch (a few µs) would
 /// cost more than it saves. Integer products are cheap, so this is higher than for `f32`.
@@ -366,14 +404,44 @@ impl Kernel {
         }
     }
 
+    /// How many rows of `x` this kernel's tiles for `fmt` hold (the most its `dot_tile` takes).
+    fn rows_per_tile(self, fmt: QuantFormat) -> usize {
+        match (self, fmt.super_block()) {
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512, None) if wide_tiles() => x86_avx512::rows_per_tile(fmt),
+            _ => 4,
+        }
+    }
+
     /// `y[r·ldy + j] = w_j · xs[r]` for every packed weight row `w_j` of `w` (rows of `rb` bytes,
-    /// whole blocks) and 1..=[`MR`] rows of `x`.
+    /// whole blocks) and 1..=[`MR`] rows of `x`, in tiles of [`Kernel::rows_per_tile`] rows.
     ///
     /// # Safety
     /// `y` valid for those writes; the rows come from [`Activations::row`] for `k` values, where
     /// `rb = fmt.row_bytes(k)`.
     #[inline]
     unsafe fn dot(
+        self,
+        fmt: QuantFormat,
+        w: &[u8],
+        rb: usize,
+        xs: &[XRow<'_>],
+        y: *mut f32,
+        ldy: usize,
+    ) {
+        let tile = self.rows_per_tile(fmt);
+        for (t, xs) in xs.chunks(tile).enumerate() {
+            // SAFETY: the rows of this tile are rows `t·tile..` of the caller's, inside `y`.
+            unsafe { self.dot_tile(fmt, w, rb, xs, y.add(t * tile * ldy), ldy) };
+        }
+    }
+
+    /// [`Kernel::dot`] for at most [`Kernel::rows_per_tile`] rows of `x`.
+    ///
+    /// # Safety
+    /// As [`Kernel::dot`].
+    #[inline]
+    unsafe fn dot_tile(
         self,
         fmt: QuantFormat,
         w: &[u8],

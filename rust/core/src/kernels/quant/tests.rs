@@ -252,6 +252,61 @@ fn quant_matmul_bitwise_independent_of_m_and_threads() {
     }
 }
 
+/// Every edge of the kernels' tiles (up to 8 rows of `x` by two weight rows, `x` rows handed over
+/// 8 at a time): `m` = 1..=9 and 17, `n` = 1..=17, rows of one full group and a short one (two
+/// super-blocks), each type and instruction set, give the scalar reference's bits.
+#[test]
+fn every_tile_edge_matches_scalar_bitwise() {
+    for fmt in formats() {
+        let k = if fmt.block_values() == QK {
+            11 * QK
+        } else {
+            2 * fmt.block_values()
+        };
+        let n_max = 17;
+        let w = random_weights(fmt, n_max, k, 91);
+        let packed = pack_rows(fmt, &w, k);
+        let rb = fmt.packed_row_bytes(k);
+        for m in (1..=9).chain([17]) {
+            let x = activations(m, k, 92 + m as u64);
+            for n in 1..=n_max {
+                let mut want = vec![0.0; m * n];
+                quant_matmul_scalar(fmt, &x, &packed[..n * rb], &mut want, m, k, n);
+                for isa in cpu::supported_isas() {
+                    let mut got = vec![f32::NAN; m * n];
+                    quant_matmul_with(isa, fmt, &x, &packed[..n * rb], &mut got, m, k, n);
+                    assert_eq!(bits(&got), bits(&want), "{fmt:?} {isa:?} m={m} n={n}");
+                }
+            }
+        }
+    }
+}
+
+/// A row of `x` gives the same bits alone and anywhere in a batch large enough for several blocks
+/// of rows, tasks and partial tiles (m = 101 at k = 1536: three blocks of `x` rows), on 1 and 2
+/// threads.
+#[test]
+fn a_row_alone_and_in_a_big_batch_give_the_same_bits() {
+    let (m, k, n) = (101, 1536, 37);
+    let x = activations(m, k, 93);
+    for fmt in formats() {
+        let w = random_weights(fmt, n, k, 94);
+        for isa in cpu::supported_isas() {
+            for threads in [1, 2] {
+                let batch = run(isa, threads, fmt, &x, &w, m, k, n);
+                for i in [0, 7, 8, 50, 96, 100] {
+                    let alone = run(isa, threads, fmt, &x[i * k..(i + 1) * k], &w, 1, k, n);
+                    assert_eq!(
+                        bits(&alone),
+                        bits(&batch[i * n..(i + 1) * n]),
+                        "{fmt:?} {isa:?} threads={threads} row {i}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Against the product of the exactly dequantized weights with the exactly dequantized
 /// 8-bit activations, in f64: checks the integer and scale arithmetic on its own (only f32
 /// rounding remains, so the tolerance is tight).
@@ -711,6 +766,63 @@ fn bench_quant_matmul() {
                     median * 1e6,
                     bytes / median / 1e9
                 );
+            }
+        }
+    }
+}
+
+/// The wide tiles against the narrow ones (`wide_tiles`), timed interleaved in one process
+/// on the shapes of Qwen2.5-0.5B's MLP (k=896 n=4864: gate and up; k=4864 n=896: down), from one
+/// row (decoding) to 512 (a prompt): GMAC/s (multiply-adds per second), best of the repeats.
+#[test]
+#[ignore]
+fn bench_quant_matmul_tiles() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+    let fmts = [
+        QuantFormat::Q8_0,
+        QuantFormat::Q4_1,
+        QuantFormat::Q5_0,
+        QuantFormat::Q4_K,
+        QuantFormat::Q6_K,
+    ];
+    println!("format  k     n     m    threads  narrow GMAC/s  wide GMAC/s  wide/narrow");
+    for fmt in fmts {
+        for (k, n) in [(896, 4864), (4864, 896)] {
+            if k % fmt.block_values() != 0 {
+                continue; // super-blocks of 256 need k = 4864 (19 of them)
+            }
+            let w = pack_rows(fmt, &random_weights(fmt, n, k, 71), k);
+            for m in [1, 4, 8, 32, 128, 512] {
+                let x = activations(m, k, 72);
+                let mut y = vec![0.0; m * n];
+                for threads in [1, 2] {
+                    let mut best = [f64::INFINITY; 2];
+                    with_threads(threads, || {
+                        quant_matmul(fmt, &x, &w, &mut y, m, k, n); // warm-up
+                        let t = Instant::now();
+                        quant_matmul(fmt, &x, &w, &mut y, m, k, n);
+                        // ~0.15 s per variant, at least 3 repeats each, interleaved.
+                        let reps = ((0.075 / t.elapsed().as_secs_f64()) as usize).clamp(3, 2000);
+                        for _ in 0..reps {
+                            for (v, b) in best.iter_mut().enumerate() {
+                                NARROW_TILES.store(v == 0, Relaxed);
+                                let t = Instant::now();
+                                quant_matmul(fmt, &x, &w, &mut y, m, k, n);
+                                *b = b.min(t.elapsed().as_secs_f64());
+                            }
+                        }
+                        NARROW_TILES.store(false, Relaxed);
+                    });
+                    let gmacs = best.map(|b| (m * n * k) as f64 / b / 1e9);
+                    println!(
+                        "{:<7} {k:<5} {n:<5} {m:<4} {threads:<8} {:>13.1}  {:>11.1}  {:>11.2}",
+                        format!("{fmt:?}"),
+                        gmacs[0],
+                        gmacs[1],
+                        gmacs[1] / gmacs[0]
+                    );
+                }
             }
         }
     }

@@ -94,19 +94,20 @@ impl XPtr {
 }
 
 /// The row loops shared by this file's kernel and `x86_avx512.rs`, compiled for the CPU
-/// features `$features` around the calling module's own `group::<F, R, FULL>` (which must be in
+/// features `$features` and the numbers of rows of `x` `$rows` (each a tile's height) around the calling module's own `group::<F, R, FULL>` (which must be in
 /// scope there, with `hsum`, `block_bytes`, `XPtr`, `QuantFormat`, `XRow`, `LANES` and the
 /// format constants). Generates:
 ///
 /// * `dot(fmt, w, rb, xs, y, ldy)`: `y[r·ldy + j] = w_j · xs[r]` for every packed weight row `w_j`
-///   of `w` (rows of `rb` bytes, whole blocks) and each of the 1..=4 rows of `xs`. Safety: the CPU
+///   of `w` (rows of `rb` bytes, whole blocks) and each row of `xs` (a number in `$rows`). Safety: the CPU
 ///   has `$features`; `y` is valid for those writes; each `xs[r]` holds the blocks of a row of
 ///   `nb = rb / fmt.block_bytes()` blocks padded to whole groups (as `super::Activations` makes);
-/// * `dot_rows::<F, R>`: the loop over weight rows, so that the constants and row pointers are set
-///   up once, not per row (rows are short: 18 blocks for a hidden size of 576);
 /// * `dot_row::<F, R>`: one weight row, group after group, then the lane sum.
+///
+/// and calls the module's own `dot_rows::<F, R>(w, rb, xs, y, ldy)`, the loop over the weight
+/// rows (this file's one at a time, `x86_avx512.rs`'s in tiles of two).
 macro_rules! packed_row_kernels {
-    ($features:literal) => {
+    ($features:literal, [$($rows:literal),*]) => {
         /// See `x86_avx2::packed_row_kernels`.
         ///
         /// # Safety
@@ -122,10 +123,7 @@ macro_rules! packed_row_kernels {
             macro_rules! rows {
                 ($f:expr) => {
                     match xs.len() {
-                        1 => dot_rows::<$f, 1>(w, rb, xs, y, ldy),
-                        2 => dot_rows::<$f, 2>(w, rb, xs, y, ldy),
-                        3 => dot_rows::<$f, 3>(w, rb, xs, y, ldy),
-                        4 => dot_rows::<$f, 4>(w, rb, xs, y, ldy),
+                        $($rows => dot_rows::<$f, $rows>(w, rb, xs, y, ldy),)*
                         r => unreachable!("{r} rows of x at once"),
                     }
                 };
@@ -137,26 +135,6 @@ macro_rules! packed_row_kernels {
                 QuantFormat::Q5_1 => rows!(Q5_1),
                 QuantFormat::Q5_0 => rows!(Q5_0),
                 _ => unreachable!("{fmt:?} has no packed kernels"),
-            }
-        }
-
-        /// # Safety
-        /// As `dot`, with `xs.len() == R`.
-        #[target_feature(enable = $features)]
-        unsafe fn dot_rows<const F: u8, const R: usize>(
-            w: &[u8],
-            rb: usize,
-            xs: &[XRow<'_>],
-            y: *mut f32,
-            ldy: usize,
-        ) {
-            let nb = rb / const { block_bytes(F) };
-            let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
-            for (j, wj) in w.chunks_exact(rb).enumerate() {
-                let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
-                for (r, v) in out.into_iter().enumerate() {
-                    *y.add(r * ldy + j) = v;
-                }
             }
         }
 
@@ -193,7 +171,30 @@ macro_rules! packed_row_kernels {
 }
 pub(super) use packed_row_kernels;
 
-packed_row_kernels!("avx2,fma,f16c");
+packed_row_kernels!("avx2,fma,f16c", [1, 2, 3, 4]);
+
+/// The loop over weight rows, so that the constants and row pointers are set up once, not per
+/// row (rows are short: 18 blocks for a hidden size of 576).
+///
+/// # Safety
+/// As `dot`, with `xs.len() == R`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows<const F: u8, const R: usize>(
+    w: &[u8],
+    rb: usize,
+    xs: &[XRow<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
+    let nb = rb / const { block_bytes(F) };
+    let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], nb));
+    for (j, wj) in w.chunks_exact(rb).enumerate() {
+        let out = dot_row::<F, R>(wj.as_ptr(), nb, &x);
+        for (r, v) in out.into_iter().enumerate() {
+            *y.add(r * ldy + j) = v;
+        }
+    }
+}
 
 /// `super::quantize_row` compiled with AVX2 (it is always inlined, so this is its vector code).
 ///

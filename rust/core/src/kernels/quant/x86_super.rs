@@ -16,6 +16,10 @@
 //! lanes, the integer combination with the offset, scales and minimums (exact in `i32`) and the
 //! `f32` steps of the portable kernel.
 //!
+//! AVX-512 computes tiles of up to 4 rows of `x` by two weight rows (`avx512::tile`): both
+//! rows' super-blocks are unpacked, then each row of `x`'s 4 registers meet both, and each output
+//! goes through `finish` on its own lanes, exactly as alone.
+//!
 //! The type's shape (minimums or not, scales per 16 or 32, 4- or 6-bit values, a codebook) is a
 //! set of const generics, so every combination is compiled (codebooks only without minimums and
 //! with scales per 32) and a new type of an existing shape needs no code here.
@@ -65,7 +69,8 @@ impl XPtr {
 ///   `w` (rows of `rb` bytes, whole super-blocks of type `sb`) and each of the 1..=4 rows of `xs`.
 ///   Safety: the CPU has `$features`; `y` is valid for those writes; each `xs[r]` is a row from
 ///   `super::Activations` for `rb`'s number of values;
-/// * `rows` / `dot_rows`: the dispatch onto the const generics, then the loop over weight rows.
+/// * `rows`: the dispatch onto the const generics, onto the module's own `dot_rows::<MINS, PER16,
+///   U6, CB, R>(args)`, the loop over the weight rows (in tiles of two for AVX-512).
 macro_rules! super_row_kernels {
     ($features:literal) => {
         /// See `x86_super::super_row_kernels`.
@@ -97,48 +102,6 @@ macro_rules! super_row_kernels {
                 r => unreachable!("{r} rows of x at once"),
             }
         }
-
-        /// # Safety
-        /// As `dot`, with `R` rows of `x`.
-        #[target_feature(enable = $features)]
-        unsafe fn dot_rows<
-            const MINS: bool,
-            const PER16: bool,
-            const U6: bool,
-            const CB: bool,
-            const R: usize,
-        >(
-            (sb, w, rb, xs, y, ldy): (&SuperBlock, &[u8], usize, &[XRow<'_>], *mut f32, usize),
-        ) {
-            let lay = const { Layout::new(MINS, PER16, U6) };
-            let ns = rb / lay.bytes;
-            let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], ns));
-            // `o·X` as a shift: the offsets are 0 or powers of two (`super_block` tests it).
-            let offset = TypeConsts {
-                any: sb.offset != 0,
-                shift: _mm_cvtsi32_si128(sb.offset.trailing_zeros() as i32),
-                codebook: match sb.values {
-                    Values::Codebook(table) => _mm_loadu_si128(table.as_ptr().cast()),
-                    _ => _mm_setzero_si128(),
-                },
-            };
-            for (j, wj) in w.chunks_exact(rb).enumerate() {
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mut mins = [_mm256_setzero_ps(); R];
-                for s in 0..ns {
-                    let b = wj.as_ptr().add(s * lay.bytes);
-                    group::<MINS, PER16, U6, CB, R>(b, s, offset, &x, &mut acc, &mut mins);
-                }
-                for r in 0..R {
-                    let lanes = if MINS {
-                        _mm256_sub_ps(acc[r], mins[r])
-                    } else {
-                        acc[r]
-                    };
-                    *y.add(r * ldy + j) = hsum(lanes);
-                }
-            }
-        }
     };
 }
 
@@ -151,8 +114,39 @@ struct TypeConsts {
     codebook: __m128i,
 }
 
+impl TypeConsts {
+    /// The constants of type `sb`.
+    ///
+    /// # Safety
+    /// The CPU has SSE2 (every x86_64).
+    #[inline]
+    unsafe fn new(sb: &SuperBlock) -> TypeConsts {
+        TypeConsts {
+            any: sb.offset != 0,
+            // `o·X` as a shift: the offsets are 0 or powers of two (`super_block` tests it).
+            shift: _mm_cvtsi32_si128(sb.offset.trailing_zeros() as i32),
+            codebook: match sb.values {
+                Values::Codebook(table) => _mm_loadu_si128(table.as_ptr().cast()),
+                _ => _mm_setzero_si128(),
+            },
+        }
+    }
+}
+
+/// The lanes a row's result sums: `acc - mins` (`acc` without minimums).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lanes<const MINS: bool>(acc: __m256, mins: __m256) -> __m256 {
+    if MINS {
+        _mm256_sub_ps(acc, mins)
+    } else {
+        acc
+    }
+}
+
 /// A packed super-block's header, one value per lane (sub-block): `d` and `dmin` broadcast, the
 /// scales and minimums of each lane's halves `a` (values 0..16) and `b` (16..32).
+#[derive(Clone, Copy)]
 struct Head {
     d: __m256,
     dmin: __m256,
@@ -276,6 +270,37 @@ pub(super) mod avx2 {
     use super::*;
 
     super_row_kernels!("avx2,fma,f16c");
+
+    /// The loop over weight rows, one at a time.
+    ///
+    /// # Safety
+    /// As `dot`, with `R` rows of `x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_rows<
+        const MINS: bool,
+        const PER16: bool,
+        const U6: bool,
+        const CB: bool,
+        const R: usize,
+    >(
+        (sb, w, rb, xs, y, ldy): (&SuperBlock, &[u8], usize, &[XRow<'_>], *mut f32, usize),
+    ) {
+        let lay = const { Layout::new(MINS, PER16, U6) };
+        let ns = rb / lay.bytes;
+        let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], ns));
+        let offset = TypeConsts::new(sb);
+        for (j, wj) in w.chunks_exact(rb).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut mins = [_mm256_setzero_ps(); R];
+            for s in 0..ns {
+                let b = wj.as_ptr().add(s * lay.bytes);
+                group::<MINS, PER16, U6, CB, R>(b, s, offset, &x, &mut acc, &mut mins);
+            }
+            for r in 0..R {
+                *y.add(r * ldy + j) = hsum(lanes::<MINS>(acc[r], mins[r]));
+            }
+        }
+    }
 
     /// The packed super-block at `w` (super-block `s` of the row) against `R` rows of `x`.
     ///
@@ -405,35 +430,103 @@ pub(super) mod avx512 {
 
     super_row_kernels!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
 
-    /// As `avx2::group`, two pieces per register.
+    /// The loop over weight rows: in tiles of `R` rows of `x` by two weight rows (the last one
+    /// alone when their number is odd), each piece of `x` loaded once for both.
     ///
     /// # Safety
-    /// As `avx2::group`, with this kernel's CPU features.
-    #[inline]
+    /// As `dot`, with `R` rows of `x`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn group<
+    unsafe fn dot_rows<
         const MINS: bool,
         const PER16: bool,
         const U6: bool,
         const CB: bool,
         const R: usize,
     >(
-        w: *const u8,
-        s: usize,
+        (sb, w, rb, xs, y, ldy): (&SuperBlock, &[u8], usize, &[XRow<'_>], *mut f32, usize),
+    ) {
+        let ns = rb / const { Layout::new(MINS, PER16, U6) }.bytes;
+        let x: [XPtr; R] = std::array::from_fn(|r| XPtr::new(&xs[r], ns));
+        let offset = TypeConsts::new(sb);
+        let cols = w.len() / rb;
+        let mut j = 0;
+        if crate::kernels::quant::wide_tiles() {
+            while j + 2 <= cols {
+                let wj = w.as_ptr().add(j * rb);
+                let out = tile::<MINS, PER16, U6, CB, R, 2>([wj, wj.add(rb)], ns, offset, &x);
+                for (r, v) in out.into_iter().enumerate() {
+                    *y.add(r * ldy + j) = v[0];
+                    *y.add(r * ldy + j + 1) = v[1];
+                }
+                j += 2;
+            }
+        }
+        for j in j..cols {
+            let wj = w.as_ptr().add(j * rb);
+            let out = tile::<MINS, PER16, U6, CB, R, 1>([wj], ns, offset, &x);
+            for (r, v) in out.into_iter().enumerate() {
+                *y.add(r * ldy + j) = v[0];
+            }
+        }
+    }
+
+    /// `NC` packed weight rows of `ns` super-blocks at `w` against `R` rows of `x`.
+    ///
+    /// # Safety
+    /// Each `w[c]` valid for `ns` super-blocks; the rows hold them; the CPU has this kernel's
+    /// features.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn tile<
+        const MINS: bool,
+        const PER16: bool,
+        const U6: bool,
+        const CB: bool,
+        const R: usize,
+        const NC: usize,
+    >(
+        w: [*const u8; NC],
+        ns: usize,
         offset: TypeConsts,
         x: &[XPtr; R],
-        acc: &mut [__m256; R],
-        mins: &mut [__m256; R],
-    ) {
+    ) -> [[f32; NC]; R] {
+        let bytes = const { Layout::new(MINS, PER16, U6) }.bytes;
+        let mut acc = [[_mm256_setzero_ps(); NC]; R];
+        let mut mins = [[_mm256_setzero_ps(); NC]; R];
+        let mut ws = w;
+        for s in 0..ns {
+            group::<MINS, PER16, U6, CB, R, NC>(ws, s, offset, x, &mut acc, &mut mins);
+            for wc in ws.iter_mut() {
+                *wc = wc.add(bytes);
+            }
+        }
+        std::array::from_fn(|r| std::array::from_fn(|c| hsum(lanes::<MINS>(acc[r][c], mins[r][c]))))
+    }
+
+    /// The sum of `z`'s two 256-bit halves.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn fold(z: __m512i) -> __m256i {
+        _mm256_add_epi32(_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z))
+    }
+
+    /// The packed super-block at `w` unpacked: its values in the order of the `x` registers they
+    /// meet (pieces (0,1), (2,3), (4,5), (6,7)), as `vpdpbusd` takes them.
+    ///
+    /// # Safety
+    /// `w` valid for the super-block; the CPU has this kernel's features.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn values<const MINS: bool, const PER16: bool, const U6: bool, const CB: bool>(
+        w: *const u8,
+        offset: TypeConsts,
+    ) -> [__m512i; 4] {
         let lay = const { Layout::new(MINS, PER16, U6) };
-        prefetch(w, lay.bytes);
-        let h = head::<MINS, PER16, U6>(w);
         let low = _mm512_set1_epi8(0x0F);
         let (w01, w23) = (
             _mm512_loadu_si512(w.add(lay.values).cast()),
             _mm512_loadu_si512(w.add(lay.values + 64).cast()),
         );
-        // In the order of the x registers they meet: pieces (0,1), (2,3), (4,5), (6,7).
         let mut v = [
             _mm512_and_si512(w01, low),
             _mm512_and_si512(w23, low),
@@ -463,23 +556,63 @@ pub(super) mod avx512 {
                 *vi = _mm512_shuffle_epi8(table, *vi);
             }
         }
+        v
+    }
+
+    /// As `avx2::group` for each of the `NC` packed super-blocks at `w` (super-block `s` of
+    /// `NC` weight rows), two pieces per register, each piece of `x` loaded once for all of them.
+    ///
+    /// # Safety
+    /// As `avx2::group`, for each `w[c]`, with this kernel's CPU features.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn group<
+        const MINS: bool,
+        const PER16: bool,
+        const U6: bool,
+        const CB: bool,
+        const R: usize,
+        const NC: usize,
+    >(
+        w: [*const u8; NC],
+        s: usize,
+        offset: TypeConsts,
+        x: &[XPtr; R],
+        acc: &mut [[__m256; NC]; R],
+        mins: &mut [[__m256; NC]; R],
+    ) {
+        // No closures on this path (nor `array::map`/`from_fn`): one handed to a generic
+        // function is compiled without this function's CPU features and called, not inlined.
+        let bytes = const { Layout::new(MINS, PER16, U6) }.bytes;
+        let mut h = [head::<MINS, PER16, U6>(w[0]); NC];
+        let mut v = [[_mm512_setzero_si512(); 4]; NC];
+        for c in 0..NC {
+            prefetch(w[c], bytes);
+            if c > 0 {
+                h[c] = head::<MINS, PER16, U6>(w[c]);
+            }
+            v[c] = values::<MINS, PER16, U6, CB>(w[c], offset);
+        }
         for r in 0..R {
             let xg = x[r].qs.add(s * VALUES);
-            let xv = |i: usize| _mm512_loadu_si512(xg.add(64 * i).cast());
-            let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], xv(0));
-            let a = _mm512_dpbusd_epi32(a, v[1], xv(1));
-            let b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[2], xv(2));
-            let b = _mm512_dpbusd_epi32(b, v[3], xv(3));
-            let fold = |z: __m512i| {
-                _mm256_add_epi32(_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z))
-            };
-            let (sa, sb) = if PER16 {
-                (fold(a), fold(b))
-            } else {
-                let all = fold(_mm512_add_epi32(a, b));
-                (all, all)
-            };
-            finish::<MINS, PER16>(sa, sb, s, offset, &h, &x[r], &mut acc[r], &mut mins[r]);
+            let mut xv = [_mm512_setzero_si512(); 4];
+            for (i, xi) in xv.iter_mut().enumerate() {
+                *xi = _mm512_loadu_si512(xg.add(64 * i).cast());
+            }
+            for c in 0..NC {
+                let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[c][0], xv[0]);
+                let a = _mm512_dpbusd_epi32(a, v[c][1], xv[1]);
+                let b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[c][2], xv[2]);
+                let b = _mm512_dpbusd_epi32(b, v[c][3], xv[3]);
+                let (sa, sb) = if PER16 {
+                    (fold(a), fold(b))
+                } else {
+                    let all = fold(_mm512_add_epi32(a, b));
+                    (all, all)
+                };
+                let (acc, mins) = (&mut acc[r][c], &mut mins[r][c]);
+                finish::<MINS, PER16>(sa, sb, s, offset, &h[c], &x[r], acc, mins);
+            }
         }
     }
 }
