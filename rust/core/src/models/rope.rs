@@ -125,6 +125,8 @@ impl Rope {
                     };
                     let smooth = (original_max_position / wavelen - low_freq_factor)
                         / (high_freq_factor - low_freq_factor);
+                    // Negated comparisons, as transformers writes them (`~(a < b) & ~(a > c)`).
+                    #[allow(clippy::neg_cmp_op_on_partial_ord)]
                     let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
                     *f = if medium {
                         (1.0 - smooth) * scaled / factor + smooth * scaled

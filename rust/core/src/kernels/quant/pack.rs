@@ -207,8 +207,9 @@ pub fn pack_rows_then(
     );
     let rows = w.len().checked_div(rb).unwrap_or(0);
     let mut out = crate::memory::byte_buffer(rows * pb);
-    if rb > 0 {
-        let chunk_rows = (PACK_CHUNK_BYTES / rb).max(1);
+    // (Rows of zero bytes, k = 0: nothing to pack.)
+    if let Some(chunk_rows) = PACK_CHUNK_BYTES.checked_div(rb) {
+        let chunk_rows = chunk_rows.max(1);
         for (dst, src) in out
             .chunks_mut(chunk_rows * pb)
             .zip(w.chunks(chunk_rows * rb))
