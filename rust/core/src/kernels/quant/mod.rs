@@ -77,11 +77,11 @@
 //! with minimums, whose second set of accumulators would not fit, and on every path but
 //! AVX-512's 32-value one: [`Kernel::rows_per_tile`]) by several weight rows (AVX-512: four for
 //! the 32-value types without minimums when the tile has more than 4 rows of `x`, two otherwise
-//! and for the super-blocks, then the rows left over by two and one; one on AVX2, NEON and the
-//! portable path). Each packed weight group
-//! is loaded and unpacked once for all the tile's rows of `x`, and each piece of `x` once for all
-//! its weight rows; the offsets taken out in integers (Q4_0's `8·Σx`, ...) are computed once per
-//! row of `x` for all of them. A row of `x` alone (decoding) takes the 32-value weights one row
+//! and for the super-blocks, then the rows left over by two and one; AVX2: two for Q8_0, one for
+//! the nibble types and the super-blocks; one on NEON and the portable path). Each packed weight
+//! group is loaded and unpacked once for all the tile's rows of `x`, and each piece of `x` once
+//! for all its weight rows; the offsets taken out in integers (Q4_0's `8·Σx`, ...) are computed
+//! once per row of `x` for all of them. A row of `x` alone (decoding) takes the 32-value weights one row
 //! at a time, which streams them best. The tile sizes are the fastest of those tried with
 //! `bench_quant_matmul_tiles` (`tests.rs`) on a Zen 4 core; wider ones spill registers.
 //!

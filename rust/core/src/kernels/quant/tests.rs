@@ -773,7 +773,8 @@ fn bench_quant_matmul() {
 
 /// The wide tiles against the narrow ones (`wide_tiles`), timed interleaved in one process
 /// on the shapes of Qwen2.5-0.5B's MLP (k=896 n=4864: gate and up; k=4864 n=896: down), from one
-/// row (decoding) to 512 (a prompt): GMAC/s (multiply-adds per second), best of the repeats.
+/// row (decoding) to 512 (a prompt), on each SIMD instruction set of this CPU: GMAC/s
+/// (multiply-adds per second), best of the repeats.
 #[test]
 #[ignore]
 fn bench_quant_matmul_tiles() {
@@ -781,47 +782,55 @@ fn bench_quant_matmul_tiles() {
     use std::time::Instant;
     let fmts = [
         QuantFormat::Q8_0,
+        QuantFormat::Q4_0,
         QuantFormat::Q4_1,
         QuantFormat::Q5_0,
         QuantFormat::Q4_K,
         QuantFormat::Q6_K,
     ];
-    println!("format  k     n     m    threads  narrow GMAC/s  wide GMAC/s  wide/narrow");
-    for fmt in fmts {
-        for (k, n) in [(896, 4864), (4864, 896)] {
-            if k % fmt.block_values() != 0 {
-                continue; // super-blocks of 256 need k = 4864 (19 of them)
-            }
-            let w = pack_rows(fmt, &random_weights(fmt, n, k, 71), k);
-            for m in [1, 4, 8, 32, 128, 512] {
-                let x = activations(m, k, 72);
-                let mut y = vec![0.0; m * n];
-                for threads in [1, 2] {
-                    let mut best = [f64::INFINITY; 2];
-                    with_threads(threads, || {
-                        quant_matmul(fmt, &x, &w, &mut y, m, k, n); // warm-up
-                        let t = Instant::now();
-                        quant_matmul(fmt, &x, &w, &mut y, m, k, n);
-                        // ~0.15 s per variant, at least 3 repeats each, interleaved.
-                        let reps = ((0.075 / t.elapsed().as_secs_f64()) as usize).clamp(3, 2000);
-                        for _ in 0..reps {
-                            for (v, b) in best.iter_mut().enumerate() {
-                                NARROW_TILES.store(v == 0, Relaxed);
-                                let t = Instant::now();
-                                quant_matmul(fmt, &x, &w, &mut y, m, k, n);
-                                *b = b.min(t.elapsed().as_secs_f64());
+    println!("isa     format  k     n     m    threads  narrow GMAC/s  wide GMAC/s  wide/narrow");
+    for isa in cpu::supported_isas()
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar)
+    {
+        for fmt in fmts {
+            for (k, n) in [(896, 4864), (4864, 896)] {
+                if k % fmt.block_values() != 0 {
+                    continue; // super-blocks of 256 need k = 4864 (19 of them)
+                }
+                let w = pack_rows(fmt, &random_weights(fmt, n, k, 71), k);
+                for m in [1, 4, 8, 32, 128, 512] {
+                    let x = activations(m, k, 72);
+                    let mut y = vec![0.0; m * n];
+                    for threads in [1, 2] {
+                        let mut best = [f64::INFINITY; 2];
+                        with_threads(threads, || {
+                            quant_matmul_with(isa, fmt, &x, &w, &mut y, m, k, n); // warm-up
+                            let t = Instant::now();
+                            quant_matmul_with(isa, fmt, &x, &w, &mut y, m, k, n);
+                            // ~0.15 s per variant, at least 3 repeats each, interleaved.
+                            let reps =
+                                ((0.075 / t.elapsed().as_secs_f64()) as usize).clamp(3, 2000);
+                            for _ in 0..reps {
+                                for (v, b) in best.iter_mut().enumerate() {
+                                    NARROW_TILES.store(v == 0, Relaxed);
+                                    let t = Instant::now();
+                                    quant_matmul_with(isa, fmt, &x, &w, &mut y, m, k, n);
+                                    *b = b.min(t.elapsed().as_secs_f64());
+                                }
                             }
-                        }
-                        NARROW_TILES.store(false, Relaxed);
-                    });
-                    let gmacs = best.map(|b| (m * n * k) as f64 / b / 1e9);
-                    println!(
-                        "{:<7} {k:<5} {n:<5} {m:<4} {threads:<8} {:>13.1}  {:>11.1}  {:>11.2}",
+                            NARROW_TILES.store(false, Relaxed);
+                        });
+                        let gmacs = best.map(|b| (m * n * k) as f64 / b / 1e9);
+                        println!(
+                        "{:<7} {:<7} {k:<5} {n:<5} {m:<4} {threads:<8} {:>13.1}  {:>11.1}  {:>11.2}",
+                        format!("{isa:?}"),
                         format!("{fmt:?}"),
                         gmacs[0],
                         gmacs[1],
                         gmacs[1] / gmacs[0]
                     );
+                    }
                 }
             }
         }
