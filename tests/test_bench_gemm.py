@@ -48,6 +48,10 @@ def test_gemm_run_writes_the_report(tmp_path, monkeypatch, capsys):
     assert run["peak_gflops"] > 0 and len(run["peak_probes"]) == 2
     assert [(r["m"], r["k"], r["n"]) for r in run["rows"]] == [(1, 1536, 576), (64, 1536, 576)]
     assert all(r["gflops"] > 0 and r["percent_of_peak"] > 0 for r in run["rows"])
+    for r in run["rows"]:  # the figures are the times' and the peak's, not made up elsewhere
+        assert r["gflops"] == pytest.approx(2 * r["m"] * r["k"] * r["n"] / r["best_s"] / 1e9, rel=1e-6)
+        assert r["percent_of_peak"] == pytest.approx(100 * r["gflops"] / run["peak_gflops"], rel=1e-6)
+    assert run["peak_gflops"] == max(p["gflops"] for p in run["peak_probes"])
     assert report["summary"]["1"]["rows"] == "m >= 64"
     assert report["command"] and report["numpy_blas"]
     assert "% of peak" in capsys.readouterr().out
