@@ -1,0 +1,1 @@
+"""``fasttx serve``: an OpenAI-compatible server over a continuous-batching engine (engine.py)."""
