@@ -222,20 +222,21 @@ class _Job:
 class Engine:
     """Continuous batching over ``model`` (a decoder-only ``fasttx.Model``): at most ``max_batch``
     rows decoding at once (a request of ``n`` sequences takes ``n``), at most ``max_queue``
-    requests waiting for room."""
+    requests waiting for room; ``prefill_piece``: prompt tokens prefilled per engine iteration."""
 
-    def __init__(self, model, *, max_batch: int = 16, max_queue: int = 64):
+    def __init__(self, model, *, max_batch: int = 16, max_queue: int = 64, prefill_piece: int = PREFILL_PIECE):
         if model.is_encoder_decoder:
             raise ValueError(
                 f"fasttx serve runs decoder-only models; {model.arch} is an encoder-decoder model "
                 "(use model.generate for it)"
             )
-        for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 0)):
+        for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 0), ("prefill_piece", prefill_piece, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         self._model = model
         self._max_batch = max_batch
         self._max_queue = max_queue
+        self._prefill_piece = prefill_piece
         self._decode = model._decode if model.tokenizer is not None else (lambda ids: "")
         self._pieces: dict[int, str] = {}
         # An empty session: its cache size per position sizes requests against the machine's memory.
@@ -394,10 +395,10 @@ class Engine:
             self._rows = sum(j.rows for j in self._prefilling) + sum(len(j.next_tokens) for j in self._running)
 
     def _prefill(self) -> None:
-        """Feeds up to ``PREFILL_PIECE`` prompt tokens of the requests waiting for their prefill
+        """Feeds up to ``prefill_piece`` prompt tokens of the requests waiting for their prefill
         (several short prompts, or a piece of a long one); a request whose prompt is all in gets
         its first token and joins the batch."""
-        left = PREFILL_PIECE
+        left = self._prefill_piece
         while self._prefilling and left > 0:
             job = self._prefilling[0]
             if job.handle.cancelled:
