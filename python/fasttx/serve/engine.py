@@ -30,7 +30,7 @@ import collections
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -163,7 +163,7 @@ class RequestHandle:
                 return
             if event is _END:
                 self._ended = True
-            if self._loop is None:
+            if self._loop is None or self._aqueue is None:
                 self._events.put(event)
                 return
             try:
@@ -207,7 +207,7 @@ class _Job:
     penalties: Optional[processors.Processor]
     separate: bool  # beam search or prompt lookup: run whole on the worker thread
     # Set when the job is admitted to the batch (engine thread only):
-    session: object = None  # its own session until its rows join the batch
+    session: Any = None  # its own NativeSession until its rows join the batch
     decisions: Optional[search.RowDecisions] = None
     assemblers: list = field(default_factory=list)
     fed: int = 0  # prompt tokens prefilled so far
@@ -230,7 +230,8 @@ class Engine:
                 f"fasttx serve runs decoder-only models; {model.arch} is an encoder-decoder model "
                 "(use model.generate for it)"
             )
-        for name, value, least in (("max_batch", max_batch, 1), ("max_queue", max_queue, 0), ("prefill_piece", prefill_piece, 1)):
+        limits = (("max_batch", max_batch, 1), ("max_queue", max_queue, 0), ("prefill_piece", prefill_piece, 1))
+        for name, value, least in limits:
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         self._model = model
@@ -253,7 +254,7 @@ class Engine:
         # Engine-thread state.
         self._prefilling: collections.deque[_Job] = collections.deque()
         self._running: list[_Job] = []  # in the batch's row order
-        self._batch = None
+        self._batch: Any = None  # the NativeSession of the running requests' rows
 
     # ------------------------------------------------------------------ public
 
@@ -324,8 +325,9 @@ class Engine:
         if not isinstance(request, EngineRequest):
             raise ValueError(f"submit takes an EngineRequest, got {type(request).__name__}")
         ids, mask = _as_batch([request.prompt_ids], None, "prompt_ids", pad_left=True)
-        if int(ids.max()) >= model.vocab_size:
-            raise ValueError(f"prompt_ids holds token id {int(ids.max())}, outside the vocabulary of {model.vocab_size}")
+        largest = int(ids.max())
+        if largest >= model.vocab_size:
+            raise ValueError(f"prompt_ids holds token id {largest}, outside the vocabulary of {model.vocab_size}")
         if not isinstance(request.options, dict):
             raise ValueError(f"options must be a dict of generation options, got {type(request.options).__name__}")
         opts = model._options(request.options)
@@ -513,6 +515,7 @@ class Engine:
         """The request's step decision over ``logits`` (its rows): tokens, text, logprobs and
         finishes emitted; returns the positions of its rows that go on (none when it ended)."""
         decisions = job.decisions
+        assert decisions is not None  # set when the job was admitted
         logits = search.checked_logits(logits, decisions.steps)
         event, keep = decisions.choose(logits)
         logprobs = self._logprobs(job, logits, event.tokens) if job.logprobs is not None else None
@@ -531,6 +534,7 @@ class Engine:
         return keep
 
     def _finish(self, job: _Job, seq: int, reason: str) -> None:
+        assert job.decisions is not None
         tail = job.assemblers[seq].take(final=True)
         completion = len(job.decisions.history[seq]) - job.ids.shape[1]
         job.handle._emit(Finish(seq, reason, tail, completion))
