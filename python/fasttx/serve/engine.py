@@ -297,10 +297,11 @@ class Engine:
         with self._cond:
             if self._closing:
                 raise QueueFull("the server is shutting down")
-            waiting = len(self._waiting) + len(self._separate_waiting)
-            if waiting >= self._max_queue:
-                raise QueueFull(f"{waiting} requests are already waiting (the queue holds {self._max_queue})")
             (self._separate_waiting if job.separate else self._waiting).append(job)
+            waiting = self._waiting_count()
+            if waiting > self._max_queue:  # this request would wait, and the queue is full
+                (self._separate_waiting if job.separate else self._waiting).pop()
+                raise QueueFull(f"{waiting - 1} requests are already waiting (the queue holds {self._max_queue})")
             self._cond.notify_all()
         self.start()
         return job.handle
@@ -312,9 +313,23 @@ class Engine:
         with self._cond:
             return {
                 "running": self._rows,
-                "waiting": len(self._waiting) + len(self._separate_waiting),
+                "waiting": self._waiting_count(),
                 "separate": int(self._separate_current is not None),
             }
+
+    def _waiting_count(self) -> int:
+        """Queued requests that cannot start at once (under the lock): those for which the
+        batch has no free rows yet (the engine thread admits the others at its next iteration),
+        and the worker's queue but the one an idle worker is about to take."""
+        free = self._max_batch - self._rows
+        starting = 0
+        for job in self._waiting:
+            if job.rows > free:
+                break
+            free -= job.rows
+            starting += 1
+        separate = len(self._separate_waiting) - (self._separate_current is None and bool(self._separate_waiting))
+        return len(self._waiting) - starting + separate
 
     # ------------------------------------------------------------------ submission
 
@@ -403,9 +418,6 @@ class Engine:
         left = self._prefill_piece
         while self._prefilling and left > 0:
             job = self._prefilling[0]
-            if job.handle.cancelled:
-                self._prefilling.popleft()
-                continue
             try:
                 if job.budget == 0:  # generate_ids returns no token: nothing to prefill
                     self._prefilling.popleft()
@@ -488,6 +500,8 @@ class Engine:
         self._reorder(keep, still)
 
     def _drop_cancelled(self) -> None:
+        if any(job.handle.cancelled for job in self._prefilling):
+            self._prefilling = collections.deque(j for j in self._prefilling if not j.handle.cancelled)
         if any(job.handle.cancelled for job in self._running):
             self._keep([not job.handle.cancelled for job in self._running])
 
