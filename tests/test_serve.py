@@ -500,3 +500,7 @@ def test_missing_extras_give_a_clear_error():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert 'pip install "fasttx[serve]"' in out.stdout, out.stderr
+    # The command says so too, before loading any model.
+    code = "import sys; sys.modules['uvicorn'] = None\nfrom fasttx.cli import main\nsys.exit(main(['serve', '--model', 'unused']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and 'pip install "fasttx[serve]"' in out.stderr, out.stderr
