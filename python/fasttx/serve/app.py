@@ -224,8 +224,9 @@ async def _collect(request: Request, job: Job, model_id: str) -> dict:
     p = job.prepared
     choices = [Choice() for _ in range(p.choices)]
     watcher = asyncio.create_task(_watch_disconnect(request, job))
+    events = job.events()
     try:
-        async for i, event in job.events():
+        async for i, event in events:
             if isinstance(event, Failure):
                 raise EngineError(event.message)
             c = choices[i]
@@ -238,6 +239,7 @@ async def _collect(request: Request, job: Job, model_id: str) -> dict:
                 c.completion_tokens = event.completion_tokens
     finally:
         watcher.cancel()
+        await events.aclose()  # its pumps stop now, not when the generator is collected
     build = protocol.chat_completion if p.chat else protocol.text_completion
     return build(protocol.new_id(p.chat), protocol.now(), model_id, choices, p.prompt_tokens, p.logprobs is not None)
 
@@ -261,8 +263,9 @@ async def _sse(job: Job, model_id: str) -> AsyncIterator[str]:
             yield chunk([protocol.chat_delta(i, {"role": "assistant", "content": ""})])
     offsets = [0] * p.choices  # characters of each completion so far, for text_offset
     completion_tokens = 0
+    events = job.events()
     try:
-        async for i, event in job.events():
+        async for i, event in events:
             if isinstance(event, Failure):
                 yield _data(error_body(event.message, type="server_error"))
                 return
@@ -284,6 +287,8 @@ async def _sse(job: Job, model_id: str) -> AsyncIterator[str]:
         log.exception("stream failed")
         yield _data(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"))
         return
+    finally:
+        await events.aclose()
     if p.include_usage:
         final = protocol.chunk(rid, created, model_id, p.chat, [], False)
         final["usage"] = protocol.usage(p.prompt_tokens, completion_tokens)
