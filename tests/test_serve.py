@@ -436,6 +436,10 @@ def test_errors_through_the_sdk_and_unknown_fields(server, client):
     body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_tokens": 2, "frobnicate": 1}
     assert _post(server, "/v1/chat/completions", body).status_code == 200
     _assert_error(httpx.get(server.url + "/v1/nothing", timeout=10), 404)
+    # A conversation the chat template rejects: 400, and the message names no server directory.
+    r = _post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": None}]})
+    _assert_error(r, 400, "messages", "chat template")
+    assert str(GGUF.parent) not in r.text
     assert server.proc.poll() is None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -292,11 +293,17 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
+def _for_client(model, e: Exception) -> str:
+    """An error message without the server's directories (the model's file name stays)."""
+    where = str(model.path)
+    return str(e).replace(where, os.path.basename(where.rstrip(os.sep)))
+
+
 def _encode(model, text: str, add_special_tokens: bool, param: str) -> list[int]:
     try:
         ids = model._encode([text], add_special_tokens)[0]
     except ValueError as e:
-        raise ProtocolError(str(e), param) from None
+        raise ProtocolError(_for_client(model, e), param) from None
     if not ids:
         raise ProtocolError(f"'{param}' encodes to no token: give some text", param)
     return ids
@@ -323,7 +330,7 @@ def parse_chat(body: Any, model) -> Prepared:
     try:
         text = model.chat_prompt(messages)
     except ValueError as e:  # no template, or the template rejects the conversation
-        raise ProtocolError(str(e), "messages") from None
+        raise ProtocolError(_for_client(model, e), "messages") from None
     prompt_ids = _encode(model, text, False, "messages")  # the rendered template has its specials
     if max_tokens is None:
         limit = model.max_positions
