@@ -90,6 +90,25 @@ class Result:
         return [self.text.get(i, "") for i in range(n)]
 
 
+@pytest.fixture
+def joins(monkeypatch):
+    """The batch's rows each time a prefilled request joins it, and the most rows it held."""
+    seen: dict = {"at_join": [], "most": 0}
+    join, decode_step = Engine._join, Engine._decode_step
+
+    def watch_join(self, job):
+        seen["at_join"].append(self._batch.rows if self._batch is not None else 0)
+        join(self, job)
+
+    def watch_step(self):
+        seen["most"] = max(seen["most"], self._batch.rows)
+        decode_step(self)
+
+    monkeypatch.setattr(Engine, "_join", watch_join)
+    monkeypatch.setattr(Engine, "_decode_step", watch_step)
+    return seen
+
+
 def run_all(engine: Engine, requests: list[EngineRequest]) -> list[Result]:
     """Submits every request at once and reads each handle on a thread of its own."""
     handles = [engine.submit(r) for r in requests]
@@ -183,7 +202,7 @@ MIXED_OPTIONS = [
 
 
 @needs_smollm2
-def test_mixed_concurrent_chat_requests_equal_generate_alone(smol):
+def test_mixed_concurrent_chat_requests_equal_generate_alone(smol, joins):
     """12 requests (16 rows) through an engine of 5 rows: each waits, joins the running batch,
     leaves it when done; one prompt is longer than a prefill piece. Tokens and texts are generate's."""
     topics = TOPICS * 2
@@ -197,6 +216,8 @@ def test_mixed_concurrent_chat_requests_equal_generate_alone(smol):
         results = run_all(engine, [EngineRequest(p, o) for p, o in zip(prompts, options)])
     finally:
         engine.close()
+    assert sum(rows > 0 for rows in joins["at_join"]) >= 3, "requests should join a running batch"
+    assert joins["most"] == 5
     # The text reference is model.chat itself for the short prompts (the long one: generate_ids'
     # decoding, as check_against_generate does by default).
     texts = [
@@ -206,7 +227,7 @@ def test_mixed_concurrent_chat_requests_equal_generate_alone(smol):
     check_against_generate(smol, prompts, options, results, texts)
 
 
-def test_mixed_concurrent_requests_on_a_random_model_equal_generate_alone(tiny):
+def test_mixed_concurrent_requests_on_a_random_model_equal_generate_alone(tiny, joins):
     rng = np.random.default_rng(7)
     lengths = [5, 90, 12, 33, 150, 7, 64, 21, 3, 48, 120, 9]
     prompts = [rng.integers(3, tiny.vocab_size, size=n).tolist() for n in lengths]
@@ -215,6 +236,8 @@ def test_mixed_concurrent_requests_on_a_random_model_equal_generate_alone(tiny):
         results = run_all(engine, [EngineRequest(p, o) for p, o in zip(prompts, MIXED_OPTIONS)])
     finally:
         engine.close()
+    assert sum(rows > 0 for rows in joins["at_join"]) >= 3, "requests should join a running batch"
+    assert joins["most"] == 4
     check_against_generate(tiny, prompts, MIXED_OPTIONS, results)
 
 
