@@ -262,13 +262,15 @@ def test_asyncio_streams_equal_generate_alone(tiny):
 # ---------------------------------------------------------------------------- beams, logprobs, penalties
 
 
-def test_beam_search_runs_beside_the_batch(tiny):
+def test_beam_search_and_prompt_lookup_run_beside_the_batch(tiny):
     rng = np.random.default_rng(9)
     prompts = [rng.integers(3, tiny.vocab_size, size=n).tolist() for n in (10, 25, 6)]
+    prompts.append(prompts[0][:5] * 4)  # repeats for prompt lookup's drafts
     options = [
         dict(max_new_tokens=30),
         dict(max_new_tokens=12, num_beams=3, num_return_sequences=2),
         dict(max_new_tokens=10, num_beams=2, length_penalty=0.5),
+        dict(max_new_tokens=16, prompt_lookup_num_tokens=3),
     ]
     engine = Engine(tiny, max_batch=2)
     try:
@@ -306,6 +308,24 @@ def test_greedy_logprobs_are_the_log_softmax_of_the_logits(model_name, request):
         best = np.argsort(-ref, kind="stable")[:k]
         assert [p for p, _ in lp.top] == [model.tokenizer.decode([int(b)], skip_special_tokens=False) for b in best]
         np.testing.assert_allclose([v for _, v in lp.top], ref[best], atol=1e-5)
+
+
+def test_sampled_logprobs_are_taken_after_the_temperature(tiny):
+    """Sampling: the log-softmax of the scores divided by the temperature (top-k, a warper that
+    only cuts the tail, does not change them)."""
+    ids = [7, 8, 9, 10]
+    opts = dict(max_new_tokens=5, do_sample=True, temperature=0.6, top_k=30, seed=11)
+    engine = Engine(tiny)
+    try:
+        (res,) = run_all(engine, [EngineRequest(ids, opts, logprobs=2)])
+    finally:
+        engine.close()
+    (tokens,) = res.sequences(1)
+    assert tokens == tiny.generate_ids([ids], **opts)[0]
+    for t, (token, lp) in enumerate(zip(tokens, res.logprobs[0])):
+        ref = _log_softmax(tiny.logits([ids + tokens[:t]])[0, -1] / np.float32(0.6))
+        assert lp.logprob == pytest.approx(ref[token], abs=1e-5)
+        np.testing.assert_allclose([v for _, v in lp.top], np.sort(ref)[::-1][:2], atol=1e-5)
 
 
 def test_presence_and_frequency_penalties_follow_openai(tiny):
@@ -355,27 +375,100 @@ def _wait(condition, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_cancel_frees_the_rows_at_the_next_step(tiny):
+@pytest.fixture
+def gate(monkeypatch):
+    """No decoding step runs until the test sets the returned event (the engine's iterations go
+    on: admissions, prefills, joins, cancellations), so that a test sees the batch in a known state
+    whatever the machine's speed."""
+    go = threading.Event()
+    decode_step = Engine._decode_step
+
+    def gated(self):
+        if go.wait(0.005):
+            decode_step(self)
+
+    monkeypatch.setattr(Engine, "_decode_step", gated)
+    return go
+
+
+def test_cancel_frees_the_rows_at_the_next_step(tiny, gate):
     engine = Engine(tiny, max_batch=4)
     try:
-        long = engine.submit(EngineRequest([5, 6, 7], dict(max_new_tokens=250, eos_token_id=[])))
-        sampled = dict(max_new_tokens=250, eos_token_id=[], do_sample=True, seed=1, num_return_sequences=2)
+        opts = dict(max_new_tokens=50, eos_token_id=[])
+        sampled = dict(opts, do_sample=True, seed=1, num_return_sequences=2)
+        cancelled = engine.submit(EngineRequest([5, 6, 7], opts))
         other = engine.submit(EngineRequest([8, 9], sampled))
-        events = iter(long)
-        assert isinstance(next(events), Token)
+        events = iter(cancelled)
+        assert isinstance(next(events), Token)  # its first token, from its prefill
         _wait(lambda: engine.stats["running"] == 3)
-        long.cancel()
-        _wait(lambda: engine.stats["running"] == 2)
+        cancelled.cancel()
+        _wait(lambda: engine.stats["running"] == 2)  # before any decoding step
         assert all(isinstance(e, Token) for e in events)  # the stream ends (no Finish)
+        gate.set()
         assert Result(other).sequences(2) == tiny.generate_ids([[8, 9]], **sampled)
         assert engine.stats == {"running": 0, "waiting": 0, "separate": 0}
     finally:
         engine.close()
 
 
-def test_a_full_queue_refuses_and_close_fails_whatever_is_pending(tiny):
+def test_an_asyncio_consumer_that_stops_early_cancels_its_request(tiny, gate):
+    engine = Engine(tiny, max_batch=2)
+
+    async def first_token():
+        handle = engine.submit(EngineRequest([5, 6, 7], dict(max_new_tokens=50, eos_token_id=[])))
+        async for event in handle.stream():
+            assert engine.stats["running"] == 1
+            return event
+
+    try:
+        assert isinstance(asyncio.run(first_token()), Token)  # the loop closes the stream
+        _wait(lambda: engine.stats["running"] == 0)
+    finally:
+        engine.close()
+
+
+def test_out_of_memory_in_a_batch_step_fails_the_newest_request_only(tiny, monkeypatch, gate):
+    """A batch step that runs out of memory (simulated: the native step raises MemoryError once
+    the batch holds two requests' rows) fails the request that joined last; the other goes on."""
+
+    class OutOfMemoryOnce:
+        def __init__(self, session):
+            self.session, self.failed = session, False
+
+        def step(self, tokens, *args):
+            if not self.failed and tokens.shape[0] == 2:
+                self.failed = True
+                raise MemoryError("cannot allocate the attention scores")
+            return self.session.step(tokens, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+    join = Engine._join
+
+    def join_then_wrap(self, job):
+        join(self, job)
+        if not isinstance(self._batch, OutOfMemoryOnce):
+            self._batch = OutOfMemoryOnce(self._batch)
+
+    monkeypatch.setattr(Engine, "_join", join_then_wrap)
+    opts = dict(max_new_tokens=40, eos_token_id=[])
+    engine = Engine(tiny, max_batch=2)
+    try:
+        older = engine.submit(EngineRequest([5, 6], opts))
+        _wait(lambda: engine.stats["running"] == 1)
+        newer = engine.submit(EngineRequest([8], opts))
+        gate.set()
+        failed = Result(newer)
+        assert failed.failure is not None and "out of memory" in failed.failure.message
+        assert Result(older).sequences(1) == tiny.generate_ids([[5, 6]], **opts)
+    finally:
+        engine.close()
+
+
+def test_a_full_queue_refuses_and_close_fails_whatever_is_pending(tiny, gate):
     engine = Engine(tiny, max_batch=1, max_queue=2)
-    opts = dict(max_new_tokens=250, eos_token_id=[])
+    opts = dict(max_new_tokens=50, eos_token_id=[])
     running = engine.submit(EngineRequest([5, 6], opts))
     _wait(lambda: engine.stats["running"] == 1)
     waiting = [engine.submit(EngineRequest([7, 8], opts)) for _ in range(2)]
