@@ -259,6 +259,32 @@ def test_asyncio_streams_equal_generate_alone(tiny):
     check_against_generate(tiny, prompts, options, results)
 
 
+def test_a_long_prompt_is_prefilled_between_decoding_steps(tiny, monkeypatch):
+    """A 200-token prompt in pieces of 16 takes 13 iterations, each followed by a decoding step of
+    the running request: the latter is not held up until the whole prompt is in."""
+    order: list = []  # whose decision, in the engine's order
+    decide = Engine._decide
+
+    def logged(self, job, logits):
+        order.append(job.handle)
+        return decide(self, job, logits)
+
+    monkeypatch.setattr(Engine, "_decide", logged)
+    engine = Engine(tiny, max_batch=2, prefill_piece=16)
+    running_opts, long_opts = dict(max_new_tokens=40, eos_token_id=[]), dict(max_new_tokens=3)
+    long_prompt = np.random.default_rng(3).integers(3, tiny.vocab_size, size=200).tolist()
+    try:
+        with engine._cond:  # both queued before the engine's next iteration admits them together
+            running = engine.submit(EngineRequest([5, 6, 7], running_opts))
+            long = engine.submit(EngineRequest(long_prompt, long_opts))
+        results = [Result(running), Result(long)]
+    finally:
+        engine.close()
+    before = order.index(long)
+    assert before >= 12 and set(order[:before]) == {running}
+    check_against_generate(tiny, [[5, 6, 7], long_prompt], [running_opts, long_opts], results)
+
+
 # ---------------------------------------------------------------------------- beams, logprobs, penalties
 
 
