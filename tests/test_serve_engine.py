@@ -90,6 +90,25 @@ class Result:
         return [self.text.get(i, "") for i in range(n)]
 
 
+@pytest.fixture
+def joins(monkeypatch):
+    """The batch's rows each time a prefilled request joins it, and the most rows it held."""
+    seen: dict = {"at_join": [], "most": 0}
+    join, decode_step = Engine._join, Engine._decode_step
+
+    def watch_join(self, job):
+        seen["at_join"].append(self._batch.rows if self._batch is not None else 0)
+        join(self, job)
+
+    def watch_step(self):
+        seen["most"] = max(seen["most"], self._batch.rows)
+        decode_step(self)
+
+    monkeypatch.setattr(Engine, "_join", watch_join)
+    monkeypatch.setattr(Engine, "_decode_step", watch_step)
+    return seen
+
+
 def run_all(engine: Engine, requests: list[EngineRequest]) -> list[Result]:
     """Submits every request at once and reads each handle on a thread of its own."""
     handles = [engine.submit(r) for r in requests]
@@ -183,7 +202,7 @@ MIXED_OPTIONS = [
 
 
 @needs_smollm2
-def test_mixed_concurrent_chat_requests_equal_generate_alone(smol):
+def test_mixed_concurrent_chat_requests_equal_generate_alone(smol, joins):
     """12 requests (16 rows) through an engine of 5 rows: each waits, joins the running batch,
     leaves it when done; one prompt is longer than a prefill piece. Tokens and texts are generate's."""
     topics = TOPICS * 2
@@ -197,6 +216,8 @@ def test_mixed_concurrent_chat_requests_equal_generate_alone(smol):
         results = run_all(engine, [EngineRequest(p, o) for p, o in zip(prompts, options)])
     finally:
         engine.close()
+    assert sum(rows > 0 for rows in joins["at_join"]) >= 3, "requests should join a running batch"
+    assert joins["most"] == 5
     # The text reference is model.chat itself for the short prompts (the long one: generate_ids'
     # decoding, as check_against_generate does by default).
     texts = [
@@ -206,7 +227,7 @@ def test_mixed_concurrent_chat_requests_equal_generate_alone(smol):
     check_against_generate(smol, prompts, options, results, texts)
 
 
-def test_mixed_concurrent_requests_on_a_random_model_equal_generate_alone(tiny):
+def test_mixed_concurrent_requests_on_a_random_model_equal_generate_alone(tiny, joins):
     rng = np.random.default_rng(7)
     lengths = [5, 90, 12, 33, 150, 7, 64, 21, 3, 48, 120, 9]
     prompts = [rng.integers(3, tiny.vocab_size, size=n).tolist() for n in lengths]
@@ -215,6 +236,8 @@ def test_mixed_concurrent_requests_on_a_random_model_equal_generate_alone(tiny):
         results = run_all(engine, [EngineRequest(p, o) for p, o in zip(prompts, MIXED_OPTIONS)])
     finally:
         engine.close()
+    assert sum(rows > 0 for rows in joins["at_join"]) >= 3, "requests should join a running batch"
+    assert joins["most"] == 4
     check_against_generate(tiny, prompts, MIXED_OPTIONS, results)
 
 
@@ -236,16 +259,44 @@ def test_asyncio_streams_equal_generate_alone(tiny):
     check_against_generate(tiny, prompts, options, results)
 
 
+def test_a_long_prompt_is_prefilled_between_decoding_steps(tiny, monkeypatch):
+    """A 200-token prompt in pieces of 16 takes 13 iterations, each followed by a decoding step of
+    the running request: the latter is not held up until the whole prompt is in."""
+    order: list = []  # whose decision, in the engine's order
+    decide = Engine._decide
+
+    def logged(self, job, logits):
+        order.append(job.handle)
+        return decide(self, job, logits)
+
+    monkeypatch.setattr(Engine, "_decide", logged)
+    engine = Engine(tiny, max_batch=2, prefill_piece=16)
+    running_opts, long_opts = dict(max_new_tokens=40, eos_token_id=[]), dict(max_new_tokens=3)
+    long_prompt = np.random.default_rng(3).integers(3, tiny.vocab_size, size=200).tolist()
+    try:
+        with engine._cond:  # both queued before the engine's next iteration admits them together
+            running = engine.submit(EngineRequest([5, 6, 7], running_opts))
+            long = engine.submit(EngineRequest(long_prompt, long_opts))
+        results = [Result(running), Result(long)]
+    finally:
+        engine.close()
+    before = order.index(long)
+    assert before >= 12 and set(order[:before]) == {running}
+    check_against_generate(tiny, [[5, 6, 7], long_prompt], [running_opts, long_opts], results)
+
+
 # ---------------------------------------------------------------------------- beams, logprobs, penalties
 
 
-def test_beam_search_runs_beside_the_batch(tiny):
+def test_beam_search_and_prompt_lookup_run_beside_the_batch(tiny):
     rng = np.random.default_rng(9)
     prompts = [rng.integers(3, tiny.vocab_size, size=n).tolist() for n in (10, 25, 6)]
+    prompts.append(prompts[0][:5] * 4)  # repeats for prompt lookup's drafts
     options = [
         dict(max_new_tokens=30),
         dict(max_new_tokens=12, num_beams=3, num_return_sequences=2),
         dict(max_new_tokens=10, num_beams=2, length_penalty=0.5),
+        dict(max_new_tokens=16, prompt_lookup_num_tokens=3),
     ]
     engine = Engine(tiny, max_batch=2)
     try:
@@ -283,6 +334,24 @@ def test_greedy_logprobs_are_the_log_softmax_of_the_logits(model_name, request):
         best = np.argsort(-ref, kind="stable")[:k]
         assert [p for p, _ in lp.top] == [model.tokenizer.decode([int(b)], skip_special_tokens=False) for b in best]
         np.testing.assert_allclose([v for _, v in lp.top], ref[best], atol=1e-5)
+
+
+def test_sampled_logprobs_are_taken_after_the_temperature(tiny):
+    """Sampling: the log-softmax of the scores divided by the temperature (top-k, a warper that
+    only cuts the tail, does not change them)."""
+    ids = [7, 8, 9, 10]
+    opts = dict(max_new_tokens=5, do_sample=True, temperature=0.6, top_k=30, seed=11)
+    engine = Engine(tiny)
+    try:
+        (res,) = run_all(engine, [EngineRequest(ids, opts, logprobs=2)])
+    finally:
+        engine.close()
+    (tokens,) = res.sequences(1)
+    assert tokens == tiny.generate_ids([ids], **opts)[0]
+    for t, (token, lp) in enumerate(zip(tokens, res.logprobs[0])):
+        ref = _log_softmax(tiny.logits([ids + tokens[:t]])[0, -1] / np.float32(0.6))
+        assert lp.logprob == pytest.approx(ref[token], abs=1e-5)
+        np.testing.assert_allclose([v for _, v in lp.top], np.sort(ref)[::-1][:2], atol=1e-5)
 
 
 def test_presence_and_frequency_penalties_follow_openai(tiny):
@@ -332,27 +401,100 @@ def _wait(condition, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_cancel_frees_the_rows_at_the_next_step(tiny):
+@pytest.fixture
+def gate(monkeypatch):
+    """No decoding step runs until the test sets the returned event (the engine's iterations go
+    on: admissions, prefills, joins, cancellations), so that a test sees the batch in a known state
+    whatever the machine's speed."""
+    go = threading.Event()
+    decode_step = Engine._decode_step
+
+    def gated(self):
+        if go.wait(0.005):
+            decode_step(self)
+
+    monkeypatch.setattr(Engine, "_decode_step", gated)
+    return go
+
+
+def test_cancel_frees_the_rows_at_the_next_step(tiny, gate):
     engine = Engine(tiny, max_batch=4)
     try:
-        long = engine.submit(EngineRequest([5, 6, 7], dict(max_new_tokens=250, eos_token_id=[])))
-        sampled = dict(max_new_tokens=250, eos_token_id=[], do_sample=True, seed=1, num_return_sequences=2)
+        opts = dict(max_new_tokens=50, eos_token_id=[])
+        sampled = dict(opts, do_sample=True, seed=1, num_return_sequences=2)
+        cancelled = engine.submit(EngineRequest([5, 6, 7], opts))
         other = engine.submit(EngineRequest([8, 9], sampled))
-        events = iter(long)
-        assert isinstance(next(events), Token)
+        events = iter(cancelled)
+        assert isinstance(next(events), Token)  # its first token, from its prefill
         _wait(lambda: engine.stats["running"] == 3)
-        long.cancel()
-        _wait(lambda: engine.stats["running"] == 2)
+        cancelled.cancel()
+        _wait(lambda: engine.stats["running"] == 2)  # before any decoding step
         assert all(isinstance(e, Token) for e in events)  # the stream ends (no Finish)
+        gate.set()
         assert Result(other).sequences(2) == tiny.generate_ids([[8, 9]], **sampled)
         assert engine.stats == {"running": 0, "waiting": 0, "separate": 0}
     finally:
         engine.close()
 
 
-def test_a_full_queue_refuses_and_close_fails_whatever_is_pending(tiny):
+def test_an_asyncio_consumer_that_stops_early_cancels_its_request(tiny, gate):
+    engine = Engine(tiny, max_batch=2)
+
+    async def first_token():
+        handle = engine.submit(EngineRequest([5, 6, 7], dict(max_new_tokens=50, eos_token_id=[])))
+        async for event in handle.stream():
+            assert engine.stats["running"] == 1
+            return event
+
+    try:
+        assert isinstance(asyncio.run(first_token()), Token)  # the loop closes the stream
+        _wait(lambda: engine.stats["running"] == 0)
+    finally:
+        engine.close()
+
+
+def test_out_of_memory_in_a_batch_step_fails_the_newest_request_only(tiny, monkeypatch, gate):
+    """A batch step that runs out of memory (simulated: the native step raises MemoryError once
+    the batch holds two requests' rows) fails the request that joined last; the other goes on."""
+
+    class OutOfMemoryOnce:
+        def __init__(self, session):
+            self.session, self.failed = session, False
+
+        def step(self, tokens, *args):
+            if not self.failed and tokens.shape[0] == 2:
+                self.failed = True
+                raise MemoryError("cannot allocate the attention scores")
+            return self.session.step(tokens, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+    join = Engine._join
+
+    def join_then_wrap(self, job):
+        join(self, job)
+        if not isinstance(self._batch, OutOfMemoryOnce):
+            self._batch = OutOfMemoryOnce(self._batch)
+
+    monkeypatch.setattr(Engine, "_join", join_then_wrap)
+    opts = dict(max_new_tokens=40, eos_token_id=[])
+    engine = Engine(tiny, max_batch=2)
+    try:
+        older = engine.submit(EngineRequest([5, 6], opts))
+        _wait(lambda: engine.stats["running"] == 1)
+        newer = engine.submit(EngineRequest([8], opts))
+        gate.set()
+        failed = Result(newer)
+        assert failed.failure is not None and "out of memory" in failed.failure.message
+        assert Result(older).sequences(1) == tiny.generate_ids([[5, 6]], **opts)
+    finally:
+        engine.close()
+
+
+def test_a_full_queue_refuses_and_close_fails_whatever_is_pending(tiny, gate):
     engine = Engine(tiny, max_batch=1, max_queue=2)
-    opts = dict(max_new_tokens=250, eos_token_id=[])
+    opts = dict(max_new_tokens=50, eos_token_id=[])
     running = engine.submit(EngineRequest([5, 6], opts))
     _wait(lambda: engine.stats["running"] == 1)
     waiting = [engine.submit(EngineRequest([7, 8], opts)) for _ in range(2)]
