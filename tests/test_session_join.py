@@ -90,8 +90,8 @@ def _assert_bitwise(got: np.ndarray, want: np.ndarray, what: str) -> None:
 @pytest.mark.parametrize("name", MODELS + GGUF_MODELS)
 def test_joined_rows_decode_bit_for_bit_as_alone(name):
     native = _native(name)
-    # Requests A (7 tokens), B (12), C (5) and D (20); (length, seed).
-    spec = {"A": (7, 1), "B": (12, 2), "C": (5, 3), "D": (20, 4)}
+    # Requests A (7 tokens), B (12), C (5), D (20) and E (9): (prompt length, seed).
+    spec = {"A": (7, 1), "B": (12, 2), "C": (5, 3), "D": (20, 4), "E": (9, 5)}
     alone = {k: _alone(native, length, seed, 14) for k, (length, seed) in spec.items()}
     reqs = {k: Row(native, length, seed) for k, (length, seed) in spec.items()}
     done = {k: 0 for k in spec}  # decoding steps each request has had
@@ -120,6 +120,12 @@ def test_joined_rows_decode_bit_for_bit_as_alone(name):
     batch.join(reqs["D"].prefill(native))
     assert (batch.rows, batch.length) == (2, 20)
     run(batch, ["C", "D"], 4)
+    # Everyone leaves; the empty batch takes the next request in as if it were its own session.
+    batch.reorder([])
+    assert (batch.rows, batch.length) == (0, 24)
+    batch.join(reqs["E"].prefill(native))
+    assert (batch.rows, batch.length) == (1, 9)
+    run(batch, ["E"], 3)
 
 
 @pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "mistral_window", "gemma2_softcap", "llama_gguf_q4_0"])

@@ -73,6 +73,16 @@ impl Attention<'_> {
         }
         let group = self.heads / self.kv_heads;
         let per_head = 2 * kv.len.max(1) * hd.max(1);
+        // Each key row's first attended position (see `lead` below), found once per call rather
+        // than by each of the row's (query, head) tasks.
+        let first_attended: Vec<usize> = kv.mask.map_or_else(Vec::new, |(m, stride)| {
+            m.chunks_exact(stride.max(1))
+                .map(|row| {
+                    let row = &row[..kv.len.min(row.len())];
+                    row.iter().position(|&bit| bit != 0).unwrap_or(row.len())
+                })
+                .collect()
+        });
         out[..rows * n * width]
             .par_chunks_mut(hd)
             .with_min_len(MIN_TASK_WORK.div_ceil(per_head))
@@ -104,7 +114,11 @@ impl Attention<'_> {
                 // shift too, which this does not rely on), and no dot product is spent on padding.
                 // Every key masked (a padding query of a left-padded prompt): nothing is skipped,
                 // and the row averages the values as transformers' all-minimum row does.
-                let lead = mask.map_or(0, leading_padding);
+                let lead = first_attended
+                    .get(kv_row)
+                    .copied()
+                    .filter(|&p| p < visible)
+                    .unwrap_or(0);
                 let qh = &q[t * width + h * hd..][..hd];
                 let base = kv_row * kv.row_stride + (h / group) * kv.head_stride;
                 // Taken out of the cell (not borrowed), so a nested use could never double-borrow.
@@ -135,12 +149,6 @@ impl Attention<'_> {
                 SCORES.with(|c| c.set(scores));
             });
     }
-}
-
-/// How many keys at the start of `mask` are masked, or 0 when all of them are (nothing to skip:
-/// see [`Attention::run`]).
-fn leading_padding(mask: &[u8]) -> usize {
-    mask.iter().position(|&m| m != 0).unwrap_or(0)
 }
 
 #[cfg(test)]
