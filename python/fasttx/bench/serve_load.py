@@ -417,9 +417,14 @@ def server_command(server: str, python: str, gguf: str, threads: int, port: int,
 
 
 def server_env(server: str) -> dict:
-    """fasttx's server imports the fasttx package of this harness (``worker_env``); the
+    """fasttx's server imports the fasttx package of this harness (``worker_env``), and requires
+    no key (``$FASTTX_API_KEY`` would make it answer the benchmark's requests 401); the
     reference's gets this environment as it is."""
-    return worker_env() if server == "fasttx" else dict(os.environ)
+    if server != "fasttx":
+        return dict(os.environ)
+    env = worker_env()
+    env.pop("FASTTX_API_KEY", None)
+    return env
 
 
 # Run in a server's interpreter: which of its modules are missing, and its packages' versions.
