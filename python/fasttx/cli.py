@@ -1,4 +1,4 @@
-"""``fasttx`` command line: ``generate``, ``chat`` and ``bench``."""
+"""``fasttx`` command line: ``generate``, ``chat``, ``serve`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -173,6 +173,30 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": "".join(pieces)})
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The OpenAI-compatible server (the ``serve`` extra: FastAPI and uvicorn, imported only here)."""
+    try:
+        import fasttx.serve as serve
+
+        serve._require_extras()
+    except ImportError as e:
+        print(f"fasttx: error: {e}", file=sys.stderr)
+        return 2
+    serve.run(
+        _model_path(args),
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        api_key=args.api_key if args.api_key is not None else os.environ.get("FASTTX_API_KEY"),
+        threads=args.threads,
+        dtype=args.dtype,
+        model_id=args.served_model_name,
+        log_level=args.log_level,
+    )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
@@ -210,6 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chat", help="interactive chat")
     common(c)
     c.set_defaults(func=cmd_chat)
+
+    from .serve import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server with continuous batching (pip install \"fasttx[serve]\")")
+    s.add_argument("--model", help="model directory or .gguf file (default: $FASTTX_MODEL, else SmolLM2-135M-Instruct)")
+    s.add_argument("--dtype", default="auto", choices=["auto", "f32", "int8"])
+    s.add_argument("--threads", type=int, help="compute threads (default: physical cores)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+        help=f"sequences decoded at once (default {DEFAULT_MAX_BATCH})",
+    )  # fmt: skip
+    s.add_argument(
+        "--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+        help=f"requests waiting for a slot before new ones get 503 (default {DEFAULT_MAX_QUEUE})",
+    )  # fmt: skip
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes (default: $FASTTX_API_KEY, else none)")
+    s.add_argument("--served-model-name", help="the model id clients see (default: the model's file name)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="benchmarks against reference runtimes: fasttx bench {t5,smollm2,qwen2.5-coder,all} (see BENCHMARKS.md)")
     b.add_argument("rest", nargs=argparse.REMAINDER)

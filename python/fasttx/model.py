@@ -349,6 +349,19 @@ class Model:
         new-token budget, once the request is known to fit the model and the machine. Every
         check runs before anything of the request's size is allocated."""
         prompt_len = 1 if self.is_encoder_decoder else ids.shape[1]
+        budget = self._checked_budget(ids, mask, opts)
+        session = self._native.start(ids, mask)
+        self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts)
+        # The cache's room for every position the request may reach, at once: it then never grows
+        # by copying (and doubling) mid-generation; untouched room costs no memory.
+        session.reserve(self._reachable_positions(prompt_len, budget))
+        prompt = self._decoder_prompt(ids, mask, opts, copies)
+        return session, prompt, budget
+
+    def _checked_budget(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions) -> int:
+        """The new-token budget of a request, once its prompt and budget are known to fit the
+        model's positions (the serving engine checks a request with it before queuing it)."""
+        prompt_len = 1 if self.is_encoder_decoder else ids.shape[1]
         budget = opts.new_token_budget(prompt_len, self.max_positions)
         if not self.is_encoder_decoder:
             longest = int(mask.sum(axis=1).max())  # real tokens: padding takes no position
@@ -362,13 +375,7 @@ class Model:
                 )
         elif self._native.max_positions_is_hard and self.max_positions is not None:
             self._check_encoder_decoder_positions(ids.shape[1], budget)
-        session = self._native.start(ids, mask)
-        self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts)
-        # The cache's room for every position the request may reach, at once: it then never grows
-        # by copying (and doubling) mid-generation; untouched room costs no memory.
-        session.reserve(self._reachable_positions(prompt_len, budget))
-        prompt = self._decoder_prompt(ids, mask, opts, copies)
-        return session, prompt, budget
+        return budget
 
     def _check_encoder_decoder_positions(self, width: int, budget: int) -> None:
         """Refuses a request that would pass a bounded position table (BART and mBART learn

@@ -122,6 +122,79 @@ def sample_tokens(native_model, scores: np.ndarray, opts: GenerationOptions, sam
     )
 
 
+class RowDecisions:
+    """transformers' ``_sample`` decision of each step for one group of rows: the processors, then
+    argmax or a draw, then the EOS and stop checks. ``sample_or_greedy`` runs one group per call;
+    the serving engine (fasttx.serve.engine) one per request, its rows sharing a batch session with
+    other requests' rows, which is why the session's stepping stays outside this class.
+
+    ``active`` lists the rows (indices into ``prompt.history``) still generating, in the order the
+    caller feeds their logits; ``extra`` processors run after the built-in ones (the engine's
+    OpenAI penalties)."""
+
+    def __init__(
+        self,
+        native_model,
+        prompt: Prompt,
+        opts: GenerationOptions,
+        budget: int,
+        sampler: Optional[RowSampler] = None,
+        is_stopped=None,
+        extra: Sequence[processors.Processor] = (),
+    ):
+        self.native_model = native_model
+        self.opts = opts
+        self.history = prompt.history
+        self.budget = budget
+        self.sampler = sampler
+        self.is_stopped = is_stopped
+        # Sampling's warpers run natively in `sample_tokens`; the other processors here.
+        self.procs = processors.build(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget)
+        self.procs.extend(extra)
+        self.eos = set(opts.eos_token_id)
+        self.active = list(range(len(prompt.history)))
+        self.steps = 0
+
+    @property
+    def done(self) -> bool:
+        """Every row finished, or the new-token budget is spent."""
+        return not self.active or self.steps >= self.budget
+
+    def choose(self, logits: np.ndarray) -> tuple[StepEvent, list[int]]:
+        """Picks the next token of every active row from ``logits`` ``[len(active), vocab]``, which
+        the processors change in place (they then hold the scores the tokens were chosen from,
+        before sampling's warpers). Returns the step's event and ``keep``: the positions in
+        ``active`` of the rows that go on (``active`` is updated to them)."""
+        active = self.active
+        hist = [self.history[r] for r in active]
+        processors.apply_all(self.procs, logits, hist, active)
+        if self.sampler is None:
+            chosen = np.argmax(logits, axis=-1).tolist()
+        else:
+            check_temperature(logits, self.opts.temperature, self.steps)
+            chosen = sample_tokens(self.native_model, logits, self.opts, self.sampler, active)
+        finished = []
+        keep = []
+        for i, (r, t) in enumerate(zip(active, chosen)):
+            self.history[r].append(t)
+            if t in self.eos or (self.is_stopped is not None and self.is_stopped(r, t)):
+                finished.append(r)
+            else:
+                keep.append(i)
+        self.steps += 1
+        if len(keep) != len(active):
+            self.active = [active[i] for i in keep]
+        return StepEvent(rows=list(active), tokens=chosen, finished=finished), keep
+
+
+def repeat_rows(session, logits: np.ndarray, copies: int) -> np.ndarray:
+    """After the first step: every row of ``session`` (and of its ``logits``) repeated ``copies``
+    times in place, for the beams or sampled sequences of each input (transformers expands the
+    prompt before the first step; one pass per input gives the same logits for less work)."""
+    session.reorder(np.repeat(np.arange(logits.shape[0]), copies).tolist())
+    return np.repeat(logits, copies, axis=0)
+
+
 def sample_or_greedy(
     native_model,
     session,
@@ -136,42 +209,20 @@ def sample_or_greedy(
     Finished rows are dropped from the session (their results cannot change), which is where a
     batch's cost shrinks as its rows end. ``is_stopped(row, tokens)`` lets the caller end a row
     (stop strings)."""
-    rows = len(prompt.history)
-    # Sampling's warpers run natively in `sample_tokens`; the other processors here.
-    procs = processors.build(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget)
-    eos = set(opts.eos_token_id)
-    active = list(range(rows))  # session row i decodes original row active[i]
+    decisions = RowDecisions(native_model, prompt, opts, budget, sampler, is_stopped)
     tokens, mask = prompt.first_tokens, prompt.first_mask
-    history = prompt.history
     for step in range(budget):
         logits = checked_logits(session.step(tokens, mask), step)
         mask = None
         if step == 0 and prompt.copies > 1:
-            session.reorder(np.repeat(np.arange(logits.shape[0]), prompt.copies).tolist())
-            logits = np.repeat(logits, prompt.copies, axis=0)
-        hist = [history[r] for r in active]
-        processors.apply_all(procs, logits, hist, active)
-        if sampler is None:
-            chosen = np.argmax(logits, axis=-1).tolist()
-        else:
-            check_temperature(logits, opts.temperature, step)
-            chosen = sample_tokens(native_model, logits, opts, sampler, active)
-        finished = []
-        keep = []
-        for i, (r, t) in enumerate(zip(active, chosen)):
-            history[r].append(t)
-            if t in eos or (is_stopped is not None and is_stopped(r, t)):
-                finished.append(r)
-            else:
-                keep.append(i)
-        yield StepEvent(rows=list(active), tokens=chosen, finished=finished)
+            logits = repeat_rows(session, logits, prompt.copies)
+        event, keep = decisions.choose(logits)
+        yield event
         if not keep:
             return
-        if len(keep) != len(active):
+        if len(keep) != len(event.rows):
             session.reorder(keep)
-            active = [active[i] for i in keep]
-            chosen = [chosen[i] for i in keep]
-        tokens = np.asarray(chosen, dtype=np.int64)[:, None]
+        tokens = np.asarray([event.tokens[i] for i in keep], dtype=np.int64)[:, None]
 
 
 def beam_search(
@@ -225,8 +276,7 @@ def beam_search(
     # The first step runs once per input; its rows are then copied into the beams.
     step = 0
     log_probs = checked_logits(session.step(prompt.first_tokens, prompt.first_mask, log_softmax=True), step)
-    session.reorder(np.repeat(np.arange(batch), K).tolist())
-    log_probs = np.repeat(log_probs, K, axis=0)
+    log_probs = repeat_rows(session, log_probs, K)
     vocab = log_probs.shape[-1]
 
     while True:
