@@ -624,7 +624,7 @@ def target_verdict(servers: dict, compared: dict) -> dict:
     out = {"clients": TARGET_CLIENTS, "throughput_ratio_at_least": TARGET_RATIO, "p99_ttft_ratio_at_most": 1.0}
     c = compared.get(str(TARGET_CLIENTS))
     if c is None or c["throughput_ratio"] is None or c["p99_ttft_ratio"] is None:
-        return {**out, "met": None, "why": f"not measured: both servers must run the {TARGET_CLIENTS}-client level"}
+        return {**out, "met": None, "why": f"both servers must run the {TARGET_CLIENTS}-client level"}
     errors = sum(servers[s]["levels"][str(TARGET_CLIENTS)]["error_count"] for s in SERVERS)
     met = c["throughput_ratio"] >= TARGET_RATIO and c["p99_ttft_ratio"] <= 1.0 and errors == 0
     why = (f"throughput {c['throughput_ratio']:.2f}x (target >= {TARGET_RATIO:g}x), p99 TTFT "
