@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Optional
+from typing import AsyncGenerator, AsyncIterator, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -51,7 +51,7 @@ class Job:
             for h in self.handles:
                 h.cancel()
 
-    async def events(self) -> AsyncIterator[tuple[int, object]]:
+    async def events(self) -> AsyncGenerator[tuple[int, Union[Token, Finish, Failure]], None]:
         """``(choice index, event)`` from every handle as they come; a ``Failure`` ends it."""
         queue: asyncio.Queue = asyncio.Queue()
 

@@ -495,7 +495,7 @@ def text_completion(rid: str, created: int, model_id: str, choices: list[Choice]
 def chunk(rid: str, created: int, model_id: str, chat: bool, choices: list[dict], include_usage: bool) -> dict:
     """A streamed chunk (``chat.completion.chunk`` or ``text_completion``). With
     ``stream_options.include_usage`` every chunk carries ``usage: null`` but the last."""
-    out = {
+    out: dict[str, Any] = {
         "id": rid,
         "object": "chat.completion.chunk" if chat else "text_completion",
         "created": created,
