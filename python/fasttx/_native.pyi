@@ -151,3 +151,7 @@ class NativeSession:
     def rewind(self, length: int) -> None:
         """Takes back every position from ``length`` on (draft tokens the model rejected), as if
         the steps had fed only the positions before it."""
+    def join(self, other: NativeSession) -> None:
+        """Appends ``other``'s rows after this session's (continuous batching); ``other`` is left
+        without rows and raises ValueError when used again. Both must be decoder-only sessions of
+        the same model. Each row's logits stay the bits it gives decoded alone."""

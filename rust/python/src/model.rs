@@ -2,16 +2,16 @@
 //! arrays at the boundary and call into the core with the GIL released; no math happens here.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fasttx_core::models::{self, Model, Session, StepInput, TokenBatch, Want};
 use fasttx_core::sampling::Warpers;
 use fasttx_core::Error;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray2};
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::errors::run_native;
+use crate::errors::{run_native, to_pyerr};
 use crate::interrupt::{run_interruptible, run_interruptible_on_thread};
 
 #[pyclass(frozen, module = "fasttx._native")]
@@ -25,7 +25,7 @@ fn ids_to_u32(ids: &PyReadonlyArray2<'_, i64>, what: &str) -> PyResult<Vec<u32>>
     view.iter()
         .map(|&t| {
             u32::try_from(t).map_err(|_| {
-                pyo3::exceptions::PyValueError::new_err(format!(
+                PyValueError::new_err(format!(
                     "{what} holds token id {t}, which is not a valid id"
                 ))
             })
@@ -41,7 +41,7 @@ fn mask_to_u8(
     let Some(mask) = mask else { return Ok(None) };
     let view = mask.as_array();
     if view.dim() != shape {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+        return Err(PyValueError::new_err(format!(
             "{what} has shape {:?}, but the ids have shape {shape:?}",
             view.dim()
         )));
@@ -224,7 +224,7 @@ impl NativeModel {
             model.start(&TokenBatch::new(ids, mask, batch, len)?.with_interrupt(interrupt.clone()))
         })?;
         Ok(NativeSession {
-            session: Mutex::new(session),
+            session: Mutex::new(Some(session)),
             model,
         })
     }
@@ -232,22 +232,43 @@ impl NativeModel {
 
 #[pyclass(frozen, module = "fasttx._native")]
 pub struct NativeSession {
-    session: Mutex<Box<dyn Session>>,
+    /// `None` once its rows have joined another session.
+    session: Mutex<Option<Box<dyn Session>>>,
     /// Its model, whose threads run the steps while the caller watches for Ctrl-C.
     model: Arc<dyn Model>,
 }
 
+type Guard<'a> = MutexGuard<'a, Option<Box<dyn Session>>>;
+
+/// The session a lock holds, or why it cannot be used.
+fn usable<'g>(guard: &'g mut Guard<'_>) -> fasttx_core::Result<&'g mut dyn Session> {
+    match guard.as_mut() {
+        Some(session) => Ok(session.as_mut()),
+        None => Err(Error::InvalidInput(
+            "this session's rows have joined another session; use that one".into(),
+        )),
+    }
+}
+
 impl NativeSession {
+    fn lock(&self) -> fasttx_core::Result<Guard<'_>> {
+        self.session.lock().map_err(|_| {
+            Error::InvalidInput(
+                "this session failed earlier with an internal error; start a new one".into(),
+            )
+        })
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut dyn Session) -> fasttx_core::Result<T>,
     ) -> fasttx_core::Result<T> {
-        let mut guard = self.session.lock().map_err(|_| {
-            Error::InvalidInput(
-                "this session failed earlier with an internal error; start a new one".into(),
-            )
-        })?;
-        f(guard.as_mut())
+        f(usable(&mut self.lock()?)?)
+    }
+
+    /// A property read under the lock (no native work: the GIL is kept).
+    fn read<T>(&self, f: impl FnOnce(&dyn Session) -> T) -> PyResult<T> {
+        self.with(|s| Ok(f(s))).map_err(to_pyerr)
     }
 }
 
@@ -255,28 +276,19 @@ impl NativeSession {
 impl NativeSession {
     #[getter]
     fn rows(&self) -> PyResult<usize> {
-        self.session
-            .lock()
-            .map(|s| s.rows())
-            .map_err(|_| PyRuntimeError::new_err("session is unusable"))
+        self.read(|s| s.rows())
     }
 
     #[getter]
     fn length(&self) -> PyResult<usize> {
-        self.session
-            .lock()
-            .map(|s| s.len())
-            .map_err(|_| PyRuntimeError::new_err("session is unusable"))
+        self.read(|s| s.len())
     }
 
     /// Bytes of self-attention cache one row takes per position (for sizing a request against
     /// the machine's memory before it starts).
     #[getter]
     fn cache_bytes_per_position(&self) -> PyResult<usize> {
-        self.session
-            .lock()
-            .map(|s| s.cache_bytes_per_position())
-            .map_err(|_| PyRuntimeError::new_err("session is unusable"))
+        self.read(|s| s.cache_bytes_per_position())
     }
 
     /// Makes room for `positions` positions per row in the self-attention cache at once (a
@@ -303,7 +315,7 @@ impl NativeSession {
         let mask = mask_to_u8(mask, (rows, n), "decoder attention mask")?;
         let positions = match positions {
             Some(p) if p.as_array().dim() != (rows, n) => {
-                return Err(pyo3::exceptions::PyValueError::new_err(
+                return Err(PyValueError::new_err(
                     "position ids do not match the tokens' shape",
                 ))
             }
@@ -346,5 +358,29 @@ impl NativeSession {
     /// steps had fed only the positions before it.
     fn rewind(&self, py: Python<'_>, length: usize) -> PyResult<()> {
         run_native(py, || self.with(|s| s.rewind(length)))
+    }
+
+    /// Appends `other`'s rows after this session's (continuous batching: a prefilled request
+    /// joins the running batch between steps); `other` is left without rows, unusable. Each row's
+    /// logits stay the bits it gives decoded alone.
+    fn join(&self, py: Python<'_>, other: &Bound<'_, NativeSession>) -> PyResult<()> {
+        let other = other.get();
+        if std::ptr::eq(self, other) {
+            // Checked before locking: the second lock of one mutex would wait forever.
+            return Err(PyValueError::new_err("join: a session cannot join itself"));
+        }
+        run_native(py, || {
+            // Two joins of the same pair in opposite directions lock in the same order.
+            let (mut mine, mut theirs) = if (self as *const Self) < (other as *const Self) {
+                let mine = self.lock()?;
+                (mine, other.lock()?)
+            } else {
+                let theirs = other.lock()?;
+                (self.lock()?, theirs)
+            };
+            usable(&mut mine)?.join(usable(&mut theirs)?)?;
+            *theirs = None;
+            Ok(())
+        })
     }
 }

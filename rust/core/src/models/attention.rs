@@ -96,12 +96,21 @@ impl Attention<'_> {
                 // Keys before the window's start are masked like padding (transformers adds the
                 // dtype's minimum to them too).
                 let first = self.window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+                // The row's leading padding is left out of the scores altogether (its
+                // probabilities would be exactly 0): the softmax and the weighted sum then see
+                // the same keys in the same SIMD lanes whatever padding precedes them, so a row
+                // gives the same bits alone, left-padded in a batch, or joined into a running
+                // batch by construction (the softmax's lane sums happen to be invariant to that
+                // shift too, which this does not rely on), and no dot product is spent on padding.
+                // Every key masked (a padding query of a left-padded prompt): nothing is skipped,
+                // and the row averages the values as transformers' all-minimum row does.
+                let lead = mask.map_or(0, leading_padding);
                 let qh = &q[t * width + h * hd..][..hd];
                 let base = kv_row * kv.row_stride + (h / group) * kv.head_stride;
                 // Taken out of the cell (not borrowed), so a nested use could never double-borrow.
                 let mut scores = SCORES.with(Cell::take);
                 scores.clear();
-                scores.extend((0..visible).map(|j| {
+                scores.extend((lead..visible).map(|j| {
                     if j < first || mask.is_some_and(|m| m[j] == 0) {
                         // transformers adds the dtype's minimum: a fully masked row stays finite.
                         return f32::MIN;
@@ -118,7 +127,7 @@ impl Attention<'_> {
                 }));
                 softmax(&mut scores);
                 oh.fill(0.0);
-                for (j, &p) in scores.iter().enumerate() {
+                for (j, &p) in (lead..).zip(scores.iter()) {
                     if p != 0.0 {
                         vector::axpy(p, &kv.v[base + j * kv.pos_stride..][..hd], oh);
                     }
@@ -126,6 +135,12 @@ impl Attention<'_> {
                 SCORES.with(|c| c.set(scores));
             });
     }
+}
+
+/// How many keys at the start of `mask` are masked, or 0 when all of them are (nothing to skip:
+/// see [`Attention::run`]).
+fn leading_padding(mask: &[u8]) -> usize {
+    mask.iter().position(|&m| m != 0).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -188,6 +203,125 @@ mod tests {
             attend(&q, &k, &v, Some(9), None),
             attend(&q, &k, &v, None, None)
         );
+    }
+
+    /// A deterministic pseudo-random value in [-1, 1) for index `i` of stream `seed`.
+    fn noise(seed: u64, i: usize) -> f32 {
+        let x = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Two rows over a cache of `len` positions (`[rows, heads, len, head_dim]`), row 0 left-padded
+    /// by `pad` positions before the `real` positions it shares with row 1 (whose extra leading
+    /// positions are real, other keys): the outputs of the last `n` queries of row 0.
+    fn padded_row(pad: usize, real: usize, n: usize, window: Option<usize>) -> Vec<f32> {
+        let (heads, kv_heads, hd) = (4, 2, 24);
+        let len = pad + real;
+        let at = |r: usize, h: usize, j: usize| ((r * kv_heads + h) * len + j) * hd;
+        let mut k = vec![0.0; 2 * kv_heads * len * hd];
+        let mut v = k.clone();
+        for h in 0..kv_heads {
+            for j in 0..len {
+                for d in 0..hd {
+                    // Row 0's real keys are the same whatever the padding; its padding holds junk.
+                    let (key, val) = match j.checked_sub(pad) {
+                        Some(p) => {
+                            let i = (h * 1000 + p) * hd + d;
+                            (noise(1, i), noise(2, i))
+                        }
+                        None => (1e3, -1e3),
+                    };
+                    k[at(0, h, j) + d] = key;
+                    v[at(0, h, j) + d] = val;
+                    k[at(1, h, j) + d] = noise(3, at(1, h, j) + d);
+                    v[at(1, h, j) + d] = noise(4, at(1, h, j) + d);
+                }
+            }
+        }
+        let mut mask = vec![1u8; 2 * len];
+        mask[..pad].fill(0);
+        let width = heads * hd;
+        let q: Vec<f32> = (0..2 * n * width)
+            .map(|i| 3.0 * noise(5, i % (n * width)))
+            .collect();
+        let attn = Attention {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            causal: true,
+            q_offset: len - n,
+            window,
+            softcap: Some(5.0),
+            bias: None,
+            interrupt: None,
+        };
+        let kv = KeyValues {
+            k: &k,
+            v: &v,
+            row_stride: kv_heads * len * hd,
+            head_stride: len * hd,
+            pos_stride: hd,
+            len,
+            mask: Some((&mask, len)),
+            row_map: None,
+        };
+        let mut out = vec![0.0; 2 * n * width];
+        attn.run(&q, 2, n, &kv, &mut out);
+        out.truncate(n * width);
+        out
+    }
+
+    #[test]
+    fn leading_padding_leaves_a_rows_results_bit_for_bit() {
+        // Lengths across several SIMD widths, so the padding shifts the keys across lanes.
+        for real in [1, 5, 17, 40] {
+            for n in [1, real.min(3)] {
+                for window in [None, Some(4), Some(16)] {
+                    let alone = padded_row(0, real, n, window);
+                    for pad in [1, 3, 8, 13] {
+                        let padded = padded_row(pad, real, n, window);
+                        let same = alone
+                            .iter()
+                            .zip(&padded)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "real {real}, n {n}, window {window:?}, pad {pad}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_query_that_sees_only_padding_averages_the_values_as_before() {
+        // One head of size 1: keys 0..3 padding, the query at position 1 sees only padding.
+        let attn = Attention {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+            scale: 1.0,
+            causal: true,
+            q_offset: 0,
+            window: None,
+            softcap: None,
+            bias: None,
+            interrupt: None,
+        };
+        let (k, v, mask) = ([1.0, 2.0, 3.0], [2.0, 4.0, 9.0], [0u8, 0, 1]);
+        let kv = KeyValues {
+            k: &k,
+            v: &v,
+            row_stride: 3,
+            head_stride: 3,
+            pos_stride: 1,
+            len: 3,
+            mask: Some((&mask, 3)),
+            row_map: None,
+        };
+        let mut out = [0.0; 3];
+        attn.run(&[1.0, 1.0, 1.0], 1, 3, &kv, &mut out);
+        assert_eq!(out, [2.0, 3.0, 9.0]);
     }
 
     #[test]

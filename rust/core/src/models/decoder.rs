@@ -1,8 +1,10 @@
 //! The session of every decoder-only model. An architecture supplies its layer stack (a
 //! [`DecoderStack`]: embedding, blocks, head, and the step buffers only it needs); this file keeps
 //! what they all share: the [`Model`] they are (from what the stack says about itself), the
-//! self-attention cache, each row's position count, the step buffers, `step` and `reorder`.
+//! self-attention cache, each row's position count, the step buffers, `step`, `reorder` and
+//! `join`.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use super::kv_cache::KvCache;
@@ -10,7 +12,7 @@ use super::session::{
     check_reorder, check_rewind, logits_on, prepare_step, step_positions, StepBuffers,
 };
 use super::{Model, Session, StepInput, TokenBatch, Want};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One decoder-only architecture's weights, as a session drives them.
 pub(crate) trait DecoderStack: Send + Sync + 'static {
@@ -234,11 +236,274 @@ impl<S: DecoderStack> Session for DecoderSession<S> {
         self.cache.truncate(len);
         Ok(())
     }
+
+    fn join(&mut self, other: &mut dyn Session) -> Result<()> {
+        let Some(other) = other.as_any_mut().downcast_mut::<Self>() else {
+            return Err(Error::InvalidInput(
+                "join: the sessions come from different models (of different architectures, or \
+                 one of them encoder-decoder)"
+                    .into(),
+            ));
+        };
+        if !Arc::ptr_eq(&self.model, &other.model) {
+            return Err(Error::InvalidInput(
+                "join: the sessions come from different models (each model joins only its own \
+                 sessions)"
+                    .into(),
+            ));
+        }
+        self.cache.join(&other.cache)?;
+        // Each row keeps its own position count: its next token's position id is what it would be
+        // alone.
+        self.real_tokens.extend_from_slice(&other.real_tokens);
+        let (layers, kv_heads, head_dim) = self.model.cache_shape();
+        other.cache = KvCache::new(layers, 0, kv_heads, head_dim);
+        other.real_tokens = Vec::new();
+        Ok(())
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::attention::Attention;
+    use crate::threading::build_pool;
+
+    /// A one-layer toy stack: each token's key, value and query are fixed functions of the token
+    /// and its position id, and the logits are the attention output itself. What a row gets thus
+    /// depends on its own keys, their positions and the attention over them: all a join moves.
+    struct Toy {
+        pool: rayon::ThreadPool,
+        /// Only for telling two toys apart in the logits.
+        salt: f32,
+    }
+
+    const HEADS: usize = 2;
+    const HEAD_DIM: usize = 12;
+    const VOCAB: usize = HEADS * HEAD_DIM;
+
+    fn toy() -> Arc<Toy> {
+        Arc::new(Toy {
+            pool: build_pool(2).unwrap(),
+            salt: 0.0,
+        })
+    }
+
+    impl Toy {
+        fn features(&self, kind: u32, token: u32, position: u32) -> impl Iterator<Item = f32> + '_ {
+            (0..VOCAB).map(move |d| {
+                let x = (kind * 7919 + token * 104_729 + position * 31 + d as u32 * 613) % 1999;
+                x as f32 / 999.5 - 1.0 + self.salt
+            })
+        }
+    }
+
+    impl DecoderStack for Toy {
+        type Scratch = ();
+
+        fn vocab_size(&self) -> usize {
+            VOCAB
+        }
+
+        fn pool(&self) -> &rayon::ThreadPool {
+            &self.pool
+        }
+
+        fn max_positions(&self) -> usize {
+            1 << 20
+        }
+
+        fn decode_weight_bytes(&self) -> usize {
+            0
+        }
+
+        fn cache_shape(&self) -> (usize, usize, usize) {
+            (1, HEADS, HEAD_DIM)
+        }
+
+        fn forward(
+            &self,
+            input: &StepInput,
+            positions: &[u32],
+            last_only: bool,
+            cache: &mut KvCache,
+            _step: &mut StepBuffers,
+            _scratch: &mut (),
+        ) -> Result<Vec<f32>> {
+            let (rows, n) = (cache.rows(), input.n);
+            let of = |kind| -> Vec<f32> {
+                input
+                    .tokens
+                    .iter()
+                    .zip(positions)
+                    .flat_map(|(&t, &p)| self.features(kind, t, p))
+                    .collect()
+            };
+            let (q, k, v) = (of(0), of(1), of(2));
+            let attn = Attention {
+                heads: HEADS,
+                kv_heads: HEADS,
+                head_dim: HEAD_DIM,
+                scale: 0.5,
+                causal: true,
+                q_offset: cache.len(),
+                window: Some(6),
+                softcap: None,
+                bias: None,
+                interrupt: None,
+            };
+            cache.begin_step(n, input.mask);
+            cache.write(0, &k, &v);
+            let mut out = vec![0.0; rows * n * VOCAB];
+            attn.run(&q, rows, n, &cache.view(0), &mut out);
+            cache.commit();
+            if last_only {
+                let last =
+                    (0..rows).flat_map(|r| out[((r + 1) * n - 1) * VOCAB..][..VOCAB].to_vec());
+                return Ok(last.collect());
+            }
+            Ok(out)
+        }
+    }
+
+    const GREEDY: Want = Want {
+        last_only: true,
+        log_softmax: false,
+    };
+
+    fn session(model: &Arc<Toy>, prompt: &[u32]) -> DecoderSession<Toy> {
+        let cache = KvCache::new(1, 1, HEADS, HEAD_DIM);
+        let mut s = DecoderSession::new(model.clone(), cache);
+        let mut out = Vec::new();
+        s.step(&StepInput::tokens(prompt, prompt.len()), GREEDY, &mut out)
+            .unwrap();
+        s
+    }
+
+    /// The token a row's logits pick (the largest).
+    fn pick(logits: &[f32]) -> u32 {
+        (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap() as u32
+    }
+
+    /// Steps every row of `s` with its own next token; returns each row's logits.
+    fn step_rows(s: &mut dyn Session, next: &mut [u32]) -> Vec<Vec<f32>> {
+        let mut out = Vec::new();
+        s.step(&StepInput::tokens(next, 1), GREEDY, &mut out)
+            .unwrap();
+        let rows: Vec<Vec<f32>> = out.chunks(VOCAB).map(<[f32]>::to_vec).collect();
+        for (t, logits) in next.iter_mut().zip(&rows) {
+            *t = pick(logits);
+        }
+        rows
+    }
+
+    #[test]
+    fn joined_rows_step_as_they_would_alone_bit_for_bit() {
+        let model = toy();
+        let prompts: [&[u32]; 3] = [
+            &[3, 1, 4, 1, 5, 9, 2],
+            &[2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5],
+            &[6],
+        ];
+        // Each row alone: its logits at every step.
+        let alone: Vec<Vec<Vec<f32>>> = prompts
+            .iter()
+            .map(|p| {
+                let mut s = session(&model, p);
+                let mut next = [0];
+                (0..12)
+                    .map(|_| step_rows(&mut s, &mut next).remove(0))
+                    .collect()
+            })
+            .collect();
+        // Row 0 runs 3 steps, row 1 joins; 2 steps later row 0 leaves and row 2 joins.
+        let mut batch = session(&model, prompts[0]);
+        let mut next = vec![0];
+        for want in &alone[0][..3] {
+            assert_eq!(&step_rows(&mut batch, &mut next)[0], want);
+        }
+        let mut b = session(&model, prompts[1]);
+        batch.join(&mut b).unwrap();
+        assert_eq!(
+            (batch.rows(), b.rows(), batch.real_tokens.clone()),
+            (2, 0, vec![10, 12])
+        );
+        next.push(0);
+        for i in 0..2 {
+            let got = step_rows(&mut batch, &mut next);
+            assert_eq!(got[0], alone[0][3 + i]);
+            assert_eq!(got[1], alone[1][i]);
+        }
+        batch.reorder(&[1]).unwrap();
+        next.remove(0);
+        let mut c = session(&model, prompts[2]);
+        // The joined session is shorter than the batch here; above it was longer.
+        batch.join(&mut c).unwrap();
+        next.push(0);
+        for i in 0..5 {
+            let got = step_rows(&mut batch, &mut next);
+            assert_eq!(got[0], alone[1][2 + i]);
+            assert_eq!(got[1], alone[2][i]);
+        }
+    }
+
+    #[test]
+    fn only_sessions_of_the_same_model_join() {
+        let (model, twin) = (toy(), toy());
+        let mut a = session(&model, &[1, 2]);
+        let mut b = session(&twin, &[3]);
+        let err = a.join(&mut b).unwrap_err();
+        assert!(err.to_string().contains("different models"), "{err}");
+        assert_eq!((a.rows(), b.rows()), (1, 1));
+
+        // A session of another architecture (here: another stack type).
+        struct Other(Toy);
+        impl DecoderStack for Other {
+            type Scratch = ();
+            fn vocab_size(&self) -> usize {
+                self.0.vocab_size()
+            }
+            fn pool(&self) -> &rayon::ThreadPool {
+                self.0.pool()
+            }
+            fn max_positions(&self) -> usize {
+                self.0.max_positions()
+            }
+            fn decode_weight_bytes(&self) -> usize {
+                0
+            }
+            fn cache_shape(&self) -> (usize, usize, usize) {
+                self.0.cache_shape()
+            }
+            fn forward(
+                &self,
+                input: &StepInput,
+                positions: &[u32],
+                last_only: bool,
+                cache: &mut KvCache,
+                step: &mut StepBuffers,
+                scratch: &mut (),
+            ) -> Result<Vec<f32>> {
+                self.0
+                    .forward(input, positions, last_only, cache, step, scratch)
+            }
+        }
+        let other = Arc::new(Other(Toy {
+            pool: build_pool(1).unwrap(),
+            salt: 0.5,
+        }));
+        let mut c = DecoderSession::new(other, KvCache::new(1, 1, HEADS, HEAD_DIM));
+        let err = a.join(&mut c).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        assert!(matches!(c.join(&mut a), Err(Error::InvalidInput(_))));
+        assert_eq!((a.rows(), c.rows()), (1, 1));
+    }
 
     #[test]
     fn a_prefill_pass_holds_at_most_the_row_budget_whatever_the_batch() {

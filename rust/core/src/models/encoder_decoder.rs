@@ -245,4 +245,18 @@ impl<S: EncoderDecoderStack> Session for EncoderDecoderSession<S> {
         self.cache.truncate(len);
         Ok(())
     }
+
+    fn join(&mut self, _other: &mut dyn Session) -> Result<()> {
+        // Rows would also have to bring their encoder outputs (cross-attention memory of another
+        // length): continuous batching serves decoder-only models.
+        Err(Error::InvalidInput(
+            "join: encoder-decoder sessions cannot join (continuous batching is for decoder-only \
+             models)"
+                .into(),
+        ))
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }

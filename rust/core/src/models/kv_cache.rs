@@ -193,6 +193,98 @@ impl KvCache {
         Ok(())
     }
 
+    /// Appends `other`'s rows after this cache's rows; on failure (memory, or caches of different
+    /// shapes) both are unchanged. `other` is left as it was: its session empties it.
+    ///
+    /// All rows share one length, so each side is right-aligned to the longer one, the shorter
+    /// side's rows getting leading positions masked out (never attended to: attention skips a
+    /// row's leading padding, so the row's results keep their bits). Before that, each side drops
+    /// the leading positions that every one of its rows has masked: rows that left a running
+    /// batch leave such a prefix behind, which would otherwise make the length grow without end in
+    /// a batch that never empties.
+    pub fn join(&mut self, other: &KvCache) -> Result<()> {
+        let shape = |c: &KvCache| (c.layers.len(), c.kv_heads, c.head_dim);
+        if shape(self) != shape(other) {
+            return Err(Error::InvalidInput(format!(
+                "join: the caches differ in shape ((layers, kv heads, head dim) {:?} and {:?})",
+                shape(self),
+                shape(other)
+            )));
+        }
+        debug_assert!(
+            self.pending == 0 && other.pending == 0,
+            "join inside a step"
+        );
+        let (skip_self, skip_other) = (self.masked_prefix(), other.masked_prefix());
+        let (kept_self, kept_other) = (self.len - skip_self, other.len - skip_other);
+        let len = kept_self.max(kept_other);
+        // The room either side reserved beyond its positions is kept (it costs no memory until
+        // written: `try_zeroed`), so a generation that reserved its length does not grow.
+        let room = (self.capacity - self.len).max(other.capacity - other.len);
+        let capacity = len.checked_add(room).ok_or_else(|| {
+            Error::InvalidInput("join: the sessions' reserved room is too large".into())
+        })?;
+        let rows = self
+            .rows
+            .checked_add(other.rows)
+            .ok_or_else(|| Error::InvalidInput("join: too many rows".into()))?;
+        let (hd, heads) = (self.head_dim, self.kv_heads);
+        // Each side as (cache, first kept position, positions kept, first row in the result).
+        let sides = [
+            (&*self, skip_self, kept_self, 0),
+            (other, skip_other, kept_other, self.rows),
+        ];
+        let values = rows
+            .checked_mul(heads)
+            .and_then(|v| v.checked_mul(capacity))
+            .and_then(|v| v.checked_mul(hd))
+            .unwrap_or(usize::MAX);
+        // Layer `layer`'s keys (or values) of both sides, in one new buffer.
+        let gather = |layer: usize, values_not_keys: bool| {
+            let mut new = try_zeroed(values, "the joined KV cache")?;
+            for &(side, skip, kept, first_row) in &sides {
+                let (k, v) = &side.layers[layer];
+                let old = if values_not_keys { v } else { k };
+                for hr in 0..side.rows * heads {
+                    let src = &old[(hr * side.capacity + skip) * hd..][..kept * hd];
+                    let dst = ((first_row * heads + hr) * capacity + len - kept) * hd;
+                    new[dst..dst + kept * hd].copy_from_slice(src);
+                }
+            }
+            Ok::<_, Error>(new)
+        };
+        // Everything new is built before anything is replaced.
+        let layers = (0..self.layers.len())
+            .map(|l| Ok((gather(l, false)?, gather(l, true)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut mask = try_zeroed(rows.saturating_mul(capacity), "the KV cache mask")?;
+        for &(side, skip, kept, first_row) in &sides {
+            for r in 0..side.rows {
+                let src = &side.mask[r * side.capacity + skip..][..kept];
+                mask[(first_row + r) * capacity + len - kept..][..kept].copy_from_slice(src);
+            }
+        }
+        self.layers = layers;
+        self.mask = mask;
+        self.rows = rows;
+        self.capacity = capacity;
+        self.len = len;
+        Ok(())
+    }
+
+    /// How many leading positions every row has masked: none of them will ever be attended to.
+    /// A row with no real position yet keeps them all (its queries so far attended to padding
+    /// alone, which dropping would change).
+    fn masked_prefix(&self) -> usize {
+        (0..self.rows)
+            .map(|r| {
+                let row = &self.mask[r * self.capacity..][..self.len];
+                row.iter().position(|&m| m != 0).unwrap_or(0)
+            })
+            .min()
+            .unwrap_or(self.len)
+    }
+
     /// Reallocates every layer for `capacity` positions; on failure the cache is unchanged.
     fn grow(&mut self, capacity: usize) -> Result<()> {
         let (old_cap, hd, filled) = (self.capacity, self.head_dim, self.len * self.head_dim);
@@ -352,6 +444,139 @@ mod tests {
         step(&mut cache, 1, &[0, 1]);
         assert_eq!(cache.len(), 6);
         check(&cache, &[0, 1]);
+    }
+
+    /// Checks that row `r` holds source row `src`'s positions `from..` at `shift + from..` (keys
+    /// and values).
+    fn check_shifted(cache: &KvCache, r: usize, src: usize, from: usize, shift: usize) {
+        let view = cache.view(0);
+        for h in 0..cache.kv_heads {
+            for pos in shift + from..cache.len() {
+                let at = r * view.row_stride + h * view.head_stride + pos * view.pos_stride;
+                for d in 0..cache.head_dim {
+                    let want = value(src, pos - shift, h, d);
+                    assert_eq!(view.k[at + d], want, "row {r} head {h} pos {pos}");
+                    assert_eq!(view.v[at + d], want, "row {r} head {h} pos {pos}");
+                }
+            }
+        }
+    }
+
+    fn row_mask(cache: &KvCache, r: usize) -> &[u8] {
+        &cache.mask[r * cache.capacity..][..cache.len()]
+    }
+
+    #[test]
+    fn join_right_aligns_the_shorter_side_behind_masked_positions() {
+        let mut a = KvCache::new(1, 2, 3, 4);
+        step(&mut a, 5, &[0, 1]);
+        let mut b = KvCache::new(1, 1, 3, 4);
+        step(&mut b, 8, &[2]);
+        a.join(&b).unwrap();
+        assert_eq!((a.rows(), a.len()), (3, 8));
+        check_shifted(&a, 0, 0, 0, 3);
+        check_shifted(&a, 1, 1, 0, 3);
+        check_shifted(&a, 2, 2, 0, 0);
+        assert_eq!(row_mask(&a, 0), [0, 0, 0, 1, 1, 1, 1, 1]);
+        assert_eq!(row_mask(&a, 2), [1; 8]);
+        // The joined cache steps on like any other: all rows advance together.
+        step(&mut a, 2, &[0, 1, 2]);
+        assert_eq!(a.len(), 10);
+        check_shifted(&a, 2, 2, 0, 0);
+        assert_eq!(row_mask(&a, 1), [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]);
+
+        // The longer side joining the shorter: the running rows move right instead.
+        let mut short = KvCache::new(1, 1, 3, 4);
+        step(&mut short, 3, &[4]);
+        short.join(&b).unwrap();
+        assert_eq!((short.rows(), short.len()), (2, 8));
+        check_shifted(&short, 0, 4, 0, 5);
+        check_shifted(&short, 1, 2, 0, 0);
+        assert_eq!(row_mask(&short, 0), [0, 0, 0, 0, 0, 1, 1, 1]);
+    }
+
+    #[test]
+    fn join_drops_the_positions_every_row_has_masked() {
+        // Row 0 padded by 3 positions, row 1 by 2: the first 2 are nobody's.
+        let mut a = KvCache::new(1, 2, 1, 2);
+        step(&mut a, 6, &[0, 1]);
+        a.mask[..2].fill(0);
+        a.mask[2] = 0;
+        a.mask[a.capacity..][..2].fill(0);
+        let mut b = KvCache::new(1, 1, 1, 2);
+        step(&mut b, 3, &[2]);
+        a.join(&b).unwrap();
+        assert_eq!((a.rows(), a.len()), (3, 4));
+        // Old positions 2..6 are now 0..4.
+        let view = a.view(0);
+        for (r, src) in [(0, 0), (1, 1)] {
+            for pos in 0..4 {
+                let at = r * view.row_stride + pos * view.pos_stride;
+                assert_eq!(view.k[at], value(src, pos + 2, 0, 0), "row {r} pos {pos}");
+            }
+        }
+        check_shifted(&a, 2, 2, 0, 1);
+        assert_eq!(row_mask(&a, 0), [0, 1, 1, 1]);
+        assert_eq!(row_mask(&a, 1), [1, 1, 1, 1]);
+        assert_eq!(row_mask(&a, 2), [0, 1, 1, 1]);
+
+        // Rows that leave can leave a common masked prefix: the length then shrinks on the next
+        // join instead of growing for as long as the batch runs.
+        a.reorder(&[0, 2]).unwrap();
+        let empty = KvCache::new(1, 0, 1, 2);
+        a.join(&empty).unwrap();
+        assert_eq!((a.rows(), a.len()), (2, 3));
+        assert_eq!(row_mask(&a, 0), [1, 1, 1]);
+        assert_eq!(row_mask(&a, 1), [1, 1, 1]);
+        check_shifted(&a, 1, 2, 0, 0);
+
+        // A row with no real position yet keeps every position (its queries attended to padding
+        // alone); a session with no rows keeps none.
+        let mut padding = KvCache::new(1, 1, 1, 2);
+        padding.begin_step(3, Some(&[0, 0, 0]));
+        padding.write(0, &[0.0; 6], &[0.0; 6]);
+        padding.commit();
+        let mut none = KvCache::new(1, 0, 1, 2);
+        none.join(&padding).unwrap();
+        assert_eq!((none.rows(), none.len()), (1, 3));
+        a.reorder(&[]).unwrap();
+        a.join(&b).unwrap();
+        assert_eq!((a.rows(), a.len()), (1, 3));
+        check_shifted(&a, 0, 2, 0, 0);
+    }
+
+    #[test]
+    fn join_keeps_the_room_either_side_reserved() {
+        let mut a = KvCache::new(1, 1, 1, 2);
+        a.reserve_total(40).unwrap();
+        step(&mut a, 10, &[0]);
+        let mut b = KvCache::new(1, 1, 1, 2);
+        step(&mut b, 4, &[1]);
+        a.join(&b).unwrap();
+        assert_eq!((a.len(), a.capacity), (10, 40));
+    }
+
+    #[test]
+    fn join_of_caches_of_different_shapes_is_refused() {
+        let mut a = KvCache::new(1, 1, 2, 4);
+        let b = KvCache::new(1, 1, 1, 4);
+        let err = a.join(&b).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        let c = KvCache::new(2, 1, 2, 4);
+        assert!(matches!(a.join(&c), Err(Error::InvalidInput(_))));
+    }
+
+    #[test]
+    fn join_beyond_memory_is_an_error_and_leaves_the_cache_unchanged() {
+        // As in the reorder test below: room claimed without allocating, which the join keeps.
+        let mut a = KvCache::new(1, 1, 1 << 10, 1 << 10);
+        a.capacity = 1 << 20;
+        a.mask = vec![0; 1 << 20];
+        let b = KvCache::new(1, 1, 1 << 10, 1 << 10);
+        let err = a.join(&b).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
+        assert!(err.to_string().contains("KV cache"), "{err}");
+        assert_eq!((a.rows(), a.len(), a.capacity), (1, 0, 1 << 20));
     }
 
     #[test]

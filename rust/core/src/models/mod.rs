@@ -4,7 +4,8 @@
 //! serve them all: [`Model::start`] takes the prompt batch and returns a [`Session`] (for an
 //! encoder-decoder it runs the encoder and caches cross-attention keys/values); each
 //! [`Session::step`] feeds new tokens for every row and returns their logits; [`Session::reorder`]
-//! picks, repeats or drops rows (beam search, or expanding one prompt into several beams).
+//! picks, repeats or drops rows (beam search, or expanding one prompt into several beams);
+//! [`Session::join`] adds the rows of another session (a server's continuous batching).
 //!
 //! Which architectures exist, under which names, is [`registry`]'s table; the sessions they share
 //! are [`decoder`] (decoder-only) and [`encoder_decoder`], over the pieces in [`session`].
@@ -195,7 +196,7 @@ pub trait Model: Send + Sync {
     fn pool(&self) -> &rayon::ThreadPool;
 }
 
-pub trait Session: Send {
+pub trait Session: Send + 'static {
     /// The number of sequences being decoded.
     fn rows(&self) -> usize;
     /// Tokens fed so far per row (decoder side).
@@ -217,6 +218,14 @@ pub trait Session: Send {
     /// positions before it (prompt-lookup decoding drops the draft tokens the model rejected).
     /// `len` may not exceed [`Session::len`].
     fn rewind(&mut self, len: usize) -> Result<()>;
+    /// Appends `other`'s rows after this session's rows and leaves `other` with none (continuous
+    /// batching: a freshly prefilled request joins the running batch between steps). Each row's
+    /// results stay the bits it gives decoded alone. Both must be decoder-only sessions of the
+    /// same model ([`Error::InvalidInput`] otherwise); on failure both are unchanged.
+    fn join(&mut self, other: &mut dyn Session) -> Result<()>;
+    /// The session as [`Any`](std::any::Any), for [`Session::join`] to recognise a session of
+    /// its own kind.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// Builds the model `arch` (transformers' `model_type`, looked up in [`registry`]) from its
