@@ -413,3 +413,16 @@ def test_a_server_whose_python_lacks_it_is_skipped(tmp_path, monkeypatch):
     assert bench.main(argv) == 0
     assert json.loads(out.read_text())["servers"]["llama-cpp-python"] == {
         "skipped": "not installed: import no_such_module_x failed"}
+
+
+def test_the_reference_interpreter_path_is_scrubbed():
+    from argparse import Namespace
+
+    from fasttx.bench.report import scrub_paths
+
+    args = Namespace(servers=["fasttx", "llama-cpp-python"], llama_cpp_python="/opt/refenv/bin/python")
+    reps = serve_load.report_path_replacements(args)
+    assert scrub_paths(["/opt/refenv/bin/python", "-m", "llama_cpp.server"], reps) == [
+        "<llama-cpp-python env>/bin/python", "-m", "llama_cpp.server"]
+    args.llama_cpp_python = sys.executable  # this interpreter: report.path_replacements covers it
+    assert serve_load.report_path_replacements(args) == serve_load.path_replacements()
