@@ -26,7 +26,9 @@ What it does
    (greedy in both), ``stream`` true with ``stream_options.include_usage``; llama-cpp-python also
    gets ``repeat_penalty: 1.0`` (its server's default is 1.1; OpenAI's and fasttx's: none).
    Greedy decoding can end at EOS before 128 tokens: the token counts are the ones each answer
-   reports, not assumed (the warm-up's count is printed).
+   reports, not assumed (the warm-up's count is printed).  llama-cpp-python keeps the previous
+   request's tokens in its context and finds the same prompt there: after its first request its
+   TTFT holds no prefill (fasttx prefills every prompt).
 4. Levels (``--concurrency``): c clients in a closed loop (each sends its next request when its
    last one has ended) until the level's N = max(``--requests-per-client`` x c, ``--min-requests``)
    requests are sent; the level stops at ``--level-timeout`` seconds (requests still running are
@@ -772,6 +774,9 @@ class ServeBenchmark:
                     "itl": "gaps between consecutive content chunks, all requests pooled",
                     "percentiles": "linear interpolation between sorted values (numpy's default)",
                 },
+                "notes": ["every request sends the same prompt; llama-cpp-python finds it in its context "
+                          "(the previous request's tokens) and decodes only its last token again: its TTFT "
+                          "holds no prefill after its first request; fasttx prefills every prompt"],
             },
             "servers": servers,
             "comparison": compared,
