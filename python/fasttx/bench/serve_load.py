@@ -605,7 +605,9 @@ def level_line(c: int, level: dict) -> str:
             f"{level['completion_tokens']} tokens in {level['wall_s']:.1f} s = "
             f"{'–' if tps is None else f'{tps:.1f}'} tokens/s; TTFT p50/p99 {_ms(level['ttft_ms']['p50'])}/"
             f"{_ms(level['ttft_ms']['p99'])} ms; per token p50/p99 {_ms(level['tpot_ms']['p50'])}/"
-            f"{_ms(level['tpot_ms']['p99'])} ms; errors {level['error_count']}")
+            f"{_ms(level['tpot_ms']['p99'])} ms; errors {level['error_count']}"
+            + ("" if level["texts_equal_to_warmup"] is None
+               else f"; answers equal to the one alone {level['texts_equal_to_warmup']}/{level['completed']}"))
 
 
 def comparison(servers: dict, concurrency: Sequence[int]) -> dict:
