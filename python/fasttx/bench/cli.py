@@ -7,15 +7,16 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import decoders, gemm, marian, prompt_lookup, qwen_coder, smollm2, t5
+from . import decoders, gemm, marian, prompt_lookup, qwen_coder, serve_load, smollm2, t5
 from .benchmark import add_report_arguments, add_thread_arguments
 
 # name -> Benchmark (add_arguments, finish_args, run)
 BENCHMARKS = {"t5": t5.BENCHMARK, "smollm2": smollm2.BENCHMARK, "qwen2.5-coder": qwen_coder.BENCHMARK,
               "marian": marian.BENCHMARK, "qwen3": decoders.QWEN3, "gemma3": decoders.GEMMA3}
-# Measurements of fasttx alone (no runtimes compared, not part of `all`): a kernel against the
-# machine's peak, one feature against plain decoding. Same three entry points.
-OWN_BENCHMARKS = {"gemm": gemm.BENCHMARK, "prompt-lookup": prompt_lookup.BENCHMARK}
+# Not part of `all`, same three entry points: measurements of fasttx alone (a kernel against the
+# machine's peak, one feature against plain decoding), and the servers under load (their own
+# processes and options: levels of clients, not thread sweeps).
+OWN_BENCHMARKS = {"gemm": gemm.BENCHMARK, "prompt-lookup": prompt_lookup.BENCHMARK, "serve": serve_load.BENCHMARK}
 COMMANDS = {**BENCHMARKS, **OWN_BENCHMARKS}
 
 
