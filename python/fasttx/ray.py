@@ -64,29 +64,33 @@ class Generator:
         self.options = options
 
     def __call__(self, batch: Any) -> Any:
-        """``batch`` (a dict of numpy arrays, Ray's default, or a ``pandas.DataFrame``) with the
-        column ``"output"`` added."""
+        """``batch`` (a dict of numpy arrays, Ray's default; a ``pandas.DataFrame``; or a
+        ``pyarrow.Table``) with the column ``"output"`` added."""
         if isinstance(batch, Mapping):
             columns = list(batch)
         elif _is_dataframe(batch):
             columns = list(batch.columns)
+        elif _is_arrow_table(batch):
+            columns = list(batch.column_names)
         else:
             raise TypeError(
-                f"fasttx.ray.Generator takes a batch as a dict of numpy arrays or a pandas.DataFrame "
-                f"(map_batches' batch_format='numpy' or 'pandas'), got {type(batch).__name__}"
+                f"fasttx.ray.Generator takes a batch as a dict of numpy arrays, a pandas.DataFrame or a "
+                f"pyarrow.Table (map_batches' batch_format 'numpy', 'pandas' or 'pyarrow'), "
+                f"got {type(batch).__name__}"
             )
         if OUTPUT in columns:
             raise ValueError(f"the batch already has a column {OUTPUT!r}, where the generated text would go: rename it")
         if PROMPT in columns and MESSAGES in columns:
             raise ValueError(f"the batch has both {PROMPT!r} and {MESSAGES!r} columns: keep one")
         if PROMPT in columns:
-            prompts = [_plain(p) for p in batch[PROMPT]]
+            prompts = _column(batch, PROMPT)
             for p in prompts:
                 if not isinstance(p, str):
                     raise ValueError(f"each {PROMPT!r} must be a string, got {p!r}")
             texts = self._generate(prompts, add_special_tokens=True)
         elif MESSAGES in columns:
-            prompts = [self.model.chat_prompt(_messages(row)) for row in batch[MESSAGES]]
+            conversations = _column(batch, MESSAGES)
+            prompts = [self.model.chat_prompt(_messages(row)) for row in conversations]
             # As model.chat: a rendered template is tokenized without adding special tokens again.
             texts = self._generate(prompts, add_special_tokens=False)
         else:
@@ -94,14 +98,19 @@ class Generator:
                 f"fasttx.ray.Generator needs a column {PROMPT!r} (text) or {MESSAGES!r} (chat messages); "
                 f"the batch has {columns}"
             )
-        # An object array keeps one entry per row even when each entry is a list of texts
-        # (num_return_sequences > 1), which np.array would turn into a 2-D array.
-        output = np.empty(len(texts), dtype=object)
-        for i, text in enumerate(texts):
-            output[i] = text if isinstance(text, str) else list(text)  # equal prompts: own lists
+        if _is_arrow_table(batch):
+            import pyarrow
+
+            return batch.append_column(OUTPUT, pyarrow.array(texts))
+        added = {OUTPUT: _objects(texts)}
+        if MESSAGES in columns:
+            # Ray hands a list of structs over as numpy arrays of dicts, and cannot tell their Arrow
+            # type on the way back: it would store pickled Python objects, which the Parquet and
+            # JSON writers do not write as the messages they are. Plain lists of dicts it can.
+            added[MESSAGES] = _objects(conversations)
         if isinstance(batch, Mapping):
-            return {**batch, OUTPUT: output}
-        return batch.assign(**{OUTPUT: output})
+            return {**batch, **added}
+        return batch.assign(**added)
 
     def _generate(self, prompts: list[str], *, add_special_tokens: bool) -> list:
         """Each prompt's text as ``model.generate`` (or ``model.chat``) gives it alone.
@@ -125,7 +134,8 @@ class Generator:
             progress=False,
         )
         by_key = dict(zip(first, texts))
-        return [by_key[key] for key in keys]
+        # Several texts per prompt: each row its own list, though equal prompts share the texts.
+        return [by_key[key] if isinstance(by_key[key], str) else list(by_key[key]) for key in keys]
 
 
 def _assigned_threads() -> int:
@@ -147,6 +157,28 @@ def _is_dataframe(batch: Any) -> bool:
     return isinstance(batch, pandas.DataFrame)
 
 
+def _is_arrow_table(batch: Any) -> bool:
+    import pyarrow
+
+    return isinstance(batch, pyarrow.Table)
+
+
+def _column(batch: Any, name: str) -> list:
+    """A column's values as plain Python values, whatever the batch format."""
+    if _is_arrow_table(batch):
+        return batch.column(name).to_pylist()
+    return [_plain(v) for v in batch[name]]
+
+
+def _objects(values: list) -> np.ndarray:
+    """A 1-D object array of ``values``: one entry per row even when each is a list (several texts
+    per prompt, a conversation), which np.array would turn into a 2-D array."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
 def _plain(value: Any) -> Any:
     """Python values for what Arrow hands over as numpy: arrays to lists, numpy scalars to Python
     scalars, recursively; anything else as it is (a non-string prompt is then refused by generate)."""
@@ -162,11 +194,11 @@ def _plain(value: Any) -> Any:
 
 
 def _messages(row: Any) -> list[dict]:
-    """One row of ``"messages"`` as model.chat takes it: a list of dicts. Arrow stores a list of
-    dicts as a list of structs whose fields are the union of every message's keys, so a key a
-    message did not have comes back as None: it is dropped (a template testing ``message.name is
-    defined`` must see what the user wrote)."""
-    messages = _plain(row)
+    """One row of ``"messages"`` (plain values) as model.chat takes it: a list of dicts. Arrow
+    stores a list of dicts as a list of structs whose fields are the union of every message's keys,
+    so a key a message did not have comes back as None: it is dropped (a template testing
+    ``message.name is defined`` must see what the user wrote)."""
+    messages = row
     if not isinstance(messages, list) or not all(isinstance(m, Mapping) for m in messages):
         raise ValueError(f"each {MESSAGES!r} entry must be a list of {{'role', 'content'}} dicts, got {row!r}")
     return [{k: v for k, v in m.items() if v is not None} for m in messages]
