@@ -11,7 +11,8 @@ list of ``{"role", "content"}`` dicts) through the chat template as ``model.chat
 batch comes back with its columns and an added ``"output"``: the generated text, or a list of texts
 per row with ``num_return_sequences > 1``. fasttx's results do not depend on the other prompts of a
 batch, so the output of a row is what ``model.generate`` (or ``model.chat``) gives it alone,
-whatever ``batch_size`` and ``concurrency`` are, seeded sampling included.
+whatever ``batch_size`` and ``concurrency`` are, seeded sampling included (equal prompts get equal
+texts). Batches may be dicts of numpy arrays (Ray's default), pandas DataFrames or Arrow tables.
 
 Needs Ray Data: ``pip install "fasttx[ray]"``. ``import fasttx`` does not import Ray.
 """
