@@ -34,6 +34,9 @@ except ImportError:
 import fasttx.ray  # noqa: E402  (after the check above: it needs Ray)
 from test_smollm2 import GGUF as SMOLLM2  # noqa: E402  (the real SmolLM2, where installed)
 
+# Ray Data's own settings object warns about its deprecated fields when it copies itself.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
 # A small GPT-2 with its tokenizer: a few hundred prompts take seconds.
 MODEL = str(FIXTURES / "gpt2")
 # 300 prompts of different lengths; the last 50 repeat the first 50 (equal prompts must each get
