@@ -540,8 +540,8 @@ class Engine:
             job.handle._emit(Token(seq, [token], text, [logprobs[i]] if logprobs else None))
         for seq in event.finished:
             self._finish(job, seq, "stop")
-        if decisions.steps >= job.budget:
-            for seq in decisions.active:
+        if decisions.done:
+            for seq in decisions.active:  # the budget is spent
                 self._finish(job, seq, "length")
             keep = []
         job.next_tokens = [event.tokens[i] for i in keep]
