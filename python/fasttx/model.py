@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .generation import prompt_lookup, search
+from .generation import processors, prompt_lookup, scores, search
 from .generation.languages import LanguageTokens
 from .generation.options import GenerationOptions, resolve
 from .text import TextAssembler, clean_up_tokenization, cut_at_stop
@@ -69,6 +69,7 @@ class Model:
         self.path = path
         self._clean_up_spaces = _tokenizer_setting(path, "clean_up_tokenization_spaces", False)
         self._languages: Optional[LanguageTokens] = None  # built on the first tgt_lang
+        self._pieces: dict[int, str] = {}  # token id -> text piece (logprobs)
 
     def __repr__(self) -> str:
         return f"fasttx.Model(arch={self.arch!r}, path={str(self.path)!r}, threads={self.threads})"
@@ -114,12 +115,23 @@ class Model:
         session = self._native.start(ids, mask)
         return session.step(dec, None, last_only=False)
 
-    def generate_ids(self, input_ids, *, attention_mask=None, **options) -> list[list[int]]:
+    def generate_ids(self, input_ids, *, attention_mask=None, **options):
         """New tokens per returned sequence (``batch * num_return_sequences`` lists, in
-        transformers' row order), each ending with EOS when generation stopped on EOS."""
+        transformers' row order), each ending with EOS when generation stopped on EOS.
+
+        With ``return_dict_in_generate=True``: a ``GenerateOutput`` (``sequences`` as above,
+        ``finish_reasons``, and with ``output_scores`` / ``output_logits`` transformers' per-step
+        ``scores`` / ``logits`` and, for beam search, ``sequences_scores``). Per-step arrays
+        cover every row at every step, as transformers' do: finished rows then keep decoding the
+        pad token until the whole batch ends (as in transformers), which only costs in that mode."""
+        options, request = scores.split_output_options(options)
         opts = self._options(options)
         ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=not self.is_encoder_decoder, pad_id=_pad_id(opts))
-        return self._generate(ids, mask, opts)
+        if request is None:
+            return self._generate(ids, mask, opts)
+        record = scores.Recording.of(request)
+        sequences = self._generate(ids, mask, opts, record=record)
+        return record.output(sequences, record.finish_reasons)
 
     # ------------------------------------------------------------------ text level
 
@@ -211,8 +223,14 @@ class Model:
             raise ValueError("prompts must be a string or a list of strings")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        options, logprobs = self._text_options(options)
         options, source_prefix = self._target_language(options)
         opts = self._options(options)
+        if logprobs is not None and opts.num_beams > 1:
+            raise ValueError(
+                "logprobs needs greedy search or sampling (num_beams=1); for beam search use "
+                "generate_ids(..., return_dict_in_generate=True, output_scores=True)"
+            )
         encoded = [source_prefix + e for e in self._encode(prompt_list, add_special_tokens)]
         # Longest first (stable): similar lengths share a batch, and the slowest batch comes first,
         # so the progress bar's estimate errs on the safe side.
@@ -230,16 +248,59 @@ class Model:
                     pad_left=not self.is_encoder_decoder,
                     pad_id=_pad_id(opts),
                 )
-                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch])
-                texts = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
+                record = scores.Recording(logprobs_k=logprobs) if logprobs is not None else None
+                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch], record)
+                texts: list[Any] = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
+                if record is not None:
+                    texts = [self._with_logprobs(t, s, r, record) for r, (t, s) in enumerate(zip(texts, seqs))]
                 for j, i in enumerate(batch):
                     results[i] = texts[j] if n == 1 else texts[j * n : (j + 1) * n]
                 bar.update(len(batch))
         return results[0] if single else results
 
+    def _text_options(self, options: dict) -> tuple[dict, Optional[int]]:
+        """The text API's options without ``logprobs`` (checked), and ``logprobs``."""
+        given = [k for k in scores.OUTPUT_KEYS if k in options]
+        if given:
+            raise ValueError(
+                f"{given[0]} is an option of generate_ids (token level); the text API reports scores "
+                "with logprobs=k"
+            )
+        options = dict(options)
+        return options, scores.check_logprobs(options.pop("logprobs", None), self.vocab_size)
+
+    def _with_logprobs(self, text: str, tokens: list[int], row: int, record: scores.Recording) -> scores.GeneratedText:
+        """``generate``'s ``text`` of a row with the token log-probabilities ``record`` kept for it."""
+        per_token = record.token_logprobs.get(row, [])
+        return scores.GeneratedText(
+            text=text,
+            tokens=[self._piece(t) for t in tokens],
+            token_ids=list(tokens),
+            logprobs=[lp for lp, _, _ in per_token],
+            top_logprobs=[
+                {self._piece(int(t)): float(v) for t, v in zip(ids, values)} for _, values, ids in per_token
+            ],
+            finish_reason=record.finish_reasons[row],
+        )
+
+    def _piece(self, token: int) -> str:
+        """A token as text on its own (special tokens spelled out; "" without a tokenizer), cached."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            tok = self.tokenizer
+            piece = tok.decode([token], skip_special_tokens=False) if tok is not None else ""
+            self._pieces[token] = piece
+        return piece
+
     def _stream_text(self, prompt: str, options: dict, *, add_special_tokens: bool) -> Iterator[str]:
         if not isinstance(prompt, str):
             raise ValueError("stream takes one prompt string")
+        if "logprobs" in options:
+            raise ValueError(
+                "stream yields text pieces only; for log-probabilities use generate(..., logprobs=k) "
+                "or chat(..., logprobs=k) (the server streams them with its OpenAI API)"
+            )
+        options, _ = self._text_options(options)
         options, source_prefix = self._target_language(options)
         opts = self._options(options)
         if opts.num_return_sequences != 1:
@@ -448,34 +509,88 @@ class Model:
         return lambda row, token: stop_hit(prompt.history[row][p0:])
 
     def _start_sampling(
-        self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, occurrence: Optional[list[int]] = None
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        opts: GenerationOptions,
+        occurrence: Optional[list[int]] = None,
+        *,
+        keep_finished: bool = False,
+        keep_logits: bool = False,
     ):
         """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
-        as tokens are chosen) and the iterator of per-step events that drives it."""
+        as tokens are chosen) and the iterator of per-step events that drives it. Prompt lookup
+        (a speed option: the tokens are plain decoding's) is left out when finished rows must stay
+        in the batch or raw logits are kept (``search.RowDecisions``)."""
         n = opts.num_return_sequences
         session, prompt, budget = self._open_session(ids, mask, opts, copies=n)
         sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
-        decode = search.sample_or_greedy if opts.prompt_lookup_num_tokens is None else prompt_lookup.decode
-        events = decode(self._native, session, prompt, opts, budget, sampler, self._stopper(prompt, opts))
+        stopper = self._stopper(prompt, opts)
+        if opts.prompt_lookup_num_tokens is not None and not (keep_finished or keep_logits):
+            events = prompt_lookup.decode(self._native, session, prompt, opts, budget, sampler, stopper)
+        else:
+            events = search.sample_or_greedy(
+                self._native, session, prompt, opts, budget, sampler, stopper,
+                keep_finished=keep_finished, keep_logits=keep_logits,
+            )
         return prompt, events
 
     def _generate(
-        self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, occurrence: Optional[list[int]] = None
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        opts: GenerationOptions,
+        occurrence: Optional[list[int]] = None,
+        record: Optional[scores.Recording] = None,
     ) -> list[list[int]]:
         """New tokens per returned sequence. ``occurrence[row]``: which occurrence of its prompt the row
         is within the whole call (sampling draws differ per occurrence); by default counted in
-        this batch."""
+        this batch. ``record``: what to keep beside the tokens (scores, logits, logprobs; finish
+        reasons are filled in)."""
         if opts.num_beams > 1:
             session, prompt, budget = self._open_session(ids, mask, opts, copies=opts.num_beams)
             # Beam sampling: one random stream per input.
             sampler = _row_sampler(ids, mask, opts, occurrence, 1) if opts.do_sample else None
             return search.beam_search(
-                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler
+                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler, record
             )
-        prompt, events = self._start_sampling(ids, mask, opts, occurrence)
-        for _ in events:
-            pass
-        return [h[prompt.prompt_len :] for h in prompt.history]
+        # Custom processors see every row at every step (row i is always sequence i), as
+        # transformers' per-step arrays do.
+        keep_finished = bool(opts.logits_processor) or (record is not None and record.keeps_all_rows)
+        keep_logits = record is not None and record.logits is not None
+        prompt, events = self._start_sampling(
+            ids, mask, opts, occurrence, keep_finished=keep_finished, keep_logits=keep_logits
+        )
+        p0 = prompt.prompt_len
+        ends: dict[int, int] = {}  # row -> its history's length when it finished
+        for step, event in enumerate(events):
+            if record is not None:
+                self._record_step(record, event, opts, ends)
+            for r in event.finished:
+                ends[r] = p0 + step + 1
+        if record is not None:
+            record.finish_reasons = ["stop" if r in ends else "length" for r in range(len(prompt.history))]
+        return [h[p0 : ends.get(r, len(h))] for r, h in enumerate(prompt.history)]
+
+    def _record_step(self, record: scores.Recording, event: search.StepEvent, opts: GenerationOptions, ends: dict) -> None:
+        """Keeps what ``record`` asks for of one greedy/sampling step (``ends``: the rows finished
+        at earlier steps, which choose nothing)."""
+        assert event.scores is not None
+        if record.scores is not None:
+            chosen_from = np.ascontiguousarray(event.scores, dtype=np.float32)
+            if opts.do_sample:  # transformers' scores include the warpers (its processor list does)
+                chosen_from = self._native.warp_rows(chosen_from, *processors.warpers(opts, beam=False))
+            record.scores.append(chosen_from)
+        if record.logits is not None:
+            record.logits.append(event.logits)
+        if record.logprobs_k is not None:
+            live = [i for i, r in enumerate(event.rows) if r not in ends]
+            rows_scores = event.scores if len(live) == len(event.rows) else event.scores[live]
+            tokens = [event.tokens[i] for i in live]
+            temperature = opts.temperature if opts.do_sample else None
+            chosen, values, top_ids = scores.token_logprobs(self._native, rows_scores, tokens, record.logprobs_k, temperature)
+            for j, i in enumerate(live):
+                record.token_logprobs.setdefault(event.rows[i], []).append((float(chosen[j]), values[j], top_ids[j]))
 
 
 def _physical_memory() -> Optional[int]:
