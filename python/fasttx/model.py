@@ -277,11 +277,17 @@ class Model:
             tokens=[self._piece(t) for t in tokens],
             token_ids=list(tokens),
             logprobs=[lp for lp, _, _ in per_token],
-            top_logprobs=[
-                {self._piece(int(t)): float(v) for t, v in zip(ids, values)} for _, values, ids in per_token
-            ],
+            top_logprobs=[self._top_dict(ids, values) for _, values, ids in per_token],
             finish_reason=record.finish_reasons[row],
         )
+
+    def _top_dict(self, ids: np.ndarray, values: np.ndarray) -> dict[str, float]:
+        """``{piece: logprob}`` of the k best tokens, best first; tokens that share a piece (byte
+        fragments all read "\ufffd") keep the best one's logprob."""
+        top: dict[str, float] = {}
+        for t, v in zip(ids.tolist(), values.tolist()):
+            top.setdefault(self._piece(t), v)
+        return top
 
     def _piece(self, token: int) -> str:
         """A token as text on its own (special tokens spelled out; "" without a tokenizer), cached."""
@@ -581,7 +587,7 @@ class Model:
             if opts.do_sample:  # transformers' scores include the warpers (its processor list does)
                 chosen_from = self._native.warp_rows(chosen_from, *processors.warpers(opts, beam=False))
             record.scores.append(chosen_from)
-        if record.logits is not None:
+        if record.logits is not None and event.logits is not None:
             record.logits.append(event.logits)
         if record.logprobs_k is not None:
             live = [i for i, r in enumerate(event.rows) if r not in ends]

@@ -327,8 +327,6 @@ def beam_search(
     es = opts.early_stopping
     procs = pipeline(opts, p0, prompt.padding(), max_length)
     warpers = processors.warpers(opts, beam=True) if opts.do_sample else None
-    # Raw logits are asked for: steps return them and the log-softmax runs here (same bits).
-    raw_logits = record is not None and record.logits is not None
 
     if budget == 0:
         if record is not None:
@@ -359,7 +357,7 @@ def beam_search(
     step = 0
     log_probs = _beam_step(native_model, session, prompt.first_tokens, prompt.first_mask, step, record)
     log_probs = repeat_rows(session, log_probs, K)
-    if raw_logits:
+    if record is not None and record.logits is not None:
         record.logits[-1] = np.repeat(record.logits[-1], K, axis=0)
     vocab = log_probs.shape[-1]
 
