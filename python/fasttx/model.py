@@ -131,7 +131,7 @@ class Model:
             return self._generate(ids, mask, opts)
         record = scores.Recording.of(request)
         sequences = self._generate(ids, mask, opts, record=record)
-        return record.output(sequences, record.finish_reasons)
+        return record.output(sequences)
 
     # ------------------------------------------------------------------ text level
 

@@ -11,6 +11,14 @@
 3. the constraint's token mask (``-inf`` on the tokens a row may not take next), last, so that no
    processor can re-enable a token the constraint forbids.
 
+The constraint plugs in through ``search.pipeline`` (``Pipeline(..., constraint=...)``): a
+``processors.Processor`` ``(scores, history, rows) -> None`` that sets ``-inf`` in place. It sees
+each row's full token history (``history[i]``: the prompt as transformers holds it, then the tokens
+chosen so far), so a per-row matcher can be advanced from it or keyed by it; ``rows[i]`` is the
+row's generated-sequence index (beam search: the running beam slot, ``range(batch * beams)``,
+whose sequence changes as beams are reordered: go by the history there). Greedy and sampling call
+it for the unfinished rows (every row when finished ones are kept, see ``search.RowDecisions``).
+
 The caller then applies sampling's warpers and draws, takes the argmax, or (beam search) adds the
 running scores and takes the top candidates. ``search.RowDecisions`` (greedy and sampling, also
 the serving engine's per-request decisions), ``search.beam_search`` and ``prompt_lookup.decode``
@@ -206,10 +214,10 @@ class Recording:
         """Per-step arrays cover every row at every step, as transformers' do."""
         return self.scores is not None or self.logits is not None
 
-    def output(self, sequences: list[list[int]], finish_reasons: list[str]) -> GenerateOutput:
+    def output(self, sequences: list[list[int]]) -> GenerateOutput:
         return GenerateOutput(
             sequences=sequences,
-            finish_reasons=finish_reasons,
+            finish_reasons=list(self.finish_reasons),
             scores=tuple(self.scores) if self.scores is not None else None,
             logits=tuple(self.logits) if self.logits is not None else None,
             sequences_scores=self.sequences_scores,
