@@ -24,7 +24,8 @@ tests/test_scores.py replays with fasttx:
   EOS ids (picked from the greedy tokens so that hypotheses finish early): ``scores`` (the
   processed log-probabilities of the running beams), ``logits`` and ``sequences_scores``;
 * ``bart_greedy`` / ``bart_beam``: the encoder-decoder model with its generation config (forced
-  BOS and EOS, no_repeat_ngram_size 3, 4 beams, length_penalty 2, early stopping), min_length 0.
+  BOS and EOS, no_repeat_ngram_size 3, 4 beams, length_penalty 2, early stopping), min_length 0;
+  ``bart_greedy_eos`` with an EOS id that ends row 0 early (its decoder then fed the pad token).
 
 Robustness: greedy cases need every top-1/top-2 gap of the processed scores above 1e-3 (fasttx's
 float32 kernels differ from torch's in the last bits); the script asserts it.
@@ -221,7 +222,10 @@ def main() -> None:
     add("beam", "qwen2", qwen, rows, beam, pad=pad, greedy=False)
 
     enc_rows = [[0, 31, 200, 57, 9, 140, 2], [0, 88, 12, 2]]
-    add("bart_greedy", "bart", bart, enc_rows, {"max_new_tokens": 7, "num_beams": 1, "min_length": 0}, pad=1)
+    bart_plain = add("bart_greedy", "bart", bart, enc_rows, {"max_new_tokens": 7, "num_beams": 1, "min_length": 0}, pad=1)
+    bart_eos = next(t for t in bart_plain[0][1:] if t not in bart_plain[1])
+    add("bart_greedy_eos", "bart", bart, enc_rows,
+        {"max_new_tokens": 7, "num_beams": 1, "min_length": 0, "eos_token_id": bart_eos}, pad=1)
     add("bart_beam", "bart", bart, enc_rows, {"max_new_tokens": 5, "min_length": 0, "num_return_sequences": 2},
         pad=1, greedy=False)
 

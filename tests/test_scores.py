@@ -351,3 +351,10 @@ def test_logprobs_with_prompt_lookup_and_stop(models):
     if first.strip():
         stopped = m.generate("hello world hello world", max_new_tokens=6, logprobs=1, stop=[first.strip()])
         assert stopped.finish_reason == "stop" and stopped.token_ids == plain.token_ids[:1]
+
+
+def test_recorded_scores_are_sized_against_memory(models):
+    """Per-step arrays for a huge budget are refused up front, not allocated step by step."""
+    m = models["qwen2"]
+    with pytest.raises(ValueError, match="GiB"):
+        m.generate_ids([[5, 6]], max_new_tokens=10**9, return_dict_in_generate=True, output_scores=True)

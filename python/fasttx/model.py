@@ -411,14 +411,17 @@ class Model:
                 "(max_position_embeddings): shorten the prompt"
             )
 
-    def _open_session(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, copies: int):
+    def _open_session(
+        self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, copies: int, recorded: int = 0
+    ):
         """A session over the prompt batch, the decoder prompt for ``copies`` rows per input and the
-        new-token budget, once the request is known to fit the model and the machine. Every
-        check runs before anything of the request's size is allocated."""
+        new-token budget, once the request is known to fit the model and the machine (``recorded``:
+        per-step arrays kept per row, for ``return_dict_in_generate``). Every check runs before
+        anything of the request's size is allocated."""
         prompt_len = 1 if self.is_encoder_decoder else ids.shape[1]
         budget = self._checked_budget(ids, mask, opts)
         session = self._native.start(ids, mask)
-        self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts)
+        self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts, recorded)
         # The cache's room for every position the request may reach, at once: it then never grows
         # by copying (and doubling) mid-generation; untouched room costs no memory.
         session.reserve(self._reachable_positions(prompt_len, budget))
@@ -471,10 +474,13 @@ class Model:
             positions = min(positions, max(self.max_positions, prompt_len + 1))
         return positions
 
-    def _check_memory(self, session, inputs: int, copies: int, prompt_len: int, budget: int, opts) -> None:
+    def _check_memory(
+        self, session, inputs: int, copies: int, prompt_len: int, budget: int, opts, recorded: int = 0
+    ) -> None:
         """Refuses a request whose rows (inputs x beams or sequences) need more memory for their KV
-        cache and logits than the machine has, were it to run to its budget (up to the model's
-        positions): a ValueError now instead of an allocation failure later."""
+        cache and logits (and the ``recorded`` per-step score arrays) than the machine has, were it
+        to run to its budget (up to the model's positions): a ValueError now instead of an
+        allocation failure later."""
         machine = _physical_memory()
         if machine is None:
             return
@@ -483,12 +489,14 @@ class Model:
         # Prompt lookup's steps return the logits of every draft position too.
         logit_rows = LOGIT_COPIES + (opts.prompt_lookup_num_tokens or 0)
         per_row = positions * (session.cache_bytes_per_position + TOKEN_BYTES) + logit_rows * self.vocab_size * 4
+        per_row += recorded * budget * self.vocab_size * 4  # one float32 row per step and array
         needed = rows * per_row
         if needed > machine:
             what = "beams" if opts.num_beams > 1 else "sequences"
+            kept = " (and the per-step scores asked for)" if recorded else ""
             raise ValueError(
                 f"{rows} rows ({inputs} inputs x {copies} {what}) of up to {positions} positions need "
-                f"about {needed / 2**30:.3g} GiB for the KV cache and logits, more than this machine's "
+                f"about {needed / 2**30:.3g} GiB for the KV cache and logits{kept}, more than this machine's "
                 f"{machine / 2**30:.3g} GiB of memory: use fewer beams, return sequences or inputs per "
                 "batch, or fewer new tokens"
             )
@@ -523,13 +531,14 @@ class Model:
         *,
         keep_finished: bool = False,
         keep_logits: bool = False,
+        recorded: int = 0,
     ):
         """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
         as tokens are chosen) and the iterator of per-step events that drives it. Prompt lookup
         (a speed option: the tokens are plain decoding's) is left out when finished rows must stay
         in the batch or raw logits are kept (``search.RowDecisions``)."""
         n = opts.num_return_sequences
-        session, prompt, budget = self._open_session(ids, mask, opts, copies=n)
+        session, prompt, budget = self._open_session(ids, mask, opts, copies=n, recorded=recorded)
         sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
         stopper = self._stopper(prompt, opts)
         if opts.prompt_lookup_num_tokens is not None and not (keep_finished or keep_logits):
@@ -553,8 +562,9 @@ class Model:
         is within the whole call (sampling draws differ per occurrence); by default counted in
         this batch. ``record``: what to keep beside the tokens (scores, logits, logprobs; finish
         reasons are filled in)."""
+        recorded = 0 if record is None else (record.scores is not None) + (record.logits is not None)
         if opts.num_beams > 1:
-            session, prompt, budget = self._open_session(ids, mask, opts, copies=opts.num_beams)
+            session, prompt, budget = self._open_session(ids, mask, opts, copies=opts.num_beams, recorded=recorded)
             # Beam sampling: one random stream per input.
             sampler = _row_sampler(ids, mask, opts, occurrence, 1) if opts.do_sample else None
             return search.beam_search(
@@ -565,7 +575,7 @@ class Model:
         keep_finished = bool(opts.logits_processor) or (record is not None and record.keeps_all_rows)
         keep_logits = record is not None and record.logits is not None
         prompt, events = self._start_sampling(
-            ids, mask, opts, occurrence, keep_finished=keep_finished, keep_logits=keep_logits
+            ids, mask, opts, occurrence, keep_finished=keep_finished, keep_logits=keep_logits, recorded=recorded
         )
         p0 = prompt.prompt_len
         ends: dict[int, int] = {}  # row -> its history's length when it finished
