@@ -151,7 +151,9 @@ class Model:
         batch. ``progress``: a progress bar on stderr (tqdm); by default shown when there are
         several batches and stderr is a terminal. ``tgt_lang`` (translation models): the target
         language's token, forced as the first generated token (``__de__``, ``deu_Latn``,
-        ``de_DE``, or the bare code), or put before the source for Marian's ``>>de<<``."""
+        ``de_DE``, or the bare code), or put before the source for Marian's ``>>de<<``.
+        ``logprobs=k``: each text comes as a ``fasttx.GeneratedText`` with its tokens'
+        log-probabilities and the k best alternatives (the rule: generation/scores.py)."""
         return self._generate_text(
             prompts, options, add_special_tokens=True, batch_size=batch_size, progress=progress
         )
