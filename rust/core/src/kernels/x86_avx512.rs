@@ -112,8 +112,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     stream: bool,
 ) {
     let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
-    // Prefetching pays only where w comes from memory and the tile has several x rows.
-    let prefetch = stream && MR >= 2;
+    let pf = x86_avx2::WPrefetch::of(stream, MR, NR, ks);
     // Start and finish out of line: loops over `acc` with a runtime index would otherwise keep
     // the array in memory, its accumulators spilled around the FMAs.
     let mut acc = if ks.first {
@@ -124,10 +123,10 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     let body = len - len % LANES;
     let mut p = 0;
     while p < body {
-        if prefetch {
+        if pf.on {
             // As in the AVX2 tile: one prefetch per cache line (= one vector here) of each w row.
             for c in 0..NR {
-                let ahead = w.wrapping_add(c * ld + p + x86_avx2::NT_PREFETCH);
+                let ahead = w.wrapping_add(pf.base + c * pf.row + p * pf.step);
                 _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             }
         }
