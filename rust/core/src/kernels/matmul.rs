@@ -14,6 +14,18 @@
 //! multi-row tiles also prefetch `w` ahead (see `x86_avx2::NT_PREFETCH`: for rows shorter than a
 //! page, the whole next tile in address order).
 //!
+//! # Decoding: weights streamed from memory
+//! Decoding reads every weight once per step, so its speed is the rate at which the tiles stream
+//! `w` from DRAM. f32 safetensors weights are read through the file mapping (4 KiB pages, no huge
+//! pages for page-cache mappings here), converted ones from huge-page buffers
+//! ([`crate::memory`]). `bench_matmul_mapped` (below; `cargo test --release -p fasttx-core --
+//! --ignored --nocapture bench_matmul_mapped`) streams ~320 MB of distinct matrices per pass from
+//! both. On Zen 4 (KVM guest, 1 thread, by CPU time) the two ran within noise of each other (the
+//! mapping even 1.1-1.2x faster at m = 1): the pages were not what made beam search slow. The
+//! multi-row tiles were: at k = 512 the m = 4 tile streamed 11-12 GB/s against 18-20 for m = 1,
+//! because its prefetch pattern did not fit rows shorter than a page. With the next-tile
+//! prefetch (`x86_avx2::NT_PREFETCH`) m = 4 streams 20-25 GB/s.
+//!
 //! Blocks of more than 8 rows (prefill, batches) are bound by arithmetic instead, and take three
 //! more steps: the kernel's big tile (6 × 4 on AVX-512: 24 accumulators); a copy of the block's
 //! `x` rows at a stride of an odd number of cache lines (rows `k = 1024·j` apart share L1 sets,
