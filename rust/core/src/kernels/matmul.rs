@@ -20,11 +20,14 @@
 //! pages for page-cache mappings here), converted ones from huge-page buffers
 //! ([`crate::memory`]). `bench_matmul_mapped` (below; `cargo test --release -p fasttx-core --
 //! --ignored --nocapture bench_matmul_mapped`) streams ~320 MB of distinct matrices per pass from
-//! both. On Zen 4 (KVM guest, 1 thread, by CPU time) the two ran within noise of each other (the
-//! mapping even 1.1-1.2x faster at m = 1): the pages were not what made beam search slow. The
+//! both. On Zen 4 (a KVM guest; the huge pages granted in full) the mapping streamed as fast or
+//! faster: 1.1-1.3x the huge-page rate at k = 512, equal at k = 2048, with 1 or 2 threads (which
+//! reach the same ~20-26 GB/s there). The pages were not what made beam search slow; the
 //! multi-row tiles were: at k = 512 the m = 4 tile streamed 11-12 GB/s against 18-20 for m = 1,
 //! because its prefetch pattern did not fit rows shorter than a page. With the next-tile
-//! prefetch (`x86_avx2::NT_PREFETCH`) m = 4 streams 20-25 GB/s.
+//! prefetch (`x86_avx2::NT_PREFETCH`) m = 4 streams 21-23 GB/s. (m = 8, two 4-row tiles per
+//! group of `w` rows, went from ~10 to ~12 GB/s, about 48 GFLOP/s: half of what the same tiles
+//! reach on weights in cache. Not pursued further.)
 //!
 //! Blocks of more than 8 rows (prefill, batches) are bound by arithmetic instead, and take three
 //! more steps: the kernel's big tile (6 × 4 on AVX-512: 24 accumulators); a copy of the block's
@@ -999,9 +1002,13 @@ mod tests {
             use std::io::Write;
             let one = random(n * k, 20);
             let count = total_bytes.div_ceil(n * k * 4).max(2);
-            // Next to the build outputs: a disk file system, whose page cache mappings have
-            // 4 KiB pages (a tmpfs /tmp could back them with huge pages).
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+            // Next to the build outputs by default: a disk file system, whose page cache
+            // mappings have 4 KiB pages (a tmpfs /tmp could back them with huge pages).
+            let dir = std::env::var_os("FASTTX_BENCH_DIR").map_or_else(
+                || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+                std::path::PathBuf::from,
+            );
+            std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join(format!("bench-mapped-{}-{k}x{n}.bin", std::process::id()));
             let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
             let bytes =
@@ -1061,7 +1068,9 @@ mod tests {
     /// Decoding products (m = 1..8 rows against every weight once) over ~320 MB of distinct
     /// weights per pass, read from a 4 KiB-page file mapping and from huge pages, interleaved;
     /// prints GB/s of weights streamed (best of `FASTTX_BENCH_REPS`, default 5 passes).
-    /// `FASTTX_BENCH_M` / `FASTTX_BENCH_THREADS` (comma lists) narrow the runs.
+    /// `FASTTX_BENCH_M` / `FASTTX_BENCH_THREADS` (comma lists) and `FASTTX_BENCH_KN` (k,n pairs:
+    /// `512,2048,2048,512`) narrow the runs; `FASTTX_BENCH_ISA=avx2` runs the AVX2 tiles;
+    /// `FASTTX_BENCH_DIR` is where the weight file goes (default: the workspace's `target`).
     #[test]
     #[ignore]
     fn bench_matmul_mapped() {
@@ -1093,6 +1102,21 @@ mod tests {
         };
         for (k, n) in shapes {
             let weights = StreamedWeights::new(k, n, 320 << 20);
+            // Whether the kernel granted the huge pages (it may not, e.g. when memory is
+            // fragmented): the comparison means little otherwise.
+            if let Some(line) = std::fs::read_to_string("/proc/self/smaps_rollup")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("AnonHugePages"))
+                        .map(String::from)
+                })
+            {
+                println!(
+                    "k={k} n={n}: {} MB of weights; {line}",
+                    (weights.huge.len() * 4) >> 20
+                );
+            }
 
             let bytes = (weights.huge.len() * 4) as f64;
             for &m in &ms {
