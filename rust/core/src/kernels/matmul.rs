@@ -11,7 +11,23 @@
 //! the current pool. A block walks its `w` rows in groups of `nr` and, for each group (hot in L1),
 //! every group of `mr` rows of `x`; the rows of `x` in a block are capped so they stay in L2.
 //! Blocks of at most 8 rows (decoding) read each `w` row about once, from memory: there the
-//! multi-row tiles also prefetch `w` ahead (see `x86_avx2::NT_PREFETCH`).
+//! multi-row tiles also prefetch `w` ahead (see `x86_avx2::NT_PREFETCH`: for rows shorter than a
+//! page, the whole next tile in address order).
+//!
+//! # Decoding: weights streamed from memory
+//! Decoding reads every weight once per step, so its speed is the rate at which the tiles stream
+//! `w` from DRAM. f32 safetensors weights are read through the file mapping (4 KiB pages, no huge
+//! pages for page-cache mappings here), converted ones from huge-page buffers
+//! ([`crate::memory`]). `bench_matmul_mapped` (below; `cargo test --release -p fasttx-core --
+//! --ignored --nocapture bench_matmul_mapped`) streams ~320 MB of distinct matrices per pass from
+//! both. On Zen 4 (a KVM guest; the huge pages granted in full) the mapping streamed as fast or
+//! faster: 1.1-1.3x the huge-page rate at k = 512, equal at k = 2048, with 1 or 2 threads (which
+//! reach the same ~20-26 GB/s there). The pages were not what made beam search slow; the
+//! multi-row tiles were: at k = 512 the m = 4 tile streamed 11-12 GB/s against 18-20 for m = 1,
+//! because its prefetch pattern did not fit rows shorter than a page. With the next-tile
+//! prefetch (`x86_avx2::NT_PREFETCH`) m = 4 streams 21-23 GB/s. (m = 8, two 4-row tiles per
+//! group of `w` rows, went from ~10 to ~12 GB/s, about 48 GFLOP/s: half of what the same tiles
+//! reach on weights in cache. Not pursued further.)
 //!
 //! Blocks of more than 8 rows (prefill, batches) are bound by arithmetic instead, and take three
 //! more steps: the kernel's big tile (6 × 4 on AVX-512: 24 accumulators); a copy of the block's
@@ -363,6 +379,7 @@ impl NtKernel {
         } else {
             (rows, self.nr[rows])
         };
+
         // With at most two groups of x rows, each w row is used about once: it streams from
         // memory, and the tiles prefetch it. (In bigger blocks it is re-read from cache.)
         let stream = rows <= 8;
@@ -965,6 +982,192 @@ mod tests {
                     t * 1e3,
                     2.0 * (m * n * k) as f64 / t / 1e9
                 );
+            }
+        }
+    }
+
+    /// Weights of one decoding shape, `count` distinct `[n, k]` matrices back to back (together
+    /// far larger than L3, so every pass reads them from memory), in a read-only file mapping (as
+    /// `formats::safetensors` maps f32 weights: 4 KiB pages) and in a [`crate::memory`] weight
+    /// buffer (huge pages).
+    struct StreamedWeights {
+        mapped: memmap2::Mmap,
+        huge: Vec<f32>,
+        count: usize,
+        path: std::path::PathBuf,
+    }
+
+    impl StreamedWeights {
+        fn new(k: usize, n: usize, total_bytes: usize) -> StreamedWeights {
+            use std::io::Write;
+            let one = random(n * k, 20);
+            let count = total_bytes.div_ceil(n * k * 4).max(2);
+            // Next to the build outputs by default: a disk file system, whose page cache
+            // mappings have 4 KiB pages (a tmpfs /tmp could back them with huge pages).
+            let dir = std::env::var_os("FASTTX_BENCH_DIR").map_or_else(
+                || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+                std::path::PathBuf::from,
+            );
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("bench-mapped-{}-{k}x{n}.bin", std::process::id()));
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+            let bytes =
+                unsafe { std::slice::from_raw_parts(one.as_ptr() as *const u8, one.len() * 4) };
+            for _ in 0..count {
+                file.write_all(bytes).unwrap();
+            }
+            drop(file);
+            // SAFETY: a file this test wrote and nobody else touches.
+            let mapped =
+                unsafe { memmap2::Mmap::map(&std::fs::File::open(&path).unwrap()) }.unwrap();
+            let mut huge = crate::memory::weight_buffer(count * n * k);
+            for c in huge.chunks_mut(n * k) {
+                c.copy_from_slice(&one);
+            }
+            StreamedWeights {
+                mapped,
+                huge,
+                count,
+                path,
+            }
+        }
+
+        fn mapped(&self) -> &[f32] {
+            // SAFETY: the mapping is page-aligned and holds `count·n·k` floats.
+            unsafe {
+                std::slice::from_raw_parts(self.mapped.as_ptr() as *const f32, self.huge.len())
+            }
+        }
+    }
+
+    impl Drop for StreamedWeights {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// This thread's CPU time in seconds (exact, unlike `/proc` counters updated at ticks).
+    #[cfg(target_os = "linux")]
+    fn thread_cpu_s() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a pointer to a live timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn thread_cpu_s() -> f64 {
+        f64::NAN
+    }
+
+    /// `cargo test --release -p fasttx-core -- --ignored --nocapture bench_matmul_mapped`
+    ///
+    /// Decoding products (m = 1..8 rows against every weight once) over ~320 MB of distinct
+    /// weights per pass, read from a 4 KiB-page file mapping and from huge pages, interleaved;
+    /// prints GB/s of weights streamed (best of `FASTTX_BENCH_REPS`, default 5 passes).
+    /// `FASTTX_BENCH_M` / `FASTTX_BENCH_THREADS` (comma lists) and `FASTTX_BENCH_KN` (k,n pairs:
+    /// `512,2048,2048,512`) narrow the runs; `FASTTX_BENCH_ISA=avx2` runs the AVX2 tiles;
+    /// `FASTTX_BENCH_DIR` is where the weight file goes (default: the workspace's `target`).
+    #[test]
+    #[ignore]
+    fn bench_matmul_mapped() {
+        let list = |var: &str, default: &[usize]| -> Vec<usize> {
+            std::env::var(var).map_or(default.to_vec(), |s| {
+                s.split(',').map(|v| v.trim().parse().unwrap()).collect()
+            })
+        };
+        let ms = list("FASTTX_BENCH_M", &[1, 2, 4, 8]);
+        let thread_counts = list("FASTTX_BENCH_THREADS", &[1, 2]);
+        let reps = list("FASTTX_BENCH_REPS", &[5])[0];
+        let shapes = list("FASTTX_BENCH_KN", &[]);
+        let shapes: Vec<(usize, usize)> = if shapes.is_empty() {
+            vec![
+                (512, 512),
+                (512, 1536),
+                (512, 2048),
+                (2048, 512),
+                (512, 32128),
+                (512, 58101),
+            ]
+        } else {
+            shapes.chunks(2).map(|c| (c[0], c[1])).collect()
+        };
+        let isa = cpu::isa();
+        let isa = match std::env::var("FASTTX_BENCH_ISA").as_deref() {
+            Ok("avx2") => Isa::Avx2,
+            _ => isa,
+        };
+        for (k, n) in shapes {
+            let weights = StreamedWeights::new(k, n, 320 << 20);
+            // Whether the kernel granted the huge pages (it may not, e.g. when memory is
+            // fragmented): the comparison means little otherwise.
+            if let Some(line) = std::fs::read_to_string("/proc/self/smaps_rollup")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("AnonHugePages"))
+                        .map(String::from)
+                })
+            {
+                println!(
+                    "k={k} n={n}: {} MB of weights; {line}",
+                    (weights.huge.len() * 4) >> 20
+                );
+            }
+
+            let bytes = (weights.huge.len() * 4) as f64;
+            for &m in &ms {
+                let x = random(m * k, 21);
+                let mut y = vec![0.0; m * n];
+                for &threads in &thread_counts {
+                    let (mut rates, mut cpu_rates) = ([0.0; 2], [0.0; 2]);
+                    let mut pass = |w: &[f32]| {
+                        for c in 0..weights.count {
+                            let wc = &w[c * n * k..(c + 1) * n * k];
+                            matmul_nt_with(isa, &x, wc, &mut y, m, k, n);
+                        }
+                    };
+                    with_threads(threads, || {
+                        // Interleaved, so both see the same disturbances from other processes.
+                        pass(weights.mapped());
+                        pass(&weights.huge);
+                        let (mut best, mut best_cpu) = ([f64::INFINITY; 2], [f64::INFINITY; 2]);
+                        for _ in 0..reps {
+                            for (s, w) in [weights.mapped(), &weights.huge[..]]
+                                .into_iter()
+                                .enumerate()
+                            {
+                                let (t, c) = (std::time::Instant::now(), thread_cpu_s());
+                                pass(w);
+                                best[s] = best[s].min(t.elapsed().as_secs_f64());
+                                best_cpu[s] = best_cpu[s].min(thread_cpu_s() - c);
+                            }
+                        }
+                        rates = best.map(|t| bytes / t / 1e9);
+                        cpu_rates = best_cpu.map(|t| bytes / t / 1e9);
+                    });
+                    // With one thread, also by the thread's CPU time (less disturbed by others).
+                    let by_cpu = if threads == 1 {
+                        format!(
+                            "  | by CPU time: mapped {:5.1}  huge {:5.1} ({:.2}x)",
+                            cpu_rates[0],
+                            cpu_rates[1],
+                            cpu_rates[0] / cpu_rates[1]
+                        )
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "mapped vs huge {isa:?} k={k:4} n={n:5} m={m} threads={threads}: \
+                         mapped {:5.1} GB/s  huge {:5.1} GB/s  ({:.2}x){by_cpu}",
+                        rates[0],
+                        rates[1],
+                        rates[0] / rates[1]
+                    );
+                }
             }
         }
     }

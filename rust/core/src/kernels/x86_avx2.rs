@@ -99,11 +99,83 @@ pub(crate) const NT_NR: [usize; 5] = [0, 8, 6, 4, 3];
 /// The tile of blocks of more than 8 rows (prefill, batches), `x` rows × `w` rows.
 pub(crate) const NT_BIG: (usize, usize) = (4, 3);
 
-/// Software prefetch distance along `w` rows, in floats (4 KiB), used when `stream` is set (decode
-/// shapes, where `w` comes from memory). Measured on Zen 3 for m = 4: without it the 4×3 tile
-/// streams `w` ~25% slower than the 1-row tile, which is at memory speed and gains nothing. In
-/// prefill shapes (w re-read from L1/L2) it halved the k = 2048 rate, hence the flag.
+/// Software prefetch of `w` by the decoding tiles (`stream` set: few rows of `x`, so `w` comes
+/// from memory once per call). Multi-row tiles only: the 1-row tiles (8 or 12 `w` rows wide) run
+/// at the machine's streaming rate without it, and gain nothing from any pattern tried.
+///
+/// A tile reads its `nr` rows of `w` side by side, `nr` interleaved streams of `k` floats each.
+/// How far ahead to fetch depends on how long those streams are; measured with
+/// `bench_matmul_mapped` (see the `matmul` module docs) on Zen 4, weights in a 4 KiB-page file
+/// mapping and in huge pages alike:
+/// - Rows shorter than a page ([`NT_SHORT_ROW`], e.g. k = 512): a stream ends before the
+///   hardware prefetchers have ramped up on it, and each tile starts `nr` new ones. Since the
+///   tile's rows are contiguous, the tile prefetches the *next* tile's `nr·k` floats as one
+///   sequential run, `nr` lines per line of `k` it consumes, so that run finishes as the tile
+///   does. This doubled m = 4, k = 512 (Marian, t5-small) from ~11 to ~20-25 GB/s, mapped or not;
+///   the old per-row distance of 4 KiB pointed, for k = 512, two rows down: mostly into the
+///   tile itself. Only while the next tile is small ([`NT_NEXT_TILE_MAX`]): with 16 KiB tiles of
+///   4 KiB rows (k = 1024, m = 4) it was slower than per-row prefetch (it evicts the current tile
+///   from a 32 KiB L1).
+/// - Longer rows: each row prefetched one row's length ahead, at least [`NT_PREFETCH`] floats
+///   and at most [`NT_PREFETCH_MAX`] (k = 2048: 8 KiB ahead, +10-20% over 4 KiB at m = 2..4).
+///
+/// In prefill shapes (w re-read from L1/L2) any prefetch halved the k = 2048 rate, hence the
+/// `stream` flag.
 pub(crate) const NT_PREFETCH: usize = 1024;
+/// See [`NT_PREFETCH`].
+pub(crate) const NT_PREFETCH_MAX: usize = 2048;
+/// Rows of `w` shorter than this (floats: one 4 KiB page) take the next-tile prefetch.
+pub(crate) const NT_SHORT_ROW: usize = 1024;
+/// Largest next tile (`nr·k` floats, 16 KiB) prefetched as one run.
+pub(crate) const NT_NEXT_TILE_MAX: usize = 4096;
+
+/// Prefetches the line at `at` floats into each of `NR` rows of `w` (`ld` apart).
+#[inline(always)]
+pub(crate) fn prefetch_rows<const NR: usize>(w: *const f32, ld: usize, at: usize) {
+    for c in 0..NR {
+        // `wrapping_add`: the address may lie past the end of `w`, which a prefetch tolerates
+        // but pointer `add` does not. SAFETY: a prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * ld + at) as *const i8) };
+    }
+}
+
+/// Prefetches `NR` consecutive cache lines from `at`.
+#[inline(always)]
+pub(crate) fn prefetch_run<const NR: usize>(at: *const f32) {
+    for c in 0..NR {
+        // SAFETY: as in `prefetch_rows`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(c * 16) as *const i8) };
+    }
+}
+
+/// How a tile prefetches `w` (see [`NT_PREFETCH`]), one cache line per `w` row per 16 floats of
+/// `k` it consumes.
+#[derive(Clone, Copy)]
+pub(crate) enum WPrefetch {
+    Off,
+    /// Each row `c` at `p + ahead` (floats) when the tile is at `p`.
+    Rows {
+        ahead: usize,
+    },
+    /// The next tile (starting where this one ends: `nr·k` floats on), in address order.
+    NextTile,
+}
+
+impl WPrefetch {
+    /// The prefetch of an `mr × nr` tile over `ks`.
+    #[inline]
+    pub(crate) fn of(stream: bool, mr: usize, nr: usize, ks: &KSlice) -> WPrefetch {
+        if !stream || mr < 2 {
+            WPrefetch::Off
+        } else if ks.ld == ks.len && ks.len < NT_SHORT_ROW && nr * ks.len <= NT_NEXT_TILE_MAX {
+            WPrefetch::NextTile
+        } else {
+            WPrefetch::Rows {
+                ahead: ks.ld.clamp(NT_PREFETCH, NT_PREFETCH_MAX),
+            }
+        }
+    }
+}
 
 /// One `mr × nr` tile of `y = x · wᵀ`: `y[r·ldy + c] = dot(x[r·k..], w[c·k..])`, or one slice of
 /// `k` of it ([`KSlice`]).
@@ -114,7 +186,7 @@ pub(crate) const NT_PREFETCH: usize = 1024;
 /// product cut into slices of `k` carries each output's eight partial sums from one slice to the
 /// next through memory, unrounded: the same FMAs in the same order, so the same bits.
 ///
-/// `stream`: `w` is read from memory once (few rows of `x`), so prefetch it ([`NT_PREFETCH`]).
+/// `stream`: `w` is read from memory once (few rows of `x`), so prefetch it ([`WPrefetch`]).
 ///
 /// # Safety
 /// AVX2+FMA available; `x` valid for `mr` rows and `w` for `nr` rows of `ks.len` reads (rows
@@ -172,8 +244,6 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     stream: bool,
 ) {
     let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
-    // Prefetching pays only where w comes from memory and the tile has several x rows.
-    let prefetch = stream && MR >= 2;
     // Start and finish out of line: loops over `acc` with a runtime index would otherwise keep
     // the array in memory, its accumulators spilled around the FMAs.
     let mut acc = if ks.first {
@@ -183,25 +253,34 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     };
     let body = len - len % LANES;
     let mut p = 0;
-    while p < body {
-        if prefetch && p % 16 == 0 {
-            // One prefetch per cache line of each w row. `wrapping_add`: the address may lie past
-            // the end of `w`, which a prefetch tolerates but pointer `add` does not.
-            for c in 0..NR {
-                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(c * ld + p + NT_PREFETCH) as *const i8);
+    // The loop once per kind of prefetch, each then with constant strides (one loop testing the
+    // kind, or computing addresses with run-time strides, made the AVX-512 4 × 4 tile ~20%
+    // slower at m = 4 and the m = 8 pair of tiles ~30%): one prefetch per cache line (two
+    // vectors here) of each w row.
+    macro_rules! sweep {
+        ($prefetch:expr) => {
+            while p < body {
+                if p % 16 == 0 {
+                    $prefetch;
+                }
+                let mut wv = [_mm256_setzero_ps(); NR];
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(w.add(c * ld + p));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(x.add(r * ldx + p));
+                    for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                        *a = _mm256_fmadd_ps(xv, wc, *a);
+                    }
+                }
+                p += LANES;
             }
-        }
-        let mut wv = [_mm256_setzero_ps(); NR];
-        for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm256_loadu_ps(w.add(c * ld + p));
-        }
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm256_loadu_ps(x.add(r * ldx + p));
-            for (a, &wc) in acc_r.iter_mut().zip(&wv) {
-                *a = _mm256_fmadd_ps(xv, wc, *a);
-            }
-        }
-        p += LANES;
+        };
+    }
+    match WPrefetch::of(stream, MR, NR, ks) {
+        WPrefetch::Off => sweep!({}),
+        WPrefetch::Rows { ahead } => sweep!(prefetch_rows::<NR>(w, ld, p + ahead)),
+        WPrefetch::NextTile => sweep!(prefetch_run::<NR>(w.wrapping_add(NR * (len + p)))),
     }
     if p < len {
         let mask = tail_mask(len - p);

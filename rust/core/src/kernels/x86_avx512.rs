@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::matmul::KSlice;
-use super::x86_avx2;
+use super::x86_avx2::{self, prefetch_rows, prefetch_run, WPrefetch};
 
 const LANES: usize = 16;
 
@@ -112,8 +112,6 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     stream: bool,
 ) {
     let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
-    // Prefetching pays only where w comes from memory and the tile has several x rows.
-    let prefetch = stream && MR >= 2;
     // Start and finish out of line: loops over `acc` with a runtime index would otherwise keep
     // the array in memory, its accumulators spilled around the FMAs.
     let mut acc = if ks.first {
@@ -123,25 +121,30 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     };
     let body = len - len % LANES;
     let mut p = 0;
-    while p < body {
-        if prefetch {
-            // As in the AVX2 tile: one prefetch per cache line (= one vector here) of each w row.
-            for c in 0..NR {
-                let ahead = w.wrapping_add(c * ld + p + x86_avx2::NT_PREFETCH);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+    // The loop once per kind of prefetch (each then with constant strides; see `WPrefetch`):
+    // one prefetch per cache line (= one vector here) of each w row, as in the AVX2 tile.
+    macro_rules! sweep {
+        ($prefetch:expr) => {
+            while p < body {
+                $prefetch;
+                let mut wv = [_mm512_setzero_ps(); NR];
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(w.add(c * ld + p));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_loadu_ps(x.add(r * ldx + p));
+                    for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                        *a = _mm512_fmadd_ps(xv, wc, *a);
+                    }
+                }
+                p += LANES;
             }
-        }
-        let mut wv = [_mm512_setzero_ps(); NR];
-        for (c, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(w.add(c * ld + p));
-        }
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let xv = _mm512_loadu_ps(x.add(r * ldx + p));
-            for (a, &wc) in acc_r.iter_mut().zip(&wv) {
-                *a = _mm512_fmadd_ps(xv, wc, *a);
-            }
-        }
-        p += LANES;
+        };
+    }
+    match WPrefetch::of(stream, MR, NR, ks) {
+        WPrefetch::Off => sweep!({}),
+        WPrefetch::Rows { ahead } => sweep!(prefetch_rows::<NR>(w, ld, p + ahead)),
+        WPrefetch::NextTile => sweep!(prefetch_run::<NR>(w.wrapping_add(NR * (len + p)))),
     }
     if p < len {
         let mask = tail_mask(len - p);
