@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .generation import prompt_lookup, search
+from .generation import constraints, prompt_lookup, search
 from .generation.languages import LanguageTokens
 from .generation.options import GenerationOptions, resolve
 from .text import TextAssembler, clean_up_tokenization, cut_at_stop
@@ -69,6 +69,7 @@ class Model:
         self.path = path
         self._clean_up_spaces = _tokenizer_setting(path, "clean_up_tokenization_spaces", False)
         self._languages: Optional[LanguageTokens] = None  # built on the first tgt_lang
+        self._constraints: Optional[constraints.ConstraintCompiler] = None  # built on the first constraint
 
     def __repr__(self) -> str:
         return f"fasttx.Model(arch={self.arch!r}, path={str(self.path)!r}, threads={self.threads})"
@@ -119,6 +120,8 @@ class Model:
         transformers' row order), each ending with EOS when generation stopped on EOS."""
         opts = self._options(options)
         ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=not self.is_encoder_decoder, pad_id=_pad_id(opts))
+        if opts.constraint is not None:
+            opts.constraint.check_prompts(ids.shape[0])
         return self._generate(ids, mask, opts)
 
     # ------------------------------------------------------------------ text level
@@ -213,6 +216,8 @@ class Model:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         options, source_prefix = self._target_language(options)
         opts = self._options(options)
+        if opts.constraint is not None:
+            opts.constraint.check_prompts(len(prompt_list))
         encoded = [source_prefix + e for e in self._encode(prompt_list, add_special_tokens)]
         # Longest first (stable): similar lengths share a batch, and the slowest batch comes first,
         # so the progress bar's estimate errs on the safe side.
@@ -230,7 +235,7 @@ class Model:
                     pad_left=not self.is_encoder_decoder,
                     pad_id=_pad_id(opts),
                 )
-                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch])
+                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch], inputs=batch)
                 texts = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
                 for j, i in enumerate(batch):
                     results[i] = texts[j] if n == 1 else texts[j * n : (j + 1) * n]
@@ -244,6 +249,8 @@ class Model:
         opts = self._options(options)
         if opts.num_return_sequences != 1:
             raise ValueError("stream returns one sequence: num_return_sequences must be 1")
+        if opts.constraint is not None:
+            opts.constraint.check_prompts(1)
         encoded = [source_prefix + self._encode([prompt], add_special_tokens)[0]]
         ids, mask = _as_batch(encoded, None, "prompt", pad_left=False)
 
@@ -295,7 +302,25 @@ class Model:
     def _options(self, options: dict) -> GenerationOptions:
         opts = resolve(options, self.generation_config, self.vocab_size)
         prompt_lookup.check_options(opts)
+        if opts.constraint is not None:
+            if opts.prompt_lookup_num_tokens is not None and opts.num_beams == 1:
+                raise ValueError(
+                    f"{opts.constraint.kind} cannot be combined with prompt_lookup_num_tokens: "
+                    "prompt lookup's drafts are not constrained"
+                )
+            if self._constraints is None:
+                self._constraints = constraints.ConstraintCompiler(self._require_tokenizer(), self.vocab_size)
+            self._constraints.compile(opts.constraint, opts.eos_token_id)
         return opts
+
+    def _row_constraints(
+        self, opts: GenerationOptions, inputs: Sequence[int], copies: int
+    ) -> Optional[constraints.RowConstraints]:
+        """The constraint state of a generation's rows (``copies`` per input; ``inputs``: the
+        inputs' indices in the call), or None for an unconstrained call."""
+        if opts.constraint is None:
+            return None
+        return constraints.RowConstraints(opts.constraint.for_inputs(inputs, copies), self._native)
 
     def _encode(self, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         tok = self._require_tokenizer()
@@ -448,34 +473,55 @@ class Model:
         return lambda row, token: stop_hit(prompt.history[row][p0:])
 
     def _start_sampling(
-        self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, occurrence: Optional[list[int]] = None
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        opts: GenerationOptions,
+        occurrence: Optional[list[int]] = None,
+        inputs: Optional[Sequence[int]] = None,
     ):
         """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
         as tokens are chosen) and the iterator of per-step events that drives it."""
         n = opts.num_return_sequences
         session, prompt, budget = self._open_session(ids, mask, opts, copies=n)
         sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
-        decode = search.sample_or_greedy if opts.prompt_lookup_num_tokens is None else prompt_lookup.decode
-        events = decode(self._native, session, prompt, opts, budget, sampler, self._stopper(prompt, opts))
+        stopper = self._stopper(prompt, opts)
+        if opts.prompt_lookup_num_tokens is not None:
+            events = prompt_lookup.decode(self._native, session, prompt, opts, budget, sampler, stopper)
+        else:
+            rows = self._row_constraints(opts, _inputs(inputs, ids), n)
+            events = search.sample_or_greedy(self._native, session, prompt, opts, budget, sampler, stopper, rows)
         return prompt, events
 
     def _generate(
-        self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, occurrence: Optional[list[int]] = None
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        opts: GenerationOptions,
+        occurrence: Optional[list[int]] = None,
+        inputs: Optional[Sequence[int]] = None,
     ) -> list[list[int]]:
         """New tokens per returned sequence. ``occurrence[row]``: which occurrence of its prompt the row
         is within the whole call (sampling draws differ per occurrence); by default counted in
-        this batch."""
+        this batch. ``inputs[row]``: the row's prompt index in the call (for per-prompt
+        constraints); by default the row's index."""
         if opts.num_beams > 1:
             session, prompt, budget = self._open_session(ids, mask, opts, copies=opts.num_beams)
             # Beam sampling: one random stream per input.
             sampler = _row_sampler(ids, mask, opts, occurrence, 1) if opts.do_sample else None
+            rows = self._row_constraints(opts, _inputs(inputs, ids), opts.num_beams)
             return search.beam_search(
-                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler
+                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler, rows
             )
-        prompt, events = self._start_sampling(ids, mask, opts, occurrence)
+        prompt, events = self._start_sampling(ids, mask, opts, occurrence, inputs)
         for _ in events:
             pass
         return [h[prompt.prompt_len :] for h in prompt.history]
+
+
+def _inputs(inputs: Optional[Sequence[int]], ids: np.ndarray) -> Sequence[int]:
+    """The call-wide prompt index of each row of the batch ``ids`` (default: its row index)."""
+    return inputs if inputs is not None else range(ids.shape[0])
 
 
 def _physical_memory() -> Optional[int]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._native import ModelFormatError
 from . import processors
+from .constraints import RowConstraints
 from .options import GenerationOptions
 
 # transformers marks impossible beams with this score (float32 arithmetic, as there).
@@ -130,7 +131,8 @@ class RowDecisions:
 
     ``active`` lists the rows (indices into ``prompt.history``) still generating, in the order the
     caller feeds their logits; ``extra`` processors run after the built-in ones (the engine's
-    OpenAI penalties)."""
+    OpenAI penalties); ``constraints`` (constrained output, rows indexed like ``history``) masks
+    the processed scores before the choice and follows the chosen tokens."""
 
     def __init__(
         self,
@@ -141,8 +143,10 @@ class RowDecisions:
         sampler: Optional[RowSampler] = None,
         is_stopped=None,
         extra: Sequence[processors.Processor] = (),
+        constraints: Optional[RowConstraints] = None,
     ):
         self.native_model = native_model
+        self.constraints = constraints
         self.opts = opts
         self.history = prompt.history
         self.budget = budget
@@ -168,11 +172,15 @@ class RowDecisions:
         active = self.active
         hist = [self.history[r] for r in active]
         processors.apply_all(self.procs, logits, hist, active)
+        if self.constraints is not None:
+            self.constraints.mask(logits, active, self.steps)
         if self.sampler is None:
             chosen = np.argmax(logits, axis=-1).tolist()
         else:
             check_temperature(logits, self.opts.temperature, self.steps)
             chosen = sample_tokens(self.native_model, logits, self.opts, self.sampler, active)
+        if self.constraints is not None:
+            self.constraints.consume(active, chosen)
         finished = []
         keep = []
         for i, (r, t) in enumerate(zip(active, chosen)):
@@ -203,13 +211,14 @@ def sample_or_greedy(
     budget: int,
     sampler: Optional[RowSampler] = None,
     is_stopped=None,
+    constraints: Optional[RowConstraints] = None,
 ) -> Iterator[StepEvent]:
     """transformers' ``_sample``: one token per unfinished row per step, argmax or a draw.
 
     Finished rows are dropped from the session (their results cannot change), which is where a
     batch's cost shrinks as its rows end. ``is_stopped(row, tokens)`` lets the caller end a row
     (stop strings)."""
-    decisions = RowDecisions(native_model, prompt, opts, budget, sampler, is_stopped)
+    decisions = RowDecisions(native_model, prompt, opts, budget, sampler, is_stopped, constraints=constraints)
     tokens, mask = prompt.first_tokens, prompt.first_mask
     for step in range(budget):
         logits = checked_logits(session.step(tokens, mask), step)
@@ -233,6 +242,7 @@ def beam_search(
     budget: int,
     stop_hit: Optional[Callable[[list[int]], bool]] = None,
     sampler: Optional[RowSampler] = None,
+    constraints: Optional[RowConstraints] = None,
 ) -> list[list[int]]:
     """transformers' ``_beam_search`` (vectorised form, 4.50+): returns, for each input, its
     ``num_return_sequences`` best hypotheses (new tokens only), best first.
@@ -240,7 +250,9 @@ def beam_search(
     ``stop_hit(new_tokens)`` (stop strings) ends a candidate as EOS does: it joins the finished
     hypotheses with its score and stops growing. With ``opts.do_sample`` (beam sampling), the
     candidates of each step are drawn without replacement from the softmax of the (warped)
-    accumulated scores instead of taken as the top ones, with ``sampler``'s stream of each input."""
+    accumulated scores instead of taken as the top ones, with ``sampler``'s stream of each input.
+    ``constraints`` (one row per beam) masks each beam's processed log-probabilities; a beam's
+    state follows it when the beams are reordered."""
     K = opts.num_beams
     batch = len(prompt.history) // K
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
@@ -286,6 +298,9 @@ def beam_search(
         flat = running.reshape(batch * K, running.shape[2])
         if procs:
             processors.apply_all(procs, log_probs, [row[:cur_len].tolist() for row in flat], range(batch * K))
+        if constraints is not None:
+            # Not strict: a beam without continuation (a dead beam) just scores -inf.
+            constraints.mask(log_probs, range(batch * K), step, strict=False)
         if warpers is not None:
             # Beam sampling warps each beam's processed log-probabilities, before the beam's
             # running score is added.
@@ -344,6 +359,11 @@ def beam_search(
         if not go_on:
             break
         session.reorder((batch_offset + running_src).reshape(-1).tolist())
+        if constraints is not None:
+            constraints.reorder((batch_offset + running_src).reshape(-1).tolist())
+            # Running beams may hold a just-finished candidate's token (when fewer than K went
+            # on): such a beam is out of the race, its constraint need not accept it.
+            constraints.consume(range(batch * K), running[:, :, cur_len - 1].reshape(-1).tolist(), strict=False)
         step += 1
         log_probs = checked_logits(
             session.step(running[:, :, cur_len - 1].reshape(batch * K, 1), None, log_softmax=True), step
