@@ -13,6 +13,9 @@ __all__ = [
     "ModelFormatError",
     "NativeModel",
     "NativeSession",
+    "NativeConstraintEnv",
+    "NativeConstraint",
+    "NativeConstraintRows",
     "gguf_metadata",
     "GgufArray",
     "gguf_config",
@@ -155,3 +158,36 @@ class NativeSession:
         """Appends ``other``'s rows after this session's (continuous batching); ``other`` is left
         without rows and raises ValueError when used again. Both must be decoder-only sessions of
         the same model. Each row's logits stay the bits it gives decoded alone."""
+
+@final
+class NativeConstraintEnv:
+    """The tokenizer side of constraints for one model: every token id's bytes, its special ids
+    and EOS ids."""
+
+    def __new__(cls, data: bytes, lengths: Sequence[int], special_ids: Sequence[int], eos_ids: Sequence[int]) -> NativeConstraintEnv: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def eos_ids(self) -> list[int]: ...
+    def compile(self, kind: str, spec: Union[str, Sequence[str]]) -> NativeConstraint: ...
+
+@final
+class NativeConstraint:
+    """A compiled constraint (``NativeConstraintEnv.compile``)."""
+
+@final
+class NativeConstraintRows:
+    """The constraint state of a generation's rows (None: an unconstrained row)."""
+
+    def __new__(cls, constraints: Sequence[Optional[NativeConstraint]]) -> NativeConstraintRows: ...
+    def __len__(self) -> int: ...
+    def mask(
+        self, scores: npt.NDArray[np.float32], rows: Sequence[int], model: Optional[NativeModel] = None
+    ) -> list[bool]: ...
+    def consume(self, rows: Sequence[int], tokens: Sequence[int], strict: bool = True) -> list[bool]: ...
+    def reorder(self, index: Sequence[int]) -> None: ...
+    def constrained(self, row: int) -> bool: ...
+    def allowed(self, row: int) -> list[int]: ...
+    def accepting(self, row: int) -> bool: ...
+    def stopped(self, row: int) -> bool: ...
+    def rollback(self, row: int, tokens: int) -> None: ...
