@@ -101,7 +101,7 @@ def test_rows_mask_scores_in_place_and_follow_reordering():
     # Every allowed token already at -inf (other options): a ValueError, not a silent argmax.
     scores = np.full((1, len(WORDS)), -np.inf, dtype=np.float32)
     scores[0, 7] = 0.0
-    with pytest.raises(ValueError, match="forbid every token"):
+    with pytest.raises(ValueError, match="no token can continue"):
         rows.mask(scores, [0], step=2)
 
 

@@ -159,8 +159,9 @@ def vocabulary_bytes(tokenizer, vocab_size: int) -> tuple[list[bytes], list[int]
     ids of its special tokens. Byte-level BPE (GPT-2, Qwen, SmolLM2) spells bytes with its
     alphabet; SentencePiece-style vocabularies write spaces "▁" and raw bytes ``<0xXX>``; added
     tokens are their text."""
-    spec = json.loads(tokenizer.to_str())
-    kinds = _decoder_kinds(spec.get("decoder"))
+    # The decoder alone (the whole tokenizer's JSON is megabytes for a 150k vocabulary).
+    decoder = tokenizer.decoder
+    kinds = _decoder_kinds(json.loads(decoder.__getstate__())) if decoder is not None else set()
     byte_level = "ByteLevel" in kinds
     sentencepiece = bool(kinds & {"Metaspace", "ByteFallback", "Replace"})
     out = [b""] * vocab_size
@@ -259,8 +260,9 @@ class RowConstraints:
         if strict and not all(ok):
             row = rows[ok.index(False)]
             raise ValueError(
-                f"at step {step}, row {row}: the other generation options (bad_words_ids, forced "
-                "tokens, penalties to -inf, ...) forbid every token the constraint allows"
+                f"at step {step}, row {row}: no token can continue the constraint: the other "
+                "generation options (bad_words_ids, forced tokens, ...) forbid every token it "
+                "allows, or the vocabulary cannot spell what it requires"
             )
 
     def consume(self, rows: Sequence[int], tokens: Sequence[int], *, strict: bool = True) -> list[bool]:

@@ -233,10 +233,16 @@ impl RowMatcher {
         if self.dead {
             return Ok(SimpleVob::alloc(self.vocab_size));
         }
-        // Sized by the trie, which holds `vocab_size` tokens.
-        self.inner
-            .compute_mask_or_eos()
-            .map_err(|e| Error::InvalidInput(format!("constraint: {e}")))
+        // Sized by the trie, which holds `vocab_size` tokens. The engine fails when no token can
+        // extend the text (a literal the vocabulary cannot spell, a grammar that needs a special
+        // token): the row is then dead, with nothing allowed, which the caller reports.
+        match self.inner.compute_mask_or_eos() {
+            Ok(mask) => Ok(mask),
+            Err(_) => {
+                self.dead = true;
+                Ok(SimpleVob::alloc(self.vocab_size))
+            }
+        }
     }
 
     /// The allowed tokens as bits: bit `id % 32` of `out[id / 32]` (`out` holds at least
@@ -534,6 +540,7 @@ mod tests {
         m.consume(1).unwrap();
         // "." is literal: the toy vocabulary has no "." token, so nothing continues "a".
         assert!(allowed(&mut m).is_empty());
+        assert!(m.dead);
     }
 
     #[test]
