@@ -35,8 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .benchmark import add_thread_arguments, finish_thread_arguments
 from .machine import describe, machine_info
 from .report import scrub_paths
@@ -131,6 +129,8 @@ class ConstrainedBenchmark:
 
 def measure(path: str, threads: int, new_tokens: int, repeats: int, errors: list) -> dict:
     """One (model, thread count) cell: call timings, mask cost, compile times."""
+    import numpy as np
+
     import fasttx
     from fasttx.generation import constraints
 
