@@ -9,7 +9,8 @@ The API follows Hugging Face transformers (names, defaults, outputs); see ``fast
 
 from ._native import ModelFormatError
 from ._native import __version__ as __version__
+from .generation.scores import GeneratedText, GenerateOutput
 from .loading import load
 from .model import Model
 
-__all__ = ["load", "Model", "ModelFormatError", "__version__"]
+__all__ = ["load", "Model", "ModelFormatError", "GenerateOutput", "GeneratedText", "__version__"]

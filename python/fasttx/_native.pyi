@@ -76,6 +76,9 @@ class NativeModel:
     ) -> list[int]:
         """One token per row of ``scores`` [rows, vocab] after transformers' warpers (top_k 0,
         top_p 1.0 and min_p None switch them off), drawn with ``uniforms[row]`` in [0, 1)."""
+    def log_softmax_rows(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The log-softmax of each row of ``scores`` [rows, vocab]: the bits of a session step's
+        ``log_softmax=True`` output."""
     def warp_rows(
         self,
         scores: npt.NDArray[np.float32],

@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .generation import constraints, prompt_lookup, search
+from .generation import constraints, processors, prompt_lookup, scores, search
 from .generation.languages import LanguageTokens
 from .generation.options import GenerationOptions, resolve
 from .text import TextAssembler, clean_up_tokenization, cut_at_stop
@@ -69,6 +69,7 @@ class Model:
         self.path = path
         self._clean_up_spaces = _tokenizer_setting(path, "clean_up_tokenization_spaces", False)
         self._languages: Optional[LanguageTokens] = None  # built on the first tgt_lang
+        self._pieces: dict[int, str] = {}  # token id -> text piece (logprobs)
         self._constraints: Optional[constraints.ConstraintCompiler] = None  # built on the first constraint
 
     def __repr__(self) -> str:
@@ -115,14 +116,25 @@ class Model:
         session = self._native.start(ids, mask)
         return session.step(dec, None, last_only=False)
 
-    def generate_ids(self, input_ids, *, attention_mask=None, **options) -> list[list[int]]:
+    def generate_ids(self, input_ids, *, attention_mask=None, **options):
         """New tokens per returned sequence (``batch * num_return_sequences`` lists, in
-        transformers' row order), each ending with EOS when generation stopped on EOS."""
+        transformers' row order), each ending with EOS when generation stopped on EOS.
+
+        With ``return_dict_in_generate=True``: a ``GenerateOutput`` (``sequences`` as above,
+        ``finish_reasons``, and with ``output_scores`` / ``output_logits`` transformers' per-step
+        ``scores`` / ``logits`` and, for beam search, ``sequences_scores``). Per-step arrays
+        cover every row at every step, as transformers' do: finished rows then keep decoding the
+        pad token until the whole batch ends (as in transformers), which only costs in that mode."""
+        options, request = scores.split_output_options(options)
         opts = self._options(options)
         ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=not self.is_encoder_decoder, pad_id=_pad_id(opts))
         if opts.constraint is not None:
             opts.constraint.check_prompts(ids.shape[0])
-        return self._generate(ids, mask, opts)
+        if request is None:
+            return self._generate(ids, mask, opts)
+        record = scores.Recording.of(request)
+        sequences = self._generate(ids, mask, opts, record=record)
+        return record.output(sequences)
 
     # ------------------------------------------------------------------ text level
 
@@ -142,7 +154,9 @@ class Model:
         batch. ``progress``: a progress bar on stderr (tqdm); by default shown when there are
         several batches and stderr is a terminal. ``tgt_lang`` (translation models): the target
         language's token, forced as the first generated token (``__de__``, ``deu_Latn``,
-        ``de_DE``, or the bare code), or put before the source for Marian's ``>>de<<``."""
+        ``de_DE``, or the bare code), or put before the source for Marian's ``>>de<<``.
+        ``logprobs=k``: each text comes as a ``fasttx.GeneratedText`` with its tokens'
+        log-probabilities and the k best alternatives (the rule: generation/scores.py)."""
         return self._generate_text(
             prompts, options, add_special_tokens=True, batch_size=batch_size, progress=progress
         )
@@ -214,10 +228,16 @@ class Model:
             raise ValueError("prompts must be a string or a list of strings")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        options, logprobs = self._text_options(options)
         options, source_prefix = self._target_language(options)
         opts = self._options(options)
         if opts.constraint is not None:
             opts.constraint.check_prompts(len(prompt_list))
+        if logprobs is not None and opts.num_beams > 1:
+            raise ValueError(
+                "logprobs needs greedy search or sampling (num_beams=1); for beam search use "
+                "generate_ids(..., return_dict_in_generate=True, output_scores=True)"
+            )
         encoded = [source_prefix + e for e in self._encode(prompt_list, add_special_tokens)]
         # Longest first (stable): similar lengths share a batch, and the slowest batch comes first,
         # so the progress bar's estimate errs on the safe side.
@@ -235,16 +255,65 @@ class Model:
                     pad_left=not self.is_encoder_decoder,
                     pad_id=_pad_id(opts),
                 )
-                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch], inputs=batch)
-                texts = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
+                record = scores.Recording(logprobs_k=logprobs) if logprobs is not None else None
+                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch], record, inputs=batch)
+                texts: list[Any] = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
+                if record is not None:
+                    texts = [self._with_logprobs(t, s, r, record) for r, (t, s) in enumerate(zip(texts, seqs))]
                 for j, i in enumerate(batch):
                     results[i] = texts[j] if n == 1 else texts[j * n : (j + 1) * n]
                 bar.update(len(batch))
         return results[0] if single else results
 
+    def _text_options(self, options: dict) -> tuple[dict, Optional[int]]:
+        """The text API's options without ``logprobs`` (checked), and ``logprobs``."""
+        given = [k for k in scores.OUTPUT_KEYS if k in options]
+        if given:
+            raise ValueError(
+                f"{given[0]} is an option of generate_ids (token level); the text API reports scores "
+                "with logprobs=k"
+            )
+        options = dict(options)
+        return options, scores.check_logprobs(options.pop("logprobs", None), self.vocab_size)
+
+    def _with_logprobs(self, text: str, tokens: list[int], row: int, record: scores.Recording) -> scores.GeneratedText:
+        """``generate``'s ``text`` of a row with the token log-probabilities ``record`` kept for it."""
+        per_token = record.token_logprobs.get(row, [])
+        return scores.GeneratedText(
+            text=text,
+            tokens=[self._piece(t) for t in tokens],
+            token_ids=list(tokens),
+            logprobs=[lp for lp, _, _ in per_token],
+            top_logprobs=[self._top_dict(ids, values) for _, values, ids in per_token],
+            finish_reason=record.finish_reasons[row],
+        )
+
+    def _top_dict(self, ids: np.ndarray, values: np.ndarray) -> dict[str, float]:
+        """``{piece: logprob}`` of the k best tokens, best first; tokens that share a piece (byte
+        fragments all read "\ufffd") keep the best one's logprob."""
+        top: dict[str, float] = {}
+        for t, v in zip(ids.tolist(), values.tolist()):
+            top.setdefault(self._piece(t), v)
+        return top
+
+    def _piece(self, token: int) -> str:
+        """A token as text on its own (special tokens spelled out; "" without a tokenizer), cached."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            tok = self.tokenizer
+            piece = tok.decode([token], skip_special_tokens=False) if tok is not None else ""
+            self._pieces[token] = piece
+        return piece
+
     def _stream_text(self, prompt: str, options: dict, *, add_special_tokens: bool) -> Iterator[str]:
         if not isinstance(prompt, str):
             raise ValueError("stream takes one prompt string")
+        if "logprobs" in options:
+            raise ValueError(
+                "stream yields text pieces only; for log-probabilities use generate(..., logprobs=k) "
+                "or chat(..., logprobs=k) (the server streams them with its OpenAI API)"
+            )
+        options, _ = self._text_options(options)
         options, source_prefix = self._target_language(options)
         opts = self._options(options)
         if opts.num_return_sequences != 1:
@@ -317,10 +386,12 @@ class Model:
         self, opts: GenerationOptions, inputs: Sequence[int], copies: int
     ) -> Optional[constraints.RowConstraints]:
         """The constraint state of a generation's rows (``copies`` per input; ``inputs``: the
-        inputs' indices in the call), or None for an unconstrained call."""
+        inputs' indices in the call), or None for an unconstrained call. Beam search's is not
+        strict: a beam left without continuation just drops out."""
         if opts.constraint is None:
             return None
-        return constraints.RowConstraints(opts.constraint.for_inputs(inputs, copies), self._native)
+        compiled = opts.constraint.for_inputs(inputs, copies)
+        return constraints.RowConstraints(compiled, self._native, strict=opts.num_beams == 1)
 
     def _encode(self, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         tok = self._require_tokenizer()
@@ -369,14 +440,17 @@ class Model:
                 "(max_position_embeddings): shorten the prompt"
             )
 
-    def _open_session(self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, copies: int):
+    def _open_session(
+        self, ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions, copies: int, recorded: int = 0
+    ):
         """A session over the prompt batch, the decoder prompt for ``copies`` rows per input and the
-        new-token budget, once the request is known to fit the model and the machine. Every
-        check runs before anything of the request's size is allocated."""
+        new-token budget, once the request is known to fit the model and the machine (``recorded``:
+        per-step arrays kept per row, for ``return_dict_in_generate``). Every check runs before
+        anything of the request's size is allocated."""
         prompt_len = 1 if self.is_encoder_decoder else ids.shape[1]
         budget = self._checked_budget(ids, mask, opts)
         session = self._native.start(ids, mask)
-        self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts)
+        self._check_memory(session, ids.shape[0], copies, prompt_len, budget, opts, recorded)
         # The cache's room for every position the request may reach, at once: it then never grows
         # by copying (and doubling) mid-generation; untouched room costs no memory.
         session.reserve(self._reachable_positions(prompt_len, budget))
@@ -429,10 +503,13 @@ class Model:
             positions = min(positions, max(self.max_positions, prompt_len + 1))
         return positions
 
-    def _check_memory(self, session, inputs: int, copies: int, prompt_len: int, budget: int, opts) -> None:
+    def _check_memory(
+        self, session, inputs: int, copies: int, prompt_len: int, budget: int, opts, recorded: int = 0
+    ) -> None:
         """Refuses a request whose rows (inputs x beams or sequences) need more memory for their KV
-        cache and logits than the machine has, were it to run to its budget (up to the model's
-        positions): a ValueError now instead of an allocation failure later."""
+        cache and logits (and the ``recorded`` per-step score arrays) than the machine has, were it
+        to run to its budget (up to the model's positions): a ValueError now instead of an
+        allocation failure later."""
         machine = _physical_memory()
         if machine is None:
             return
@@ -441,12 +518,14 @@ class Model:
         # Prompt lookup's steps return the logits of every draft position too.
         logit_rows = LOGIT_COPIES + (opts.prompt_lookup_num_tokens or 0)
         per_row = positions * (session.cache_bytes_per_position + TOKEN_BYTES) + logit_rows * self.vocab_size * 4
+        per_row += recorded * budget * self.vocab_size * 4  # one float32 row per step and array
         needed = rows * per_row
         if needed > machine:
             what = "beams" if opts.num_beams > 1 else "sequences"
+            kept = " (and the per-step scores asked for)" if recorded else ""
             raise ValueError(
                 f"{rows} rows ({inputs} inputs x {copies} {what}) of up to {positions} positions need "
-                f"about {needed / 2**30:.3g} GiB for the KV cache and logits, more than this machine's "
+                f"about {needed / 2**30:.3g} GiB for the KV cache and logits{kept}, more than this machine's "
                 f"{machine / 2**30:.3g} GiB of memory: use fewer beams, return sequences or inputs per "
                 "batch, or fewer new tokens"
             )
@@ -478,19 +557,29 @@ class Model:
         mask: np.ndarray,
         opts: GenerationOptions,
         occurrence: Optional[list[int]] = None,
+        *,
+        keep_finished: bool = False,
+        keep_logits: bool = False,
+        recorded: int = 0,
         inputs: Optional[Sequence[int]] = None,
     ):
         """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
-        as tokens are chosen) and the iterator of per-step events that drives it."""
+        as tokens are chosen) and the iterator of per-step events that drives it. Prompt lookup
+        (a speed option: the tokens are plain decoding's) is left out when finished rows must stay
+        in the batch or raw logits are kept (``search.RowDecisions``). ``inputs[row]``: the row's
+        prompt index in the call (per-prompt constraints); by default the row's index."""
         n = opts.num_return_sequences
-        session, prompt, budget = self._open_session(ids, mask, opts, copies=n)
+        session, prompt, budget = self._open_session(ids, mask, opts, copies=n, recorded=recorded)
         sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
         stopper = self._stopper(prompt, opts)
-        if opts.prompt_lookup_num_tokens is not None:
+        if opts.prompt_lookup_num_tokens is not None and not (keep_finished or keep_logits):
             events = prompt_lookup.decode(self._native, session, prompt, opts, budget, sampler, stopper)
         else:
-            rows = self._row_constraints(opts, _inputs(inputs, ids), n)
-            events = search.sample_or_greedy(self._native, session, prompt, opts, budget, sampler, stopper, rows)
+            events = search.sample_or_greedy(
+                self._native, session, prompt, opts, budget, sampler, stopper,
+                keep_finished=keep_finished, keep_logits=keep_logits,
+                constraints=self._row_constraints(opts, _inputs(inputs, ids), n),
+            )
         return prompt, events
 
     def _generate(
@@ -499,24 +588,61 @@ class Model:
         mask: np.ndarray,
         opts: GenerationOptions,
         occurrence: Optional[list[int]] = None,
+        record: Optional[scores.Recording] = None,
         inputs: Optional[Sequence[int]] = None,
     ) -> list[list[int]]:
         """New tokens per returned sequence. ``occurrence[row]``: which occurrence of its prompt the row
         is within the whole call (sampling draws differ per occurrence); by default counted in
-        this batch. ``inputs[row]``: the row's prompt index in the call (for per-prompt
+        this batch. ``record``: what to keep beside the tokens (scores, logits, logprobs; finish
+        reasons are filled in). ``inputs[row]``: the row's prompt index in the call (per-prompt
         constraints); by default the row's index."""
+        recorded = 0 if record is None else (record.scores is not None) + (record.logits is not None)
         if opts.num_beams > 1:
-            session, prompt, budget = self._open_session(ids, mask, opts, copies=opts.num_beams)
+            session, prompt, budget = self._open_session(ids, mask, opts, copies=opts.num_beams, recorded=recorded)
             # Beam sampling: one random stream per input.
             sampler = _row_sampler(ids, mask, opts, occurrence, 1) if opts.do_sample else None
             rows = self._row_constraints(opts, _inputs(inputs, ids), opts.num_beams)
             return search.beam_search(
-                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler, rows
+                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler, record, rows
             )
-        prompt, events = self._start_sampling(ids, mask, opts, occurrence, inputs)
-        for _ in events:
-            pass
-        return [h[prompt.prompt_len :] for h in prompt.history]
+        # Custom processors see every row at every step (row i is always sequence i), as
+        # transformers' per-step arrays do.
+        keep_finished = bool(opts.logits_processor) or (record is not None and record.keeps_all_rows)
+        keep_logits = record is not None and record.logits is not None
+        prompt, events = self._start_sampling(
+            ids, mask, opts, occurrence, keep_finished=keep_finished, keep_logits=keep_logits, recorded=recorded,
+            inputs=inputs,
+        )
+        p0 = prompt.prompt_len
+        ends: dict[int, int] = {}  # row -> its history's length when it finished
+        for step, event in enumerate(events):
+            if record is not None:
+                self._record_step(record, event, opts, ends)
+            for r in event.finished:
+                ends[r] = p0 + step + 1
+        if record is not None:
+            record.finish_reasons = ["stop" if r in ends else "length" for r in range(len(prompt.history))]
+        return [h[p0 : ends.get(r, len(h))] for r, h in enumerate(prompt.history)]
+
+    def _record_step(self, record: scores.Recording, event: search.StepEvent, opts: GenerationOptions, ends: dict) -> None:
+        """Keeps what ``record`` asks for of one greedy/sampling step (``ends``: the rows finished
+        at earlier steps, which choose nothing)."""
+        assert event.scores is not None
+        if record.scores is not None:
+            chosen_from = np.ascontiguousarray(event.scores, dtype=np.float32)
+            if opts.do_sample:  # transformers' scores include the warpers (its processor list does)
+                chosen_from = self._native.warp_rows(chosen_from, *processors.warpers(opts, beam=False))
+            record.scores.append(chosen_from)
+        if record.logits is not None and event.logits is not None:
+            record.logits.append(event.logits)
+        if record.logprobs_k is not None:
+            live = [i for i, r in enumerate(event.rows) if r not in ends]
+            rows_scores = event.scores if len(live) == len(event.rows) else event.scores[live]
+            tokens = [event.tokens[i] for i in live]
+            temperature = opts.temperature if opts.do_sample else None
+            chosen, values, top_ids = scores.token_logprobs(self._native, rows_scores, tokens, record.logprobs_k, temperature)
+            for j, i in enumerate(live):
+                record.token_logprobs.setdefault(event.rows[i], []).append((float(chosen[j]), values[j], top_ids[j]))
 
 
 def _inputs(inputs: Optional[Sequence[int]], ids: np.ndarray) -> Sequence[int]:

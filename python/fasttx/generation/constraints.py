@@ -242,9 +242,16 @@ class RowConstraints:
     """The constraint state of a generation's rows, for the decoding loops: ``mask`` a step's
     scores, then ``consume`` the chosen tokens; ``reorder`` follows the session's rows (beams)."""
 
-    def __init__(self, compiled_per_row: Sequence[Optional[NativeConstraint]], native_model=None):
+    def __init__(self, compiled_per_row: Sequence[Optional[NativeConstraint]], native_model=None, *, strict: bool = True):
         self.rows = NativeConstraintRows(list(compiled_per_row))
         self.native_model = native_model
+        self.strict = strict  # beam search: False (see `mask`)
+        self.steps = 0
+
+    def __call__(self, scores: np.ndarray, history: Sequence[Sequence[int]], rows: Sequence[int]) -> None:
+        """The score pipeline's last processor (generation/scores.py): ``mask`` in place."""
+        self.mask(scores, rows, self.steps, strict=self.strict)
+        self.steps += 1
 
     def mask(self, scores: np.ndarray, rows: Sequence[int], step: int, *, strict: bool = True) -> None:
         """Sets to -inf, in place, the scores (``[len(rows), vocab]``) of tokens each row's

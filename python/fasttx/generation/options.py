@@ -7,7 +7,7 @@ Precedence, as in transformers: an option passed to the call, else the model's g
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from .constraints import ConstraintRequest, request_from
 
@@ -45,9 +45,14 @@ HF_DEFAULTS: dict[str, Any] = {
     "regex": None,
     "choices": None,
     "grammar": None,
+    "logits_processor": None,
 }
 
 GENERATION_KEYS = frozenset(HF_DEFAULTS)
+
+# Options only a call gives (Python objects, not generation-config values): a generation config
+# naming them is ignored for them.
+CALL_ONLY_KEYS = frozenset({"logits_processor"})
 
 # GenerationConfig keys that change what transformers' generate() returns and that fasttx does not
 # implement, with the values that switch each off (transformers' defaults). A generation config
@@ -117,6 +122,9 @@ class GenerationOptions:
     max_matching_ngram_size: Optional[int] = None
     # Constrained output: the call's json_schema/regex/choices/grammar (compiled by the Model).
     constraint: Optional[ConstraintRequest] = None
+    # The user's callables fn(input_ids, scores) -> scores, run after the built-in processors
+    # (generation/scores.py).
+    logits_processor: list = field(default_factory=list)
     # Neither the call nor the generation config set max_length: transformers' default 20 then
     # means 20 *new* tokens (its `has_default_max_length`).
     default_max_length: bool = False
@@ -237,6 +245,23 @@ def _bad_words(v: Any, eos: Sequence[int], vocab_size: int) -> Optional[list[lis
     return seqs
 
 
+def check_logits_processor(value: Any) -> list[Callable]:
+    """``logits_processor``: None, or a list (or tuple, or transformers' ``LogitsProcessorList``)
+    of callables ``fn(input_ids, scores) -> scores``."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        hint = ": wrap it in a list" if callable(value) else ""
+        raise ValueError(
+            "logits_processor must be a list of callables fn(input_ids, scores) -> scores, got "
+            f"{type(value).__name__}{hint}"
+        )
+    for i, fn in enumerate(value):
+        if not callable(fn):
+            raise ValueError(f"logits_processor[{i}] is not callable: {fn!r}")
+    return list(value)
+
+
 def resolve(
     user: Mapping[str, Any],
     model_defaults: Mapping[str, Any],
@@ -250,7 +275,7 @@ def resolve(
             f"fasttx accepts: {', '.join(sorted(GENERATION_KEYS))}"
         )
     merged: dict[str, Any] = dict(HF_DEFAULTS)
-    merged.update({k: v for k, v in model_defaults.items() if k in GENERATION_KEYS})
+    merged.update({k: v for k, v in model_defaults.items() if k in GENERATION_KEYS and k not in CALL_ONLY_KEYS})
     merged.update(user)
 
     o = GenerationOptions()
@@ -307,6 +332,7 @@ def resolve(
     )
     ngram = merged["max_matching_ngram_size"]
     o.max_matching_ngram_size = _int("max_matching_ngram_size", None if ngram == 0 else ngram, 1, allow_none=True)
+    o.logits_processor = check_logits_processor(merged["logits_processor"])
     stop = merged["stop"]
     if stop is None:
         o.stop = []

@@ -34,9 +34,8 @@ from typing import Collection, Iterator, Optional, Sequence
 
 import numpy as np
 
-from . import processors
 from .options import GenerationOptions
-from .search import Prompt, RowSampler, StepEvent, check_temperature, checked_logits, sample_tokens
+from .search import Prompt, RowSampler, StepEvent, check_temperature, checked_logits, pipeline, sample_tokens
 
 # transformers' PromptLookupCandidateGenerator default (`max_matching_ngram_size or 2`).
 DEFAULT_MAX_MATCHING_NGRAM_SIZE = 2
@@ -131,7 +130,7 @@ def decode(
     if num_tokens is None:
         raise ValueError("prompt lookup decoding needs prompt_lookup_num_tokens")
     max_ngram = opts.max_matching_ngram_size or DEFAULT_MAX_MATCHING_NGRAM_SIZE
-    procs = processors.build(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget)
+    procs = pipeline(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget)
     eos = set(opts.eos_token_id)
     pads = prompt.padding()
     history = prompt.history
@@ -150,7 +149,7 @@ def decode(
         for j in range(k + 1):
             rows = [active[i] for i in live]
             scores = np.ascontiguousarray(columns[live, j], dtype=np.float32)
-            processors.apply_all(procs, scores, [history[r] for r in rows], rows)
+            scores = procs.apply(scores, [history[r] for r in rows], rows)
             if sampler is None:
                 chosen = np.argmax(scores, axis=-1).tolist()
             else:
@@ -163,7 +162,7 @@ def decode(
                     finished.append(r)
                 else:
                     survivors.append(i)
-            yield StepEvent(rows=rows, tokens=chosen, finished=finished)
+            yield StepEvent(rows=rows, tokens=chosen, finished=finished, scores=scores)
             generated += 1
             if stats is not None:
                 stats.tokens += len(rows)

@@ -16,6 +16,7 @@ from .._native import ModelFormatError
 from . import processors
 from .constraints import RowConstraints
 from .options import GenerationOptions
+from .scores import Pipeline, Recording
 
 # transformers marks impossible beams with this score (float32 arithmetic, as there).
 BIG_NEG = np.float32(-1.0e9)
@@ -90,11 +91,32 @@ class Prompt:
 
 @dataclass
 class StepEvent:
-    """Tokens chosen at one step: ``tokens[i]`` was appended to row ``rows[i]``."""
+    """Tokens chosen at one step: ``tokens[i]`` was appended to row ``rows[i]`` (with
+    ``keep_finished``, rows finished at an earlier step are listed too, with the pad token)."""
 
     rows: list[int]
     tokens: list[int]
     finished: list[int]  # rows that are complete after this step
+    # The processed scores the tokens were chosen from, row i for rows[i] (before sampling's
+    # warpers), and the step's raw logits when asked for (``keep_logits``).
+    scores: Optional[np.ndarray] = None
+    logits: Optional[np.ndarray] = None
+
+
+def pipeline(
+    opts: GenerationOptions,
+    prompt_len: int,
+    padding: Sequence[int],
+    max_length: Optional[int],
+    extra: Sequence[processors.Processor] = (),
+    constraints: Optional[RowConstraints] = None,
+) -> Pipeline:
+    """The score pipeline of a decoding loop (generation/scores.py): transformers' built-in
+    processors for ``opts``, then ``extra`` (engine-specific), then the user's
+    ``logits_processor``, then the constraint's mask (``constraints``)."""
+    builtin = processors.build(opts, prompt_len, padding, max_length)
+    builtin.extend(extra)
+    return Pipeline(builtin, opts.logits_processor, constraints)
 
 
 class RowSampler:
@@ -132,7 +154,14 @@ class RowDecisions:
     ``active`` lists the rows (indices into ``prompt.history``) still generating, in the order the
     caller feeds their logits; ``extra`` processors run after the built-in ones (the engine's
     OpenAI penalties); ``constraints`` (constrained output, rows indexed like ``history``) masks
-    the processed scores before the choice and follows the chosen tokens."""
+    the scores last and follows the chosen tokens.
+
+    ``keep_finished``: finished rows stay in the batch as transformers keeps them, fed the pad
+    token (their history, as transformers' ``input_ids``, grows with it), and their scores are
+    still computed; ``rows`` then lists every row at every step. fasttx otherwise drops them (their
+    tokens cannot change); keeping them is what makes per-step score arrays and the ``input_ids``
+    given to custom processors transformers' own. ``keep_logits``: each event carries a copy of
+    the step's raw logits."""
 
     def __init__(
         self,
@@ -143,6 +172,9 @@ class RowDecisions:
         sampler: Optional[RowSampler] = None,
         is_stopped=None,
         extra: Sequence[processors.Processor] = (),
+        *,
+        keep_finished: bool = False,
+        keep_logits: bool = False,
         constraints: Optional[RowConstraints] = None,
     ):
         self.native_model = native_model
@@ -152,11 +184,16 @@ class RowDecisions:
         self.budget = budget
         self.sampler = sampler
         self.is_stopped = is_stopped
-        # Sampling's warpers run natively in `sample_tokens`; the other processors here.
-        self.procs = processors.build(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget)
-        self.procs.extend(extra)
+        # Sampling's warpers run natively in `sample_tokens`; the rest of the pipeline here.
+        self.pipeline = pipeline(
+            opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget, extra, constraints
+        )
         self.eos = set(opts.eos_token_id)
         self.active = list(range(len(prompt.history)))
+        self.keep_finished = keep_finished
+        self.keep_logits = keep_logits
+        self.fed = list(self.active)  # the rows of the logits `choose` is given
+        self.pad = pad_token(opts)
         self.steps = 0
 
     @property
@@ -165,34 +202,63 @@ class RowDecisions:
         return not self.active or self.steps >= self.budget
 
     def choose(self, logits: np.ndarray) -> tuple[StepEvent, list[int]]:
-        """Picks the next token of every active row from ``logits`` ``[len(active), vocab]``, which
-        the processors change in place (they then hold the scores the tokens were chosen from,
-        before sampling's warpers). Returns the step's event and ``keep``: the positions in
-        ``active`` of the rows that go on (``active`` is updated to them)."""
-        active = self.active
-        hist = [self.history[r] for r in active]
-        processors.apply_all(self.procs, logits, hist, active)
-        if self.constraints is not None:
-            self.constraints.mask(logits, active, self.steps)
+        """Picks the next token of every row of ``fed`` (the active rows, or with
+        ``keep_finished`` every row) from ``logits`` ``[len(fed), vocab]``, which the processors
+        change in place (the event's ``scores`` hold the scores the tokens were chosen from, before
+        sampling's warpers). Returns the step's event and ``keep``: the positions in ``fed`` of
+        the rows that go on (``active`` and ``fed`` are updated)."""
+        fed = self.fed
+        raw = logits.copy() if self.keep_logits else None
+        scores = self.pipeline.apply(logits, [self.history[r] for r in fed], fed)
+        if len(fed) == len(self.active):
+            choosing = list(range(len(fed)))  # every fed row chooses
+            chooser = scores
+        else:  # keep_finished: rows finished earlier take the pad token
+            unfinished = set(self.active)
+            choosing = [i for i, r in enumerate(fed) if r in unfinished]
+            chooser = scores[choosing]
         if self.sampler is None:
-            chosen = np.argmax(logits, axis=-1).tolist()
+            picked = np.argmax(chooser, axis=-1).tolist()
         else:
-            check_temperature(logits, self.opts.temperature, self.steps)
-            chosen = sample_tokens(self.native_model, logits, self.opts, self.sampler, active)
+            check_temperature(chooser, self.opts.temperature, self.steps)
+            picked = sample_tokens(self.native_model, chooser, self.opts, self.sampler, [fed[i] for i in choosing])
         if self.constraints is not None:
-            self.constraints.consume(active, chosen)
-        finished = []
-        keep = []
-        for i, (r, t) in enumerate(zip(active, chosen)):
+            self.constraints.consume([fed[i] for i in choosing], picked)
+        if len(choosing) == len(fed):
+            chosen = picked
+        else:
+            chosen = [self.pad] * len(fed)
+            for i, t in zip(choosing, picked):
+                chosen[i] = t
+        for r, t in zip(fed, chosen):
             self.history[r].append(t)
+        finished = []
+        going = []
+        for i in choosing:
+            r, t = fed[i], chosen[i]
             if t in self.eos or (self.is_stopped is not None and self.is_stopped(r, t)):
                 finished.append(r)
             else:
-                keep.append(i)
+                going.append(i)
         self.steps += 1
-        if len(keep) != len(active):
-            self.active = [active[i] for i in keep]
-        return StepEvent(rows=list(active), tokens=chosen, finished=finished), keep
+        if len(going) != len(choosing):
+            self.active = [fed[i] for i in going]
+        if not self.keep_finished:
+            keep = going
+        else:
+            keep = list(range(len(fed))) if self.active else []
+        if len(keep) != len(fed):
+            self.fed = [fed[i] for i in keep]
+        event = StepEvent(rows=list(fed), tokens=chosen, finished=finished, scores=scores, logits=raw)
+        return event, keep
+
+
+def pad_token(opts: GenerationOptions) -> int:
+    """The token transformers feeds finished rows (its pad token, else the first EOS id, which
+    ``generate`` then takes as pad; 0 without either)."""
+    if opts.pad_token_id is not None:
+        return opts.pad_token_id
+    return opts.eos_token_id[0] if opts.eos_token_id else 0
 
 
 def repeat_rows(session, logits: np.ndarray, copies: int) -> np.ndarray:
@@ -211,14 +277,27 @@ def sample_or_greedy(
     budget: int,
     sampler: Optional[RowSampler] = None,
     is_stopped=None,
+    *,
+    keep_finished: bool = False,
+    keep_logits: bool = False,
     constraints: Optional[RowConstraints] = None,
 ) -> Iterator[StepEvent]:
     """transformers' ``_sample``: one token per unfinished row per step, argmax or a draw.
 
     Finished rows are dropped from the session (their results cannot change), which is where a
-    batch's cost shrinks as its rows end. ``is_stopped(row, tokens)`` lets the caller end a row
-    (stop strings)."""
-    decisions = RowDecisions(native_model, prompt, opts, budget, sampler, is_stopped, constraints=constraints)
+    batch's cost shrinks as its rows end, unless ``keep_finished`` (see ``RowDecisions``).
+    ``is_stopped(row, tokens)`` lets the caller end a row (stop strings)."""
+    decisions = RowDecisions(
+        native_model,
+        prompt,
+        opts,
+        budget,
+        sampler,
+        is_stopped,
+        keep_finished=keep_finished,
+        keep_logits=keep_logits,
+        constraints=constraints,
+    )
     tokens, mask = prompt.first_tokens, prompt.first_mask
     for step in range(budget):
         logits = checked_logits(session.step(tokens, mask), step)
@@ -242,6 +321,7 @@ def beam_search(
     budget: int,
     stop_hit: Optional[Callable[[list[int]], bool]] = None,
     sampler: Optional[RowSampler] = None,
+    record: Optional[Recording] = None,
     constraints: Optional[RowConstraints] = None,
 ) -> list[list[int]]:
     """transformers' ``_beam_search`` (vectorised form, 4.50+): returns, for each input, its
@@ -251,8 +331,15 @@ def beam_search(
     hypotheses with its score and stops growing. With ``opts.do_sample`` (beam sampling), the
     candidates of each step are drawn without replacement from the softmax of the (warped)
     accumulated scores instead of taken as the top ones, with ``sampler``'s stream of each input.
-    ``constraints`` (one row per beam) masks each beam's processed log-probabilities; a beam's
-    state follows it when the beams are reordered."""
+
+    ``constraints`` (one row per beam, not strict: a beam without continuation just scores
+    -inf) masks each beam's processed log-probabilities; a beam's state follows it when the beams
+    are reordered.
+
+    ``record`` (``return_dict_in_generate``) receives each step's processed log-probabilities
+    and/or raw logits for all ``batch * num_beams`` running beams, the returned hypotheses'
+    ``sequences_scores`` and their ``finish_reasons`` (``"stop"``: EOS or a stop string,
+    ``"length"``: cut at the budget)."""
     K = opts.num_beams
     batch = len(prompt.history) // K
     eos = np.asarray(opts.eos_token_id, dtype=np.int64)
@@ -261,10 +348,13 @@ def beam_search(
     max_length = p0 + budget
     lp = opts.length_penalty
     es = opts.early_stopping
-    procs = processors.build(opts, p0, prompt.padding(), max_length)
+    procs = pipeline(opts, p0, prompt.padding(), max_length, constraints=constraints)
     warpers = processors.warpers(opts, beam=True) if opts.do_sample else None
 
     if budget == 0:
+        if record is not None:
+            record.sequences_scores = np.zeros(batch * opts.num_return_sequences, dtype=np.float32)
+            record.finish_reasons = ["length"] * (batch * opts.num_return_sequences)
         return [[] for _ in range(batch * opts.num_return_sequences)]
     check_length_penalty(lp, budget)
 
@@ -279,6 +369,7 @@ def beam_search(
     running_scores[:, 1:] = BIG_NEG
     beam_scores = np.full((batch, K), BIG_NEG, dtype=np.float32)
     lengths = np.full((batch, K), p0, dtype=np.int64)  # length of each finished hypothesis
+    stopped = np.zeros((batch, K), dtype=bool)  # it ended by EOS or a stop string, not the budget
     finished = np.zeros((batch, K), dtype=bool)
     improvable = np.ones((batch, 1), dtype=bool)
     top_mask = np.arange(keep) < K
@@ -287,8 +378,10 @@ def beam_search(
 
     # The first step runs once per input; its rows are then copied into the beams.
     step = 0
-    log_probs = checked_logits(session.step(prompt.first_tokens, prompt.first_mask, log_softmax=True), step)
+    log_probs = _beam_step(native_model, session, prompt.first_tokens, prompt.first_mask, step, record)
     log_probs = repeat_rows(session, log_probs, K)
+    if record is not None and record.logits is not None:
+        record.logits[-1] = np.repeat(record.logits[-1], K, axis=0)
     vocab = log_probs.shape[-1]
 
     while True:
@@ -297,10 +390,7 @@ def beam_search(
             running, sequences = _widen(running, width, fill), _widen(sequences, width, fill)
         flat = running.reshape(batch * K, running.shape[2])
         if procs:
-            processors.apply_all(procs, log_probs, [row[:cur_len].tolist() for row in flat], range(batch * K))
-        if constraints is not None:
-            # Not strict: a beam without continuation (a dead beam) just scores -inf.
-            constraints.mask(log_probs, range(batch * K), step, strict=False)
+            log_probs = procs.apply(log_probs, [row[:cur_len].tolist() for row in flat], range(batch * K))
         if warpers is not None:
             # Beam sampling warps each beam's processed log-probabilities, before the beam's
             # running score is added.
@@ -308,6 +398,8 @@ def beam_search(
             log_probs = native_model.warp_rows(np.ascontiguousarray(log_probs, dtype=np.float32), *warpers)
         if opts.renormalize_logits:
             log_probs = processors.renormalize(log_probs)
+        if record is not None and record.scores is not None:
+            record.scores.append(np.array(log_probs, dtype=np.float32))
         scores = (log_probs.reshape(batch, K, vocab) + running_scores[:, :, None]).reshape(batch, K * vocab)
         scores = np.ascontiguousarray(scores, dtype=np.float32)
         if opts.do_sample:
@@ -322,6 +414,7 @@ def beam_search(
         if stop_hit is not None:
             for b, j in zip(*np.nonzero(~hits)):
                 hits[b, j] = stop_hit(cand[b, j, p0 : cur_len + 1].tolist())
+        real_hits = hits.copy()
         if cur_len + 1 >= max_length:
             hits[:] = True
 
@@ -346,6 +439,7 @@ def beam_search(
         finished = np.take_along_axis(np.concatenate([finished, just], axis=1), order, axis=1)
         new_lengths = np.full((batch, keep), cur_len + 1, dtype=np.int64)
         lengths = np.take_along_axis(np.concatenate([lengths, new_lengths], axis=1), order, axis=1)
+        stopped = np.take_along_axis(np.concatenate([stopped, real_hits], axis=1), order, axis=1)
 
         cur_len += 1
         if es == "never" and lp > 0.0:
@@ -365,16 +459,30 @@ def beam_search(
             # on): such a beam is out of the race, its constraint need not accept it.
             constraints.consume(range(batch * K), running[:, :, cur_len - 1].reshape(-1).tolist(), strict=False)
         step += 1
-        log_probs = checked_logits(
-            session.step(running[:, :, cur_len - 1].reshape(batch * K, 1), None, log_softmax=True), step
-        )
+        log_probs = _beam_step(native_model, session, running[:, :, cur_len - 1].reshape(batch * K, 1), None, step, record)
 
     _check_best_finished(finished, opts)
+    n = opts.num_return_sequences
     out = []
     for b in range(batch):
-        for i in range(opts.num_return_sequences):
+        for i in range(n):
             out.append(sequences[b, i, p0 : lengths[b, i]].tolist())
+    if record is not None:
+        # transformers returns sequences_scores only with output_scores.
+        if record.scores is not None:
+            record.sequences_scores = beam_scores[:, :n].reshape(-1).astype(np.float32)
+        record.finish_reasons = ["stop" if x else "length" for x in stopped[:, :n].reshape(-1).tolist()]
     return out
+
+
+def _beam_step(native_model, session, tokens, mask, step: int, record: Optional[Recording]) -> np.ndarray:
+    """A beam-search step's log-probabilities; the raw logits go to ``record`` when it asks for
+    them (the session then returns logits and the same native log-softmax runs on them)."""
+    if record is None or record.logits is None:
+        return checked_logits(session.step(tokens, mask, log_softmax=True), step)
+    logits = checked_logits(session.step(tokens, mask), step)
+    record.logits.append(logits.copy())
+    return native_model.log_softmax_rows(logits)
 
 
 def _check_best_finished(finished: np.ndarray, opts: GenerationOptions) -> None:

@@ -34,7 +34,7 @@ from typing import Any, AsyncIterator, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..generation import processors, search
+from ..generation import processors, scores, search
 from ..generation.options import GenerationOptions
 from ..model import _as_batch, _row_sampler
 from ..text import TextAssembler, cut_at_stop
@@ -239,7 +239,6 @@ class Engine:
         self._max_queue = max_queue
         self._prefill_piece = prefill_piece
         self._decode = model._decode if model.tokenizer is not None else (lambda ids: "")
-        self._pieces: dict[int, str] = {}
         # An empty session: its cache size per position sizes requests against the machine's memory.
         self._probe = model._native.start(np.zeros((1, 1), dtype=np.int64))
 
@@ -347,9 +346,7 @@ class Engine:
             raise ValueError(f"options must be a dict of generation options, got {type(request.options).__name__}")
         opts = model._options(request.options)
         separate = opts.num_beams > 1 or opts.prompt_lookup_num_tokens is not None
-        k = request.logprobs
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= model.vocab_size):
-            raise ValueError(f"logprobs must be None or an integer in [0, {model.vocab_size}], got {k!r}")
+        k = scores.check_logprobs(request.logprobs, model.vocab_size)
         presence = _penalty("presence_penalty", request.presence_penalty)
         frequency = _penalty("frequency_penalty", request.frequency_penalty)
         if separate and (k is not None or presence or frequency):
@@ -539,7 +536,7 @@ class Engine:
         assert decisions is not None  # set when the job was admitted
         logits = search.checked_logits(logits, decisions.steps)
         event, keep = decisions.choose(logits)
-        logprobs = self._logprobs(job, logits, event.tokens) if job.logprobs is not None else None
+        logprobs = self._logprobs(job, event.scores, event.tokens) if job.logprobs is not None else None
         for i, (seq, token) in enumerate(zip(event.rows, event.tokens)):
             assembler = job.assemblers[seq]
             assembler.extend([token])
@@ -563,29 +560,18 @@ class Engine:
         if job.open_sequences == 0:
             job.handle._emit(_END)
 
-    def _logprobs(self, job: _Job, scores: np.ndarray, tokens: list[int]) -> list[TokenLogprob]:
-        """Each chosen token's logprob and the k best, from the log-softmax of the scores it was
-        chosen from: after the processors, and divided by the temperature when sampling."""
-        if job.opts.do_sample:
-            scores = scores / np.float32(job.opts.temperature)
-        logprobs = np.ascontiguousarray(processors.renormalize(scores), dtype=np.float32)
+    def _logprobs(self, job: _Job, chosen_from: np.ndarray, tokens: list[int]) -> list[TokenLogprob]:
+        """Each chosen token's logprob and the k best, by the text API's rule
+        (``scores.token_logprobs``: the log-softmax of the scores it was chosen from)."""
         k = job.logprobs
-        if k:  # natively, on the model's threads: a numpy argpartition per row is much slower
-            best_values, best = self._model._native.topk_rows(logprobs, k)
-        out = []
-        for r, token in enumerate(tokens):
-            top = [(self._piece(int(t)), float(v)) for t, v in zip(best[r], best_values[r])] if k else []
-            out.append(TokenLogprob(self._piece(token), float(logprobs[r, token]), top))
-        return out
-
-    def _piece(self, token: int) -> str:
-        """A token as text on its own (special tokens spelled out), cached."""
-        piece = self._pieces.get(token)
-        if piece is None:
-            tok = self._model.tokenizer
-            piece = tok.decode([token], skip_special_tokens=False) if tok is not None else ""
-            self._pieces[token] = piece
-        return piece
+        assert k is not None
+        temperature = job.opts.temperature if job.opts.do_sample else None
+        chosen, values, ids = scores.token_logprobs(self._model._native, chosen_from, tokens, k, temperature)
+        piece = self._model._piece
+        return [
+            TokenLogprob(piece(token), float(chosen[r]), [(piece(int(t)), float(v)) for t, v in zip(ids[r], values[r])])
+            for r, token in enumerate(tokens)
+        ]
 
     def _fail_admitted(self, message: str) -> None:
         """Every request prefilling or in the batch fails; the batch is dropped."""

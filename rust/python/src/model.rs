@@ -183,6 +183,27 @@ impl NativeModel {
         })
     }
 
+    /// The log-softmax of each row of `scores` `[rows, vocab]`: the same bits as a session step's
+    /// `log_softmax=True` output, for callers that need the raw logits of that step too.
+    fn log_softmax_rows<'py>(
+        &self,
+        py: Python<'py>,
+        scores: PyReadonlyArray2<'py, f32>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let (rows, width) = scores.as_array().dim();
+        let mut data = scores_vec(&scores);
+        if width > 0 {
+            let model = self.model.clone();
+            data = run_native(py, move || {
+                model
+                    .pool()
+                    .install(|| fasttx_core::decoding::log_softmax_rows(&mut data, width));
+                Ok::<_, fasttx_core::Error>(data)
+            })?;
+        }
+        data.into_pyarray(py).reshape([rows, width])
+    }
+
     /// `scores` `[rows, vocab]` after the warpers of [`sample_rows`]: removed tokens are `-inf`.
     #[pyo3(signature = (scores, temperature, top_k, top_p, min_p, min_keep))]
     #[allow(clippy::too_many_arguments)]
