@@ -281,3 +281,36 @@ def test_cli_constraint_flags(model, tmp_path, capsys):
     _valid_person(capsys.readouterr().out.strip())
     assert main(["generate", "--model", str(GGUF), "--choices", "yes,no", "Is the sky blue?"]) == 0
     assert capsys.readouterr().out.strip() in ("yes", "no")
+
+
+@needs_model
+def test_finish_reasons_and_scores_with_return_dict(model, eos):
+    """``finish_reasons``: "stop" where the constraint ended the row (with EOS), "length" where the
+    budget cut it; the recorded scores are the masked ones (the pipeline's last stage)."""
+    prompts = [model.tokenizer.encode(t).ids for t in ("Answer yes or no: is fire hot?", "My favourite colour is")]
+    out = model.generate_ids(
+        prompts, regex=[r" (yes|no)", r"( [a-z]+)+"], max_new_tokens=6, return_dict_in_generate=True, output_scores=True
+    )
+    assert out.finish_reasons == ["stop", "length"]
+    assert out.sequences[0][-1] in eos and len(out.sequences[1]) == 6
+    first = out.scores[0]
+    allowed = np.isfinite(first[0]).nonzero()[0]
+    pieces = {model._decode([int(t)]) for t in allowed}
+    assert pieces and all(" yes".startswith(p) or " no".startswith(p) for p in pieces), pieces
+    assert not np.isfinite(first[0][list(eos)]).any()  # nothing is complete yet: no EOS
+    beams = model.generate_ids(prompts[:1], regex=r" (yes|no)", num_beams=2, return_dict_in_generate=True)
+    assert beams.finish_reasons == ["stop"] and model._decode(beams.sequences[0]) in (" yes", " no")
+
+
+@needs_model
+def test_custom_processor_runs_before_the_mask(model):
+    """A custom processor that bans " yes" leaves the constraint " no" (the mask comes last)."""
+    yes = model.tokenizer.encode(" yes").ids
+    assert len(yes) == 1
+
+    def ban_yes(input_ids, scores):
+        scores[:, yes[0]] = -np.inf
+        return scores
+
+    text = model.generate("Answer yes or no: is fire hot?", choices=[" yes", " no"], logits_processor=[ban_yes])
+    assert text == " no"
