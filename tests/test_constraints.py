@@ -314,3 +314,17 @@ def test_custom_processor_runs_before_the_mask(model):
 
     text = model.generate("Answer yes or no: is fire hot?", choices=[" yes", " no"], logits_processor=[ban_yes])
     assert text == " no"
+
+
+@needs_model
+def test_pydantic_model_class_when_installed(model):
+    """README's example, where pydantic happens to be installed (not a test dependency)."""
+    pydantic = pytest.importorskip("pydantic")
+
+    class Person(pydantic.BaseModel):
+        name: str
+        age: int
+        city: str
+
+    text = model.chat(EXTRACT, json_schema=Person, max_new_tokens=64)
+    assert Person.model_validate_json(text).age == 31

@@ -20,6 +20,7 @@ Semantics (as outlines' and llama.cpp's masks behave):
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -197,16 +198,22 @@ def vocabulary_bytes(tokenizer, vocab_size: int) -> tuple[list[bytes], list[int]
 
 class ConstraintCompiler:
     """Per model: the native environment (built on first use, per set of EOS ids) and a cache of
-    compiled constraints."""
+    compiled constraints. Thread-safe (a server compiles its requests' constraints on the
+    threads that submit them)."""
 
     def __init__(self, tokenizer, vocab_size: int):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
+        self._lock = threading.Lock()
         self._vocab: Optional[tuple[bytes, list[int], list[int]]] = None
         self._envs: dict[tuple, NativeConstraintEnv] = {}
         self._compiled: dict[tuple, NativeConstraint] = {}
 
     def env(self, eos: Sequence[int]) -> NativeConstraintEnv:
+        with self._lock:
+            return self._env(eos)
+
+    def _env(self, eos: Sequence[int]) -> NativeConstraintEnv:
         key = tuple(eos)
         if key not in self._envs:
             if not key:
@@ -221,7 +228,11 @@ class ConstraintCompiler:
     def compile(self, request: ConstraintRequest, eos: Sequence[int]) -> None:
         """Compiles every spec of ``request`` (a ValueError with the engine's message for an
         invalid one, before anything is generated)."""
-        env = self.env(eos)
+        with self._lock:
+            request.compiled = self._compile(request, eos)
+
+    def _compile(self, request: ConstraintRequest, eos: Sequence[int]) -> list:
+        env = self._env(eos)
         compiled = []
         for spec in request.specs:
             if spec is None:
@@ -235,7 +246,7 @@ class ConstraintCompiler:
                     self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[key] = c
             compiled.append(c)
-        request.compiled = compiled
+        return compiled
 
 
 class RowConstraints:
