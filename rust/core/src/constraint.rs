@@ -245,24 +245,6 @@ impl RowMatcher {
         }
     }
 
-    /// The allowed tokens as bits: bit `id % 32` of `out[id / 32]` (`out` holds at least
-    /// `ceil(vocab / 32)` words).
-    pub fn fill_bitset(&mut self, out: &mut [u32]) -> Result<()> {
-        let words = self.vocab_size.div_ceil(32);
-        if out.len() < words {
-            return Err(Error::InvalidInput(format!(
-                "the mask needs {words} words for {} tokens, got {}",
-                self.vocab_size,
-                out.len()
-            )));
-        }
-        let mask = self.allowed()?;
-        let src = mask.as_slice();
-        out[..words].copy_from_slice(&src[..words]);
-        out[words..].fill(0);
-        Ok(())
-    }
-
     /// Advances past `token`; a token the constraint does not allow is an error.
     pub fn consume(&mut self, token: u32) -> Result<()> {
         if self.inner.is_stopped() && self.eos.contains(&token) {
