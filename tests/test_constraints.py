@@ -328,3 +328,16 @@ def test_pydantic_model_class_when_installed(model):
 
     text = model.chat(EXTRACT, json_schema=Person, max_new_tokens=64)
     assert Person.model_validate_json(text).age == 31
+
+
+def test_forced_tokens_pass_through_the_constraint():
+    """BART's generation config forces BOS first (and EOS at the budget's end): forced tokens are
+    outside the text, so they pass, and the text after them is constrained (tiny random BART)."""
+    from conftest import FIXTURES
+
+    model = fasttx.load(FIXTURES / "bart", threads=1)
+    assert model.generation_config["forced_bos_token_id"] == 0
+    for num_beams in (1, 3):
+        ids = model.generate_ids([[5, 6, 7, 2]], regex=r"[a-z ]{1,12}", max_new_tokens=8, num_beams=num_beams)[0]
+        assert ids[0] == 0
+        assert re.fullmatch(r"[a-z ]{1,12}", model._decode(ids)), ids

@@ -391,7 +391,9 @@ class Model:
         if opts.constraint is None:
             return None
         compiled = opts.constraint.for_inputs(inputs, copies)
-        return constraints.RowConstraints(compiled, self._native, strict=opts.num_beams == 1)
+        forced = [opts.forced_bos_token_id] if opts.forced_bos_token_id is not None else []
+        forced += opts.forced_eos_token_id or []
+        return constraints.RowConstraints(compiled, self._native, strict=opts.num_beams == 1, passthrough=forced)
 
     def _encode(self, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         tok = self._require_tokenizer()

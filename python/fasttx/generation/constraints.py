@@ -253,8 +253,17 @@ class RowConstraints:
     """The constraint state of a generation's rows, for the decoding loops: ``mask`` a step's
     scores, then ``consume`` the chosen tokens; ``reorder`` follows the session's rows (beams)."""
 
-    def __init__(self, compiled_per_row: Sequence[Optional[NativeConstraint]], native_model=None, *, strict: bool = True):
-        self.rows = NativeConstraintRows(list(compiled_per_row))
+    def __init__(
+        self,
+        compiled_per_row: Sequence[Optional[NativeConstraint]],
+        native_model=None,
+        *,
+        strict: bool = True,
+        passthrough: Sequence[int] = (),
+    ):
+        # `passthrough`: forced BOS/EOS ids (see NativeConstraintRows): a translation's forced
+        # language token is not text the constraint sees.
+        self.rows = NativeConstraintRows(list(compiled_per_row), list(passthrough))
         self.native_model = native_model
         self.strict = strict  # beam search: False (see `mask`)
         self.steps = 0

@@ -261,6 +261,17 @@ impl RowMatcher {
             .map_err(|e| Error::InvalidInput(format!("token {token} breaks the constraint: {e}")))
     }
 
+    /// Whether the constraint allows `token` next.
+    pub fn allows(&mut self, token: u32) -> bool {
+        if self.dead || token as usize >= self.vocab_size {
+            return false;
+        }
+        if self.inner.is_stopped() {
+            return self.eos.contains(&token);
+        }
+        matches!(self.inner.validate_tokens(&[token]), Ok(1))
+    }
+
     /// Whether the output so far is a complete match (EOS is allowed now).
     pub fn is_accepting(&mut self) -> bool {
         self.inner.is_accepting().unwrap_or(false)
@@ -281,8 +292,14 @@ impl RowMatcher {
 
 /// The matchers of a generation's rows, indexed like the rows of its history (`None`: the row is
 /// not constrained).
+///
+/// `passthrough`: tokens the model's options force outside the text (a forced BOS such as a
+/// translation's language token, a forced EOS at the budget's end). A row whose scores allow
+/// only one of them (a built-in processor forced it) is not masked, and such a token, when the
+/// constraint does not allow it, is taken without advancing the constraint.
 pub struct ConstraintRows {
     rows: Vec<Option<RowMatcher>>,
+    passthrough: Vec<u32>,
 }
 
 /// What masking found for one row of the scores.
@@ -296,8 +313,8 @@ pub enum MaskOutcome {
 }
 
 impl ConstraintRows {
-    pub fn new(rows: Vec<Option<RowMatcher>>) -> Self {
-        ConstraintRows { rows }
+    pub fn new(rows: Vec<Option<RowMatcher>>, passthrough: Vec<u32>) -> Self {
+        ConstraintRows { rows, passthrough }
     }
 
     pub fn len(&self) -> usize {
@@ -333,12 +350,14 @@ impl ConstraintRows {
                 active.len()
             )));
         }
+        let passthrough = std::mem::take(&mut self.passthrough);
         let mut picked: Vec<Option<&mut RowMatcher>> = self.pick_mut(active)?;
         let work = |(row, m): (&mut [f32], &mut Option<&mut RowMatcher>)| match m {
             None => Ok(MaskOutcome::Ok),
+            Some(_) if forced_passthrough(row, &passthrough) => Ok(MaskOutcome::Ok),
             Some(m) => mask_row(m, row),
         };
-        if active.len() == 1 {
+        let outcome = if active.len() == 1 {
             scores
                 .chunks_mut(vocab)
                 .zip(picked.iter_mut())
@@ -350,7 +369,10 @@ impl ConstraintRows {
                 .zip(picked.par_iter_mut())
                 .map(work)
                 .collect()
-        }
+        };
+        drop(picked);
+        self.passthrough = passthrough;
+        outcome
     }
 
     /// Advances history rows `active[i]` past `tokens[i]`; returns, per row, whether its
@@ -365,21 +387,27 @@ impl ConstraintRows {
                 tokens.len()
             )));
         }
+        let passthrough = self.passthrough.clone();
         let picked = self.pick_mut(active)?;
         picked
             .into_iter()
             .zip(tokens)
-            .map(|(m, &t)| match m {
-                None => Ok(false),
-                Some(m) if m.dead => Ok(false),
-                Some(m) => match m.consume(t) {
+            .map(|(m, &t)| {
+                let Some(m) = m else { return Ok(false) };
+                if m.dead {
+                    return Ok(false);
+                }
+                if passthrough.contains(&t) && !m.allows(t) {
+                    return Ok(m.is_stopped()); // a forced token outside the text
+                }
+                match m.consume(t) {
                     Ok(()) => Ok(m.is_stopped()),
                     Err(_) if !strict => {
                         m.dead = true;
                         Ok(false)
                     }
                     Err(e) => Err(e),
-                },
+                }
             })
             .collect()
     }
@@ -434,6 +462,17 @@ impl ConstraintRows {
             })
             .collect()
     }
+}
+
+/// Whether `row`'s only finite score is one of the `passthrough` tokens (a processor forced it).
+fn forced_passthrough(row: &[f32], passthrough: &[u32]) -> bool {
+    let Some(&t) = passthrough
+        .iter()
+        .find(|&&t| row.get(t as usize).is_some_and(|s| s.is_finite()))
+    else {
+        return false;
+    };
+    row.iter().filter(|s| s.is_finite()).count() == 1 && row[t as usize].is_finite()
 }
 
 fn mask_row(m: &mut RowMatcher, row: &mut [f32]) -> Result<MaskOutcome> {
@@ -586,7 +625,7 @@ mod tests {
         let env = env();
         let c = env.compile(&ConstraintSpec::Regex("ab*c".into())).unwrap();
         let vocab = env.vocab_size();
-        let mut rows = ConstraintRows::new(vec![Some(c.matcher()), None]);
+        let mut rows = ConstraintRows::new(vec![Some(c.matcher()), None], vec![]);
         let mut scores = vec![1.0f32; 2 * vocab];
         let out = rows.mask(&mut scores, vocab, &[0, 1]).unwrap();
         assert_eq!(out, vec![MaskOutcome::Ok, MaskOutcome::Ok]);
@@ -605,7 +644,7 @@ mod tests {
             vec![true, true]
         );
         // min_new_tokens forbade EOS: the complete constraint still gets it.
-        let mut rows = ConstraintRows::new(vec![Some(c.matcher())]);
+        let mut rows = ConstraintRows::new(vec![Some(c.matcher())], vec![]);
         rows.consume(&[0], &[5], true).unwrap();
         let mut scores = vec![1.0f32; vocab];
         scores[0] = f32::NEG_INFINITY;
@@ -615,11 +654,33 @@ mod tests {
     }
 
     #[test]
+    fn forced_tokens_pass_through() {
+        let env = env();
+        let c = env.compile(&ConstraintSpec::Regex("ab*c".into())).unwrap();
+        let vocab = env.vocab_size();
+        // "x" (14) stands for a forced language token.
+        let mut rows = ConstraintRows::new(vec![Some(c.matcher())], vec![14]);
+        let mut scores = vec![f32::NEG_INFINITY; vocab];
+        scores[14] = 0.0;
+        assert_eq!(
+            rows.mask(&mut scores, vocab, &[0]).unwrap(),
+            vec![MaskOutcome::Ok]
+        );
+        assert_eq!(scores[14], 0.0); // not masked
+        assert_eq!(rows.consume(&[0], &[14], true).unwrap(), vec![false]);
+        // The constraint did not move: "a" still starts it.
+        let mut scores = vec![0.0f32; vocab];
+        rows.mask(&mut scores, vocab, &[0]).unwrap();
+        let kept: Vec<usize> = (0..vocab).filter(|&i| scores[i].is_finite()).collect();
+        assert_eq!(kept, vec![1, 4, 5]);
+    }
+
+    #[test]
     fn no_token_left_is_reported() {
         let env = env();
         let c = env.compile(&ConstraintSpec::Regex("ab*c".into())).unwrap();
         let vocab = env.vocab_size();
-        let mut rows = ConstraintRows::new(vec![Some(c.matcher())]);
+        let mut rows = ConstraintRows::new(vec![Some(c.matcher())], vec![]);
         let mut scores = vec![f32::NEG_INFINITY; vocab];
         scores[2] = 1.0; // only "b", which cannot start the match
         let out = rows.mask(&mut scores, vocab, &[0]).unwrap();

@@ -117,15 +117,18 @@ fn checked_row(rows: &ConstraintRows, row: usize) -> PyResult<()> {
 
 #[pymethods]
 impl NativeConstraintRows {
-    /// One row per entry of `constraints`, each at the start of its constraint.
+    /// One row per entry of `constraints`, each at the start of its constraint. `passthrough`:
+    /// tokens the model's options force outside the text (forced BOS/EOS): a row forced to one
+    /// is not masked, and the constraint skips it.
     #[new]
-    fn new(constraints: Vec<Option<PyRef<'_, NativeConstraint>>>) -> Self {
+    #[pyo3(signature = (constraints, passthrough=Vec::new()))]
+    fn new(constraints: Vec<Option<PyRef<'_, NativeConstraint>>>, passthrough: Vec<u32>) -> Self {
         let rows = constraints
             .iter()
             .map(|c| c.as_ref().map(|c| c.constraint.matcher()))
             .collect();
         NativeConstraintRows {
-            rows: ConstraintRows::new(rows),
+            rows: ConstraintRows::new(rows, passthrough),
         }
     }
 
