@@ -265,7 +265,6 @@ def test_invalid_constraints_fail_before_any_token(model, monkeypatch):
         ({"json_schema": {"type": "frobnicate"}}, "invalid json_schema"),
         ({"grammar": "start: undefined_rule"}, "invalid grammar"),
         ({"regex": "a", "json_schema": {}}, "at most one"),
-        ({"regex": "a", "prompt_lookup_num_tokens": 3}, "prompt_lookup"),
     ]:
         with pytest.raises(ValueError, match=says):
             model.generate("Hi", **options)
@@ -341,3 +340,19 @@ def test_forced_tokens_pass_through_the_constraint():
         ids = model.generate_ids([[5, 6, 7, 2]], regex=r"[a-z ]{1,12}", max_new_tokens=8, num_beams=num_beams)[0]
         assert ids[0] == 0
         assert re.fullmatch(r"[a-z ]{1,12}", model._decode(ids)), ids
+
+
+@needs_model
+def test_prompt_lookup_keeps_the_constraint_and_the_tokens(model):
+    """Prompt lookup with a constraint: each draft position is masked after the tokens before it,
+    so the tokens are plain constrained decoding's (prompt lookup changes speed, not tokens)."""
+    from fasttx.generation import prompt_lookup
+
+    text = "Repeat exactly: the quick brown fox jumps over the lazy dog and the cat sleeps on the warm mat"
+    ids = model.tokenizer.encode(model.chat_prompt([{"role": "user", "content": text}]), add_special_tokens=False).ids
+    rx = r"[A-Za-z ]+\."
+    plain = model.generate_ids([ids], regex=rx, max_new_tokens=30)[0]
+    with prompt_lookup.collect_stats() as stats:
+        looked = model.generate_ids([ids], regex=rx, max_new_tokens=30, prompt_lookup_num_tokens=4)[0]
+    assert looked == plain and stats.accepted > 0
+    assert re.fullmatch(rx, model._decode(plain))

@@ -372,11 +372,6 @@ class Model:
         opts = resolve(options, self.generation_config, self.vocab_size)
         prompt_lookup.check_options(opts)
         if opts.constraint is not None:
-            if opts.prompt_lookup_num_tokens is not None and opts.num_beams == 1:
-                raise ValueError(
-                    f"{opts.constraint.kind} cannot be combined with prompt_lookup_num_tokens: "
-                    "prompt lookup's drafts are not constrained"
-                )
             if self._constraints is None:
                 self._constraints = constraints.ConstraintCompiler(self._require_tokenizer(), self.vocab_size)
             self._constraints.compile(opts.constraint, opts.eos_token_id)
@@ -574,13 +569,13 @@ class Model:
         session, prompt, budget = self._open_session(ids, mask, opts, copies=n, recorded=recorded)
         sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
         stopper = self._stopper(prompt, opts)
+        rows = self._row_constraints(opts, _inputs(inputs, ids), n)
         if opts.prompt_lookup_num_tokens is not None and not (keep_finished or keep_logits):
-            events = prompt_lookup.decode(self._native, session, prompt, opts, budget, sampler, stopper)
+            events = prompt_lookup.decode(self._native, session, prompt, opts, budget, sampler, stopper, rows)
         else:
             events = search.sample_or_greedy(
                 self._native, session, prompt, opts, budget, sampler, stopper,
-                keep_finished=keep_finished, keep_logits=keep_logits,
-                constraints=self._row_constraints(opts, _inputs(inputs, ids), n),
+                keep_finished=keep_finished, keep_logits=keep_logits, constraints=rows,
             )
         return prompt, events
 
