@@ -501,7 +501,7 @@ def test_cli_routes_bench_to_the_package():
     proc = subprocess.run([sys.executable, "-m", "fasttx", "bench", "--help"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "{t5,smollm2,qwen2.5-coder,marian,qwen3,gemma3,gemm,prompt-lookup,serve,all}" in proc.stdout
+    assert "{t5,smollm2,qwen2.5-coder,marian,qwen3,gemma3,gemm,prompt-lookup,serve,constrained,all}" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "fasttx", "bench", "t5", "--workloads", "nope"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "unknown workload 'nope'" in proc.stderr

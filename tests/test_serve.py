@@ -193,6 +193,26 @@ def test_chat_greedy_equals_model_chat(client, model):
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
+def test_response_format_json_schema_equals_model_chat(client, model):
+    """``response_format`` is ``json_schema=`` (docs/API.md): the answer is ``model.chat``'s with
+    the schema, and parses; ``json_object`` gives a JSON object."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "country": {"type": "string", "maxLength": 20}},
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}}
+    r = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, temperature=0, max_tokens=40, response_format=fmt)
+    content = r.choices[0].message.content
+    assert content == model.chat(MESSAGES, **greedy(40, json_schema=schema))
+    assert set(json.loads(content)) == {"city", "country"} and r.choices[0].finish_reason == "stop"
+    r = client.chat.completions.create(
+        model=MODEL_ID, messages=MESSAGES, temperature=0, max_tokens=40, response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
 def test_chat_stream_seeded_sampling_equals_model_chat(client, model):
     opts = sampled(32, temperature=0.7, top_p=0.9, seed=11)
     stream = client.chat.completions.create(
@@ -399,8 +419,10 @@ def _assert_error(r, status, param=None, says=None):
         ({"messages": MESSAGES, "stop": [1]}, "stop", None),
         ({"messages": MESSAGES, "top_logprobs": 3}, "top_logprobs", None),
         ({"messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, "top_logprobs", None),
-        ({"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format", "not supported yet"),
-        ({"messages": MESSAGES, "response_format": {"type": "json_object"}}, "response_format", "not supported yet"),
+        ({"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format", "schema"),
+        ({"messages": MESSAGES, "response_format": {"type": "xml"}}, "response_format", None),
+        # A schema the engine refuses: its message, before any token.
+        ({"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "frobnicate"}}}}, None, "invalid json_schema"),
         ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
         ({"messages": MESSAGES, "logit_bias": {"50256": -100}}, "logit_bias", "not supported"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages", "text"),

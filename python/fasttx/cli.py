@@ -33,6 +33,11 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument("--max-matching-ngram-size", type=int, help="prompt lookup: longest n-gram matched (default 2)")
     g.add_argument("--tgt-lang", help='translation models: target language code ("de", "de_DE", "deu_Latn", ...)')
+    c = p.add_argument_group("constrained output (at most one)")
+    c.add_argument("--json-schema", metavar="FILE_OR_JSON", help="output JSON that validates against this schema")
+    c.add_argument("--regex", help="output that fully matches this regular expression")
+    c.add_argument("--choices", metavar="A,B,...", help="output exactly one of these comma-separated strings")
+    c.add_argument("--grammar", metavar="FILE", help="output in the language of this Lark grammar")
 
 
 _OPTION_NAMES = [
@@ -47,7 +52,23 @@ def _options(args: argparse.Namespace) -> dict:
     opts = {k: getattr(args, k) for k in _OPTION_NAMES if getattr(args, k) is not None}
     if "early_stopping" in opts:
         opts["early_stopping"] = {"true": True, "false": False}.get(opts["early_stopping"], "never")
+    if args.json_schema is not None:
+        opts["json_schema"] = _file_or_text(args.json_schema)
+    if args.regex is not None:
+        opts["regex"] = args.regex
+    if args.choices is not None:
+        opts["choices"] = args.choices.split(",")
+    if args.grammar is not None:
+        opts["grammar"] = _file_or_text(args.grammar)
     return opts
+
+
+def _file_or_text(value: str) -> str:
+    """The contents of the file ``value`` names, else ``value`` itself (inline JSON or grammar)."""
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    return value
 
 
 def _model_path(args: argparse.Namespace) -> str:

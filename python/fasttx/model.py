@@ -8,7 +8,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .generation import processors, prompt_lookup, scores, search
+from .generation import constraints, processors, prompt_lookup, scores, search
 from .generation.languages import LanguageTokens
 from .generation.options import GenerationOptions, resolve
 from .text import TextAssembler, clean_up_tokenization, cut_at_stop
@@ -70,6 +70,7 @@ class Model:
         self._clean_up_spaces = _tokenizer_setting(path, "clean_up_tokenization_spaces", False)
         self._languages: Optional[LanguageTokens] = None  # built on the first tgt_lang
         self._pieces: dict[int, str] = {}  # token id -> text piece (logprobs)
+        self._constraints: Optional[constraints.ConstraintCompiler] = None  # built on the first constraint
 
     def __repr__(self) -> str:
         return f"fasttx.Model(arch={self.arch!r}, path={str(self.path)!r}, threads={self.threads})"
@@ -127,6 +128,8 @@ class Model:
         options, request = scores.split_output_options(options)
         opts = self._options(options)
         ids, mask = _as_batch(input_ids, attention_mask, "input_ids", pad_left=not self.is_encoder_decoder, pad_id=_pad_id(opts))
+        if opts.constraint is not None:
+            opts.constraint.check_prompts(ids.shape[0])
         if request is None:
             return self._generate(ids, mask, opts)
         record = scores.Recording.of(request)
@@ -228,6 +231,8 @@ class Model:
         options, logprobs = self._text_options(options)
         options, source_prefix = self._target_language(options)
         opts = self._options(options)
+        if opts.constraint is not None:
+            opts.constraint.check_prompts(len(prompt_list))
         if logprobs is not None and opts.num_beams > 1:
             raise ValueError(
                 "logprobs needs greedy search or sampling (num_beams=1); for beam search use "
@@ -251,7 +256,7 @@ class Model:
                     pad_id=_pad_id(opts),
                 )
                 record = scores.Recording(logprobs_k=logprobs) if logprobs is not None else None
-                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch], record)
+                seqs = self._generate(ids, mask, opts, [occurrence[i] for i in batch], record, inputs=batch)
                 texts: list[Any] = [cut_at_stop(self._decode(s), opts.stop) for s in seqs]
                 if record is not None:
                     texts = [self._with_logprobs(t, s, r, record) for r, (t, s) in enumerate(zip(texts, seqs))]
@@ -313,6 +318,8 @@ class Model:
         opts = self._options(options)
         if opts.num_return_sequences != 1:
             raise ValueError("stream returns one sequence: num_return_sequences must be 1")
+        if opts.constraint is not None:
+            opts.constraint.check_prompts(1)
         encoded = [source_prefix + self._encode([prompt], add_special_tokens)[0]]
         ids, mask = _as_batch(encoded, None, "prompt", pad_left=False)
 
@@ -364,7 +371,24 @@ class Model:
     def _options(self, options: dict) -> GenerationOptions:
         opts = resolve(options, self.generation_config, self.vocab_size)
         prompt_lookup.check_options(opts)
+        if opts.constraint is not None:
+            if self._constraints is None:
+                self._constraints = constraints.ConstraintCompiler(self._require_tokenizer(), self.vocab_size)
+            self._constraints.compile(opts.constraint, opts.eos_token_id)
         return opts
+
+    def _row_constraints(
+        self, opts: GenerationOptions, inputs: Sequence[int], copies: int
+    ) -> Optional[constraints.RowConstraints]:
+        """The constraint state of a generation's rows (``copies`` per input; ``inputs``: the
+        inputs' indices in the call), or None for an unconstrained call. Beam search's is not
+        strict: a beam left without continuation just drops out."""
+        if opts.constraint is None:
+            return None
+        compiled = opts.constraint.for_inputs(inputs, copies)
+        forced = [opts.forced_bos_token_id] if opts.forced_bos_token_id is not None else []
+        forced += opts.forced_eos_token_id or []
+        return constraints.RowConstraints(compiled, self._native, strict=opts.num_beams == 1, passthrough=forced)
 
     def _encode(self, prompts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         tok = self._require_tokenizer()
@@ -534,21 +558,24 @@ class Model:
         keep_finished: bool = False,
         keep_logits: bool = False,
         recorded: int = 0,
+        inputs: Optional[Sequence[int]] = None,
     ):
         """Greedy or sampling over a fresh session: the decoder prompt (whose ``history`` fills up
         as tokens are chosen) and the iterator of per-step events that drives it. Prompt lookup
         (a speed option: the tokens are plain decoding's) is left out when finished rows must stay
-        in the batch or raw logits are kept (``search.RowDecisions``)."""
+        in the batch or raw logits are kept (``search.RowDecisions``). ``inputs[row]``: the row's
+        prompt index in the call (per-prompt constraints); by default the row's index."""
         n = opts.num_return_sequences
         session, prompt, budget = self._open_session(ids, mask, opts, copies=n, recorded=recorded)
         sampler = _row_sampler(ids, mask, opts, occurrence, n) if opts.do_sample else None
         stopper = self._stopper(prompt, opts)
+        rows = self._row_constraints(opts, _inputs(inputs, ids), n)
         if opts.prompt_lookup_num_tokens is not None and not (keep_finished or keep_logits):
-            events = prompt_lookup.decode(self._native, session, prompt, opts, budget, sampler, stopper)
+            events = prompt_lookup.decode(self._native, session, prompt, opts, budget, sampler, stopper, rows)
         else:
             events = search.sample_or_greedy(
                 self._native, session, prompt, opts, budget, sampler, stopper,
-                keep_finished=keep_finished, keep_logits=keep_logits,
+                keep_finished=keep_finished, keep_logits=keep_logits, constraints=rows,
             )
         return prompt, events
 
@@ -559,25 +586,29 @@ class Model:
         opts: GenerationOptions,
         occurrence: Optional[list[int]] = None,
         record: Optional[scores.Recording] = None,
+        inputs: Optional[Sequence[int]] = None,
     ) -> list[list[int]]:
         """New tokens per returned sequence. ``occurrence[row]``: which occurrence of its prompt the row
         is within the whole call (sampling draws differ per occurrence); by default counted in
         this batch. ``record``: what to keep beside the tokens (scores, logits, logprobs; finish
-        reasons are filled in)."""
+        reasons are filled in). ``inputs[row]``: the row's prompt index in the call (per-prompt
+        constraints); by default the row's index."""
         recorded = 0 if record is None else (record.scores is not None) + (record.logits is not None)
         if opts.num_beams > 1:
             session, prompt, budget = self._open_session(ids, mask, opts, copies=opts.num_beams, recorded=recorded)
             # Beam sampling: one random stream per input.
             sampler = _row_sampler(ids, mask, opts, occurrence, 1) if opts.do_sample else None
+            rows = self._row_constraints(opts, _inputs(inputs, ids), opts.num_beams)
             return search.beam_search(
-                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler, record
+                self._native, session, prompt, opts, budget, self._stop_hit(opts), sampler, record, rows
             )
         # Custom processors see every row at every step (row i is always sequence i), as
         # transformers' per-step arrays do.
         keep_finished = bool(opts.logits_processor) or (record is not None and record.keeps_all_rows)
         keep_logits = record is not None and record.logits is not None
         prompt, events = self._start_sampling(
-            ids, mask, opts, occurrence, keep_finished=keep_finished, keep_logits=keep_logits, recorded=recorded
+            ids, mask, opts, occurrence, keep_finished=keep_finished, keep_logits=keep_logits, recorded=recorded,
+            inputs=inputs,
         )
         p0 = prompt.prompt_len
         ends: dict[int, int] = {}  # row -> its history's length when it finished
@@ -609,6 +640,11 @@ class Model:
             chosen, values, top_ids = scores.token_logprobs(self._native, rows_scores, tokens, record.logprobs_k, temperature)
             for j, i in enumerate(live):
                 record.token_logprobs.setdefault(event.rows[i], []).append((float(chosen[j]), values[j], top_ids[j]))
+
+
+def _inputs(inputs: Optional[Sequence[int]], ids: np.ndarray) -> Sequence[int]:
+    """The call-wide prompt index of each row of the batch ``ids`` (default: its row index)."""
+    return inputs if inputs is not None else range(ids.shape[0])
 
 
 def _physical_memory() -> Optional[int]:

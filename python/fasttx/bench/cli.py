@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import decoders, gemm, marian, prompt_lookup, qwen_coder, serve_load, smollm2, t5
+from . import constrained, decoders, gemm, marian, prompt_lookup, qwen_coder, serve_load, smollm2, t5
 from .benchmark import add_report_arguments, add_thread_arguments
 
 # name -> Benchmark (add_arguments, finish_args, run)
@@ -16,7 +16,8 @@ BENCHMARKS = {"t5": t5.BENCHMARK, "smollm2": smollm2.BENCHMARK, "qwen2.5-coder":
 # Not part of `all`, same three entry points: measurements of fasttx alone (a kernel against the
 # machine's peak, one feature against plain decoding), and the servers under load (their own
 # processes and options: levels of clients, not thread sweeps).
-OWN_BENCHMARKS = {"gemm": gemm.BENCHMARK, "prompt-lookup": prompt_lookup.BENCHMARK, "serve": serve_load.BENCHMARK}
+OWN_BENCHMARKS = {"gemm": gemm.BENCHMARK, "prompt-lookup": prompt_lookup.BENCHMARK, "serve": serve_load.BENCHMARK,
+                  "constrained": constrained.BENCHMARK}
 COMMANDS = {**BENCHMARKS, **OWN_BENCHMARKS}
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from .constraints import ConstraintRequest, request_from
+
 # transformers.GenerationConfig defaults for the options fasttx understands.
 HF_DEFAULTS: dict[str, Any] = {
     "max_length": 20,
@@ -38,6 +40,11 @@ HF_DEFAULTS: dict[str, Any] = {
     "stop": None,
     "prompt_lookup_num_tokens": None,
     "max_matching_ngram_size": None,
+    # Constrained output (generation/constraints.py): fasttx's own, at most one per call.
+    "json_schema": None,
+    "regex": None,
+    "choices": None,
+    "grammar": None,
     "logits_processor": None,
 }
 
@@ -113,6 +120,8 @@ class GenerationOptions:
     # the longest n-gram matched (None: transformers' 2).
     prompt_lookup_num_tokens: Optional[int] = None
     max_matching_ngram_size: Optional[int] = None
+    # Constrained output: the call's json_schema/regex/choices/grammar (compiled by the Model).
+    constraint: Optional[ConstraintRequest] = None
     # The user's callables fn(input_ids, scores) -> scores, run after the built-in processors
     # (generation/scores.py).
     logits_processor: list = field(default_factory=list)
@@ -335,6 +344,8 @@ def resolve(
         raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
     if any(s == "" for s in o.stop):
         raise ValueError("stop strings must not be empty")
+    # Only the call's own constraint: a generation config cannot carry one.
+    o.constraint = request_from(user)
 
     for name in ("eos_token_id",):
         bad = [t for t in o.eos_token_id if t >= vocab_size]

@@ -34,6 +34,7 @@ from typing import Collection, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .constraints import RowConstraints
 from .options import GenerationOptions
 from .search import Prompt, RowSampler, StepEvent, check_temperature, checked_logits, pipeline, sample_tokens
 
@@ -120,9 +121,12 @@ def decode(
     budget: int,
     sampler: Optional[RowSampler] = None,
     is_stopped=None,
+    constraints: Optional[RowConstraints] = None,
 ) -> Iterator[StepEvent]:
     """``search.sample_or_greedy`` with prompt lookup: the same events (one per produced position,
-    one token per unfinished row), several per session step when drafts are accepted."""
+    one token per unfinished row), several per session step when drafts are accepted.
+    ``constraints``: each position is masked after the tokens chosen before it, so a draft token
+    the constraint forbids is never chosen (the draft is cut there, as on any other mismatch)."""
     if prompt.copies != 1:  # check_options refuses num_return_sequences > 1
         raise ValueError("prompt lookup decodes one sequence per input")
     stats = _STATS.get()
@@ -130,7 +134,7 @@ def decode(
     if num_tokens is None:
         raise ValueError("prompt lookup decoding needs prompt_lookup_num_tokens")
     max_ngram = opts.max_matching_ngram_size or DEFAULT_MAX_MATCHING_NGRAM_SIZE
-    procs = pipeline(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget)
+    procs = pipeline(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget, constraints=constraints)
     eos = set(opts.eos_token_id)
     pads = prompt.padding()
     history = prompt.history
@@ -155,6 +159,8 @@ def decode(
             else:
                 check_temperature(scores, opts.temperature, step)
                 chosen = sample_tokens(native_model, scores, opts, sampler, rows)
+            if constraints is not None:
+                constraints.consume(rows, chosen)
             finished, survivors = [], []
             for i, r, t in zip(live, rows, chosen):
                 history[r].append(t)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._native import ModelFormatError
 from . import processors
+from .constraints import RowConstraints
 from .options import GenerationOptions
 from .scores import Pipeline, Recording
 
@@ -108,13 +109,14 @@ def pipeline(
     padding: Sequence[int],
     max_length: Optional[int],
     extra: Sequence[processors.Processor] = (),
+    constraints: Optional[RowConstraints] = None,
 ) -> Pipeline:
     """The score pipeline of a decoding loop (generation/scores.py): transformers' built-in
     processors for ``opts``, then ``extra`` (engine-specific), then the user's
-    ``logits_processor``, then the constraint's mask."""
+    ``logits_processor``, then the constraint's mask (``constraints``)."""
     builtin = processors.build(opts, prompt_len, padding, max_length)
     builtin.extend(extra)
-    return Pipeline(builtin, opts.logits_processor)
+    return Pipeline(builtin, opts.logits_processor, constraints)
 
 
 class RowSampler:
@@ -151,7 +153,8 @@ class RowDecisions:
 
     ``active`` lists the rows (indices into ``prompt.history``) still generating, in the order the
     caller feeds their logits; ``extra`` processors run after the built-in ones (the engine's
-    OpenAI penalties).
+    OpenAI penalties); ``constraints`` (constrained output, rows indexed like ``history``) masks
+    the scores last and follows the chosen tokens.
 
     ``keep_finished``: finished rows stay in the batch as transformers keeps them, fed the pad
     token (their history, as transformers' ``input_ids``, grows with it), and their scores are
@@ -172,15 +175,19 @@ class RowDecisions:
         *,
         keep_finished: bool = False,
         keep_logits: bool = False,
+        constraints: Optional[RowConstraints] = None,
     ):
         self.native_model = native_model
+        self.constraints = constraints
         self.opts = opts
         self.history = prompt.history
         self.budget = budget
         self.sampler = sampler
         self.is_stopped = is_stopped
         # Sampling's warpers run natively in `sample_tokens`; the rest of the pipeline here.
-        self.pipeline = pipeline(opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget, extra)
+        self.pipeline = pipeline(
+            opts, prompt.prompt_len, prompt.padding(), prompt.prompt_len + budget, extra, constraints
+        )
         self.eos = set(opts.eos_token_id)
         self.active = list(range(len(prompt.history)))
         self.keep_finished = keep_finished
@@ -215,6 +222,8 @@ class RowDecisions:
         else:
             check_temperature(chooser, self.opts.temperature, self.steps)
             picked = sample_tokens(self.native_model, chooser, self.opts, self.sampler, [fed[i] for i in choosing])
+        if self.constraints is not None:
+            self.constraints.consume([fed[i] for i in choosing], picked)
         if len(choosing) == len(fed):
             chosen = picked
         else:
@@ -271,6 +280,7 @@ def sample_or_greedy(
     *,
     keep_finished: bool = False,
     keep_logits: bool = False,
+    constraints: Optional[RowConstraints] = None,
 ) -> Iterator[StepEvent]:
     """transformers' ``_sample``: one token per unfinished row per step, argmax or a draw.
 
@@ -278,7 +288,15 @@ def sample_or_greedy(
     batch's cost shrinks as its rows end, unless ``keep_finished`` (see ``RowDecisions``).
     ``is_stopped(row, tokens)`` lets the caller end a row (stop strings)."""
     decisions = RowDecisions(
-        native_model, prompt, opts, budget, sampler, is_stopped, keep_finished=keep_finished, keep_logits=keep_logits
+        native_model,
+        prompt,
+        opts,
+        budget,
+        sampler,
+        is_stopped,
+        keep_finished=keep_finished,
+        keep_logits=keep_logits,
+        constraints=constraints,
     )
     tokens, mask = prompt.first_tokens, prompt.first_mask
     for step in range(budget):
@@ -304,6 +322,7 @@ def beam_search(
     stop_hit: Optional[Callable[[list[int]], bool]] = None,
     sampler: Optional[RowSampler] = None,
     record: Optional[Recording] = None,
+    constraints: Optional[RowConstraints] = None,
 ) -> list[list[int]]:
     """transformers' ``_beam_search`` (vectorised form, 4.50+): returns, for each input, its
     ``num_return_sequences`` best hypotheses (new tokens only), best first.
@@ -312,6 +331,10 @@ def beam_search(
     hypotheses with its score and stops growing. With ``opts.do_sample`` (beam sampling), the
     candidates of each step are drawn without replacement from the softmax of the (warped)
     accumulated scores instead of taken as the top ones, with ``sampler``'s stream of each input.
+
+    ``constraints`` (one row per beam, not strict: a beam without continuation just scores
+    -inf) masks each beam's processed log-probabilities; a beam's state follows it when the beams
+    are reordered.
 
     ``record`` (``return_dict_in_generate``) receives each step's processed log-probabilities
     and/or raw logits for all ``batch * num_beams`` running beams, the returned hypotheses'
@@ -325,7 +348,7 @@ def beam_search(
     max_length = p0 + budget
     lp = opts.length_penalty
     es = opts.early_stopping
-    procs = pipeline(opts, p0, prompt.padding(), max_length)
+    procs = pipeline(opts, p0, prompt.padding(), max_length, constraints=constraints)
     warpers = processors.warpers(opts, beam=True) if opts.do_sample else None
 
     if budget == 0:
@@ -430,6 +453,11 @@ def beam_search(
         if not go_on:
             break
         session.reorder((batch_offset + running_src).reshape(-1).tolist())
+        if constraints is not None:
+            constraints.reorder((batch_offset + running_src).reshape(-1).tolist())
+            # Running beams may hold a just-finished candidate's token (when fewer than K went
+            # on): such a beam is out of the race, its constraint need not accept it.
+            constraints.consume(range(batch * K), running[:, :, cur_len - 1].reshape(-1).tolist(), strict=False)
         step += 1
         log_probs = _beam_step(native_model, session, running[:, :, cur_len - 1].reshape(batch * K, 1), None, step, record)
 

@@ -454,7 +454,14 @@ class Engine:
         sampler = _row_sampler(job.ids, job.mask, job.opts, None, n) if job.opts.do_sample else None
         extra = [job.penalties] if job.penalties is not None else []
         job.decisions = search.RowDecisions(
-            model._native, prompt, job.opts, job.budget, sampler, model._stopper(prompt, job.opts), extra
+            model._native,
+            prompt,
+            job.opts,
+            job.budget,
+            sampler,
+            model._stopper(prompt, job.opts),
+            extra,
+            constraints=model._row_constraints(job.opts, [0], n),
         )
         job.assemblers = [TextAssembler(self._decode, job.opts.stop) for _ in range(n)]
         job.open_sequences = n

@@ -157,19 +157,32 @@ def _refuse_unsupported(body: dict, table: dict) -> None:
             raise ProtocolError(f"'{name}' is not supported by this server (fasttx serve)", name)
 
 
-def _response_format(body: dict) -> None:
+def _response_format(body: dict) -> dict:
+    """The generate options of ``response_format``: ``{"type": "json_schema", "json_schema":
+    {"schema": {...}}}`` constrains the output to the schema, ``{"type": "json_object"}`` to any
+    JSON object, ``{"type": "text"}`` (or none) leaves it free."""
     v = body.get("response_format")
     if v is None:
-        return
+        return {}
     kind = v.get("type") if isinstance(v, dict) else None
     if kind == "text":
-        return
-    if kind in ("json_object", "json_schema"):
-        raise ProtocolError(
-            f"response_format {kind!r} is not supported yet (structured output comes in a later fasttx release)",
-            "response_format",
-        )
-    raise ProtocolError(f"'response_format' must be {{\"type\": \"text\"}}, got {v!r}", "response_format")
+        return {}
+    if kind == "json_object":
+        return {"json_schema": {"type": "object"}}
+    if kind == "json_schema":
+        spec = v.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise ProtocolError(
+                "response_format 'json_schema' needs {\"json_schema\": {\"schema\": {...}}} with the schema as an object",
+                "response_format",
+            )
+        return {"json_schema": schema}
+    raise ProtocolError(
+        f"'response_format' must be {{\"type\": \"text\"}}, {{\"type\": \"json_object\"}} or "
+        f"{{\"type\": \"json_schema\", ...}}, got {v!r}",
+        "response_format",
+    )
 
 
 def _warn_unknown(body: dict, known: set, endpoint: str) -> None:
@@ -314,7 +327,7 @@ def parse_chat(body: Any, model) -> Prepared:
     body = _object(body)
     _refuse_unsupported(body, {**_UNSUPPORTED_COMMON, **_UNSUPPORTED_CHAT})
     _warn_unknown(body, _KNOWN_CHAT, "/v1/chat/completions")
-    _response_format(body)
+    constraint = _response_format(body)
     _model_field(body)
     messages = _messages(body)
     n = _integer(body, "n", 1, 1, MAX_N)
@@ -345,6 +358,7 @@ def parse_chat(body: Any, model) -> Prepared:
         else:
             max_tokens = limit - len(prompt_ids)
     options, presence, frequency = _sampling(body, max_tokens, n)
+    options.update(constraint)
     req = EngineRequest(prompt_ids, options, logprobs, presence, frequency)
     return Prepared(True, [req], [list(range(n))], n, stream, include_usage, logprobs, len(prompt_ids))
 
@@ -366,7 +380,7 @@ def parse_completion(body: Any, model) -> Prepared:
     body = _object(body)
     _refuse_unsupported(body, {**_UNSUPPORTED_COMMON, **_UNSUPPORTED_COMPLETIONS})
     _warn_unknown(body, _KNOWN_COMPLETIONS, "/v1/completions")
-    _response_format(body)
+    constraint = _response_format(body)
     _model_field(body)
     prompts = _prompts(body)
     n = _integer(body, "n", 1, 1, MAX_N)
@@ -374,6 +388,7 @@ def parse_completion(body: Any, model) -> Prepared:
     stream, include_usage = _stream_flags(body)
     logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
     options, presence, frequency = _sampling(body, max_tokens, n)
+    options.update(constraint)
     encoded = [_encode(model, p, True, "prompt") for p in prompts]
     # model.generate([p, p], ...) samples the second copy of a prompt as streams n..2n-1 of it:
     # the same draws as one request for 2n sequences. Greedy copies are equal anyway, and beam

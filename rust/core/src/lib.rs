@@ -7,6 +7,8 @@
 //! - [`formats`]: readers for weight files into named tensors: safetensors, GGUF, and GGUF tensors
 //!   under transformers' names.
 //! - [`models`]: one file per architecture, built from kernels; each exposes a decoding [`models::Session`].
+//! - [`constraint`]: constrained output (JSON schema, regex, choices, Lark grammar) as per-step
+//!   token masks, with the `llguidance` engine.
 //! - [`decoding`]: per-step helpers of the generation loop (log-softmax, top-k over beams).
 //! - [`sampling`]: sampling's logits warpers (temperature, top-k, top-p, min-p) and the draw.
 //! - [`threading`]: the per-model rayon pool.
@@ -18,6 +20,7 @@
 //! Nothing here knows about Python; `rust/python` holds the PyO3 glue.
 
 pub mod bandwidth;
+pub mod constraint;
 pub mod decoding;
 pub mod error;
 pub mod formats;

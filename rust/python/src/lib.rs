@@ -2,6 +2,7 @@
 //! handles live in `model.rs`; every numeric routine is in the `fasttx-core` crate.
 
 mod architectures;
+mod constraint;
 mod errors;
 mod gguf;
 mod interrupt;
@@ -18,6 +19,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_class::<model::NativeModel>()?;
     m.add_class::<gguf::GgufArray>()?;
+    m.add_class::<constraint::NativeConstraintEnv>()?;
+    m.add_class::<constraint::NativeConstraint>()?;
+    m.add_class::<constraint::NativeConstraintRows>()?;
     m.add_class::<model::NativeSession>()?;
     m.add_function(wrap_pyfunction!(gguf::gguf_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(architectures::architectures, m)?)?;

@@ -57,6 +57,13 @@ fn scores_vec(scores: &PyReadonlyArray2<'_, f32>) -> Vec<f32> {
     }
 }
 
+impl NativeModel {
+    /// The core model (for other handles that run on its threads).
+    pub(crate) fn core(&self) -> &Arc<dyn Model> {
+        &self.model
+    }
+}
+
 #[pymethods]
 impl NativeModel {
     /// Loads architecture `arch` from `config_json` and the weight files (safetensors shards or one
