@@ -384,7 +384,9 @@ def parse_completion(body: Any, model) -> Prepared:
     _model_field(body)
     prompts = _prompts(body)
     n = _integer(body, "n", 1, 1, MAX_N)
-    max_tokens = _max_tokens(body, "max_tokens") or COMPLETIONS_DEFAULT_MAX_TOKENS
+    max_tokens = _max_tokens(body, "max_tokens")
+    if max_tokens is None:
+        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
     stream, include_usage = _stream_flags(body)
     logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
     options, presence, frequency = _sampling(body, max_tokens, n)
