@@ -78,12 +78,15 @@
 //! AVX-512's 32-value one: [`Kernel::rows_per_tile`]) by several weight rows (AVX-512: four for
 //! the 32-value types without minimums when the tile has more than 4 rows of `x`, two otherwise
 //! and for the super-blocks, then the rows left over by two and one; AVX2: two for Q8_0, one for
-//! the nibble types and the super-blocks; one on NEON and the portable path). Each packed weight
+//! the nibble types and the super-blocks; NEON: two, for every type, with 2 to 4 rows of `x`; one
+//! on the portable path). Each packed weight
 //! group is loaded and unpacked once for all the tile's rows of `x`, and each piece of `x` once
 //! for all its weight rows; the offsets taken out in integers (Q4_0's `8·Σx`, ...) are computed
 //! once per row of `x` for all of them. A row of `x` alone (decoding) takes the 32-value weights one row
-//! at a time, which streams them best. The tile sizes are the fastest of those tried with
-//! `bench_quant_matmul_tiles` (`tests.rs`) on a Zen 4 core; wider ones spill registers.
+//! at a time, which streams them best. The x86 tile sizes are the fastest of those tried with
+//! `bench_quant_matmul_tiles` (`tests.rs`) on a Zen 4 core; wider ones spill registers. NEON's
+//! are set by counting its 32 registers (`neon.rs`), their speed unmeasured on aarch64 hardware
+//! (the kernels run there only under qemu so far).
 //!
 //! The tile changes only which outputs are computed together, never an output's arithmetic: each
 //! output keeps its own lanes and the order above, so its bits are those of
@@ -148,7 +151,10 @@ const MR: usize = 8;
 /// blocks). Always; the tests' micro-benchmark turns them off to time the narrow ones (one weight
 /// row by up to 4 rows of `x`, the kernels before the tiles) in the same process.
 #[cfg(not(test))]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86 kernels have them
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)] // only the x86 and NEON kernels have them
 #[inline(always)]
 fn wide_tiles() -> bool {
     true
@@ -158,7 +164,10 @@ fn wide_tiles() -> bool {
 static NARROW_TILES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[cfg(test)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 fn wide_tiles() -> bool {
     !NARROW_TILES.load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -282,6 +282,33 @@ fn every_tile_edge_matches_scalar_bitwise() {
     }
 }
 
+/// A short last group of every length (1..=7 blocks after a full group: the NEON kernels' half
+/// groups of 4 lanes end full, partial or empty) under every tile edge of up to 5 rows of `x` and
+/// 3 weight rows, for each 32-value type and instruction set: the scalar reference's bits.
+#[test]
+fn short_groups_of_every_length_match_scalar_bitwise() {
+    for fmt in formats().filter(|f| f.block_values() == QK) {
+        for t in 1..LANES {
+            let k = (LANES + t) * QK;
+            let w = random_weights(fmt, 3, k, 95 + t as u64);
+            let packed = pack_rows(fmt, &w, k);
+            let rb = fmt.packed_row_bytes(k);
+            for m in 1..=5 {
+                let x = activations(m, k, 96 + m as u64);
+                for n in 1..=3 {
+                    let mut want = vec![0.0; m * n];
+                    quant_matmul_scalar(fmt, &x, &packed[..n * rb], &mut want, m, k, n);
+                    for isa in cpu::supported_isas() {
+                        let mut got = vec![f32::NAN; m * n];
+                        quant_matmul_with(isa, fmt, &x, &packed[..n * rb], &mut got, m, k, n);
+                        assert_eq!(bits(&got), bits(&want), "{fmt:?} {isa:?} t={t} m={m} n={n}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A row of `x` gives the same bits alone and anywhere in a batch large enough for several blocks
 /// of rows, tasks and partial tiles (m = 101 at k = 1536: three blocks of `x` rows), on 1 and 2
 /// threads.
