@@ -381,7 +381,8 @@ enum Kernel {
     /// AVX2 for the rest.
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// aarch64 Advanced SIMD for the dot products; the portable quantizer.
+    /// aarch64 Advanced SIMD for the dot products (with `sdot` where the CPU has `dotprod`);
+    /// the portable quantizer.
     #[cfg(target_arch = "aarch64")]
     Neon,
 }

@@ -2,12 +2,18 @@
 //! 8-bit activations, in exactly the arithmetic of `super::dot_portable`.
 //!
 //! A 16-byte half `h` of a packed piece holds 4 values of each of the blocks `4h..4h+4`
-//! (32-bit lane `l` = block `4h + l`). `vmull_s8`/`vmlal_s8` multiply 8 signed bytes into `i16`
-//! lanes, two pieces' products added there (exact: at most `2·128·127 = 32512` for Q8_0), and
-//! `vpadalq_s16` adds adjacent `i16` into `i32` lanes, two per block; one `vpaddq_s32` at the end
-//! of a half folds them into one exact sum per block. The nibble types' products (at most
-//! `31·127`) stay in `i16` for a whole half, 8 pieces (at most 31496), before one widening.
-//! (`sdot` would do a piece in one instruction, but its Rust intrinsic is not stable yet.)
+//! (32-bit lane `l` = block `4h + l`). The integer sums take one of two paths, chosen at run time
+//! ([`has_dotprod`]), both exact, so both give the same `i32` per block:
+//!
+//! * with the `dotprod` extension (most cores since Armv8.2, every Armv8.4 one), [`sdot`] adds
+//!   each 32-bit lane's 4 byte products into that lane: one instruction per half piece, and
+//!   every block's sum is in its own lane, as `vpdpbusd` makes it on x86;
+//! * without it (baseline Armv8.0), `vmull_s8`/`vmlal_s8` multiply 8 signed bytes into `i16`
+//!   lanes, two pieces' products added there (exact: at most `2·128·127 = 32512` for Q8_0), and
+//!   `vpadalq_s16` adds adjacent `i16` into `i32` lanes, two per block; one `vpaddq_s32` at the
+//!   end of a half folds them into one sum per block. The nibble types' products (at most
+//!   `31·127`) stay in `i16` for a whole half, 8 pieces (at most 31496), before one widening.
+//!
 //! Nibbles go in as they are (0..15); Q8_0 bytes, stored `q + 128`, are flipped back to `q`
 //! first; Q5_0's and Q5_1's nibbles get their fifth bits from a full group's masks (`vtstq_u8`
 //! of each byte's bit), or in a short group from the same lanes of its `qh` piece (a table
@@ -16,20 +22,22 @@
 //! (`vfmaq_f32` is a fused multiply-add).
 //!
 //! # Tiles
-//! With two or more rows of `x`, the weight rows go in pairs: a tile of up to 4 rows of `x` by
-//! 2 weight rows ([`tile`]), each weight piece loaded and unpacked once for all the tile's rows of
+//! With two or more rows of `x`, the weight rows go in pairs: a tile of up to 4 rows of `x` by 2
+//! weight rows ([`tile`]), each weight piece loaded and unpacked once for all the tile's rows of
 //! `x` and each piece of `x` loaded once for both weight rows. The shape is set by the 32
-//! q-registers of Advanced SIMD: the inner loop (a half of a group, piece after piece) keeps
-//! the tile's integer sums, 2 registers per row of `x` and weight row (16), the two weight rows'
-//! unpacked pieces (4), the two pieces of `x` in use (2) and the constants (1-3): about 25. Per
-//! two pieces of a half it makes 8 loads of `x` and 2 of weights (4 for Q8_0) for 16 `i16`
-//! multiply-adds, against 2 and 1 for 2 one row at a time (the kernel before the tiles): 0.63
-//! loads per multiply-add instead of 1.5, and each unpacking of nibbles and fifth bits serves 4
-//! rows. A wider tile (8 rows of `x`, or 4 weight rows) would need 32 registers of integer sums
-//! alone. The `f32` accumulators (16, and 16 more for the minimums) are touched once per half of
-//! a group, so where they do not fit the registers their loads and stores cost little. A row
-//! of `x` alone (decoding) takes the weight rows one at a time, as on x86. The speed of these
-//! shapes on aarch64 hardware is unmeasured (only their correctness, under qemu-aarch64).
+//! q-registers of Advanced SIMD: the inner loop (a half of a group, piece after piece) keeps the
+//! tile's integer sums, 2 registers per row of `x` and weight row (16) without `sdot`, the two
+//! weight rows' unpacked pieces (4), the two pieces of `x` in use (2) and the constants (1-3):
+//! about 25. Per two pieces of a half it makes 8 loads of `x` and 2 of weights (4 for Q8_0) for 16
+//! `i16` multiply-adds (8 `sdot`), against 2 and 1 for 2 one row at a time (the kernel before the
+//! tiles): 0.63 loads per multiply-add instead of 1.5, and each unpacking of nibbles and fifth bits
+//! serves 4 rows. A wider tile (8 rows of `x`, or 4 weight rows) would need 32 registers of integer
+//! sums alone without `sdot`; with it the sums take 8, so a wider tile might pay there, which only
+//! a measurement on hardware can tell. The `f32` accumulators (16, and 16 more for the minimums)
+//! are touched once per half of a group, so where they do not fit the registers their loads and
+//! stores cost little. A row of `x` alone (decoding) takes the weight rows one at a time, as on
+//! x86. The speed of these shapes on aarch64 hardware is unmeasured (only their correctness, under
+//! qemu-aarch64).
 //!
 //! Tested like every path: `tests.rs` compares it bit for bit with the portable kernel, which on
 //! an x86 machine runs under qemu-aarch64 (README, "Development"; correctness only: an emulator
@@ -109,24 +117,60 @@ pub(super) unsafe fn dot(
     ldy: usize,
 ) {
     macro_rules! rows {
-        ($f:expr) => {
+        ($f:expr, $dot:expr) => {
             match xs.len() {
-                1 => dot_rows::<$f, 1>(w, rb, xs, y, ldy),
-                2 => dot_rows::<$f, 2>(w, rb, xs, y, ldy),
-                3 => dot_rows::<$f, 3>(w, rb, xs, y, ldy),
-                4 => dot_rows::<$f, 4>(w, rb, xs, y, ldy),
+                1 => dot_rows::<$f, 1, $dot>(w, rb, xs, y, ldy),
+                2 => dot_rows::<$f, 2, $dot>(w, rb, xs, y, ldy),
+                3 => dot_rows::<$f, 3, $dot>(w, rb, xs, y, ldy),
+                4 => dot_rows::<$f, 4, $dot>(w, rb, xs, y, ldy),
                 r => unreachable!("{r} rows of x at once"),
             }
         };
     }
-    match fmt {
-        QuantFormat::Q4_0 => rows!(Q4_0),
-        QuantFormat::Q4_1 => rows!(Q4_1),
-        QuantFormat::Q8_0 => rows!(Q8_0),
-        QuantFormat::Q5_1 => rows!(Q5_1),
-        QuantFormat::Q5_0 => rows!(Q5_0),
-        _ => unreachable!("{fmt:?} has no packed kernels"),
+    macro_rules! formats {
+        ($dot:expr) => {
+            match fmt {
+                QuantFormat::Q4_0 => rows!(Q4_0, $dot),
+                QuantFormat::Q4_1 => rows!(Q4_1, $dot),
+                QuantFormat::Q8_0 => rows!(Q8_0, $dot),
+                QuantFormat::Q5_1 => rows!(Q5_1, $dot),
+                QuantFormat::Q5_0 => rows!(Q5_0, $dot),
+                _ => unreachable!("{fmt:?} has no packed kernels"),
+            }
+        };
     }
+    if has_dotprod() {
+        formats!(true)
+    } else {
+        formats!(false)
+    }
+}
+
+/// Whether this CPU has the `dotprod` extension (`sdot`; optional in Armv8.2, in every Armv8.4
+/// and later core): detected once by the standard library, then a cached load.
+pub(super) fn has_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+/// `acc + ` the dot products of each 4 bytes of `a` and `b` (signed), one per 32-bit lane: the
+/// `dotprod` extension's `sdot`, exact (at most `4·128·128` per lane and instruction). Written as
+/// assembly because its Rust intrinsic (`vdotq_s32`) is not stable yet; the directive lets the
+/// assembler take the instruction inside functions compiled for baseline aarch64.
+///
+/// # Safety
+/// Only where [`has_dotprod`].
+#[inline(always)]
+pub(super) unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    std::arch::asm!(
+        ".arch_extension dotprod",
+        "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+        acc = inout(vreg) acc,
+        a = in(vreg) a,
+        b = in(vreg) b,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
 }
 
 /// The loop over weight rows: pairs of them while two remain (with two or more rows of `x`:
@@ -134,7 +178,7 @@ pub(super) unsafe fn dot(
 ///
 /// # Safety
 /// As `dot`, with `xs.len() == R`.
-unsafe fn dot_rows<const F: u8, const R: usize>(
+unsafe fn dot_rows<const F: u8, const R: usize, const DOT: bool>(
     w: &[u8],
     rb: usize,
     xs: &[XRow<'_>],
@@ -148,7 +192,7 @@ unsafe fn dot_rows<const F: u8, const R: usize>(
     if R > 1 && super::wide_tiles() {
         while j + 2 <= cols {
             let w0 = w.as_ptr().add(j * rb);
-            let out = tile::<F, R, 2>([w0, w0.add(rb)], nb, &x);
+            let out = tile::<F, R, 2, DOT>([w0, w0.add(rb)], nb, &x);
             for (r, row) in out.iter().enumerate() {
                 *y.add(r * ldy + j) = row[0];
                 *y.add(r * ldy + j + 1) = row[1];
@@ -157,7 +201,7 @@ unsafe fn dot_rows<const F: u8, const R: usize>(
         }
     }
     for j in j..cols {
-        let out = tile::<F, R, 1>([w.as_ptr().add(j * rb)], nb, &x);
+        let out = tile::<F, R, 1, DOT>([w.as_ptr().add(j * rb)], nb, &x);
         for (r, row) in out.iter().enumerate() {
             *y.add(r * ldy + j) = row[0];
         }
@@ -170,7 +214,7 @@ unsafe fn dot_rows<const F: u8, const R: usize>(
 /// # Safety
 /// Each `w[j]` valid for `nb` blocks; the rows of `x` hold `nb` blocks padded to whole groups.
 #[inline(always)]
-unsafe fn tile<const F: u8, const R: usize, const J: usize>(
+unsafe fn tile<const F: u8, const R: usize, const J: usize, const DOT: bool>(
     w: [*const u8; J],
     nb: usize,
     x: &[XPtr; R],
@@ -190,7 +234,7 @@ unsafe fn tile<const F: u8, const R: usize, const J: usize>(
             [[zero; 2]; J]
         };
         for h in 0..2 {
-            let isum = half_sums::<F, R, J>(values, t, h, x, b0);
+            let isum = half_sums::<F, R, J, DOT>(values, t, h, x, b0);
             for r in 0..R {
                 let at = b0 + 4 * h;
                 let xsum = || vld1q_s32(x[r].sum.add(at));
@@ -256,7 +300,7 @@ unsafe fn scales(p: *const u8, t: usize) -> [float32x4_t; 2] {
 /// `values[j]` valid for the group's value bytes (pieces of `4·t` bytes); each row of `x` for
 /// group `b0`.
 #[inline(always)]
-unsafe fn half_sums<const F: u8, const R: usize, const J: usize>(
+unsafe fn half_sums<const F: u8, const R: usize, const J: usize, const DOT: bool>(
     values: [*const u8; J],
     t: usize,
     h: usize,
@@ -265,13 +309,15 @@ unsafe fn half_sums<const F: u8, const R: usize, const J: usize>(
 ) -> [[int32x4_t; J]; R] {
     // Blocks of this half that exist (0..=4).
     let lanes = t.saturating_sub(4 * h).min(4);
-    // Per row of x and weight row: i32 lanes [b0, b0, b1, b1] and [b2, b2, b3, b3] (Q8_0), or
-    // the same in i16 lanes, 4 per block, for the nibble types.
+    // Per row of x and weight row, with `sdot` (`DOT`): one i32 lane per block, the sums
+    // themselves. Without: i32 lanes [b0, b0, b1, b1] and [b2, b2, b3, b3] (Q8_0), or the same
+    // in i16 lanes, 4 per block, for the nibble types.
+    let mut sums = [[vdupq_n_s32(0); J]; R];
     let mut wide = [[[vdupq_n_s32(0); 2]; J]; R];
     let mut narrow = [[[vdupq_n_s16(0); 2]; J]; R];
     for step in 0..4 {
         // Two pieces per step: Q8_0's `2·step` and `2·step + 1`; a nibble piece's low nibbles
-        // (values `4·step..`, piece `step` of x) and high ones (`16 + 4·step..`, piece `step + 4`).
+        // (values `4·step..`: piece `step` of x) and high ones (`16 + 4·step..`: `step + 4`).
         let (ca, cb) = if F == Q8_0 {
             (2 * step, 2 * step + 1)
         } else {
@@ -284,7 +330,9 @@ unsafe fn half_sums<const F: u8, const R: usize, const J: usize>(
             let (xa, xb) = (vld1q_s8(xg.add(32 * ca)), vld1q_s8(xg.add(32 * cb)));
             for j in 0..J {
                 let [va, vb] = wv[j];
-                if F == Q8_0 {
+                if DOT {
+                    sums[r][j] = sdot(sdot(sums[r][j], va, xa), vb, xb);
+                } else if F == Q8_0 {
                     // Two products of up to 128·127 per i16 lane: then widen.
                     let lo = vmlal_s8(
                         vmull_s8(vget_low_s8(va), vget_low_s8(xa)),
@@ -304,6 +352,9 @@ unsafe fn half_sums<const F: u8, const R: usize, const J: usize>(
                 }
             }
         }
+    }
+    if DOT {
+        return sums;
     }
     std::array::from_fn(|r| {
         std::array::from_fn(|j| {

@@ -3,11 +3,12 @@
 //!
 //! A packed super-block is one full group of the module's interleaving, so its 8 sub-blocks sit
 //! in the 8 lanes, and a 16-byte half `h` of a 32-byte piece holds 4 values of each of the
-//! sub-blocks `4h..4h+4`, as in `neon.rs`. The integer steps are `neon.rs`'s: `vmlal_s8` into
-//! `i16` lanes, then `vpaddlq_s16` into `i32` lanes, two per sub-block, folded by one
-//! `vpaddq_s32`; kept apart for the two halves of each sub-block, `Sa` (pieces 0..4) and `Sb`
-//! (pieces 4..8). A half's 4 products per `i16` lane stay exact for 6-bit values (at most
-//! `4·63·127 = 32004`); codebook values (up to 127 in size) are widened every 2 pieces. Values
+//! sub-blocks `4h..4h+4`, as in `neon.rs`. The integer steps are `neon.rs`'s, kept apart for the
+//! two halves of each sub-block, `Sa` (pieces 0..4) and `Sb` (pieces 4..8): `sdot` where the CPU
+//! has `dotprod` (each sub-block's sum in its own `i32` lane), else `vmlal_s8` into `i16` lanes,
+//! then `vpaddlq_s16` into `i32` lanes, two per sub-block, folded by one `vpaddq_s32`. A half's 4
+//! products per `i16` lane stay exact for 6-bit values (at most `4·63·127 = 32004`); codebook
+//! values (up to 127 in size) are widened every 2 pieces. Values
 //! go in as signed bytes: `U4` and `U6` values (0..64) as they are, and codebook values
 //! (IQ4_XS) as the table's signed values themselves (`vqtbl1q_s8` on the nibbles), which sums
 //! `c·x = u·x - 128·x` with the offset already out, as AVX2 does. Then, on two 4-lane halves of
@@ -16,15 +17,15 @@
 //!
 //! # Tiles
 //! As in `neon.rs`: with two or more rows of `x`, tiles of up to 4 rows of `x` by 2 weight rows
-//! ([`tile`]), each value vector unpacked once for all the tile's rows of `x` and each piece of
-//! `x` loaded once for both weight rows; a row of `x` alone takes one weight row at a time. The
-//! inner loop (4 pieces of one half of the values, one half of the lanes) holds the tile's `i16`
-//! sums (16 registers), its partial `isum` (8: `sc_a·(Sa - o·Xa)` waiting for `Sb`), the two
-//! weight rows' value vectors (2), the piece of `x` (1) and the constants (2-3): 29-30 of the 32
-//! registers; per piece 4 loads of `x` and 2 of values (3 with the 6-bit plane) for 16
-//! multiply-adds, against 1 and 1 one weight row at a time. The `f32` accumulators are touched
-//! once per half super-block. Speed on aarch64 hardware is unmeasured (correctness only, under
-//! qemu-aarch64).
+//! ([`tile`]), each value vector unpacked once for all the tile's rows of `x` and each piece of `x`
+//! loaded once for both weight rows; a row of `x` alone takes one weight row at a time. The inner
+//! loop (4 pieces of one half of the values, one half of the lanes) holds the tile's `i16` sums (16
+//! registers; 8 `i32` ones with `sdot`), its partial `isum` (8: `sc_a·(Sa - o·Xa)` waiting for
+//! `Sb`), the two weight rows' value vectors (2), the piece of `x` (1) and the constants (2-3):
+//! 29-30 of the 32 registers; per piece 4 loads of `x` and 2 of values (3 with the 6-bit plane) for
+//! 16 multiply-adds (8 `sdot`), against 1 and 1 for 2 with one row of `x` by one weight row. The
+//! `f32` accumulators are touched once per half super-block. Speed on aarch64 hardware is
+//! unmeasured (correctness only, under qemu-aarch64).
 //!
 //! The type's shape (minimums or not, scales per 16 or 32, 4- or 6-bit values, a codebook) is a
 //! set of const generics, as in `x86_super.rs`, so a new type of an existing shape needs no code
@@ -38,6 +39,7 @@ use std::arch::aarch64::*;
 
 use half::f16;
 
+use super::neon::{has_dotprod, sdot};
 use super::super_block::{dispatch_shape, Layout, SuperBlock, Values, VALUES};
 use super::{XRow, LANES};
 
@@ -97,12 +99,21 @@ type Args<'a, 'b> = (
 unsafe fn rows<const MINS: bool, const PER16: bool, const U6: bool, const CB: bool>(
     args: Args<'_, '_>,
 ) {
-    match args.3.len() {
-        1 => dot_rows::<MINS, PER16, U6, CB, 1>(args),
-        2 => dot_rows::<MINS, PER16, U6, CB, 2>(args),
-        3 => dot_rows::<MINS, PER16, U6, CB, 3>(args),
-        4 => dot_rows::<MINS, PER16, U6, CB, 4>(args),
-        r => unreachable!("{r} rows of x at once"),
+    macro_rules! rows {
+        ($dot:expr) => {
+            match args.3.len() {
+                1 => dot_rows::<MINS, PER16, U6, CB, 1, $dot>(args),
+                2 => dot_rows::<MINS, PER16, U6, CB, 2, $dot>(args),
+                3 => dot_rows::<MINS, PER16, U6, CB, 3, $dot>(args),
+                4 => dot_rows::<MINS, PER16, U6, CB, 4, $dot>(args),
+                r => unreachable!("{r} rows of x at once"),
+            }
+        };
+    }
+    if has_dotprod() {
+        rows!(true)
+    } else {
+        rows!(false)
     }
 }
 
@@ -126,6 +137,7 @@ unsafe fn dot_rows<
     const U6: bool,
     const CB: bool,
     const R: usize,
+    const DOT: bool,
 >(
     (sb, w, rb, xs, y, ldy): Args<'_, '_>,
 ) {
@@ -144,7 +156,7 @@ unsafe fn dot_rows<
     if R > 1 && super::wide_tiles() {
         while j + 2 <= cols {
             let w0 = w.as_ptr().add(j * rb);
-            let out = tile::<MINS, PER16, U6, CB, R, 2>([w0, w0.add(rb)], ns, consts, &x);
+            let out = tile::<MINS, PER16, U6, CB, R, 2, DOT>([w0, w0.add(rb)], ns, consts, &x);
             for (r, row) in out.iter().enumerate() {
                 *y.add(r * ldy + j) = row[0];
                 *y.add(r * ldy + j + 1) = row[1];
@@ -153,7 +165,7 @@ unsafe fn dot_rows<
         }
     }
     for j in j..cols {
-        let out = tile::<MINS, PER16, U6, CB, R, 1>([w.as_ptr().add(j * rb)], ns, consts, &x);
+        let out = tile::<MINS, PER16, U6, CB, R, 1, DOT>([w.as_ptr().add(j * rb)], ns, consts, &x);
         for (r, row) in out.iter().enumerate() {
             *y.add(r * ldy + j) = row[0];
         }
@@ -173,6 +185,7 @@ unsafe fn tile<
     const CB: bool,
     const R: usize,
     const J: usize,
+    const DOT: bool,
 >(
     w: [*const u8; J],
     ns: usize,
@@ -185,7 +198,7 @@ unsafe fn tile<
     let mut mins = [[[zero; 2]; J]; R];
     for s in 0..ns {
         let b: [*const u8; J] = std::array::from_fn(|j| w[j].add(s * lay.bytes));
-        group::<MINS, PER16, U6, CB, R, J>(b, s, consts, x, &mut acc, &mut mins);
+        group::<MINS, PER16, U6, CB, R, J, DOT>(b, s, consts, x, &mut acc, &mut mins);
     }
     std::array::from_fn(|r| {
         std::array::from_fn(|j| {
@@ -267,6 +280,7 @@ unsafe fn group<
     const CB: bool,
     const R: usize,
     const J: usize,
+    const DOT: bool,
 >(
     w: [*const u8; J],
     s: usize,
@@ -277,7 +291,7 @@ unsafe fn group<
 ) {
     let heads: [Head; J] = std::array::from_fn(|j| head::<MINS, PER16, U6>(w[j]));
     for h in 0..2 {
-        let isum = isums::<MINS, PER16, U6, CB, R, J>(w, s, h, consts, x, &heads);
+        let isum = isums::<MINS, PER16, U6, CB, R, J, DOT>(w, s, h, consts, x, &heads);
         for r in 0..R {
             let dx = vld1q_f32(x[r].d.add(LANES * s + 4 * h));
             for j in 0..J {
@@ -310,6 +324,7 @@ unsafe fn isums<
     const CB: bool,
     const R: usize,
     const J: usize,
+    const DOT: bool,
 >(
     w: [*const u8; J],
     s: usize,
@@ -321,8 +336,10 @@ unsafe fn isums<
     let lay = const { Layout::new(MINS, PER16, U6) };
     let mut isum = [[vdupq_n_s32(0); J]; R];
     for half in 0..2 {
-        // Per row of x and weight row: lanes [l0 ×4, l1 ×4] and [l2 ×4, l3 ×4] in i16 (and
-        // their widened sums, for codebook values).
+        // Per row of x and weight row, with `sdot` (`DOT`): one i32 lane per sub-block, the
+        // sums themselves. Without: lanes [l0 ×4, l1 ×4] and [l2 ×4, l3 ×4] in i16 (and their
+        // widened sums, for codebook values).
+        let mut sums = [[vdupq_n_s32(0); J]; R];
         let mut wide = [[[vdupq_n_s32(0); 2]; J]; R];
         let mut narrow = [[[vdupq_n_s16(0); 2]; J]; R];
         for p in 0..4 {
@@ -332,6 +349,10 @@ unsafe fn isums<
             for r in 0..R {
                 let xv = vld1q_s8(x[r].qs.add(s * VALUES + 32 * c + 16 * h));
                 for j in 0..J {
+                    if DOT {
+                        sums[r][j] = sdot(sums[r][j], v[j], xv);
+                        continue;
+                    }
                     let n = &mut narrow[r][j];
                     n[0] = vmlal_s8(n[0], vget_low_s8(v[j]), vget_low_s8(xv));
                     n[1] = vmlal_high_s8(n[1], v[j], xv);
@@ -353,12 +374,17 @@ unsafe fn isums<
                 None => v,
             };
             for j in 0..J {
-                let [lo, hi] = if CB {
-                    wide[r][j]
+                let sum = if DOT {
+                    sums[r][j]
                 } else {
-                    narrow[r][j].map(|n| vpaddlq_s16(n))
+                    let [lo, hi] = if CB {
+                        wide[r][j]
+                    } else {
+                        narrow[r][j].map(|n| vpaddlq_s16(n))
+                    };
+                    vpaddq_s32(lo, hi)
                 };
-                let sum = minus_offset(vpaddq_s32(lo, hi));
+                let sum = minus_offset(sum);
                 isum[r][j] = if half == 0 {
                     vmulq_s32(heads[j].sc_a[h], sum)
                 } else {
