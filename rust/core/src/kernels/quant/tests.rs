@@ -283,8 +283,8 @@ fn every_tile_edge_matches_scalar_bitwise() {
 }
 
 /// The AVX2 tiles' heights on both sides of their `k` threshold (8 rows of `x` up to `k` = 2048,
-/// 4 above: `x86_avx2::rows_per_tile`), for every type: `m` = 1..=9 and 17, an odd `n`, and for
-/// the 32-value types a short last group, give the scalar reference's bits.
+/// 4 above: `x86_avx2::rows_per_tile`), for every type: `m` = 1..=9 and 17, odd `n` (5 and 37),
+/// and for the 32-value types a short last group, give the scalar reference's bits.
 #[test]
 fn avx2_tile_heights_match_scalar_bitwise() {
     if !cpu::supported(Isa::Avx2) {
@@ -292,12 +292,11 @@ fn avx2_tile_heights_match_scalar_bitwise() {
     }
     for fmt in formats() {
         let ks: &[usize] = if fmt.block_values() == QK {
-            &[2048 - 3 * QK, 2048, 2048 + 5 * QK]
+            &[2048 - 3 * QK, 2048, 2048 + 5 * QK, 4096 + 13 * QK]
         } else {
-            &[2048, 2304]
+            &[2048, 2304, 4608]
         };
-        let n = 5;
-        for &k in ks {
+        for (&k, n) in ks.iter().flat_map(|k| [(k, 5), (k, 37)]) {
             let w = random_weights(fmt, n, k, 95);
             let packed = pack_rows(fmt, &w, k);
             for m in (1..=9).chain([17]) {
