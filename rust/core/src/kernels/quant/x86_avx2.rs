@@ -189,7 +189,9 @@ const X_TILE_BYTES: usize = 16 * 1024;
 /// (8 registers) then meeting 8 rows, the accumulators in memory; otherwise 4. Q8_0 keeps 4
 /// (its pairs of weight rows hold 2·R accumulators), and so does Q3_K (its per-row integer steps
 /// leave no registers to spare: 8 rows were ~8% slower). By `bench_quant_matmul_avx2_tiles` on a
-/// Zen 4 core: 8 rows 1.04-1.25x faster than 4 at k ≤ 1536, up to 7% slower at k = 4864.
+/// Zen 4 core: 8 rows 1.04-1.25x faster than 4 at k ≤ 1536, up to 7% slower at k = 4864 (and
+/// no faster there with 8 rows taken in slices of `k` that fit, the accumulators of 16 weight
+/// rows kept in memory across the slices).
 pub(super) fn rows_per_tile(fmt: QuantFormat, k: usize) -> usize {
     match fmt {
         QuantFormat::Q8_0 | QuantFormat::Q3_K => 4,
