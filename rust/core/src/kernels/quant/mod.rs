@@ -73,20 +73,29 @@
 //! [`MR`] at a time, so the weights are read from memory once per call (per block of `x` rows,
 //! when `m` is large) and a group of `x` rows from L2 once per chunk.
 //!
-//! The kernel computes a tile of outputs in registers: up to 8 rows of `x` (4 for the types
-//! with minimums, whose second set of accumulators would not fit, and on every path but
-//! AVX-512's 32-value one: [`Kernel::rows_per_tile`]) by several weight rows (AVX-512: four for
-//! the 32-value types without minimums when the tile has more than 4 rows of `x`, two otherwise
-//! and for the super-blocks, then the rows left over by two and one; AVX2: two for Q8_0, one for
-//! the nibble types and the super-blocks; NEON: two, for every type, with 2 to 4 rows of `x`; one
-//! on the portable path). Each packed weight
-//! group is loaded and unpacked once for all the tile's rows of `x`, and each piece of `x` once
-//! for all its weight rows; the offsets taken out in integers (Q4_0's `8·Σx`, ...) are computed
-//! once per row of `x` for all of them. A row of `x` alone (decoding) takes the 32-value weights one row
-//! at a time, which streams them best. The x86 tile sizes are the fastest of those tried with
-//! `bench_quant_matmul_tiles` (`tests.rs`) on a Zen 4 core; wider ones spill registers. NEON's
-//! are set by counting its 32 registers (`neon.rs`), their speed unmeasured on aarch64 hardware
-//! (the kernels run there only under qemu so far).
+//! The kernel computes a tile of outputs: up to 8 rows of `x` ([`Kernel::rows_per_tile`]) by
+//! several weight rows.
+//! * AVX-512: 8 rows of `x` for the 32-value types (4 for the types with minimums, whose second
+//!   set of accumulators would not fit the registers), 4 for the super-blocks; by four weight
+//!   rows for the 32-value types without minimums when the tile has more than 4 rows of `x`, two
+//!   otherwise and for the super-blocks, then the rows left over by two and one. The accumulators
+//!   stay in registers.
+//! * AVX2 (16 registers): one weight row for the nibble types and the super-blocks, its group
+//!   unpacked into 8 registers that meet 8 rows of `x` one after the other, the accumulators in
+//!   memory (in L1), while 8 quantized rows of `x` fit half of L1 (`k` up to 2048), else 4 rows;
+//!   Q8_0 takes two weight rows by 4 rows of `x`, Q3_K one by 4 (`x86_avx2::rows_per_tile`).
+//!   Unpacked pairs of 4-bit weight rows (16 registers) were slower.
+//! * NEON: two weight rows by 2 to 4 rows of `x`, for every type (one row of `x` alone takes one
+//!   weight row); set by counting its 32 registers (`neon.rs`), their speed unmeasured on aarch64
+//!   hardware (the kernels run there only under qemu so far).
+//! * The portable path: one weight row by 4 rows of `x`.
+//!
+//! Each packed weight group is loaded and unpacked once for all the tile's rows of `x`, and each
+//! piece of `x` once for all its weight rows; the offsets taken out in integers (Q4_0's `8·Σx`,
+//! ...) are computed once per row of `x` for all of them. A row of `x` alone (decoding) takes the
+//! 32-value weights one row at a time, which streams them best. The x86 tile sizes are the fastest
+//! of those tried with `bench_quant_matmul_tiles` and `bench_quant_matmul_avx2_tiles` (`tests.rs`)
+//! on a Zen 4 core; wider ones spill registers.
 //!
 //! The tile changes only which outputs are computed together, never an output's arithmetic: each
 //! output keeps its own lanes and the order above, so its bits are those of
@@ -148,8 +157,9 @@ const LANES: usize = 8;
 const MR: usize = 8;
 
 /// Whether the kernels use their wide tiles (two weight rows; 8 rows of `x` for AVX-512's 32-value
-/// blocks). Always; the tests' micro-benchmark turns them off to time the narrow ones (one weight
-/// row by up to 4 rows of `x`, the kernels before the tiles) in the same process.
+/// blocks and for AVX2's nibble types and super-blocks). Always; the tests' micro-benchmarks turn
+/// them off to time the narrow ones (one weight row by up to 4 rows of `x`, the kernels before the
+/// tiles) in the same process.
 #[cfg(not(test))]
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
@@ -414,11 +424,15 @@ impl Kernel {
         }
     }
 
-    /// How many rows of `x` this kernel's tiles for `fmt` hold (the most its `dot_tile` takes).
-    fn rows_per_tile(self, fmt: QuantFormat) -> usize {
+    /// How many rows of `x` this kernel's tiles for `fmt` hold (the most its `dot_tile` takes),
+    /// for rows of `k` quantized values.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn rows_per_tile(self, fmt: QuantFormat, k: usize) -> usize {
         match (self, fmt.super_block()) {
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512, None) if wide_tiles() => x86_avx512::rows_per_tile(fmt),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, _) if wide_tiles() => x86_avx2::rows_per_tile(fmt, k),
             _ => 4,
         }
     }
@@ -439,7 +453,7 @@ impl Kernel {
         y: *mut f32,
         ldy: usize,
     ) {
-        let tile = self.rows_per_tile(fmt);
+        let tile = self.rows_per_tile(fmt, xs[0].qs.len());
         for (t, xs) in xs.chunks(tile).enumerate() {
             // SAFETY: the rows of this tile are rows `t·tile..` of the caller's, inside `y`.
             unsafe { self.dot_tile(fmt, w, rb, xs, y.add(t * tile * ldy), ldy) };

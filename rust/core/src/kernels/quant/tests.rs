@@ -309,6 +309,35 @@ fn short_groups_of_every_length_match_scalar_bitwise() {
     }
 }
 
+/// The AVX2 tiles' heights on both sides of their `k` threshold (8 rows of `x` up to `k` = 2048,
+/// 4 above: `x86_avx2::rows_per_tile`), for every type: `m` = 1..=9 and 17, odd `n` (5 and 37),
+/// and for the 32-value types a short last group, give the scalar reference's bits.
+#[test]
+fn avx2_tile_heights_match_scalar_bitwise() {
+    if !cpu::supported(Isa::Avx2) {
+        return;
+    }
+    for fmt in formats() {
+        let ks: &[usize] = if fmt.block_values() == QK {
+            &[2048 - 3 * QK, 2048, 2048 + 5 * QK, 4096 + 13 * QK]
+        } else {
+            &[2048, 2304, 4608]
+        };
+        for (&k, n) in ks.iter().flat_map(|k| [(k, 5), (k, 37)]) {
+            let w = random_weights(fmt, n, k, 95);
+            let packed = pack_rows(fmt, &w, k);
+            for m in (1..=9).chain([17]) {
+                let x = activations(m, k, 96 + m as u64);
+                let mut want = vec![0.0; m * n];
+                quant_matmul_scalar(fmt, &x, &packed, &mut want, m, k, n);
+                let mut got = vec![f32::NAN; m * n];
+                quant_matmul_with(Isa::Avx2, fmt, &x, &packed, &mut got, m, k, n);
+                assert_eq!(bits(&got), bits(&want), "{fmt:?} k={k} m={m}");
+            }
+        }
+    }
+}
+
 /// A row of `x` gives the same bits alone and anywhere in a batch large enough for several blocks
 /// of rows, tasks and partial tiles (m = 101 at k = 1536: three blocks of `x` rows), on 1 and 2
 /// threads.
@@ -858,6 +887,74 @@ fn bench_quant_matmul_tiles() {
                         gmacs[1] / gmacs[0]
                     );
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 tiles (up to 8 rows of `x` per weight group) against the narrow ones (4 rows),
+/// interleaved in one process, on every type at the shapes of SmolLM2-135M (576 -> 1536,
+/// 1536 -> 576) and Qwen2.5-0.5B's MLP (896 -> 4864, 4864 -> 896; the super-blocks only where `k`
+/// is whole ones): GMAC/s, best of the repeats, on one thread (`FASTTX_BENCH_THREADS=1,2` for
+/// more; `FASTTX_BENCH_FORMATS=Q4_0,Q4_K` to pick types).
+///
+/// `cargo test --release -p fasttx-core bench_quant_matmul_avx2_tiles -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_quant_matmul_avx2_tiles() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+    if !cpu::supported(Isa::Avx2) {
+        println!("bench_quant_matmul_avx2_tiles: this CPU has no AVX2");
+        return;
+    }
+    let list = |var: &str, default: &str| -> Vec<String> {
+        let v = std::env::var(var).unwrap_or_else(|_| default.to_string());
+        v.split(',').map(|s| s.trim().to_string()).collect()
+    };
+    let threads_list: Vec<usize> = list("FASTTX_BENCH_THREADS", "1")
+        .iter()
+        .map(|t| t.parse().expect("FASTTX_BENCH_THREADS: numbers"))
+        .collect();
+    let picked = list("FASTTX_BENCH_FORMATS", "");
+    let fmts = formats().filter(|f| picked == [""] || picked.iter().any(|p| p == f.name()));
+    println!("format  k     n     m    threads  narrow GMAC/s  wide GMAC/s  wide/narrow");
+    for fmt in fmts {
+        for (k, n) in [(576, 1536), (1536, 576), (896, 4864), (4864, 896)] {
+            if k % fmt.block_values() != 0 {
+                continue;
+            }
+            let w = pack_rows(fmt, &random_weights(fmt, n, k, 71), k);
+            for m in [1, 2, 4, 8, 32, 128] {
+                let x = activations(m, k, 72);
+                let mut y = vec![0.0; m * n];
+                for &threads in &threads_list {
+                    let mut best = [f64::INFINITY; 2];
+                    with_threads(threads, || {
+                        quant_matmul_with(Isa::Avx2, fmt, &x, &w, &mut y, m, k, n); // warm-up
+                        let t = Instant::now();
+                        quant_matmul_with(Isa::Avx2, fmt, &x, &w, &mut y, m, k, n);
+                        // ~0.1 s per variant, at least 5 repeats each, interleaved.
+                        let reps = ((0.05 / t.elapsed().as_secs_f64()) as usize).clamp(5, 2000);
+                        for _ in 0..reps {
+                            for (v, b) in best.iter_mut().enumerate() {
+                                NARROW_TILES.store(v == 0, Relaxed);
+                                let t = Instant::now();
+                                quant_matmul_with(Isa::Avx2, fmt, &x, &w, &mut y, m, k, n);
+                                *b = b.min(t.elapsed().as_secs_f64());
+                            }
+                        }
+                        NARROW_TILES.store(false, Relaxed);
+                    });
+                    let gmacs = best.map(|b| (m * n * k) as f64 / b / 1e9);
+                    println!(
+                        "{:<7} {k:<5} {n:<5} {m:<4} {threads:<8} {:>13.1}  {:>11.1}  {:>11.2}",
+                        fmt.name(),
+                        gmacs[0],
+                        gmacs[1],
+                        gmacs[1] / gmacs[0]
+                    );
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! AVX2 dot products for [`super`] (x86_64 only): packed weight rows against 1..=4 rows of 8-bit
+//! AVX2 dot products for [`super`] (x86_64 only): packed weight rows against 1..=8 rows of 8-bit
 //! activations, in exactly the arithmetic of `super::dot_portable`.
 //!
 //! A packed group's piece `c` is one 32-byte load whose 32-bit lane `l` belongs to block `l`
@@ -14,7 +14,9 @@
 //!
 //! With two or more rows of `x`, Q8_0's weight rows go in pairs (`group_pair`): each piece of `x`
 //! is loaded once for both, with the same per-piece integer sums and `f32` steps, so the same
-//! bits; the other types keep one weight row at a time (`dot_rows`).
+//! bits; the other types keep one weight row at a time (`dot_rows`), its unpacked group (8
+//! registers) meeting up to 8 rows of `x` one after the other, each row's sums going straight to
+//! its accumulators ([`rows_per_tile`]).
 //!
 //! # Safety
 //! Everything here is compiled with `#[target_feature(enable = "avx2,fma,f16c")]`; callers must
@@ -175,14 +177,35 @@ macro_rules! packed_row_kernels {
 }
 pub(super) use packed_row_kernels;
 
-packed_row_kernels!("avx2,fma,f16c", [1, 2, 3, 4]);
+// Up to 8 rows of `x` (`rows_per_tile`).
+packed_row_kernels!("avx2,fma,f16c", [1, 2, 3, 4, 5, 6, 7, 8]);
+
+/// Bytes of quantized `x` rows a tile may stream for each weight row: half of a 32 KiB L1, the
+/// rest for the weight chunk (`super::W_CHUNK_BYTES`).
+const X_TILE_BYTES: usize = 16 * 1024;
+
+/// Rows of `x` per tile for `fmt` (32-value blocks or super-blocks, `x86_super.rs`) and rows of
+/// `k` quantized values: 8 where 8 rows stay in L1 ([`X_TILE_BYTES`]), each unpacked weight group
+/// (8 registers) then meeting 8 rows, the accumulators in memory; otherwise 4. Q8_0 keeps 4
+/// (its pairs of weight rows hold 2·R accumulators), and so does Q3_K (its per-row integer steps
+/// leave no registers to spare: 8 rows were ~8% slower). By `bench_quant_matmul_avx2_tiles` on a
+/// Zen 4 core: 8 rows 1.04-1.25x faster than 4 at k ≤ 1536, up to 7% slower at k = 4864 (and
+/// no faster there with 8 rows taken in slices of `k` that fit, the accumulators of 16 weight
+/// rows kept in memory across the slices).
+pub(super) fn rows_per_tile(fmt: QuantFormat, k: usize) -> usize {
+    match fmt {
+        QuantFormat::Q8_0 | QuantFormat::Q3_K => 4,
+        _ if 8 * k <= X_TILE_BYTES => 8,
+        _ => 4,
+    }
+}
 
 /// The loop over weight rows, so that the constants and row pointers are set up once, not per
 /// row (rows are short: 18 blocks for a hidden size of 576). Q8_0 with two or more rows of `x`
 /// takes the weight rows in pairs (`dot_row_pair`), each piece of `x` loaded once for both: 2-10%
 /// faster by `bench_quant_matmul_tiles` on a Zen 4 core. The nibble types stay one weight row at
-/// a time: their unpacked group fills 8 registers per weight row, and pairs of them (4 or 2 rows
-/// of `x`, folding piece by piece) were 5-25% slower.
+/// a time (by up to 8 rows of `x`): their unpacked group fills 8 registers per weight row, and
+/// pairs of them (4 or 2 rows of `x`, folding piece by piece) were 5-25% slower.
 ///
 /// # Safety
 /// As `dot`, with `xs.len() == R`.
@@ -363,21 +386,13 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
         }
     };
     let ones = _mm256_set1_epi16(1);
-    let isums: [__m256i; R] = if F == Q8_0 {
-        // |q| and q's sign per piece (q = stored byte - 128), shared by every row of x.
+    // The group's 8 pieces as `maddubs` takes them, shared by every row of `x`: Q8_0's `|q|`
+    // (`sign` holds `q`, whose sign moves onto `x`), the other types' unsigned values.
+    let (values, sign): ([__m256i; 8], [__m256i; 8]) = if F == Q8_0 {
+        // q = stored byte - 128.
         let flip = _mm256_set1_epi8(-128);
         let q: [__m256i; 8] = std::array::from_fn(|c| _mm256_xor_si256(piece(c), flip));
-        let unsigned: [__m256i; 8] = std::array::from_fn(|c| _mm256_abs_epi8(q[c]));
-        std::array::from_fn(|r| {
-            let xg = x[r].qs.add(b0 * QK);
-            let mut sum = _mm256_setzero_si256();
-            for c in 0..8 {
-                let xc = _mm256_sign_epi8(_mm256_loadu_si256(xg.add(32 * c).cast()), q[c]);
-                let pairs = _mm256_maddubs_epi16(unsigned[c], xc);
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
-            }
-            sum
-        })
+        (std::array::from_fn(|c| _mm256_abs_epi8(q[c])), q)
     } else {
         // Nibbles: low ones are values 4c..4c+4 (x piece c), high ones 16+4c.. (x piece c + 4).
         // Q5_1's and Q5_0's follow their `qh` piece.
@@ -403,11 +418,22 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
                 *n = _mm256_or_si256(*n, fifth);
             }
         }
-        std::array::from_fn(|r| {
-            let xg = x[r].qs.add(b0 * QK);
-            let p: [__m256i; 8] = std::array::from_fn(|c| {
-                _mm256_maddubs_epi16(nib[c], _mm256_loadu_si256(xg.add(32 * c).cast()))
-            });
+        (nib, nib)
+    };
+    // Row after row, each to its accumulators: only the 8 pieces stay in registers across the
+    // rows, however many the tile has.
+    for r in 0..R {
+        let xg = x[r].qs.add(b0 * QK);
+        let xc = |c: usize| _mm256_loadu_si256(xg.add(32 * c).cast());
+        let isum = if F == Q8_0 {
+            let mut sum = _mm256_setzero_si256();
+            for c in 0..8 {
+                let pairs = _mm256_maddubs_epi16(values[c], _mm256_sign_epi8(xc(c), sign[c]));
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
+            }
+            sum
+        } else {
+            let p: [__m256i; 8] = std::array::from_fn(|c| _mm256_maddubs_epi16(values[c], xc(c)));
             let quarter = |c: usize| {
                 _mm256_add_epi16(
                     _mm256_add_epi16(p[c], p[c + 1]),
@@ -431,11 +457,9 @@ unsafe fn group<const F: u8, const R: usize, const FULL: bool>(
                 Q5_0 => _mm256_sub_epi32(sum, _mm256_slli_epi32::<4>(xsum())),
                 _ => sum,
             }
-        })
-    };
-    for r in 0..R {
+        };
         let scale = _mm256_mul_ps(dw, _mm256_loadu_ps(x[r].d.add(b0)));
-        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isums[r]), acc[r]);
+        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[r]);
         if has_mins(F) {
             mins[r] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(x[r].s.add(b0)), mins[r]);
         }

@@ -1,5 +1,6 @@
-//! AVX2 and AVX-512 dot products of packed super-block rows (`super_block.rs`) against 1..=4 rows
-//! of 8-bit activations, in exactly the arithmetic of `super_block::dot_portable` (x86_64 only).
+//! AVX2 and AVX-512 dot products of packed super-block rows (`super_block.rs`) against 1..=8 rows
+//! (AVX2) or 1..=4 rows (AVX-512) of 8-bit activations, in exactly the arithmetic of
+//! `super_block::dot_portable` (x86_64 only).
 //!
 //! A packed super-block is one full group of the module's interleaving, so its 8 sub-blocks sit
 //! in the 8 lanes and the integer steps are those of the 32-value kernels (`x86_avx2.rs`,
@@ -15,6 +16,10 @@
 //! out: the same integers. Then, on 8
 //! lanes, the integer combination with the offset, scales and minimums (exact in `i32`) and the
 //! `f32` steps of the portable kernel.
+//!
+//! AVX2 takes one weight row at a time, its unpacked super-block (8 registers) and header
+//! meeting up to 8 rows of `x` one after the other (`x86_avx2::rows_per_tile`), each row's
+//! integers going through `finish` to its accumulators.
 //!
 //! AVX-512 computes tiles of up to 4 rows of `x` by two weight rows (`avx512::tile`): both
 //! rows' super-blocks are unpacked, then each row of `x`'s 4 registers meet both, and each output
@@ -66,13 +71,14 @@ impl XPtr {
 /// where this is expanded, with this file's imports). Generates:
 ///
 /// * `dot(sb, w, rb, xs, y, ldy)`: `y[r·ldy + j] = w_j · xs[r]` for every packed row `w_j` of
-///   `w` (rows of `rb` bytes, whole super-blocks of type `sb`) and each of the 1..=4 rows of `xs`.
+///   `w` (rows of `rb` bytes, whole super-blocks of type `sb`) and each row of `xs` (a number in
+///   `$rows`).
 ///   Safety: the CPU has `$features`; `y` is valid for those writes; each `xs[r]` is a row from
 ///   `super::Activations` for `rb`'s number of values;
 /// * `rows`: the dispatch onto the const generics, onto the module's own `dot_rows::<MINS, PER16,
 ///   U6, CB, R>(args)`, the loop over the weight rows (in tiles of two for AVX-512).
 macro_rules! super_row_kernels {
-    ($features:literal) => {
+    ($features:literal, [$($rows:literal),*]) => {
         /// See `x86_super::super_row_kernels`.
         ///
         /// # Safety
@@ -95,10 +101,7 @@ macro_rules! super_row_kernels {
             args: (&SuperBlock, &[u8], usize, &[XRow<'_>], *mut f32, usize),
         ) {
             match args.3.len() {
-                1 => dot_rows::<MINS, PER16, U6, CB, 1>(args),
-                2 => dot_rows::<MINS, PER16, U6, CB, 2>(args),
-                3 => dot_rows::<MINS, PER16, U6, CB, 3>(args),
-                4 => dot_rows::<MINS, PER16, U6, CB, 4>(args),
+                $($rows => dot_rows::<MINS, PER16, U6, CB, $rows>(args),)*
                 r => unreachable!("{r} rows of x at once"),
             }
         }
@@ -269,9 +272,9 @@ unsafe fn prefetch(w: *const u8, bytes: usize) {
 pub(super) mod avx2 {
     use super::*;
 
-    super_row_kernels!("avx2,fma,f16c");
+    super_row_kernels!("avx2,fma,f16c", [1, 2, 3, 4, 5, 6, 7, 8]);
 
-    /// The loop over weight rows, one at a time.
+    /// The loop over weight rows, one at a time (by up to 8 rows of `x`).
     ///
     /// # Safety
     /// As `dot`, with `R` rows of `x`.
@@ -428,7 +431,10 @@ pub(super) mod avx2 {
 pub(super) mod avx512 {
     use super::*;
 
-    super_row_kernels!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+    super_row_kernels!(
+        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+        [1, 2, 3, 4]
+    );
 
     /// The loop over weight rows: in tiles of `R` rows of `x` by two weight rows (the last one
     /// alone when their number is odd), each piece of `x` loaded once for both.
