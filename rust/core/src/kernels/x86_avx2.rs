@@ -233,6 +233,24 @@ pub(crate) unsafe fn nt_tile(
     }
 }
 
+/// The tile of blocks of more than 8 rows: [`nt_tile`] without prefetch (`w` is re-read from
+/// cache there).
+///
+/// # Safety
+/// As [`nt_tile`].
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemm_tile(
+    mr: usize,
+    nr: usize,
+    x: *const f32,
+    w: *const f32,
+    ks: &KSlice,
+    y: *mut f32,
+    ldy: usize,
+) {
+    nt_tile(mr, nr, false, x, w, ks, y, ldy)
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile<const MR: usize, const NR: usize>(
