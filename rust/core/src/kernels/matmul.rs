@@ -264,7 +264,7 @@ struct NtKernel {
     /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract.
     tile: unsafe fn(usize, usize, bool, *const f32, *const f32, &KSlice, *mut f32, usize),
     /// The tile of blocks of more than 8 rows: `tile`'s contract without `stream` (never set
-    /// there), the same bits; on AVX-512 its own code (see `x86_avx512::gemm_tile`).
+    /// there), the same bits (see `x86_avx512::gemm_tile`).
     gemm: unsafe fn(usize, usize, *const f32, *const f32, &KSlice, *mut f32, usize),
 }
 
