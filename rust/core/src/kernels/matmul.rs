@@ -277,9 +277,9 @@ impl NtKernel {
                 big: x86_avx512::NT_BIG,
                 tile: x86_avx512::nt_tile,
                 gemm: x86_avx512::gemm_tile,
-                // 216 KiB of partial sums + 548 KiB of x + 96 KiB of w (slices of ~1000).
-                // Its tile carries partial sums at the cost of a load and a store each; wider
-                // column groups or more rows measured slower on Zen 4.
+                // 216 KiB of partial sums + ~550 KiB of x + ~92 KiB of w (slices of ~1000).
+                // Measured on Zen 4 against (96, 48), (192, 24) and (144, 12): as fast or faster
+                // at k = 4864 and 8960.
                 sliced: (144, 24),
             },
             #[cfg(target_arch = "x86_64")]
@@ -288,9 +288,9 @@ impl NtKernel {
                 big: x86_avx2::NT_BIG,
                 tile: x86_avx2::nt_tile,
                 gemm: x86_avx2::gemm_tile,
-                // 288 KiB of partial sums + 384 KiB of x + 192 KiB of w: its tile's out-of-line
-                // start and end make carrying partial sums dearer, so fewer rows, wider groups
-                // (the AVX-512 blocking measured 0.85-0.97x at k = 8960).
+                // 288 KiB of partial sums + 384 KiB of x + 192 KiB of w. (The AVX-512 blocking
+                // measured 0.85-0.97x at k = 8960 with the AVX2 tile of before `gemm_tile`;
+                // not remeasured since.)
                 sliced: (96, 48),
             },
             _ => NtKernel {
