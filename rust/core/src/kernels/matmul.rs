@@ -30,11 +30,13 @@
 //! reach on weights in cache. Not pursued further.)
 //!
 //! Blocks of more than 8 rows (prefill, batches) are bound by arithmetic instead, and take three
-//! more steps: the kernel's big tile (6 × 4 on AVX-512: 24 accumulators); a copy of the block's
-//! `x` rows at a stride of an odd number of cache lines (rows `k = 1024·j` apart share L1 sets,
-//! and a tile's rows would evict each other); and for `k > K_WHOLE_MAX`, the reduction cut into
-//! slices of about `K_SLICE`, each output's lane partial sums kept in memory from one slice to the
-//! next ([`KSlice`]), so that a block can take `SLICED_ROWS` rows per pass over `w`.
+//! more steps: the kernel's big tile (6 × 4 on AVX-512: 24 accumulators; its own function, whose
+//! start and end of a slice of `k` are fixed at compile time); a copy of the block's `x` rows at
+//! a stride of an odd number of cache lines (rows `k = 1024·j` apart share L1 sets, and a tile's
+//! rows would evict each other); and for `k > K_WHOLE_MAX` with more rows than fit the cache
+//! budget whole, the reduction cut into slices of about `K_SLICE`, each output's lane partial sums
+//! kept in memory from one slice to the next ([`KSlice`]), so that a block can take the kernel's
+//! `sliced` rows per pass over `w`.
 //!
 //! # Determinism
 //! Every output `y[i][j]` is computed by one tile with one fixed reduction order: `LANES` partial
@@ -65,18 +67,14 @@ const X_BLOCK_BYTES: usize = 768 * 1024;
 /// Block widths (rows of `w`) are multiples of this, a multiple of every tile width, so only the
 /// last block of a row has a ragged edge.
 const COL_ALIGN: usize = 24;
-/// Longest `k` a block of many rows reduces in one pass. Above it the rows of `x` that fit
-/// [`X_BLOCK_BYTES`] would be so few that `w` would come from memory for every few rows: the
-/// reduction is cut into slices.
-const K_WHOLE_MAX: usize = 6144;
+/// Longest `k` a block of many rows always reduces in one pass. Above it, a product with more
+/// rows than fit [`X_BLOCK_BYTES`] whole (k = 4864: 40) has its reduction cut into slices, so
+/// that a block takes the kernel's `sliced` rows per pass over `w` instead of those few, `w`
+/// coming from L3 or memory once per block. (Products with fewer rows gain nothing from it and
+/// lose the carrying of partial sums: one pass, ~10% faster at k = 4864, m = 9..33.)
+const K_WHOLE_MAX: usize = 4096;
 /// Target slice of `k` (floats) when it is cut.
 const K_SLICE: usize = 1024;
-/// Rows of `x` a block takes when `k` is cut: each pass over `w` then serves this many rows.
-const SLICED_ROWS: usize = 96;
-/// Columns (rows of `w`) whose partial sums a sliced block carries at once: `SLICED_ROWS ×
-/// SLICED_COLS` outputs of [`MAX_LANES`] floats (288 KiB), with the slices of `x` and `w` they
-/// sweep (384 + 192 KiB): within a 1 MiB L2. A multiple of every tile width.
-const SLICED_COLS: usize = 48;
 /// The widest lane count of any tile (AVX-512): floats of partial sum per output.
 const MAX_LANES: usize = 16;
 
@@ -111,8 +109,9 @@ pub(crate) fn matmul_nt_with(
     let work = m.saturating_mul(n).saturating_mul(k);
     let parallel = threads > 1 && work >= SERIAL_WORK;
 
-    // Rows of x per block: all of them when they fit the cache budget.
-    let fit = row_block(k);
+    // Rows of x per block: all of them when they fit the cache budget; the reduction cut into
+    // slices when k is long and they do not.
+    let (slice, fit) = kernel.plan(m, k);
     let mb = if m <= fit { m } else { fit };
     let row_blocks = m.div_ceil(mb);
     // Rows of w per block: only a matter of load balance, since a block's w rows are read once
@@ -142,6 +141,7 @@ pub(crate) fn matmul_nt_with(
                 rows,
                 cols,
                 k,
+                slice,
                 n,
             )
         }
@@ -159,11 +159,13 @@ pub(crate) fn matmul_nt_with(
 /// pieces of whole blocks (see [`crate::tensor::Linear::forward_checked`]) reads `w` no more
 /// often than one call does.
 pub(crate) fn row_block(k: usize) -> usize {
-    if k > K_WHOLE_MAX {
-        SLICED_ROWS
-    } else {
-        (X_BLOCK_BYTES / (4 * k.max(1))).max(4) / 4 * 4
-    }
+    // The rows a long product's blocks take (such a product is cut into slices when k is long).
+    NtKernel::for_isa(cpu::isa()).plan(usize::MAX, k).1
+}
+
+/// Rows of length `len` that fit [`X_BLOCK_BYTES`], a multiple of 4.
+fn whole_rows(len: usize) -> usize {
+    (X_BLOCK_BYTES / (4 * len.max(1))).max(4) / 4 * 4
 }
 
 /// The slices `k` is cut into: `(slice length, count)`, equal lengths that are multiples of
@@ -254,8 +256,16 @@ struct NtKernel {
     nr: [usize; 5],
     /// Tile (rows of `x`, rows of `w`) for blocks of more than 8 rows.
     big: (usize, usize),
+    /// A block of more than 8 rows whose `k` is cut into slices: (rows of `x` it takes, columns
+    /// (rows of `w`) whose partial sums it carries at once, a multiple of every tile width).
+    /// Their `rows × cols` outputs' partial sums ([`MAX_LANES`] floats each) and the slices of
+    /// `x` and `w` they sweep stay within a 1 MiB L2.
+    sliced: (usize, usize),
     /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract.
     tile: unsafe fn(usize, usize, bool, *const f32, *const f32, &KSlice, *mut f32, usize),
+    /// The tile of blocks of more than 8 rows: `tile`'s contract without `stream` (never set
+    /// there), the same bits (see `x86_avx512::gemm_tile`).
+    gemm: unsafe fn(usize, usize, *const f32, *const f32, &KSlice, *mut f32, usize),
 }
 
 impl NtKernel {
@@ -266,22 +276,46 @@ impl NtKernel {
                 nr: x86_avx512::NT_NR,
                 big: x86_avx512::NT_BIG,
                 tile: x86_avx512::nt_tile,
+                gemm: x86_avx512::gemm_tile,
+                // 216 KiB of partial sums + ~550 KiB of x + ~92 KiB of w (slices of ~1000).
+                // Measured on Zen 4 against (96, 48), (192, 24) and (144, 12): as fast or faster
+                // at k = 4864 and 8960.
+                sliced: (144, 24),
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => NtKernel {
                 nr: x86_avx2::NT_NR,
                 big: x86_avx2::NT_BIG,
                 tile: x86_avx2::nt_tile,
+                gemm: x86_avx2::gemm_tile,
+                // 288 KiB of partial sums + 384 KiB of x + 192 KiB of w. (The AVX-512 blocking
+                // measured 0.85-0.97x at k = 8960 with the AVX2 tile of before `gemm_tile`;
+                // not remeasured since.)
+                sliced: (96, 48),
             },
             _ => NtKernel {
                 nr: portable::NT_NR,
                 big: (4, portable::NT_NR[4]),
                 tile: portable::nt_tile,
+                gemm: portable::gemm_tile,
+                sliced: (96, 48),
             },
         }
     }
 
-    /// `y[..rows][..cols] = x[..rows] · w[..cols]ᵀ` for one block (`y` rows `ldy` apart).
+    /// How a product of `m` rows is cut: `(slice of k, rows of x per block)`. One pass over `k`
+    /// (the slice is `k`) unless `k` is long and the rows do not fit the cache budget whole.
+    fn plan(&self, m: usize, k: usize) -> (usize, usize) {
+        let whole = whole_rows(k);
+        if k > K_WHOLE_MAX && m > whole {
+            (k_slices(k).0, self.sliced.0)
+        } else {
+            (k, whole)
+        }
+    }
+
+    /// `y[..rows][..cols] = x[..rows] · w[..cols]ᵀ` for one block (`y` rows `ldy` apart), `k`
+    /// reduced in slices of `slice` (all of it in one pass when `slice == k`).
     ///
     /// # Safety
     /// `x` valid for `rows·k` reads, `w` for `cols·k`, `y` for writes of `rows` rows of `cols` at
@@ -295,6 +329,7 @@ impl NtKernel {
         rows: usize,
         cols: usize,
         k: usize,
+        slice: usize,
         ldy: usize,
     ) {
         // Up to 8 rows (decoding) w streams from memory once, whatever k is: one pass, over x
@@ -303,14 +338,15 @@ impl NtKernel {
             self.columns(x, w, y, rows, cols, &KSlice::whole(k), ldy);
             return;
         }
-        let (slice, slices) = k_slices(k);
+        let slices = k.div_ceil(slice.max(1));
+        let sliced_cols = self.sliced.1;
         SCRATCH.with_borrow_mut(|scratch| {
             // The block's rows of x, copied at a stride of an odd number of cache lines: rows
             // `k` apart (k a multiple of 1024, say) would map to the same L1 sets, and the rows
             // a tile sweeps would evict each other.
             let ldx = (k.div_ceil(MAX_LANES) | 1) * MAX_LANES;
             let partials = if slices > 1 {
-                rows * SLICED_COLS * MAX_LANES
+                rows * sliced_cols * MAX_LANES
             } else {
                 0
             };
@@ -332,7 +368,7 @@ impl NtKernel {
             // partial sums carried in `partial` from one slice to the next.
             let mut j = 0;
             while j < cols {
-                let width = SLICED_COLS.min(cols - j);
+                let width = sliced_cols.min(cols - j);
                 for s in 0..slices {
                     let p = s * slice;
                     let ks = KSlice {
@@ -342,7 +378,7 @@ impl NtKernel {
                         first: s == 0,
                         last: s + 1 == slices,
                         partial: partial.as_mut_ptr(),
-                        ldp: SLICED_COLS,
+                        ldp: sliced_cols,
                     };
                     self.columns(xp.add(p), w.add(j * k + p), y.add(j), rows, width, &ks, ldy);
                 }
@@ -369,7 +405,7 @@ impl NtKernel {
         ks: &KSlice,
         ldy: usize,
     ) {
-        let tile = self.tile;
+        let (tile, gemm) = (self.tile, self.gemm);
         // Few rows (decoding): one group, with the widest tile for that many rows; up to 8, groups
         // of 4; more, the kernel's big tile (the last group, if shorter, keeps the same width).
         let (mr, nr) = if rows > 8 {
@@ -397,16 +433,28 @@ impl NtKernel {
                 } else {
                     *ks
                 };
-                tile(
-                    h,
-                    width,
-                    stream,
-                    x.add(i * ks.ldx),
-                    w.add(j * ks.ld),
-                    &here,
-                    y.add(i * ldy + j),
-                    ldy,
-                );
+                if stream {
+                    tile(
+                        h,
+                        width,
+                        stream,
+                        x.add(i * ks.ldx),
+                        w.add(j * ks.ld),
+                        &here,
+                        y.add(i * ldy + j),
+                        ldy,
+                    );
+                } else {
+                    gemm(
+                        h,
+                        width,
+                        x.add(i * ks.ldx),
+                        w.add(j * ks.ld),
+                        &here,
+                        y.add(i * ldy + j),
+                        ldy,
+                    );
+                }
                 i += h;
             }
         };
@@ -545,6 +593,22 @@ mod portable {
 
     pub(super) const NT_NR: [usize; 5] = [0, 8, 6, 4, 3];
 
+    /// Same contract as `x86_avx2::gemm_tile`.
+    ///
+    /// # Safety
+    /// As [`nt_tile`].
+    pub(super) unsafe fn gemm_tile(
+        mr: usize,
+        nr: usize,
+        x: *const f32,
+        w: *const f32,
+        ks: &KSlice,
+        y: *mut f32,
+        ldy: usize,
+    ) {
+        nt_tile(mr, nr, false, x, w, ks, y, ldy)
+    }
+
     /// Same contract as `x86_avx2::nt_tile`.
     ///
     /// # Safety
@@ -680,11 +744,14 @@ mod tests {
         (8, 512, 100),
         (1, 513, 1025),
         (37, 513, 1025),
-        // k above K_WHOLE_MAX with more than 8 rows: k cut into slices (the last one ragged,
-        // a multiple of no lane count), m and n not multiples of the tile or the column group.
+        // k above K_WHOLE_MAX with more rows than fit whole: k cut into slices (the last one
+        // ragged, a multiple of no lane count), m and n not multiples of the tile or the column
+        // group; then with rows that fit whole (one pass over a long k).
+        (70, 6200, 31),
+        (45, 4864, 30),
+        (50, 4100, 27),
         (9, 6145, 50),
         (13, 7000, 9),
-        (70, 6200, 31),
         (20, 8200, 11),
         // More than 8 rows, one pass over a long k (x rows copied at a padded stride).
         (13, 2100, 49),
@@ -779,8 +846,9 @@ mod tests {
         }
     }
 
-    /// With k cut into slices (more than 8 rows, k > K_WHOLE_MAX), each row still has the bits
-    /// of the one-pass product of that row alone: every m from 1 to 14 and large, 1 and 2 threads.
+    /// With k cut into slices (k > K_WHOLE_MAX, more rows than fit whole), each row still has the
+    /// bits of the one-pass product of that row alone: every m from 1 to 14 and large (several
+    /// row blocks, several column groups), 1 and 2 threads.
     #[test]
     fn matmul_nt_sliced_k_bitwise_equals_one_pass() {
         for isa in cpu::supported_isas() {
@@ -789,6 +857,10 @@ mod tests {
                 (21, 7001, 20),
                 (17, 9000, 27),
                 (130, 6200, 7),
+                (45, 4864, 30),
+                (50, 4100, 27),
+                (200, 4864, 26),
+                (100, 9000, 51),
             ] {
                 assert!(k_slices(k).1 > 1);
                 let x = random(m * k, 13);
@@ -816,7 +888,8 @@ mod tests {
                         );
                     }
                 }
-                // Every smaller batch (up to 8 rows one pass, then slices) from row 1 on.
+                // Every smaller batch (up to 8 rows with the decoding tiles, then the big tile)
+                // from row 1 on.
                 for rows in 1..=14.min(m - 1) {
                     let mut part = vec![f32::NAN; rows * n];
                     with_threads(2, || {
@@ -940,6 +1013,9 @@ mod tests {
             (1, 2048, 512),
             (256, 512, 2048),
             (512, 2048, 512),
+            // Qwen2.5-0.5B's MLP (k = 4864 cut into slices).
+            (128, 896, 4864),
+            (128, 4864, 896),
         ];
         for isa in cpu::supported_isas() {
             for &(m, k, n) in &shapes {

@@ -233,6 +233,105 @@ pub(crate) unsafe fn nt_tile(
     }
 }
 
+/// [`nt_tile`] for the blocks of more than 8 rows (prefill, batches): the same arithmetic (the
+/// same FMAs in the same order, the same [`hsum`]), without prefetch (`w` is re-read from cache
+/// there) and with the slice's start and end chosen at compile time, so that carrying partial
+/// sums from one slice of `k` to the next costs a plain load or store per accumulator (no
+/// out-of-line call, no copy of the accumulators through the stack). Shapes other than `h × 3`
+/// (the edges) go to [`nt_tile`].
+///
+/// # Safety
+/// As [`nt_tile`].
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemm_tile(
+    mr: usize,
+    nr: usize,
+    x: *const f32,
+    w: *const f32,
+    ks: &KSlice,
+    y: *mut f32,
+    ldy: usize,
+) {
+    macro_rules! by_slice {
+        ($mr:literal) => {
+            match (ks.first, ks.last) {
+                (true, true) => gemm::<$mr, true, true>(x, w, ks, y, ldy),
+                (true, false) => gemm::<$mr, true, false>(x, w, ks, y, ldy),
+                (false, true) => gemm::<$mr, false, true>(x, w, ks, y, ldy),
+                (false, false) => gemm::<$mr, false, false>(x, w, ks, y, ldy),
+            }
+        };
+    }
+    match (mr, nr) {
+        (4, 3) => by_slice!(4),
+        (3, 3) => by_slice!(3),
+        (2, 3) => by_slice!(2),
+        (1, 3) => by_slice!(1),
+        _ => nt_tile(mr, nr, false, x, w, ks, y, ldy),
+    }
+}
+
+/// An `MR × 3` tile over one slice of `k` that is the first (`FIRST`: accumulators start at
+/// zero, else from `ks.partial`) and/or the last (`LAST`: outputs to `y`, else partial sums back
+/// to `ks.partial`).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemm<const MR: usize, const FIRST: bool, const LAST: bool>(
+    x: *const f32,
+    w: *const f32,
+    ks: &KSlice,
+    y: *mut f32,
+    ldy: usize,
+) {
+    const NR: usize = 3;
+    let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
+    let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+    if !FIRST {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (c, a) in acc_r.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(ks.partial_of(r, c, LANES));
+            }
+        }
+    }
+    let body = len - len % LANES;
+    let mut p = 0;
+    while p < body {
+        let mut wv = [_mm256_setzero_ps(); NR];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_loadu_ps(w.add(c * ld + p));
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm256_loadu_ps(x.add(r * ldx + p));
+            for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                *a = _mm256_fmadd_ps(xv, wc, *a);
+            }
+        }
+        p += LANES;
+    }
+    if p < len {
+        let mask = tail_mask(len - p);
+        let mut wv = [_mm256_setzero_ps(); NR];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm256_maskload_ps(w.add(c * ld + p), mask);
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm256_maskload_ps(x.add(r * ldx + p), mask);
+            for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                *a = _mm256_fmadd_ps(xv, wc, *a);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (c, &a) in acc_r.iter().enumerate() {
+            if LAST {
+                *y.add(r * ldy + c) = hsum(a);
+            } else {
+                _mm256_storeu_ps(ks.partial_of(r, c, LANES), a);
+            }
+        }
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile<const MR: usize, const NR: usize>(

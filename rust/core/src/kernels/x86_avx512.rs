@@ -303,3 +303,110 @@ pub(crate) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
         _mm512_mask_storeu_ps(py.add(i), m, v);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// matmul_nt: the tile of blocks of more than 8 rows
+
+/// [`nt_tile`] for the blocks of more than 8 rows (prefill, batches): the same arithmetic (the
+/// same FMAs in the same order, the same [`hsum`]), with the slice's start and end chosen at
+/// compile time, so that carrying partial sums from one slice of `k` to the next costs a plain
+/// load or store per accumulator (no out-of-line call, no copy of the accumulators through the
+/// stack). Shapes other than `h × 4` (the edges) go to [`nt_tile`].
+///
+/// # Safety
+/// As [`nt_tile`].
+#[allow(clippy::too_many_arguments)] // one flat signature shared by every ISA
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(crate) unsafe fn gemm_tile(
+    mr: usize,
+    nr: usize,
+    x: *const f32,
+    w: *const f32,
+    ks: &KSlice,
+    y: *mut f32,
+    ldy: usize,
+) {
+    macro_rules! by_slice {
+        ($mr:literal) => {
+            match (ks.first, ks.last) {
+                (true, true) => gemm::<$mr, true, true>(x, w, ks, y, ldy),
+                (true, false) => gemm::<$mr, true, false>(x, w, ks, y, ldy),
+                (false, true) => gemm::<$mr, false, true>(x, w, ks, y, ldy),
+                (false, false) => gemm::<$mr, false, false>(x, w, ks, y, ldy),
+            }
+        };
+    }
+    match (mr, nr) {
+        (6, 4) => by_slice!(6),
+        (5, 4) => by_slice!(5),
+        (4, 4) => by_slice!(4),
+        (3, 4) => by_slice!(3),
+        (2, 4) => by_slice!(2),
+        (1, 4) => by_slice!(1),
+        _ => nt_tile(mr, nr, false, x, w, ks, y, ldy),
+    }
+}
+
+/// An `MR × 4` tile over one slice of `k` that is the first (`FIRST`: accumulators start at
+/// zero, else from `ks.partial`) and/or the last (`LAST`: outputs to `y`, else partial sums back
+/// to `ks.partial`).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemm<const MR: usize, const FIRST: bool, const LAST: bool>(
+    x: *const f32,
+    w: *const f32,
+    ks: &KSlice,
+    y: *mut f32,
+    ldy: usize,
+) {
+    const NR: usize = 4;
+    let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    if !FIRST {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (c, a) in acc_r.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(ks.partial_of(r, c, LANES));
+            }
+        }
+    }
+    let body = len - len % LANES;
+    let mut p = 0;
+    while p < body {
+        let mut wv = [_mm512_setzero_ps(); NR];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(w.add(c * ld + p));
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm512_loadu_ps(x.add(r * ldx + p));
+            for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(xv, wc, *a);
+            }
+        }
+        p += LANES;
+    }
+    if p < len {
+        let mask = tail_mask(len - p);
+        let mut wv = [_mm512_setzero_ps(); NR];
+        for (c, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_maskz_loadu_ps(mask, w.add(c * ld + p));
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let xv = _mm512_maskz_loadu_ps(mask, x.add(r * ldx + p));
+            for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                *a = _mm512_fmadd_ps(xv, wc, *a);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        if LAST {
+            _mm_storeu_ps(
+                y.add(r * ldy),
+                hsum4([acc_r[0], acc_r[1], acc_r[2], acc_r[3]]),
+            );
+        } else {
+            for (c, &a) in acc_r.iter().enumerate() {
+                _mm512_storeu_ps(ks.partial_of(r, c, LANES), a);
+            }
+        }
+    }
+}
