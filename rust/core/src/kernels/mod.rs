@@ -18,6 +18,7 @@
 //! them inside the model's `pool.install`.
 
 pub mod activation;
+pub mod attend;
 pub mod cpu;
 pub mod matmul;
 pub mod norm;
