@@ -52,7 +52,7 @@ pub(crate) fn dots_with(isa: Isa, q: &[f32], k: &[f32], stride: usize, scores: &
     match isa {
         // SAFETY: `supported` checks the CPU features; the length was checked above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if cpu::supported(isa) && hd % avx512::LANES == 0 => unsafe {
+        Isa::Avx512 if cpu::supported(isa) && hd.is_multiple_of(avx512::LANES) => unsafe {
             avx512::dots(q, k, stride, scores)
         },
         _ => {
@@ -70,7 +70,7 @@ pub(crate) fn weighted_sum_with(isa: Isa, p: &[f32], v: &[f32], stride: usize, o
     match isa {
         // SAFETY: `supported` checks the CPU features; the length was checked above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if cpu::supported(isa) && hd % avx512::LANES == 0 => unsafe {
+        Isa::Avx512 if cpu::supported(isa) && hd.is_multiple_of(avx512::LANES) => unsafe {
             avx512::weighted_sum(p, v, stride, out)
         },
         _ => {
