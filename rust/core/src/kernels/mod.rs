@@ -5,9 +5,10 @@
 //! PyTorch's `nn.Linear`, so a projection is `y = x · wᵀ` ([`matmul::matmul_nt`]).
 //!
 //! Layout:
-//! * one file per `f32` kernel ([`matmul`], [`vector`], [`norm`], [`activation`], [`softmax`],
-//!   [`topk`]) with its public entry point, dispatch, scalar reference and tests; their SIMD
-//!   inner loops in one file per instruction set (`x86_avx2.rs`, `x86_avx512.rs`);
+//! * one file per `f32` kernel ([`matmul`], [`vector`], [`attend`], [`norm`], [`activation`],
+//!   [`softmax`], [`topk`]) with its public entry point, dispatch, scalar reference and tests;
+//!   their SIMD inner loops in one file per instruction set (`x86_avx2.rs`, `x86_avx512.rs`),
+//!   except [`attend`]'s two small AVX-512 loops, which sit beside their dispatch;
 //! * [`quant`], a folder of its own: the quantized block types (one table of their facts, one
 //!   file per type), the packed weight layout, the quantized products with their portable
 //!   reference and one file per instruction set (AVX2, AVX-512, NEON), and per-channel int8;
@@ -18,6 +19,7 @@
 //! them inside the model's `pool.install`.
 
 pub mod activation;
+pub mod attend;
 pub mod cpu;
 pub mod matmul;
 pub mod norm;

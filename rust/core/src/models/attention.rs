@@ -7,7 +7,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use crate::interrupt::Interrupt;
-use crate::kernels::{softmax::softmax, vector};
+use crate::kernels::{attend, softmax::softmax};
 
 thread_local! {
     /// Each thread's buffer for one head's scores, kept across calls: attention runs in every
@@ -124,31 +124,47 @@ impl Attention<'_> {
                 // Taken out of the cell (not borrowed), so a nested use could never double-borrow.
                 let mut scores = SCORES.with(Cell::take);
                 scores.clear();
-                scores.extend((lead..visible).map(|j| {
+                scores.resize(visible.saturating_sub(lead), 0.0);
+                // Every key's `q·k` in one call (keys before the window's start excluded: they
+                // are masked below whatever their score), then the scale, cap, bias and masks.
+                let computed = first.clamp(lead, visible) - lead;
+                attend::dots(
+                    qh,
+                    from(kv.k, base + (lead + computed) * kv.pos_stride),
+                    kv.pos_stride,
+                    &mut scores[computed..],
+                );
+                for (j, s) in (lead..).zip(scores.iter_mut()) {
                     if j < first || mask.is_some_and(|m| m[j] == 0) {
                         // transformers adds the dtype's minimum: a fully masked row stays finite.
-                        return f32::MIN;
+                        *s = f32::MIN;
+                        continue;
                     }
-                    let kj = &kv.k[base + j * kv.pos_stride..][..hd];
-                    let mut s = vector::dot(qh, kj) * self.scale;
+                    let mut v = *s * self.scale;
                     if let Some(cap) = self.softcap {
-                        s = (s / cap).tanh() * cap;
+                        v = (v / cap).tanh() * cap;
                     }
-                    match self.bias {
-                        Some(b) => s + b(h, qpos, j),
-                        None => s,
-                    }
-                }));
-                softmax(&mut scores);
-                oh.fill(0.0);
-                for (j, &p) in (lead..).zip(scores.iter()) {
-                    if p != 0.0 {
-                        vector::axpy(p, &kv.v[base + j * kv.pos_stride..][..hd], oh);
-                    }
+                    *s = match self.bias {
+                        Some(b) => v + b(h, qpos, j),
+                        None => v,
+                    };
                 }
+                softmax(&mut scores);
+                attend::weighted_sum(
+                    &scores,
+                    from(kv.v, base + lead * kv.pos_stride),
+                    kv.pos_stride,
+                    oh,
+                );
                 SCORES.with(|c| c.set(scores));
             });
     }
+}
+
+/// `s[start..]`, empty where `start` is past the end (no key to read: the start of a head's
+/// keys after the last one can lie beyond the slice).
+fn from(s: &[f32], start: usize) -> &[f32] {
+    s.get(start..).unwrap_or(&[])
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::attention::KeyValues;
 use super::kv_cache::KvCache;
 use super::session::{check_reorder, check_rewind, logits_on, prepare_step, StepBuffers};
@@ -115,7 +117,8 @@ impl<S: EncoderDecoderStack> Model for EncoderDecoderModel<S> {
 /// What a session keeps of its encoder inputs: per decoder layer the cross-attention keys and
 /// values, computed once per input and shared by every decoder row (beam) of that input.
 pub(crate) struct EncoderMemory {
-    /// Per decoder layer: keys and values `[inputs, len, heads * head_dim]`.
+    /// Per decoder layer: keys and values `[inputs, heads, len, head_dim]` (see
+    /// [`heads_first`]).
     cross: Vec<(Vec<f32>, Vec<f32>)>,
     head_dim: usize,
     width: usize,
@@ -134,8 +137,8 @@ impl EncoderMemory {
             k,
             v,
             row_stride: self.len * self.width,
-            head_stride: self.head_dim,
-            pos_stride: self.width,
+            head_stride: self.len * self.head_dim,
+            pos_stride: self.head_dim,
             len: self.len,
             mask: Some((&self.mask, self.len)),
             row_map: Some(&self.row_to_input),
@@ -143,24 +146,49 @@ impl EncoderMemory {
     }
 }
 
-/// Each decoder layer's cross-attention keys and values of `encoded` (`m` positions), each
-/// `[m, heads * head_dim]`. Stops when `interrupt` is raised.
+/// Each decoder layer's cross-attention keys and values of `encoded` (`inputs` inputs of `len`
+/// positions), each `[inputs, heads, len, head_dim]`. Stops when `interrupt` is raised.
 fn cross_key_values<S: EncoderDecoderStack>(
     model: &S,
     encoded: &[f32],
-    m: usize,
+    (inputs, len): (usize, usize),
     interrupt: Option<&Interrupt>,
 ) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-    let (layers, _, _) = model.decoder_attention();
+    let (layers, heads, head_dim) = model.decoder_attention();
+    let m = inputs * len;
     let mut y = Vec::new();
     (0..layers)
         .map(|layer| {
             let kv = model.cross_key_value_projection(layer);
             kv.forward_checked(encoded, m, &mut y, interrupt)?;
             let [k, v]: [Vec<f32>; 2] = kv.split(&y, m).try_into().expect("k, v");
-            Ok((k, v))
+            Ok((
+                heads_first(&k, len, heads, head_dim),
+                heads_first(&v, len, heads, head_dim),
+            ))
         })
         .collect()
+}
+
+/// `x: [inputs, len, heads, head_dim]` → `[inputs, heads, len, head_dim]`: every decoding step
+/// reads one (row, head)'s keys and values from position 0 to `len`, which this lays out as one
+/// contiguous run instead of `head_dim` values every `heads * head_dim` (a copy, once per input).
+fn heads_first(x: &[f32], len: usize, heads: usize, head_dim: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    let per_input = len * heads * head_dim;
+    if per_input == 0 {
+        return out;
+    }
+    out.par_chunks_mut(per_input)
+        .zip(x.par_chunks(per_input))
+        .for_each(|(out, x)| {
+            for (pos, src) in x.chunks_exact(heads * head_dim).enumerate() {
+                for (h, src) in src.chunks_exact(head_dim).enumerate() {
+                    out[(h * len + pos) * head_dim..][..head_dim].copy_from_slice(src);
+                }
+            }
+        });
+    out
 }
 
 /// Runs the encoder over `input` and opens a decoding session with one decoder row per input.
@@ -175,7 +203,12 @@ fn start<S: EncoderDecoderStack>(model: &Arc<S>, input: &TokenBatch) -> Result<B
     let m = input.batch * input.len;
     let cross = model.pool().install(|| {
         let encoded = model.encode(input)?;
-        cross_key_values(model.as_ref(), &encoded, m, input.interrupt.as_deref())
+        cross_key_values(
+            model.as_ref(),
+            &encoded,
+            (input.batch, input.len),
+            input.interrupt.as_deref(),
+        )
     })?;
     debug_assert!(cross.iter().all(|(k, _)| k.len() == m * heads * head_dim));
     Ok(Box::new(EncoderDecoderSession {
