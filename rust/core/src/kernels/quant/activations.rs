@@ -11,8 +11,7 @@ use super::{Kernel, LANES, QK};
 /// (`nbp` blocks): `qs` holds the values interleaved as the packed weights are (per group, piece
 /// `c` = values `4c..4c+4` of each of the 8 blocks); `d`, `sum` and `s` hold each block's scale,
 /// `Σq` and `d·Σq`; `half` the `Σq` of each half of 16 values, for the super-block kernels (per
-/// group: the first halves of its 8 blocks, then the second halves). `pair`: the copy of this row
-/// and its neighbour interleaved for the AVX-512 tiles (empty unless the call asked for it).
+/// group: the first halves of its 8 blocks, then the second halves).
 #[derive(Clone, Copy)]
 pub(super) struct XRow<'a> {
     pub(super) qs: &'a [i8],
@@ -20,21 +19,6 @@ pub(super) struct XRow<'a> {
     pub(super) sum: &'a [i32],
     pub(super) s: &'a [f32],
     pub(super) half: &'a [i32],
-    pub(super) pair: PairRow<'a>,
-}
-
-/// Rows `2p` and `2p + 1` of `x` side by side, so that one 512-bit register holds the same piece
-/// of both (lanes 0..8 row `2p`, lanes 8..16 row `2p + 1`) and the `f32` steps of both rows run on
-/// one register: per group of 8 blocks, `qs` holds for each piece `c` the 32 bytes of row `2p`
-/// then those of row `2p + 1` (512 bytes), `d` the 8 scales of row `2p` then those of row `2p + 1`
-/// (16), `nsum` likewise the blocks' `-Σq`. With an odd `m` the last pair's second row is zeros
-/// (its outputs are computed and dropped). `slot` says which of the two rows this `XRow` is.
-#[derive(Clone, Copy, Default)]
-pub(super) struct PairRow<'a> {
-    pub(super) qs: &'a [i8],
-    pub(super) d: &'a [f32],
-    pub(super) nsum: &'a [i32],
-    pub(super) slot: usize,
 }
 
 #[cfg(test)]
@@ -59,10 +43,6 @@ pub(super) struct Activations {
     sum: Vec<i32>,
     s: Vec<f32>,
     half: Vec<i32>,
-    /// The rows in pairs ([`PairRow`]); empty unless `quantize` was asked for them.
-    pair_qs: Vec<i8>,
-    pair_d: Vec<f32>,
-    pair_nsum: Vec<i32>,
 }
 
 thread_local! {
@@ -78,16 +58,12 @@ thread_local! {
             sum: Vec::new(),
             s: Vec::new(),
             half: Vec::new(),
-            pair_qs: Vec::new(),
-            pair_d: Vec::new(),
-            pair_nsum: Vec::new(),
         })
     };
 }
 
 impl Activations {
-    /// Quantizes the `m` rows of `x` (`k > 0` values each), each zero-padded to whole groups;
-    /// with `pairs`, also their copy in pairs ([`PairRow`]).
+    /// Quantizes the `m` rows of `x` (`k > 0` values each), each zero-padded to whole groups.
     pub(super) fn quantize(
         &mut self,
         kernel: Kernel,
@@ -95,7 +71,6 @@ impl Activations {
         m: usize,
         k: usize,
         parallel: bool,
-        pairs: bool,
     ) {
         let kp = k.next_multiple_of(QK);
         let nbp = (kp / QK).next_multiple_of(LANES);
@@ -142,98 +117,30 @@ impl Activations {
                 )
                 .for_each(row);
         }
-        if pairs {
-            self.interleave_pairs();
-        } else {
-            self.pair_qs.clear();
-            self.pair_d.clear();
-            self.pair_nsum.clear();
-        }
-    }
-
-    /// Fills the [`PairRow`] copy from the quantized rows (a copy of `m·k` bytes: small next to
-    /// the product, which reads each of them once per weight row).
-    fn interleave_pairs(&mut self) {
-        let (m, nbp) = (self.m, self.padded_blocks);
-        let pairs = m.div_ceil(2);
-        self.pair_qs.resize(pairs * 2 * nbp * QK, 0);
-        self.pair_d.resize(pairs * 2 * nbp, 0.0);
-        self.pair_nsum.resize(pairs * 2 * nbp, 0);
-        let piece = 4 * LANES;
-        for p in 0..pairs {
-            for slot in 0..2 {
-                let i = 2 * p + slot;
-                for g in 0..nbp / LANES {
-                    let (at, dst) = (2 * nbp * p + 2 * LANES * g, LANES * slot);
-                    let qs_at = QK * at;
-                    for c in 0..QK / 4 {
-                        let out =
-                            &mut self.pair_qs[qs_at + 2 * piece * c + piece * slot..][..piece];
-                        if i < m {
-                            out.copy_from_slice(
-                                &self.qs[i * nbp * QK + g * LANES * QK + piece * c..][..piece],
-                            );
-                        } else {
-                            out.fill(0);
-                        }
-                    }
-                    let (d, nsum) = (
-                        &mut self.pair_d[at + dst..][..LANES],
-                        &mut self.pair_nsum[at + dst..][..LANES],
-                    );
-                    if i < m {
-                        let b = i * nbp + g * LANES;
-                        d.copy_from_slice(&self.d[b..b + LANES]);
-                        for (o, s) in nsum.iter_mut().zip(&self.sum[b..b + LANES]) {
-                            *o = -s;
-                        }
-                    } else {
-                        d.fill(0.0);
-                        nsum.fill(0);
-                    }
-                }
-            }
-        }
     }
 
     pub(super) fn row(&self, i: usize) -> XRow<'_> {
         let nbp = self.padded_blocks;
-        let pair = if self.pair_qs.is_empty() {
-            PairRow::default()
-        } else {
-            let p = i / 2;
-            PairRow {
-                qs: &self.pair_qs[2 * p * nbp * QK..2 * (p + 1) * nbp * QK],
-                d: &self.pair_d[2 * p * nbp..2 * (p + 1) * nbp],
-                nsum: &self.pair_nsum[2 * p * nbp..2 * (p + 1) * nbp],
-                slot: i % 2,
-            }
-        };
         XRow {
             qs: &self.qs[i * nbp * QK..(i + 1) * nbp * QK],
             d: &self.d[i * nbp..(i + 1) * nbp],
             sum: &self.sum[i * nbp..(i + 1) * nbp],
             s: &self.s[i * nbp..(i + 1) * nbp],
             half: &self.half[2 * i * nbp..2 * (i + 1) * nbp],
-            pair,
         }
     }
 
-    /// Bytes of one quantized row (what a row costs in cache), its pair copy included.
+    /// Bytes of one quantized row (what a row costs in cache).
     pub(super) fn row_bytes(&self) -> usize {
-        let pair = if self.pair_qs.is_empty() { 0 } else { QK + 8 };
-        self.padded_blocks * (QK + 20 + pair)
+        self.padded_blocks * (QK + 20)
     }
 
     pub(super) fn capacity_bytes(&self) -> usize {
         self.qs.capacity()
-            + self.pair_qs.capacity()
             + 4 * (self.d.capacity()
                 + self.sum.capacity()
                 + self.s.capacity()
-                + self.half.capacity()
-                + self.pair_d.capacity()
-                + self.pair_nsum.capacity())
+                + self.half.capacity())
     }
 }
 

@@ -157,25 +157,6 @@ fn wide_tiles() -> bool {
 #[cfg(test)]
 static NARROW_TILES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Whether the AVX-512 Q8_0 tiles read the rows of `x` in pairs (`x86_avx512::q8_row_pairs`).
-/// Always; the tests' micro-benchmark turns them off to time them against the tiles of one row
-/// of `x` per register in the same process.
-#[cfg(not(test))]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-#[inline(always)]
-fn row_pair_tiles() -> bool {
-    true
-}
-
-#[cfg(test)]
-static NO_ROW_PAIRS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-#[cfg(test)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn row_pair_tiles() -> bool {
-    !NO_ROW_PAIRS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 #[cfg(test)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn wide_tiles() -> bool {
@@ -254,8 +235,7 @@ pub(crate) fn quant_matmul_with(
     // it waits for its tasks (rayon work stealing), that call finds an empty buffer instead of
     // panicking on a double borrow.
     let mut act = SCRATCH.with(Cell::take);
-    let pairs = m > 1 && kernel.reads_row_pairs(fmt);
-    act.quantize(kernel, x, m, k, parallel && m * k >= PAR_QUANTIZE, pairs);
+    act.quantize(kernel, x, m, k, parallel && m * k >= PAR_QUANTIZE);
 
     let rb = fmt.packed_row_bytes(act.k);
     // Rows of w per task: only a matter of load balance and of task overhead, since every task
@@ -308,7 +288,7 @@ pub fn quant_matmul_scalar(
         return;
     }
     let mut act = Activations::default();
-    act.quantize(Kernel::Portable, x, m, k, false, false);
+    act.quantize(Kernel::Portable, x, m, k, false);
     let rb = fmt.packed_row_bytes(act.k);
     for i in 0..m {
         for j in 0..n {
@@ -421,16 +401,6 @@ impl Kernel {
             // SAFETY: `Avx2` and `Avx512` are only chosen when `x86_avx2::available()`.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 | Kernel::Avx512 => unsafe { x86_avx2::quantize_row(x, out) },
-        }
-    }
-
-    /// Whether this kernel's tiles for `fmt` read the rows of `x` in pairs (`activations.rs`'
-    /// `PairRow`, made once per call when there are two rows or more).
-    fn reads_row_pairs(self, fmt: QuantFormat) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => wide_tiles() && row_pair_tiles() && x86_avx512::reads_row_pairs(fmt),
-            _ => false,
         }
     }
 

@@ -318,7 +318,7 @@ fn quant_matmul_equals_dequantized_product_of_quantized_activations() {
         let wf = dequantize(fmt, &w, n, k);
         let x = activations(m, k, 32);
         let mut act = Activations::default();
-        act.quantize(Kernel::Portable, &x, m, k, false, false);
+        act.quantize(Kernel::Portable, &x, m, k, false);
         for isa in cpu::supported_isas() {
             let y = run(isa, 2, fmt, &x, &w, m, k, n);
             for i in 0..m {
@@ -832,79 +832,6 @@ fn bench_quant_matmul_tiles() {
                     );
                     }
                 }
-            }
-        }
-    }
-}
-
-/// Q8_0's AVX-512 tiles with the rows of `x` in pairs (`x86_avx512::q8_row_pairs`) against those
-/// with one row of `x` per register, timed interleaved in one process on the shapes of t5-small and
-/// opus-mt-en-de (k = 512: the attention projections, the MLP's first matrix (2048), the output
-/// projections (32128, 58101); k = 2048: the MLP's second), for the rows of beams and batches.
-/// `cargo test --release -p fasttx-core bench_quant_row_pairs -- --ignored --nocapture --test-threads=1`
-#[test]
-#[ignore]
-fn bench_quant_row_pairs() {
-    use std::sync::atomic::Ordering::Relaxed;
-    use std::time::Instant;
-    let fmt = QuantFormat::Q8_0;
-    if !cpu::supported(Isa::Avx512) {
-        println!("bench_quant_row_pairs: no AVX-512 on this CPU");
-        return;
-    }
-    let threads_list: Vec<usize> = match std::env::var("FASTTX_BENCH_THREADS") {
-        Ok(v) => v.split(',').map(|t| t.parse().unwrap()).collect(),
-        Err(_) => vec![1],
-    };
-    println!("k     n      m    threads  single GMAC/s  pairs GMAC/s  pairs/single  single µs  (medians)");
-    for (k, n) in [
-        (512, 512),
-        (512, 2048),
-        (2048, 512),
-        (512, 32128),
-        (512, 58101),
-    ] {
-        let w = pack_rows(fmt, &random_weights(fmt, n, k, 81), k);
-        for m in [1, 2, 4, 8, 32] {
-            let x = activations(m, k, 82);
-            let mut y = vec![0.0; m * n];
-            for &threads in &threads_list {
-                let mut times = [Vec::new(), Vec::new()];
-                with_threads(threads, || {
-                    quant_matmul_with(Isa::Avx512, fmt, &x, &w, &mut y, m, k, n); // warm-up
-                    let t = Instant::now();
-                    quant_matmul_with(Isa::Avx512, fmt, &x, &w, &mut y, m, k, n);
-                    // ~0.2 s per variant, at least 5 repeats each, interleaved.
-                    let reps = ((0.1 / t.elapsed().as_secs_f64()) as usize).clamp(5, 2000);
-                    for _ in 0..reps {
-                        for (v, ts) in times.iter_mut().enumerate() {
-                            NO_ROW_PAIRS.store(v == 0, Relaxed);
-                            let t = Instant::now();
-                            quant_matmul_with(Isa::Avx512, fmt, &x, &w, &mut y, m, k, n);
-                            ts.push(t.elapsed().as_secs_f64());
-                        }
-                    }
-                    NO_ROW_PAIRS.store(false, Relaxed);
-                });
-                let best = times
-                    .clone()
-                    .map(|ts| ts.into_iter().fold(f64::INFINITY, f64::min));
-                let medians = times.map(|mut ts| {
-                    ts.sort_by(f64::total_cmp);
-                    ts[ts.len() / 2]
-                });
-                let gmacs = medians.map(|t| (m * n * k) as f64 / t / 1e9);
-                println!(
-                    "{k:<5} {n:<6} {m:<4} {threads:<8} {:>13.1}  {:>12.1}  {:>12.2}  {:>9.0}  \
-                     best µs {:.0} / {:.0} (ratio {:.2})",
-                    gmacs[0],
-                    gmacs[1],
-                    gmacs[1] / gmacs[0],
-                    medians[0] * 1e6,
-                    best[0] * 1e6,
-                    best[1] * 1e6,
-                    best[0] / best[1]
-                );
             }
         }
     }
