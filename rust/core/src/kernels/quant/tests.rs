@@ -960,3 +960,92 @@ fn bench_quant_matmul_avx2_tiles() {
         }
     }
 }
+
+/// Q8_0 (the storage of `dtype="int8"`) on AVX-512 with and without the next weight chunk fetched
+/// into L2 (`Kernel::prefetch_l2`), timed interleaved in one process on the shapes of t5-small and
+/// opus-mt-en-de (k = 512: the attention projections, the MLP's first matrix (2048), the output
+/// projections (32128, 58101); k = 2048: the MLP's second), for the rows of beams and batches.
+/// Each shape cycles through enough copies of its weights to fill 64 MB (`FASTTX_BENCH_MB`), so
+/// that they come from memory as in a decoding step, whose weights exceed L3 (16: from L3; 0: one
+/// copy, in L2 when small). Timed in this thread's CPU time (one thread: the machine is shared, and a preempted call
+/// would count the other process's time); prints GMAC/s of the medians and of the best times.
+/// `FASTTX_BENCH_N=58101` (say) keeps the shapes of that `n`.
+/// `cargo test --release -p fasttx-core bench_quant_chunk_prefetch -- --ignored --nocapture --test-threads=1`
+#[test]
+#[ignore]
+#[cfg(target_os = "linux")]
+fn bench_quant_chunk_prefetch() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let fmt = QuantFormat::Q8_0;
+    if !cpu::supported(Isa::Avx512) {
+        println!("bench_quant_chunk_prefetch: no AVX-512 on this CPU");
+        return;
+    }
+    let cpu_s = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a pointer to a live timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    };
+    let only_n: Option<Vec<usize>> = std::env::var("FASTTX_BENCH_N")
+        .ok()
+        .map(|v| v.split(',').map(|t| t.parse().unwrap()).collect());
+    let total_mb: usize = std::env::var("FASTTX_BENCH_MB").map_or(64, |v| v.parse().unwrap());
+    println!(
+        "k     n      m    copies  GMAC/s median: without  with  with/without | best: without  with  with/without"
+    );
+    for (k, n) in [
+        (512, 512),
+        (512, 2048),
+        (2048, 512),
+        (512, 32128),
+        (512, 58101),
+    ] {
+        if only_n.as_ref().is_some_and(|ns| !ns.contains(&n)) {
+            continue;
+        }
+        let one = pack_rows(fmt, &random_weights(fmt, n, k, 81), k);
+        let copies = (total_mb << 20).div_ceil(one.len()).max(1);
+        let ws: Vec<Vec<u8>> = (0..copies).map(|_| one.clone()).collect();
+        for m in [1, 2, 4, 8, 32] {
+            let x = activations(m, k, 82);
+            let mut y = vec![0.0; m * n];
+            let mut times = [Vec::new(), Vec::new()];
+            with_threads(1, || {
+                let call = |c: usize, y: &mut [f32]| {
+                    let t = cpu_s();
+                    quant_matmul_with(Isa::Avx512, fmt, &x, &ws[c % copies], y, m, k, n);
+                    cpu_s() - t
+                };
+                let first = call(0, &mut y); // also the warm-up
+                                             // ~0.3 s per variant, at least 6 repeats each, interleaved.
+                let reps = ((0.3 / first) as usize).clamp(6, 3000);
+                for rep in 0..reps {
+                    for (v, ts) in times.iter_mut().enumerate() {
+                        NO_CHUNK_PREFETCH.store(v == 0, Relaxed);
+                        ts.push(call(2 * rep + v, &mut y));
+                    }
+                }
+                NO_CHUNK_PREFETCH.store(false, Relaxed);
+            });
+            let [median, best] = [0.5, 0.0].map(|q| {
+                times.clone().map(|mut ts| {
+                    ts.sort_by(f64::total_cmp);
+                    (m * n * k) as f64 / ts[((ts.len() - 1) as f64 * q) as usize] / 1e9
+                })
+            });
+            println!(
+                "{k:<5} {n:<6} {m:<4} {copies:<7} {:>22.1} {:>5.1} {:>13.2} | {:>13.1} {:>5.1} {:>13.2}",
+                median[0],
+                median[1],
+                median[1] / median[0],
+                best[0],
+                best[1],
+                best[1] / best[0]
+            );
+        }
+    }
+}

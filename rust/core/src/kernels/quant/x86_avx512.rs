@@ -47,6 +47,17 @@ avx2::packed_row_kernels!(
     [1, 2, 3, 4, 5, 6, 7, 8]
 );
 
+/// Prefetches every cache line of `bytes` into L2 (a hint: no fault, no effect on results).
+///
+/// # Safety
+/// The CPU has this file's features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn prefetch_l2(bytes: &[u8]) {
+    for off in (0..bytes.len()).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().add(off).cast());
+    }
+}
+
 /// Rows of `x` per tile for `fmt`: 8, or 4 for the types with minimums (Q4_1, Q5_1), whose
 /// second set of accumulators would not fit the registers with 8. (Tiles of 4 rows by four weight
 /// rows were slower: `bench_quant_matmul_tiles`.)
