@@ -1239,7 +1239,8 @@ mod tests {
     /// time; median of `FASTTX_BENCH_REPS` passes, default 7) and ratios to aligned.
     /// `FASTTX_BENCH_OFFSETS` (bytes, multiples of 4 below 64; default `20,40`),
     /// `FASTTX_BENCH_M`, `FASTTX_BENCH_KN`, `FASTTX_BENCH_ISA`, `FASTTX_BENCH_DIR` as in
-    /// `bench_matmul_mapped`.
+    /// `bench_matmul_mapped`; `x` is 64-byte aligned, or at `w`'s offset with
+    /// `FASTTX_BENCH_XSAME=1`.
     #[test]
     #[ignore]
     fn bench_matmul_misaligned() {
@@ -1273,7 +1274,7 @@ mod tests {
         // (offset in bytes, kernel): aligned first, then each offset with either kind of tile.
         let mut runs = vec![(0, &stream)];
         for &off in &offsets {
-            assert!(off % 4 == 0 && off < 64, "offset {off}");
+            assert!(off.is_multiple_of(4) && off < 64, "offset {off}");
             runs.push((off, &plain));
             runs.push((off, &stream));
         }

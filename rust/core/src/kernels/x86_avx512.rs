@@ -274,10 +274,10 @@ pub(crate) unsafe fn nt_tile_stream(
         && mr == 1
         && ks.first
         && ks.last
-        && addr % 4 == 0
+        && addr.is_multiple_of(4)
         && shift != 0
-        && ks.ld % LANES == 0
-        && ks.len % LANES == 0
+        && ks.ld.is_multiple_of(LANES)
+        && ks.len.is_multiple_of(LANES)
         && ks.len > 0;
     match nr {
         12 if rotatable => tile_rotated::<12>(x, w, ks, y, shift),
