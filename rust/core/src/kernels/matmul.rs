@@ -261,11 +261,17 @@ struct NtKernel {
     /// Their `rows × cols` outputs' partial sums ([`MAX_LANES`] floats each) and the slices of
     /// `x` and `w` they sweep stay within a 1 MiB L2.
     sliced: (usize, usize),
-    /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract.
+    /// Computes an `mr × nr` tile; see `x86_avx2::nt_tile` for the contract. The products run
+    /// `stream_tile` and `gemm`; this plain tile is what `stream_tile` falls back to, kept for
+    /// `bench_matmul_misaligned` to time against it.
+    #[cfg_attr(not(test), allow(dead_code))]
     tile: unsafe fn(usize, usize, bool, *const f32, *const f32, &KSlice, *mut f32, usize),
     /// The tile of blocks of more than 8 rows: `tile`'s contract without `stream` (never set
     /// there), the same bits (see `x86_avx512::gemm_tile`).
     gemm: unsafe fn(usize, usize, *const f32, *const f32, &KSlice, *mut f32, usize),
+    /// The same for blocks of at most 8 rows (decoding), with the same bits: tiles that also
+    /// stream `w` well when its rows start inside a cache line (see `x86_avx512::nt_tile_stream`).
+    stream_tile: unsafe fn(usize, usize, bool, *const f32, *const f32, &KSlice, *mut f32, usize),
 }
 
 impl NtKernel {
@@ -281,6 +287,7 @@ impl NtKernel {
                 // Measured on Zen 4 against (96, 48), (192, 24) and (144, 12): as fast or faster
                 // at k = 4864 and 8960.
                 sliced: (144, 24),
+                stream_tile: x86_avx512::nt_tile_stream,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => NtKernel {
@@ -292,6 +299,7 @@ impl NtKernel {
                 // measured 0.85-0.97x at k = 8960 with the AVX2 tile of before `gemm_tile`;
                 // not remeasured since.)
                 sliced: (96, 48),
+                stream_tile: x86_avx2::nt_tile,
             },
             _ => NtKernel {
                 nr: portable::NT_NR,
@@ -299,6 +307,7 @@ impl NtKernel {
                 tile: portable::nt_tile,
                 gemm: portable::gemm_tile,
                 sliced: (96, 48),
+                stream_tile: portable::nt_tile,
             },
         }
     }
@@ -405,7 +414,7 @@ impl NtKernel {
         ks: &KSlice,
         ldy: usize,
     ) {
-        let (tile, gemm) = (self.tile, self.gemm);
+        let (tile, gemm) = (self.stream_tile, self.gemm);
         // Few rows (decoding): one group, with the widest tile for that many rows; up to 8, groups
         // of 4; more, the kernel's big tile (the last group, if shorter, keeps the same width).
         let (mr, nr) = if rows > 8 {
@@ -917,6 +926,51 @@ mod tests {
         }
     }
 
+    /// `w` starting anywhere in a cache line (as f32 weights mapped from a safetensors file do):
+    /// every decoding tile and edge gives the bits it gives on 64-byte aligned rows, with 1 and 2
+    /// threads, and stays close to the scalar reference.
+    #[test]
+    fn matmul_nt_misaligned_w_bitwise_equals_aligned() {
+        for isa in cpu::supported_isas() {
+            for &k in &[16, 32, 48, 512, 2048, 17, 40, 520] {
+                for &n in &[1, 4, 5, 12, 13, 25, 50] {
+                    let w = random(n * k, 16);
+                    // Room to place `w` at every offset from a 64-byte boundary.
+                    let mut buf = vec![0.0f32; n * k + 2 * MAX_LANES];
+                    let base = buf.as_ptr().align_offset(64);
+                    assert!(base < MAX_LANES);
+                    for m in 1..=8 {
+                        let x = random(m * k, 15);
+                        let mut want = vec![0.0; m * n];
+                        matmul_nt_scalar(&x, &w, &mut want, m, k, n);
+                        let scale = abs_nt(&x, &w, m, k, n);
+                        let mut aligned = vec![f32::NAN; m * n];
+                        for shift in 0..MAX_LANES {
+                            let at = base + shift;
+                            buf[at..at + n * k].copy_from_slice(&w);
+                            let ws = &buf[at..at + n * k];
+                            for threads in [1, 2] {
+                                let mut got = vec![f32::NAN; m * n];
+                                with_threads(threads, || {
+                                    matmul_nt_with(isa, &x, ws, &mut got, m, k, n)
+                                });
+                                let what = format!(
+                                    "{isa:?} m={m} k={k} n={n} shift={shift} threads={threads}"
+                                );
+                                if shift == 0 && threads == 1 {
+                                    assert_close_to_ref(&got, &want, &scale, 1e-5, &what);
+                                    aligned = got;
+                                } else {
+                                    assert_eq!(bits(&got), bits(&aligned), "{what}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|f| f.to_bits()).collect()
     }
@@ -1244,6 +1298,149 @@ mod tests {
                         rates[0] / rates[1]
                     );
                 }
+            }
+        }
+    }
+
+    /// `cargo test --release -p fasttx-core -- --ignored --nocapture bench_matmul_misaligned`
+    ///
+    /// Decoding products (one thread) over ~320 MB of distinct weights in a 4 KiB-page file
+    /// mapping, read at the mapping's start (64-byte aligned rows) and at an offset of a few
+    /// floats: a safetensors file aligns its data to 8 bytes at most, so mapped f32 rows usually
+    /// start inside a cache line (all alike when `k` is a multiple of 16). At each offset the
+    /// decoding tiles run twice: with plain unaligned loads (`NtKernel::tile`, what every block
+    /// used before) and as products run them (`NtKernel::stream_tile`). Interleaved; prints GB/s
+    /// of weights streamed by the thread's CPU time (less disturbed by other processes than wall
+    /// time; median of `FASTTX_BENCH_REPS` passes, default 7) and ratios to aligned.
+    /// `FASTTX_BENCH_OFFSETS` (bytes, multiples of 4 below 64; default `20,40`),
+    /// `FASTTX_BENCH_M`, `FASTTX_BENCH_KN`, `FASTTX_BENCH_ISA`, `FASTTX_BENCH_DIR` as in
+    /// `bench_matmul_mapped`; `x` is 64-byte aligned, or at `w`'s offset with
+    /// `FASTTX_BENCH_XSAME=1`.
+    #[test]
+    #[ignore]
+    fn bench_matmul_misaligned() {
+        use std::io::Write;
+        let list = |var: &str, default: &[usize]| -> Vec<usize> {
+            std::env::var(var).map_or(default.to_vec(), |s| {
+                s.split(',').map(|v| v.trim().parse().unwrap()).collect()
+            })
+        };
+        let ms = list("FASTTX_BENCH_M", &[1, 4, 8]);
+        let reps = list("FASTTX_BENCH_REPS", &[7])[0];
+        let offsets = list("FASTTX_BENCH_OFFSETS", &[20, 40]);
+        let shapes = list(
+            "FASTTX_BENCH_KN",
+            &[512, 512, 512, 2048, 512, 58101, 2048, 512],
+        );
+        let isa = match std::env::var("FASTTX_BENCH_ISA").as_deref() {
+            Ok("avx2") => Isa::Avx2,
+            _ => cpu::isa(),
+        };
+        let dir = std::env::var_os("FASTTX_BENCH_DIR").map_or_else(
+            || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+            std::path::PathBuf::from,
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let stream = NtKernel::for_isa(isa);
+        let plain = NtKernel {
+            stream_tile: stream.tile,
+            ..NtKernel::for_isa(isa)
+        };
+        // (offset in bytes, kernel): aligned first, then each offset with either kind of tile.
+        let mut runs = vec![(0, &stream)];
+        for &off in &offsets {
+            assert!(off.is_multiple_of(4) && off < 64, "offset {off}");
+            runs.push((off, &plain));
+            runs.push((off, &stream));
+        }
+        for kn in shapes.chunks(2) {
+            let (k, n) = (kn[0], kn[1]);
+            let one = random(n * k, 20);
+            let count = (320usize << 20).div_ceil(n * k * 4).max(2);
+            let path = dir.join(format!(
+                "bench-misaligned-{}-{k}x{n}.bin",
+                std::process::id()
+            ));
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+            // SAFETY: the floats' bytes.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(one.as_ptr() as *const u8, one.len() * 4) };
+            for _ in 0..count {
+                file.write_all(bytes).unwrap();
+            }
+            file.write_all(&[0u8; 64]).unwrap(); // room for the offset
+            drop(file);
+            // SAFETY: a file this test wrote and nobody else touches.
+            let mapped =
+                unsafe { memmap2::Mmap::map(&std::fs::File::open(&path).unwrap()) }.unwrap();
+            let _ = std::fs::remove_file(&path);
+            let bytes = (count * n * k * 4) as f64;
+            for &m in &ms {
+                assert!(m <= 8, "decoding shapes only");
+                let x = random(m * k, 21);
+                // x 64-byte aligned, or (FASTTX_BENCH_XSAME=1) at w's offset.
+                let x_same = std::env::var("FASTTX_BENCH_XSAME").is_ok();
+                let mut xbuf = vec![0.0f32; m * k + 32];
+                let xbase = xbuf.as_ptr().align_offset(64);
+                let mut y = vec![0.0; m * n];
+                let mut pass = |off: usize, kernel: &NtKernel| {
+                    let xo = xbase + if x_same { off / 4 } else { 0 };
+                    xbuf[xo..xo + m * k].copy_from_slice(&x);
+                    let x = &xbuf[xo..xo + m * k];
+                    // SAFETY: the mapping is page-aligned and holds `count·n·k` floats and 64
+                    // more bytes; `off` is a multiple of 4 below 64.
+                    let w = unsafe { mapped.as_ptr().add(off) } as *const f32;
+                    for c in 0..count {
+                        // SAFETY: matrix `c` lies in the mapping, x holds m·k and y m·n floats;
+                        // the CPU supports `isa`. One block of at most 8 rows, as a product on
+                        // one thread computes it.
+                        unsafe {
+                            kernel.block(x.as_ptr(), w.add(c * n * k), y.as_mut_ptr(), m, n, k, n)
+                        };
+                    }
+                };
+                let mut times = vec![Vec::new(); runs.len()];
+                with_threads(1, || {
+                    // Interleaved, so every run sees the same disturbances.
+                    for &(off, kernel) in &runs {
+                        pass(off, kernel);
+                    }
+                    for _ in 0..reps {
+                        for (s, &(off, kernel)) in runs.iter().enumerate() {
+                            let c = thread_cpu_s();
+                            pass(off, kernel);
+                            times[s].push(thread_cpu_s() - c);
+                        }
+                    }
+                });
+                let rates: Vec<f64> = times
+                    .iter_mut()
+                    .map(|t| {
+                        t.sort_by(f64::total_cmp);
+                        bytes / t[t.len() / 2] / 1e9
+                    })
+                    .collect();
+                let line: Vec<String> = runs
+                    .iter()
+                    .zip(&rates)
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .chunks(2)
+                    .map(|pair| {
+                        let (plain, shifted) = (pair[0].1, pair[1].1);
+                        format!(
+                            "+{}B plain {plain:5.1} ({:.2}x) shifted {shifted:5.1} ({:.2}x)",
+                            pair[0].0 .0,
+                            plain / rates[0],
+                            shifted / rates[0]
+                        )
+                    })
+                    .collect();
+                println!(
+                    "misaligned {isa:?} k={k:4} n={n:5} m={m}: aligned {:5.1} GB/s | {}",
+                    rates[0],
+                    line.join(" | ")
+                );
             }
         }
     }
