@@ -1395,7 +1395,16 @@ mod tests {
                         // the CPU supports `isa`. One block of at most 8 rows, as a product on
                         // one thread computes it.
                         unsafe {
-                            kernel.block(x.as_ptr(), w.add(c * n * k), y.as_mut_ptr(), m, n, k, n)
+                            kernel.block(
+                                x.as_ptr(),
+                                w.add(c * n * k),
+                                y.as_mut_ptr(),
+                                m,
+                                n,
+                                k,
+                                k,
+                                n,
+                            )
                         };
                     }
                 };
