@@ -466,6 +466,7 @@ impl Kernel {
     /// (the vocabulary projections of t5-small and opus-mt), 1.00-1.06x at m = 32; from L3
     /// 1.0-1.2x; from L2 (a small matrix called again at once) 0.95-0.99x at m = 8..32.
     #[inline]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] // only AVX-512 prefetches
     fn prefetch_l2(self, bytes: &[u8]) {
         match self {
             // SAFETY: only chosen when `x86_avx512::available()`.
