@@ -249,9 +249,12 @@ unsafe fn hsum4(a: [__m512; 4]) -> __m128 {
 /// [`tile_rotated`] reads `w` by whole lines, with the same bits. With one row of `x` it reads
 /// `x` wherever it is (0.94-0.99x the aligned rate); with more rows only when `x`'s rows start
 /// at the same `shift` past a line, `ldx` floats apart (a multiple of 16), so that its loads do
-/// not split either: `NtKernel::block` copies the rows there (without that copy the 4-row tile
-/// streamed 0.77-0.83x: each step's 4 loads of `x` split instead of `w`'s). Anything else goes
-/// to [`nt_tile`].
+/// not split either: `NtKernel::block` copies the rows there. At k = 512 (offsets 20 and 24
+/// bytes): 2 rows 0.94-1.02x the aligned rate (plain tiles 0.75-0.80x), 4 rows 0.85-0.93x
+/// (0.84-0.90x; 0.92-0.93x against 0.87-0.88x at n = 58101, Marian's LM head), 8 rows
+/// 0.93-1.03x (0.89-0.97x); k = 2048 about even. An earlier 4-row attempt without the copy
+/// streamed 0.77-0.83x: its 4 loads of `x` per step split instead of `w`'s, and it lacked the
+/// first line's prefetch (see [`tile_rotated`]). Anything else goes to [`nt_tile`].
 ///
 /// # Safety
 /// As [`nt_tile`].
