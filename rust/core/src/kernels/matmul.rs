@@ -393,7 +393,7 @@ impl NtKernel {
         shift: usize,
     ) {
         SCRATCH.with_borrow_mut(|scratch| {
-            let ldx = (k / MAX_LANES | 1) * MAX_LANES;
+            let ldx = ((k / MAX_LANES) | 1) * MAX_LANES;
             let (xp, _) = scratch.split(rows * ldx + MAX_LANES, 0);
             for r in 0..rows {
                 let row = std::slice::from_raw_parts(x.add(r * k), k);
