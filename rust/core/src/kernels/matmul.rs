@@ -272,6 +272,9 @@ struct NtKernel {
     /// The same for blocks of at most 8 rows (decoding), with the same bits: tiles that also
     /// stream `w` well when its rows start inside a cache line (see `x86_avx512::nt_tile_stream`).
     stream_tile: unsafe fn(usize, usize, bool, *const f32, *const f32, &KSlice, *mut f32, usize),
+    /// `stream_tile` reads `w` rows that start inside a cache line by whole lines only when
+    /// several rows of `x` start at the same place in a line: `block` copies them there.
+    x_along_w: bool,
 }
 
 impl NtKernel {
@@ -288,6 +291,7 @@ impl NtKernel {
                 // at k = 4864 and 8960.
                 sliced: (144, 24),
                 stream_tile: x86_avx512::nt_tile_stream,
+                x_along_w: true,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => NtKernel {
@@ -300,6 +304,7 @@ impl NtKernel {
                 // not remeasured since.)
                 sliced: (96, 48),
                 stream_tile: x86_avx2::nt_tile,
+                x_along_w: false,
             },
             _ => NtKernel {
                 nr: portable::NT_NR,
@@ -308,6 +313,7 @@ impl NtKernel {
                 gemm: portable::gemm_tile,
                 sliced: (96, 48),
                 stream_tile: portable::nt_tile,
+                x_along_w: false,
             },
         }
     }
@@ -342,9 +348,19 @@ impl NtKernel {
         ldy: usize,
     ) {
         // Up to 8 rows (decoding) w streams from memory once, whatever k is: one pass, over x
-        // as it is.
+        // as it is, or copied to start where w's rows do in a cache line (see `x_along_w`).
         if rows <= 8 {
-            self.columns(x, w, y, rows, cols, &KSlice::whole(k), ldy);
+            let shift = w as usize % 64 / 4;
+            if self.x_along_w
+                && rows >= 2
+                && (w as usize).is_multiple_of(4)
+                && shift != 0
+                && k.is_multiple_of(MAX_LANES)
+            {
+                self.columns_x_along_w(x, w, y, rows, cols, k, ldy, shift);
+            } else {
+                self.columns(x, w, y, rows, cols, &KSlice::whole(k), ldy);
+            }
             return;
         }
         let slices = k.div_ceil(slice.max(1));
@@ -393,6 +409,40 @@ impl NtKernel {
                 }
                 j += width;
             }
+        });
+    }
+
+    /// [`NtKernel::block`] of at most 8 rows over `w` rows starting `shift` floats past a cache
+    /// line: the rows of `x` copied once into the thread's scratch, each `shift` floats past a
+    /// line, so that the tiles load both `x` and `w` by whole lines (`x86_avx512::nt_tile_stream`).
+    /// Rows an odd number of lines apart, as in `block`.
+    ///
+    /// # Safety
+    /// As [`NtKernel::block`], with `k` a multiple of 16.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn columns_x_along_w(
+        &self,
+        x: *const f32,
+        w: *const f32,
+        y: *mut f32,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        ldy: usize,
+        shift: usize,
+    ) {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let ldx = ((k / MAX_LANES) | 1) * MAX_LANES;
+            let (xp, _) = scratch.split(rows * ldx + MAX_LANES, 0);
+            for r in 0..rows {
+                let row = std::slice::from_raw_parts(x.add(r * k), k);
+                xp[shift + r * ldx..shift + r * ldx + k].copy_from_slice(row);
+            }
+            let ks = KSlice {
+                ldx,
+                ..KSlice::whole(k)
+            };
+            self.columns(xp.as_ptr().add(shift), w, y, rows, cols, &ks, ldy);
         });
     }
 
@@ -480,7 +530,7 @@ impl NtKernel {
 }
 
 thread_local! {
-    /// A thread's scratch for the blocks of more than 8 rows it computes (kept between calls).
+    /// A thread's scratch for the copies of x its blocks make (kept between calls).
     static SCRATCH: std::cell::RefCell<Scratch> = const { std::cell::RefCell::new(Scratch(Vec::new())) };
 }
 
@@ -1344,6 +1394,7 @@ mod tests {
         let stream = NtKernel::for_isa(isa);
         let plain = NtKernel {
             stream_tile: stream.tile,
+            x_along_w: false,
             ..NtKernel::for_isa(isa)
         };
         // (offset in bytes, kernel): aligned first, then each offset with either kind of tile.

@@ -243,16 +243,18 @@ unsafe fn hsum4(a: [__m512; 4]) -> __m128 {
 /// (its data is 8-byte aligned at most), so their rows usually start inside a cache line and
 /// every 64-byte load of [`tile`] straddles two lines. `bench_matmul_misaligned` (`matmul.rs`,
 /// Zen 4, one thread) streams such weights at 0.81-0.89x the aligned rate with one row of `x`
-/// (k = 512 and 2048), 0.80-0.91x with 4 rows at k = 512, 0.88-0.98x with 8; at k = 2048, 4
-/// or 8 rows, it does not lose.
+/// (k = 512 and 2048), 0.80-0.91x with 4 rows at k = 512, 0.88-0.98x with 8.
 ///
-/// With one row of `x`, when every `w` row starts the same `shift` floats past a line (`ld` a
-/// multiple of 16), [`tile_rotated`] reads `w` by whole lines, with the same bits: 0.94-0.99x
-/// the aligned rate. With more rows it did not pay: at k = 512 (the tiles that prefetch the next
-/// tile as one run) it streamed 0.77-0.83x, against [`tile`]'s 0.87-0.92x (0.50-0.60x with
-/// masked loads at the rows' ends; 0.92-0.98x without the first line's work, so that line's
-/// loads cost there, not found why), and at k = 2048 no more than [`tile`]. Those, and anything
-/// else, go to [`nt_tile`].
+/// When every `w` row starts the same `shift` floats past a line (`ld` a multiple of 16),
+/// [`tile_rotated`] reads `w` by whole lines, with the same bits. With one row of `x` it reads
+/// `x` wherever it is (0.94-0.99x the aligned rate); with more rows only when `x`'s rows start
+/// at the same `shift` past a line, `ldx` floats apart (a multiple of 16), so that its loads do
+/// not split either: `NtKernel::block` copies the rows there. At k = 512 (offsets 20 and 24
+/// bytes): 2 rows 0.94-1.02x the aligned rate (plain tiles 0.75-0.80x), 4 rows 0.85-0.93x
+/// (0.84-0.90x; 0.92-0.93x against 0.87-0.88x at n = 58101, Marian's LM head), 8 rows
+/// 0.93-1.03x (0.89-0.97x); k = 2048 about even. An earlier 4-row attempt without the copy
+/// streamed 0.77-0.83x: its 4 loads of `x` per step split instead of `w`'s, and it lacked the
+/// first line's prefetch (see [`tile_rotated`]). Anything else goes to [`nt_tile`].
 ///
 /// # Safety
 /// As [`nt_tile`].
@@ -271,7 +273,6 @@ pub(crate) unsafe fn nt_tile_stream(
     let addr = w as usize;
     let shift = addr % 64 / 4;
     let rotatable = stream
-        && mr == 1
         && ks.first
         && ks.last
         && addr.is_multiple_of(4)
@@ -279,44 +280,57 @@ pub(crate) unsafe fn nt_tile_stream(
         && ks.ld.is_multiple_of(LANES)
         && ks.len.is_multiple_of(LANES)
         && ks.len > 0;
-    match nr {
-        12 if rotatable => tile_rotated::<12>(x, w, ks, y, shift),
+    // Several rows of x: only at w's offset (see above).
+    let x_along = mr == 1 || (x as usize % 64 == addr % 64 && ks.ldx.is_multiple_of(LANES));
+    match (mr, nr) {
+        _ if !(rotatable && x_along) => nt_tile(mr, nr, stream, x, w, ks, y, ldy),
+        (1, 12) => tile_rotated::<1, 12>(x, w, ks, y, ldy, stream, shift),
+        (2, 8) => tile_rotated::<2, 8>(x, w, ks, y, ldy, stream, shift),
+        (3, 6) => tile_rotated::<3, 6>(x, w, ks, y, ldy, stream, shift),
+        (4, 4) => tile_rotated::<4, 4>(x, w, ks, y, ldy, stream, shift),
         // Rows 5..8 of a block come as a group of 4 and one of 1, 2 or 3 (4 w rows wide).
-        4 if rotatable => tile_rotated::<4>(x, w, ks, y, shift),
-        // The ragged edge of a block (fewer than `nr` rows of w left) and everything else.
+        (1, 4) => tile_rotated::<1, 4>(x, w, ks, y, ldy, stream, shift),
+        (2, 4) => tile_rotated::<2, 4>(x, w, ks, y, ldy, stream, shift),
+        (3, 4) => tile_rotated::<3, 4>(x, w, ks, y, ldy, stream, shift),
+        // The ragged edge of a block (fewer than `nr` rows of w left).
         _ => nt_tile(mr, nr, stream, x, w, ks, y, ldy),
     }
 }
 
-/// The 1 × `NR` [`tile`] over one whole pass of `k` whose `w` rows start `shift` (1..16) floats
-/// past a cache line, reading `w` by aligned lines and `x` at the same offset (from L1, where a
-/// split load costs little). Line `t` holds elements `16t - shift + l` in lane `l`, so lane `l`
-/// here sums the products [`tile`]'s lane `(l - shift) mod 16` does, in the same order. The first
-/// line lends only lanes `shift..` to its FMAs, the last one (past the row's last full vector)
-/// only lanes `..shift` (masked FMAs: the other lanes keep their sums untouched); both are built
-/// from the row's first and last vector, loaded as [`tile`] does and permuted, so nothing outside
-/// the rows is read. Rotating the accumulators back once at the end gives [`tile`]'s lane sums,
-/// bit for bit, hence its outputs. No software prefetch, as [`tile`] with one row of `x`.
+/// The `MR` × `NR` [`tile`] over one whole pass of `k` whose `w` rows start `shift` (1..16)
+/// floats past a cache line, reading `w` by aligned lines and `x` at the same offset (aligned
+/// too when `x` sits at `shift` past a line, as [`nt_tile_stream`] asks of several rows). Line
+/// `t` holds elements `16t - shift + l` in lane `l`, so lane `l` here sums the products
+/// [`tile`]'s lane `(l - shift) mod 16` does, in the same order. The first line lends only lanes
+/// `shift..` to its FMAs, the last one (past the row's last full vector) only lanes `..shift`
+/// (masked FMAs: the other lanes keep their sums untouched); both are built from the rows' first
+/// and last vectors, loaded as [`tile`] does and permuted, so nothing outside the rows is read.
+/// The same prefetch of `w` as [`tile`] (one per line of each row, [`WPrefetch`]). Rotating the
+/// accumulators back once at the end gives [`tile`]'s lane sums, bit for bit, and the same
+/// horizontal sums give its outputs.
 ///
 /// # Safety
-/// As [`nt_tile`] with `mr = 1`, `ks.first && ks.last`, `w` at `shift` floats past a 64-byte
-/// boundary, `ks.ld` and `ks.len` multiples of 16, `ks.len > 0`.
+/// As [`nt_tile`] with `ks.first && ks.last`, `w` at `shift` floats past a 64-byte boundary,
+/// `ks.ld` and `ks.len` multiples of 16, `ks.len > 0`.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn tile_rotated<const NR: usize>(
+unsafe fn tile_rotated<const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const f32,
     ks: &KSlice,
     y: *mut f32,
+    ldy: usize,
+    stream: bool,
     shift: usize,
 ) {
     debug_assert!(ks.first && ks.last && (1..LANES).contains(&shift));
     debug_assert!(ks.len > 0 && ks.len.is_multiple_of(LANES) && ks.ld.is_multiple_of(LANES));
     debug_assert!((w as usize - 4 * shift).is_multiple_of(64));
-    let (ld, len) = (ks.ld, ks.len);
+    let (ld, ldx, len) = (ks.ld, ks.ldx, ks.len);
     // Line-aligned starts (`wrapping_sub`: before the rows; only read from one vector in).
     let (wl, xl) = (w.wrapping_sub(shift), x.wrapping_sub(shift));
-    let mut acc = [_mm512_setzero_ps(); NR];
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     // Lane l of line t holds element 16t - shift + l, i.e. lane (l - shift) mod 16 of the row's
     // vector t (first line) or t - 1 (last line).
     let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -324,25 +338,51 @@ unsafe fn tile_rotated<const NR: usize>(
         _mm512_sub_epi32(lane, _mm512_set1_epi32(shift as i32)),
         _mm512_set1_epi32(LANES as i32 - 1),
     );
-    // The part of the first or last line inside the rows (`lanes`) from the vector at `p`.
+    // The part of the first or last line inside the rows (`lanes`) from the vectors at `p`.
     macro_rules! edge {
         ($p:expr, $lanes:expr) => {
             let (p, lanes) = ($p, $lanes);
-            let xv = _mm512_permutexvar_ps(to_line, _mm512_loadu_ps(x.add(p)));
-            for (c, a) in acc.iter_mut().enumerate() {
-                let wv = _mm512_permutexvar_ps(to_line, _mm512_loadu_ps(w.add(c * ld + p)));
-                *a = _mm512_mask3_fmadd_ps(xv, wv, *a, lanes);
+            let mut wv = [_mm512_setzero_ps(); NR];
+            for (c, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_permutexvar_ps(to_line, _mm512_loadu_ps(w.add(c * ld + p)));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let xv = _mm512_permutexvar_ps(to_line, _mm512_loadu_ps(x.add(r * ldx + p)));
+                for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                    *a = _mm512_mask3_fmadd_ps(xv, wc, *a, lanes);
+                }
             }
         };
     }
-    edge!(0, tail_mask(LANES - shift) << shift);
-    let mut p = LANES;
-    while p < len {
-        let xv = _mm512_loadu_ps(xl.wrapping_add(p));
-        for (c, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_fmadd_ps(xv, _mm512_load_ps(wl.wrapping_add(c * ld + p)), *a);
-        }
-        p += LANES;
+    // As in `tile`, the loop once per kind of prefetch, `p` here counting from the lines. The
+    // first line's prefetch too (`p = 0`, before its edge): with `NextTile` it is the next tile's
+    // first lines, without which each tile would start with `NR` misses.
+    let mut p = 0;
+    macro_rules! sweep {
+        ($prefetch:expr) => {{
+            $prefetch;
+            edge!(0, tail_mask(LANES - shift) << shift);
+            p += LANES;
+            while p < len {
+                $prefetch;
+                let mut wv = [_mm512_setzero_ps(); NR];
+                for (c, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_load_ps(wl.wrapping_add(c * ld + p));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_loadu_ps(xl.wrapping_add(r * ldx + p));
+                    for (a, &wc) in acc_r.iter_mut().zip(&wv) {
+                        *a = _mm512_fmadd_ps(xv, wc, *a);
+                    }
+                }
+                p += LANES;
+            }
+        }};
+    }
+    match WPrefetch::of(stream, MR, NR, ks) {
+        WPrefetch::Off => sweep!({}),
+        WPrefetch::Rows { ahead } => sweep!(prefetch_rows::<NR>(wl, ld, p + ahead)),
+        WPrefetch::NextTile => sweep!(prefetch_run::<NR>(wl.wrapping_add(NR * (len + p)))),
     }
     edge!(len - LANES, tail_mask(shift));
     // Lane j of `tile`'s sums is lane (j + shift) mod 16 here.
@@ -350,8 +390,23 @@ unsafe fn tile_rotated<const NR: usize>(
         _mm512_add_epi32(lane, _mm512_set1_epi32(shift as i32)),
         _mm512_set1_epi32(LANES as i32 - 1),
     );
-    for (c, a) in acc.iter().enumerate() {
-        *y.add(c) = hsum(_mm512_permutexvar_ps(back, *a));
+    for acc_r in acc.iter_mut() {
+        for a in acc_r.iter_mut() {
+            *a = _mm512_permutexvar_ps(back, *a);
+        }
+    }
+    // `tile`'s ends (the same horizontal sums).
+    for (r, acc_r) in acc.iter().enumerate() {
+        if NR == 4 {
+            _mm_storeu_ps(
+                y.add(r * ldy),
+                hsum4([acc_r[0], acc_r[1], acc_r[2], acc_r[3]]),
+            );
+        } else {
+            for (c, &a) in acc_r.iter().enumerate() {
+                *y.add(r * ldy + c) = hsum(a);
+            }
+        }
     }
 }
 
