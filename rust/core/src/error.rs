@@ -96,8 +96,11 @@ pub fn try_zeroed<T: Zeroed>(len: usize, what: &str) -> Result<Vec<T>> {
 /// for a buffer that code which cannot fail is about to allocate.
 pub fn check_alloc<T>(len: usize, what: &str) -> Result<()> {
     let mut v: Vec<T> = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| out_of_memory::<T>(len, what))
+    let reserved = v.try_reserve_exact(len);
+    // An allocation never used may be removed by the optimizer, and with it the check: release
+    // builds answered Ok for 2^62 bytes. Looking at the buffer keeps the allocator's answer.
+    std::hint::black_box(v.as_ptr());
+    reserved.map_err(|_| out_of_memory::<T>(len, what))
 }
 
 fn out_of_memory<T>(len: usize, what: &str) -> Error {
