@@ -29,6 +29,13 @@
 //! group of `w` rows, went from ~10 to ~12 GB/s, about 48 GFLOP/s: half of what the same tiles
 //! reach on weights in cache. Not pursued further.)
 //!
+//! safetensors aligns tensor data to 8 bytes only, so mapped weights usually start inside a cache
+//! line (20 bytes past one in opus-mt-en-de, 40 in t5-small), and every 64-byte load of `w` then
+//! spans two lines: 0.75-0.95x the aligned rate at k = 512 (`bench_matmul_misaligned`). On
+//! AVX-512 the decoding tiles read such rows by whole aligned lines instead, the rows of `x`
+//! copied once per call to the same place in a line (`columns_x_along_w`,
+//! `x86_avx512::tile_rotated`), with the same bits.
+//!
 //! Blocks of more than 8 rows (prefill, batches) are bound by arithmetic instead, and take three
 //! more steps: the kernel's big tile (6 × 4 on AVX-512: 24 accumulators; its own function, whose
 //! start and end of a slice of `k` are fixed at compile time); a copy of the block's `x` rows at
