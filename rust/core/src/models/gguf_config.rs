@@ -101,6 +101,19 @@ pub fn llama_family(file: &GgufFile, gguf: &GgufArchitecture) -> Result<Value> {
     };
     let intermediate_size = keys.required_int("feed_forward_length")?;
     let num_hidden_layers = keys.required_int("block_count")?;
+    // Every layer stores tensors of its own: a count beyond the file's tensors is corrupt, and
+    // believing it would size per-layer tables for it (15 GB for 973 million layers, found by the
+    // gguf_model fuzz target) before any missing tensor is noticed.
+    let tensor_count = file.tensors().len();
+    if num_hidden_layers
+        .as_u64()
+        .is_some_and(|n| n > tensor_count as u64)
+    {
+        return Err(format_err!(
+            "{}: block_count {num_hidden_layers} but the file holds only {tensor_count} tensors",
+            file.path().display()
+        ));
+    }
     let token_count = file
         .get("tokenizer.ggml.tokens")
         .and_then(MetaValue::as_array)
