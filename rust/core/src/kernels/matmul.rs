@@ -167,6 +167,31 @@ pub(crate) fn matmul_nt_with(
     }
 }
 
+/// The stride of the rows of `x` copied into the scratch: an odd number of cache lines, since
+/// rows `k` apart (k a multiple of 1024, say) would map to the same L1 sets, and the rows a tile
+/// sweeps would evict each other.
+fn x_copy_stride(k: usize) -> usize {
+    (k.div_ceil(MAX_LANES) | 1) * MAX_LANES
+}
+
+/// Copies `rows` rows of `x` (`k` apart) into `dst`, row `r` at `offset + r·ldx`.
+///
+/// # Safety
+/// `x` valid for `rows·k` reads; `dst` holds `offset + (rows - 1)·ldx + k` values.
+unsafe fn copy_x_rows(
+    dst: &mut [f32],
+    x: *const f32,
+    rows: usize,
+    k: usize,
+    ldx: usize,
+    offset: usize,
+) {
+    for r in 0..rows {
+        let row = std::slice::from_raw_parts(x.add(r * k), k);
+        dst[offset + r * ldx..offset + r * ldx + k].copy_from_slice(row);
+    }
+}
+
 /// Rows of `x` (of length `k`) that one block of a long product takes: as many as stay in L2, a
 /// multiple of 4. Each block reads all of `w` once, so a caller cutting a long product into
 /// pieces of whole blocks (see [`crate::tensor::Linear::forward_checked`]) reads `w` no more
@@ -379,20 +404,14 @@ impl NtKernel {
         let slices = k.div_ceil(slice.max(1));
         let sliced_cols = self.sliced.1;
         SCRATCH.with_borrow_mut(|scratch| {
-            // The block's rows of x, copied at a stride of an odd number of cache lines: rows
-            // `k` apart (k a multiple of 1024, say) would map to the same L1 sets, and the rows
-            // a tile sweeps would evict each other.
-            let ldx = (k.div_ceil(MAX_LANES) | 1) * MAX_LANES;
+            let ldx = x_copy_stride(k);
             let partials = if slices > 1 {
                 rows * sliced_cols * MAX_LANES
             } else {
                 0
             };
             let (xp, partial) = scratch.split(rows * ldx, partials);
-            for r in 0..rows {
-                let row = std::slice::from_raw_parts(x.add(r * k), k);
-                xp[r * ldx..r * ldx + k].copy_from_slice(row);
-            }
+            copy_x_rows(xp, x, rows, k, ldx, 0);
             let xp = xp.as_ptr();
             if slices == 1 {
                 let ks = KSlice {
@@ -428,7 +447,7 @@ impl NtKernel {
     /// [`NtKernel::block`] of at most 8 rows over `w` rows starting `shift` floats past a cache
     /// line: the rows of `x` copied once into the thread's scratch, each `shift` floats past a
     /// line, so that the tiles load both `x` and `w` by whole lines (`x86_avx512::nt_tile_stream`).
-    /// Rows an odd number of lines apart, as in `block`.
+    /// Rows an odd number of lines apart ([`x_copy_stride`]), as in `block`.
     ///
     /// # Safety
     /// As [`NtKernel::block`], with `k` a multiple of 16.
@@ -445,12 +464,9 @@ impl NtKernel {
         shift: usize,
     ) {
         SCRATCH.with_borrow_mut(|scratch| {
-            let ldx = ((k / MAX_LANES) | 1) * MAX_LANES;
+            let ldx = x_copy_stride(k);
             let (xp, _) = scratch.split(rows * ldx + MAX_LANES, 0);
-            for r in 0..rows {
-                let row = std::slice::from_raw_parts(x.add(r * k), k);
-                xp[shift + r * ldx..shift + r * ldx + k].copy_from_slice(row);
-            }
+            copy_x_rows(xp, x, rows, k, ldx, shift);
             let ks = KSlice {
                 ldx,
                 ..KSlice::whole(k)
