@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::interrupt::{self, Interrupt};
 use crate::kernels::matmul::{matmul_nt, row_block};
 use crate::kernels::quant::{
-    dequantize_packed, int8, pack_rows_then, quant_matmul, quantize_rows_int8,
+    dequantize_packed, int8, int8_matmul, pack_rows_then, quant_matmul, quantize_rows_int8,
     quantize_rows_int8_from, QuantFormat,
 };
 
@@ -173,6 +173,9 @@ pub struct QuantMatrix {
     pub format: QuantFormat,
     pub rows: usize,
     pub cols: usize,
+    /// int8 rows (`dtype="int8"`, Q8_0 blocks that all hold their row's scale): products run
+    /// [`int8_matmul`], which takes the scale out of the sum.
+    pub int8: bool,
     packed: Arc<Vec<u8>>,
 }
 
@@ -200,12 +203,26 @@ impl QuantMatrix {
             format,
             rows,
             cols,
+            int8: false,
             packed: Arc::new(packed),
         })
     }
 
-    /// From rows already packed (rows of packed matrices with the same `cols`, concatenated).
-    fn from_packed(format: QuantFormat, rows: usize, cols: usize, packed: Vec<u8>) -> Result<Self> {
+    /// int8 rows ([`quantize_rows_int8`]'s bytes, `cols` padded to whole blocks), packed.
+    fn int8(rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self> {
+        let q = QuantMatrix::new(int8::FORMAT, rows, cols, Bytes::Owned(Arc::new(bytes)))?;
+        Ok(QuantMatrix { int8: true, ..q })
+    }
+
+    /// From rows already packed (rows of packed matrices with the same `cols` and kind,
+    /// concatenated).
+    fn from_packed(
+        format: QuantFormat,
+        rows: usize,
+        cols: usize,
+        int8: bool,
+        packed: Vec<u8>,
+    ) -> Result<Self> {
         Self::check(
             format,
             rows,
@@ -217,6 +234,7 @@ impl QuantMatrix {
             format,
             rows,
             cols,
+            int8,
             packed: Arc::new(packed),
         })
     }
@@ -468,12 +486,7 @@ impl Linear {
             }
             Matrix::Quant(q) => quantize_rows_int8_from(n, k, |i, row| q.row_into(i, row)),
         };
-        let q = QuantMatrix::new(
-            int8::FORMAT,
-            n,
-            int8::padded_cols(k),
-            Bytes::Owned(Arc::new(bytes)),
-        )?;
+        let q = QuantMatrix::int8(n, int8::padded_cols(k), bytes)?;
         Ok(Linear {
             weight: Matrix::Quant(q),
             ..self
@@ -486,6 +499,7 @@ impl Linear {
         match &self.weight {
             Matrix::F32(w) => matmul_nt(x, w.data(), y, m, k, n),
             // (int8 rows may be padded past `k` to whole blocks: the kernel pads `x` to match.)
+            Matrix::Quant(q) if q.int8 => int8_matmul(x, q.data(), y, m, k, n),
             Matrix::Quant(q) => quant_matmul(q.format, x, q.data(), y, m, k, n),
         }
         if let Some(b) = &self.bias {
@@ -718,7 +732,7 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
             Weight::F32(Tensor::from_vec(vec![n, k], data)?)
         }
         Matrix::Quant(q0) => {
-            let same = |p: &Linear| matches!(&p.weight, Matrix::Quant(q) if q.format == q0.format && q.cols == q0.cols);
+            let same = |p: &Linear| matches!(&p.weight, Matrix::Quant(q) if q.format == q0.format && q.cols == q0.cols && q.int8 == q0.int8);
             if !parts.iter().all(same) {
                 return Ok(None);
             }
@@ -731,7 +745,9 @@ fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
                     at += q.data().len();
                 }
             }
-            Weight::Quant(QuantMatrix::from_packed(q0.format, n, q0.cols, data)?)
+            Weight::Quant(QuantMatrix::from_packed(
+                q0.format, n, q0.cols, q0.int8, data,
+            )?)
         }
     };
     let bias = if parts.iter().any(|p| p.bias.is_some()) {

@@ -12,6 +12,10 @@ use super::{Kernel, LANES, QK};
 /// `c` = values `4c..4c+4` of each of the 8 blocks); `d`, `sum` and `s` hold each block's scale,
 /// `Σq` and `d·Σq`; `half` the `Σq` of each half of 16 values, for the super-block kernels (per
 /// group: the first halves of its 8 blocks, then the second halves).
+///
+/// Rows quantized for int8 weights ([`Activations::quantize_lanes`]) have one scale per lane set
+/// instead of one per block: `lane_d` and `lane_offsets` hold 16 values (see `int8.rs`), and
+/// `d`, `sum`, `s`, `half` are not filled; otherwise those two are empty.
 #[derive(Clone, Copy)]
 pub(super) struct XRow<'a> {
     pub(super) qs: &'a [i8],
@@ -19,6 +23,8 @@ pub(super) struct XRow<'a> {
     pub(super) sum: &'a [i32],
     pub(super) s: &'a [f32],
     pub(super) half: &'a [i32],
+    pub(super) lane_d: &'a [f32],
+    pub(super) lane_offsets: &'a [i32],
 }
 
 #[cfg(test)]
@@ -43,6 +49,9 @@ pub(super) struct Activations {
     sum: Vec<i32>,
     s: Vec<f32>,
     half: Vec<i32>,
+    /// [`LANE_SETS`] per row when quantized by lane sets (`quantize_lanes`), else empty.
+    lane_d: Vec<f32>,
+    lane_offsets: Vec<i32>,
 }
 
 thread_local! {
@@ -58,6 +67,8 @@ thread_local! {
             sum: Vec::new(),
             s: Vec::new(),
             half: Vec::new(),
+            lane_d: Vec::new(),
+            lane_offsets: Vec::new(),
         })
     };
 }
@@ -72,13 +83,10 @@ impl Activations {
         k: usize,
         parallel: bool,
     ) {
-        let kp = k.next_multiple_of(QK);
-        let nbp = (kp / QK).next_multiple_of(LANES);
-        self.m = m;
-        self.k = kp;
-        self.padded_blocks = nbp;
+        let nbp = self.shape(m, k);
+        self.lane_d.clear();
+        self.lane_offsets.clear();
         // Every element is overwritten below; `resize` only zero-fills on growth.
-        self.qs.resize(m * nbp * QK, 0);
         self.d.resize(m * nbp, 0.0);
         self.sum.resize(m * nbp, 0);
         self.s.resize(m * nbp, 0.0);
@@ -119,9 +127,68 @@ impl Activations {
         }
     }
 
+    /// Sets the shape for `m` rows of `k` values and sizes `qs`; returns the padded blocks per row.
+    fn shape(&mut self, m: usize, k: usize) -> usize {
+        let kp = k.next_multiple_of(QK);
+        let nbp = (kp / QK).next_multiple_of(LANES);
+        self.m = m;
+        self.k = kp;
+        self.padded_blocks = nbp;
+        self.qs.resize(m * nbp * QK, 0);
+        nbp
+    }
+
+    /// Quantizes the `m` rows of `x` (`k > 0` values each) for int8 weights: per row one scale
+    /// per lane set ([`quantize_row_lanes`]), the values in the packed interleaving, each row
+    /// zero-padded to whole groups. Only `qs`, `lane_d` and `lane_offsets` are filled.
+    pub(super) fn quantize_lanes(
+        &mut self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        parallel: bool,
+    ) {
+        let nbp = self.shape(m, k);
+        // `row` slices these per block: sized, not filled.
+        self.d.resize(m * nbp, 0.0);
+        self.sum.resize(m * nbp, 0);
+        self.s.resize(m * nbp, 0.0);
+        self.half.resize(2 * m * nbp, 0);
+        self.lane_d.resize(m * LANE_SETS, 0.0);
+        self.lane_offsets.resize(m * LANE_SETS, 0);
+        let x = &x[..m * k];
+        let width = nbp * QK;
+        let row = |((xr, qs), (d, offsets)): ((&[f32], &mut [i8]), (&mut [f32], &mut [i32]))| {
+            kernel.quantize_row_lanes(xr, qs, d, offsets)
+        };
+        if parallel {
+            x.par_chunks(k)
+                .zip(self.qs.par_chunks_mut(width))
+                .zip(
+                    self.lane_d
+                        .par_chunks_mut(LANE_SETS)
+                        .zip(self.lane_offsets.par_chunks_mut(LANE_SETS)),
+                )
+                .for_each(row);
+        } else {
+            x.chunks(k)
+                .zip(self.qs.chunks_mut(width))
+                .zip(
+                    self.lane_d
+                        .chunks_mut(LANE_SETS)
+                        .zip(self.lane_offsets.chunks_mut(LANE_SETS)),
+                )
+                .for_each(row);
+        }
+    }
+
     pub(super) fn row(&self, i: usize) -> XRow<'_> {
         let nbp = self.padded_blocks;
+        let lanes = i * LANE_SETS..(i + 1) * LANE_SETS;
         XRow {
+            lane_d: self.lane_d.get(lanes.clone()).unwrap_or(&[]),
+            lane_offsets: self.lane_offsets.get(lanes).unwrap_or(&[]),
             qs: &self.qs[i * nbp * QK..(i + 1) * nbp * QK],
             d: &self.d[i * nbp..(i + 1) * nbp],
             sum: &self.sum[i * nbp..(i + 1) * nbp],
@@ -140,7 +207,9 @@ impl Activations {
             + 4 * (self.d.capacity()
                 + self.sum.capacity()
                 + self.s.capacity()
-                + self.half.capacity())
+                + self.half.capacity()
+                + self.lane_d.capacity()
+                + self.lane_offsets.capacity())
     }
 }
 
@@ -256,4 +325,104 @@ fn quantize_block(x: &[f32; QK], q: &mut [i8; QK]) -> (f32, [i32; 2]) {
 #[inline]
 pub(super) fn x_index(l: usize, v: usize) -> usize {
     (v / 4) * 4 * LANES + 4 * l + v % 4
+}
+
+/// Lane sets of a row quantized for int8 weights: 8 lanes (every 8th block) times the even and
+/// the odd pieces of their blocks (`int8.rs`).
+pub(super) const LANE_SETS: usize = 2 * LANES;
+
+/// One row for int8 weights: each value's lane set (block `b`'s lane `b % 8`, and whether its
+/// piece `v / 4` is even or odd: set `b % 8 + 8·(v / 4 % 2)`) gets one scale `d = max|x| / 127`
+/// over the set, `q = round(x / d)` as [`quantize_block`] rounds (a set holding NaN or ±inf
+/// gets `d = NaN` and `q = 0`; an all-zero set `d = 0`); the values go into `qs` in the packed
+/// interleaving (zero past the row, to whole groups), `offsets` gets `-128·Σq` per set. Always
+/// inlined so that the AVX2 build compiles it with AVX2, as [`quantize_row`].
+#[inline(always)]
+pub(super) fn quantize_row_lanes(x: &[f32], qs: &mut [i8], d: &mut [f32], offsets: &mut [i32]) {
+    const ROUND: f32 = 12_582_912.0;
+    const ROUND_BITS: i32 = 0x4B40_0000;
+    let nb = x.len().div_ceil(QK);
+    // Block `b` as 4 chunks of 8 values (positions 0..4 of a chunk: an even piece, 4..8 an odd
+    // one); the ragged last block zero-padded.
+    let mut last = [0.0f32; QK];
+    let tail = &x[(nb - 1) * QK..];
+    last[..tail.len()].copy_from_slice(tail);
+    let block = |b: usize| -> &[f32] {
+        if b + 1 < nb {
+            &x[b * QK..(b + 1) * QK]
+        } else {
+            &last
+        }
+    };
+    // Per lane (block % 8) and chunk position: the largest |x| and the non-finite flag (`v·0`
+    // is ±0 for finite `v`, NaN otherwise), over every chunk of every block of the lane.
+    let mut amax = [[0.0f32; LANES]; LANES];
+    let mut poison = [[0.0f32; LANES]; LANES];
+    for b in 0..nb {
+        let (m, p) = (&mut amax[b % LANES], &mut poison[b % LANES]);
+        for c in block(b).chunks_exact(LANES) {
+            for t in 0..LANES {
+                let a = c[t].abs();
+                m[t] = if a > m[t] { a } else { m[t] };
+                p[t] += c[t] * 0.0;
+            }
+        }
+    }
+    // Set `l` (even pieces) takes positions 0..4 of lane `l`, set `8 + l` positions 4..8.
+    for l in 0..LANES {
+        for (half, j) in [l, LANES + l].into_iter().enumerate() {
+            let (m, p) = (
+                &amax[l][4 * half..4 * half + 4],
+                &poison[l][4 * half..4 * half + 4],
+            );
+            let a = m.iter().fold(0.0f32, |a, &v| if v > a { v } else { a });
+            d[j] = if p.iter().sum::<f32>() != 0.0 {
+                f32::NAN
+            } else {
+                a / 127.0
+            };
+        }
+    }
+    // Each chunk position's divisor, and whether its set quantizes at all (a NaN or zero scale
+    // gives q = 0, as `quantize_block`).
+    let mut div = [[1.0f32; LANES]; LANES];
+    let mut usable = [[0.0f32; LANES]; LANES];
+    for l in 0..LANES {
+        for t in 0..LANES {
+            let dt = d[l + LANES * (t / 4)];
+            if dt > 0.0 {
+                div[l][t] = dt;
+                usable[l][t] = 1.0;
+            }
+        }
+    }
+    let mut sums = [[0i32; LANES]; LANES];
+    let groups = qs.len() / (LANES * QK);
+    for b in 0..groups * LANES {
+        let (g, l) = (b / LANES, b % LANES);
+        let group = &mut qs[g * LANES * QK..][..LANES * QK];
+        let mut q = [0i8; QK];
+        if b < nb {
+            let (dv, ok, sum) = (&div[l], &usable[l], &mut sums[l]);
+            for (qc, c) in q.chunks_exact_mut(LANES).zip(block(b).chunks_exact(LANES)) {
+                for t in 0..LANES {
+                    // Dividing, as `quantize_block` does (right for subnormal scales too).
+                    let y = c[t] / dv[t];
+                    let y = if ok[t] > 0.0 { y } else { 0.0 };
+                    let y = if y > 127.0 { 127.0 } else { y };
+                    let y = if y < -127.0 { -127.0 } else { y };
+                    let r = (y + ROUND).to_bits() as i32 - ROUND_BITS;
+                    qc[t] = r as i8;
+                    sum[t] += r;
+                }
+            }
+        }
+        for c in 0..QK / 4 {
+            group[x_index(l, 4 * c)..][..4].copy_from_slice(&q[4 * c..4 * c + 4]);
+        }
+    }
+    for l in 0..LANES {
+        offsets[l] = -128 * sums[l][..4].iter().sum::<i32>();
+        offsets[LANES + l] = -128 * sums[l][4..].iter().sum::<i32>();
+    }
 }

@@ -114,11 +114,15 @@ use rayon::prelude::*;
 
 use super::cpu::{self, Isa};
 use super::matmul::{balanced_tasks, SyncPtr};
-use activations::{quantize_row, Activations, XRow, XRowMut, SCRATCH};
+use activations::{quantize_row, quantize_row_lanes, Activations, XRow, XRowMut, SCRATCH};
 use portable::dot_portable;
 
 mod activations;
 pub mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_avx512;
+#[cfg(test)]
+mod int8_tests;
 mod iq4_nl;
 mod iq4_xs;
 #[cfg(target_arch = "aarch64")]
@@ -266,6 +270,61 @@ pub(crate) fn quant_matmul_with(
     k: usize,
     n: usize,
 ) {
+    packed_matmul(isa, PackedRows::Blocks(fmt), x, w, y, m, k, n)
+}
+
+/// `y[m][n] = x[m][k] · W[n][k]ᵀ` for int8 weights ([`quantize_rows_int8`], then [`pack_rows`] as
+/// Q8_0): [`quant_matmul`]'s contract, in the int8 arithmetic of [`int8`] (the row's scale taken
+/// out of the sum), bitwise equal to [`int8_matmul_scalar`].
+pub fn int8_matmul(x: &[f32], w: &[u8], y: &mut [f32], m: usize, k: usize, n: usize) {
+    int8_matmul_with(cpu::isa(), x, w, y, m, k, n)
+}
+
+/// [`int8_matmul`] on an explicit instruction set (tests, benchmarks).
+pub(crate) fn int8_matmul_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    packed_matmul(isa, PackedRows::Int8, x, w, y, m, k, n)
+}
+
+/// What the packed weight rows of a product are, which decides its arithmetic: blocks of a type,
+/// each with its own scales (the module docs), or int8 rows whose blocks all hold the row's scale
+/// (Q8_0 blocks; [`int8`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PackedRows {
+    Blocks(QuantFormat),
+    Int8,
+}
+
+impl PackedRows {
+    /// The block type the rows are stored in.
+    fn format(self) -> QuantFormat {
+        match self {
+            PackedRows::Blocks(fmt) => fmt,
+            PackedRows::Int8 => int8::FORMAT,
+        }
+    }
+}
+
+/// The product of [`quant_matmul_with`] and [`int8_matmul_with`].
+#[allow(clippy::too_many_arguments)]
+fn packed_matmul(
+    isa: Isa,
+    rows: PackedRows,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    let fmt = rows.format();
     assert!(cpu::supported(isa), "{isa:?} is not supported on this CPU");
     check_args(fmt, x, w, y, m, k, n);
     if m == 0 || n == 0 {
@@ -284,7 +343,11 @@ pub(crate) fn quant_matmul_with(
     // it waits for its tasks (rayon work stealing), that call finds an empty buffer instead of
     // panicking on a double borrow.
     let mut act = SCRATCH.with(Cell::take);
-    act.quantize(kernel, x, m, k, parallel && m * k >= PAR_QUANTIZE);
+    let par_quantize = parallel && m * k >= PAR_QUANTIZE;
+    match rows {
+        PackedRows::Blocks(_) => act.quantize(kernel, x, m, k, par_quantize),
+        PackedRows::Int8 => act.quantize_lanes(kernel, x, m, k, par_quantize),
+    }
 
     let rb = fmt.packed_row_bytes(act.k);
     // Rows of w per task: only a matter of load balance and of task overhead, since every task
@@ -303,7 +366,7 @@ pub(crate) fn quant_matmul_with(
         let (c0, c1) = (t * cols, ((t + 1) * cols).min(n));
         // SAFETY: tasks write the disjoint column ranges c0..c1 of the m rows of y, whose length
         // (>= m·n) was checked, and `y` stays mutably borrowed by this call throughout.
-        unsafe { product_cols(kernel, fmt, act_ref, &w[c0 * rb..c1 * rb], yp, c0, n) };
+        unsafe { product_cols(kernel, rows, act_ref, &w[c0 * rb..c1 * rb], yp, c0, n) };
     };
     if parallel && tasks > 1 {
         (0..tasks).into_par_iter().for_each(run);
@@ -336,13 +399,51 @@ pub fn quant_matmul_scalar(
         y[..m * n].fill(0.0);
         return;
     }
+    scalar_product(PackedRows::Blocks(fmt), x, w, y, m, k, n)
+}
+
+/// [`quant_matmul_scalar`] for [`int8_matmul`]: the portable int8 dot product, one output at a
+/// time. Same bits as [`int8_matmul`].
+///
+/// # Panics
+/// If a slice is too short.
+pub fn int8_matmul_scalar(x: &[f32], w: &[u8], y: &mut [f32], m: usize, k: usize, n: usize) {
+    check_args(int8::FORMAT, x, w, y, m, k, n);
+    if k == 0 {
+        y[..m * n].fill(0.0);
+        return;
+    }
+    scalar_product(PackedRows::Int8, x, w, y, m, k, n)
+}
+
+/// The serial products of the scalar references, for `k > 0`.
+fn scalar_product(
+    rows: PackedRows,
+    x: &[f32],
+    w: &[u8],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
     let mut act = Activations::default();
-    act.quantize(Kernel::Portable, x, m, k, false);
-    let rb = fmt.packed_row_bytes(act.k);
+    match rows {
+        PackedRows::Blocks(_) => act.quantize(Kernel::Portable, x, m, k, false),
+        PackedRows::Int8 => act.quantize_lanes(Kernel::Portable, x, m, k, false),
+    }
+    let rb = rows.format().packed_row_bytes(act.k);
     for i in 0..m {
         for j in 0..n {
-            y[i * n + j] = dot_portable(fmt, &w[j * rb..(j + 1) * rb], act.row(i));
+            y[i * n + j] = portable_dot(rows, &w[j * rb..(j + 1) * rb], act.row(i));
         }
+    }
+}
+
+/// The portable dot product of one packed row of `rows` and one quantized row of `x`.
+fn portable_dot(rows: PackedRows, w: &[u8], x: XRow<'_>) -> f32 {
+    match rows {
+        PackedRows::Blocks(fmt) => dot_portable(fmt, w, x),
+        PackedRows::Int8 => int8::dot_portable(w, x),
     }
 }
 
@@ -377,14 +478,14 @@ fn check_args(fmt: QuantFormat, x: &[f32], w: &[u8], y: &[f32], m: usize, k: usi
 /// other thread writes them meanwhile.
 unsafe fn product_cols(
     kernel: Kernel,
-    fmt: QuantFormat,
+    packed: PackedRows,
     act: &Activations,
     w: &[u8],
     y: SyncPtr,
     c0: usize,
     n: usize,
 ) {
-    let rb = fmt.packed_row_bytes(act.k);
+    let rb = packed.format().packed_row_bytes(act.k);
     let (m, cols) = (act.m, w.len() / rb);
     let x_block = (X_BLOCK_BYTES / act.row_bytes()).max(MR) / MR * MR;
     let w_chunk = (W_CHUNK_BYTES / rb).max(1);
@@ -402,7 +503,7 @@ unsafe fn product_cols(
                 // contract); the rows come from `act`, quantized for `act.k`, the length of
                 // the weight rows.
                 kernel.dot(
-                    fmt,
+                    packed,
                     &w[j0 * rb..j1 * rb],
                     rb,
                     &rows[..g1 - g0],
@@ -445,6 +546,18 @@ impl Kernel {
         }
     }
 
+    /// [`quantize_row_lanes`], compiled for this kernel's instruction set (same results).
+    fn quantize_row_lanes(self, x: &[f32], qs: &mut [i8], d: &mut [f32], offsets: &mut [i32]) {
+        match self {
+            // SAFETY: `Avx2` and `Avx512` are only chosen when `x86_avx2::available()`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => unsafe {
+                x86_avx2::quantize_row_lanes(x, qs, d, offsets)
+            },
+            _ => quantize_row_lanes(x, qs, d, offsets),
+        }
+    }
+
     /// [`quantize_row`], compiled for this kernel's instruction set (same results).
     fn quantize_row(self, x: &[f32], out: XRowMut<'_>) {
         match self {
@@ -479,7 +592,17 @@ impl Kernel {
     /// How many rows of `x` this kernel's tiles for `fmt` hold (the most its `dot_tile` takes),
     /// for rows of `k` quantized values.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    fn rows_per_tile(self, fmt: QuantFormat, k: usize) -> usize {
+    fn rows_per_tile(self, rows: PackedRows, k: usize) -> usize {
+        let fmt = match rows {
+            PackedRows::Blocks(fmt) => fmt,
+            PackedRows::Int8 => {
+                return match self {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 if wide_tiles() => int8_avx512::ROWS_PER_TILE,
+                    _ => 4,
+                }
+            }
+        };
         match (self, fmt.super_block()) {
             #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512, None) if wide_tiles() => x86_avx512::rows_per_tile(fmt),
@@ -498,17 +621,44 @@ impl Kernel {
     #[inline]
     unsafe fn dot(
         self,
-        fmt: QuantFormat,
+        rows: PackedRows,
         w: &[u8],
         rb: usize,
         xs: &[XRow<'_>],
         y: *mut f32,
         ldy: usize,
     ) {
-        let tile = self.rows_per_tile(fmt, xs[0].qs.len());
+        let tile = self.rows_per_tile(rows, xs[0].qs.len());
         for (t, xs) in xs.chunks(tile).enumerate() {
             // SAFETY: the rows of this tile are rows `t·tile..` of the caller's, inside `y`.
-            unsafe { self.dot_tile(fmt, w, rb, xs, y.add(t * tile * ldy), ldy) };
+            unsafe {
+                match rows {
+                    PackedRows::Blocks(fmt) => {
+                        self.dot_tile(fmt, w, rb, xs, y.add(t * tile * ldy), ldy)
+                    }
+                    PackedRows::Int8 => self.dot_tile_int8(w, rb, xs, y.add(t * tile * ldy), ldy),
+                }
+            };
+        }
+    }
+
+    /// [`Kernel::dot_tile`] for int8 rows.
+    ///
+    /// # Safety
+    /// As [`Kernel::dot`].
+    #[inline]
+    unsafe fn dot_tile_int8(self, w: &[u8], rb: usize, xs: &[XRow<'_>], y: *mut f32, ldy: usize) {
+        match self {
+            // Only chosen when `x86_avx512::available()`; the rows from `Activations::row`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => int8_avx512::dot(w, rb, xs, y, ldy),
+            _ => {
+                for (j, wj) in w.chunks_exact(rb).enumerate() {
+                    for (r, x) in xs.iter().enumerate() {
+                        *y.add(r * ldy + j) = int8::dot_portable(wj, *x);
+                    }
+                }
+            }
         }
     }
 

@@ -333,6 +333,20 @@ unsafe fn group_pair<const R: usize, const FULL: bool>(
     }
 }
 
+/// `super::quantize_row_lanes` compiled with AVX2 (always inlined, as `quantize_row`).
+///
+/// # Safety
+/// [`available`] is true.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row_lanes(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    offsets: &mut [i32],
+) {
+    super::quantize_row_lanes(x, qs, d, offsets)
+}
+
 /// `super::quantize_row` compiled with AVX2 (it is always inlined, so this is its vector code).
 ///
 /// # Safety

@@ -1,0 +1,291 @@
+//! AVX-512 VNNI kernel for int8 rows, in exactly the arithmetic of `int8::dot_portable`.
+//!
+//! A packed group's values sit as Q8_0's do (`x86_avx512.rs`): register `i` of a weight row holds
+//! pieces `2i` and `2i + 1` of its 8 blocks (lanes `l` and `8 + l` for block `l`), stored `q + 128`,
+//! so lane `j` of every group belongs to lane set `j` of `int8.rs`. Each row of `x` meets each
+//! weight row in four `vpdpbusd` per group into one 16-lane `i32` accumulator that runs over the
+//! whole row: nothing else happens per group. At the end the row's offsets (`-128·Σq_x` per set)
+//! turn the sums of `q + 128` into the signed `I_j`, then one conversion, the product by the
+//! sets' scales, the lane sum and the weight row's scale.
+//!
+//! Tiles: up to [`ROWS_PER_TILE`] rows of `x` by two weight rows (16 accumulators, 8 weight
+//! registers, 4 of `x`: 28 of the 32 registers); a single row of `x` (decoding) takes the weight
+//! rows one at a time with two accumulators each (pieces 0..4 and 4..8 of the group), which halves
+//! the chain of dependent `vpdpbusd`s that the streaming weights wait on.
+//!
+//! # Safety
+//! Everything here is compiled with AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C enabled; callers must
+//! have checked `x86_avx512::available`.
+
+use std::arch::x86_64::*;
+
+use super::activations::LANE_SETS;
+use super::x86_avx2::{hsum, PREFETCH_BYTES};
+use super::{int8, XRow, LANES, QK};
+
+/// Rows of `x` per tile (the most `dot` takes at once).
+pub(super) const ROWS_PER_TILE: usize = 8;
+
+/// Bytes per Q8_0 block, and of its scale at the head of a packed group's block.
+const BLOCK_BYTES: usize = 34;
+const HEAD_BYTES: usize = 2;
+
+/// Raw pointers to the parts of one quantized row of `x` this kernel reads.
+#[derive(Clone, Copy)]
+struct XPtr {
+    qs: *const i8,
+    lane_d: *const f32,
+    lane_offsets: *const i32,
+}
+
+/// `y[r·ldy + j] = w_j · xs[r]` for every packed int8 row `w_j` of `w` (rows of `rb` bytes) and
+/// 1..=[`ROWS_PER_TILE`] rows of `x`.
+///
+/// # Safety
+/// The CPU has AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C; `y` is valid for those writes; each
+/// `xs[r]` holds the blocks of a row of `rb / 34` blocks padded to whole groups (as
+/// `super::Activations` makes).
+pub(super) unsafe fn dot(w: &[u8], rb: usize, xs: &[XRow<'_>], y: *mut f32, ldy: usize) {
+    debug_assert_eq!(int8::FORMAT.block_bytes(), BLOCK_BYTES);
+    match xs.len() {
+        1 => rows::<1>(w, rb, xs, y, ldy),
+        2 => rows::<2>(w, rb, xs, y, ldy),
+        3 => rows::<3>(w, rb, xs, y, ldy),
+        4 => rows::<4>(w, rb, xs, y, ldy),
+        5 => rows::<5>(w, rb, xs, y, ldy),
+        6 => rows::<6>(w, rb, xs, y, ldy),
+        7 => rows::<7>(w, rb, xs, y, ldy),
+        8 => rows::<8>(w, rb, xs, y, ldy),
+        r => unreachable!("{r} rows of x at once"),
+    }
+}
+
+/// The loop over weight rows: in pairs against `R > 1` rows of `x`, then one at a time.
+///
+/// # Safety
+/// As `dot`, with `xs.len() == R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn rows<const R: usize>(w: &[u8], rb: usize, xs: &[XRow<'_>], y: *mut f32, ldy: usize) {
+    let nb = rb / BLOCK_BYTES;
+    let mut x = [XPtr {
+        qs: std::ptr::null(),
+        lane_d: std::ptr::null(),
+        lane_offsets: std::ptr::null(),
+    }; R];
+    for (p, row) in x.iter_mut().zip(xs) {
+        debug_assert!(row.qs.len() >= nb.next_multiple_of(LANES) * QK);
+        debug_assert!(row.lane_d.len() == LANE_SETS && row.lane_offsets.len() == LANE_SETS);
+        *p = XPtr {
+            qs: row.qs.as_ptr(),
+            lane_d: row.lane_d.as_ptr(),
+            lane_offsets: row.lane_offsets.as_ptr(),
+        };
+    }
+    let cols = w.len() / rb;
+    let base = w.as_ptr();
+    let mut j = 0;
+    if R > 1 {
+        while j + 2 <= cols {
+            let out = tile::<R, 2, 1>([base.add(j * rb), base.add((j + 1) * rb)], nb, &x);
+            for (r, row) in out.iter().enumerate() {
+                *y.add(r * ldy + j) = row[0];
+                *y.add(r * ldy + j + 1) = row[1];
+            }
+            j += 2;
+        }
+    }
+    while j < cols {
+        let out = if R == 1 {
+            tile::<R, 1, 2>([base.add(j * rb)], nb, &x)
+        } else {
+            tile::<R, 1, 1>([base.add(j * rb)], nb, &x)
+        };
+        for (r, row) in out.iter().enumerate() {
+            *y.add(r * ldy + j) = row[0];
+        }
+        j += 1;
+    }
+}
+
+/// `Q` packed int8 rows of `nb` blocks at `w` against `R` rows of `x`, with `S` accumulators
+/// per pair (1, or 2: pieces 0..4 and 4..8 of each group).
+///
+/// # Safety
+/// Each `w[q]` valid for `nb` blocks; the rows as `dot` requires; the CPU has this file's features.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn tile<const R: usize, const Q: usize, const S: usize>(
+    w: [*const u8; Q],
+    nb: usize,
+    x: &[XPtr; R],
+) -> [[f32; Q]; R] {
+    let mut acc = [[[_mm512_setzero_si512(); S]; Q]; R];
+    let full = nb - nb % LANES;
+    let mut b0 = 0;
+    while b0 < full {
+        group::<R, Q, S, true>(w, b0, LANES, x, &mut acc);
+        b0 += LANES;
+    }
+    if full < nb {
+        group::<R, Q, S, false>(w, full, nb - full, x, &mut acc);
+    }
+    let mut scale = [0.0f32; Q];
+    for (s, wq) in scale.iter_mut().zip(w) {
+        // The row's scale: its first block's, at the head of its first group.
+        // (`_mm_cvtph_ps`: `half`'s conversion checks the CPU's features on every call.)
+        *s = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            std::ptr::read_unaligned(wq.cast::<u16>()) as i32,
+        )));
+    }
+    let mut out = [[0.0; Q]; R];
+    if R * Q == 16 {
+        // A full tile: its 16 lane sums at once (`sum16`).
+        let mut f = [_mm512_setzero_ps(); 16];
+        for (r, (acc, xr)) in acc.iter().zip(x).enumerate() {
+            let offsets = _mm512_loadu_si512(xr.lane_offsets.cast());
+            let d = _mm512_loadu_ps(xr.lane_d);
+            for q in 0..Q {
+                f[r * Q + q] = scaled_sets(&acc[q], offsets, d);
+            }
+        }
+        let mut sums = [0.0f32; 16];
+        _mm512_storeu_ps(sums.as_mut_ptr(), sum16(&f));
+        for (r, row) in out.iter_mut().enumerate() {
+            for q in 0..Q {
+                row[q] = sums[r * Q + q] * scale[q];
+            }
+        }
+        return out;
+    }
+    for ((row, acc), xr) in out.iter_mut().zip(&acc).zip(x) {
+        let offsets = _mm512_loadu_si512(xr.lane_offsets.cast());
+        let d = _mm512_loadu_ps(xr.lane_d);
+        for q in 0..Q {
+            let f = scaled_sets(&acc[q], offsets, d);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(f)));
+            row[q] = hsum(_mm256_add_ps(_mm512_castps512_ps256(f), hi)) * scale[q];
+        }
+    }
+    out
+}
+
+/// The `f_j = dx_j · I_j` of one output: its accumulators' sums of `q + 128` plus the row's
+/// offsets (the exact signed `I_j`), converted, times the row's lane scales `d`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn scaled_sets<const S: usize>(acc: &[__m512i; S], offsets: __m512i, d: __m512) -> __m512 {
+    let mut isum = offsets;
+    for a in acc {
+        isum = _mm512_add_epi32(isum, *a);
+    }
+    _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum))
+}
+
+/// The lane sums of 16 outputs' `f` (output `o` in lane `o`), each in `int8.rs`'s order
+/// (`u_l = f_l + f_{8+l}`, then `portable::hsum`'s tree), by a transposed tree: every step adds
+/// the same pairs of lanes as the per-output sum, for 16 outputs in 3 instructions per pair of
+/// registers (45 in all) instead of ~7 per output.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn sum16(f: &[__m512; 16]) -> __m512 {
+    // u: register p holds u of outputs 2p (lanes 0..8) and 2p + 1 (lanes 8..16).
+    let mut u = [_mm512_setzero_ps(); 8];
+    for (p, u) in u.iter_mut().enumerate() {
+        let (a, b) = (f[2 * p], f[2 * p + 1]);
+        let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+        let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+        *u = _mm512_add_ps(lo, hi);
+    }
+    // s_i = u_i + u_{i+4}: register p, quarter c holds s of output 4p + c.
+    let mut s = [_mm512_setzero_ps(); 4];
+    for (p, s) in s.iter_mut().enumerate() {
+        let (a, b) = (u[2 * p], u[2 * p + 1]);
+        let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+        let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
+        *s = _mm512_add_ps(lo, hi);
+    }
+    // t0 = s0 + s2, t1 = s1 + s3: register p, quarter c holds [t0, t1] of output 8p + c, then
+    // of output 8p + 4 + c.
+    let mut t = [_mm512_setzero_ps(); 2];
+    for (p, t) in t.iter_mut().enumerate() {
+        let (a, b) = (s[2 * p], s[2 * p + 1]);
+        let lo = _mm512_shuffle_ps::<0b01_00_01_00>(a, b);
+        let hi = _mm512_shuffle_ps::<0b11_10_11_10>(a, b);
+        *t = _mm512_add_ps(lo, hi);
+    }
+    // t0 + t1: quarter c holds the sums of outputs c, 4 + c, 8 + c, 12 + c.
+    let lo = _mm512_shuffle_ps::<0b10_00_10_00>(t[0], t[1]);
+    let hi = _mm512_shuffle_ps::<0b11_01_11_01>(t[0], t[1]);
+    let sums = _mm512_add_ps(lo, hi);
+    // Output `o` sits in lane 4·(o % 4) + o / 4.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_permutexvar_ps(order, sums)
+}
+
+/// The packed group of `t` blocks starting at block `b0` of each weight row (8 when `FULL`)
+/// against `R` rows of `x`, into the accumulators.
+///
+/// # Safety
+/// As `tile`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn group<const R: usize, const Q: usize, const S: usize, const FULL: bool>(
+    w: [*const u8; Q],
+    b0: usize,
+    t: usize,
+    x: &[XPtr; R],
+    acc: &mut [[[__m512i; S]; Q]; R],
+) {
+    // No closures on this path (nor `array::map`/`from_fn`): one handed to a generic function
+    // is compiled without this function's CPU features and called, not inlined.
+    let mut v = [[_mm512_setzero_si512(); 4]; Q];
+    for (vq, wq) in v.iter_mut().zip(w) {
+        *vq = values::<FULL>(wq.add(b0 * BLOCK_BYTES), t);
+    }
+    for (accr, xr) in acc.iter_mut().zip(x) {
+        let xg = xr.qs.add(b0 * QK);
+        let mut xv = [_mm512_setzero_si512(); 4];
+        for (i, xi) in xv.iter_mut().enumerate() {
+            *xi = _mm512_loadu_si512(xg.add(64 * i).cast());
+        }
+        for (a, vq) in accr.iter_mut().zip(&v) {
+            for i in 0..4 {
+                let s = i * S / 4;
+                a[s] = _mm512_dpbusd_epi32(a[s], vq[i], xv[i]);
+            }
+        }
+    }
+}
+
+/// The values of the packed group of `t` blocks at `w` (8 when `FULL`), in the order of the `x`
+/// registers they meet: pieces (0,1), (2,3), (4,5), (6,7), lanes `l` and `8 + l` for block `l`,
+/// zero past `t` in a short group. Prefetches ahead.
+///
+/// # Safety
+/// `w` valid for `t` blocks; the CPU has this file's features.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn values<const FULL: bool>(w: *const u8, t: usize) -> [__m512i; 4] {
+    let t = if FULL { LANES } else { t };
+    let mut off = 0;
+    while off < t * BLOCK_BYTES {
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(off + PREFETCH_BYTES).cast());
+        off += 64;
+    }
+    let data = w.add(HEAD_BYTES * t);
+    let mut v = [_mm512_setzero_si512(); 4];
+    if FULL {
+        for (i, vi) in v.iter_mut().enumerate() {
+            *vi = _mm512_loadu_si512(data.add(64 * i).cast());
+        }
+    } else {
+        // A short group's pieces are 4t bytes apart: `expandload` places pieces 2i and 2i + 1
+        // (2t consecutive dwords) in lanes 0..t and 8..8 + t.
+        let lanes = (1u16 << t) - 1;
+        let mask: __mmask16 = lanes | (lanes << 8);
+        for (i, vi) in v.iter_mut().enumerate() {
+            *vi = _mm512_maskz_expandloadu_epi32(mask, data.add(8 * t * i).cast());
+        }
+    }
+    v
+}

@@ -1,0 +1,239 @@
+//! The int8 kernels (`int8.rs`'s arithmetic) against their portable reference, bit for bit, and
+//! against the exact product of the quantized values.
+
+use super::activations::Activations;
+use super::*;
+use crate::kernels::testutil::{random, report_skipped, with_threads};
+
+/// `n` int8 rows of `k` values (random, a few outliers as real weights have), packed.
+fn int8_weights(n: usize, k: usize, seed: u64) -> Vec<u8> {
+    let mut w = random(n * k, seed);
+    for (i, v) in w.iter_mut().enumerate() {
+        if i % 131 == 7 {
+            *v *= 12.0;
+        }
+    }
+    pack_rows(
+        int8::FORMAT,
+        &quantize_rows_int8(&w, n, k),
+        int8::padded_cols(k),
+    )
+}
+
+/// Rows of different magnitudes with outliers, like hidden states.
+fn hidden_states(m: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut x = random(m * k, seed);
+    for (i, row) in x.chunks_mut(k.max(1)).enumerate() {
+        for (p, v) in row.iter_mut().enumerate() {
+            *v *= (0.5 + i as f32) * if p % 97 == 5 { 8.0 } else { 1.0 };
+        }
+    }
+    x
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+fn scalar(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![f32::NAN; m * n];
+    int8_matmul_scalar(x, w, &mut y, m, k, n);
+    y
+}
+
+/// Every instruction set, thread count, tile edge (rows of `x` 1..=17, odd weight rows), short
+/// last group and ragged `k` gives the portable reference's bits.
+#[test]
+fn int8_matmul_matches_scalar_bitwise() {
+    report_skipped();
+    for &k in &[1usize, 32, 48, 200, 256, 288, 512, 544, 1536] {
+        for &n in &[1usize, 2, 3, 7, 33] {
+            let w = int8_weights(n, k, (k * 31 + n) as u64);
+            for m in (1..=10).chain([16, 17]) {
+                let x = hidden_states(m, k, (m * 7 + k) as u64);
+                let want = scalar(&x, &w, m, k, n);
+                for isa in cpu::supported_isas() {
+                    for threads in [1, 2] {
+                        let mut got = vec![f32::NAN; m * n];
+                        with_threads(threads, || int8_matmul_with(isa, &x, &w, &mut got, m, k, n));
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{isa:?} m {m} k {k} n {n} threads {threads}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Large products (parallel tasks, weight chunks, blocks of `x` rows) give the reference's bits.
+#[test]
+fn int8_prefill_shape_matches_scalar_bitwise() {
+    let (m, k, n) = (70, 512, 600);
+    let w = int8_weights(n, k, 5);
+    let x = hidden_states(m, k, 6);
+    let want = scalar(&x, &w, m, k, n);
+    for isa in cpu::supported_isas() {
+        let mut got = vec![f32::NAN; m * n];
+        with_threads(2, || int8_matmul_with(isa, &x, &w, &mut got, m, k, n));
+        assert_eq!(bits(&got), bits(&want), "{isa:?}");
+    }
+}
+
+/// The reference itself: the product of the quantized weights and activations (their exact
+/// values, summed in `f64`), up to `f32` rounding of the sums.
+#[test]
+fn int8_product_is_that_of_the_quantized_values() {
+    for &(m, k, n) in &[(3usize, 544usize, 5usize), (2, 48, 3), (1, 2048, 4)] {
+        let w = int8_weights(n, k, 11);
+        let x = hidden_states(m, k, 12);
+        let got = scalar(&x, &w, m, k, n);
+        let kp = int8::padded_cols(k);
+        let mut wf = vec![0.0f32; n * kp];
+        let rb = int8::FORMAT.packed_row_bytes(kp);
+        for (j, row) in wf.chunks_exact_mut(kp).enumerate() {
+            dequantize_packed(int8::FORMAT, &w[j * rb..(j + 1) * rb], row);
+        }
+        let mut act = Activations::default();
+        act.quantize_lanes(Kernel::Portable, &x, m, k, false);
+        // Value `p`'s lane set: its block's lane, and whether its piece is even or odd.
+        let set = |p: usize| (p / QK) % LANES + LANES * ((p % QK) / 4 % 2);
+        for i in 0..m {
+            let xr = act.row(i);
+            for j in 0..n {
+                let (mut exact, mut size) = (0.0f64, 0.0f64);
+                for p in 0..kp {
+                    let xv = xr.value(p) as f64 * xr.lane_d[set(p)] as f64;
+                    exact += wf[j * kp + p] as f64 * xv;
+                    size += (wf[j * kp + p] as f64 * xv).abs();
+                }
+                let err = (got[i * n + j] as f64 - exact).abs();
+                assert!(
+                    err <= 1e-6 * size,
+                    "m {m} k {k} n {n} ({i}, {j}): {} vs {exact}",
+                    got[i * n + j]
+                );
+            }
+        }
+    }
+}
+
+/// A weight row holding a non-finite value, or a row of `x` holding one, gives NaN outputs, as an
+/// `f32` product would; the other outputs stay finite.
+#[test]
+fn int8_non_finite_rows_give_nan() {
+    let (m, k, n) = (9, 96, 5);
+    let mut wf = random(n * k, 21);
+    wf[2 * k + 17] = f32::INFINITY;
+    let w = pack_rows(
+        int8::FORMAT,
+        &quantize_rows_int8(&wf, n, k),
+        int8::padded_cols(k),
+    );
+    let mut x = hidden_states(m, k, 22);
+    x[4 * k + 50] = f32::NAN;
+    for isa in cpu::supported_isas() {
+        let mut y = vec![0.0; m * n];
+        int8_matmul_with(isa, &x, &w, &mut y, m, k, n);
+        for i in 0..m {
+            for j in 0..n {
+                let v = y[i * n + j];
+                assert_eq!(v.is_nan(), i == 4 || j == 2, "{isa:?} ({i}, {j}): {v}");
+            }
+        }
+    }
+}
+
+/// `cargo test --release -p fasttx-core bench_int8 -- --ignored --nocapture`: the int8 kernel
+/// against the Q8_0 kernel on the same bytes, one thread, Marian's decoding shapes.
+#[test]
+#[ignore]
+fn bench_int8_matmul() {
+    use std::time::Instant;
+    let shapes: Vec<(usize, usize, usize)> = match std::env::var("BENCH_SHAPE") {
+        Ok(s) => {
+            let v: Vec<usize> = s.split(',').map(|t| t.parse().unwrap()).collect();
+            vec![(v[0], v[1], v[2])]
+        }
+        Err(_) => vec![
+            (32, 512, 8192),
+            (32, 2048, 512),
+            (8, 512, 2048),
+            (1, 512, 8192),
+            (256, 512, 2048),
+        ],
+    };
+    for &(m, k, n) in &shapes {
+        let w = int8_weights(n, k, 1);
+        let x = hidden_states(m, k, 2);
+        let mut y = vec![0.0; m * n];
+        let reps = (2e9 / (m * n * k) as f64).ceil() as usize;
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+            best
+        };
+        let isa = cpu::isa();
+        let (q8, i8) = with_threads(1, || {
+            (
+                time(&mut || quant_matmul_with(isa, QuantFormat::Q8_0, &x, &w, &mut y, m, k, n)),
+                time(&mut || int8_matmul_with(isa, &x, &w, &mut y, m, k, n)),
+            )
+        });
+        let gmac = |s: f64| (m * n * k) as f64 / s / 1e9;
+        println!(
+            "m {m:4} k {k:5} n {n:5}: Q8_0 {:.1} GMAC/s, int8 {:.1} GMAC/s ({:.2}x)",
+            gmac(q8),
+            gmac(i8),
+            q8 / i8
+        );
+    }
+}
+
+/// Quantizing by lane sets: each value within half a step of its set's scale, which is
+/// `max|x| / 127` over exactly the values of the set; the offsets are `-128·Σq` per set; the
+/// padding past the row (to whole groups) is zero.
+#[test]
+fn lane_sets_have_one_scale_each() {
+    for &k in &[1usize, 40, 256, 300, 1024] {
+        let x = hidden_states(2, k, k as u64);
+        let mut act = Activations::default();
+        act.quantize_lanes(Kernel::Portable, &x, 2, k, false);
+        let set = |p: usize| (p / QK) % LANES + LANES * ((p % QK) / 4 % 2);
+        for i in 0..2 {
+            let xr = act.row(i);
+            let row = &x[i * k..(i + 1) * k];
+            let mut amax = [0.0f32; 16];
+            let mut sums = [0i32; 16];
+            for (p, v) in row.iter().enumerate() {
+                amax[set(p)] = amax[set(p)].max(v.abs());
+            }
+            for p in 0..xr.qs.len() {
+                let q = xr.value(p);
+                if p >= k {
+                    assert_eq!(q, 0, "padding at {p}");
+                    continue;
+                }
+                sums[set(p)] += q as i32;
+                let d = xr.lane_d[set(p)];
+                assert!(
+                    (q as f32 * d - row[p]).abs() <= d / 2.0 * 1.0001,
+                    "k {k} p {p}"
+                );
+            }
+            for j in 0..16 {
+                assert_eq!(xr.lane_d[j], amax[j] / 127.0, "k {k} set {j}");
+                assert_eq!(xr.lane_offsets[j], -128 * sums[j], "k {k} set {j}");
+            }
+        }
+    }
+}
