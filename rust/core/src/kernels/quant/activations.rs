@@ -159,7 +159,7 @@ impl Activations {
         self.lane_offsets.resize(m * LANE_SETS, 0);
         let x = &x[..m * k];
         let width = nbp * QK;
-        let row = |((xr, qs), (d, offsets)): ((&[f32], &mut [i8]), (&mut [f32], &mut [i32]))| {
+        let row = |((xr, qs), (d, offsets)): LaneRowMut<'_>| {
             kernel.quantize_row_lanes(xr, qs, d, offsets)
         };
         if parallel {
@@ -218,6 +218,9 @@ type QuantRowMut<'a> = (
     (&'a mut [i8], &'a mut [f32]),
     (&'a mut [i32], &'a mut [f32]),
 );
+
+/// A row of `x` and the pieces of [`Activations`] `quantize_lanes` writes for it.
+type LaneRowMut<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [i32]));
 
 /// [`XRow`]'s buffers, being written.
 pub(super) struct XRowMut<'a> {
