@@ -237,3 +237,111 @@ fn lane_sets_have_one_scale_each() {
         }
     }
 }
+
+// --- The AVX2 and NEON kernels (`int8_avx2.rs`, `int8_neon.rs`): their own edge cases. ---
+
+/// Every weight and activation at `|q| = 127` with equal signs: the largest `maddubs` pairs
+/// (`2·127·127`, AVX2) and `i16` pairs of products (NEON without `sdot`) the kernels add, and the
+/// largest `i32` sums over long rows, give the reference's bits (and the exact product).
+#[test]
+fn int8_full_scale_values_match_scalar_bitwise() {
+    for &(k, n) in &[(64usize, 3usize), (4096 + 96, 5)] {
+        // Rows of ±1 (one sign per row, or signs alternating every 4 values), and rows of `x`
+        // the same: every quantized value is ±127.
+        let sign = |row: usize, p: usize| match row % 3 {
+            0 => 1.0,
+            1 => -1.0,
+            _ => {
+                if (p / 4) % 2 == 0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            }
+        };
+        let wf: Vec<f32> = (0..n * k).map(|i| sign(i / k, i % k)).collect();
+        let w = pack_rows(
+            int8::FORMAT,
+            &quantize_rows_int8(&wf, n, k),
+            int8::padded_cols(k),
+        );
+        for m in 1..=5 {
+            let x: Vec<f32> = (0..m * k).map(|i| sign(i / k + 1, i % k)).collect();
+            let want = scalar(&x, &w, m, k, n);
+            for (i, row) in want.chunks(n).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    let exact: f32 = (0..k).map(|p| sign(i + 1, p) * sign(j, p)).sum();
+                    // The weights' f16 scale is 1/127 rounded up: within 2^-10 of it.
+                    assert!(
+                        (v - exact).abs() <= 2e-3 * k as f32,
+                        "({i}, {j}): {v} vs {exact}"
+                    );
+                }
+            }
+            for isa in cpu::supported_isas() {
+                let mut got = vec![f32::NAN; m * n];
+                int8_matmul_with(isa, &x, &w, &mut got, m, k, n);
+                assert_eq!(bits(&got), bits(&want), "{isa:?} m {m} k {k} n {n}");
+            }
+        }
+    }
+}
+
+/// `cargo test --release -p fasttx-core bench_int8_avx2 -- --ignored --nocapture`: on AVX2, one
+/// thread, interleaved: the Q8_0 kernel, and the int8 kernel with one weight row per tile
+/// (narrow) and with two (wide), on the same bytes. `BENCH_SHAPE=m,k,n` for one shape.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn bench_int8_avx2_tiles() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Instant;
+    if !cpu::supported(cpu::Isa::Avx2) {
+        return;
+    }
+    let shapes: Vec<(usize, usize, usize)> = match std::env::var("BENCH_SHAPE") {
+        Ok(s) => {
+            let v: Vec<usize> = s.split(',').map(|t| t.parse().unwrap()).collect();
+            vec![(v[0], v[1], v[2])]
+        }
+        Err(_) => vec![
+            (32, 512, 8192),
+            (32, 2048, 512),
+            (8, 512, 2048),
+            (4, 576, 1536),
+            (1, 512, 8192),
+        ],
+    };
+    let isa = cpu::Isa::Avx2;
+    for &(m, k, n) in &shapes {
+        let w = int8_weights(n, k, 1);
+        let x = hidden_states(m, k, 2);
+        let mut y = vec![0.0; m * n];
+        let reps = ((3e8 / (m * n * k) as f64).ceil() as usize).max(3);
+        let mut best = [f64::MAX; 3];
+        with_threads(1, || {
+            for _ in 0..reps {
+                for (v, b) in best.iter_mut().enumerate() {
+                    NARROW_TILES.store(v == 1, Relaxed);
+                    let t = Instant::now();
+                    if v == 0 {
+                        quant_matmul_with(isa, QuantFormat::Q8_0, &x, &w, &mut y, m, k, n);
+                    } else {
+                        int8_matmul_with(isa, &x, &w, &mut y, m, k, n);
+                    }
+                    *b = b.min(t.elapsed().as_secs_f64());
+                }
+            }
+            NARROW_TILES.store(false, Relaxed);
+        });
+        let g = best.map(|b| (m * n * k) as f64 / b / 1e9);
+        println!(
+            "m {m:3} k {k:5} n {n:5}: Q8_0 {:.1}, int8 narrow {:.1} ({:.2}x), wide {:.1} ({:.2}x) GMAC/s",
+            g[0],
+            g[1],
+            g[1] / g[0],
+            g[2],
+            g[2] / g[0]
+        );
+    }
+}

@@ -120,7 +120,11 @@ use portable::dot_portable;
 mod activations;
 pub mod int8;
 #[cfg(target_arch = "x86_64")]
+mod int8_avx2;
+#[cfg(target_arch = "x86_64")]
 mod int8_avx512;
+#[cfg(target_arch = "aarch64")]
+mod int8_neon;
 #[cfg(test)]
 mod int8_tests;
 mod iq4_nl;
@@ -599,6 +603,10 @@ impl Kernel {
                 return match self {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx512 if wide_tiles() => int8_avx512::ROWS_PER_TILE,
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => int8_avx2::ROWS_PER_TILE,
+                    #[cfg(target_arch = "aarch64")]
+                    Kernel::Neon => int8_neon::ROWS_PER_TILE,
                     _ => 4,
                 }
             }
@@ -652,7 +660,13 @@ impl Kernel {
             // Only chosen when `x86_avx512::available()`; the rows from `Activations::row`.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => int8_avx512::dot(w, rb, xs, y, ldy),
-            _ => {
+            // Only chosen when `x86_avx2::available()`; the rows from `Activations::row`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => int8_avx2::dot(w, rb, xs, y, ldy),
+            // NEON is always there on aarch64; the rows from `Activations::row`.
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => int8_neon::dot(w, rb, xs, y, ldy),
+            Kernel::Portable => {
                 for (j, wj) in w.chunks_exact(rb).enumerate() {
                     for (r, x) in xs.iter().enumerate() {
                         *y.add(r * ldy + j) = int8::dot_portable(wj, *x);
