@@ -11,11 +11,17 @@
 //! (the rows' `lane_offsets`, for unsigned weights, are not needed). At the end: one conversion,
 //! the product by the sets' scales, `u_l = f_l + f_{8+l}`, the lane sum and the row's scale.
 //!
-//! Tiles: [`ROWS_PER_TILE`] rows of `x` by one weight row (8 accumulators), each weight piece's
-//! `|q|` and sign computed once for the tile's rows; with 16 registers, two weight rows by 4 rows
-//! of `x` would hold 16 accumulators alone (the per-group `f32` work that Q8_0's `group_pair`
-//! spreads its accumulators over is gone here). A row of `x` alone (decoding) takes the weight
-//! rows one at a time too. Weights are prefetched [`PREFETCH_BYTES`] ahead, as Q8_0's are.
+//! Tiles: up to [`ROWS_PER_TILE`] rows of `x` by two weight rows (as Q8_0's `group_pair`), each
+//! weight piece's `|q|` and sign computed once for the tile's rows and each piece of `x` loaded
+//! once for both weight rows. The 16 accumulators of a full tile do not fit the 16 registers
+//! beside the pieces, so a group goes parity by parity: the 4 even pieces into 8 sums held in
+//! registers, added once to the accumulators (in L1), then the odd ones. By
+//! `bench_int8_avx2_tiles` (one thread, a Zen 4 VM shared with builds, interleaved), against
+//! AVX2 Q8_0 on the same bytes: 1.04-1.17x at m = 4..32 (k = 512..2048); one weight row at a time
+//! by 4 rows of `x` (8 accumulators in registers) was 0.94-1.09x, and pieces in order with 16
+//! accumulators 0.96-1.07x. A row of `x` alone (decoding) takes the weight rows in pairs too:
+//! 0.99-1.06x of Q8_0, where one at a time was 0.94-1.02x. A last odd weight row goes alone.
+//! Weights are prefetched [`PREFETCH_BYTES`] ahead, as Q8_0's are.
 //!
 //! # Safety
 //! Everything here is compiled with AVX2, FMA and F16C enabled; callers must have checked
@@ -59,7 +65,8 @@ pub(super) unsafe fn dot(w: &[u8], rb: usize, xs: &[XRow<'_>], y: *mut f32, ldy:
     }
 }
 
-/// The loop over weight rows, so that the row pointers are set up once, not per weight row.
+/// The loop over weight rows, so that the row pointers are set up once, not per weight row: in
+/// pairs (the module docs' tiles), then one at a time.
 ///
 /// # Safety
 /// As `dot`, with `xs.len() == R`.
@@ -81,7 +88,7 @@ unsafe fn rows<const R: usize>(w: &[u8], rb: usize, xs: &[XRow<'_>], y: *mut f32
     let cols = w.len() / rb;
     let base = w.as_ptr();
     let mut j = 0;
-    if R > 1 && super::wide_tiles() {
+    if super::wide_tiles() {
         while j + 2 <= cols {
             let out = tile::<R, 2>([base.add(j * rb), base.add((j + 1) * rb)], nb, &x);
             for (r, row) in out.iter().enumerate() {
@@ -182,24 +189,34 @@ unsafe fn group<const R: usize, const Q: usize, const FULL: bool>(
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
     );
     let (ones, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
-    for c in 0..QK / 4 {
-        // Piece c of each weight row: q (stored byte - 128) for its sign, |q| for `maddubs`.
-        let mut q = [_mm256_setzero_si256(); Q];
-        let mut unsigned = q;
-        for i in 0..Q {
-            let piece = if FULL {
-                _mm256_loadu_si256(data[i].add(32 * c).cast())
-            } else {
-                _mm256_maskload_epi32(data[i].add(4 * t * c).cast(), keep)
-            };
-            q[i] = _mm256_xor_si256(piece, flip);
-            unsigned[i] = _mm256_abs_epi8(q[i]);
-        }
-        for (a, xr) in acc.iter_mut().zip(x) {
-            let xc = _mm256_loadu_si256(xr.qs.add(b0 * QK + 32 * c).cast());
+    // The even pieces, then the odd ones: each parity's sums of the group in registers (`R·Q` of
+    // them), then added to the accumulators, which a tile of 8 outputs keeps in memory (L1).
+    for p in 0..2 {
+        let mut sum = [[_mm256_setzero_si256(); Q]; R];
+        for c in (p..QK / 4).step_by(2) {
+            // Piece c of each weight row: q (stored byte - 128) for its sign, |q| for `maddubs`.
+            let mut q = [_mm256_setzero_si256(); Q];
+            let mut unsigned = q;
             for i in 0..Q {
-                let pairs = _mm256_maddubs_epi16(unsigned[i], _mm256_sign_epi8(xc, q[i]));
-                a[i][c % 2] = _mm256_add_epi32(a[i][c % 2], _mm256_madd_epi16(pairs, ones));
+                let piece = if FULL {
+                    _mm256_loadu_si256(data[i].add(32 * c).cast())
+                } else {
+                    _mm256_maskload_epi32(data[i].add(4 * t * c).cast(), keep)
+                };
+                q[i] = _mm256_xor_si256(piece, flip);
+                unsigned[i] = _mm256_abs_epi8(q[i]);
+            }
+            for (s, xr) in sum.iter_mut().zip(x) {
+                let xc = _mm256_loadu_si256(xr.qs.add(b0 * QK + 32 * c).cast());
+                for i in 0..Q {
+                    let pairs = _mm256_maddubs_epi16(unsigned[i], _mm256_sign_epi8(xc, q[i]));
+                    s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        for (a, s) in acc.iter_mut().zip(&sum) {
+            for i in 0..Q {
+                a[i][p] = _mm256_add_epi32(a[i][p], s[i]);
             }
         }
     }

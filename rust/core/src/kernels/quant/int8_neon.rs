@@ -93,7 +93,12 @@ unsafe fn rows<const R: usize, const DOT: bool>(
         lane_d: std::ptr::null(),
     }; R];
     for (p, row) in x.iter_mut().zip(xs) {
-        assert!(row.qs.len() >= nb.next_multiple_of(LANES) * QK && row.lane_d.len() == LANE_SETS);
+        // Rows quantized by lane sets (`lane_offsets` is for unsigned weights: not needed here).
+        assert!(
+            row.qs.len() >= nb.next_multiple_of(LANES) * QK
+                && row.lane_d.len() == LANE_SETS
+                && row.lane_offsets.len() == LANE_SETS
+        );
         *p = XPtr {
             qs: row.qs.as_ptr(),
             lane_d: row.lane_d.as_ptr(),
