@@ -252,7 +252,7 @@ fn int8_full_scale_values_match_scalar_bitwise() {
             0 => 1.0,
             1 => -1.0,
             _ => {
-                if (p / 4) % 2 == 0 {
+                if (p / 4).is_multiple_of(2) {
                     1.0
                 } else {
                     -1.0
