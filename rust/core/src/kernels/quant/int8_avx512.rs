@@ -119,7 +119,15 @@ unsafe fn tile<const R: usize, const Q: usize, const S: usize>(
     nb: usize,
     x: &[XPtr; R],
 ) -> [[f32; Q]; R] {
+    // Each output's first accumulator starts at its row's offsets (`-128·Σq_x` per set), so
+    // that the sums come out as the signed `I_j`.
     let mut acc = [[[_mm512_setzero_si512(); S]; Q]; R];
+    for (accr, xr) in acc.iter_mut().zip(x) {
+        let offsets = _mm512_loadu_si512(xr.lane_offsets.cast());
+        for a in accr.iter_mut() {
+            a[0] = offsets;
+        }
+    }
     let full = nb - nb % LANES;
     let mut b0 = 0;
     while b0 < full {
@@ -142,10 +150,9 @@ unsafe fn tile<const R: usize, const Q: usize, const S: usize>(
         // A full tile: its 16 lane sums at once (`sum16`).
         let mut f = [_mm512_setzero_ps(); 16];
         for (r, (acc, xr)) in acc.iter().zip(x).enumerate() {
-            let offsets = _mm512_loadu_si512(xr.lane_offsets.cast());
             let d = _mm512_loadu_ps(xr.lane_d);
             for q in 0..Q {
-                f[r * Q + q] = scaled_sets(&acc[q], offsets, d);
+                f[r * Q + q] = scaled_sets(&acc[q], d);
             }
         }
         let mut sums = [0.0f32; 16];
@@ -158,10 +165,9 @@ unsafe fn tile<const R: usize, const Q: usize, const S: usize>(
         return out;
     }
     for ((row, acc), xr) in out.iter_mut().zip(&acc).zip(x) {
-        let offsets = _mm512_loadu_si512(xr.lane_offsets.cast());
         let d = _mm512_loadu_ps(xr.lane_d);
         for q in 0..Q {
-            let f = scaled_sets(&acc[q], offsets, d);
+            let f = scaled_sets(&acc[q], d);
             let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(f)));
             row[q] = hsum(_mm256_add_ps(_mm512_castps512_ps256(f), hi)) * scale[q];
         }
@@ -169,13 +175,13 @@ unsafe fn tile<const R: usize, const Q: usize, const S: usize>(
     out
 }
 
-/// The `f_j = dx_j · I_j` of one output: its accumulators' sums of `q + 128` plus the row's
-/// offsets (the exact signed `I_j`), converted, times the row's lane scales `d`.
+/// The `f_j = dx_j · I_j` of one output: its accumulators summed (the exact signed `I_j`: the
+/// first started at the row's offsets), converted, times the row's lane scales `d`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn scaled_sets<const S: usize>(acc: &[__m512i; S], offsets: __m512i, d: __m512) -> __m512 {
-    let mut isum = offsets;
-    for a in acc {
+unsafe fn scaled_sets<const S: usize>(acc: &[__m512i; S], d: __m512) -> __m512 {
+    let mut isum = acc[0];
+    for a in &acc[1..] {
         isum = _mm512_add_epi32(isum, *a);
     }
     _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum))
@@ -288,4 +294,125 @@ unsafe fn values<const FULL: bool>(w: *const u8, t: usize) -> [__m512i; 4] {
         }
     }
     v
+}
+
+/// `activations::quantize_row_lanes` in AVX-512, with its bits (every step is exact or
+/// correctly rounded elementwise: the same division, clamp and rounding trick, the same maxima).
+/// The portable loops do not vectorise well (each value's piece goes to its own place); this
+/// quantizes a block as two registers of 16 values and narrows them to bytes with `vpmovdb`.
+///
+/// # Safety
+/// The CPU has this file's features; `qs` holds whole groups (at least the row's blocks), `d` and
+/// `offsets` [`LANE_SETS`] values; `x` is not empty.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row_lanes(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    offsets: &mut [i32],
+) {
+    let nb = x.len().div_ceil(QK);
+    assert!(nb > 0 && qs.len() >= nb * QK && qs.len().is_multiple_of(LANES * QK));
+    assert!(d.len() == LANE_SETS && offsets.len() == LANE_SETS);
+    // The ragged last block zero-padded.
+    let mut last = [0.0f32; QK];
+    let tail = &x[(nb - 1) * QK..];
+    last[..tail.len()].copy_from_slice(tail);
+    let block = |b: usize| -> *const f32 {
+        if b + 1 < nb {
+            x.as_ptr().add(b * QK)
+        } else {
+            last.as_ptr()
+        }
+    };
+    let abs = _mm512_set1_epi32(0x7FFF_FFFF);
+    // Per lane (block % 8): the largest |x| and the non-finite flag (`v·0`) at each of the 16
+    // positions of a half block; positions 0..4 and 8..12 are even pieces, 4..8 and 12..16 odd.
+    let mut amax = [_mm512_setzero_ps(); LANES];
+    let mut poison = [_mm512_setzero_ps(); LANES];
+    for b in 0..nb {
+        let p = block(b);
+        let l = b % LANES;
+        for h in 0..2 {
+            let v = _mm512_loadu_ps(p.add(16 * h));
+            let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs));
+            // `max(a, m)` returns `m` when `a` is NaN, as the portable `if a > m`.
+            amax[l] = _mm512_max_ps(a, amax[l]);
+            poison[l] = _mm512_add_ps(poison[l], _mm512_mul_ps(v, _mm512_setzero_ps()));
+        }
+    }
+    let odd: __mmask16 = 0xF0F0;
+    for l in 0..LANES {
+        let (mut m, mut p) = ([0.0f32; 16], [0.0f32; 16]);
+        _mm512_storeu_ps(m.as_mut_ptr(), amax[l]);
+        _mm512_storeu_ps(p.as_mut_ptr(), poison[l]);
+        for (half, j) in [l, LANES + l].into_iter().enumerate() {
+            let mut a = 0.0f32;
+            let mut flag = 0.0f32;
+            for t in 0..16 {
+                if ((odd >> t) & 1) as usize == half {
+                    a = if m[t] > a { m[t] } else { a };
+                    flag += p[t];
+                }
+            }
+            d[j] = if flag != 0.0 { f32::NAN } else { a / 127.0 };
+        }
+    }
+    // Per lane: each position's divisor and whether its set quantizes (a NaN or zero scale
+    // gives q = 0).
+    let mut div = [_mm512_set1_ps(1.0); LANES];
+    let mut usable: [__mmask16; LANES] = [0; LANES];
+    for l in 0..LANES {
+        let (de, dodd) = (d[l], d[LANES + l]);
+        let de_ok = de > 0.0;
+        let do_ok = dodd > 0.0;
+        div[l] = _mm512_mask_blend_ps(
+            odd,
+            _mm512_set1_ps(if de_ok { de } else { 1.0 }),
+            _mm512_set1_ps(if do_ok { dodd } else { 1.0 }),
+        );
+        usable[l] = (if de_ok { !odd } else { 0 }) | (if do_ok { odd } else { 0 });
+    }
+    let (round, round_bits) = (_mm512_set1_ps(12_582_912.0), _mm512_set1_epi32(0x4B40_0000));
+    let (hi, lo) = (_mm512_set1_ps(127.0), _mm512_set1_ps(-127.0));
+    let mut sums = [_mm512_setzero_si512(); LANES];
+    let groups = qs.len() / (LANES * QK);
+    let out = qs.as_mut_ptr();
+    for b in 0..groups * LANES {
+        let (g, l) = (b / LANES, b % LANES);
+        let group = out.add(g * LANES * QK);
+        for h in 0..2 {
+            let bytes = if b < nb {
+                let v = _mm512_loadu_ps(block(b).add(16 * h));
+                let y = _mm512_maskz_div_ps(usable[l], v, div[l]);
+                let y = _mm512_max_ps(_mm512_min_ps(y, hi), lo);
+                let r = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(y, round)), round_bits);
+                sums[l] = _mm512_add_epi32(sums[l], r);
+                _mm512_cvtepi32_epi8(r)
+            } else {
+                _mm_setzero_si128()
+            };
+            // Pieces 4h..4h + 4 of the block: 4 bytes each, at their places in the group.
+            let mut pieces = [0i32; 4];
+            _mm_storeu_si128(pieces.as_mut_ptr().cast(), bytes);
+            for (c, piece) in pieces.into_iter().enumerate() {
+                let at = (4 * h + c) * 4 * LANES + 4 * l;
+                std::ptr::write_unaligned(group.add(at).cast::<i32>(), piece);
+            }
+        }
+    }
+    for l in 0..LANES {
+        let mut s = [0i32; 16];
+        _mm512_storeu_si512(s.as_mut_ptr().cast(), sums[l]);
+        let (mut even, mut oddsum) = (0i32, 0i32);
+        for (t, v) in s.iter().enumerate() {
+            if (odd >> t) & 1 == 1 {
+                oddsum += v;
+            } else {
+                even += v;
+            }
+        }
+        offsets[l] = -128 * even;
+        offsets[LANES + l] = -128 * oddsum;
+    }
 }

@@ -237,3 +237,32 @@ fn lane_sets_have_one_scale_each() {
         }
     }
 }
+
+/// Every instruction set's lane quantization gives the portable one's bytes, scales and offsets:
+/// ragged rows, all-zero sets, non-finite values, subnormal scales.
+#[test]
+fn lane_quantization_is_the_same_on_every_isa() {
+    for &k in &[1usize, 31, 40, 256, 300, 1024, 2080] {
+        let m = 5;
+        let mut x = hidden_states(m, k, 3 * k as u64);
+        // Row 1: all zero; row 2: a NaN and an infinity; row 3: subnormal values.
+        x[k..2 * k].fill(0.0);
+        x[2 * k + k / 2] = f32::NAN;
+        x[3 * k - 1] = f32::NEG_INFINITY;
+        for v in &mut x[3 * k..4 * k] {
+            *v *= 1e-42;
+        }
+        let mut want = Activations::default();
+        want.quantize_lanes(Kernel::Portable, &x, m, k, false);
+        for isa in cpu::supported_isas() {
+            let mut got = Activations::default();
+            got.quantize_lanes(Kernel::for_isa(isa), &x, m, k, false);
+            for i in 0..m {
+                let (a, b) = (got.row(i), want.row(i));
+                assert_eq!(a.qs, b.qs, "{isa:?} k {k} row {i}");
+                assert_eq!(bits(a.lane_d), bits(b.lane_d), "{isa:?} k {k} row {i}");
+                assert_eq!(a.lane_offsets, b.lane_offsets, "{isa:?} k {k} row {i}");
+            }
+        }
+    }
+}
