@@ -37,7 +37,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 fn scalar(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut y = vec![f32::NAN; m * n];
-    int8_matmul_scalar(x, w, &mut y, m, k, n);
+    int8_matmul_scalar(x, w, None, &mut y, m, k, n);
     y
 }
 
@@ -55,7 +55,9 @@ fn int8_matmul_matches_scalar_bitwise() {
                 for isa in cpu::supported_isas() {
                     for threads in [1, 2] {
                         let mut got = vec![f32::NAN; m * n];
-                        with_threads(threads, || int8_matmul_with(isa, &x, &w, &mut got, m, k, n));
+                        with_threads(threads, || {
+                            int8_matmul_with(isa, &x, &w, None, &mut got, m, k, n)
+                        });
                         assert_eq!(
                             bits(&got),
                             bits(&want),
@@ -77,7 +79,7 @@ fn int8_prefill_shape_matches_scalar_bitwise() {
     let want = scalar(&x, &w, m, k, n);
     for isa in cpu::supported_isas() {
         let mut got = vec![f32::NAN; m * n];
-        with_threads(2, || int8_matmul_with(isa, &x, &w, &mut got, m, k, n));
+        with_threads(2, || int8_matmul_with(isa, &x, &w, None, &mut got, m, k, n));
         assert_eq!(bits(&got), bits(&want), "{isa:?}");
     }
 }
@@ -136,7 +138,7 @@ fn int8_non_finite_rows_give_nan() {
     x[4 * k + 50] = f32::NAN;
     for isa in cpu::supported_isas() {
         let mut y = vec![0.0; m * n];
-        int8_matmul_with(isa, &x, &w, &mut y, m, k, n);
+        int8_matmul_with(isa, &x, &w, None, &mut y, m, k, n);
         for i in 0..m {
             for j in 0..n {
                 let v = y[i * n + j];
@@ -183,18 +185,22 @@ fn bench_int8_matmul() {
             best
         };
         let isa = cpu::isa();
-        let (q8, i8) = with_threads(1, || {
-            (
-                time(&mut || quant_matmul_with(isa, QuantFormat::Q8_0, &x, &w, &mut y, m, k, n)),
-                time(&mut || int8_matmul_with(isa, &x, &w, &mut y, m, k, n)),
-            )
+        let (q8, i8, i8_np) = with_threads(1, || {
+            let q8 =
+                time(&mut || quant_matmul_with(isa, QuantFormat::Q8_0, &x, &w, &mut y, m, k, n));
+            let i8 = time(&mut || int8_matmul_with(isa, &x, &w, None, &mut y, m, k, n));
+            NO_CHUNK_PREFETCH.store(true, std::sync::atomic::Ordering::Relaxed);
+            let i8_np = time(&mut || int8_matmul_with(isa, &x, &w, None, &mut y, m, k, n));
+            NO_CHUNK_PREFETCH.store(false, std::sync::atomic::Ordering::Relaxed);
+            (q8, i8, i8_np)
         });
         let gmac = |s: f64| (m * n * k) as f64 / s / 1e9;
         println!(
-            "m {m:4} k {k:5} n {n:5}: Q8_0 {:.1} GMAC/s, int8 {:.1} GMAC/s ({:.2}x)",
+            "m {m:4} k {k:5} n {n:5}: Q8_0 {:.1} GMAC/s, int8 {:.1} GMAC/s ({:.2}x), int8 without the chunk prefetch {:.1}",
             gmac(q8),
             gmac(i8),
-            q8 / i8
+            q8 / i8,
+            gmac(i8_np)
         );
     }
 }
@@ -263,6 +269,30 @@ fn lane_quantization_is_the_same_on_every_isa() {
                 assert_eq!(bits(a.lane_d), bits(b.lane_d), "{isa:?} k {k} row {i}");
                 assert_eq!(a.lane_offsets, b.lane_offsets, "{isa:?} k {k} row {i}");
             }
+        }
+    }
+}
+
+/// A bias goes onto every output after its product: the bits of the product without it, plus
+/// the bias; zero-width inputs (`k = 0`) give the bias alone.
+#[test]
+fn int8_bias_is_added_to_each_output() {
+    for &(m, k, n) in &[(17usize, 544usize, 37usize), (3, 0, 5), (40, 256, 300)] {
+        let w = if k == 0 {
+            Vec::new()
+        } else {
+            int8_weights(n, k, 31)
+        };
+        let x = hidden_states(m, k, 32);
+        let bias = random(n, 33);
+        let plain = scalar(&x, &w, m, k, n);
+        for isa in cpu::supported_isas() {
+            let mut got = vec![f32::NAN; m * n];
+            with_threads(2, || {
+                int8_matmul_with(isa, &x, &w, Some(&bias), &mut got, m, k, n)
+            });
+            let want: Vec<f32> = (0..m * n).map(|i| plain[i] + bias[i % n]).collect();
+            assert_eq!(bits(&got), bits(&want), "{isa:?} m {m} k {k} n {n}");
         }
     }
 }
