@@ -100,8 +100,8 @@ fn int8_product_is_that_of_the_quantized_values() {
         }
         let mut act = Activations::default();
         act.quantize_lanes(Kernel::Portable, &x, m, k, false);
-        // Value `p`'s lane set: its block's lane, and whether its piece is even or odd.
-        let set = |p: usize| (p / QK) % LANES + LANES * ((p % QK) / 4 % 2);
+        // Value `p`'s lane set: its block's lane.
+        let set = |p: usize| (p / QK) % LANES;
         for i in 0..m {
             let xr = act.row(i);
             for j in 0..n {
@@ -206,20 +206,20 @@ fn bench_int8_matmul() {
 }
 
 /// Quantizing by lane sets: each value within half a step of its set's scale, which is
-/// `max|x| / 127` over exactly the values of the set; the offsets are `-128·Σq` per set; the
-/// padding past the row (to whole groups) is zero.
+/// `max|x| / 127` over exactly the values of the set (every 8th block); the offsets are `-128·Σq`
+/// per set; the padding past the row (to whole groups) is zero.
 #[test]
 fn lane_sets_have_one_scale_each() {
     for &k in &[1usize, 40, 256, 300, 1024] {
         let x = hidden_states(2, k, k as u64);
         let mut act = Activations::default();
         act.quantize_lanes(Kernel::Portable, &x, 2, k, false);
-        let set = |p: usize| (p / QK) % LANES + LANES * ((p % QK) / 4 % 2);
+        let set = |p: usize| (p / QK) % LANES;
         for i in 0..2 {
             let xr = act.row(i);
             let row = &x[i * k..(i + 1) * k];
-            let mut amax = [0.0f32; 16];
-            let mut sums = [0i32; 16];
+            let mut amax = [0.0f32; LANES];
+            let mut sums = [0i32; LANES];
             for (p, v) in row.iter().enumerate() {
                 amax[set(p)] = amax[set(p)].max(v.abs());
             }
@@ -236,7 +236,7 @@ fn lane_sets_have_one_scale_each() {
                     "k {k} p {p}"
                 );
             }
-            for j in 0..16 {
+            for j in 0..LANES {
                 assert_eq!(xr.lane_d[j], amax[j] / 127.0, "k {k} set {j}");
                 assert_eq!(xr.lane_offsets[j], -128 * sums[j], "k {k} set {j}");
             }
