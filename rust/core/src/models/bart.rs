@@ -16,6 +16,7 @@
 //!   Marian). Marian may keep separate encoder and decoder vocabularies
 //!   (`share_encoder_decoder_embeddings: false`, `decoder_vocab_size`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -981,12 +982,23 @@ impl EncoderDecoderStack for BartWeights {
         let mut logits = vec![0.0; count * self.lm_head.out_features()];
         self.lm_head
             .forward_checked(&b.x, count, &mut logits, input.interrupt)?;
+        // The bias pass also finds whether every logit is finite, which the caller would otherwise
+        // learn by another pass over them (generation refuses NaN and infinite logits).
         let bias = &self.logits_bias;
+        let finite = AtomicBool::new(true);
         per_row(&mut logits, count, |rows| {
+            let mut all = true;
             for row in rows.chunks_exact_mut(bias.len()) {
-                add(row, bias);
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                    all &= v.is_finite();
+                }
+            }
+            if !all {
+                finite.store(false, Ordering::Relaxed);
             }
         });
+        b.logits_finite = Some(finite.into_inner());
         Ok(logits)
     }
 }
