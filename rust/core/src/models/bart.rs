@@ -395,15 +395,27 @@ impl Norm {
 /// split over the threads: below that, a fork-join costs more than the pass.
 const PARALLEL_ROWS: usize = 8;
 
-/// Rows per task for a pass over `rows` rows on the current pool: one run per thread (each
-/// fork-join of a decoding step costs more than its share of a few rows), a multiple of `align`;
-/// all of them (one task, no fork-join) below [`PARALLEL_ROWS`] or on one thread.
+/// Rows from which a pass is split into [`TASKS_PER_THREAD`] tasks per thread rather than one.
+const MANY_ROWS_PER_THREAD: usize = 64;
+/// Tasks per thread of a long pass (an encoder's): a thread that another process slows down
+/// leaves its share to the others.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Rows per task for a pass over `rows` rows on the current pool, a multiple of `align`: one
+/// run per thread for a decoding step's few rows (each task's dispatch costs more than its share
+/// of them), a few per thread for many rows; all of them (one task, no fork-join) below
+/// [`PARALLEL_ROWS`] or on one thread.
 fn rows_per_task(rows: usize, align: usize) -> usize {
     let threads = rayon::current_num_threads();
     if rows < PARALLEL_ROWS || threads == 1 {
         return rows.max(1);
     }
-    rows.div_ceil(threads).next_multiple_of(align.max(1))
+    let tasks = if rows >= MANY_ROWS_PER_THREAD * threads {
+        TASKS_PER_THREAD * threads
+    } else {
+        threads
+    };
+    rows.div_ceil(tasks).next_multiple_of(align.max(1))
 }
 
 /// `f` over the `rows` rows of `x` (`[rows, width]`), in parallel when there are enough of them.
