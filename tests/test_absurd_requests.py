@@ -231,6 +231,49 @@ def test_nan_logits_raise_naming_the_step(tmp_path, options):
         model.generate_ids([[1, 2, 3]], max_new_tokens=5, **options)
 
 
+def _marian_with_logits_bias(tmp_path: Path, column: int, value: float) -> Path:
+    """The Marian fixture with ``value`` in one column of ``final_logits_bias``: the BART family
+    learns whether the logits are finite on its bias pass, not by another look at them."""
+    path = _model_copy(tmp_path, "marian")
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    header_len = struct.unpack("<Q", data[:8])[0]
+    start, _ = json.loads(data[8 : 8 + header_len])["final_logits_bias"]["data_offsets"]
+    at = 8 + header_len + start + 4 * column
+    data[at : at + 4] = np.float32(value).tobytes()
+    weights.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("value, kind", [(np.nan, "NaN"), (np.inf, "infinite values"), (-np.inf, "infinite values")])
+# The paths that check raw logits (Marian's default beam search checks log-probabilities).
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(num_beams=1),
+        dict(num_beams=1, do_sample=True, seed=1),
+        dict(num_beams=2, output_logits=True, return_dict_in_generate=True),
+    ],
+)
+def test_non_finite_logits_of_a_marian_step_raise(tmp_path, value, kind, options):
+    model = fasttx.load(_marian_with_logits_bias(tmp_path, 7, value), threads=2)
+    session = model._native.start(np.asarray([[1, 2, 3]] * 9, dtype=np.int64), None)
+    session.step(np.zeros((9, 1), dtype=np.int64))
+    assert session.logits_finite is False
+    with pytest.raises(fasttx.ModelFormatError, match=rf"logits of step 0 hold {kind} \(row 0\)"):
+        model.generate_ids([[1, 2, 3]], max_new_tokens=3, **options)
+
+
+def test_a_marian_step_reports_finite_logits(load_fixture_model):
+    model = load_fixture_model("marian")
+    session = model._native.start(np.asarray([[1, 2, 3]], dtype=np.int64), None)
+    assert session.logits_finite is None  # no step yet
+    session.step(np.zeros((1, 1), dtype=np.int64))
+    assert session.logits_finite is True
+    session.step(np.zeros((1, 1), dtype=np.int64), log_softmax=True)
+    assert session.logits_finite is None  # log-probabilities: not what the bias pass saw
+
+
 def test_tiny_temperature_in_beam_sampling_is_a_value_error(load_fixture_model):
     model = load_fixture_model(DECODER)
     with pytest.raises(ValueError, match="temperature"):

@@ -140,6 +140,10 @@ class NativeSession:
     @property
     def cache_bytes_per_position(self) -> int:
         """Bytes of self-attention cache one row takes per position."""
+    @property
+    def logits_finite(self) -> Optional[bool]:
+        """Whether every logit of the last step was finite, where the step found out on its way
+        (None: unknown, check the values)."""
     def reserve(self, positions: int) -> None:
         """Makes room for ``positions`` positions per row in the self-attention cache at once."""
     def step(

@@ -26,10 +26,11 @@ BIG_NEG = np.float32(-1.0e9)
 INITIAL_BEAM_WIDTH = 64
 
 
-def checked_logits(logits: np.ndarray, step: int) -> np.ndarray:
+def checked_logits(logits: np.ndarray, step: int, finite: Optional[bool] = None) -> np.ndarray:
     """``logits`` of a session step, refused when any value is NaN or infinite: a model whose
-    weights or config produce them would otherwise pick token 0 (argmax of NaN) forever."""
-    if not np.isfinite(logits).all():
+    weights or config produce them would otherwise pick token 0 (argmax of NaN) forever.
+    ``finite``: the session's ``logits_finite`` for these logits (True spares the pass over them)."""
+    if finite is not True and not np.isfinite(logits).all():
         bad = ~np.isfinite(logits.reshape(logits.shape[0], -1))
         row = int(np.argmax(bad.any(axis=1)))
         kind = "NaN" if np.isnan(logits[row]).any() else "infinite values"
@@ -300,7 +301,8 @@ def sample_or_greedy(
     )
     tokens, mask = prompt.first_tokens, prompt.first_mask
     for step in range(budget):
-        logits = checked_logits(session.step(tokens, mask), step)
+        logits = session.step(tokens, mask)
+        logits = checked_logits(logits, step, session.logits_finite)
         mask = None
         if step == 0 and prompt.copies > 1:
             logits = repeat_rows(session, logits, prompt.copies)
@@ -480,7 +482,8 @@ def _beam_step(native_model, session, tokens, mask, step: int, record: Optional[
     them (the session then returns logits and the same native log-softmax runs on them)."""
     if record is None or record.logits is None:
         return checked_logits(session.step(tokens, mask, log_softmax=True), step)
-    logits = checked_logits(session.step(tokens, mask), step)
+    logits = session.step(tokens, mask)
+    logits = checked_logits(logits, step, session.logits_finite)
     record.logits.append(logits.copy())
     return native_model.log_softmax_rows(logits)
 

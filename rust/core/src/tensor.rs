@@ -499,7 +499,10 @@ impl Linear {
         match &self.weight {
             Matrix::F32(w) => matmul_nt(x, w.data(), y, m, k, n),
             // (int8 rows may be padded past `k` to whole blocks: the kernel pads `x` to match.)
-            Matrix::Quant(q) if q.int8 => int8_matmul(x, q.data(), y, m, k, n),
+            // The int8 product adds the bias itself, as it goes.
+            Matrix::Quant(q) if q.int8 => {
+                return int8_matmul(x, q.data(), self.bias.as_deref(), y, m, k, n)
+            }
             Matrix::Quant(q) => quant_matmul(q.format, x, q.data(), y, m, k, n),
         }
         if let Some(b) = &self.bias {

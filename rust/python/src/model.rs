@@ -319,6 +319,13 @@ impl NativeSession {
         self.read(|s| s.cache_bytes_per_position())
     }
 
+    /// Whether every logit of the last step was finite, where the step found out on its way
+    /// (`None`: unknown, check the values).
+    #[getter]
+    fn logits_finite(&self) -> PyResult<Option<bool>> {
+        self.read(|s| s.logits_finite())
+    }
+
     /// Makes room for `positions` positions per row in the self-attention cache at once (a
     /// generation that knows its length; the room costs memory only as it fills).
     fn reserve(&self, py: Python<'_>, positions: usize) -> PyResult<()> {

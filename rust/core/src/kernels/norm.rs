@@ -93,8 +93,10 @@ pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [
     layer_norm_scalar(&x[whole..], weight, bias, eps, &mut out[whole..]);
 }
 
-/// Rows whose sums [`layer_norm`] interleaves.
-const GROUP: usize = 8;
+/// Rows whose sums [`layer_norm`] interleaves: a caller splitting rows over threads keeps whole
+/// groups together (the rows of a smaller slice are summed one at a time: the same bits, slower).
+pub const LAYER_NORM_GROUP: usize = 8;
+const GROUP: usize = LAYER_NORM_GROUP;
 /// Where `Iterator::sum` of `f32` starts (its neutral element, `-0.0`): a row of negative zeros
 /// sums to `-0.0` in both forms.
 const SUM_START: f32 = -0.0;

@@ -16,6 +16,7 @@
 //!   Marian). Marian may keep separate encoder and decoder vocabularies
 //!   (`share_encoder_decoder_embeddings: false`, `decoder_vocab_size`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -33,7 +34,8 @@ use crate::error::{Error, Result};
 use crate::format_err;
 use crate::formats::WeightSource;
 use crate::interrupt::Interrupt;
-use crate::kernels::{activation, norm::layer_norm};
+use crate::kernels::activation;
+use crate::kernels::norm::{layer_norm, LAYER_NORM_GROUP};
 use crate::tensor::{Linear, LinearSet, Tensor};
 use crate::threading::build_pool;
 
@@ -345,37 +347,87 @@ struct Norm {
 }
 
 impl Norm {
-    /// Rows in parallel (on the current pool) where there are enough of them: each row's
-    /// statistics are sequential sums, the same bits whichever thread computes them.
+    /// `out` ← the norm of `x`'s rows.
     fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
-        out.resize(x.len(), 0.0);
         let (w, b) = (self.weight.data(), self.bias.data());
-        let rows = x.len() / w.len().max(1);
-        if rows < PARALLEL_ROWS || rayon::current_num_threads() == 1 {
+        out.resize(x.len(), 0.0);
+        let chunk = self.chunk(x.len());
+        if chunk >= x.len() {
             layer_norm(x, w, b, LAYER_NORM_EPS, out);
             return;
         }
-        let chunk = ROWS_PER_TASK * w.len();
         x.par_chunks(chunk)
             .zip(out.par_chunks_mut(chunk))
             .for_each(|(x, out)| layer_norm(x, w, b, LAYER_NORM_EPS, out));
     }
+
+    /// `out` ← the norm of `x + y` (post-norm's residual sum), through `y` (left holding the sum):
+    /// each task adds and normalises its rows while they are in its cache.
+    fn apply_sum(&self, x: &[f32], y: &mut [f32], out: &mut Vec<f32>) {
+        let (w, b) = (self.weight.data(), self.bias.data());
+        let y = &mut y[..x.len()];
+        out.resize(x.len(), 0.0);
+        let add_norm = |x: &[f32], y: &mut [f32], out: &mut [f32]| {
+            add(y, x);
+            layer_norm(y, w, b, LAYER_NORM_EPS, out);
+        };
+        let chunk = self.chunk(x.len());
+        if chunk >= x.len() {
+            add_norm(x, y, out);
+            return;
+        }
+        x.par_chunks(chunk)
+            .zip(y.par_chunks_mut(chunk))
+            .zip(out.par_chunks_mut(chunk))
+            .for_each(|((x, y), out)| add_norm(x, y, out));
+    }
+
+    /// Values per task over `len` values: one run of whole interleaved row groups per thread
+    /// (on the current pool). Each row's statistics are sequential sums, the same bits whichever
+    /// thread computes them.
+    fn chunk(&self, len: usize) -> usize {
+        let dim = self.weight.data().len().max(1);
+        rows_per_task(len / dim, LAYER_NORM_GROUP) * dim
+    }
 }
 
 /// Rows from which the elementwise passes of a step (norms, activation, the logits' bias) are
-/// split over the threads, and rows per task: below that, a fork-join costs more than the pass.
+/// split over the threads: below that, a fork-join costs more than the pass.
 const PARALLEL_ROWS: usize = 8;
-const ROWS_PER_TASK: usize = 4;
+
+/// Rows from which a pass is split into [`TASKS_PER_THREAD`] tasks per thread rather than one.
+const MANY_ROWS_PER_THREAD: usize = 64;
+/// Tasks per thread of a long pass (an encoder's): a thread that another process slows down
+/// leaves its share to the others.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Rows per task for a pass over `rows` rows on the current pool, a multiple of `align`: one
+/// run per thread for a decoding step's few rows (each task's dispatch costs more than its share
+/// of them), a few per thread for many rows; all of them (one task, no fork-join) below
+/// [`PARALLEL_ROWS`] or on one thread.
+fn rows_per_task(rows: usize, align: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if rows < PARALLEL_ROWS || threads == 1 {
+        return rows.max(1);
+    }
+    let tasks = if rows >= MANY_ROWS_PER_THREAD * threads {
+        TASKS_PER_THREAD * threads
+    } else {
+        threads
+    };
+    rows.div_ceil(tasks).next_multiple_of(align.max(1))
+}
 
 /// `f` over the `rows` rows of `x` (`[rows, width]`), in parallel when there are enough of them.
 /// Only for passes whose result for a row depends on nothing else (elementwise, per row).
 fn per_row(x: &mut [f32], rows: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
     let width = x.len() / rows.max(1);
-    if rows < PARALLEL_ROWS || width == 0 || rayon::current_num_threads() == 1 {
+    let chunk = rows_per_task(rows, 1) * width;
+    if chunk == 0 || chunk >= x.len() {
         f(x);
         return;
     }
-    x.par_chunks_mut(ROWS_PER_TASK * width).for_each(f);
+    x.par_chunks_mut(chunk).for_each(f);
 }
 
 struct FeedForward {
@@ -704,22 +756,23 @@ impl BartWeights {
         }
     }
 
-    /// A sublayer's input into `x`: the normalised stream (pre-norm) or the stream itself.
-    fn sublayer_input(&self, h: &[f32], norm: &Norm, x: &mut Vec<f32>) {
+    /// A sublayer's input into `x`: the normalised stream `h` (pre-norm), or the stream itself
+    /// (post-norm: moved, not copied; `h` is then free until [`Self::sublayer_output`]).
+    fn sublayer_input(&self, h: &mut Vec<f32>, norm: &Norm, x: &mut Vec<f32>) {
         if self.pre_norm {
             norm.apply(h, x);
         } else {
-            x.clear();
-            x.extend_from_slice(h);
+            std::mem::swap(h, x);
         }
     }
 
-    /// Adds a sublayer's output to the stream, then normalises it (post-norm), using `tmp`.
-    fn sublayer_output(&self, h: &mut Vec<f32>, out: &[f32], norm: &Norm, tmp: &mut Vec<f32>) {
-        add(h, out);
-        if !self.pre_norm {
-            norm.apply(h, tmp);
-            std::mem::swap(h, tmp);
+    /// The stream `h` after a sublayer that read `x` (from [`Self::sublayer_input`]) and wrote
+    /// `out` (then free): `h + out` (pre-norm), or `norm(x + out)` (post-norm).
+    fn sublayer_output(&self, h: &mut Vec<f32>, x: &[f32], out: &mut [f32], norm: &Norm) {
+        if self.pre_norm {
+            add(h, out);
+        } else {
+            norm.apply_sum(x, out, h);
         }
     }
 
@@ -859,16 +912,16 @@ impl EncoderDecoderStack for BartWeights {
         for layer in &self.encoder {
             // Checked before each sublayer: a long input spends a fraction of a second in each.
             input.check_interrupt()?;
-            self.sublayer_input(&h, &layer.self_norm, &mut x);
+            self.sublayer_input(&mut h, &layer.self_norm, &mut x);
             layer
                 .self_attn
                 .encode(&attn, &x, input, &mut ctx, &mut out)?;
-            self.sublayer_output(&mut h, &out, &layer.self_norm, &mut x);
+            self.sublayer_output(&mut h, &x, &mut out, &layer.self_norm);
 
             input.check_interrupt()?;
-            self.sublayer_input(&h, &layer.ff_norm, &mut x);
+            self.sublayer_input(&mut h, &layer.ff_norm, &mut x);
             self.feed_forward(&layer.ff, &x, m, &mut hidden, &mut out, interrupt)?;
-            self.sublayer_output(&mut h, &out, &layer.ff_norm, &mut x);
+            self.sublayer_output(&mut h, &x, &mut out, &layer.ff_norm);
         }
         if let Some(norm) = &self.encoder_norm {
             norm.apply(&h, &mut x);
@@ -908,17 +961,17 @@ impl EncoderDecoderStack for BartWeights {
         for (li, layer) in self.decoder.iter().enumerate() {
             // Checked before each sublayer, as in the encoder.
             input.check_interrupt()?;
-            self.sublayer_input(&h, &layer.self_norm, &mut b.x);
+            self.sublayer_input(&mut h, &layer.self_norm, &mut b.x);
             layer.self_attn.step(&self_attn, li, n, cache, b)?;
-            self.sublayer_output(&mut h, &b.proj, &layer.self_norm, &mut b.x);
+            self.sublayer_output(&mut h, &b.x, &mut b.proj, &layer.self_norm);
 
             input.check_interrupt()?;
-            self.sublayer_input(&h, &layer.cross_norm, &mut b.x);
+            self.sublayer_input(&mut h, &layer.cross_norm, &mut b.x);
             layer.cross_attn.step(&cross_attn, memory, li, rows, n, b)?;
-            self.sublayer_output(&mut h, &b.proj, &layer.cross_norm, &mut b.x);
+            self.sublayer_output(&mut h, &b.x, &mut b.proj, &layer.cross_norm);
 
             input.check_interrupt()?;
-            self.sublayer_input(&h, &layer.ff_norm, &mut b.x);
+            self.sublayer_input(&mut h, &layer.ff_norm, &mut b.x);
             self.feed_forward(
                 &layer.ff,
                 &b.x,
@@ -927,7 +980,7 @@ impl EncoderDecoderStack for BartWeights {
                 &mut b.proj,
                 input.interrupt,
             )?;
-            self.sublayer_output(&mut h, &b.proj, &layer.ff_norm, &mut b.x);
+            self.sublayer_output(&mut h, &b.x, &mut b.proj, &layer.ff_norm);
         }
         cache.commit();
 
@@ -941,12 +994,23 @@ impl EncoderDecoderStack for BartWeights {
         let mut logits = vec![0.0; count * self.lm_head.out_features()];
         self.lm_head
             .forward_checked(&b.x, count, &mut logits, input.interrupt)?;
+        // The bias pass also finds whether every logit is finite, which the caller would otherwise
+        // learn by another pass over them (generation refuses NaN and infinite logits).
         let bias = &self.logits_bias;
+        let finite = AtomicBool::new(true);
         per_row(&mut logits, count, |rows| {
+            let mut all = true;
             for row in rows.chunks_exact_mut(bias.len()) {
-                add(row, bias);
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                    all &= v.is_finite();
+                }
+            }
+            if !all {
+                finite.store(false, Ordering::Relaxed);
             }
         });
+        b.logits_finite = Some(finite.into_inner());
         Ok(logits)
     }
 }

@@ -258,10 +258,19 @@ impl<S: EncoderDecoderStack> Session for EncoderDecoderSession<S> {
         prepare_step(&mut self.cache, input, want, model.vocab_size())?;
         let (cache, memory) = (&mut self.cache, &self.memory);
         let (step, scratch) = (&mut self.step, &mut self.scratch);
+        step.logits_finite = None;
         *out = logits_on(model.pool(), model.vocab_size(), want, |last_only| {
             model.decode(input, last_only, cache, memory, step, scratch)
         })?;
+        if want.log_softmax {
+            // What the decoder saw were the raw logits, not what `out` now holds.
+            step.logits_finite = None;
+        }
         Ok(())
+    }
+
+    fn logits_finite(&self) -> Option<bool> {
+        self.step.logits_finite
     }
 
     fn reorder(&mut self, source: &[usize]) -> Result<()> {

@@ -212,6 +212,12 @@ pub trait Session: Send + 'static {
     fn reserve(&mut self, positions: usize) -> Result<()>;
     /// Feeds one step of new tokens and writes the logits asked for into `out`.
     fn step(&mut self, input: &StepInput, want: Want, out: &mut Vec<f32>) -> Result<()>;
+    /// Whether every value the last step wrote was finite, where that step learned it on a pass
+    /// it makes over the logits anyway (the BART family's `final_logits_bias`); `None` where it
+    /// did not (the caller checks the values itself).
+    fn logits_finite(&self) -> Option<bool> {
+        None
+    }
     /// Row `i` of the session afterwards continues old row `source[i]`; rows may repeat or vanish.
     fn reorder(&mut self, source: &[usize]) -> Result<()>;
     /// Takes back every position from `len` on, as if the steps that fed them had fed only the

@@ -28,6 +28,9 @@ pub(crate) struct StepBuffers {
     pub h: Vec<f32>,
     /// The hidden states the logits are computed from (see [`StepBuffers::logit_rows`]).
     pub last: Vec<f32>,
+    /// [`super::Session::logits_finite`] of the step's raw logits, where the forward pass found
+    /// out (the session clears it before each step).
+    pub logits_finite: Option<bool>,
     qkv: Vec<f32>,
 }
 

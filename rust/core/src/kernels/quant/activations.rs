@@ -14,7 +14,7 @@ use super::{Kernel, LANES, QK};
 /// group: the first halves of its 8 blocks, then the second halves).
 ///
 /// Rows quantized for int8 weights ([`Activations::quantize_lanes`]) have one scale per lane set
-/// instead of one per block: `lane_d` and `lane_offsets` hold 16 values (see `int8.rs`), and
+/// instead of one per block: `lane_d` and `lane_offsets` hold 8 values (see `int8.rs`), and
 /// `d`, `sum`, `s`, `half` are not filled; otherwise those two are empty.
 #[derive(Clone, Copy)]
 pub(super) struct XRow<'a> {
@@ -330,23 +330,23 @@ pub(super) fn x_index(l: usize, v: usize) -> usize {
     (v / 4) * 4 * LANES + 4 * l + v % 4
 }
 
-/// Lane sets of a row quantized for int8 weights: 8 lanes (every 8th block) times the even and
-/// the odd pieces of their blocks (`int8.rs`).
-pub(super) const LANE_SETS: usize = 2 * LANES;
+/// Lane sets of a row quantized for int8 weights: one per lane of a packed group (the blocks
+/// `b` with `b % 8 = l`; `int8.rs`).
+pub(super) const LANE_SETS: usize = LANES;
 
-/// One row for int8 weights: each value's lane set (block `b`'s lane `b % 8`, and whether its
-/// piece `v / 4` is even or odd: set `b % 8 + 8·(v / 4 % 2)`) gets one scale `d = max|x| / 127`
-/// over the set, `q = round(x / d)` as [`quantize_block`] rounds (a set holding NaN or ±inf
-/// gets `d = NaN` and `q = 0`; an all-zero set `d = 0`); the values go into `qs` in the packed
-/// interleaving (zero past the row, to whole groups), `offsets` gets `-128·Σq` per set. Always
-/// inlined so that the AVX2 build compiles it with AVX2, as [`quantize_row`].
+/// One row for int8 weights: the values of each lane set (the blocks `b` with `b % 8 = l`) get
+/// one scale `d = max|x| / 127` over the set, `q = round(x / d)` as [`quantize_block`] rounds (a
+/// set holding NaN or ±inf gets `d = NaN` and `q = 0`; an all-zero set `d = 0`); the values go
+/// into `qs` in the packed interleaving (zero past the row, to whole groups), `offsets` gets
+/// `-128·Σq` per set. A row of at most 8 blocks has one block per set: its blocks' scales are
+/// then exactly [`quantize_block`]'s. Always inlined so that the AVX2 build compiles it with AVX2,
+/// as [`quantize_row`].
 #[inline(always)]
 pub(super) fn quantize_row_lanes(x: &[f32], qs: &mut [i8], d: &mut [f32], offsets: &mut [i32]) {
     const ROUND: f32 = 12_582_912.0;
     const ROUND_BITS: i32 = 0x4B40_0000;
     let nb = x.len().div_ceil(QK);
-    // Block `b` as 4 chunks of 8 values (positions 0..4 of a chunk: an even piece, 4..8 an odd
-    // one); the ragged last block zero-padded.
+    // The ragged last block zero-padded.
     let mut last = [0.0f32; QK];
     let tail = &x[(nb - 1) * QK..];
     last[..tail.len()].copy_from_slice(tail);
@@ -357,8 +357,8 @@ pub(super) fn quantize_row_lanes(x: &[f32], qs: &mut [i8], d: &mut [f32], offset
             &last
         }
     };
-    // Per lane (block % 8) and chunk position: the largest |x| and the non-finite flag (`v·0`
-    // is ±0 for finite `v`, NaN otherwise), over every chunk of every block of the lane.
+    // Per lane and position in a chunk of 8 values: the largest |x| and the non-finite flag
+    // (`v·0` is ±0 for finite `v`, NaN otherwise), over every chunk of every block of the lane.
     let mut amax = [[0.0f32; LANES]; LANES];
     let mut poison = [[0.0f32; LANES]; LANES];
     for b in 0..nb {
@@ -371,33 +371,15 @@ pub(super) fn quantize_row_lanes(x: &[f32], qs: &mut [i8], d: &mut [f32], offset
             }
         }
     }
-    // Set `l` (even pieces) takes positions 0..4 of lane `l`, set `8 + l` positions 4..8.
     for l in 0..LANES {
-        for (half, j) in [l, LANES + l].into_iter().enumerate() {
-            let (m, p) = (
-                &amax[l][4 * half..4 * half + 4],
-                &poison[l][4 * half..4 * half + 4],
-            );
-            let a = m.iter().fold(0.0f32, |a, &v| if v > a { v } else { a });
-            d[j] = if p.iter().sum::<f32>() != 0.0 {
-                f32::NAN
-            } else {
-                a / 127.0
-            };
-        }
-    }
-    // Each chunk position's divisor, and whether its set quantizes at all (a NaN or zero scale
-    // gives q = 0, as `quantize_block`).
-    let mut div = [[1.0f32; LANES]; LANES];
-    let mut usable = [[0.0f32; LANES]; LANES];
-    for l in 0..LANES {
-        for t in 0..LANES {
-            let dt = d[l + LANES * (t / 4)];
-            if dt > 0.0 {
-                div[l][t] = dt;
-                usable[l][t] = 1.0;
-            }
-        }
+        let a = amax[l]
+            .iter()
+            .fold(0.0f32, |a, &v| if v > a { v } else { a });
+        d[l] = if poison[l].iter().sum::<f32>() != 0.0 {
+            f32::NAN
+        } else {
+            a / 127.0
+        };
     }
     let mut sums = [[0i32; LANES]; LANES];
     let groups = qs.len() / (LANES * QK);
@@ -405,13 +387,13 @@ pub(super) fn quantize_row_lanes(x: &[f32], qs: &mut [i8], d: &mut [f32], offset
         let (g, l) = (b / LANES, b % LANES);
         let group = &mut qs[g * LANES * QK..][..LANES * QK];
         let mut q = [0i8; QK];
-        if b < nb {
-            let (dv, ok, sum) = (&div[l], &usable[l], &mut sums[l]);
+        // A NaN or zero scale gives q = 0, as `quantize_block`.
+        if b < nb && d[l] > 0.0 {
+            let (dl, sum) = (d[l], &mut sums[l]);
             for (qc, c) in q.chunks_exact_mut(LANES).zip(block(b).chunks_exact(LANES)) {
                 for t in 0..LANES {
                     // Dividing, as `quantize_block` does (right for subnormal scales too).
-                    let y = c[t] / dv[t];
-                    let y = if ok[t] > 0.0 { y } else { 0.0 };
+                    let y = c[t] / dl;
                     let y = if y > 127.0 { 127.0 } else { y };
                     let y = if y < -127.0 { -127.0 } else { y };
                     let r = (y + ROUND).to_bits() as i32 - ROUND_BITS;
@@ -425,7 +407,6 @@ pub(super) fn quantize_row_lanes(x: &[f32], qs: &mut [i8], d: &mut [f32], offset
         }
     }
     for l in 0..LANES {
-        offsets[l] = -128 * sums[l][..4].iter().sum::<i32>();
-        offsets[LANES + l] = -128 * sums[l][4..].iter().sum::<i32>();
+        offsets[l] = -128 * sums[l].iter().sum::<i32>();
     }
 }

@@ -5,22 +5,22 @@
 //! # Arithmetic
 //! A product with int8 rows sums exact integers over as much of the row as it can before any
 //! `f32` step: the weight scale `dw` is the row's, and the activations get one scale per *lane
-//! set* rather than one per block of 32. The kernels hold a packed group's values in registers of
-//! 16 `i32` lanes (`x86_avx512.rs`: lane `l` for the even pieces of block `l`, lane `8 + l` for its
-//! odd pieces, a piece being 4 consecutive values); lane set `j` of a row is what lane `j` meets
-//! in every group: the even (`j < 8`) or odd (`j ≥ 8`) pieces of the blocks `b` with
-//! `b % 8 = j % 8`, `k / 16` values spread evenly over the row (32 at `k = 512`, 128 at `k =
-//! 2048`). With one scale `dx_j` per set, each lane's integer sum runs over the whole row, and
-//! the inner loop is integer dot products alone (`vpdpbusd`), about twice as fast as the per-block
-//! scaling of Q8_0 on Zen 4, where the conversions and FMAs of each group share the pipes of
-//! the `vpdpbusd`s. An outlier value coarsens the `k / 16` values of its set instead of 32.
+//! set* rather than one per block of 32. The kernels hold a packed group's values in 8 lanes per
+//! block (`x86_avx512.rs`: lanes `l` and `8 + l` of a 512-bit register for block `l`); lane set `l`
+//! of a row is what lane `l` meets in every group: the blocks `b` with `b % 8 = l`, `k / 8` values
+//! spread evenly over the row (a row of at most 8 blocks has one block per set, so its
+//! activations are quantized exactly as per block; 2 blocks per set at `k = 512`, 8 at `k =
+//! 2048`). With one scale `dx_l` per set, each lane's integer sum runs over the whole row, and
+//! the inner loop is integer dot products alone (`vpdpbusd`), ~1.3-1.5x the speed of Q8_0's
+//! per-block scaling on Zen 4 (`bench_int8_matmul`), whose conversions and FMAs per group share
+//! the pipes of the `vpdpbusd`s. An outlier value coarsens the `k / 8` values of its set
+//! instead of 32.
 //!
 //! Exactly, for a packed int8 row and a row of `x` quantized by lane sets
 //! ([`quantize_row_lanes`](super::activations::quantize_row_lanes)):
 //!
-//! * `I_j = Σ q_w·q_x` over lane set `j`, an exact `i32`;
-//! * `f_j = dx_j · (I_j as f32)`, `u_l = f_l + f_{8+l}`, summed in
-//!   [`hsum`](super::portable::hsum)'s order, times `dw`.
+//! * `I_l = Σ q_w·q_x` over lane set `l`, an exact `i32`;
+//! * `f_l = dx_l · (I_l as f32)`, summed in [`hsum`](super::portable::hsum)'s order, times `dw`.
 //!
 //! [`dot_portable`] is that, the reference every SIMD kernel (`int8_*.rs`) matches bit for bit.
 
@@ -107,22 +107,20 @@ fn quantize_row_int8(row: &[f32], dst: &mut [u8]) {
 /// times one row of `x` quantized by lane sets, in the arithmetic of the module docs.
 pub(super) fn dot_portable(w: &[u8], x: XRow<'_>) -> f32 {
     let bb = FORMAT.block_bytes();
-    let mut isum = [0i32; 2 * LANES];
+    let mut isum = [0i32; LANES];
     for (b0, t) in pack::groups(w.len() / bb) {
         let values = &w[b0 * bb..(b0 + t) * bb][pack::head_bytes(FORMAT) * t..];
         let xg = &x.qs[b0 * QK..(b0 + LANES) * QK];
         for l in 0..t {
             for c in 0..QK / 4 {
                 for (j, &byte) in values[4 * (c * t + l)..][..4].iter().enumerate() {
-                    isum[l + LANES * (c % 2)] +=
-                        (byte as i32 - 128) * xg[x_index(l, 4 * c + j)] as i32;
+                    isum[l] += (byte as i32 - 128) * xg[x_index(l, 4 * c + j)] as i32;
                 }
             }
         }
     }
-    let f: [f32; 2 * LANES] = std::array::from_fn(|j| x.lane_d[j] * isum[j] as f32);
-    let u: [f32; LANES] = std::array::from_fn(|l| f[l] + f[LANES + l]);
-    portable::hsum(&u) * row_scale(w)
+    let f: [f32; LANES] = std::array::from_fn(|l| x.lane_d[l] * isum[l] as f32);
+    portable::hsum(&f) * row_scale(w)
 }
 
 /// The scale of packed int8 row `w` (its first block's, which every block holds: a packed

@@ -1,27 +1,21 @@
 //! AVX2 kernel for int8 rows, in exactly the arithmetic of `int8::dot_portable`.
 //!
 //! A packed group's piece `c` is one 32-byte load whose 32-bit lane `l` holds 4 values of block
-//! `l` (`pack.rs`), so lane `l` of the even pieces belongs to lane set `l` of `int8.rs` and lane
-//! `l` of the odd pieces to set `8 + l`. Each output keeps two 8-lane `i32` accumulators over the
-//! whole row, one for the even pieces and one for the odd ones, and nothing but integer work
-//! happens per group. The products are Q8_0's (`x86_avx2.rs`): AVX2 has no unsigned × signed byte
-//! dot product without saturating pairs, so the weights (stored `q + 128`) go into `maddubs` as
-//! `|q|` with `q`'s sign moved onto `x` (`sign_epi8`; pairs at most `2·128·127 = 32512`), then
-//! `madd` with ones adds each lane's pairs into its `i32`. The sums are the signed `I_j` already
-//! (the rows' `lane_offsets`, for unsigned weights, are not needed). At the end: one conversion,
-//! the product by the sets' scales, `u_l = f_l + f_{8+l}`, the lane sum and the row's scale.
+//! `l` (`pack.rs`), so lane `l` of every piece belongs to lane set `l` of `int8.rs`. Each output
+//! keeps one 8-lane `i32` accumulator over the whole row, and nothing but integer work happens
+//! per group. The products are Q8_0's (`x86_avx2.rs`): AVX2 has no unsigned × signed byte dot
+//! product without saturating pairs, so the weights (stored `q + 128`) go into `maddubs` as `|q|`
+//! with `q`'s sign moved onto `x` (`sign_epi8`; pairs at most `2·128·127 = 32512`), then `madd`
+//! with ones adds each lane's pairs into its `i32`. The sums are the signed `I_l` already (the
+//! rows' `lane_offsets`, for unsigned weights, are not needed). At the end: one conversion, the
+//! product by the sets' scales, the lane sum and the row's scale.
 //!
-//! Tiles: up to [`ROWS_PER_TILE`] rows of `x` by two weight rows (as Q8_0's `group_pair`), each
-//! weight piece's `|q|` and sign computed once for the tile's rows and each piece of `x` loaded
-//! once for both weight rows. The 16 accumulators of a full tile do not fit the 16 registers
-//! beside the pieces, so a group goes parity by parity: the 4 even pieces into 8 sums held in
-//! registers, added once to the accumulators (in L1), then the odd ones. By
-//! `bench_int8_avx2_tiles` (one thread, a Zen 4 VM shared with builds, interleaved), against
-//! AVX2 Q8_0 on the same bytes: 1.04-1.17x at m = 4..32 (k = 512..2048); one weight row at a time
-//! by 4 rows of `x` (8 accumulators in registers) was 0.94-1.09x, and pieces in order with 16
-//! accumulators 0.96-1.07x. A row of `x` alone (decoding) takes the weight rows in pairs too:
-//! 0.99-1.06x of Q8_0, where one at a time was 0.94-1.02x. A last odd weight row goes alone.
-//! Weights are prefetched [`PREFETCH_BYTES`] ahead, as Q8_0's are.
+//! Tiles: up to [`ROWS_PER_TILE`] rows of `x` by two weight rows (as Q8_0's `group_pair`): 8
+//! accumulators in registers, each weight piece's `|q|` and sign computed once for the tile's
+//! rows and each piece of `x` loaded once for both weight rows. A row of `x` alone (decoding)
+//! takes the weight rows in pairs too (one at a time was ~5% slower than Q8_0 at k = 512 by
+//! `bench_int8_avx2_tiles`); a last odd weight row goes alone. Weights are prefetched
+//! [`PREFETCH_BYTES`] ahead, as Q8_0's are.
 //!
 //! # Safety
 //! Everything here is compiled with AVX2, FMA and F16C enabled; callers must have checked
@@ -118,9 +112,8 @@ unsafe fn tile<const R: usize, const Q: usize>(
     nb: usize,
     x: &[XPtr; R],
 ) -> [[f32; Q]; R] {
-    // acc[r][q][p]: the sums of row r and weight row q over the pieces of parity p (sets
-    // 8p..8p + 8).
-    let mut acc = [[[_mm256_setzero_si256(); 2]; Q]; R];
+    // acc[r][q]: the sums of row r and weight row q, lane l for set l.
+    let mut acc = [[_mm256_setzero_si256(); Q]; R];
     let full = nb - nb % LANES;
     let mut b0 = 0;
     while b0 < full {
@@ -140,15 +133,10 @@ unsafe fn tile<const R: usize, const Q: usize>(
     }
     let mut out = [[0.0; Q]; R];
     for ((row, acc), xr) in out.iter_mut().zip(&acc).zip(x) {
-        let (d_even, d_odd) = (
-            _mm256_loadu_ps(xr.lane_d),
-            _mm256_loadu_ps(xr.lane_d.add(LANES)),
-        );
+        let d = _mm256_loadu_ps(xr.lane_d);
         for q in 0..Q {
-            // f_j = dx_j · I_j for the even sets (lanes 0..8) and the odd ones; u = f_l + f_{8+l}.
-            let even = _mm256_mul_ps(d_even, _mm256_cvtepi32_ps(acc[q][0]));
-            let odd = _mm256_mul_ps(d_odd, _mm256_cvtepi32_ps(acc[q][1]));
-            row[q] = hsum(_mm256_add_ps(even, odd)) * scale[q];
+            // f_l = dx_l · I_l, summed in `hsum`'s order, times the row's scale.
+            row[q] = hsum(_mm256_mul_ps(d, _mm256_cvtepi32_ps(acc[q]))) * scale[q];
         }
     }
     out
@@ -169,7 +157,7 @@ unsafe fn group<const R: usize, const Q: usize, const FULL: bool>(
     b0: usize,
     t: usize,
     x: &[XPtr; R],
-    acc: &mut [[[__m256i; 2]; Q]; R],
+    acc: &mut [[__m256i; Q]; R],
 ) {
     let t = if FULL { LANES } else { t };
     let mut data = [std::ptr::null::<u8>(); Q];
@@ -189,34 +177,24 @@ unsafe fn group<const R: usize, const Q: usize, const FULL: bool>(
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
     );
     let (ones, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
-    // The even pieces, then the odd ones: each parity's sums of the group in registers (`R·Q` of
-    // them), then added to the accumulators, which a tile of 8 outputs keeps in memory (L1).
-    for p in 0..2 {
-        let mut sum = [[_mm256_setzero_si256(); Q]; R];
-        for c in (p..QK / 4).step_by(2) {
-            // Piece c of each weight row: q (stored byte - 128) for its sign, |q| for `maddubs`.
-            let mut q = [_mm256_setzero_si256(); Q];
-            let mut unsigned = q;
-            for i in 0..Q {
-                let piece = if FULL {
-                    _mm256_loadu_si256(data[i].add(32 * c).cast())
-                } else {
-                    _mm256_maskload_epi32(data[i].add(4 * t * c).cast(), keep)
-                };
-                q[i] = _mm256_xor_si256(piece, flip);
-                unsigned[i] = _mm256_abs_epi8(q[i]);
-            }
-            for (s, xr) in sum.iter_mut().zip(x) {
-                let xc = _mm256_loadu_si256(xr.qs.add(b0 * QK + 32 * c).cast());
-                for i in 0..Q {
-                    let pairs = _mm256_maddubs_epi16(unsigned[i], _mm256_sign_epi8(xc, q[i]));
-                    s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(pairs, ones));
-                }
-            }
+    for c in 0..QK / 4 {
+        // Piece c of each weight row: q (stored byte - 128) for its sign, |q| for `maddubs`.
+        let mut q = [_mm256_setzero_si256(); Q];
+        let mut unsigned = q;
+        for i in 0..Q {
+            let piece = if FULL {
+                _mm256_loadu_si256(data[i].add(32 * c).cast())
+            } else {
+                _mm256_maskload_epi32(data[i].add(4 * t * c).cast(), keep)
+            };
+            q[i] = _mm256_xor_si256(piece, flip);
+            unsigned[i] = _mm256_abs_epi8(q[i]);
         }
-        for (a, s) in acc.iter_mut().zip(&sum) {
+        for (a, xr) in acc.iter_mut().zip(x) {
+            let xc = _mm256_loadu_si256(xr.qs.add(b0 * QK + 32 * c).cast());
             for i in 0..Q {
-                a[i][p] = _mm256_add_epi32(a[i][p], s[i]);
+                let pairs = _mm256_maddubs_epi16(unsigned[i], _mm256_sign_epi8(xc, q[i]));
+                a[i] = _mm256_add_epi32(a[i], _mm256_madd_epi16(pairs, ones));
             }
         }
     }

@@ -2,16 +2,18 @@
 //!
 //! A packed group's values sit as Q8_0's do (`x86_avx512.rs`): register `i` of a weight row holds
 //! pieces `2i` and `2i + 1` of its 8 blocks (lanes `l` and `8 + l` for block `l`), stored `q + 128`,
-//! so lane `j` of every group belongs to lane set `j` of `int8.rs`. Each row of `x` meets each
-//! weight row in four `vpdpbusd` per group into one 16-lane `i32` accumulator that runs over the
-//! whole row: nothing else happens per group. At the end the row's offsets (`-128·Σq_x` per set)
-//! turn the sums of `q + 128` into the signed `I_j`, then one conversion, the product by the
-//! sets' scales, the lane sum and the weight row's scale.
+//! so lanes `l` and `8 + l` of every group belong to lane set `l` of `int8.rs`. Each row of `x`
+//! meets each weight row in four `vpdpbusd` per group into one 16-lane `i32` accumulator that runs
+//! over the whole row, started at the row's offsets (`-128·Σq_x` per set, in lanes 0..8), so that
+//! it ends at the signed sums: nothing else happens per group. At the end the two halves are
+//! added (integers), converted, multiplied by the sets' scales, summed and multiplied by the weight
+//! row's scale.
 //!
 //! Tiles: up to [`ROWS_PER_TILE`] rows of `x` by two weight rows (16 accumulators, 8 weight
-//! registers, 4 of `x`: 28 of the 32 registers); a single row of `x` (decoding) takes the weight
-//! rows one at a time with two accumulators each (pieces 0..4 and 4..8 of the group), which halves
-//! the chain of dependent `vpdpbusd`s that the streaming weights wait on.
+//! registers, 4 of `x`: 28 of the 32 registers), whose 16 outputs are summed together
+//! (`sum16`); a single row of `x` (decoding) takes the weight rows one at a time with two
+//! accumulators each (pieces 0..4 and 4..8 of the group), which halves the chain of dependent
+//! `vpdpbusd`s that the streaming weights wait on.
 //!
 //! # Safety
 //! Everything here is compiled with AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C enabled; callers must
@@ -119,7 +121,15 @@ unsafe fn tile<const R: usize, const Q: usize, const S: usize>(
     nb: usize,
     x: &[XPtr; R],
 ) -> [[f32; Q]; R] {
+    // Each output's first accumulator starts at its row's offsets (`-128·Σq_x` per set, lanes
+    // 0..8), so that the sums come out as the signed `I_l`.
     let mut acc = [[[_mm512_setzero_si512(); S]; Q]; R];
+    for (accr, xr) in acc.iter_mut().zip(x) {
+        let offsets = _mm512_maskz_loadu_epi32(0x00FF, xr.lane_offsets.cast());
+        for a in accr.iter_mut() {
+            a[0] = offsets;
+        }
+    }
     let full = nb - nb % LANES;
     let mut b0 = 0;
     while b0 < full {
@@ -139,14 +149,17 @@ unsafe fn tile<const R: usize, const Q: usize, const S: usize>(
     }
     let mut out = [[0.0; Q]; R];
     if R * Q == 16 {
-        // A full tile: its 16 lane sums at once (`sum16`).
-        let mut f = [_mm512_setzero_ps(); 16];
-        for (r, (acc, xr)) in acc.iter().zip(x).enumerate() {
-            let offsets = _mm512_loadu_si512(xr.lane_offsets.cast());
-            let d = _mm512_loadu_ps(xr.lane_d);
-            for q in 0..Q {
-                f[r * Q + q] = scaled_sets(&acc[q], offsets, d);
-            }
+        // A full tile (8 rows by 2): its 16 lane sums at once. Register `r` holds the `f` of
+        // row `r`'s two outputs (lanes 0..8, then 8..16), the scales broadcast to both halves.
+        let mut f = [_mm512_setzero_ps(); 8];
+        for (fr, (acc, xr)) in f.iter_mut().zip(acc.iter().zip(x)) {
+            let (a, b) = (sets_sum(&acc[0]), sets_sum(&acc[Q - 1]));
+            let lo = _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b);
+            let hi = _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b);
+            let d = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(
+                xr.lane_d,
+            ))));
+            *fr = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi)));
         }
         let mut sums = [0.0f32; 16];
         _mm512_storeu_ps(sums.as_mut_ptr(), sum16(&f));
@@ -158,48 +171,40 @@ unsafe fn tile<const R: usize, const Q: usize, const S: usize>(
         return out;
     }
     for ((row, acc), xr) in out.iter_mut().zip(&acc).zip(x) {
-        let offsets = _mm512_loadu_si512(xr.lane_offsets.cast());
-        let d = _mm512_loadu_ps(xr.lane_d);
+        let d = _mm256_loadu_ps(xr.lane_d);
         for q in 0..Q {
-            let f = scaled_sets(&acc[q], offsets, d);
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(f)));
-            row[q] = hsum(_mm256_add_ps(_mm512_castps512_ps256(f), hi)) * scale[q];
+            let v = sets_sum(&acc[q]);
+            let isum =
+                _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+            let f = _mm256_mul_ps(d, _mm256_cvtepi32_ps(isum));
+            row[q] = hsum(f) * scale[q];
         }
     }
     out
 }
 
-/// The `f_j = dx_j · I_j` of one output: its accumulators' sums of `q + 128` plus the row's
-/// offsets (the exact signed `I_j`), converted, times the row's lane scales `d`.
+/// One output's accumulators added up (its two halves still apart).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn scaled_sets<const S: usize>(acc: &[__m512i; S], offsets: __m512i, d: __m512) -> __m512 {
-    let mut isum = offsets;
-    for a in acc {
+unsafe fn sets_sum<const S: usize>(acc: &[__m512i; S]) -> __m512i {
+    let mut isum = acc[0];
+    for a in &acc[1..] {
         isum = _mm512_add_epi32(isum, *a);
     }
-    _mm512_mul_ps(d, _mm512_cvtepi32_ps(isum))
+    isum
 }
 
-/// The lane sums of 16 outputs' `f` (output `o` in lane `o`), each in `int8.rs`'s order
-/// (`u_l = f_l + f_{8+l}`, then `portable::hsum`'s tree), by a transposed tree: every step adds
-/// the same pairs of lanes as the per-output sum, for 16 outputs in 3 instructions per pair of
-/// registers (45 in all) instead of ~7 per output.
+/// The lane sums of 16 outputs' `f` (register `p` holding outputs `2p` and `2p + 1` in lanes
+/// 0..8 and 8..16), output `o` in lane `o` of the result, each in `portable::hsum`'s order by a
+/// transposed tree: every step adds the same pairs of lanes as the per-output sum, for 16 outputs
+/// in 3 instructions per pair of registers (21 in all) instead of ~6 per output.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn sum16(f: &[__m512; 16]) -> __m512 {
-    // u: register p holds u of outputs 2p (lanes 0..8) and 2p + 1 (lanes 8..16).
-    let mut u = [_mm512_setzero_ps(); 8];
-    for (p, u) in u.iter_mut().enumerate() {
-        let (a, b) = (f[2 * p], f[2 * p + 1]);
-        let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
-        let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
-        *u = _mm512_add_ps(lo, hi);
-    }
-    // s_i = u_i + u_{i+4}: register p, quarter c holds s of output 4p + c.
+unsafe fn sum16(f: &[__m512; 8]) -> __m512 {
+    // s_i = f_i + f_{i+4}: register p, quarter c holds s of output 4p + c.
     let mut s = [_mm512_setzero_ps(); 4];
     for (p, s) in s.iter_mut().enumerate() {
-        let (a, b) = (u[2 * p], u[2 * p + 1]);
+        let (a, b) = (f[2 * p], f[2 * p + 1]);
         let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
         let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
         *s = _mm512_add_ps(lo, hi);
@@ -288,4 +293,96 @@ unsafe fn values<const FULL: bool>(w: *const u8, t: usize) -> [__m512i; 4] {
         }
     }
     v
+}
+
+/// `activations::quantize_row_lanes` in AVX-512, with its bits (every step is exact or
+/// correctly rounded elementwise: the same division, clamp and rounding trick, the same maxima).
+/// The portable loops do not vectorise well (each value's piece goes to its own place); this
+/// quantizes a block as two registers of 16 values and narrows them to bytes with `vpmovdb`.
+///
+/// # Safety
+/// The CPU has this file's features; `qs` holds whole groups (at least the row's blocks), `d` and
+/// `offsets` [`LANE_SETS`] values; `x` is not empty.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row_lanes(
+    x: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    offsets: &mut [i32],
+) {
+    let nb = x.len().div_ceil(QK);
+    assert!(nb > 0 && qs.len() >= nb * QK && qs.len().is_multiple_of(LANES * QK));
+    assert!(d.len() == LANE_SETS && offsets.len() == LANE_SETS);
+    // The ragged last block zero-padded.
+    let mut last = [0.0f32; QK];
+    let tail = &x[(nb - 1) * QK..];
+    last[..tail.len()].copy_from_slice(tail);
+    let block = |b: usize| -> *const f32 {
+        if b + 1 < nb {
+            x.as_ptr().add(b * QK)
+        } else {
+            last.as_ptr()
+        }
+    };
+    let abs = _mm512_set1_epi32(0x7FFF_FFFF);
+    // Per lane (block % 8): the largest |x| and the non-finite flag (`v·0`) at each of the 16
+    // positions of a half block.
+    let mut amax = [_mm512_setzero_ps(); LANES];
+    let mut poison = [_mm512_setzero_ps(); LANES];
+    for b in 0..nb {
+        let p = block(b);
+        let l = b % LANES;
+        for h in 0..2 {
+            let v = _mm512_loadu_ps(p.add(16 * h));
+            let a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs));
+            // `max(a, m)` returns `m` when `a` is NaN, as the portable `if a > m`.
+            amax[l] = _mm512_max_ps(a, amax[l]);
+            poison[l] = _mm512_add_ps(poison[l], _mm512_mul_ps(v, _mm512_setzero_ps()));
+        }
+    }
+    for l in 0..LANES {
+        let (mut m, mut p) = ([0.0f32; 16], [0.0f32; 16]);
+        _mm512_storeu_ps(m.as_mut_ptr(), amax[l]);
+        _mm512_storeu_ps(p.as_mut_ptr(), poison[l]);
+        let a = m.iter().fold(0.0f32, |a, &v| if v > a { v } else { a });
+        d[l] = if p.iter().sum::<f32>() != 0.0 {
+            f32::NAN
+        } else {
+            a / 127.0
+        };
+    }
+    let (round, round_bits) = (_mm512_set1_ps(12_582_912.0), _mm512_set1_epi32(0x4B40_0000));
+    let (hi, lo) = (_mm512_set1_ps(127.0), _mm512_set1_ps(-127.0));
+    let mut sums = [_mm512_setzero_si512(); LANES];
+    let groups = qs.len() / (LANES * QK);
+    let out = qs.as_mut_ptr();
+    for b in 0..groups * LANES {
+        let (g, l) = (b / LANES, b % LANES);
+        let group = out.add(g * LANES * QK);
+        // A NaN or zero scale gives q = 0.
+        let usable = b < nb && d[l] > 0.0;
+        let div = _mm512_set1_ps(d[l]);
+        for h in 0..2 {
+            let bytes = if usable {
+                let v = _mm512_loadu_ps(block(b).add(16 * h));
+                let y = _mm512_div_ps(v, div);
+                let y = _mm512_max_ps(_mm512_min_ps(y, hi), lo);
+                let r = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(y, round)), round_bits);
+                sums[l] = _mm512_add_epi32(sums[l], r);
+                _mm512_cvtepi32_epi8(r)
+            } else {
+                _mm_setzero_si128()
+            };
+            // Pieces 4h..4h + 4 of the block: 4 bytes each, at their places in the group.
+            let mut pieces = [0i32; 4];
+            _mm_storeu_si128(pieces.as_mut_ptr().cast(), bytes);
+            for (c, piece) in pieces.into_iter().enumerate() {
+                let at = (4 * h + c) * 4 * LANES + 4 * l;
+                std::ptr::write_unaligned(group.add(at).cast::<i32>(), piece);
+            }
+        }
+    }
+    for l in 0..LANES {
+        offsets[l] = -128 * _mm512_reduce_add_epi32(sums[l]);
+    }
 }

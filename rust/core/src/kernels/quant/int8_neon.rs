@@ -1,26 +1,24 @@
 //! aarch64 Advanced SIMD kernel for int8 rows, in exactly the arithmetic of `int8::dot_portable`.
 //!
-//! A 16-byte half `h` of a packed piece `c` holds 4 values of each of the blocks `4h..4h+4`
-//! (`neon.rs`), so its 32-bit lane `l` belongs to lane set `4h + l` of `int8.rs` for an even
-//! piece and to set `8 + 4h + l` for an odd one. Each output keeps four 4-lane `i32`
-//! accumulators over the whole row (`[parity][half]`: sets `8·parity + 4·half ..`). The weights,
-//! stored `q + 128`, are flipped back to signed `q`; the integer sums take one of two paths,
-//! chosen at run time (`neon::has_dotprod`), both exact:
+//! A 16-byte half `h` of a packed piece holds 4 values of each of the blocks `4h..4h+4`
+//! (`neon.rs`), so its 32-bit lane `l` belongs to lane set `4h + l` of `int8.rs`. Each output
+//! keeps two 4-lane `i32` accumulators over the whole row (one per half: sets `4h..4h + 4`). The
+//! weights, stored `q + 128`, are flipped back to signed `q`; the integer sums take one of two
+//! paths, chosen at run time (`neon::has_dotprod`), both exact:
 //!
 //! * with `dotprod`, one `sdot` per half piece adds each lane's 4 byte products into its lane;
-//! * without it (Armv8.0), `vmull_s8`/`vmlal_s8` add the products of two pieces of the same
-//!   parity (`c` and `c + 2`) in `i16` lanes (at most `2·128·127 = 32512`), `vpaddlq_s16` and
-//!   `vpadalq_s16` fold the group's two such pairs into `i32` lanes, two per block, and one
-//!   `vpaddq_s32` per half and parity makes them one sum per block, added to its accumulator.
+//! * without it (Armv8.0), `vmull_s8`/`vmlal_s8` add the products of two pieces (`2s` and
+//!   `2s + 1`) in `i16` lanes (at most `2·128·127 = 32512`), `vpaddlq_s16` and `vpadalq_s16` fold
+//!   the group's four such pairs into `i32` lanes, two per block, and one `vpaddq_s32` per half
+//!   makes them one sum per block, added to its accumulator.
 //!
 //! Nothing but integer work happens per group. At the end: conversion, the product by the sets'
-//! scales, `u_l = f_l + f_{8+l}`, `super::hsum`'s order, the row's scale.
+//! scales, `super::hsum`'s order, the row's scale.
 //!
-//! Tiles: up to [`ROWS_PER_TILE`] rows of `x` by one weight row: 16 accumulators, the two halves
-//! of a weight piece and of a piece of `x`, the temporaries of the path without `sdot`: about 24
-//! of the 32 registers (two weight rows would need 32 accumulators). Each weight piece is loaded
-//! and flipped once for the tile's rows. Speed unmeasured on aarch64 hardware (correctness under
-//! qemu-aarch64, with and without `dotprod`: README, "Development").
+//! Tiles: up to [`ROWS_PER_TILE`] rows of `x` by one weight row: 8 accumulators, the two halves
+//! of a weight piece and of a piece of `x`, the temporaries of the path without `sdot`; each
+//! weight piece is loaded and flipped once for the tile's rows. Speed unmeasured on aarch64
+//! hardware (correctness under qemu-aarch64, with and without `dotprod`: README, "Development").
 //!
 //! # Safety
 //! NEON is part of every aarch64 target Rust supports; the functions here are `unsafe` for their
@@ -122,22 +120,18 @@ unsafe fn tile<const R: usize, const DOT: bool>(
     nb: usize,
     x: &[XPtr; R],
 ) -> [f32; R] {
-    // acc[r][p][h]: row r's sums over the pieces of parity p, half h (sets 8p + 4h..8p + 4h + 4).
-    let mut acc = [[[vdupq_n_s32(0); 2]; 2]; R];
+    // acc[r][h]: row r's sums of half h, lane l for set 4h + l.
+    let mut acc = [[vdupq_n_s32(0); 2]; R];
     for (b0, t) in groups(nb) {
         group::<R, DOT>(w.add(b0 * BLOCK_BYTES), b0, t, x, &mut acc);
     }
     let scale = f16::from_le_bytes([*w, *w.add(1)]).to_f32();
     let mut out = [0.0; R];
     for ((o, acc), xr) in out.iter_mut().zip(&acc).zip(x) {
-        // f_j = dx_j · I_j, then u_l = f_l + f_{8+l} for the lanes l of each half.
-        let f = |p: usize, h: usize| {
-            let d = vld1q_f32(xr.lane_d.add(LANES * p + 4 * h));
-            vmulq_f32(d, vcvtq_f32_s32(acc[p][h]))
-        };
-        let (lo, hi) = (vaddq_f32(f(0, 0), f(1, 0)), vaddq_f32(f(0, 1), f(1, 1)));
-        // ((u0+u4) + (u2+u6)) + ((u1+u5) + (u3+u7)), as `super::hsum`.
-        let s = vaddq_f32(lo, hi);
+        // f_l = dx_l · I_l for the lanes l of each half.
+        let f = |h: usize| vmulq_f32(vld1q_f32(xr.lane_d.add(4 * h)), vcvtq_f32_s32(acc[h]));
+        // ((f0+f4) + (f2+f6)) + ((f1+f5) + (f3+f7)), as `super::hsum`.
+        let s = vaddq_f32(f(0), f(1));
         *o = ((vgetq_lane_f32::<0>(s) + vgetq_lane_f32::<2>(s))
             + (vgetq_lane_f32::<1>(s) + vgetq_lane_f32::<3>(s)))
             * scale;
@@ -158,7 +152,7 @@ unsafe fn group<const R: usize, const DOT: bool>(
     b0: usize,
     t: usize,
     x: &[XPtr; R],
-    acc: &mut [[[int32x4_t; 2]; 2]; R],
+    acc: &mut [[int32x4_t; 2]; R],
 ) {
     let data = g.add(HEAD_BYTES * t);
     for h in 0..2 {
@@ -171,33 +165,39 @@ unsafe fn group<const R: usize, const DOT: bool>(
             vreinterpretq_s8_u8(veorq_u8(b, vdupq_n_u8(0x80)))
         };
         let xh = |xr: &XPtr, c: usize| vld1q_s8(xr.qs.add(b0 * QK + 32 * c + 16 * h));
-        for p in 0..2 {
-            if DOT {
-                for c in (p..QK / 4).step_by(2) {
-                    let wc = w(c);
-                    for (a, xr) in acc.iter_mut().zip(x) {
-                        a[p][h] = sdot(a[p][h], wc, xh(xr, c));
-                    }
-                }
-            } else {
-                // Pieces (p, p + 2) and (p + 4, p + 6): two products per i16 lane each.
-                let wv = [w(p), w(p + 2), w(p + 4), w(p + 6)];
+        if DOT {
+            for c in 0..QK / 4 {
+                let wc = w(c);
                 for (a, xr) in acc.iter_mut().zip(x) {
-                    let xv = [xh(xr, p), xh(xr, p + 2), xh(xr, p + 4), xh(xr, p + 6)];
-                    let pair_lo = |i: usize| {
-                        vmlal_s8(
-                            vmull_s8(vget_low_s8(wv[i]), vget_low_s8(xv[i])),
-                            vget_low_s8(wv[i + 1]),
-                            vget_low_s8(xv[i + 1]),
-                        )
-                    };
-                    let pair_hi =
-                        |i: usize| vmlal_high_s8(vmull_high_s8(wv[i], xv[i]), wv[i + 1], xv[i + 1]);
-                    // i32 lanes [b0, b0, b1, b1] and [b2, b2, b3, b3] of this half.
-                    let lo = vpadalq_s16(vpaddlq_s16(pair_lo(0)), pair_lo(2));
-                    let hi = vpadalq_s16(vpaddlq_s16(pair_hi(0)), pair_hi(2));
-                    a[p][h] = vaddq_s32(a[p][h], vpaddq_s32(lo, hi));
+                    a[h] = sdot(a[h], wc, xh(xr, c));
                 }
+            }
+        } else {
+            let wv: [int8x16_t; 8] = std::array::from_fn(w);
+            for (a, xr) in acc.iter_mut().zip(x) {
+                let xv: [int8x16_t; 8] = std::array::from_fn(|c| xh(xr, c));
+                // Pieces 2s and 2s + 1: two products per i16 lane.
+                let pair_lo = |s: usize| {
+                    vmlal_s8(
+                        vmull_s8(vget_low_s8(wv[2 * s]), vget_low_s8(xv[2 * s])),
+                        vget_low_s8(wv[2 * s + 1]),
+                        vget_low_s8(xv[2 * s + 1]),
+                    )
+                };
+                let pair_hi = |s: usize| {
+                    vmlal_high_s8(
+                        vmull_high_s8(wv[2 * s], xv[2 * s]),
+                        wv[2 * s + 1],
+                        xv[2 * s + 1],
+                    )
+                };
+                // i32 lanes [b0, b0, b1, b1] and [b2, b2, b3, b3] of this half.
+                let (mut lo, mut hi) = (vpaddlq_s16(pair_lo(0)), vpaddlq_s16(pair_hi(0)));
+                for s in 1..4 {
+                    lo = vpadalq_s16(lo, pair_lo(s));
+                    hi = vpadalq_s16(hi, pair_hi(s));
+                }
+                a[h] = vaddq_s32(a[h], vpaddq_s32(lo, hi));
             }
         }
     }

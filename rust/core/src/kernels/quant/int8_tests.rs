@@ -37,7 +37,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 fn scalar(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut y = vec![f32::NAN; m * n];
-    int8_matmul_scalar(x, w, &mut y, m, k, n);
+    int8_matmul_scalar(x, w, None, &mut y, m, k, n);
     y
 }
 
@@ -55,7 +55,9 @@ fn int8_matmul_matches_scalar_bitwise() {
                 for isa in cpu::supported_isas() {
                     for threads in [1, 2] {
                         let mut got = vec![f32::NAN; m * n];
-                        with_threads(threads, || int8_matmul_with(isa, &x, &w, &mut got, m, k, n));
+                        with_threads(threads, || {
+                            int8_matmul_with(isa, &x, &w, None, &mut got, m, k, n)
+                        });
                         assert_eq!(
                             bits(&got),
                             bits(&want),
@@ -77,7 +79,7 @@ fn int8_prefill_shape_matches_scalar_bitwise() {
     let want = scalar(&x, &w, m, k, n);
     for isa in cpu::supported_isas() {
         let mut got = vec![f32::NAN; m * n];
-        with_threads(2, || int8_matmul_with(isa, &x, &w, &mut got, m, k, n));
+        with_threads(2, || int8_matmul_with(isa, &x, &w, None, &mut got, m, k, n));
         assert_eq!(bits(&got), bits(&want), "{isa:?}");
     }
 }
@@ -98,8 +100,8 @@ fn int8_product_is_that_of_the_quantized_values() {
         }
         let mut act = Activations::default();
         act.quantize_lanes(Kernel::Portable, &x, m, k, false);
-        // Value `p`'s lane set: its block's lane, and whether its piece is even or odd.
-        let set = |p: usize| (p / QK) % LANES + LANES * ((p % QK) / 4 % 2);
+        // Value `p`'s lane set: its block's lane.
+        let set = |p: usize| (p / QK) % LANES;
         for i in 0..m {
             let xr = act.row(i);
             for j in 0..n {
@@ -136,7 +138,7 @@ fn int8_non_finite_rows_give_nan() {
     x[4 * k + 50] = f32::NAN;
     for isa in cpu::supported_isas() {
         let mut y = vec![0.0; m * n];
-        int8_matmul_with(isa, &x, &w, &mut y, m, k, n);
+        int8_matmul_with(isa, &x, &w, None, &mut y, m, k, n);
         for i in 0..m {
             for j in 0..n {
                 let v = y[i * n + j];
@@ -183,37 +185,41 @@ fn bench_int8_matmul() {
             best
         };
         let isa = cpu::isa();
-        let (q8, i8) = with_threads(1, || {
-            (
-                time(&mut || quant_matmul_with(isa, QuantFormat::Q8_0, &x, &w, &mut y, m, k, n)),
-                time(&mut || int8_matmul_with(isa, &x, &w, &mut y, m, k, n)),
-            )
+        let (q8, i8, i8_np) = with_threads(1, || {
+            let q8 =
+                time(&mut || quant_matmul_with(isa, QuantFormat::Q8_0, &x, &w, &mut y, m, k, n));
+            let i8 = time(&mut || int8_matmul_with(isa, &x, &w, None, &mut y, m, k, n));
+            NO_CHUNK_PREFETCH.store(true, std::sync::atomic::Ordering::Relaxed);
+            let i8_np = time(&mut || int8_matmul_with(isa, &x, &w, None, &mut y, m, k, n));
+            NO_CHUNK_PREFETCH.store(false, std::sync::atomic::Ordering::Relaxed);
+            (q8, i8, i8_np)
         });
         let gmac = |s: f64| (m * n * k) as f64 / s / 1e9;
         println!(
-            "m {m:4} k {k:5} n {n:5}: Q8_0 {:.1} GMAC/s, int8 {:.1} GMAC/s ({:.2}x)",
+            "m {m:4} k {k:5} n {n:5}: Q8_0 {:.1} GMAC/s, int8 {:.1} GMAC/s ({:.2}x), int8 without the chunk prefetch {:.1}",
             gmac(q8),
             gmac(i8),
-            q8 / i8
+            q8 / i8,
+            gmac(i8_np)
         );
     }
 }
 
 /// Quantizing by lane sets: each value within half a step of its set's scale, which is
-/// `max|x| / 127` over exactly the values of the set; the offsets are `-128·Σq` per set; the
-/// padding past the row (to whole groups) is zero.
+/// `max|x| / 127` over exactly the values of the set (every 8th block); the offsets are `-128·Σq`
+/// per set; the padding past the row (to whole groups) is zero.
 #[test]
 fn lane_sets_have_one_scale_each() {
     for &k in &[1usize, 40, 256, 300, 1024] {
         let x = hidden_states(2, k, k as u64);
         let mut act = Activations::default();
         act.quantize_lanes(Kernel::Portable, &x, 2, k, false);
-        let set = |p: usize| (p / QK) % LANES + LANES * ((p % QK) / 4 % 2);
+        let set = |p: usize| (p / QK) % LANES;
         for i in 0..2 {
             let xr = act.row(i);
             let row = &x[i * k..(i + 1) * k];
-            let mut amax = [0.0f32; 16];
-            let mut sums = [0i32; 16];
+            let mut amax = [0.0f32; LANES];
+            let mut sums = [0i32; LANES];
             for (p, v) in row.iter().enumerate() {
                 amax[set(p)] = amax[set(p)].max(v.abs());
             }
@@ -230,10 +236,63 @@ fn lane_sets_have_one_scale_each() {
                     "k {k} p {p}"
                 );
             }
-            for j in 0..16 {
+            for j in 0..LANES {
                 assert_eq!(xr.lane_d[j], amax[j] / 127.0, "k {k} set {j}");
                 assert_eq!(xr.lane_offsets[j], -128 * sums[j], "k {k} set {j}");
             }
+        }
+    }
+}
+
+/// Every instruction set's lane quantization gives the portable one's bytes, scales and offsets:
+/// ragged rows, all-zero sets, non-finite values, subnormal scales.
+#[test]
+fn lane_quantization_is_the_same_on_every_isa() {
+    for &k in &[1usize, 31, 40, 256, 300, 1024, 2080] {
+        let m = 5;
+        let mut x = hidden_states(m, k, 3 * k as u64);
+        // Row 1: all zero; row 2: a NaN and an infinity; row 3: subnormal values.
+        x[k..2 * k].fill(0.0);
+        x[2 * k + k / 2] = f32::NAN;
+        x[3 * k - 1] = f32::NEG_INFINITY;
+        for v in &mut x[3 * k..4 * k] {
+            *v *= 1e-42;
+        }
+        let mut want = Activations::default();
+        want.quantize_lanes(Kernel::Portable, &x, m, k, false);
+        for isa in cpu::supported_isas() {
+            let mut got = Activations::default();
+            got.quantize_lanes(Kernel::for_isa(isa), &x, m, k, false);
+            for i in 0..m {
+                let (a, b) = (got.row(i), want.row(i));
+                assert_eq!(a.qs, b.qs, "{isa:?} k {k} row {i}");
+                assert_eq!(bits(a.lane_d), bits(b.lane_d), "{isa:?} k {k} row {i}");
+                assert_eq!(a.lane_offsets, b.lane_offsets, "{isa:?} k {k} row {i}");
+            }
+        }
+    }
+}
+
+/// A bias goes onto every output after its product: the bits of the product without it, plus
+/// the bias; zero-width inputs (`k = 0`) give the bias alone.
+#[test]
+fn int8_bias_is_added_to_each_output() {
+    for &(m, k, n) in &[(17usize, 544usize, 37usize), (3, 0, 5), (40, 256, 300)] {
+        let w = if k == 0 {
+            Vec::new()
+        } else {
+            int8_weights(n, k, 31)
+        };
+        let x = hidden_states(m, k, 32);
+        let bias = random(n, 33);
+        let plain = scalar(&x, &w, m, k, n);
+        for isa in cpu::supported_isas() {
+            let mut got = vec![f32::NAN; m * n];
+            with_threads(2, || {
+                int8_matmul_with(isa, &x, &w, Some(&bias), &mut got, m, k, n)
+            });
+            let want: Vec<f32> = (0..m * n).map(|i| plain[i] + bias[i % n]).collect();
+            assert_eq!(bits(&got), bits(&want), "{isa:?} m {m} k {k} n {n}");
         }
     }
 }
@@ -280,7 +339,7 @@ fn int8_full_scale_values_match_scalar_bitwise() {
             }
             for isa in cpu::supported_isas() {
                 let mut got = vec![f32::NAN; m * n];
-                int8_matmul_with(isa, &x, &w, &mut got, m, k, n);
+                int8_matmul_with(isa, &x, &w, None, &mut got, m, k, n);
                 assert_eq!(bits(&got), bits(&want), "{isa:?} m {m} k {k} n {n}");
             }
         }
@@ -327,7 +386,7 @@ fn bench_int8_avx2_tiles() {
                     if v == 0 {
                         quant_matmul_with(isa, QuantFormat::Q8_0, &x, &w, &mut y, m, k, n);
                     } else {
-                        int8_matmul_with(isa, &x, &w, &mut y, m, k, n);
+                        int8_matmul_with(isa, &x, &w, None, &mut y, m, k, n);
                     }
                     *b = b.min(t.elapsed().as_secs_f64());
                 }

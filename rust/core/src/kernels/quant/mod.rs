@@ -15,7 +15,10 @@
 //! * `portable.rs`: the dot product in plain Rust, the reference the SIMD paths are tested
 //!   against (and the kernel where there is none); `x86_avx2.rs`, `x86_avx512.rs`, `neon.rs`: the
 //!   dot products per instruction set;
-//! * [`int8`]: per-channel int8 quantization of `f32` weights;
+//! * [`int8`]: per-channel int8 quantization of `f32` weights (`dtype="int8"`, stored as Q8_0
+//!   blocks that all hold the row's scale) and the arithmetic of their products ([`int8_matmul`]:
+//!   one activation scale per lane set, integer sums over the whole row); `int8_avx512.rs` its
+//!   AVX-512 kernel and lane quantizer, `int8_tests.rs` its tests;
 //! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`
 //!   (the NEON ones too, under qemu-aarch64 on an x86 machine: README, "Development").
 //!
@@ -274,27 +277,40 @@ pub(crate) fn quant_matmul_with(
     k: usize,
     n: usize,
 ) {
-    packed_matmul(isa, PackedRows::Blocks(fmt), x, w, y, m, k, n)
+    packed_matmul(isa, PackedRows::Blocks(fmt), x, w, None, y, m, k, n)
 }
 
-/// `y[m][n] = x[m][k] · W[n][k]ᵀ` for int8 weights ([`quantize_rows_int8`], then [`pack_rows`] as
-/// Q8_0): [`quant_matmul`]'s contract, in the int8 arithmetic of [`int8`] (the row's scale taken
-/// out of the sum), bitwise equal to [`int8_matmul_scalar`].
-pub fn int8_matmul(x: &[f32], w: &[u8], y: &mut [f32], m: usize, k: usize, n: usize) {
-    int8_matmul_with(cpu::isa(), x, w, y, m, k, n)
-}
-
-/// [`int8_matmul`] on an explicit instruction set (tests, benchmarks).
-pub(crate) fn int8_matmul_with(
-    isa: Isa,
+/// `y[m][n] = x[m][k] · W[n][k]ᵀ (+ bias[n])` for int8 weights ([`quantize_rows_int8`], then
+/// [`pack_rows`] as Q8_0): [`quant_matmul`]'s contract, in the int8 arithmetic of [`int8`] (the
+/// row's scale taken out of the sum), bitwise equal to [`int8_matmul_scalar`]. The bias is added
+/// to each output after its product (`y = product + bias`, the bits of adding it afterwards), by
+/// the task that computed it while it is in cache: a serial pass over a long input's outputs
+/// cost ~5% of a Marian encoder.
+pub fn int8_matmul(
     x: &[f32],
     w: &[u8],
+    bias: Option<&[f32]>,
     y: &mut [f32],
     m: usize,
     k: usize,
     n: usize,
 ) {
-    packed_matmul(isa, PackedRows::Int8, x, w, y, m, k, n)
+    int8_matmul_with(cpu::isa(), x, w, bias, y, m, k, n)
+}
+
+/// [`int8_matmul`] on an explicit instruction set (tests, benchmarks).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn int8_matmul_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[u8],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    packed_matmul(isa, PackedRows::Int8, x, w, bias, y, m, k, n)
 }
 
 /// What the packed weight rows of a product are, which decides its arithmetic: blocks of a type,
@@ -323,6 +339,7 @@ fn packed_matmul(
     rows: PackedRows,
     x: &[f32],
     w: &[u8],
+    bias: Option<&[f32]>,
     y: &mut [f32],
     m: usize,
     k: usize,
@@ -331,11 +348,16 @@ fn packed_matmul(
     let fmt = rows.format();
     assert!(cpu::supported(isa), "{isa:?} is not supported on this CPU");
     check_args(fmt, x, w, y, m, k, n);
+    assert!(
+        bias.is_none_or(|b| b.len() >= n),
+        "bias shorter than the outputs"
+    );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         y[..m * n].fill(0.0);
+        add_bias(bias, &mut y[..m * n], n);
         return;
     }
     let kernel = Kernel::for_isa(isa);
@@ -370,7 +392,18 @@ fn packed_matmul(
         let (c0, c1) = (t * cols, ((t + 1) * cols).min(n));
         // SAFETY: tasks write the disjoint column ranges c0..c1 of the m rows of y, whose length
         // (>= m·n) was checked, and `y` stays mutably borrowed by this call throughout.
-        unsafe { product_cols(kernel, rows, act_ref, &w[c0 * rb..c1 * rb], yp, c0, n) };
+        unsafe {
+            product_cols(
+                kernel,
+                rows,
+                act_ref,
+                &w[c0 * rb..c1 * rb],
+                bias.map(|b| &b[c0..c1]),
+                yp,
+                c0,
+                n,
+            )
+        };
     };
     if parallel && tasks > 1 {
         (0..tasks).into_par_iter().for_each(run);
@@ -411,13 +444,33 @@ pub fn quant_matmul_scalar(
 ///
 /// # Panics
 /// If a slice is too short.
-pub fn int8_matmul_scalar(x: &[f32], w: &[u8], y: &mut [f32], m: usize, k: usize, n: usize) {
+pub fn int8_matmul_scalar(
+    x: &[f32],
+    w: &[u8],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
     check_args(int8::FORMAT, x, w, y, m, k, n);
     if k == 0 {
         y[..m * n].fill(0.0);
-        return;
+    } else {
+        scalar_product(PackedRows::Int8, x, w, y, m, k, n);
     }
-    scalar_product(PackedRows::Int8, x, w, y, m, k, n)
+    add_bias(bias, &mut y[..m * n], n);
+}
+
+/// `y[i][j] += bias[j]` for every row of `y` (rows of `n`).
+fn add_bias(bias: Option<&[f32]>, y: &mut [f32], n: usize) {
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(n) {
+            for (v, bj) in row.iter_mut().zip(b) {
+                *v += bj;
+            }
+        }
+    }
 }
 
 /// The serial products of the scalar references, for `k > 0`.
@@ -480,11 +533,13 @@ fn check_args(fmt: QuantFormat, x: &[f32], w: &[u8], y: &[f32], m: usize, k: usi
 /// # Safety
 /// `y` is valid for writes of `act.m` rows of `n` values, the columns are inside `0..n`, and no
 /// other thread writes them meanwhile.
+#[allow(clippy::too_many_arguments)]
 unsafe fn product_cols(
     kernel: Kernel,
     packed: PackedRows,
     act: &Activations,
     w: &[u8],
+    bias: Option<&[f32]>,
     y: SyncPtr,
     c0: usize,
     n: usize,
@@ -495,25 +550,36 @@ unsafe fn product_cols(
     let w_chunk = (W_CHUNK_BYTES / rb).max(1);
     for i0 in (0..m).step_by(x_block) {
         let i1 = (i0 + x_block).min(m);
+        // The block's rows of `x`, MR at a time, made once for all the chunks (an `XRow` is
+        // seven slices: building them per chunk cost ~5% of a batch-32 decoding step).
+        let groups: Vec<(usize, [XRow<'_>; MR])> = (i0..i1)
+            .step_by(MR)
+            .map(|g0| {
+                let g1 = (g0 + MR).min(i1);
+                (g0, std::array::from_fn(|r| act.row((g0 + r).min(g1 - 1))))
+            })
+            .collect();
         for j0 in (0..cols).step_by(w_chunk) {
             let j1 = (j0 + w_chunk).min(cols);
             if m >= PREFETCH_MIN_ROWS {
                 kernel.prefetch_l2(&w[j1 * rb..(j1 + w_chunk).min(cols) * rb]);
             }
-            for g0 in (i0..i1).step_by(MR) {
+            for (g0, rows) in &groups {
                 let g1 = (g0 + MR).min(i1);
-                let rows: [XRow<'_>; MR] = std::array::from_fn(|r| act.row((g0 + r).min(g1 - 1)));
                 // SAFETY: rows g0..g1 < m and columns c0 + j0..c0 + j1 <= n of y (the caller's
                 // contract); the rows come from `act`, quantized for `act.k`, the length of
                 // the weight rows.
-                kernel.dot(
-                    packed,
-                    &w[j0 * rb..j1 * rb],
-                    rb,
-                    &rows[..g1 - g0],
-                    y.get().add(g0 * n + c0 + j0),
-                    n,
-                );
+                let out = y.get().add(g0 * n + c0 + j0);
+                kernel.dot(packed, &w[j0 * rb..j1 * rb], rb, &rows[..g1 - g0], out, n);
+                if let Some(b) = bias {
+                    for r in 0..g1 - g0 {
+                        // SAFETY: the same outputs the kernel just wrote.
+                        let row = std::slice::from_raw_parts_mut(out.add(r * n), j1 - j0);
+                        for (v, bj) in row.iter_mut().zip(&b[j0..j1]) {
+                            *v += bj;
+                        }
+                    }
+                }
             }
         }
     }
@@ -553,11 +619,13 @@ impl Kernel {
     /// [`quantize_row_lanes`], compiled for this kernel's instruction set (same results).
     fn quantize_row_lanes(self, x: &[f32], qs: &mut [i8], d: &mut [f32], offsets: &mut [i32]) {
         match self {
-            // SAFETY: `Avx2` and `Avx512` are only chosen when `x86_avx2::available()`.
+            // SAFETY: `Avx512` is only chosen when `x86_avx512::available()`; the slices are
+            // those `Activations::quantize_lanes` sizes.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 => unsafe {
-                x86_avx2::quantize_row_lanes(x, qs, d, offsets)
-            },
+            Kernel::Avx512 => unsafe { int8_avx512::quantize_row_lanes(x, qs, d, offsets) },
+            // SAFETY: `Avx2` is only chosen when `x86_avx2::available()`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86_avx2::quantize_row_lanes(x, qs, d, offsets) },
             _ => quantize_row_lanes(x, qs, d, offsets),
         }
     }
