@@ -13,9 +13,12 @@
 //! Tiles: up to [`ROWS_PER_TILE`] rows of `x` by two weight rows (as Q8_0's `group_pair`): 8
 //! accumulators in registers, each weight piece's `|q|` and sign computed once for the tile's
 //! rows and each piece of `x` loaded once for both weight rows. A row of `x` alone (decoding)
-//! takes the weight rows in pairs too (one at a time was ~5% slower than Q8_0 at k = 512 by
-//! `bench_int8_avx2_tiles`); a last odd weight row goes alone. Weights are prefetched
-//! [`PREFETCH_BYTES`] ahead, as Q8_0's are.
+//! takes the weight rows in pairs too; a last odd weight row goes alone. Weights are prefetched
+//! [`PREFETCH_BYTES`] ahead, as Q8_0's are. By `bench_int8_avx2_tiles` (one thread, a Zen 4 VM
+//! shared with builds, interleaved), against AVX2 Q8_0 on the same bytes: 1.07-1.20x at m =
+//! 4..32 (k = 512..2048), 1.03x at m = 1; one weight row at a time was 0.95-1.18x (0.95x at
+//! m = 1). The saving is Q8_0's `f32` steps per group, a fraction of the `sign`, `maddubs` and
+//! `madd` per piece both kernels share.
 //!
 //! # Safety
 //! Everything here is compiled with AVX2, FMA and F16C enabled; callers must have checked
