@@ -528,7 +528,8 @@ fn check_args(fmt: QuantFormat, x: &[f32], w: &[u8], y: &[f32], m: usize, k: usi
     );
 }
 
-/// Computes columns `c0..c0 + w.len()/row_bytes` of every row of `y` (row stride `n`).
+/// Computes columns `c0..c0 + w.len()/row_bytes` of every row of `y` (row stride `n`), plus
+/// `bias` (those columns' entries) where given.
 ///
 /// # Safety
 /// `y` is valid for writes of `act.m` rows of `n` values, the columns are inside `0..n`, and no
@@ -571,14 +572,16 @@ unsafe fn product_cols(
                 // the weight rows.
                 let out = y.get().add(g0 * n + c0 + j0);
                 kernel.dot(packed, &w[j0 * rb..j1 * rb], rb, &rows[..g1 - g0], out, n);
-                if let Some(b) = bias {
-                    for r in 0..g1 - g0 {
-                        // SAFETY: the same outputs the kernel just wrote.
-                        let row = std::slice::from_raw_parts_mut(out.add(r * n), j1 - j0);
-                        for (v, bj) in row.iter_mut().zip(&b[j0..j1]) {
-                            *v += bj;
-                        }
-                    }
+            }
+        }
+        // The bias onto the block's outputs of this task, still in cache (whole rows of the
+        // task's columns: long runs, unlike a chunk's).
+        if let Some(b) = bias {
+            for i in i0..i1 {
+                // SAFETY: the outputs this call just wrote (row `i`, columns `c0..c0 + cols`).
+                let row = std::slice::from_raw_parts_mut(y.get().add(i * n + c0), cols);
+                for (v, bj) in row.iter_mut().zip(b) {
+                    *v += bj;
                 }
             }
         }
