@@ -17,8 +17,9 @@
 //!   dot products per instruction set;
 //! * [`int8`]: per-channel int8 quantization of `f32` weights (`dtype="int8"`, stored as Q8_0
 //!   blocks that all hold the row's scale) and the arithmetic of their products ([`int8_matmul`]:
-//!   one activation scale per lane set, integer sums over the whole row); `int8_avx512.rs` its
-//!   AVX-512 kernel and lane quantizer, `int8_tests.rs` its tests;
+//!   one activation scale per lane set, integer sums over the whole row); `int8_avx512.rs`,
+//!   `int8_avx2.rs`, `int8_neon.rs` its kernels (and AVX-512's lane quantizer), `int8_tests.rs`
+//!   its tests;
 //! * `tests.rs`: the kernels against the portable reference, bit for bit, and against `f64`
 //!   (the NEON ones too, under qemu-aarch64 on an x86 machine: README, "Development").
 //!
