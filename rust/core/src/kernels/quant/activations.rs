@@ -15,7 +15,7 @@ use super::{Kernel, LANES, QK};
 ///
 /// Rows quantized for int8 weights ([`Activations::quantize_lanes`]) have one scale per lane set
 /// instead of one per block: `lane_d` and `lane_offsets` hold 8 values (see `int8.rs`), and
-/// `d`, `sum`, `s`, `half` are not filled; otherwise those two are empty.
+/// `d`, `sum`, `s`, `half` are empty; otherwise those two are empty.
 #[derive(Clone, Copy)]
 pub(super) struct XRow<'a> {
     pub(super) qs: &'a [i8],
@@ -150,11 +150,10 @@ impl Activations {
         parallel: bool,
     ) {
         let nbp = self.shape(m, k);
-        // `row` slices these per block: sized, not filled.
-        self.d.resize(m * nbp, 0.0);
-        self.sum.resize(m * nbp, 0);
-        self.s.resize(m * nbp, 0.0);
-        self.half.resize(2 * m * nbp, 0);
+        self.d.clear();
+        self.sum.clear();
+        self.s.clear();
+        self.half.clear();
         self.lane_d.resize(m * LANE_SETS, 0.0);
         self.lane_offsets.resize(m * LANE_SETS, 0);
         let x = &x[..m * k];
@@ -183,17 +182,20 @@ impl Activations {
         }
     }
 
+    /// Row `i`: its values and the scales of its quantization (the other's parts empty).
     pub(super) fn row(&self, i: usize) -> XRow<'_> {
         let nbp = self.padded_blocks;
-        let lanes = i * LANE_SETS..(i + 1) * LANE_SETS;
+        fn part<T>(v: &[T], at: usize, len: usize) -> &[T] {
+            v.get(at * len..(at + 1) * len).unwrap_or(&[])
+        }
         XRow {
-            lane_d: self.lane_d.get(lanes.clone()).unwrap_or(&[]),
-            lane_offsets: self.lane_offsets.get(lanes).unwrap_or(&[]),
             qs: &self.qs[i * nbp * QK..(i + 1) * nbp * QK],
-            d: &self.d[i * nbp..(i + 1) * nbp],
-            sum: &self.sum[i * nbp..(i + 1) * nbp],
-            s: &self.s[i * nbp..(i + 1) * nbp],
-            half: &self.half[2 * i * nbp..2 * (i + 1) * nbp],
+            d: part(&self.d, i, nbp),
+            sum: part(&self.sum, i, nbp),
+            s: part(&self.s, i, nbp),
+            half: part(&self.half, i, 2 * nbp),
+            lane_d: part(&self.lane_d, i, LANE_SETS),
+            lane_offsets: part(&self.lane_offsets, i, LANE_SETS),
         }
     }
 

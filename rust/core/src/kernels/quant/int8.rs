@@ -32,6 +32,10 @@ use super::{pack, portable, QuantFormat, LANES, QK};
 
 /// The block type int8 rows are stored in.
 pub const FORMAT: QuantFormat = QuantFormat::Q8_0;
+/// Bytes of one stored block, and of the scale heading it in a packed group (the kernels'
+/// strides, as constants).
+pub(super) const BLOCK_BYTES: usize = FORMAT.block_bytes();
+pub(super) const HEAD_BYTES: usize = pack::head_bytes(FORMAT);
 
 /// Each row of `w` (`[rows, cols]`, f32) quantized with one scale, `d = max|row| / 127` rounded up
 /// to the next `f16`, `q = round(w / d)`, and stored as [`FORMAT`] blocks that all carry the row's

@@ -22,15 +22,12 @@
 use std::arch::x86_64::*;
 
 use super::activations::LANE_SETS;
+use super::int8::{BLOCK_BYTES, HEAD_BYTES};
 use super::x86_avx2::{hsum, PREFETCH_BYTES};
-use super::{int8, XRow, LANES, QK};
+use super::{XRow, LANES, QK};
 
 /// Rows of `x` per tile (the most `dot` takes at once).
 pub(super) const ROWS_PER_TILE: usize = 8;
-
-/// Bytes per Q8_0 block, and of its scale at the head of a packed group's block.
-const BLOCK_BYTES: usize = 34;
-const HEAD_BYTES: usize = 2;
 
 /// Raw pointers to the parts of one quantized row of `x` this kernel reads.
 #[derive(Clone, Copy)]
@@ -45,10 +42,9 @@ struct XPtr {
 ///
 /// # Safety
 /// The CPU has AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C; `y` is valid for those writes; each
-/// `xs[r]` holds the blocks of a row of `rb / 34` blocks padded to whole groups (as
+/// `xs[r]` holds the blocks of a row of `rb / BLOCK_BYTES` blocks padded to whole groups (as
 /// `super::Activations` makes).
 pub(super) unsafe fn dot(w: &[u8], rb: usize, xs: &[XRow<'_>], y: *mut f32, ldy: usize) {
-    debug_assert_eq!(int8::FORMAT.block_bytes(), BLOCK_BYTES);
     match xs.len() {
         1 => rows::<1>(w, rb, xs, y, ldy),
         2 => rows::<2>(w, rb, xs, y, ldy),

@@ -29,16 +29,13 @@ use std::arch::aarch64::*;
 use half::f16;
 
 use super::activations::LANE_SETS;
+use super::int8::{BLOCK_BYTES, HEAD_BYTES};
 use super::neon::{has_dotprod, sdot};
 use super::pack::groups;
-use super::{int8, XRow, LANES, QK};
+use super::{XRow, LANES, QK};
 
 /// Rows of `x` per tile (the most `dot` takes at once).
 pub(super) const ROWS_PER_TILE: usize = 4;
-
-/// Bytes per Q8_0 block, and of its scale at the head of a packed group's block.
-const BLOCK_BYTES: usize = 34;
-const HEAD_BYTES: usize = 2;
 
 /// Raw pointers to the parts of one quantized row of `x` this kernel reads.
 #[derive(Clone, Copy)]
@@ -51,11 +48,10 @@ struct XPtr {
 /// 1..=[`ROWS_PER_TILE`] rows of `x`.
 ///
 /// # Safety
-/// `y` is valid for those writes; each `xs[r]` holds the blocks of a row of `rb / 34` blocks
+/// `y` is valid for those writes; each `xs[r]` holds the blocks of a row of `rb / BLOCK_BYTES` blocks
 /// padded to whole groups, quantized by lane sets (as `super::Activations::quantize_lanes`
 /// makes).
 pub(super) unsafe fn dot(w: &[u8], rb: usize, xs: &[XRow<'_>], y: *mut f32, ldy: usize) {
-    debug_assert_eq!(int8::FORMAT.block_bytes(), BLOCK_BYTES);
     macro_rules! rows {
         ($dot:expr) => {
             match xs.len() {

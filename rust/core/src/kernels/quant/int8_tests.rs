@@ -148,8 +148,51 @@ fn int8_non_finite_rows_give_nan() {
     }
 }
 
-/// `cargo test --release -p fasttx-core bench_int8 -- --ignored --nocapture`: the int8 kernel
-/// against the Q8_0 kernel on the same bytes, one thread, Marian's decoding shapes.
+/// `cargo test --release -p fasttx-core bench_vpdpbusd_rate -- --ignored --nocapture`: how many
+/// 512-bit `vpdpbusd` this core retires per ns from 16 independent chains (no loads): the
+/// instruction's rate, the ceiling of the int8 and Q8_0 tiles (BENCHMARKS.md, seventh session).
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn bench_vpdpbusd_rate() {
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn chains(n: usize) -> i32 {
+        let (w, x) = (_mm512_set1_epi8(3), _mm512_set1_epi8(5));
+        let mut acc = [_mm512_setzero_si512(); 16];
+        for _ in 0..n {
+            // Opaque once per round, so that the chains are not folded into fewer.
+            let x = std::hint::black_box(x);
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbusd_epi32(*a, w, x);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_epi32(*a)).sum()
+    }
+    if !is_x86_feature_detected!("avx512vnni") {
+        println!("no AVX-512 VNNI on this CPU");
+        return;
+    }
+    let n = 20_000_000;
+    // SAFETY: the CPU has AVX-512F and VNNI (checked above).
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        std::hint::black_box(unsafe { chains(n) });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "vpdpbusd (512-bit): {:.2} per ns",
+        (16 * n) as f64 / best / 1e9
+    );
+}
+
+/// `cargo test --release -p fasttx-core bench_int8_matmul -- --ignored --nocapture`: the int8
+/// kernel against the Q8_0 kernel on the same bytes, one thread, Marian's shapes (the head and
+/// the feed-forward at batch 32, the encoder's 1024 rows, the head of beam 4, one decoding row;
+/// `BENCH_SHAPE=m,k,n` for another).
 #[test]
 #[ignore]
 fn bench_int8_matmul() {
@@ -160,11 +203,12 @@ fn bench_int8_matmul() {
             vec![(v[0], v[1], v[2])]
         }
         Err(_) => vec![
-            (32, 512, 8192),
+            (32, 512, 58101),
+            (32, 512, 2048),
             (32, 2048, 512),
-            (8, 512, 2048),
-            (1, 512, 8192),
-            (256, 512, 2048),
+            (1024, 512, 2048),
+            (4, 512, 58101),
+            (1, 512, 2048),
         ],
     };
     for &(m, k, n) in &shapes {

@@ -577,13 +577,11 @@ unsafe fn product_cols(
         }
         // The bias onto the block's outputs of this task, still in cache (whole rows of the
         // task's columns: long runs, unlike a chunk's).
-        if let Some(b) = bias {
+        if bias.is_some() {
             for i in i0..i1 {
                 // SAFETY: the outputs this call just wrote (row `i`, columns `c0..c0 + cols`).
                 let row = std::slice::from_raw_parts_mut(y.get().add(i * n + c0), cols);
-                for (v, bj) in row.iter_mut().zip(b) {
-                    *v += bj;
-                }
+                add_bias(bias, row, cols);
             }
         }
     }
